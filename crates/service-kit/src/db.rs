@@ -1,0 +1,44 @@
+//! Database connection for every service: PostgreSQL in production, SQLite for the embedded mode.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+use crate::settings::CommonSettings;
+
+/// Connects and, unless `RUN_MIGRATIONS=false`, applies pending migrations.
+pub async fn connect(settings: &CommonSettings) -> Result<DatabaseConnection, DbErr> {
+    let url = settings.database_url.as_str();
+    ensure_sqlite_dir(url);
+    let mut options = ConnectOptions::new(url);
+    options
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    if url.starts_with("sqlite:") {
+        // One writer at a time is SQLite's model; a small pool avoids "database is locked" storms.
+        options.max_connections(4);
+    }
+    let conn = Database::connect(options).await?;
+    if settings.run_migrations {
+        domain::migration::Migrator::up(&conn, None).await?;
+    }
+    Ok(conn)
+}
+
+/// `sqlite://data/acp.db?mode=rwc` needs `data/` to exist.
+fn ensure_sqlite_dir(url: &str) {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return;
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+}

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+pub mod db;
+pub mod ops;
+pub mod runtime;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testing;
+
+pub use settings::{CommonSettings, SettingsError};
+pub use shutdown::Shutdown;

@@ -1,0 +1,158 @@
+//! The operations surface every service exposes: `/health/live`, `/health/ready` and
+//! `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+
+use crate::Shutdown;
+
+type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+
+/// What `/health/ready` asks before answering 200: each named check must pass.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(&'static str, Arc<CheckFn>)>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with<F>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        self.checks.push((name, Arc::new(check)));
+        self
+    }
+
+    /// The database answers a ping.
+    pub fn with_database(self, conn: DatabaseConnection) -> Self {
+        self.with("database", move || {
+            let conn = conn.clone();
+            Box::pin(async move { conn.ping().await.map_err(|e| e.to_string()) })
+        })
+    }
+
+    /// Runs every check; `(all passed, per-check report)`.
+    pub async fn report(&self) -> (bool, serde_json::Value) {
+        let mut ok = true;
+        let mut report = serde_json::Map::new();
+        for (name, check) in &self.checks {
+            let value = match check().await {
+                Ok(()) => serde_json::Value::from("ok"),
+                Err(error) => {
+                    ok = false;
+                    serde_json::Value::from(error)
+                }
+            };
+            report.insert((*name).to_owned(), value);
+        }
+        (ok, serde_json::Value::Object(report))
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use (several services may share
+/// a process in the single-process mode and in tests).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is already global; then ours just stays local.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Adds the three operations routes to an actix app.
+pub fn configure(readiness: Readiness) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(readiness))
+            .app_data(web::Data::new(metrics_handle()))
+            .route("/health/live", web::get().to(live))
+            .route("/health/ready", web::get().to(ready))
+            .route("/metrics", web::get().to(render_metrics));
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
+    let (ok, checks) = readiness.report().await;
+    let body = serde_json::json!({"status": if ok { "ok" } else { "unavailable" }, "checks": checks});
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn render_metrics(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+/// A running HTTP server: its bound address and the task that ends when it has stopped.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `bind` (port 0 picks a free port) and serves the app built by `factory` until
+/// `shutdown` is cancelled; then stops gracefully, finishing requests in flight.
+pub fn serve<F, I>(
+    bind: &str,
+    workers: usize,
+    shutdown: Shutdown,
+    factory: F,
+) -> std::io::Result<RunningServer>
+where
+    F: Fn() -> App<I> + Send + Clone + 'static,
+    I: actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+{
+    let listener = std::net::TcpListener::bind(bind)?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(factory)
+        .workers(workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        handle.stop(true).await;
+    });
+    let task = tokio::spawn(server);
+    Ok(RunningServer { addr, task })
+}
+
+/// Serves only the operations routes (services whose real work is not HTTP).
+pub fn serve_ops(
+    bind: &str,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<RunningServer> {
+    serve(bind, 1, shutdown, move || {
+        App::new().configure(configure(readiness.clone()))
+    })
+}

@@ -1,0 +1,286 @@
+//! Settings from the environment and `.env`, validated once at start-up.
+//!
+//! Every service reads the same [`CommonSettings`] plus a struct of its own, each deserialised
+//! from the same flat environment (`DATABASE_URL`, `GATEWAY_BIND`, …). An error names the
+//! variable to fix, in the spelling the operator writes it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// A setting is missing or malformed; the message names the environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("setting {name} is missing")]
+    Missing { name: String },
+    #[error("setting {name} is invalid: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("cannot read settings: {0}")]
+    Other(String),
+}
+
+impl SettingsError {
+    pub fn invalid(name: &str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            name: name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where settings come from: the process environment (after loading `.env` if present), or an
+/// explicit map (tests, which must not mutate the process environment).
+#[derive(Debug, Clone, Default)]
+pub enum Source {
+    #[default]
+    Environment,
+    Map(HashMap<String, String>),
+}
+
+impl Source {
+    pub fn map<const N: usize>(pairs: [(&str, &str); N]) -> Self {
+        Self::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// Deserialises `T` from this source. Field names are the lower-case variable names.
+    pub fn load<T: DeserializeOwned>(&self) -> Result<T, SettingsError> {
+        self.load_with_defaults(&[])
+    }
+
+    /// Like [`Source::load`], with defaults (by variable name) for what the source lacks — e.g.
+    /// the standalone binary's SQLite `DATABASE_URL`.
+    pub fn load_with_defaults<T: DeserializeOwned>(
+        &self,
+        defaults: &[(&str, &str)],
+    ) -> Result<T, SettingsError> {
+        let env = config::Environment::default().try_parsing(false);
+        let env = match self {
+            Source::Environment => {
+                // `.env` never overrides what the environment already says.
+                let _ = dotenvy::dotenv();
+                env
+            }
+            Source::Map(map) => env.source(Some(map.clone())),
+        };
+        let mut builder = config::Config::builder();
+        for (name, value) in defaults {
+            builder = builder
+                .set_default(name.to_ascii_lowercase(), *value)
+                .map_err(|e| SettingsError::Other(e.to_string()))?;
+        }
+        let config = builder
+            .add_source(env)
+            .build()
+            .map_err(|e| SettingsError::Other(e.to_string()))?;
+        config.try_deserialize::<T>().map_err(translate)
+    }
+}
+
+/// Turns `config`'s messages (which use lower-case keys) into ones naming the variable.
+fn translate(error: config::ConfigError) -> SettingsError {
+    let text = error.to_string();
+    let key = quoted_after(&text, "for key `", '`')
+        .or_else(|| quoted_after(&text, "field \"", '"'))
+        .or_else(|| quoted_after(&text, "field `", '`'))
+        .map(|key| key.to_ascii_uppercase());
+    match key {
+        Some(name) if text.starts_with("missing") => SettingsError::Missing { name },
+        Some(name) => SettingsError::Invalid { name, reason: text },
+        None => SettingsError::Other(text),
+    }
+}
+
+fn quoted_after<'a>(text: &'a str, marker: &str, close: char) -> Option<&'a str> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    rest.find(close).map(|end| &rest[..end])
+}
+
+/// Unwraps settings at start-up, or prints the error (which names the variable) and exits
+/// with status 2 — a configuration mistake deserves a one-line answer, not a backtrace.
+pub fn or_exit<T>(result: Result<T, SettingsError>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Output format of the log lines on stdout. Files under `LOG_DIR` are always JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Settings every service understands (DESIGN §8).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommonSettings {
+    /// `postgres://…` or `sqlite://…`.
+    pub database_url: String,
+    /// RabbitMQ URL; not needed by the single-process mode, which uses the in-process bus.
+    #[serde(default)]
+    pub amqp_url: Option<String>,
+    /// Prefix of every exchange and queue name, so several deployments share one broker.
+    #[serde(default = "default_amqp_prefix")]
+    pub amqp_prefix: String,
+    #[serde(default = "default_log_dir")]
+    pub log_dir: String,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default = "default_rust_log")]
+    pub rust_log: String,
+    /// Apply pending migrations at start-up (on by default; turn off when a release job does it).
+    #[serde(default = "default_true", deserialize_with = "de_bool")]
+    pub run_migrations: bool,
+}
+
+impl CommonSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let url = self.database_url.as_str();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(SettingsError::invalid(
+                "DATABASE_URL",
+                "expected postgres://… or sqlite://…",
+            ));
+        }
+        if let Some(amqp) = &self.amqp_url
+            && !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://"))
+        {
+            return Err(SettingsError::invalid("AMQP_URL", "expected amqp://…"));
+        }
+        if self.amqp_prefix.is_empty()
+            || !self
+                .amqp_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(SettingsError::invalid(
+                "AMQP_PREFIX",
+                "use letters, digits, '.', '_' or '-'",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The broker URL, required by the services that run on RabbitMQ.
+    pub fn require_amqp_url(&self) -> Result<&str, SettingsError> {
+        self.amqp_url
+            .as_deref()
+            .ok_or_else(|| SettingsError::Missing {
+                name: "AMQP_URL".to_owned(),
+            })
+    }
+}
+
+/// Loads and validates the common settings.
+pub fn load_common(source: &Source) -> Result<CommonSettings, SettingsError> {
+    load_common_with_defaults(source, &[])
+}
+
+/// Loads and validates the common settings, with defaults for absent variables.
+pub fn load_common_with_defaults(
+    source: &Source,
+    defaults: &[(&str, &str)],
+) -> Result<CommonSettings, SettingsError> {
+    let common: CommonSettings = source.load_with_defaults(defaults)?;
+    common.validate()?;
+    Ok(common)
+}
+
+fn default_amqp_prefix() -> String {
+    "acp".to_owned()
+}
+fn default_log_dir() -> String {
+    "logs".to_owned()
+}
+fn default_rust_log() -> String {
+    "info".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Parses the usual spellings of a boolean (`true/false`, `1/0`, `yes/no`, `on/off`).
+pub fn de_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let raw = String::deserialize(d)?;
+    parse_bool(&raw).ok_or_else(|| serde::de::Error::custom(format!("not a boolean: {raw:?}")))
+}
+
+pub fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_setting_is_named_in_upper_case() {
+        let err = load_common(&Source::map([("AMQP_URL", "amqp://x")])).unwrap_err();
+        assert_eq!(err.to_string(), "setting DATABASE_URL is missing");
+    }
+
+    #[test]
+    fn defaults_apply_and_bool_parses() {
+        let s = load_common(&Source::map([
+            ("DATABASE_URL", "sqlite://data/x.db"),
+            ("RUN_MIGRATIONS", "no"),
+            ("LOG_FORMAT", "json"),
+        ]))
+        .unwrap();
+        assert_eq!(s.amqp_prefix, "acp");
+        assert!(!s.run_migrations);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.amqp_url.is_none());
+        assert!(s.require_amqp_url().is_err());
+    }
+
+    #[test]
+    fn defaults_fill_only_what_is_absent() {
+        let defaults = [("DATABASE_URL", "sqlite://data/acp.db?mode=rwc")];
+        let s = load_common_with_defaults(&Source::map([]), &defaults).unwrap();
+        assert_eq!(s.database_url, "sqlite://data/acp.db?mode=rwc");
+        let s = load_common_with_defaults(
+            &Source::map([("DATABASE_URL", "postgres://db/x")]),
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(s.database_url, "postgres://db/x");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = load_common(&Source::map([("DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        let err = load_common(&Source::map([
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("LOG_FORMAT", "xml"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+        let err = load_common(&Source::map([
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("AMQP_PREFIX", "a b"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("AMQP_PREFIX"), "{err}");
+    }
+}

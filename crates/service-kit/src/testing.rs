@@ -1,0 +1,128 @@
+//! Helpers for tests that start a service binary as a real process: pick a free port, wait
+//! for `/health/ready`, send SIGTERM and check that it drains and exits cleanly.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// A service binary running as a child process; killed if dropped while running.
+pub struct ServiceProcess {
+    child: Child,
+    pub addr: String,
+}
+
+/// A loopback address with a currently free port.
+pub fn free_addr() -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+impl ServiceProcess {
+    /// Starts `bin` with the given environment, listening on a free port given in `bind_var`.
+    pub fn spawn(bin: &str, bind_var: &str, envs: &[(&str, &str)]) -> std::io::Result<Self> {
+        let addr = free_addr()?;
+        let mut command = Command::new(bin);
+        command
+            .env(bind_var, &addr)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        Ok(Self {
+            child: command.spawn()?,
+            addr,
+        })
+    }
+
+    /// Polls `path` until it answers 200; returns the body, or the last failure on timeout.
+    pub async fn wait_for(&mut self, path: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("process exited early with {status}"));
+            }
+            match http_get(&self.addr, path).await {
+                Ok((200, body)) => return Ok(body),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(error) => last = error.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self, timeout: Duration) -> std::io::Result<ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await?;
+        }
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .map_err(|_| std::io::Error::other("process did not stop after SIGTERM"))?
+    }
+}
+
+/// A minimal HTTP/1.0 GET, so tests need no client library: `(status, body)`.
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text}")))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((status, body))
+}
+
+/// The start-up contract every service binary keeps: with a database and a broker it becomes
+/// ready (both checks pass), serves Prometheus metrics, and on SIGTERM drains and exits 0.
+pub async fn check_binary_lifecycle(
+    bin: &str,
+    bind_var: &str,
+    envs: &[(&str, &str)],
+) -> Result<(), String> {
+    let mut service = ServiceProcess::spawn(bin, bind_var, envs).map_err(|e| e.to_string())?;
+    let ready = service
+        .wait_for("/health/ready", Duration::from_secs(60))
+        .await?;
+    for check in ["\"database\":\"ok\"", "\"broker\":\"ok\""] {
+        if !ready.contains(check) {
+            return Err(format!("/health/ready lacks {check}: {ready}"));
+        }
+    }
+    let live = service.wait_for("/health/live", Duration::from_secs(5)).await?;
+    if !live.contains("ok") {
+        return Err(format!("/health/live: {live}"));
+    }
+    let (status, _) = http_get(&service.addr, "/metrics")
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("/metrics answered {status}"));
+    }
+    let exit = service
+        .terminate(Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !exit.success() {
+        return Err(format!("exit after SIGTERM: {exit}"));
+    }
+    Ok(())
+}
