@@ -1,1 +1,11 @@
-//! domain
+#![doc = include_str!("../README.md")]
+
+pub mod entities;
+pub mod ids;
+pub mod migration;
+pub mod money;
+pub mod status;
+
+pub use ids::{IdError, IdempotencyKey, MarzbanUsername, PaymentId, TelegramUserId};
+pub use money::{Currency, Money, MoneyError};
+pub use status::{CryptoInvoiceStatus, PaymentStatus, RefundStatus, UnknownStatus};

@@ -1,0 +1,31 @@
+//! SeaORM entities, one module per table. Amounts are `i64` minor units next to a currency.
+//!
+//! Status and currency columns are TEXT in the database and typed here
+//! ([`PaymentStatus`](crate::status::PaymentStatus), [`Currency`](crate::money::Currency), …).
+
+pub mod crypto_invoices;
+pub mod outbox;
+pub mod payments;
+pub mod processed_messages;
+pub mod provider_notifications;
+pub mod refunds;
+pub mod subscription_grants;
+pub mod subscriptions;
+pub mod system_logs;
+pub mod tariffs;
+pub mod users;
+
+/// Entity types under table-like names, for `use domain::entities::prelude::*`.
+pub mod prelude {
+    pub use super::crypto_invoices::Entity as CryptoInvoices;
+    pub use super::outbox::Entity as Outbox;
+    pub use super::payments::Entity as Payments;
+    pub use super::processed_messages::Entity as ProcessedMessages;
+    pub use super::provider_notifications::Entity as ProviderNotifications;
+    pub use super::refunds::Entity as Refunds;
+    pub use super::subscription_grants::Entity as SubscriptionGrants;
+    pub use super::subscriptions::Entity as Subscriptions;
+    pub use super::system_logs::Entity as SystemLogs;
+    pub use super::tariffs::Entity as Tariffs;
+    pub use super::users::Entity as Users;
+}

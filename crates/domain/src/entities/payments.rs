@@ -1,0 +1,118 @@
+//! `payments`: one row per checkout, whatever the provider.
+//!
+//! Status changes go through one conditional `UPDATE … WHERE id = ? AND status IN
+//! (PaymentStatus::allowed_predecessors(next))`, in the same transaction as the outbox row.
+
+use sea_orm::entity::prelude::*;
+
+use crate::ids::PaymentId;
+use crate::money::{Currency, Money};
+use crate::status::PaymentStatus;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "payments")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub user_id: i64,
+    pub tariff_id: i64,
+    /// Provider name (`yookassa`, `telegram`, `crypto`).
+    #[sea_orm(column_type = "Text")]
+    pub provider: String,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub status: PaymentStatus,
+    /// The provider's id; unique together with `provider`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub provider_payment_id: Option<String>,
+    #[sea_orm(unique, column_type = "Text")]
+    pub idempotency_key: String,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub confirmation_url: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub failure_reason: Option<String>,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub metadata: Json,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub completed_at: Option<DateTimeUtc>,
+    /// The provider's deadline for paying; reconciliation asks until then.
+    pub expires_at: Option<DateTimeUtc>,
+    /// Total refunded so far, in the payment's currency.
+    pub refunded_minor: i64,
+    /// Set when a provider answer disagreed with us (amount or currency mismatch).
+    pub flagged: bool,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub flag_reason: Option<String>,
+    /// When reconciliation should next ask the provider about this pending payment.
+    pub next_check_at: Option<DateTimeUtc>,
+    pub check_attempts: i32,
+}
+
+impl Model {
+    pub fn payment_id(&self) -> PaymentId {
+        PaymentId::from_uuid(self.id)
+    }
+
+    pub fn amount(&self) -> Money {
+        Money::new(self.amount_minor, self.currency)
+    }
+
+    pub fn refunded(&self) -> Money {
+        Money::new(self.refunded_minor, self.currency)
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::users::Entity",
+        from = "Column::UserId",
+        to = "super::users::Column::Id"
+    )]
+    User,
+    #[sea_orm(
+        belongs_to = "super::tariffs::Entity",
+        from = "Column::TariffId",
+        to = "super::tariffs::Column::Id"
+    )]
+    Tariff,
+    #[sea_orm(has_many = "super::refunds::Entity")]
+    Refunds,
+    #[sea_orm(has_one = "super::crypto_invoices::Entity")]
+    CryptoInvoice,
+    #[sea_orm(has_many = "super::provider_notifications::Entity")]
+    ProviderNotifications,
+}
+
+impl Related<super::users::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::User.def()
+    }
+}
+
+impl Related<super::tariffs::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Tariff.def()
+    }
+}
+
+impl Related<super::refunds::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Refunds.def()
+    }
+}
+
+impl Related<super::crypto_invoices::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::CryptoInvoice.def()
+    }
+}
+
+impl Related<super::provider_notifications::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ProviderNotifications.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

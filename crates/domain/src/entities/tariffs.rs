@@ -1,0 +1,53 @@
+//! `tariffs`: what can be bought, upserted at start-up from the tariffs file.
+
+use sea_orm::entity::prelude::*;
+
+use crate::money::{Currency, Money};
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "tariffs")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(unique, column_type = "Text")]
+    pub code: String,
+    #[sea_orm(column_type = "Text")]
+    pub title: String,
+    pub duration_days: i32,
+    /// `None` = unlimited traffic.
+    pub data_limit_bytes: Option<i64>,
+    /// Kopecks; `None` = not sold for RUB.
+    pub price_rub_minor: Option<i64>,
+    /// Telegram Stars; `None` = not sold for Stars.
+    pub price_xtr: Option<i64>,
+    /// Micro-USDT; `None` = not sold for USDT.
+    pub price_usdt_minor: Option<i64>,
+    pub active: bool,
+    pub sort_order: i32,
+}
+
+impl Model {
+    /// The price in `currency`, if the tariff is sold for it.
+    pub fn price(&self, currency: Currency) -> Option<Money> {
+        let minor = match currency {
+            Currency::Rub => self.price_rub_minor,
+            Currency::Xtr => self.price_xtr,
+            Currency::Usdt => self.price_usdt_minor,
+        };
+        minor.map(|minor| Money::new(minor, currency))
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::payments::Entity")]
+    Payments,
+}
+
+impl Related<super::payments::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Payments.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

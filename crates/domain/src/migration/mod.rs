@@ -1,0 +1,31 @@
+//! Schema migrations (sea-orm-migration), written to run unchanged on PostgreSQL and SQLite.
+//!
+//! Apply with `Migrator::up(&conn, None)`. Add a migration by creating its file here and
+//! naming it in the `migrations!` list below: the list drives both the migrator and
+//! [`MIGRATION_SOURCES`], so test tooling notices new *and* edited migrations.
+
+use sea_orm_migration::prelude::*;
+
+/// Declares the migration modules, the migrator's ordered list and their source text.
+macro_rules! migrations {
+    ($($module:ident),* $(,)?) => {
+        $(mod $module;)*
+
+        /// Runs every migration of this crate in order.
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct Migrator;
+
+        #[async_trait::async_trait]
+        impl MigratorTrait for Migrator {
+            fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+                vec![$(Box::new($module::Migration)),*]
+            }
+        }
+
+        /// Source text of every migration, in order. `testkit` hashes it together with the
+        /// migration names so a cached template database is rebuilt when a migration changes.
+        pub const MIGRATION_SOURCES: &[&str] = &[$(include_str!(concat!(stringify!($module), ".rs"))),*];
+    };
+}
+
+migrations![m20250601_000001_messaging, m20250601_000002_payments];
