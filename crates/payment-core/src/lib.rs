@@ -1,1 +1,28 @@
-//! payment-core
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+mod ids;
+pub mod provider;
+pub mod providers;
+pub mod retry;
+pub mod service;
+pub mod settings;
+pub mod webhook;
+
+pub use domain::{PaymentStatus, RefundStatus};
+pub use error::{
+    Mismatch, ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError,
+    TransientFailure, WebhookError,
+};
+pub use ids::{PaymentMethod, ProviderId, UnknownProvider};
+pub use provider::{
+    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
+};
+pub use retry::RetryPolicy;
+pub use service::PaymentService;
+pub use settings::PaymentSettings;
+pub use webhook::{
+    ClientIpResolver, IpAllowList, WebhookHeaders, WebhookNotification, WebhookRequest,
+    WebhookSubject,
+};

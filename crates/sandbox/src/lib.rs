@@ -1,1 +1,7 @@
-//! sandbox
+//! Local emulators of the outside services the payment system talks to.
+//!
+//! Each emulator is a library module that tests start in-process (bind port 0, get the base
+//! URL back) and that the `sandbox` binary serves for demos.
+
+pub mod marzban;
+pub mod yookassa;

@@ -1,1 +1,61 @@
-fn main() {}
+use std::net::{IpAddr, SocketAddr};
+
+use clap::Parser;
+use sandbox::yookassa;
+
+/// Local emulators for the payment system's outside services.
+#[derive(Debug, Parser)]
+#[command(name = "sandbox", version)]
+struct Cli {
+    /// Where the YooKassa emulator listens.
+    #[arg(long, env = "SANDBOX_YOOKASSA_BIND", default_value = "127.0.0.1:8081")]
+    yookassa_bind: SocketAddr,
+    /// Base URL the payer's browser uses to reach the emulator (for confirmation_url).
+    #[arg(long, env = "SANDBOX_YOOKASSA_PUBLIC_URL")]
+    yookassa_public_url: Option<String>,
+    /// Where YooKassa notifications are POSTed, e.g. http://127.0.0.1:8080/webhook/payment/yookassa.
+    #[arg(long, env = "SANDBOX_YOOKASSA_WEBHOOK_URL")]
+    yookassa_webhook_url: Option<String>,
+    /// Local address notifications are sent from (e.g. 127.0.0.2).
+    #[arg(long, env = "SANDBOX_YOOKASSA_NOTIFY_FROM")]
+    yookassa_notify_from: Option<IpAddr>,
+    #[arg(long, env = "YOOKASSA_SHOP_ID", default_value = "100500")]
+    yookassa_shop_id: String,
+    #[arg(
+        long,
+        env = "YOOKASSA_SECRET_KEY",
+        default_value = "test_sandbox_secret",
+        hide_env_values = true
+    )]
+    yookassa_secret_key: String,
+    /// Emulate a live shop (objects carry "test": false).
+    #[arg(long)]
+    yookassa_live_shop: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = yookassa::Config {
+        bind: cli.yookassa_bind,
+        public_url: cli.yookassa_public_url,
+        shops: vec![yookassa::Shop::new(
+            cli.yookassa_shop_id,
+            cli.yookassa_secret_key,
+            !cli.yookassa_live_shop,
+        )],
+        webhook_url: cli.yookassa_webhook_url,
+        notify_from: cli.yookassa_notify_from,
+        ..yookassa::Config::default()
+    };
+    let handle = yookassa::spawn(config).await?;
+    println!("YooKassa emulator: {}", handle.api_url());
+    tokio::signal::ctrl_c().await?;
+    handle.stop().await;
+    Ok(())
+}

@@ -1,0 +1,907 @@
+//! YooKassa API v3: payments with a redirect checkout, refunds, and IP-checked notifications.
+//!
+//! Every POST carries an `Idempotence-Key` derived from our own id, so any retry — ours after
+//! a 5xx or a timeout, or the caller's after [`ProviderError::ResultUnknown`] — can only
+//! return the original result, never a second charge.
+
+pub mod transformers;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::money::{Currency, Money};
+use domain::{PaymentId, PaymentStatus};
+use ipnet::IpNet;
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use self::transformers::{
+    Amount, ConfirmationRequest, CreatePaymentBody, CreateRefundBody, Customer, ErrorBody,
+    Notification, NotificationObject, Receipt, ReceiptItem,
+};
+use crate::ProviderId;
+use crate::error::{
+    Mismatch, ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError,
+    TransientFailure, WebhookError,
+};
+use crate::provider::{
+    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
+};
+use crate::retry::RetryPolicy;
+use crate::settings::Env;
+use crate::webhook::{
+    ClientIpResolver, IpAllowList, WebhookHeaders, WebhookNotification, WebhookRequest,
+    WebhookSubject,
+};
+
+pub const DEFAULT_API_URL: &str = "https://api.yookassa.ru/v3";
+/// Where the payer lands after the checkout unless `YOOKASSA_RETURN_URL` says otherwise.
+pub const DEFAULT_RETURN_URL: &str = "https://t.me/";
+/// YooKassa's published notification sources (yookassa.ru/developers/using-api/webhooks#ip).
+pub const PUBLISHED_NETWORKS: &[&str] = &[
+    "185.71.76.0/27",
+    "185.71.77.0/27",
+    "77.75.153.0/25",
+    "77.75.156.11",
+    "77.75.156.35",
+    "77.75.154.128/25",
+    "2a02:5180::/32",
+];
+/// The metadata key that carries our payment id.
+pub const METADATA_PAYMENT_ID: &str = "payment_id";
+
+const MAX_DESCRIPTION: usize = 128;
+const MAX_REFUND_DESCRIPTION: usize = 250;
+const MAX_METADATA_KEYS: usize = 16;
+const MAX_METADATA_KEY: usize = 32;
+const MAX_METADATA_VALUE: usize = 512;
+/// A partial refund must leave more than 1.00 RUB on the payment.
+const MIN_REMAINDER_AFTER_PARTIAL_REFUND: i64 = 100;
+
+static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ProviderId::YooKassa,
+    title: "YooKassa",
+    currencies: &[Currency::Rub],
+    supports_refunds: true,
+};
+
+/// YooKassa's published ranges as an allow-list.
+pub fn published_networks() -> IpAllowList {
+    IpAllowList::new(PUBLISHED_NETWORKS.iter().filter_map(|n| {
+        n.parse::<IpNet>()
+            .ok()
+            .or_else(|| n.parse::<IpAddr>().ok().map(IpNet::from))
+    }))
+}
+
+/// 54-FZ receipt settings; receipts are sent only when these exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptSettings {
+    /// Default customer contact (`YOOKASSA_RECEIPT_EMAIL`); a payment may override it.
+    pub customer_email: Option<String>,
+    /// `YOOKASSA_RECEIPT_PHONE`.
+    pub customer_phone: Option<String>,
+    /// `YOOKASSA_RECEIPT_VAT_CODE` (default 1 = no VAT).
+    pub vat_code: u8,
+    /// `YOOKASSA_RECEIPT_TAX_SYSTEM_CODE` (1..6, optional).
+    pub tax_system_code: Option<u8>,
+    /// `YOOKASSA_RECEIPT_PAYMENT_SUBJECT` (default `service`).
+    pub payment_subject: String,
+    /// `YOOKASSA_RECEIPT_PAYMENT_MODE` (default `full_payment`).
+    pub payment_mode: String,
+}
+
+/// YooKassa is enabled exactly when `YOOKASSA_SHOP_ID` and `YOOKASSA_SECRET_KEY` are set.
+#[derive(Debug, Clone)]
+pub struct YooKassaSettings {
+    /// `YOOKASSA_SHOP_ID`.
+    pub shop_id: String,
+    /// `YOOKASSA_SECRET_KEY`.
+    pub secret_key: SecretString,
+    /// `YOOKASSA_TEST_MODE`: accept objects with `test: true` (a test shop). Off = live shop,
+    /// where a test object is refused.
+    pub test_mode: bool,
+    /// `YOOKASSA_API_URL` (default [`DEFAULT_API_URL`]), without a trailing slash.
+    pub api_url: String,
+    /// `YOOKASSA_RETURN_URL` (default [`DEFAULT_RETURN_URL`]).
+    pub return_url: String,
+    /// `YOOKASSA_ALLOWED_IPS`: notification sources (default [`PUBLISHED_NETWORKS`]).
+    pub allowed_ips: IpAllowList,
+    /// `TRUSTED_PROXIES`: our own proxies, whose forwarding headers are believed.
+    pub trusted_proxies: IpAllowList,
+    /// `YOOKASSA_MAX_ATTEMPTS`, `YOOKASSA_RETRY_INITIAL_MS`, `YOOKASSA_RETRY_MAX_MS`,
+    /// `YOOKASSA_TIMEOUT_MS`.
+    pub retry: RetryPolicy,
+    /// `YOOKASSA_RECEIPT_*`; present when an email or phone is configured.
+    pub receipt: Option<ReceiptSettings>,
+}
+
+impl YooKassaSettings {
+    /// Settings with every default, for the given shop.
+    pub fn new(shop_id: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        Self {
+            shop_id: shop_id.into(),
+            secret_key: SecretString::from(secret_key.into()),
+            test_mode: false,
+            api_url: DEFAULT_API_URL.to_owned(),
+            return_url: DEFAULT_RETURN_URL.to_owned(),
+            allowed_ips: published_networks(),
+            trusted_proxies: IpAllowList::default(),
+            retry: RetryPolicy::default(),
+            receipt: None,
+        }
+    }
+
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Option<Self>, SettingsError> {
+        let (shop_id, secret) = match (env.get("YOOKASSA_SHOP_ID"), env.get("YOOKASSA_SECRET_KEY"))
+        {
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err(SettingsError::Missing("YOOKASSA_SECRET_KEY")),
+            (None, Some(_)) => return Err(SettingsError::Missing("YOOKASSA_SHOP_ID")),
+            (Some(shop), Some(secret)) => (shop, secret),
+        };
+        let mut s = Self::new(shop_id, secret);
+        s.test_mode = env.flag("YOOKASSA_TEST_MODE")?.unwrap_or(false);
+        if let Some(url) = env.get("YOOKASSA_API_URL") {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(SettingsError::Invalid {
+                    var: "YOOKASSA_API_URL",
+                    reason: format!("not an http(s) URL: {url:?}"),
+                });
+            }
+            s.api_url = url.trim_end_matches('/').to_owned();
+        }
+        if let Some(url) = env.get("YOOKASSA_RETURN_URL") {
+            s.return_url = url;
+        }
+        if let Some(list) = env.parse::<IpAllowList>("YOOKASSA_ALLOWED_IPS")? {
+            s.allowed_ips = list;
+        }
+        if let Some(list) = env.parse::<IpAllowList>("TRUSTED_PROXIES")? {
+            s.trusted_proxies = list;
+        }
+        if let Some(n) = env.parse::<u32>("YOOKASSA_MAX_ATTEMPTS")? {
+            s.retry.max_attempts = n.max(1);
+        }
+        let millis = |var| env.parse::<u64>(var).map(|v| v.map(Duration::from_millis));
+        if let Some(d) = millis("YOOKASSA_RETRY_INITIAL_MS")? {
+            s.retry.initial_backoff = d;
+        }
+        if let Some(d) = millis("YOOKASSA_RETRY_MAX_MS")? {
+            s.retry.max_backoff = d;
+        }
+        if let Some(d) = millis("YOOKASSA_TIMEOUT_MS")? {
+            s.retry.request_timeout = d;
+        }
+        let email = env.get("YOOKASSA_RECEIPT_EMAIL");
+        let phone = env.get("YOOKASSA_RECEIPT_PHONE");
+        if email.is_some() || phone.is_some() {
+            let tax_system_code = env.parse::<u8>("YOOKASSA_RECEIPT_TAX_SYSTEM_CODE")?;
+            if tax_system_code.is_some_and(|c| !(1..=6).contains(&c)) {
+                return Err(SettingsError::Invalid {
+                    var: "YOOKASSA_RECEIPT_TAX_SYSTEM_CODE",
+                    reason: "must be 1..6".into(),
+                });
+            }
+            s.receipt = Some(ReceiptSettings {
+                customer_email: email,
+                customer_phone: phone,
+                vat_code: env.parse::<u8>("YOOKASSA_RECEIPT_VAT_CODE")?.unwrap_or(1),
+                tax_system_code,
+                payment_subject: env
+                    .get("YOOKASSA_RECEIPT_PAYMENT_SUBJECT")
+                    .unwrap_or_else(|| "service".into()),
+                payment_mode: env
+                    .get("YOOKASSA_RECEIPT_PAYMENT_MODE")
+                    .unwrap_or_else(|| "full_payment".into()),
+            });
+        }
+        Ok(Some(s))
+    }
+}
+
+/// Checks where a notification came from and parses it. Usable on its own by the gateway.
+#[derive(Debug, Clone)]
+pub struct YooKassaWebhookVerifier {
+    allowed: IpAllowList,
+    resolver: ClientIpResolver,
+}
+
+impl YooKassaWebhookVerifier {
+    pub fn new(allowed: IpAllowList, trusted_proxies: IpAllowList) -> Self {
+        Self {
+            allowed,
+            resolver: ClientIpResolver::new(trusted_proxies),
+        }
+    }
+
+    pub fn from_settings(settings: &YooKassaSettings) -> Self {
+        Self::new(
+            settings.allowed_ips.clone(),
+            settings.trusted_proxies.clone(),
+        )
+    }
+
+    /// The client address (resolved through trusted proxies) if it is allowed.
+    pub fn verify_source(
+        &self,
+        peer: IpAddr,
+        headers: &WebhookHeaders,
+    ) -> Result<IpAddr, WebhookError> {
+        let client = self.resolver.client_ip(peer, headers)?;
+        if self.allowed.contains(client) {
+            Ok(client)
+        } else {
+            Err(WebhookError::ForbiddenSource(client))
+        }
+    }
+
+    /// Parses a notification body into our provider-neutral form.
+    pub fn parse(body: &[u8]) -> Result<WebhookNotification, WebhookError> {
+        let notification = Notification::parse(body)?;
+        let object_id = notification.object_id().map(str::to_owned);
+        let (subject, claimed_status) = match notification.object {
+            NotificationObject::Payment(p) => (
+                WebhookSubject::Payment {
+                    payment_id: p
+                        .metadata_str(METADATA_PAYMENT_ID)
+                        .and_then(|s| PaymentId::parse(s).ok()),
+                    provider_payment_id: p.id,
+                },
+                Some(p.status.as_str().to_owned()),
+            ),
+            NotificationObject::Refund(r) => (
+                WebhookSubject::Refund {
+                    provider_refund_id: r.id,
+                    provider_payment_id: r.payment_id,
+                },
+                Some(r.status.as_str().to_owned()),
+            ),
+            NotificationObject::Other(_) => (
+                WebhookSubject::Other {
+                    object_id: object_id.clone(),
+                },
+                None,
+            ),
+        };
+        // YooKassa redelivers the same event about the same object: that pair is the identity.
+        let dedupe_key = match object_id {
+            Some(id) => format!("{}:{id}", notification.event_name),
+            None => format!(
+                "{}:sha256:{}",
+                notification.event_name,
+                hex::encode(Sha256::digest(body))
+            ),
+        };
+        Ok(WebhookNotification {
+            provider: ProviderId::YooKassa,
+            event: notification.event_name,
+            subject,
+            claimed_status,
+            dedupe_key,
+        })
+    }
+
+    /// Source check, then parse.
+    pub fn verify(
+        &self,
+        request: &WebhookRequest<'_>,
+    ) -> Result<WebhookNotification, WebhookError> {
+        self.verify_source(request.peer, request.headers)?;
+        Self::parse(request.body)
+    }
+}
+
+/// The YooKassa client.
+pub struct YooKassaProvider {
+    settings: YooKassaSettings,
+    http: reqwest::Client,
+    verifier: YooKassaWebhookVerifier,
+}
+
+impl std::fmt::Debug for YooKassaProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("YooKassaProvider")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One HTTP exchange, classified.
+enum Attempt {
+    Done(Vec<u8>),
+    Transient(TransientFailure, Option<Duration>),
+    Final(ProviderError),
+}
+
+impl YooKassaProvider {
+    pub fn new(settings: YooKassaSettings) -> Result<Self, SettingsError> {
+        let timeout = settings.retry.request_timeout;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!(
+                "anomaly-connect-payments/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| SettingsError::Invalid {
+                var: "YOOKASSA_API_URL",
+                reason: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let verifier = YooKassaWebhookVerifier::from_settings(&settings);
+        Ok(Self {
+            settings,
+            http,
+            verifier,
+        })
+    }
+
+    pub fn settings(&self) -> &YooKassaSettings {
+        &self.settings
+    }
+
+    pub fn webhook_verifier(&self) -> &YooKassaWebhookVerifier {
+        &self.verifier
+    }
+
+    /// The `Idempotence-Key` of a payment's creation: fixed by our payment id.
+    pub fn payment_idempotence_key(payment_id: PaymentId) -> String {
+        format!("payment-{payment_id}")
+    }
+
+    /// The `Idempotence-Key` of a refund: fixed by our refund id.
+    pub fn refund_idempotence_key(refund_id: Uuid) -> String {
+        format!("refund-{refund_id}")
+    }
+
+    /// GET /payments/{id}, with the test-mode check but no comparison against our records.
+    pub async fn fetch_payment(
+        &self,
+        provider_payment_id: &str,
+    ) -> Result<transformers::Payment, ProviderError> {
+        let path = format!("/payments/{}", path_segment(provider_payment_id)?);
+        let payment: transformers::Payment = self.call(Method::GET, &path, None, None).await?;
+        self.check_test(payment.test, &payment.id)?;
+        Ok(payment)
+    }
+
+    /// GET /refunds/{id}.
+    pub async fn fetch_refund(
+        &self,
+        provider_refund_id: &str,
+    ) -> Result<transformers::Refund, ProviderError> {
+        let path = format!("/refunds/{}", path_segment(provider_refund_id)?);
+        self.call(Method::GET, &path, None, None).await
+    }
+
+    fn check_test(&self, test: bool, object_id: &str) -> Result<(), ProviderError> {
+        if test && !self.settings.test_mode {
+            tracing::error!(
+                object_id,
+                "yookassa returned a test object while test mode is off"
+            );
+            return Err(ProviderError::TestObjectRefused {
+                object_id: object_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn receipt(&self, description: &str, amount: Money, email: Option<&str>) -> Option<Receipt> {
+        let settings = self.settings.receipt.as_ref()?;
+        Some(Receipt {
+            customer: Customer {
+                email: email
+                    .map(str::to_owned)
+                    .or_else(|| settings.customer_email.clone()),
+                phone: settings.customer_phone.clone(),
+            },
+            items: vec![ReceiptItem {
+                description: truncate(description, MAX_DESCRIPTION),
+                quantity: "1.00".into(),
+                amount: amount.into(),
+                vat_code: settings.vat_code,
+                payment_mode: settings.payment_mode.clone(),
+                payment_subject: settings.payment_subject.clone(),
+            }],
+            tax_system_code: settings.tax_system_code,
+        })
+    }
+
+    /// Checks a payment object against our record and maps it.
+    fn to_provider_payment(
+        &self,
+        payment: &transformers::Payment,
+        expected: &PaymentRef,
+    ) -> Result<ProviderPayment, ProviderError> {
+        self.check_test(payment.test, &payment.id)?;
+        if payment.id != expected.provider_payment_id {
+            return Err(Mismatch::ObjectId {
+                expected: expected.provider_payment_id.clone(),
+                actual: payment.id.clone(),
+            }
+            .into());
+        }
+        let ours = payment.metadata_str(METADATA_PAYMENT_ID);
+        if ours != Some(expected.payment_id.to_string().as_str()) {
+            return Err(Mismatch::PaymentId {
+                expected: expected.payment_id,
+                actual: ours.map(str::to_owned),
+            }
+            .into());
+        }
+        let amount = checked_amount(&payment.amount, expected.amount)?;
+        let refunded = match &payment.refunded_amount {
+            Some(r) => parse_amount(r, amount.currency())?,
+            None => Money::new(0, amount.currency()),
+        };
+        let status = transformers::map_payment_status(payment, amount, refunded);
+        let confirmation = payment
+            .confirmation
+            .as_ref()
+            .filter(|c| c.kind == "redirect")
+            .and_then(|c| c.confirmation_url.clone())
+            .map(|url| Confirmation::Redirect { url });
+        Ok(ProviderPayment {
+            provider_payment_id: payment.id.clone(),
+            status,
+            amount,
+            refunded,
+            paid_at: if payment.paid {
+                payment.captured_at
+            } else {
+                None
+            },
+            failure_reason: payment
+                .cancellation_details
+                .as_ref()
+                .map(|d| d.reason.clone()),
+            confirmation,
+            test: payment.test,
+        })
+    }
+
+    /// Sends one request, retrying 5xx/202/429/timeouts with the same body and key.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        idempotence_key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ProviderError> {
+        let url = format!("{}{path}", self.settings.api_url);
+        let policy = self.settings.retry;
+        let max_attempts = policy.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (failure, retry_after) = match self
+                .send(&method, &url, idempotence_key, body.as_deref())
+                .await
+            {
+                Attempt::Done(bytes) => {
+                    return serde_json::from_slice(&bytes).map_err(|e| {
+                        ProviderError::MalformedResponse(format!("{method} {path}: {e}"))
+                    });
+                }
+                Attempt::Final(error) => return Err(error),
+                Attempt::Transient(failure, retry_after) => (failure, retry_after),
+            };
+            if attempt >= max_attempts {
+                tracing::warn!(%method, path, attempt, %failure, "yookassa: giving up, result unknown");
+                return Err(ProviderError::ResultUnknown {
+                    attempts: attempt,
+                    last: failure,
+                });
+            }
+            let pause = policy.backoff(attempt, &failure, retry_after);
+            tracing::info!(%method, path, attempt, %failure, ?pause, "yookassa: retrying with the same idempotence key");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &Method,
+        url: &str,
+        key: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Attempt {
+        let mut request = self.http.request(method.clone(), url).basic_auth(
+            &self.settings.shop_id,
+            Some(self.settings.secret_key.expose_secret()),
+        );
+        if let Some(key) = key {
+            request = request.header("Idempotence-Key", key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return transport_failure(&e),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return transport_failure(&e),
+        };
+        match status {
+            202 => Attempt::Transient(TransientFailure::Processing, retry_after),
+            200..=299 => Attempt::Done(bytes.to_vec()),
+            429 => Attempt::Transient(TransientFailure::RateLimited, retry_after),
+            500..=599 => Attempt::Transient(TransientFailure::ServerError(status), None),
+            _ => Attempt::Final(rejection(status, &bytes).into()),
+        }
+    }
+}
+
+fn transport_failure(e: &reqwest::Error) -> Attempt {
+    if e.is_builder() {
+        return Attempt::Final(ProviderError::Client(e.to_string()));
+    }
+    let failure = if e.is_timeout() {
+        TransientFailure::Timeout
+    } else {
+        TransientFailure::Connection(e.to_string())
+    };
+    Attempt::Transient(failure, None)
+}
+
+fn rejection(status: u16, body: &[u8]) -> Rejection {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => Rejection {
+            http_status: status,
+            code: e.code,
+            description: e.description,
+            parameter: e.parameter,
+            error_id: e.id,
+        },
+        // 405/415 come without an error body.
+        Err(_) => Rejection {
+            http_status: status,
+            code: match status {
+                401 => RejectionCode::InvalidCredentials,
+                403 => RejectionCode::Forbidden,
+                404 => RejectionCode::NotFound,
+                _ => RejectionCode::Unknown,
+            },
+            description: Some(String::from_utf8_lossy(body).chars().take(200).collect()),
+            parameter: None,
+            error_id: None,
+        },
+    }
+}
+
+/// Object ids go into the URL path; refuse anything but YooKassa's id alphabet.
+fn path_segment(id: &str) -> Result<&str, ProviderError> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(id)
+    } else {
+        Err(ProviderError::InvalidRequest(format!(
+            "not a YooKassa object id: {id:?}"
+        )))
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+fn parse_amount(amount: &Amount, expected_currency: Currency) -> Result<Money, ProviderError> {
+    let currency: Currency = amount.currency.parse().map_err(|_| Mismatch::Currency {
+        expected: expected_currency,
+        actual: amount.currency.clone(),
+    })?;
+    if currency != expected_currency {
+        return Err(Mismatch::Currency {
+            expected: expected_currency,
+            actual: amount.currency.clone(),
+        }
+        .into());
+    }
+    Money::parse(&amount.value, currency)
+        .map_err(|e| ProviderError::MalformedResponse(format!("amount {:?}: {e}", amount.value)))
+}
+
+/// The answer's amount, exactly parsed, if it equals ours.
+fn checked_amount(amount: &Amount, expected: Money) -> Result<Money, ProviderError> {
+    let actual = parse_amount(amount, expected.currency())?;
+    if actual != expected {
+        return Err(Mismatch::Amount { expected, actual }.into());
+    }
+    Ok(actual)
+}
+
+fn metadata(request: &CreatePaymentRequest) -> Result<BTreeMap<String, String>, ProviderError> {
+    let mut metadata = request.metadata.clone();
+    metadata.insert(METADATA_PAYMENT_ID.into(), request.payment_id.to_string());
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(ProviderError::InvalidRequest(format!(
+            "at most {MAX_METADATA_KEYS} metadata keys"
+        )));
+    }
+    for (key, value) in &metadata {
+        if key.chars().count() > MAX_METADATA_KEY || value.chars().count() > MAX_METADATA_VALUE {
+            return Err(ProviderError::InvalidRequest(format!(
+                "metadata {key:?}: keys up to {MAX_METADATA_KEY} and values up to {MAX_METADATA_VALUE} characters"
+            )));
+        }
+    }
+    Ok(metadata)
+}
+
+/// YooKassa's refund rules, checked against our records before calling it.
+pub fn check_refund(request: &RefundRequest) -> Result<(), RefundRefusal> {
+    if !matches!(
+        request.payment_status,
+        PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
+    ) {
+        return Err(RefundRefusal::NotSucceeded(request.payment_status));
+    }
+    let paid = request.payment.amount;
+    for other in [request.amount, request.already_refunded] {
+        if other.currency() != paid.currency() {
+            return Err(RefundRefusal::CurrencyMismatch {
+                payment: paid.currency(),
+                refund: other.currency(),
+            });
+        }
+    }
+    if request.amount.minor() <= 0 {
+        return Err(RefundRefusal::NotPositive);
+    }
+    let remaining = Money::new(
+        paid.minor() - request.already_refunded.minor(),
+        paid.currency(),
+    );
+    if request.amount.minor() > remaining.minor() {
+        return Err(RefundRefusal::ExceedsRemaining {
+            requested: request.amount,
+            remaining,
+        });
+    }
+    let left = remaining.minor() - request.amount.minor();
+    if paid.currency() == Currency::Rub && left > 0 && left <= MIN_REMAINDER_AFTER_PARTIAL_REFUND {
+        return Err(RefundRefusal::RemainderTooSmall {
+            remainder: Money::new(left, paid.currency()),
+            minimum: Money::new(MIN_REMAINDER_AFTER_PARTIAL_REFUND, Currency::Rub),
+        });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl PaymentProvider for YooKassaProvider {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        &DESCRIPTOR
+    }
+
+    async fn create_payment(
+        &self,
+        request: &CreatePaymentRequest,
+    ) -> Result<CreatedPayment, ProviderError> {
+        if !DESCRIPTOR.currencies.contains(&request.amount.currency()) {
+            return Err(ProviderError::InvalidRequest(format!(
+                "YooKassa charges in RUB, not {}",
+                request.amount.currency()
+            )));
+        }
+        if request.amount.minor() <= 0 {
+            return Err(ProviderError::InvalidRequest(
+                "amount must be positive".into(),
+            ));
+        }
+        let description = truncate(&request.description, MAX_DESCRIPTION);
+        let body = CreatePaymentBody {
+            amount: request.amount.into(),
+            capture: true,
+            confirmation: ConfirmationRequest {
+                kind: "redirect",
+                return_url: request
+                    .return_url
+                    .clone()
+                    .unwrap_or_else(|| self.settings.return_url.clone()),
+            },
+            receipt: self.receipt(
+                &description,
+                request.amount,
+                request.receipt_email.as_deref(),
+            ),
+            description,
+            metadata: metadata(request)?,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Client(e.to_string()))?;
+        let key = Self::payment_idempotence_key(request.payment_id);
+        let payment: transformers::Payment = self
+            .call(Method::POST, "/payments", Some(&key), Some(body))
+            .await?;
+        let expected = PaymentRef {
+            payment_id: request.payment_id,
+            provider_payment_id: payment.id.clone(),
+            amount: request.amount,
+        };
+        let mapped = self.to_provider_payment(&payment, &expected)?;
+        tracing::info!(payment_id = %request.payment_id, provider_payment_id = %payment.id, status = %mapped.status, "yookassa payment created");
+        Ok(CreatedPayment {
+            provider_payment_id: mapped.provider_payment_id,
+            status: mapped.status,
+            amount: mapped.amount,
+            confirmation: mapped.confirmation,
+            expires_at: payment.expires_at,
+            test: mapped.test,
+        })
+    }
+
+    async fn get_payment_status(
+        &self,
+        payment: &PaymentRef,
+    ) -> Result<ProviderPayment, ProviderError> {
+        let fetched = self.fetch_payment(&payment.provider_payment_id).await?;
+        self.to_provider_payment(&fetched, payment)
+    }
+
+    async fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
+        self.verifier
+            .verify_source(request.peer, request.headers)
+            .map(|_| ())
+    }
+
+    async fn process_webhook(&self, body: &[u8]) -> Result<WebhookNotification, WebhookError> {
+        YooKassaWebhookVerifier::parse(body)
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError> {
+        check_refund(request)?;
+        let description = request
+            .reason
+            .as_deref()
+            .map(|r| truncate(r, MAX_REFUND_DESCRIPTION));
+        let body = CreateRefundBody {
+            payment_id: path_segment(&request.payment.provider_payment_id)?.to_owned(),
+            amount: request.amount.into(),
+            receipt: self.receipt(
+                description.as_deref().unwrap_or("Refund"),
+                request.amount,
+                None,
+            ),
+            description,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Client(e.to_string()))?;
+        let key = Self::refund_idempotence_key(request.refund_id);
+        let refund: transformers::Refund = self
+            .call(Method::POST, "/refunds", Some(&key), Some(body))
+            .await?;
+        if refund.payment_id != request.payment.provider_payment_id {
+            return Err(Mismatch::ObjectId {
+                expected: request.payment.provider_payment_id.clone(),
+                actual: refund.payment_id,
+            }
+            .into());
+        }
+        let amount = checked_amount(&refund.amount, request.amount)?;
+        tracing::info!(payment_id = %request.payment.payment_id, refund_id = %refund.id, status = ?refund.status, "yookassa refund created");
+        Ok(ProviderRefund {
+            provider_refund_id: refund.id,
+            status: refund.status.into(),
+            amount,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rub(minor: i64) -> Money {
+        Money::new(minor, Currency::Rub)
+    }
+
+    fn refund(status: PaymentStatus, paid: i64, refunded: i64, amount: Money) -> RefundRequest {
+        RefundRequest {
+            refund_id: Uuid::nil(),
+            payment: PaymentRef {
+                payment_id: PaymentId::new(),
+                provider_payment_id: "p".into(),
+                amount: rub(paid),
+            },
+            payment_status: status,
+            already_refunded: rub(refunded),
+            amount,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn refund_rules() {
+        assert_eq!(
+            check_refund(&refund(PaymentStatus::Succeeded, 10_000, 0, rub(10_000))),
+            Ok(())
+        );
+        assert_eq!(
+            check_refund(&refund(PaymentStatus::Succeeded, 10_000, 0, rub(9_899))),
+            Ok(())
+        );
+        assert_eq!(
+            check_refund(&refund(
+                PaymentStatus::PartiallyRefunded,
+                10_000,
+                3_000,
+                rub(7_000)
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            check_refund(&refund(PaymentStatus::Pending, 10_000, 0, rub(100))),
+            Err(RefundRefusal::NotSucceeded(PaymentStatus::Pending))
+        );
+        assert!(matches!(
+            check_refund(&refund(
+                PaymentStatus::Succeeded,
+                10_000,
+                0,
+                Money::new(100, Currency::Xtr)
+            )),
+            Err(RefundRefusal::CurrencyMismatch { .. })
+        ));
+        assert_eq!(
+            check_refund(&refund(PaymentStatus::Succeeded, 10_000, 0, rub(0))),
+            Err(RefundRefusal::NotPositive)
+        );
+        assert!(matches!(
+            check_refund(&refund(
+                PaymentStatus::PartiallyRefunded,
+                10_000,
+                3_000,
+                rub(7_001)
+            )),
+            Err(RefundRefusal::ExceedsRemaining { .. })
+        ));
+        assert!(matches!(
+            check_refund(&refund(PaymentStatus::Succeeded, 10_000, 0, rub(9_900))),
+            Err(RefundRefusal::RemainderTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_are_deterministic_and_short() {
+        let id = PaymentId::new();
+        let key = YooKassaProvider::payment_idempotence_key(id);
+        assert_eq!(key, YooKassaProvider::payment_idempotence_key(id));
+        assert!(key.len() <= 64);
+        assert!(YooKassaProvider::refund_idempotence_key(Uuid::new_v4()).len() <= 64);
+    }
+
+    #[test]
+    fn published_networks_all_parse() {
+        assert_eq!(published_networks().nets().len(), PUBLISHED_NETWORKS.len());
+    }
+
+    #[test]
+    fn path_segments_are_checked() {
+        assert!(path_segment("22e12f66-000f-5000-8000-18db351245c7").is_ok());
+        assert!(path_segment("../me").is_err());
+        assert!(path_segment("").is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! `PaymentService`: the registry of enabled providers and the entry point for callers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use domain::money::Currency;
+
+use crate::ProviderId;
+use crate::error::{ProviderError, SettingsError, WebhookError};
+use crate::provider::{
+    CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef, ProviderDescriptor,
+    ProviderPayment, ProviderRefund, RefundRequest,
+};
+use crate::providers::{self, Registry};
+use crate::settings::PaymentSettings;
+use crate::webhook::{WebhookNotification, WebhookRequest};
+
+/// Selects the provider for a payment among the enabled ones.
+#[derive(Clone, Default)]
+pub struct PaymentService {
+    providers: BTreeMap<ProviderId, Arc<dyn PaymentProvider>>,
+}
+
+impl std::fmt::Debug for PaymentService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentService")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PaymentService {
+    /// Enables exactly the providers whose settings are present.
+    pub fn from_settings(settings: &PaymentSettings) -> Result<Self, SettingsError> {
+        let mut registry = Registry::default();
+        providers::register_all(settings, &mut registry)?;
+        Ok(Self {
+            providers: registry.providers,
+        })
+    }
+
+    /// A service over the given providers (tests, or a caller with its own wiring).
+    pub fn from_providers(providers: impl IntoIterator<Item = Arc<dyn PaymentProvider>>) -> Self {
+        Self {
+            providers: providers.into_iter().map(|p| (p.id(), p)).collect(),
+        }
+    }
+
+    pub fn provider(&self, id: ProviderId) -> Result<&Arc<dyn PaymentProvider>, ProviderError> {
+        self.providers.get(&id).ok_or(ProviderError::NotEnabled(id))
+    }
+
+    pub fn is_enabled(&self, id: ProviderId) -> bool {
+        self.providers.contains_key(&id)
+    }
+
+    /// The enabled providers, in `ProviderId` order (for `GET /api/payment/providers`).
+    pub fn descriptors(&self) -> Vec<&ProviderDescriptor> {
+        self.providers.values().map(|p| p.descriptor()).collect()
+    }
+
+    /// The enabled providers that charge in `currency`.
+    pub fn providers_for(&self, currency: Currency) -> Vec<&ProviderDescriptor> {
+        self.descriptors()
+            .into_iter()
+            .filter(|d| d.currencies.contains(&currency))
+            .collect()
+    }
+
+    pub async fn create_payment(
+        &self,
+        provider: ProviderId,
+        request: &CreatePaymentRequest,
+    ) -> Result<CreatedPayment, ProviderError> {
+        self.provider(provider)?.create_payment(request).await
+    }
+
+    pub async fn get_payment_status(
+        &self,
+        provider: ProviderId,
+        payment: &PaymentRef,
+    ) -> Result<ProviderPayment, ProviderError> {
+        self.provider(provider)?.get_payment_status(payment).await
+    }
+
+    pub async fn refund(
+        &self,
+        provider: ProviderId,
+        request: &RefundRequest,
+    ) -> Result<ProviderRefund, ProviderError> {
+        let provider = self.provider(provider)?;
+        if !provider.descriptor().supports_refunds {
+            return Err(ProviderError::Unsupported("refund"));
+        }
+        provider.refund(request).await
+    }
+
+    /// Verifies and parses a webhook call for `provider`. A disabled provider's webhook is
+    /// reported as `Ok(None)` so the gateway can answer 404 without revealing more.
+    pub async fn receive_webhook(
+        &self,
+        provider: ProviderId,
+        request: &WebhookRequest<'_>,
+    ) -> Result<Option<WebhookNotification>, WebhookError> {
+        match self.providers.get(&provider) {
+            Some(p) => p.receive_webhook(request).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

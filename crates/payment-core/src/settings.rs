@@ -1,0 +1,173 @@
+//! Which providers are enabled, and how: a provider is on exactly when its settings exist.
+
+use std::str::FromStr;
+
+use crate::error::SettingsError;
+use crate::providers::yookassa::YooKassaSettings;
+
+/// Settings of every provider; `None` = disabled.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentSettings {
+    pub yookassa: Option<YooKassaSettings>,
+}
+
+impl PaymentSettings {
+    /// Reads the process environment (load `.env` into it first).
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map). Empty values count as unset, so a
+    /// provider is disabled by deleting or blanking its variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let env = Env { lookup: &lookup };
+        Ok(Self {
+            yookassa: YooKassaSettings::from_env(&env)?,
+        })
+    }
+}
+
+/// Typed access to settings variables.
+pub(crate) struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    pub fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn parse<T>(&self, var: &'static str) -> Result<Option<T>, SettingsError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get(var)
+            .map(|v| {
+                v.parse().map_err(|e: T::Err| SettingsError::Invalid {
+                    var,
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn flag(&self, var: &'static str) -> Result<Option<bool>, SettingsError> {
+        self.get(var)
+            .map(|v| match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(SettingsError::Invalid {
+                    var,
+                    reason: format!("expected true or false, got {v:?}"),
+                }),
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<PaymentSettings, SettingsError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        PaymentSettings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn a_provider_is_enabled_by_its_settings() {
+        assert!(settings(&[]).expect("ok").yookassa.is_none());
+        assert!(
+            settings(&[("YOOKASSA_SHOP_ID", ""), ("YOOKASSA_SECRET_KEY", " ")])
+                .expect("ok")
+                .yookassa
+                .is_none()
+        );
+        let on =
+            settings(&[("YOOKASSA_SHOP_ID", "100500"), ("YOOKASSA_SECRET_KEY", "s")]).expect("ok");
+        let yk = on.yookassa.expect("enabled");
+        assert_eq!(yk.shop_id, "100500");
+        assert!(!yk.test_mode);
+        assert_eq!(yk.api_url, "https://api.yookassa.ru/v3");
+        assert!(yk.receipt.is_none());
+        assert!(yk.allowed_ips.contains("185.71.76.1".parse().expect("ip")));
+        assert!(
+            !format!("{yk:?}").contains("\"s\""),
+            "the secret is not printed"
+        );
+    }
+
+    #[test]
+    fn half_configured_is_an_error() {
+        assert_eq!(
+            settings(&[("YOOKASSA_SHOP_ID", "100500")]).err(),
+            Some(SettingsError::Missing("YOOKASSA_SECRET_KEY"))
+        );
+        assert!(matches!(
+            settings(&[
+                ("YOOKASSA_SHOP_ID", "1"),
+                ("YOOKASSA_SECRET_KEY", "s"),
+                ("YOOKASSA_TEST_MODE", "maybe")
+            ]),
+            Err(SettingsError::Invalid {
+                var: "YOOKASSA_TEST_MODE",
+                ..
+            })
+        ));
+        assert!(matches!(
+            settings(&[
+                ("YOOKASSA_SHOP_ID", "1"),
+                ("YOOKASSA_SECRET_KEY", "s"),
+                ("TRUSTED_PROXIES", "10.0.0.0/99")
+            ]),
+            Err(SettingsError::Invalid {
+                var: "TRUSTED_PROXIES",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn all_yookassa_variables() {
+        let s = settings(&[
+            ("YOOKASSA_SHOP_ID", "1"),
+            ("YOOKASSA_SECRET_KEY", "s"),
+            ("YOOKASSA_TEST_MODE", "true"),
+            ("YOOKASSA_API_URL", "http://127.0.0.1:8081/v3/"),
+            ("YOOKASSA_RETURN_URL", "https://t.me/acp_bot"),
+            ("YOOKASSA_ALLOWED_IPS", "127.0.0.2"),
+            ("TRUSTED_PROXIES", "10.0.0.1, 10.0.1.0/24"),
+            ("YOOKASSA_MAX_ATTEMPTS", "6"),
+            ("YOOKASSA_RETRY_INITIAL_MS", "10"),
+            ("YOOKASSA_RETRY_MAX_MS", "100"),
+            ("YOOKASSA_TIMEOUT_MS", "2000"),
+            ("YOOKASSA_RECEIPT_EMAIL", "shop@example.com"),
+            ("YOOKASSA_RECEIPT_VAT_CODE", "4"),
+            ("YOOKASSA_RECEIPT_TAX_SYSTEM_CODE", "2"),
+        ])
+        .expect("ok")
+        .yookassa
+        .expect("enabled");
+        assert!(s.test_mode);
+        assert_eq!(s.api_url, "http://127.0.0.1:8081/v3");
+        assert_eq!(s.return_url, "https://t.me/acp_bot");
+        assert!(s.allowed_ips.contains("127.0.0.2".parse().expect("ip")));
+        assert!(!s.allowed_ips.contains("185.71.76.1".parse().expect("ip")));
+        assert_eq!(s.trusted_proxies.nets().len(), 2);
+        assert_eq!(s.retry.max_attempts, 6);
+        assert_eq!(s.retry.request_timeout.as_millis(), 2000);
+        let receipt = s.receipt.expect("receipt");
+        assert_eq!(receipt.customer_email.as_deref(), Some("shop@example.com"));
+        assert_eq!((receipt.vat_code, receipt.tax_system_code), (4, Some(2)));
+        assert_eq!(receipt.payment_subject, "service");
+        assert_eq!(receipt.payment_mode, "full_payment");
+    }
+}
