@@ -1,14 +1,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
-use sandbox::yookassa;
+use sandbox::{marzban, yookassa};
 
 /// Local emulators for the payment system's outside services.
 #[derive(Debug, Parser)]
 #[command(name = "sandbox", version)]
 struct Cli {
     /// Where the YooKassa emulator listens.
-    #[arg(long, env = "SANDBOX_YOOKASSA_BIND", default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "SANDBOX_YOOKASSA_BIND", default_value = "127.0.0.1:9101")]
     yookassa_bind: SocketAddr,
     /// Base URL the payer's browser uses to reach the emulator (for confirmation_url).
     #[arg(long, env = "SANDBOX_YOOKASSA_PUBLIC_URL")]
@@ -31,6 +31,19 @@ struct Cli {
     /// Emulate a live shop (objects carry "test": false).
     #[arg(long)]
     yookassa_live_shop: bool,
+    /// Where the Marzban panel emulator listens.
+    #[arg(long, env = "SANDBOX_MARZBAN_BIND", default_value = "127.0.0.1:9104")]
+    marzban_bind: SocketAddr,
+    /// Admin account of the Marzban emulator.
+    #[arg(long, env = "MARZBAN_USERNAME", default_value = "admin")]
+    marzban_username: String,
+    #[arg(
+        long,
+        env = "MARZBAN_PASSWORD",
+        default_value = "admin-password",
+        hide_env_values = true
+    )]
+    marzban_password: String,
 }
 
 #[tokio::main]
@@ -55,7 +68,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let handle = yookassa::spawn(config).await?;
     println!("YooKassa emulator: {}", handle.api_url());
+    let panel = marzban::spawn(marzban::Config {
+        bind: cli.marzban_bind,
+        admin_username: cli.marzban_username,
+        admin_password: cli.marzban_password,
+        ..marzban::Config::default()
+    })
+    .await?;
+    println!("Marzban emulator: {}", panel.base_url);
     tokio::signal::ctrl_c().await?;
     handle.stop().await;
+    panel.stop().await;
     Ok(())
 }

@@ -91,7 +91,8 @@ async fn live() -> HttpResponse {
 
 async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     let (ok, checks) = readiness.report().await;
-    let body = serde_json::json!({"status": if ok { "ok" } else { "unavailable" }, "checks": checks});
+    let body =
+        serde_json::json!({"status": if ok { "ok" } else { "unavailable" }, "checks": checks});
     if ok {
         HttpResponse::Ok().json(body)
     } else {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use messaging::topology::system_consumers;
 use messaging::{Bus, InProcessBus, OutboxRelay, RabbitBus, RabbitConfig, RelayConfig};
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
@@ -33,7 +34,7 @@ impl Infra {
             .with_connection_name(service);
         let bus = RabbitBus::connect(config).await?;
         tracing::info!(service, prefix = %common.amqp_prefix, "database and broker connected");
-        Ok(Self::assemble(db, Arc::new(bus)))
+        Self::assemble(db, Arc::new(bus)).await
     }
 
     /// SQLite (or whatever `DATABASE_URL` says) and the in-process bus, for the single-process
@@ -41,10 +42,15 @@ impl Infra {
     pub async fn embedded(service: &'static str, common: &CommonSettings) -> anyhow::Result<Self> {
         let db = db::connect(common).await?;
         tracing::info!(service, "database connected; in-process bus");
-        Ok(Self::assemble(db, Arc::new(InProcessBus::new())))
+        Self::assemble(db, Arc::new(InProcessBus::new())).await
     }
 
-    fn assemble(db: DatabaseConnection, bus: Arc<dyn Bus>) -> Self {
+    async fn assemble(db: DatabaseConnection, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
+        // Before anything is published: every consumer's queue exists, so no event is lost
+        // to a consumer that has not started yet.
+        for consumer in system_consumers() {
+            bus.declare(&consumer).await?;
+        }
         let relay_stop = CancellationToken::new();
         let relay = OutboxRelay::new(db.clone(), bus.clone(), RelayConfig::default());
         let outbox_nudge = relay.nudge();
@@ -56,14 +62,14 @@ impl Infra {
                 let broker = broker.clone();
                 Box::pin(async move { broker.ready().await.map_err(|e| e.to_string()) })
             });
-        Self {
+        Ok(Self {
             db,
             bus,
             outbox_nudge,
             readiness,
             relay,
             relay_stop,
-        }
+        })
     }
 
     /// The checks `/health/ready` runs for services on this infrastructure.

@@ -20,7 +20,8 @@ pub fn init(service: &str, settings: &CommonSettings) -> TelemetryGuard {
     let filter = EnvFilter::try_new(&settings.rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
     let (file_layer, guard) = match std::fs::create_dir_all(&settings.log_dir) {
         Ok(()) => {
-            let appender = tracing_appender::rolling::daily(&settings.log_dir, format!("{service}.log"));
+            let appender =
+                tracing_appender::rolling::daily(&settings.log_dir, format!("{service}.log"));
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = tracing_subscriber::fmt::layer()
                 .json()
@@ -29,7 +30,10 @@ pub fn init(service: &str, settings: &CommonSettings) -> TelemetryGuard {
             (Some(layer), Some(guard))
         }
         Err(error) => {
-            eprintln!("cannot create LOG_DIR {}: {error}; logging to stdout only", settings.log_dir);
+            eprintln!(
+                "cannot create LOG_DIR {}: {error}; logging to stdout only",
+                settings.log_dir
+            );
             (None, None)
         }
     };

@@ -107,7 +107,9 @@ pub async fn check_binary_lifecycle(
             return Err(format!("/health/ready lacks {check}: {ready}"));
         }
     }
-    let live = service.wait_for("/health/live", Duration::from_secs(5)).await?;
+    let live = service
+        .wait_for("/health/live", Duration::from_secs(5))
+        .await?;
     if !live.contains("ok") {
         return Err(format!("/health/live: {live}"));
     }
@@ -121,8 +123,26 @@ pub async fn check_binary_lifecycle(
         .terminate(Duration::from_secs(20))
         .await
         .map_err(|e| e.to_string())?;
+    let lookup = |name: &str| envs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    if let (Some(url), Some(prefix)) = (lookup("AMQP_URL"), lookup("AMQP_PREFIX")) {
+        delete_system_topology(url, prefix)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     if !exit.success() {
         return Err(format!("exit after SIGTERM: {exit}"));
     }
+    Ok(())
+}
+
+/// Removes the queues and exchange a test's services declared under `prefix`, so test runs
+/// do not pile up quorum queues on the shared broker.
+pub async fn delete_system_topology(url: &str, prefix: &str) -> Result<(), messaging::BusError> {
+    let bus = messaging::RabbitBus::connect(messaging::RabbitConfig::new(url, prefix)).await?;
+    for consumer in messaging::topology::system_consumers() {
+        bus.delete_consumer(&consumer).await?;
+    }
+    bus.delete_exchange().await?;
+    bus.close().await;
     Ok(())
 }

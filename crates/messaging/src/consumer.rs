@@ -1,0 +1,441 @@
+//! The idempotent consumer runner and the [`Handler`] trait.
+//!
+//! For each delivery: decode the envelope (undecodable → parked at once), open a database
+//! transaction, insert `processed_messages(consumer, event_id)` — a conflict means the message
+//! was handled before, so it is acknowledged and skipped — run the handler in that
+//! transaction, commit, and only then acknowledge. A failed handler rolls back; the message is
+//! sent to the next delay queue, or parked once the retry policy is used up (at once for a
+//! [`HandlerError::Permanent`]).
+
+use std::error::Error as StdError;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use domain::entities::processed_messages;
+use futures::{FutureExt, StreamExt};
+use sea_orm::{
+    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    TransactionTrait, TryInsertResult,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Delivery, DeliverySource};
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::retry::RetryPolicy;
+use crate::topology::ConsumerSpec;
+
+/// Counter `{consumer, outcome}`: outcome is `handled`, `duplicate`, `retried` or `parked`.
+pub const METRIC_MESSAGES: &str = "messaging_consumer_messages_total";
+/// Histogram `{consumer}`: seconds from delivery to settlement of handled messages.
+pub const METRIC_HANDLE_SECONDS: &str = "messaging_consumer_handle_seconds";
+/// Gauge `{consumer}`: messages in the parking queue when last polled.
+pub const METRIC_PARKING: &str = "messaging_parking_messages";
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A handler's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (a dependency is down, a lock timed out): retried with delay.
+    #[error("{0}")]
+    Transient(#[source] BoxError),
+    /// Will never succeed (the event makes no sense here): parked at once.
+    #[error("{0}")]
+    Permanent(#[source] BoxError),
+}
+
+impl HandlerError {
+    /// A failure worth retrying.
+    pub fn transient(err: impl Into<BoxError>) -> Self {
+        Self::Transient(err.into())
+    }
+
+    /// A failure not worth retrying.
+    pub fn permanent(err: impl Into<BoxError>) -> Self {
+        Self::Permanent(err.into())
+    }
+
+    /// `true` for [`HandlerError::Permanent`].
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent(_))
+    }
+}
+
+impl From<DbErr> for HandlerError {
+    fn from(err: DbErr) -> Self {
+        Self::Transient(Box::new(err))
+    }
+}
+
+impl From<EnvelopeError> for HandlerError {
+    /// A payload that does not decode will not decode next time either.
+    fn from(err: EnvelopeError) -> Self {
+        Self::Permanent(Box::new(err))
+    }
+}
+
+/// Handles the events of one consumer.
+///
+/// The name and bindings become the queue `<prefix>.<consumer>` bound to those patterns; the
+/// name is also the `processed_messages.consumer` key, so it must stay stable.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Stable consumer name, e.g. `marzban-sync`.
+    fn consumer(&self) -> &str;
+
+    /// Routing-key patterns this consumer receives (`payment.completed`, `payment.#`).
+    fn bindings(&self) -> Vec<String>;
+
+    /// Applies the event's effect using `tx`, which commits only if this returns `Ok` — the
+    /// effect, the idempotency row and any outbox rows written through `tx` are atomic.
+    /// Events of types the handler does not care about should return `Ok(())`.
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError>;
+}
+
+/// Counts of what a runner did (for tests and status pages; metrics carry the same).
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    handled: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    parked: AtomicU64,
+    settle_failures: AtomicU64,
+}
+
+impl ConsumerStats {
+    /// Messages whose handler committed.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::SeqCst)
+    }
+    /// Messages skipped as already processed.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::SeqCst)
+    }
+    /// Failures sent to a delay queue.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::SeqCst)
+    }
+    /// Messages parked.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::SeqCst)
+    }
+    /// Acks, retries or parks the transport failed to carry out (the message is redelivered).
+    pub fn settle_failures(&self) -> u64 {
+        self.settle_failures.load(Ordering::SeqCst)
+    }
+}
+
+/// Runner settings.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Unacknowledged messages in flight, which is also how many are handled concurrently.
+    pub prefetch: u16,
+    /// Delays between attempts before parking (also declares the delay queues).
+    pub retry: RetryPolicy,
+    /// Wait before subscribing again after the subscription failed or ended.
+    pub resubscribe_delay: Duration,
+    /// How often the parking-queue gauge is refreshed.
+    pub parking_poll_interval: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: 16,
+            retry: RetryPolicy::default(),
+            resubscribe_delay: Duration::from_secs(1),
+            parking_poll_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+enum Applied {
+    Handled,
+    Duplicate,
+}
+
+/// Runs one [`Handler`] against a [`DeliverySource`].
+pub struct ConsumerRunner {
+    handler: Arc<dyn Handler>,
+    db: DatabaseConnection,
+    source: Arc<dyn DeliverySource>,
+    spec: ConsumerSpec,
+    config: RunnerConfig,
+    stats: Arc<ConsumerStats>,
+}
+
+impl std::fmt::Debug for ConsumerRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerRunner")
+            .field("spec", &self.spec)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerRunner {
+    /// A runner for `handler`, handling in transactions on `db`.
+    pub fn new(
+        handler: impl Handler,
+        db: DatabaseConnection,
+        source: Arc<dyn DeliverySource>,
+        config: RunnerConfig,
+    ) -> Self {
+        let spec = ConsumerSpec::new(handler.consumer(), handler.bindings())
+            .with_retry(config.retry.clone());
+        Self {
+            handler: Arc::new(handler),
+            db,
+            source,
+            spec,
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The topology this runner needs (declare it at start-up so publishers can route to it
+    /// before the runner subscribes).
+    pub fn spec(&self) -> &ConsumerSpec {
+        &self.spec
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown`, then finishes the messages in hand and returns; messages
+    /// received but not started go back to the queue.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let consume = this.clone().consume(shutdown.clone());
+        let monitor = this.clone().monitor_parking(shutdown);
+        futures::future::join(consume, monitor).await;
+        tracing::debug!(consumer = %this.spec.name, "consumer stopped");
+    }
+
+    /// Runs the runner on a new task.
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.run(shutdown))
+    }
+
+    async fn consume(self: Arc<Self>, shutdown: CancellationToken) {
+        let concurrency = usize::from(self.config.prefetch.max(1));
+        while !shutdown.is_cancelled() {
+            match self
+                .source
+                .subscribe(&self.spec, self.config.prefetch)
+                .await
+            {
+                Ok(deliveries) => {
+                    tracing::info!(consumer = %self.spec.name, "consuming");
+                    let consumer = self.spec.name.clone();
+                    deliveries
+                        .take_until(shutdown.clone().cancelled_owned())
+                        // A transport error ends this subscription; the loop subscribes again.
+                        .scan((), move |(), item| {
+                            futures::future::ready(match item {
+                                Ok(delivery) => Some(delivery),
+                                Err(err) => {
+                                    tracing::warn!(%consumer, error = %err, "subscription failed");
+                                    None
+                                }
+                            })
+                        })
+                        .for_each_concurrent(concurrency, |delivery| {
+                            let this = self.clone();
+                            async move { this.process(delivery).await }
+                        })
+                        .await;
+                }
+                Err(err) => {
+                    tracing::warn!(consumer = %self.spec.name, error = %err, "cannot subscribe");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.config.resubscribe_delay) => {}
+            }
+        }
+    }
+
+    async fn monitor_parking(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            match self.source.parking_count(&self.spec.name).await {
+                Ok(count) => {
+                    metrics::gauge!(METRIC_PARKING, "consumer" => self.spec.name.clone())
+                        .set(count as f64);
+                }
+                Err(err) => {
+                    tracing::debug!(consumer = %self.spec.name, error = %err, "parking count unavailable");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.config.parking_poll_interval) => {}
+            }
+        }
+    }
+
+    /// Handles and settles one delivery.
+    async fn process(&self, delivery: Delivery) {
+        let started = Instant::now();
+        let consumer = self.spec.name.as_str();
+        let failed_before = delivery.message.failed_attempts;
+
+        let envelope = match Envelope::from_json(&delivery.message.body) {
+            Ok(envelope) => envelope.with_routing_key(delivery.message.routing_key.clone()),
+            Err(err) => {
+                let error = error_chain(&err);
+                tracing::error!(%consumer, message_id = ?delivery.message.message_id, %error, "undecodable message; parking");
+                self.park(delivery, failed_before + 1, &error).await;
+                return;
+            }
+        };
+
+        let applied = AssertUnwindSafe(self.apply(&envelope))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".to_owned());
+                Err(HandlerError::transient(format!("handler panicked: {what}")))
+            });
+
+        match applied {
+            Ok(applied) => {
+                let outcome = match applied {
+                    Applied::Handled => {
+                        self.stats.handled.fetch_add(1, Ordering::SeqCst);
+                        "handled"
+                    }
+                    Applied::Duplicate => {
+                        self.stats.duplicates.fetch_add(1, Ordering::SeqCst);
+                        tracing::info!(%consumer, event_id = %envelope.event_id, "duplicate skipped");
+                        "duplicate"
+                    }
+                };
+                if let Err(err) = delivery.ack().await {
+                    // Committed but not acked: the redelivery will be skipped as a duplicate.
+                    self.stats.settle_failures.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(%consumer, event_id = %envelope.event_id, error = %err, "ack failed");
+                }
+                count(consumer, outcome);
+                metrics::histogram!(METRIC_HANDLE_SECONDS, "consumer" => consumer.to_owned())
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(err) => {
+                let failed = failed_before + 1;
+                let error = error_chain(&err);
+                let delay = if err.is_permanent() {
+                    None
+                } else {
+                    self.spec.retry.delay_after(failed)
+                };
+                match delay {
+                    Some(delay) => {
+                        tracing::warn!(%consumer, event_id = %envelope.event_id, event_type = %envelope.event_type, attempt = failed, retry_in_ms = delay.as_millis() as u64, %error, "handler failed; will retry");
+                        match delivery.retry(failed, delay, &error).await {
+                            Ok(()) => {
+                                self.stats.retried.fetch_add(1, Ordering::SeqCst);
+                                count(consumer, "retried");
+                            }
+                            Err(settle) => {
+                                self.stats.settle_failures.fetch_add(1, Ordering::SeqCst);
+                                tracing::warn!(%consumer, event_id = %envelope.event_id, error = %settle, "could not schedule the retry");
+                            }
+                        }
+                    }
+                    None => {
+                        tracing::error!(%consumer, event_id = %envelope.event_id, event_type = %envelope.event_type, attempts = failed, %error, "handler failed for the last time; parking");
+                        self.park(delivery, failed, &error).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn park(&self, delivery: Delivery, attempts: u32, error: &str) {
+        match delivery.park(attempts, error).await {
+            Ok(()) => {
+                self.stats.parked.fetch_add(1, Ordering::SeqCst);
+                count(&self.spec.name, "parked");
+            }
+            Err(err) => {
+                self.stats.settle_failures.fetch_add(1, Ordering::SeqCst);
+                tracing::warn!(consumer = %self.spec.name, error = %err, "could not park the message");
+            }
+        }
+    }
+
+    /// The idempotency row and the handler's effect, in one transaction.
+    async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
+        let tx = self.db.begin().await?;
+        let marker = processed_messages::ActiveModel {
+            consumer: Set(self.spec.name.clone()),
+            message_id: Set(envelope.message_id()),
+            processed_at: Set(Utc::now()),
+        };
+        let inserted = processed_messages::Entity::insert(marker)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&tx)
+            .await?;
+        if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+            tx.rollback().await?;
+            return Ok(Applied::Duplicate);
+        }
+        if let Err(err) = self.handler.handle(&tx, envelope).await {
+            tx.rollback().await?;
+            return Err(err);
+        }
+        tx.commit().await?;
+        Ok(Applied::Handled)
+    }
+}
+
+fn count(consumer: &str, outcome: &'static str) {
+    metrics::counter!(METRIC_MESSAGES, "consumer" => consumer.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// `error: cause: cause`, for logs and the parking headers.
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // thiserror's `#[error("{0}")]` repeats the source; don't print it twice.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_skips_repeated_sources() {
+        let err = HandlerError::transient(std::io::Error::other("marzban down"));
+        assert_eq!(error_chain(&err), "marzban down");
+        let env_err = Envelope::from_json(b"{").unwrap_err();
+        let chain = error_chain(&env_err);
+        assert!(chain.starts_with("not a valid event envelope"), "{chain}");
+    }
+}

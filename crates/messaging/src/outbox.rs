@@ -1,0 +1,328 @@
+//! The transactional outbox: [`enqueue`] writes an event in the caller's transaction, and the
+//! [`OutboxRelay`] publishes what was committed.
+//!
+//! Delivery is at-least-once: a relay that dies after the broker confirmed a message but
+//! before its transaction committed publishes it again; consumers skip the duplicate by its
+//! `event_id` (see [`crate::consumer`]). A rolled-back transaction leaves no row, so nothing is
+//! ever published for a change that did not happen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::entities::outbox;
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{OutgoingMessage, PublishError, Publisher};
+use crate::envelope::{Envelope, EnvelopeError};
+
+/// Counter: events the relay published (confirmed by the bus).
+pub const METRIC_PUBLISHED: &str = "messaging_outbox_published_total";
+/// Counter: publish attempts that failed (the row stays and is retried).
+pub const METRIC_PUBLISH_FAILURES: &str = "messaging_outbox_publish_failures_total";
+/// Counter: events no queue is bound to. The broker took them and dropped them, as a topic
+/// exchange does; the row is marked published with `last_error = "unroutable…"`. Every process
+/// declares the system's consumer queues at start-up, so only events that nothing consumes by
+/// design end here.
+pub const METRIC_UNROUTABLE: &str = "messaging_outbox_unroutable_total";
+
+/// Failures of the outbox functions.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database refused.
+    #[error("outbox database error: {0}")]
+    Db(#[from] DbErr),
+    /// The envelope could not be serialised.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// Writes `envelope` to the outbox through `conn` — pass the transaction that makes the
+/// change the event announces, so both commit or neither does. Returns the row id.
+pub async fn enqueue<C: ConnectionTrait>(
+    conn: &C,
+    envelope: &Envelope,
+) -> Result<i64, OutboxError> {
+    let row = outbox::ActiveModel {
+        id: NotSet,
+        event_id: Set(envelope.event_id),
+        routing_key: Set(envelope.routing_key().to_owned()),
+        envelope: Set(envelope.to_json()?),
+        created_at: Set(Utc::now()),
+        published_at: Set(None),
+        attempts: Set(0),
+        last_error: Set(None),
+    };
+    Ok(outbox::Entity::insert(row).exec(conn).await?.last_insert_id)
+}
+
+/// Number of rows not yet published (for metrics and tests).
+pub async fn pending_count<C: ConnectionTrait>(conn: &C) -> Result<u64, OutboxError> {
+    Ok(outbox::Entity::find()
+        .filter(outbox::Column::PublishedAt.is_null())
+        .count(conn)
+        .await?)
+}
+
+/// How the relay polls.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Rows claimed and published per transaction.
+    pub batch_size: u64,
+    /// Sleep between polls when the outbox is empty (a nudge cuts it short).
+    pub poll_interval: Duration,
+    /// Upper bound of the back-off after failures.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one [`OutboxRelay::run_once`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayBatch {
+    /// Rows taken.
+    pub claimed: usize,
+    /// Rows published and marked.
+    pub published: usize,
+    /// Rows whose publish failed (attempts bumped, retried later).
+    pub failed: usize,
+}
+
+/// Publishes committed outbox rows.
+///
+/// On PostgreSQL each batch is claimed with `FOR UPDATE SKIP LOCKED`, published with
+/// confirms and marked in the same transaction, so any number of relays (in one process or
+/// many) share the work without publishing a row twice — except when a relay dies between the
+/// confirm and the commit, which consumers absorb. On SQLite (the single-process mode) there is
+/// no row locking and a long read transaction would block the other writers, so rows are read,
+/// published, then marked each in short statements; run one relay per SQLite database.
+pub struct OutboxRelay {
+    db: DatabaseConnection,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+    nudge: Arc<Notify>,
+}
+
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxRelay {
+    /// A relay publishing from `db` through `publisher`.
+    pub fn new(db: DatabaseConnection, publisher: Arc<dyn Publisher>, config: RelayConfig) -> Self {
+        Self {
+            db,
+            publisher,
+            config,
+            nudge: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Uses a shared nudge (e.g. one created before the services that write events).
+    #[must_use]
+    pub fn with_nudge(mut self, nudge: Arc<Notify>) -> Self {
+        self.nudge = nudge;
+        self
+    }
+
+    /// In-process writers call `notify_one()` on this after committing an outbox row, so the
+    /// relay publishes at once instead of at the next poll.
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
+    }
+
+    /// Claims, publishes and marks one batch.
+    pub async fn run_once(&self) -> Result<RelayBatch, OutboxError> {
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            let tx = self.db.begin().await?;
+            let rows = outbox::Entity::find()
+                .filter(outbox::Column::PublishedAt.is_null())
+                // Rows that keep failing (e.g. unroutable) go last, so they cannot starve the
+                // rest of the outbox.
+                .order_by_asc(outbox::Column::Attempts)
+                .order_by_asc(outbox::Column::Id)
+                .limit(self.config.batch_size)
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                .all(&tx)
+                .await?;
+            let batch = self.publish_rows(&tx, rows).await?;
+            tx.commit().await?;
+            Ok(batch)
+        } else {
+            let rows = outbox::Entity::find()
+                .filter(outbox::Column::PublishedAt.is_null())
+                .order_by_asc(outbox::Column::Attempts)
+                .order_by_asc(outbox::Column::Id)
+                .limit(self.config.batch_size)
+                .all(&self.db)
+                .await?;
+            self.publish_rows(&self.db, rows).await
+        }
+    }
+
+    async fn publish_rows<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        rows: Vec<outbox::Model>,
+    ) -> Result<RelayBatch, OutboxError> {
+        let mut batch = RelayBatch {
+            claimed: rows.len(),
+            ..RelayBatch::default()
+        };
+        if rows.is_empty() {
+            return Ok(batch);
+        }
+        let messages: Vec<OutgoingMessage> = rows
+            .iter()
+            .map(|row| OutgoingMessage {
+                routing_key: row.routing_key.clone(),
+                message_id: row.event_id.to_string(),
+                body: row.envelope.clone().into_bytes(),
+            })
+            .collect();
+        let results = self.publisher.publish_batch(&messages).await;
+
+        let mut published = Vec::new();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(()) => published.push(row.id),
+                Err(err @ PublishError::Unroutable { .. }) => {
+                    self.record_unroutable(conn, row, &err).await?;
+                }
+                Err(err) => {
+                    batch.failed += 1;
+                    self.record_failure(conn, row, &err).await?;
+                }
+            }
+        }
+        if !published.is_empty() {
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+                .filter(outbox::Column::Id.is_in(published.iter().copied()))
+                .filter(outbox::Column::PublishedAt.is_null())
+                .exec(conn)
+                .await?;
+        }
+        batch.published = published.len();
+        metrics::counter!(METRIC_PUBLISHED).increment(batch.published as u64);
+        Ok(batch)
+    }
+
+    /// Nothing subscribes to this event: retrying cannot help, so the row is closed with the
+    /// reason kept for operators.
+    async fn record_unroutable<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        row: &outbox::Model,
+        err: &PublishError,
+    ) -> Result<(), OutboxError> {
+        tracing::warn!(
+            outbox_id = row.id,
+            event_id = %row.event_id,
+            routing_key = %row.routing_key,
+            "no queue is bound to this event; marked published without a subscriber"
+        );
+        metrics::counter!(METRIC_UNROUTABLE).increment(1);
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+            .col_expr(outbox::Column::LastError, Expr::value(err.to_string()))
+            .filter(outbox::Column::Id.eq(row.id))
+            .filter(outbox::Column::PublishedAt.is_null())
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_failure<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        row: &outbox::Model,
+        err: &PublishError,
+    ) -> Result<(), OutboxError> {
+        tracing::warn!(
+            outbox_id = row.id,
+            event_id = %row.event_id,
+            routing_key = %row.routing_key,
+            attempts = row.attempts + 1,
+            error = %err,
+            "outbox publish failed; will retry"
+        );
+        metrics::counter!(METRIC_PUBLISH_FAILURES).increment(1);
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::Attempts,
+                Expr::col(outbox::Column::Attempts).add(1),
+            )
+            .col_expr(outbox::Column::LastError, Expr::value(err.to_string()))
+            .filter(outbox::Column::Id.eq(row.id))
+            .exec(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes until `shutdown`: a full batch is followed at once by the next; an empty
+    /// one waits for the poll interval or a nudge; failures back off exponentially. A batch
+    /// in progress is finished before stopping.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.config.poll_interval;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let outcome = self.run_once().await;
+            let failed = match &outcome {
+                Ok(batch) if batch.failed == 0 => {
+                    backoff = self.config.poll_interval;
+                    if batch.claimed as u64 >= self.config.batch_size {
+                        continue;
+                    }
+                    false
+                }
+                Ok(_) => true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox relay batch failed");
+                    true
+                }
+            };
+            if failed {
+                backoff = (backoff * 2).min(self.config.max_backoff);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+            } else {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.nudge.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+        }
+        tracing::debug!("outbox relay stopped");
+    }
+
+    /// Runs the relay on a new task.
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.run(shutdown))
+    }
+}

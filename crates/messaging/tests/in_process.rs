@@ -1,0 +1,46 @@
+//! The same scenarios on the in-process bus (single-process mode), on SQLite as in the
+//! standalone binary, and on PostgreSQL where relays compete.
+
+mod common;
+
+use common::Fixture;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_outbox_row_is_never_published() {
+    common::rolled_back_row_is_never_published(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_dying_before_its_commit_causes_a_duplicate_that_is_skipped() {
+    common::relay_death_duplicate_is_skipped(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_failing_handler_ends_in_parking_and_replays() {
+    common::always_failing_handler_is_parked_then_replayed(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_failing_twice_then_succeeding_applies_once() {
+    common::fails_twice_then_succeeds_once(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_message_is_parked_at_once() {
+    common::undecodable_message_is_parked_at_once(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reaches_only_the_failing_consumer() {
+    common::retry_reaches_only_the_failing_consumer(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_relays_on_postgres_never_lose_or_double_apply() {
+    common::concurrent_relays_lose_nothing(Fixture::memory_pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_event_is_closed_and_does_not_block() {
+    common::unroutable_event_is_closed_and_does_not_block(Fixture::memory_sqlite().await).await;
+}
