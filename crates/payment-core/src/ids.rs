@@ -48,6 +48,10 @@ macro_rules! provider_ids {
 provider_ids! {
     /// YooKassa (ЮKassa): cards, SBP and wallets through a redirect checkout.
     YooKassa = "yookassa",
+    /// USDT on TRON (TRC20), verified on chain by our own watcher.
+    Crypto = "crypto",
+    /// Telegram Payments: Telegram Stars, or fiat through a BotFather payment provider.
+    Telegram = "telegram",
 }
 
 impl fmt::Display for ProviderId {

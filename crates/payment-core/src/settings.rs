@@ -3,12 +3,16 @@
 use std::str::FromStr;
 
 use crate::error::SettingsError;
+use crate::providers::crypto::CryptoSettings;
+use crate::providers::telegram::TelegramSettings;
 use crate::providers::yookassa::YooKassaSettings;
 
 /// Settings of every provider; `None` = disabled.
 #[derive(Debug, Clone, Default)]
 pub struct PaymentSettings {
     pub yookassa: Option<YooKassaSettings>,
+    pub crypto: Option<CryptoSettings>,
+    pub telegram: Option<TelegramSettings>,
 }
 
 impl PaymentSettings {
@@ -23,6 +27,8 @@ impl PaymentSettings {
         let env = Env { lookup: &lookup };
         Ok(Self {
             yookassa: YooKassaSettings::from_env(&env)?,
+            crypto: CryptoSettings::from_env(&env)?,
+            telegram: TelegramSettings::from_env(&env)?,
         })
     }
 }

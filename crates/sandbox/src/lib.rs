@@ -3,5 +3,8 @@
 //! Each emulator is a library module that tests start in-process (bind port 0, get the base
 //! URL back) and that the `sandbox` binary serves for demos.
 
+pub mod form;
 pub mod marzban;
+pub mod telegram;
+pub mod tron;
 pub mod yookassa;

@@ -1,7 +1,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
-use sandbox::{marzban, yookassa};
+use sandbox::{marzban, telegram, tron, yookassa};
 
 /// Local emulators for the payment system's outside services.
 #[derive(Debug, Parser)]
@@ -44,6 +44,20 @@ struct Cli {
         hide_env_values = true
     )]
     marzban_password: String,
+    /// Where the TronGrid emulator listens.
+    #[arg(long, env = "SANDBOX_TRON_BIND", default_value = "127.0.0.1:9103")]
+    tron_bind: SocketAddr,
+    /// Where the Telegram Bot API emulator listens (`TELEGRAM_API_URL`).
+    #[arg(long, env = "SANDBOX_TELEGRAM_BIND", default_value = "127.0.0.1:9102")]
+    telegram_bind: SocketAddr,
+    /// The bot token the Telegram emulator accepts.
+    #[arg(
+        long,
+        env = "TELEGRAM_BOT_TOKEN",
+        default_value = "123456:TEST-sandbox-token",
+        hide_env_values = true
+    )]
+    telegram_bot_token: String,
 }
 
 #[tokio::main]
@@ -76,8 +90,23 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     println!("Marzban emulator: {}", panel.base_url);
+    let chain = tron::spawn(tron::Config {
+        bind: cli.tron_bind,
+        ..tron::Config::default()
+    })
+    .await?;
+    println!("TronGrid emulator: {}", chain.base_url);
+    let telegram = telegram::spawn(telegram::Config {
+        bind: cli.telegram_bind,
+        token: cli.telegram_bot_token,
+        ..telegram::Config::default()
+    })
+    .await?;
+    println!("Telegram Bot API emulator: {}", telegram.api_url());
     tokio::signal::ctrl_c().await?;
+    telegram.stop().await;
     handle.stop().await;
     panel.stop().await;
+    chain.stop().await;
     Ok(())
 }

@@ -793,7 +793,7 @@ mod api {
         // OAuth2PasswordRequestForm reads form fields only: a JSON body leaves them missing.
         // (FastAPI also takes multipart forms; nobody sends those to this endpoint.)
         let form = if is_form {
-            parse_form(&String::from_utf8_lossy(body))
+            crate::form::parse(&String::from_utf8_lossy(body))
         } else {
             Vec::new()
         };
@@ -1204,7 +1204,7 @@ mod api {
         if let Some(response) = refuse(state, req) {
             return response;
         }
-        let query = parse_form(req.query_string());
+        let query = crate::form::parse(req.query_string());
         let mut errors = Errors::default();
         let mut number = |name: &str| {
             let value = query.iter().rev().find(|(k, _)| k == name)?;
@@ -1852,44 +1852,6 @@ mod api {
     fn user_not_found() -> HttpResponse {
         detail(StatusCode::NOT_FOUND, "User not found")
     }
-
-    /// `application/x-www-form-urlencoded` (also query strings) into pairs, in order.
-    pub(super) fn parse_form(input: &str) -> Vec<(String, String)> {
-        input
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (form_decode(key), form_decode(value))
-            })
-            .collect()
-    }
-
-    fn form_decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    match std::str::from_utf8(&bytes[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
 }
 
 fn detail(status: StatusCode, text: &str) -> HttpResponse {
@@ -2015,7 +1977,7 @@ mod control {
 
 #[cfg(test)]
 mod tests {
-    use super::api::{parse_form, valid_username};
+    use super::api::valid_username;
 
     #[test]
     fn usernames_follow_marzbans_regex() {
@@ -2043,18 +2005,5 @@ mod tests {
         ] {
             assert!(!valid_username(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn forms_are_percent_and_plus_decoded() {
-        let pairs = parse_form("username=ad+min&password=p%40ss%3D%&x");
-        assert_eq!(
-            pairs,
-            vec![
-                ("username".to_owned(), "ad min".to_owned()),
-                ("password".to_owned(), "p@ss=%".to_owned()),
-                ("x".to_owned(), String::new()),
-            ]
-        );
     }
 }

@@ -28,4 +28,8 @@ macro_rules! migrations {
     };
 }
 
-migrations![m20250601_000001_messaging, m20250601_000002_payments];
+migrations![
+    m20250601_000001_messaging,
+    m20250601_000002_payments,
+    m20261129_000003_crypto_watcher,
+];

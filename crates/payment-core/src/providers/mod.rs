@@ -11,6 +11,8 @@ use crate::error::SettingsError;
 use crate::provider::PaymentProvider;
 use crate::settings::PaymentSettings;
 
+pub mod crypto;
+pub mod telegram;
 pub mod yookassa;
 
 /// Builds every provider whose settings are present.
@@ -19,6 +21,8 @@ pub(crate) fn register_all(
     registry: &mut Registry,
 ) -> Result<(), SettingsError> {
     registry.add(settings.yookassa.clone(), yookassa::YooKassaProvider::new)?;
+    registry.add(settings.crypto.clone(), crypto::CryptoProvider::new)?;
+    registry.add(settings.telegram.clone(), telegram::TelegramProvider::new)?;
     Ok(())
 }
 

@@ -373,9 +373,11 @@ async fn emulator_notifications_over_loopback() {
 async fn the_service_routes_webhooks_to_enabled_providers() {
     let mut s = payment_core::providers::yookassa::YooKassaSettings::new("1", "s");
     s.allowed_ips = published_networks();
-    let service =
-        PaymentService::from_settings(&payment_core::PaymentSettings { yookassa: Some(s) })
-            .expect("service");
+    let settings = payment_core::PaymentSettings {
+        yookassa: Some(s),
+        ..Default::default()
+    };
+    let service = PaymentService::from_settings(&settings).expect("service");
     let headers = WebhookHeaders::new();
     let ok = service
         .receive_webhook(

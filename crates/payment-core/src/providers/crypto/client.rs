@@ -1,0 +1,321 @@
+//! The TronGrid HTTP client: the TRC20 history of a wallet, paged by fingerprint, and the
+//! solidified receipt of one transaction.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::RETRY_AFTER;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use super::address::TronAddress;
+use super::transformers::{ErrorBody, TransactionInfo, Trc20Page, Trc20Transfer};
+use crate::error::TransientFailure;
+use crate::retry::RetryPolicy;
+
+/// The API key header.
+pub const API_KEY_HEADER: &str = "TRON-PRO-API-KEY";
+/// TronGrid's largest page.
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+/// Why a TronGrid call gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TronGridError {
+    /// 403/429 with TronGrid's frequency-limit answer, on every attempt: wait `retry_after`
+    /// before polling again.
+    #[error("rate limited by TronGrid (HTTP {status}): {message}; retry after {retry_after:?}")]
+    RateLimited {
+        status: u16,
+        message: String,
+        retry_after: Duration,
+    },
+    /// 5xx, timeouts or connection failures on every attempt.
+    #[error("TronGrid unavailable after {attempts} attempt(s): {last}")]
+    Unavailable {
+        attempts: u32,
+        last: TransientFailure,
+    },
+    /// A definite 4xx refusal (bad parameter, bad key, …): retrying will not help.
+    #[error("TronGrid refused the request (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// A 2xx answer we could not read.
+    #[error("malformed TronGrid answer: {0}")]
+    Malformed(String),
+    #[error("http client: {0}")]
+    Client(String),
+}
+
+impl TronGridError {
+    /// How long to wait before the next poll.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TronGridError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// What to fetch: incoming, confirmed transfers of one token to one wallet since a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub account: TronAddress,
+    pub contract: TronAddress,
+    /// Milliseconds, inclusive.
+    pub min_timestamp_ms: i64,
+    /// 1..=200.
+    pub page_size: u32,
+    /// Stop after this many pages (the rest is fetched by the next poll).
+    pub max_pages: u32,
+}
+
+/// The fetched transfers, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    pub transfers: Vec<Trc20Transfer>,
+    /// False when `max_pages` cut the history short.
+    pub complete: bool,
+    pub pages: u32,
+}
+
+/// One HTTP exchange, classified.
+enum Attempt {
+    Done(Vec<u8>),
+    Transient(TransientFailure, Option<Duration>, Option<(u16, String)>),
+    Final(TronGridError),
+}
+
+/// TronGrid over HTTP.
+#[derive(Clone)]
+pub struct TronGridClient {
+    base_url: String,
+    api_key: Option<SecretString>,
+    retry: RetryPolicy,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for TronGridClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TronGridClient")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TronGridClient {
+    pub fn new(
+        base_url: &str,
+        api_key: Option<SecretString>,
+        retry: RetryPolicy,
+    ) -> Result<Self, TronGridError> {
+        let http = reqwest::Client::builder()
+            .timeout(retry.request_timeout)
+            .connect_timeout(retry.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!(
+                "anomaly-connect-payments/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| TronGridError::Client(e.to_string()))?;
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            retry,
+            http,
+        })
+    }
+
+    /// Every page of the wallet's incoming confirmed transfers of `contract` since
+    /// `min_timestamp_ms`, oldest first (`order_by=block_timestamp,asc`), following
+    /// `meta.fingerprint` with all other parameters unchanged.
+    pub async fn incoming_transfers(&self, q: &HistoryQuery) -> Result<History, TronGridError> {
+        let url = format!(
+            "{}/v1/accounts/{}/transactions/trc20",
+            self.base_url, q.account
+        );
+        let base: Vec<(&str, String)> = vec![
+            ("only_to", "true".into()),
+            ("only_confirmed", "true".into()),
+            ("contract_address", q.contract.to_string()),
+            ("min_timestamp", q.min_timestamp_ms.to_string()),
+            ("order_by", "block_timestamp,asc".into()),
+            ("limit", q.page_size.clamp(1, MAX_PAGE_SIZE).to_string()),
+        ];
+        let mut transfers = Vec::new();
+        let mut fingerprint: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut params = base.clone();
+            if let Some(fp) = &fingerprint {
+                params.push(("fingerprint", fp.clone()));
+            }
+            let page: Trc20Page = self.call(|| self.http.get(&url).query(&params)).await?;
+            if !page.success {
+                return Err(TronGridError::Malformed("success is not true".into()));
+            }
+            pages += 1;
+            transfers.extend(page.data);
+            fingerprint = page
+                .meta
+                .and_then(|m| m.fingerprint)
+                .filter(|f| !f.is_empty());
+            match fingerprint {
+                None => {
+                    return Ok(History {
+                        transfers,
+                        complete: true,
+                        pages,
+                    });
+                }
+                Some(_) if pages >= q.max_pages.max(1) => {
+                    return Ok(History {
+                        transfers,
+                        complete: false,
+                        pages,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The solidified receipt of `tx_id`; `None` when the node does not know it (yet).
+    pub async fn transaction_info(
+        &self,
+        tx_id: &str,
+    ) -> Result<Option<TransactionInfo>, TronGridError> {
+        let url = format!("{}/walletsolidity/gettransactioninfobyid", self.base_url);
+        let body = serde_json::json!({ "value": tx_id });
+        let info: TransactionInfo = self.call(|| self.http.post(&url).json(&body)).await?;
+        Ok(info.id.is_some().then_some(info))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, TronGridError> {
+        let attempts = self.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let mut request = build();
+            if let Some(key) = &self.api_key {
+                request = request.header(API_KEY_HEADER, key.expose_secret());
+            }
+            let (failure, asked, limited) = match self.send(request).await {
+                Attempt::Done(body) => {
+                    return serde_json::from_slice(&body)
+                        .map_err(|e| TronGridError::Malformed(e.to_string()));
+                }
+                Attempt::Final(e) => return Err(e),
+                Attempt::Transient(failure, asked, limited) => (failure, asked, limited),
+            };
+            let pause = self.retry.backoff(attempt, &failure, asked);
+            if attempt >= attempts {
+                return Err(match limited {
+                    Some((status, message)) => TronGridError::RateLimited {
+                        status,
+                        message,
+                        // What TronGrid asked for, not capped: the poller should honour it.
+                        retry_after: asked.unwrap_or(pause),
+                    },
+                    None => TronGridError::Unavailable {
+                        attempts,
+                        last: failure,
+                    },
+                });
+            }
+            tracing::debug!(attempt, %failure, ?pause, "TronGrid answer is transient, retrying");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Attempt {
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Attempt::Transient(TransientFailure::Timeout, None, None);
+            }
+            Err(e) if e.is_builder() => {
+                return Attempt::Final(TronGridError::Client(e.to_string()));
+            }
+            Err(e) => {
+                return Attempt::Transient(TransientFailure::Connection(e.to_string()), None, None);
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = match response.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) if e.is_timeout() => {
+                return Attempt::Transient(TransientFailure::Timeout, None, None);
+            }
+            Err(e) => {
+                return Attempt::Transient(TransientFailure::Connection(e.to_string()), None, None);
+            }
+        };
+        if status.is_success() {
+            return Attempt::Done(body);
+        }
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let message = error
+            .error
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+        if is_rate_limit(status, &message) {
+            let asked = retry_after.or_else(|| suspended_for(&message));
+            return Attempt::Transient(
+                TransientFailure::RateLimited,
+                asked,
+                Some((status.as_u16(), message)),
+            );
+        }
+        if status.is_server_error() {
+            return Attempt::Transient(TransientFailure::ServerError(status.as_u16()), None, None);
+        }
+        Attempt::Final(TronGridError::Rejected {
+            status: status.as_u16(),
+            message,
+        })
+    }
+}
+
+/// 429 always; 403 (and the older 503) when the body names the frequency limit — a 403 for
+/// other reasons is a refusal.
+fn is_rate_limit(status: StatusCode, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (matches!(status.as_u16(), 403 | 503)
+            && (m.contains("frequency limit") || m.contains("suspended")))
+}
+
+/// "… the query server is suspended for 30s" → 30 s.
+fn suspended_for(message: &str) -> Option<Duration> {
+    let rest = &message[message.find("suspended for")? + "suspended for".len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_suspension_from_the_body() {
+        let m =
+            "The key exceeds the frequency limit(15), and the query server is suspended for 30s";
+        assert_eq!(suspended_for(m), Some(Duration::from_secs(30)));
+        assert!(is_rate_limit(StatusCode::FORBIDDEN, m));
+        assert!(!is_rate_limit(StatusCode::FORBIDDEN, "forbidden"));
+        assert!(is_rate_limit(StatusCode::TOO_MANY_REQUESTS, ""));
+        assert_eq!(suspended_for("nothing"), None);
+    }
+}

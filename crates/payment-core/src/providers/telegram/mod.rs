@@ -1,0 +1,658 @@
+//! Telegram Payments: Telegram Stars (`XTR`) and, when `TELEGRAM_PAYMENT_PROVIDER_TOKEN` is
+//! set, fiat invoices through the payment provider connected in @BotFather.
+//!
+//! The payer pays inside Telegram, so `create_payment` calls nothing: its confirmation is the
+//! invoice payload (our payment id) that the bot puts into `sendInvoice`. The money is proven
+//! by `successful_payment`, which the bot stores in the inbox before it confirms the update.
+//! For Stars the Bot API itself answers the status look-up and the refund:
+//! `getStarTransactions` lists the bot's Star transactions (the payment is the incoming one
+//! carrying our payload; its refund is an outgoing one with the same id), and
+//! `refundStarPayment` returns the Stars. Fiat payments have no such API: their status comes
+//! from the stored `successful_payment` ([`payment_from_notification`]) and refunds are made
+//! in the provider's dashboard.
+
+pub mod transformers;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use domain::money::{Currency, Money};
+use domain::{PaymentId, PaymentStatus, RefundStatus};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::ProviderId;
+use crate::error::{
+    Mismatch, ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError,
+    TransientFailure, WebhookError,
+};
+use crate::provider::{
+    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
+};
+use crate::settings::Env;
+use crate::webhook::{WebhookNotification, WebhookRequest, WebhookSubject};
+use transformers::{PaymentMessage, StarTransactions, TransactionPartner};
+
+/// Telegram's Bot API.
+pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
+/// `getStarTransactions` pages (of 100) searched for a payment by default.
+pub const DEFAULT_SCAN_PAGES: u32 = 50;
+const PAGE: i64 = 100;
+
+static STARS: &[Currency] = &[Currency::Xtr];
+static STARS_AND_RUB: &[Currency] = &[Currency::Xtr, Currency::Rub];
+
+/// Enabled exactly when `TELEGRAM_BOT_TOKEN` is set (and `TELEGRAM_PAYMENTS_ENABLED` is not
+/// false).
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    /// `TELEGRAM_BOT_TOKEN`.
+    pub bot_token: SecretString,
+    /// `TELEGRAM_API_URL` (default [`DEFAULT_API_URL`]), without `/bot<token>`.
+    pub api_url: String,
+    /// `TELEGRAM_PAYMENT_PROVIDER_TOKEN`: enables fiat (RUB) invoices.
+    pub provider_token: Option<SecretString>,
+    /// `TELEGRAM_TIMEOUT_MS` (default 10 000).
+    pub timeout: Duration,
+    /// `TELEGRAM_STAR_SCAN_PAGES` (default [`DEFAULT_SCAN_PAGES`]).
+    pub scan_pages: u32,
+}
+
+impl TelegramSettings {
+    pub fn new(bot_token: impl Into<String>) -> Self {
+        Self {
+            bot_token: SecretString::from(bot_token.into()),
+            api_url: DEFAULT_API_URL.to_owned(),
+            provider_token: None,
+            timeout: Duration::from_secs(10),
+            scan_pages: DEFAULT_SCAN_PAGES,
+        }
+    }
+
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Option<Self>, SettingsError> {
+        let Some(token) = env.get("TELEGRAM_BOT_TOKEN") else {
+            return Ok(None);
+        };
+        if env.flag("TELEGRAM_PAYMENTS_ENABLED")? == Some(false) {
+            return Ok(None);
+        }
+        let mut s = Self::new(token);
+        if let Some(url) = env.get("TELEGRAM_API_URL") {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(SettingsError::Invalid {
+                    var: "TELEGRAM_API_URL",
+                    reason: format!("not an http(s) URL: {url:?}"),
+                });
+            }
+            s.api_url = url.trim_end_matches('/').to_owned();
+        }
+        s.provider_token = env
+            .get("TELEGRAM_PAYMENT_PROVIDER_TOKEN")
+            .map(SecretString::from);
+        if let Some(ms) = env.parse::<u64>("TELEGRAM_TIMEOUT_MS")? {
+            s.timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(pages) = env.parse::<u32>("TELEGRAM_STAR_SCAN_PAGES")? {
+            s.scan_pages = pages.max(1);
+        }
+        Ok(Some(s))
+    }
+}
+
+/// A Star payment as `getStarTransactions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StarPayment {
+    pub telegram_payment_charge_id: String,
+    pub user_id: i64,
+    pub amount: i64,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub refunded: bool,
+}
+
+pub struct TelegramProvider {
+    settings: TelegramSettings,
+    descriptor: ProviderDescriptor,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for TelegramProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramProvider")
+            .field("api_url", &self.settings.api_url)
+            .field("currencies", &self.descriptor.currencies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelegramProvider {
+    pub fn new(settings: TelegramSettings) -> Result<Self, SettingsError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| SettingsError::Invalid {
+                var: "TELEGRAM_API_URL",
+                reason: e.to_string(),
+            })?;
+        let descriptor = ProviderDescriptor {
+            id: ProviderId::Telegram,
+            title: "Telegram",
+            currencies: if settings.provider_token.is_some() {
+                STARS_AND_RUB
+            } else {
+                STARS
+            },
+            supports_refunds: true,
+        };
+        Ok(Self {
+            settings,
+            descriptor,
+            http,
+        })
+    }
+
+    /// Calls a Bot API method; Telegram's `{"ok":false}` answers become typed errors.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, ProviderError> {
+        let url = format!(
+            "{}/bot{}/{method}",
+            self.settings.api_url,
+            self.settings.bot_token.expose_secret()
+        );
+        let unknown = |last| ProviderError::ResultUnknown { attempts: 1, last };
+        let response = self
+            .http
+            .post(url)
+            .json(&params)
+            .send()
+            .await
+            .map_err(|e| {
+                // The URL holds the token: never print it.
+                let e = e.without_url();
+                if e.is_timeout() {
+                    unknown(TransientFailure::Timeout)
+                } else {
+                    unknown(TransientFailure::Connection(e.to_string()))
+                }
+            })?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            return Err(unknown(TransientFailure::RateLimited));
+        }
+        if status >= 500 {
+            return Err(unknown(TransientFailure::ServerError(status)));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unknown(TransientFailure::Connection(e.without_url().to_string())))?;
+        let answer: transformers::ApiAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::MalformedResponse(format!("{method}: {e}")))?;
+        if !answer.ok {
+            let http_status = answer.error_code.unwrap_or(status);
+            return Err(ProviderError::Rejected(Rejection {
+                http_status,
+                code: match http_status {
+                    400 => RejectionCode::InvalidRequest,
+                    401 => RejectionCode::InvalidCredentials,
+                    403 => RejectionCode::Forbidden,
+                    404 => RejectionCode::NotFound,
+                    _ => RejectionCode::Unknown,
+                },
+                description: answer.description,
+                parameter: None,
+                error_id: None,
+            }));
+        }
+        serde_json::from_value(answer.result.unwrap_or(Value::Null))
+            .map_err(|e| ProviderError::MalformedResponse(format!("{method}: {e}")))
+    }
+
+    /// Finds the Star payment whose invoice payload is `payload` (and whether it was
+    /// refunded), searching at most `scan_pages` pages of the bot's transactions.
+    pub async fn find_star_payment(
+        &self,
+        payload: &str,
+    ) -> Result<Option<StarPayment>, ProviderError> {
+        let mut found: Option<StarPayment> = None;
+        let mut refunds: Vec<String> = Vec::new();
+        for page in 0..i64::from(self.settings.scan_pages) {
+            let list: StarTransactions = self
+                .call(
+                    "getStarTransactions",
+                    json!({"offset": page * PAGE, "limit": PAGE}),
+                )
+                .await?;
+            let count = list.transactions.len();
+            for tx in list.transactions {
+                if let Some(TransactionPartner::User {
+                    user,
+                    invoice_payload,
+                }) = &tx.source
+                    && invoice_payload.as_deref() == Some(payload)
+                {
+                    found = Some(StarPayment {
+                        telegram_payment_charge_id: tx.id.clone(),
+                        user_id: user.id,
+                        amount: tx.amount,
+                        paid_at: Utc.timestamp_opt(tx.date, 0).single(),
+                        refunded: false,
+                    });
+                }
+                if matches!(tx.receiver, Some(TransactionPartner::User { .. })) {
+                    refunds.push(tx.id);
+                }
+            }
+            if i64::try_from(count).unwrap_or(0) < PAGE {
+                break;
+            }
+        }
+        Ok(found.map(|mut payment| {
+            payment.refunded = refunds.contains(&payment.telegram_payment_charge_id);
+            payment
+        }))
+    }
+
+    fn check_stars(&self, payment: &PaymentRef, what: &'static str) -> Result<(), ProviderError> {
+        if payment.amount.currency() == Currency::Xtr {
+            Ok(())
+        } else {
+            Err(ProviderError::Unsupported(what))
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for TelegramProvider {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        &self.descriptor
+    }
+
+    async fn create_payment(
+        &self,
+        request: &CreatePaymentRequest,
+    ) -> Result<CreatedPayment, ProviderError> {
+        let amount = request.amount;
+        if !self.descriptor.currencies.contains(&amount.currency()) {
+            return Err(ProviderError::InvalidRequest(format!(
+                "Telegram Payments here charge in {:?}, not {}",
+                self.descriptor
+                    .currencies
+                    .iter()
+                    .map(|c| c.code())
+                    .collect::<Vec<_>>(),
+                amount.currency()
+            )));
+        }
+        if amount.minor() <= 0 || u32::try_from(amount.minor()).is_err() {
+            return Err(ProviderError::InvalidRequest(format!(
+                "amount {amount} is out of range for a Telegram invoice"
+            )));
+        }
+        let payload = request.payment_id.to_string();
+        Ok(CreatedPayment {
+            provider_payment_id: payload.clone(),
+            status: PaymentStatus::Pending,
+            amount,
+            confirmation: Some(Confirmation::Invoice { payload }),
+            expires_at: None,
+            test: false,
+        })
+    }
+
+    async fn get_payment_status(
+        &self,
+        payment: &PaymentRef,
+    ) -> Result<ProviderPayment, ProviderError> {
+        self.check_stars(
+            payment,
+            "status look-up of fiat Telegram payments (the stored successful_payment is the proof)",
+        )?;
+        let zero = Money::new(0, Currency::Xtr);
+        let Some(found) = self
+            .find_star_payment(&payment.payment_id.to_string())
+            .await?
+        else {
+            return Ok(ProviderPayment {
+                provider_payment_id: payment.provider_payment_id.clone(),
+                status: PaymentStatus::Pending,
+                amount: payment.amount,
+                refunded: zero,
+                paid_at: None,
+                failure_reason: None,
+                confirmation: None,
+                test: false,
+            });
+        };
+        let paid = Money::new(found.amount, Currency::Xtr);
+        if paid != payment.amount {
+            return Err(Mismatch::Amount {
+                expected: payment.amount,
+                actual: paid,
+            }
+            .into());
+        }
+        Ok(ProviderPayment {
+            provider_payment_id: payment.provider_payment_id.clone(),
+            status: if found.refunded {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::Succeeded
+            },
+            amount: paid,
+            refunded: if found.refunded { paid } else { zero },
+            paid_at: found.paid_at,
+            failure_reason: None,
+            confirmation: None,
+            test: false,
+        })
+    }
+
+    async fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
+        // Telegram sends updates to the bot, never to the gateway's webhook endpoint.
+        Err(WebhookError::ForbiddenSource(request.peer))
+    }
+
+    async fn process_webhook(&self, body: &[u8]) -> Result<WebhookNotification, WebhookError> {
+        notification_from_body(body)
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError> {
+        let payment = &request.payment;
+        self.check_stars(
+            payment,
+            "refund of fiat Telegram payments (refund them in the payment provider's dashboard)",
+        )?;
+        if request.payment_status != PaymentStatus::Succeeded {
+            return Err(RefundRefusal::NotSucceeded(request.payment_status).into());
+        }
+        if request.amount.currency() != payment.amount.currency() {
+            return Err(RefundRefusal::CurrencyMismatch {
+                payment: payment.amount.currency(),
+                refund: request.amount.currency(),
+            }
+            .into());
+        }
+        if request.amount != payment.amount || request.already_refunded.minor() != 0 {
+            return Err(ProviderError::InvalidRequest(
+                "Telegram Stars are refunded in full only".to_owned(),
+            ));
+        }
+        let Some(found) = self
+            .find_star_payment(&payment.payment_id.to_string())
+            .await?
+        else {
+            return Err(ProviderError::Rejected(Rejection {
+                http_status: 404,
+                code: RejectionCode::NotFound,
+                description: Some(format!(
+                    "no Star transaction carries the payload {}",
+                    payment.payment_id
+                )),
+                parameter: None,
+                error_id: None,
+            }));
+        };
+        let done = ProviderRefund {
+            provider_refund_id: found.telegram_payment_charge_id.clone(),
+            status: RefundStatus::Succeeded,
+            amount: request.amount,
+        };
+        if found.refunded {
+            return Ok(done);
+        }
+        let answer: Result<bool, ProviderError> = self
+            .call(
+                "refundStarPayment",
+                json!({
+                    "user_id": found.user_id,
+                    "telegram_payment_charge_id": found.telegram_payment_charge_id,
+                }),
+            )
+            .await;
+        match answer {
+            Ok(_) => Ok(done),
+            // An earlier call whose answer was lost did it already.
+            Err(ProviderError::Rejected(rejection))
+                if rejection
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("CHARGE_ALREADY_REFUNDED")) =>
+            {
+                Ok(done)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Reads a stored `successful_payment` / `refunded_payment` update (the inbox body the bot
+/// writes, or one the gateway builds with [`refund_notice_body`]).
+pub fn notification_from_body(body: &[u8]) -> Result<WebhookNotification, WebhookError> {
+    match transformers::payment_message(body).map_err(WebhookError::MalformedBody)? {
+        PaymentMessage::Successful(paid) => Ok(WebhookNotification {
+            provider: ProviderId::Telegram,
+            event: "successful_payment".to_owned(),
+            dedupe_key: payment_dedupe_key(&paid.telegram_payment_charge_id),
+            subject: WebhookSubject::Payment {
+                payment_id: PaymentId::parse(&paid.invoice_payload).ok(),
+                provider_payment_id: paid.invoice_payload,
+            },
+            claimed_status: Some("succeeded".to_owned()),
+        }),
+        PaymentMessage::Refunded(refunded) => Ok(WebhookNotification {
+            provider: ProviderId::Telegram,
+            event: "refunded_payment".to_owned(),
+            dedupe_key: refund_dedupe_key(&refunded.telegram_payment_charge_id),
+            subject: WebhookSubject::Refund {
+                provider_refund_id: refunded.telegram_payment_charge_id,
+                provider_payment_id: refunded.invoice_payload,
+            },
+            claimed_status: Some("refunded".to_owned()),
+        }),
+    }
+}
+
+/// The inbox key of a `successful_payment`: Telegram's charge id, which it sends once.
+pub fn payment_dedupe_key(telegram_payment_charge_id: &str) -> String {
+    format!("payment:{telegram_payment_charge_id}")
+}
+
+/// The inbox key of a refund of that charge.
+pub fn refund_dedupe_key(telegram_payment_charge_id: &str) -> String {
+    format!("refund:{telegram_payment_charge_id}")
+}
+
+/// A `refunded_payment` message as Telegram sends it after `refundStarPayment`, for a refund
+/// made through the admin API (same dedupe key, so Telegram's own message is a duplicate).
+pub fn refund_notice_body(provider_payment_id: &str, refund: &ProviderRefund) -> String {
+    json!({
+        "message": {
+            "refunded_payment": {
+                "currency": refund.amount.currency().code(),
+                "total_amount": refund.amount.minor(),
+                "invoice_payload": provider_payment_id,
+                "telegram_payment_charge_id": refund.provider_refund_id,
+            }
+        }
+    })
+    .to_string()
+}
+
+/// The status a stored `successful_payment` proves, checked against `payment` (payload,
+/// amount, currency) — the status source for fiat Telegram payments, which have no look-up
+/// API.
+pub fn payment_from_notification(
+    payment: &PaymentRef,
+    body: &[u8],
+) -> Result<ProviderPayment, ProviderError> {
+    let message = transformers::payment_message(body).map_err(ProviderError::MalformedResponse)?;
+    let (currency, total, payload, refunded) = match &message {
+        PaymentMessage::Successful(p) => (&p.currency, p.total_amount, &p.invoice_payload, false),
+        PaymentMessage::Refunded(r) => (&r.currency, r.total_amount, &r.invoice_payload, true),
+    };
+    if *payload != payment.payment_id.to_string() {
+        return Err(Mismatch::PaymentId {
+            expected: payment.payment_id,
+            actual: Some(payload.clone()),
+        }
+        .into());
+    }
+    let expected = payment.amount;
+    if currency != expected.currency().code() {
+        return Err(Mismatch::Currency {
+            expected: expected.currency(),
+            actual: currency.clone(),
+        }
+        .into());
+    }
+    let amount = Money::new(total, expected.currency());
+    if amount != expected {
+        return Err(Mismatch::Amount {
+            expected,
+            actual: amount,
+        }
+        .into());
+    }
+    Ok(ProviderPayment {
+        provider_payment_id: payment.provider_payment_id.clone(),
+        status: if refunded {
+            PaymentStatus::Refunded
+        } else {
+            PaymentStatus::Succeeded
+        },
+        amount,
+        refunded: Money::new(if refunded { total } else { 0 }, expected.currency()),
+        paid_at: None,
+        failure_reason: None,
+        confirmation: None,
+        test: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::settings::PaymentSettings;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<PaymentSettings, SettingsError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        PaymentSettings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn enabled_by_the_bot_token() {
+        assert!(settings(&[]).expect("ok").telegram.is_none());
+        let s = settings(&[
+            ("TELEGRAM_BOT_TOKEN", "1:x"),
+            ("TELEGRAM_API_URL", "http://127.0.0.1:1/"),
+        ])
+        .expect("ok")
+        .telegram
+        .expect("enabled");
+        assert_eq!(s.api_url, "http://127.0.0.1:1");
+        assert!(s.provider_token.is_none());
+        assert!(
+            !format!("{s:?}").contains("1:x"),
+            "the token is not printed"
+        );
+        assert!(
+            settings(&[
+                ("TELEGRAM_BOT_TOKEN", "1:x"),
+                ("TELEGRAM_PAYMENTS_ENABLED", "false")
+            ])
+            .expect("ok")
+            .telegram
+            .is_none()
+        );
+    }
+
+    fn payment(minor: i64, currency: Currency) -> (PaymentId, PaymentRef) {
+        let id = PaymentId::new();
+        (
+            id,
+            PaymentRef {
+                payment_id: id,
+                provider_payment_id: id.to_string(),
+                amount: Money::new(minor, currency),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn invoices_carry_our_payment_id() {
+        let provider = TelegramProvider::new(TelegramSettings::new("1:x")).expect("provider");
+        assert_eq!(provider.descriptor().currencies, &[Currency::Xtr]);
+        let id = PaymentId::new();
+        let request = |amount| CreatePaymentRequest {
+            payment_id: id,
+            amount,
+            description: "VPN".into(),
+            metadata: Default::default(),
+            return_url: None,
+            receipt_email: None,
+        };
+        let created = provider
+            .create_payment(&request(Money::new(150, Currency::Xtr)))
+            .await
+            .expect("created");
+        assert_eq!(
+            created.confirmation,
+            Some(Confirmation::Invoice {
+                payload: id.to_string()
+            })
+        );
+        assert_eq!(created.status, PaymentStatus::Pending);
+        let rub = provider
+            .create_payment(&request(Money::new(19900, Currency::Rub)))
+            .await;
+        assert!(
+            matches!(rub, Err(ProviderError::InvalidRequest(_))),
+            "no provider token"
+        );
+    }
+
+    #[test]
+    fn stored_payments_are_checked_against_ours() {
+        let (id, ours) = payment(150, Currency::Xtr);
+        let body = |amount: i64, payload: &str| {
+            json!({"update_id": 1, "message": {"successful_payment": {
+                "currency": "XTR", "total_amount": amount, "invoice_payload": payload,
+                "telegram_payment_charge_id": "stx1", "provider_payment_charge_id": ""}}})
+            .to_string()
+        };
+        let ok = payment_from_notification(&ours, body(150, &id.to_string()).as_bytes())
+            .expect("matches");
+        assert_eq!(ok.status, PaymentStatus::Succeeded);
+        assert!(matches!(
+            payment_from_notification(&ours, body(149, &id.to_string()).as_bytes()),
+            Err(ProviderError::Mismatch(Mismatch::Amount { .. }))
+        ));
+        assert!(matches!(
+            payment_from_notification(&ours, body(150, "other").as_bytes()),
+            Err(ProviderError::Mismatch(Mismatch::PaymentId { .. }))
+        ));
+        let notice = notification_from_body(body(150, &id.to_string()).as_bytes()).expect("ok");
+        assert_eq!(notice.dedupe_key, "payment:stx1");
+        assert_eq!(notice.provider_payment_id(), Some(id.to_string().as_str()));
+        let refund = ProviderRefund {
+            provider_refund_id: "stx1".into(),
+            status: RefundStatus::Succeeded,
+            amount: Money::new(150, Currency::Xtr),
+        };
+        let notice =
+            notification_from_body(refund_notice_body(&id.to_string(), &refund).as_bytes())
+                .expect("ok");
+        assert_eq!(notice.dedupe_key, "refund:stx1");
+    }
+}

@@ -1,0 +1,9 @@
+//! The crypto provider against PostgreSQL (testkit) and the TronGrid emulator
+//! (`sandbox::tron`): invoices, the chain watcher, the invoice-backed status.
+
+#[path = "crypto/helpers.rs"]
+mod helpers;
+#[path = "crypto/invoices.rs"]
+mod invoices;
+#[path = "crypto/watcher.rs"]
+mod watcher;
