@@ -5,6 +5,7 @@
 
 pub mod form;
 pub mod marzban;
+pub mod server;
 pub mod telegram;
 pub mod tron;
 pub mod yookassa;

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::server::{Listen, serve};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -570,33 +572,11 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     })
 }
 
-enum Listen {
-    Socket(std::net::TcpListener),
-    Addr(SocketAddr),
-}
-
 fn start(emulator: &Emulator, listen: Listen) -> std::io::Result<Running> {
     let app_emulator = emulator.clone();
-    let server = HttpServer::new(move || {
-        let emulator = app_emulator.clone();
-        App::new().configure(move |cfg| emulator.configure(cfg))
-    })
-    .workers(emulator.config().workers.max(1))
-    .disable_signals()
-    .shutdown_timeout(1);
-    let server = match listen {
-        Listen::Socket(listener) => server.listen(listener)?,
-        // `bind` sets SO_REUSEADDR, so the port can be taken again although connections
-        // closed by the stop are still in TIME_WAIT.
-        Listen::Addr(addr) => server.bind(addr)?,
-    }
-    .run();
-    let handle = server.handle();
-    let task = tokio::spawn(async move {
-        if let Err(error) = server.await {
-            tracing::error!(%error, "marzban emulator server stopped");
-        }
-    });
+    let (handle, task) = serve("marzban", listen, emulator.config().workers, move |cfg| {
+        app_emulator.configure(cfg)
+    })?;
     Ok(Running { handle, task })
 }
 

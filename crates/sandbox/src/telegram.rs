@@ -19,12 +19,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::server::{Listen, serve};
 
 /// How long Telegram waits for `answerPreCheckoutQuery`.
 pub const PRE_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -333,21 +335,12 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         updates_changed: Notify::new(),
     });
     let data = web::Data::from(shared.clone());
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
-    let server_handle = server.handle();
-    let tasks = vec![
-        tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "telegram emulator server stopped");
-            }
-        }),
-        tokio::spawn(deliver_to_webhook(shared.clone())),
-    ];
+    let (server_handle, server) =
+        serve("telegram", Listen::Socket(listener), workers, move |cfg| {
+            cfg.app_data(data.clone());
+            routes(cfg);
+        })?;
+    let tasks = vec![server, tokio::spawn(deliver_to_webhook(shared.clone()))];
     tracing::info!(%addr, "telegram emulator listening");
     Ok(Handle {
         emulator: Emulator { shared },

@@ -41,7 +41,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::server::{Listen, serve};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -869,21 +871,9 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     let workers = config.workers.max(1);
     let emulator = Emulator::new(config);
     let app_emulator = emulator.clone();
-    let server = HttpServer::new(move || {
-        let emulator = app_emulator.clone();
-        App::new().configure(move |cfg| emulator.configure(cfg))
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
-    .run();
-    let server_handle = server.handle();
-    let task = tokio::spawn(async move {
-        if let Err(error) = server.await {
-            tracing::error!(%error, "tron emulator server stopped");
-        }
-    });
+    let (server_handle, task) = serve("tron", Listen::Socket(listener), workers, move |cfg| {
+        app_emulator.configure(cfg)
+    })?;
     tracing::info!(%addr, "tron emulator listening");
     Ok(Handle {
         base_url: format!("http://{addr}"),

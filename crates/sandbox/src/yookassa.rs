@@ -40,7 +40,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
+
+use crate::server::{Listen, serve};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -352,19 +354,13 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     });
 
     let data = web::Data::from(shared.clone());
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
-    let server_handle = server.handle();
+    let (server_handle, server) =
+        serve("yookassa", Listen::Socket(listener), workers, move |cfg| {
+            cfg.app_data(data.clone());
+            http::routes(cfg);
+        })?;
     let tasks = vec![
-        tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "yookassa emulator server stopped");
-            }
-        }),
+        server,
         tokio::spawn(notify::run(shared.clone(), client, rx)),
         tokio::spawn(sweep(shared.clone())),
     ];
