@@ -536,9 +536,9 @@ impl Publisher for RabbitBus {
 #[async_trait]
 impl DeliverySource for RabbitBus {
     /// The work queue (quorum, bound to the patterns, parking as its own dead-letter target
-    /// once [`DELIVERY_LIMIT`] is hit), one quorum delay queue per distinct retry delay (TTL,
-    /// dead-lettering at-least-once back into the work queue through the default exchange,
-    /// so only this consumer sees the retry) and the parking queue.
+    /// once [`DELIVERY_LIMIT`] is hit), one classic durable delay queue per distinct retry
+    /// delay (TTL, dead-lettering back into the work queue through the default exchange, so
+    /// only this consumer sees the retry) and the parking queue (quorum).
     async fn declare(&self, consumer: &ConsumerSpec) -> Result<(), BusError> {
         let names = &self.inner.names;
         let queue = names.queue(&consumer.name);
@@ -572,17 +572,16 @@ impl DeliverySource for RabbitBus {
         }
 
         for delay in consumer.distinct_delays() {
-            let mut args = quorum_args();
+            // Classic durable queues: a quorum queue with at-least-once dead-lettering per
+            // delay made RabbitMQ 3.10's dead-letter worker supervisor give up under the
+            // declare/delete churn of parallel test runs (the node stopped answering AMQP
+            // handshakes). The price is at-most-once dead-lettering from here back to the work
+            // queue: a broker crash in the instant a delay expires can drop that one retry.
+            let mut args = FieldTable::default();
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
             args.insert("x-dead-letter-exchange".into(), long_string(""));
             args.insert("x-dead-letter-routing-key".into(), long_string(&queue));
-            args.insert(
-                "x-dead-letter-strategy".into(),
-                long_string("at-least-once"),
-            );
-            // at-least-once dead-lettering requires reject-publish overflow.
-            args.insert("x-overflow".into(), long_string("reject-publish"));
             channel
                 .queue_declare(
                     names.retry_queue(&consumer.name, delay).into(),

@@ -129,6 +129,8 @@ pub mod consumers {
     pub const PAYMENT_WORKER: &str = "payment-worker";
     /// Turns completed and refunded payments into panel access.
     pub const MARZBAN_SYNC: &str = "marzban-sync";
+    /// Tells users about their payments and subscriptions in Telegram.
+    pub const BOT: &str = "bot";
 }
 
 /// The consumers of the whole system and what they bind. Every process declares these at
@@ -140,6 +142,16 @@ pub fn system_consumers() -> Vec<ConsumerSpec> {
         ConsumerSpec::new(
             consumers::MARZBAN_SYNC,
             ["payment.completed", "payment.refunded"],
+        ),
+        ConsumerSpec::new(
+            consumers::BOT,
+            [
+                "payment.completed",
+                "payment.failed",
+                "payment.refunded",
+                "subscription.activated",
+                "subscription.revoked",
+            ],
         ),
     ]
 }
