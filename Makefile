@@ -9,9 +9,12 @@ demo:
 	$(CARGO) build --workspace --bins
 	bash scripts/demo.sh
 
-## make test: the whole test suite against real PostgreSQL and RabbitMQ on 127.0.0.1
+## make test: the whole test suite against real PostgreSQL and RabbitMQ on 127.0.0.1.
+## Classic queues by default (see crates/messaging/README.md, "Queue type"); one test always
+## covers quorum queues. AMQP_QUEUE_TYPE=quorum make test runs everything on quorum queues.
+AMQP_QUEUE_TYPE ?= classic
 test:
-	$(CARGO) test --workspace --locked --no-fail-fast
+	AMQP_QUEUE_TYPE=$(AMQP_QUEUE_TYPE) $(CARGO) test --workspace --locked --no-fail-fast
 
 ## make run: the standalone service with your .env
 run: build

@@ -19,6 +19,6 @@ pub use consumer::{ConsumerRunner, ConsumerStats, Handler, HandlerError, RunnerC
 pub use envelope::{Envelope, EnvelopeError, Event};
 pub use memory::InProcessBus;
 pub use outbox::{OutboxError, OutboxRelay, RelayConfig};
-pub use rabbit::{RabbitBus, RabbitConfig};
+pub use rabbit::{QueueType, RabbitBus, RabbitConfig};
 pub use retry::RetryPolicy;
 pub use topology::{ConsumerSpec, Names};

@@ -49,6 +49,49 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// Errors recorded in headers are cut to this many bytes.
 const MAX_ERROR_BYTES: usize = 2048;
 
+/// The type of the work and parking queues.
+///
+/// Quorum queues (the default) are replicated in a cluster and park a message that crashed
+/// its consumer [`DELIVERY_LIMIT`] times. Classic durable queues are the lighter choice for a
+/// single node; the test suite runs on them because RabbitMQ 3.10 stopped answering under the
+/// declare/delete churn of hundreds of short-lived quorum queues (see the README).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(Self::Quorum),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!("unknown queue type {other:?}: use quorum or classic")),
+        }
+    }
+}
+
+impl QueueType {
+    /// `AMQP_QUEUE_TYPE` from the environment, `quorum` when unset or unknown.
+    pub fn from_env() -> Self {
+        std::env::var("AMQP_QUEUE_TYPE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    }
+
+    fn arguments(self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self == Self::Quorum {
+            args.insert("x-queue-type".into(), long_string("quorum"));
+        }
+        args
+    }
+}
+
 /// RabbitMQ connection settings.
 #[derive(Clone, Debug)]
 pub struct RabbitConfig {
@@ -58,17 +101,28 @@ pub struct RabbitConfig {
     pub prefix: String,
     /// Shown in the management UI.
     pub connection_name: String,
+    /// Type of the work and parking queues.
+    pub queue_type: QueueType,
 }
 
 impl RabbitConfig {
-    /// Settings with a connection name derived from the prefix.
+    /// Settings with a connection name derived from the prefix and the queue type from
+    /// `AMQP_QUEUE_TYPE` (default quorum).
     pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {
             url: url.into(),
             connection_name: format!("{prefix}-messaging"),
             prefix,
+            queue_type: QueueType::from_env(),
         }
+    }
+
+    /// Sets the queue type.
+    #[must_use]
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
     }
 
     /// Sets the connection name (e.g. the service name).
@@ -304,12 +358,6 @@ async fn close(channel: Channel) {
     channel.close(200, "done".into()).await.ok();
 }
 
-fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), long_string("quorum"));
-    args
-}
-
 fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
 }
@@ -543,17 +591,20 @@ impl DeliverySource for RabbitBus {
         let names = &self.inner.names;
         let queue = names.queue(&consumer.name);
         let parking = names.parking_queue(&consumer.name);
+        let queue_type = self.inner.config.queue_type;
         let channel = self.channel().await?;
 
         channel
-            .queue_declare(parking.as_str().into(), durable(), quorum_args())
+            .queue_declare(parking.as_str().into(), durable(), queue_type.arguments())
             .await?;
 
-        let mut args = quorum_args();
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
+        let mut args = queue_type.arguments();
+        if queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+        }
         args.insert("x-dead-letter-exchange".into(), long_string(""));
         args.insert("x-dead-letter-routing-key".into(), long_string(&parking));
         channel

@@ -155,3 +155,12 @@ async fn unroutable_event_is_closed_and_does_not_block() {
     common::unroutable_event_is_closed_and_does_not_block(Fixture::rabbit_pg("unroutable").await)
         .await;
 }
+
+/// The production queue type: retries and parking work the same on quorum queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_quorum_queues_an_always_failing_handler_ends_in_parking_and_replays() {
+    common::always_failing_handler_is_parked_then_replayed(
+        Fixture::rabbit_quorum_pg("parking-quorum").await,
+    )
+    .await;
+}

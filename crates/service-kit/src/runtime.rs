@@ -31,7 +31,8 @@ impl Infra {
     pub async fn connect(service: &'static str, common: &CommonSettings) -> anyhow::Result<Self> {
         let db = db::connect(common).await?;
         let config = RabbitConfig::new(common.require_amqp_url()?, common.amqp_prefix.clone())
-            .with_connection_name(service);
+            .with_connection_name(service)
+            .with_queue_type(common.queue_type()?);
         let bus = RabbitBus::connect(config).await?;
         tracing::info!(service, prefix = %common.amqp_prefix, "database and broker connected");
         Self::assemble(db, Arc::new(bus)).await

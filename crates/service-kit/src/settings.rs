@@ -134,6 +134,9 @@ pub struct CommonSettings {
     /// Prefix of every exchange and queue name, so several deployments share one broker.
     #[serde(default = "default_amqp_prefix")]
     pub amqp_prefix: String,
+    /// `quorum` (default) or `classic` work and parking queues.
+    #[serde(default)]
+    pub amqp_queue_type: Option<String>,
     #[serde(default = "default_log_dir")]
     pub log_dir: String,
     #[serde(default)]
@@ -162,6 +165,7 @@ impl CommonSettings {
         {
             return Err(SettingsError::invalid("AMQP_URL", "expected amqp://…"));
         }
+        self.queue_type()?;
         if self.amqp_prefix.is_empty()
             || !self
                 .amqp_prefix
@@ -174,6 +178,16 @@ impl CommonSettings {
             ));
         }
         Ok(())
+    }
+
+    /// `AMQP_QUEUE_TYPE`, quorum when unset.
+    pub fn queue_type(&self) -> Result<messaging::QueueType, SettingsError> {
+        match self.amqp_queue_type.as_deref().map(str::trim) {
+            None | Some("") => Ok(messaging::QueueType::default()),
+            Some(value) => value
+                .parse()
+                .map_err(|reason: String| SettingsError::invalid("AMQP_QUEUE_TYPE", reason)),
+        }
     }
 
     /// The broker URL, required by the services that run on RabbitMQ.
@@ -282,5 +296,11 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("AMQP_PREFIX"), "{err}");
+        let err = load_common(&Source::map([
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("AMQP_QUEUE_TYPE", "mirrored"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("AMQP_QUEUE_TYPE"), "{err}");
     }
 }

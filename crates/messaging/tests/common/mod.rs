@@ -43,6 +43,15 @@ impl Fixture {
         Self::new(TestDb::new().await, Arc::new(rabbit.clone()), Some(rabbit)).await
     }
 
+    /// On quorum work and parking queues whatever `AMQP_QUEUE_TYPE` says (the suite may run
+    /// on classic queues).
+    pub async fn rabbit_quorum_pg(tag: &str) -> Self {
+        let config = RabbitConfig::new(testkit::amqp_url(), testkit::unique_prefix(tag))
+            .with_queue_type(messaging::QueueType::Quorum);
+        let rabbit = RabbitBus::connect(config).await.unwrap();
+        Self::new(TestDb::new().await, Arc::new(rabbit.clone()), Some(rabbit)).await
+    }
+
     pub async fn memory_sqlite() -> Self {
         Self::new(TestDb::sqlite().await, Arc::new(InProcessBus::new()), None).await
     }
