@@ -1,29 +1,39 @@
 #![doc = include_str!("../README.md")]
 
-use std::net::SocketAddr;
+pub mod auth;
+pub mod body;
+pub mod db;
+pub mod error;
+pub mod inbox;
+pub mod observability;
+pub mod payments;
+pub mod settings;
+pub mod signature;
+pub mod state;
+pub mod tariffs;
+pub mod webhooks;
 
-use actix_web::App;
-use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, web};
+use payment_core::providers::crypto::CryptoProvider;
+use payment_core::{ClientIpResolver, PaymentService};
 use service_kit::ops::{self, RunningServer};
-use service_kit::runtime::{self, Infra};
+use service_kit::runtime::Infra;
 use service_kit::settings::{Source, load_common};
 use service_kit::{CommonSettings, SettingsError, Shutdown};
 
+pub use settings::GatewaySettings;
+
+use crate::auth::Tokens;
+use crate::state::{AppState, InFlight};
+
 pub const SERVICE: &str = "api-gateway";
 
-/// The gateway's own settings.
-#[derive(Debug, Clone, Deserialize)]
-pub struct GatewaySettings {
-    #[serde(default = "default_bind")]
-    pub gateway_bind: String,
-    /// actix worker threads; 0 = one per core.
-    #[serde(default)]
-    pub gateway_workers: usize,
-}
-
-fn default_bind() -> String {
-    "0.0.0.0:8080".to_owned()
-}
+/// The OpenAPI 3.1 description of every route, served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -46,19 +56,67 @@ pub struct Gateway {
     pub server: RunningServer,
 }
 
-/// Starts the gateway's HTTP server on the given infrastructure.
-pub fn start(
+/// Starts the gateway's HTTP server on the given infrastructure: enables the configured
+/// providers, upserts the tariffs, then binds.
+pub async fn start(
     settings: &GatewaySettings,
     infra: &Infra,
     shutdown: Shutdown,
 ) -> std::io::Result<Gateway> {
+    let payments =
+        PaymentService::from_settings(&settings.payments).map_err(std::io::Error::other)?;
+    // The gateway's own handle on the crypto provider: checkout reserves invoices through it.
+    let crypto = match &settings.payments.crypto {
+        Some(crypto) => Some(Arc::new(
+            CryptoProvider::new(crypto.clone().with_database(infra.db.clone()))
+                .map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    let tariffs = tariffs::load(settings.tariffs_file.as_deref()).map_err(std::io::Error::other)?;
+    tariffs::upsert(&infra.db, &tariffs)
+        .await
+        .map_err(std::io::Error::other)?;
+    let enabled: Vec<&str> = payments
+        .descriptors()
+        .iter()
+        .map(|d| d.id.as_str())
+        .collect();
+    tracing::info!(
+        providers = ?enabled,
+        tariffs = tariffs.len(),
+        crypto_webhook = settings.crypto_webhook_secret.is_some(),
+        "api-gateway configured"
+    );
+    let state = web::Data::new(AppState {
+        db: infra.db.clone(),
+        payments,
+        crypto,
+        outbox_nudge: infra.outbox_nudge.clone(),
+        tokens: Tokens {
+            service: settings.api_service_token.clone(),
+            admin: settings.api_admin_token.clone(),
+        },
+        resolver: ClientIpResolver::new(settings.trusted_proxies.clone()),
+        crypto_secret: settings.crypto_webhook_secret.clone(),
+        crypto_tolerance_secs: settings.crypto_webhook_tolerance_secs,
+        max_body_bytes: settings.max_body_bytes,
+        in_flight: InFlight::default(),
+    });
     let readiness = infra.readiness();
     let workers = match settings.gateway_workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
         n => n,
     };
     let server = ops::serve(&settings.gateway_bind, workers, shutdown, move || {
-        App::new().configure(ops::configure(readiness.clone()))
+        App::new()
+            .wrap(from_fn(observability::observe))
+            .app_data(state.clone())
+            .configure(ops::configure(readiness.clone()))
+            .configure(webhooks::configure)
+            .configure(payments::configure)
+            .route("/api/openapi.json", web::get().to(openapi))
+            .default_service(web::to(not_found))
     })?;
     tracing::info!(addr = %server.addr, "api-gateway listening");
     Ok(Gateway {
@@ -67,11 +125,32 @@ pub fn start(
     })
 }
 
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({
+        "error": "not_found",
+        "message": "no such route",
+    }))
+}
+
 /// Runs the gateway as its own process: connects to PostgreSQL and RabbitMQ, serves until
 /// `shutdown`, then drains.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    runtime::run_service(SERVICE, &settings.common, shutdown, |infra, shutdown| {
-        start(&settings.gateway, infra, shutdown).map(|gateway| gateway.server)
-    })
-    .await
+    let infra = Infra::connect(SERVICE, &settings.common).await?;
+    let gateway = match start(&settings.gateway, &infra, shutdown).await {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            infra.stop().await;
+            return Err(error.into());
+        }
+    };
+    gateway.server.task.await??;
+    tracing::info!(service = SERVICE, "stopped");
+    infra.stop().await;
+    Ok(())
 }

@@ -12,9 +12,13 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
         ("AMQP_PREFIX", prefix.as_str()),
         ("LOG_DIR", logs.to_str().unwrap()),
     ];
-    service_kit::testing::check_binary_lifecycle(env!("CARGO_BIN_EXE_api-gateway"), "GATEWAY_BIND", &envs)
-        .await
-        .unwrap();
+    service_kit::testing::check_binary_lifecycle(
+        env!("CARGO_BIN_EXE_api-gateway"),
+        "GATEWAY_BIND",
+        &envs,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -27,5 +31,8 @@ async fn missing_setting_stops_start_up_with_its_name() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("setting DATABASE_URL is missing"), "{stderr}");
+    assert!(
+        stderr.contains("setting DATABASE_URL is missing"),
+        "{stderr}"
+    );
 }

@@ -1,24 +1,30 @@
 #![doc = include_str!("../README.md")]
 
-use serde::Deserialize;
+pub mod app;
+pub mod gateway;
+pub mod notify;
+pub mod poller;
+pub mod settings;
+pub mod store;
+pub mod texts;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use frankenstein::client_reqwest::Bot as Api;
+use messaging::{ConsumerRunner, ConsumerStats, RunnerConfig};
+use secrecy::ExposeSecret;
 use service_kit::ops::{self, RunningServer};
-use service_kit::runtime::{self, Infra};
+use service_kit::runtime::Infra;
 use service_kit::settings::{Source, load_common};
 use service_kit::{CommonSettings, SettingsError, Shutdown};
+use tokio::task::AbortHandle;
+
+pub use app::App;
+pub use notify::{CONSUMER, Notifier};
+pub use settings::{BotSettings, ServiceSettings};
 
 pub const SERVICE: &str = "bot";
-
-/// This service's own settings.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ServiceSettings {
-    /// Health and metrics server.
-    #[serde(default = "default_bind")]
-    pub bot_bind: String,
-}
-
-fn default_bind() -> String {
-    "0.0.0.0:8083".to_owned()
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -27,29 +33,157 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Loads and validates everything; the separate binary exists to run the bot, so
+    /// `TELEGRAM_BOT_TOKEN` (with `API_SERVICE_TOKEN`) is required here.
     pub fn load(source: &Source) -> Result<Self, SettingsError> {
+        let service: ServiceSettings = source.load()?;
+        if service.telegram.is_none() {
+            return Err(SettingsError::Missing {
+                name: "TELEGRAM_BOT_TOKEN".to_owned(),
+            });
+        }
         Ok(Self {
             common: load_common(source)?,
-            service: source.load()?,
+            service,
         })
     }
 }
 
-/// Starts the service on the given infrastructure; returns its health/metrics server.
-pub fn start(
+/// The running service.
+pub struct Service {
+    /// The health/metrics server; its task ends once the poller and the consumer stopped too.
+    pub server: RunningServer,
+    /// Aborts the poller at once, as a crash would (tests); `None` without a bot token or in
+    /// webhook mode.
+    pub poller: Option<AbortHandle>,
+    /// The webhook endpoint's address in webhook mode.
+    pub webhook_addr: Option<std::net::SocketAddr>,
+    /// The notifications consumer's counters; `None` without a bot token.
+    pub consumer_stats: Option<Arc<ConsumerStats>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("addr", &self.server.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Bot API client for `settings` (the token is part of its URL).
+pub fn telegram_client(settings: &BotSettings) -> Api {
+    Api::new_url(format!(
+        "{}/bot{}",
+        settings.api_url,
+        settings.token.expose_secret()
+    ))
+}
+
+/// Starts the service on the given infrastructure: the health/metrics server, the
+/// long-polling loop and the notifications consumer. Without `TELEGRAM_BOT_TOKEN` (possible
+/// only in the single-process mode) only the health server runs.
+pub async fn start(
     settings: &ServiceSettings,
     infra: &Infra,
     shutdown: Shutdown,
-) -> std::io::Result<RunningServer> {
-    let server = ops::serve_ops(&settings.bot_bind, infra.readiness(), shutdown)?;
-    tracing::info!(addr = %server.addr, "{SERVICE} ready");
-    Ok(server)
+) -> anyhow::Result<Service> {
+    let ops = ops::serve_ops(&settings.bot_bind, infra.readiness(), shutdown.clone())?;
+    let Some(bot) = &settings.telegram else {
+        tracing::warn!(addr = %ops.addr, "{SERVICE}: TELEGRAM_BOT_TOKEN is not set; the bot is off");
+        return Ok(Service {
+            server: ops,
+            poller: None,
+            webhook_addr: None,
+            consumer_stats: None,
+        });
+    };
+    let api = telegram_client(bot);
+    let gateway = gateway::Gateway::new(
+        &bot.gateway_url,
+        bot.service_token.clone(),
+        bot.admin_token.clone(),
+        bot.gateway_timeout,
+    )?;
+    let app = Arc::new(App::new(
+        api.clone(),
+        infra.db.clone(),
+        gateway,
+        bot.admin_ids.clone(),
+        bot.provider_token.clone(),
+        infra.outbox_nudge.clone(),
+    ));
+
+    let runner = ConsumerRunner::new(
+        Notifier::new(api),
+        infra.db.clone(),
+        infra.bus.clone(),
+        RunnerConfig::default(),
+    );
+    infra.bus.declare(runner.spec()).await?;
+    let consumer_stats = runner.stats();
+    let consumer = runner.spawn(shutdown.clone());
+    let (receiver, poller_abort, webhook_addr) = match &bot.webhook {
+        Some(hook) => {
+            let (addr, task) = webhook::start(app, hook, shutdown.clone()).await?;
+            (task, None, Some(addr))
+        }
+        None => {
+            let task = tokio::spawn(poller::run(app, bot.poll_timeout_secs, shutdown.clone()));
+            let abort = task.abort_handle();
+            (task, Some(abort), None)
+        }
+    };
+
+    let RunningServer {
+        addr,
+        task: ops_task,
+    } = ops;
+    let task = tokio::spawn(async move {
+        let served = ops_task.await;
+        if let Err(error) = consumer.await {
+            tracing::error!(%error, "consumer task failed");
+        }
+        if let Err(error) = receiver.await
+            && !error.is_cancelled()
+        {
+            tracing::error!(%error, "update receiver task failed");
+        }
+        served.map_err(std::io::Error::other)?
+    });
+    tracing::info!(%addr, admins = bot.admin_ids.len(), "{SERVICE} ready");
+    Ok(Service {
+        server: RunningServer { addr, task },
+        poller: poller_abort,
+        webhook_addr,
+        consumer_stats: Some(consumer_stats),
+    })
 }
 
 /// Runs the service as its own process until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    runtime::run_service(SERVICE, &settings.common, shutdown, |infra, shutdown| {
-        start(&settings.service, infra, shutdown)
-    })
-    .await
+    let infra = Infra::connect(SERVICE, &settings.common).await?;
+    let service = match start(&settings.service, &infra, shutdown).await {
+        Ok(service) => service,
+        Err(error) => {
+            infra.stop().await;
+            return Err(error);
+        }
+    };
+    let served = service.server.task.await;
+    tracing::info!(service = SERVICE, "stopped");
+    infra.stop().await;
+    served??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_requires_the_bot_token() {
+        let error =
+            Settings::load(&Source::map([("DATABASE_URL", "sqlite::memory:")])).unwrap_err();
+        assert_eq!(error.to_string(), "setting TELEGRAM_BOT_TOKEN is missing");
+    }
 }

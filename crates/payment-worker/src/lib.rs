@@ -1,1 +1,184 @@
-//! payment-worker
+#![doc = include_str!("../README.md")]
+
+pub mod metric;
+pub mod notifications;
+pub mod reconcile;
+pub mod settings;
+pub mod sources;
+pub mod transition;
+
+use std::sync::Arc;
+
+use messaging::{
+    Bus, ConsumerRunner, ConsumerSpec, ConsumerStats, DeliverySource, Handler, RunnerConfig,
+};
+use payment_core::PaymentService;
+use sea_orm::DatabaseConnection;
+use service_kit::ops::{self, RunningServer};
+use service_kit::runtime::{self, Infra};
+use service_kit::settings::{Source, load_common};
+use service_kit::{CommonSettings, SettingsError, Shutdown};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use notifications::{CONSUMER, NotificationHandler};
+pub use reconcile::{ReconcileReport, Reconciler};
+pub use settings::{ConsumerSettings, ReconcileSettings, ServiceSettings};
+pub use sources::{StatusSource, StatusSources};
+
+pub const SERVICE: &str = "payment-worker";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonSettings,
+    pub service: ServiceSettings,
+}
+
+impl Settings {
+    pub fn load(source: &Source) -> Result<Self, SettingsError> {
+        Ok(Self {
+            common: load_common(source)?,
+            service: ServiceSettings::load(source)?,
+        })
+    }
+}
+
+/// The worker's queue, bindings and retry queues, as its consumer declares them. Declare it
+/// (`bus.declare(&spec)`) before anything publishes notifications, so none is unroutable.
+pub fn consumer_spec(settings: &ServiceSettings) -> ConsumerSpec {
+    let handler = NotificationHandler::new(Arc::new(StatusSources::default()));
+    ConsumerSpec::new(handler.consumer(), handler.bindings())
+        .with_retry(settings.consumer.retry_policy())
+}
+
+/// The worker's parts on one database and bus: the notification consumer and the
+/// reconciliation loop.
+pub struct Worker {
+    runner: ConsumerRunner,
+    reconciler: Option<Reconciler>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("runner", &self.runner)
+            .field("reconciler", &self.reconciler.is_some())
+            .finish()
+    }
+}
+
+/// The running worker's tasks.
+#[derive(Debug)]
+pub struct WorkerTasks {
+    pub runner: JoinHandle<()>,
+    pub reconciler: Option<JoinHandle<()>>,
+    /// The consumer's live counts (handled, duplicates, retried, parked).
+    pub stats: Arc<ConsumerStats>,
+}
+
+impl WorkerTasks {
+    /// Waits for both loops to stop (after the shutdown they were spawned with).
+    pub async fn join(self) {
+        for task in [Some(self.runner), self.reconciler].into_iter().flatten() {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "worker task failed");
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// A worker asking the providers enabled in `settings.payments`.
+    pub fn from_settings(
+        settings: &ServiceSettings,
+        db: DatabaseConnection,
+        bus: Arc<dyn Bus>,
+        outbox_nudge: Arc<Notify>,
+    ) -> Result<Self, payment_core::SettingsError> {
+        let mut payments = settings.payments.clone();
+        // The crypto provider answers from its invoice rows, through our pool.
+        payments.crypto = payments.crypto.map(|c| c.with_database(db.clone()));
+        let service = PaymentService::from_settings(&payments)?;
+        let sources = StatusSources::from_payment_service(service);
+        Ok(Self::new(settings, sources, db, bus, outbox_nudge))
+    }
+
+    /// A worker with explicit status sources (tests; providers without a `payment_core` API).
+    pub fn new(
+        settings: &ServiceSettings,
+        sources: StatusSources,
+        db: DatabaseConnection,
+        bus: Arc<dyn Bus>,
+        outbox_nudge: Arc<Notify>,
+    ) -> Self {
+        if sources.is_empty() {
+            tracing::warn!(
+                "no payment provider is configured: notifications will be parked and pending payments not reconciled"
+            );
+        }
+        let sources = Arc::new(sources);
+        let source: Arc<dyn DeliverySource> = bus;
+        let runner = ConsumerRunner::new(
+            NotificationHandler::new(sources.clone()),
+            db.clone(),
+            source,
+            RunnerConfig {
+                prefetch: settings.consumer.prefetch,
+                retry: settings.consumer.retry_policy(),
+                ..RunnerConfig::default()
+            },
+        );
+        let reconciler = settings
+            .reconcile
+            .enabled
+            .then(|| Reconciler::new(db, sources, settings.reconcile.clone(), outbox_nudge));
+        Self { runner, reconciler }
+    }
+
+    /// Starts consuming (the runner declares its queue when it subscribes) and reconciling.
+    pub fn spawn(self, shutdown: Shutdown) -> WorkerTasks {
+        let stats = self.runner.stats();
+        WorkerTasks {
+            runner: self.runner.spawn(shutdown.clone()),
+            reconciler: self.reconciler.map(|r| tokio::spawn(r.run(shutdown))),
+            stats,
+        }
+    }
+}
+
+/// Starts the service on the given infrastructure. The returned server's task ends when the
+/// health/metrics server, the consumer and the reconciliation loop have all stopped.
+pub fn start(
+    settings: &ServiceSettings,
+    infra: &Infra,
+    shutdown: Shutdown,
+) -> std::io::Result<RunningServer> {
+    let worker = Worker::from_settings(
+        settings,
+        infra.db.clone(),
+        infra.bus.clone(),
+        infra.outbox_nudge.clone(),
+    )
+    .map_err(std::io::Error::other)?;
+    let server = ops::serve_ops(&settings.worker_bind, infra.readiness(), shutdown.clone())?;
+    let tasks = worker.spawn(shutdown);
+    tracing::info!(addr = %server.addr, "{SERVICE} ready");
+    let served = server.task;
+    let task = tokio::spawn(async move {
+        let result = served.await;
+        tasks.join().await;
+        result.map_err(std::io::Error::other)?
+    });
+    Ok(RunningServer {
+        addr: server.addr,
+        task,
+    })
+}
+
+/// Runs the service as its own process until `shutdown`.
+pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
+    runtime::run_service(SERVICE, &settings.common, shutdown, |infra, shutdown| {
+        start(&settings.service, infra, shutdown)
+    })
+    .await
+}

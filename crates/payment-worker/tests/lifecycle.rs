@@ -12,7 +12,11 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
         ("AMQP_PREFIX", prefix.as_str()),
         ("LOG_DIR", logs.to_str().unwrap()),
     ];
-    service_kit::testing::check_binary_lifecycle(env!("CARGO_BIN_EXE_payment-worker"), "WORKER_BIND", &envs)
-        .await
-        .unwrap();
+    service_kit::testing::check_binary_lifecycle(
+        env!("CARGO_BIN_EXE_payment-worker"),
+        "WORKER_BIND",
+        &envs,
+    )
+    .await
+    .unwrap();
 }

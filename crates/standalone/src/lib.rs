@@ -32,10 +32,16 @@ impl Settings {
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let infra = Infra::embedded("standalone", &settings.common).await?;
     let servers = [
-        api_gateway::start(&settings.gateway, &infra, shutdown.clone())?.server,
+        api_gateway::start(&settings.gateway, &infra, shutdown.clone())
+            .await?
+            .server,
         payment_worker::start(&settings.worker, &infra, shutdown.clone())?,
-        marzban_sync::start(&settings.marzban_sync, &infra, shutdown.clone())?,
-        bot::start(&settings.bot, &infra, shutdown.clone())?,
+        marzban_sync::start(&settings.marzban_sync, &infra, shutdown.clone())
+            .await?
+            .server,
+        bot::start(&settings.bot, &infra, shutdown.clone())
+            .await?
+            .server,
     ];
     tracing::info!(
         database = %settings.common.database_url,

@@ -213,49 +213,78 @@ impl TelegramProvider {
             .map_err(|e| ProviderError::MalformedResponse(format!("{method}: {e}")))
     }
 
+    async fn star_page(&self, offset: i64, limit: i64) -> Result<StarTransactions, ProviderError> {
+        self.call(
+            "getStarTransactions",
+            json!({"offset": offset, "limit": limit}),
+        )
+        .await
+    }
+
+    /// How many Star transactions the bot has. The list is oldest first and has no count, so
+    /// probe forward exponentially for an empty page, then bisect with one-item pages.
+    async fn star_count(&self) -> Result<i64, ProviderError> {
+        let (mut lo, mut hi) = (0_i64, PAGE);
+        while !self.star_page(hi, 1).await?.transactions.is_empty() {
+            lo = hi;
+            hi = hi.saturating_mul(2);
+            if hi >= 1 << 40 {
+                break;
+            }
+        }
+        // The first empty offset lies in (lo, hi]: page(lo) is non-empty unless lo = 0.
+        if self.star_page(lo, 1).await?.transactions.is_empty() {
+            return Ok(lo);
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.star_page(mid, 1).await?.transactions.is_empty() {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok(hi)
+    }
+
     /// Finds the Star payment whose invoice payload is `payload` (and whether it was
-    /// refunded), searching at most `scan_pages` pages of the bot's transactions.
+    /// refunded). Searches newest first — a payment being checked is recent — through at most
+    /// `scan_pages` pages of 100; a refund is newer than its payment, so it is seen first.
     pub async fn find_star_payment(
         &self,
         payload: &str,
     ) -> Result<Option<StarPayment>, ProviderError> {
-        let mut found: Option<StarPayment> = None;
         let mut refunds: Vec<String> = Vec::new();
-        for page in 0..i64::from(self.settings.scan_pages) {
-            let list: StarTransactions = self
-                .call(
-                    "getStarTransactions",
-                    json!({"offset": page * PAGE, "limit": PAGE}),
-                )
-                .await?;
-            let count = list.transactions.len();
-            for tx in list.transactions {
+        let mut end = self.star_count().await?;
+        for _ in 0..self.settings.scan_pages {
+            if end <= 0 {
+                break;
+            }
+            let start = (end - PAGE).max(0);
+            let page = self.star_page(start, end - start).await?;
+            for tx in page.transactions.into_iter().rev() {
+                if matches!(tx.receiver, Some(TransactionPartner::User { .. })) {
+                    refunds.push(tx.id);
+                    continue;
+                }
                 if let Some(TransactionPartner::User {
                     user,
                     invoice_payload,
                 }) = &tx.source
                     && invoice_payload.as_deref() == Some(payload)
                 {
-                    found = Some(StarPayment {
-                        telegram_payment_charge_id: tx.id.clone(),
+                    return Ok(Some(StarPayment {
+                        refunded: refunds.contains(&tx.id),
+                        telegram_payment_charge_id: tx.id,
                         user_id: user.id,
                         amount: tx.amount,
                         paid_at: Utc.timestamp_opt(tx.date, 0).single(),
-                        refunded: false,
-                    });
-                }
-                if matches!(tx.receiver, Some(TransactionPartner::User { .. })) {
-                    refunds.push(tx.id);
+                    }));
                 }
             }
-            if i64::try_from(count).unwrap_or(0) < PAGE {
-                break;
-            }
+            end = start;
         }
-        Ok(found.map(|mut payment| {
-            payment.refunded = refunds.contains(&payment.telegram_payment_charge_id);
-            payment
-        }))
+        Ok(None)
     }
 
     fn check_stars(&self, payment: &PaymentRef, what: &'static str) -> Result<(), ProviderError> {
@@ -620,6 +649,96 @@ mod tests {
             matches!(rub, Err(ProviderError::InvalidRequest(_))),
             "no provider token"
         );
+    }
+
+    /// A Bot API whose bot has `count` Star transactions: payment `i` carries payload `p-i`
+    /// from user 1000 + i; the last one refunds payment 7.
+    async fn star_api(count: usize) -> wiremock::MockServer {
+        let server = wiremock::MockServer::start().await;
+        let mut transactions: Vec<Value> = (0..count - 1)
+            .map(|i| {
+                json!({"id": format!("stx{i}"), "amount": 150, "date": 1_700_000_000 + i,
+                    "source": {"type": "user", "user": {"id": 1000 + i, "is_bot": false, "first_name": "U"},
+                        "invoice_payload": format!("p-{i}")}})
+            })
+            .collect();
+        transactions.push(json!({"id": "stx7", "amount": 150, "date": 1_800_000_000,
+            "receiver": {"type": "user", "user": {"id": 1007, "is_bot": false, "first_name": "U"}}}));
+        wiremock::Mock::given(wiremock::matchers::path("/bot1:x/getStarTransactions"))
+            .respond_with(move |request: &wiremock::Request| {
+                let params: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+                let offset = params["offset"].as_u64().unwrap_or(0) as usize;
+                let limit = params["limit"].as_u64().unwrap_or(100) as usize;
+                let page: Vec<Value> = transactions
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_json(json!({"ok": true, "result": {"transactions": page}}))
+            })
+            .mount(&server)
+            .await;
+        server
+    }
+
+    #[tokio::test]
+    async fn star_payments_are_found_newest_first() {
+        let server = star_api(251).await;
+        let mut settings = TelegramSettings::new("1:x");
+        settings.api_url = server.uri();
+        let provider = TelegramProvider::new(settings.clone()).expect("provider");
+        assert_eq!(provider.star_count().await.expect("count"), 251);
+        let old = provider
+            .find_star_payment("p-7")
+            .await
+            .expect("ok")
+            .expect("found");
+        assert_eq!(
+            (
+                old.telegram_payment_charge_id.as_str(),
+                old.user_id,
+                old.refunded
+            ),
+            ("stx7", 1007, true)
+        );
+        let recent = provider
+            .find_star_payment("p-249")
+            .await
+            .expect("ok")
+            .expect("found");
+        assert!(!recent.refunded);
+        assert!(
+            provider
+                .find_star_payment("nope")
+                .await
+                .expect("ok")
+                .is_none()
+        );
+        settings.scan_pages = 1;
+        let shallow = TelegramProvider::new(settings).expect("provider");
+        assert!(
+            shallow
+                .find_star_payment("p-249")
+                .await
+                .expect("ok")
+                .is_some()
+        );
+        assert!(
+            shallow
+                .find_star_payment("p-7")
+                .await
+                .expect("ok")
+                .is_none(),
+            "beyond the scan"
+        );
+
+        let empty = star_api(1).await;
+        let mut settings = TelegramSettings::new("1:x");
+        settings.api_url = empty.uri();
+        let provider = TelegramProvider::new(settings).expect("provider");
+        assert_eq!(provider.star_count().await.expect("count"), 1);
     }
 
     #[test]

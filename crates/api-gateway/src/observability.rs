@@ -1,0 +1,97 @@
+//! Request ids, request logs and the HTTP metrics, as one middleware around every route.
+
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Counter: requests by `route` (the matched pattern), `method` and `status`.
+pub const METRIC_REQUESTS: &str = "gateway_http_requests_total";
+/// Histogram (seconds): request latency by `route` and `method`.
+pub const METRIC_LATENCY: &str = "gateway_http_request_duration_seconds";
+/// Counter: webhook outcomes by `provider` and `verdict` (`accepted`, `duplicate`,
+/// `forbidden`, `bad_signature`, `expired_signature`, `malformed`, `too_large`, `disabled`,
+/// `error`).
+pub const METRIC_WEBHOOK_VERDICTS: &str = "gateway_webhook_verdicts_total";
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Records a webhook verdict.
+pub fn webhook_verdict(provider: &'static str, verdict: &'static str) {
+    metrics::counter!(METRIC_WEBHOOK_VERDICTS, "provider" => provider, "verdict" => verdict)
+        .increment(1);
+}
+
+/// Takes the caller's `X-Request-Id` when it is sane (else makes one), runs the request in a
+/// span carrying it, echoes it back, logs the outcome and records the metrics.
+pub async fn observe<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+    let method = req.method().as_str().to_owned();
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        path = %req.path(),
+        peer = %peer,
+    );
+    let result = next.call(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let (route, status) = match &result {
+        Ok(response) => (
+            response
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned()),
+            response.status().as_u16(),
+        ),
+        Err(error) => (
+            "unmatched".to_owned(),
+            error.as_response_error().status_code().as_u16(),
+        ),
+    };
+    metrics::counter!(
+        METRIC_REQUESTS,
+        "route" => route.clone(),
+        "method" => method.clone(),
+        "status" => status.to_string(),
+    )
+    .increment(1);
+    metrics::histogram!(METRIC_LATENCY, "route" => route.clone(), "method" => method)
+        .record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            %route,
+            status,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    result.map(|mut response| {
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response.map_into_boxed_body()
+    })
+}

@@ -1,0 +1,195 @@
+//! The gateway's settings, read from the same flat environment as every service (DESIGN §8).
+//!
+//! The provider settings (`YOOKASSA_*`, `YOOKASSA_ALLOWED_IPS`, `TRUSTED_PROXIES`) are read by
+//! `payment-core`'s own loader over the same variables, so one environment drives both.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use payment_core::{IpAllowList, PaymentSettings};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Default `GATEWAY_BIND`.
+pub const DEFAULT_BIND: &str = "0.0.0.0:8080";
+/// Default `GATEWAY_MAX_BODY_BYTES`: 64 KiB, on webhooks and the API alike.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default `CRYPTO_WEBHOOK_TOLERANCE_SECS`: how far a signed timestamp may be from our clock.
+pub const DEFAULT_SIGNATURE_TOLERANCE_SECS: u64 = 300;
+
+/// The gateway's own settings. Deserialised from the whole environment (see
+/// [`service_kit::settings::Source::load`]); every field names its variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawSettings")]
+pub struct GatewaySettings {
+    /// `GATEWAY_BIND` (default `0.0.0.0:8080`; port 0 picks a free port).
+    pub gateway_bind: String,
+    /// `GATEWAY_WORKERS`: actix worker threads; 0 (default) = one per core.
+    pub gateway_workers: usize,
+    /// `GATEWAY_MAX_BODY_BYTES` (default 65536): larger bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// `API_SERVICE_TOKEN`: bearer token of the bot for `/api/payments`; unset = that API
+    /// answers 503.
+    pub api_service_token: Option<SecretString>,
+    /// `API_ADMIN_TOKEN`: bearer token for refunds; unset = refunds answer 503.
+    pub api_admin_token: Option<SecretString>,
+    /// `CRYPTO_WEBHOOK_SECRET`: HMAC key of `/webhook/payment/crypto`; unset = that route is 404.
+    pub crypto_webhook_secret: Option<SecretString>,
+    /// `CRYPTO_WEBHOOK_TOLERANCE_SECS` (default 300).
+    pub crypto_webhook_tolerance_secs: u64,
+    /// `TRUSTED_PROXIES`: our own proxies, whose `X-Forwarded-For` is believed (also read by
+    /// the YooKassa provider for its allow-list check).
+    pub trusted_proxies: IpAllowList,
+    /// `TARIFFS_FILE`: the tariffs upserted at start-up; unset = the built-in default, which
+    /// is `config/tariffs.toml` of the repository.
+    pub tariffs_file: Option<PathBuf>,
+    /// Provider settings (`YOOKASSA_SHOP_ID`, `YOOKASSA_SECRET_KEY`, `YOOKASSA_API_URL`,
+    /// `YOOKASSA_ALLOWED_IPS`, …); a provider is enabled by the presence of its settings.
+    pub payments: PaymentSettings,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            gateway_bind: DEFAULT_BIND.to_owned(),
+            gateway_workers: 0,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            api_service_token: None,
+            api_admin_token: None,
+            crypto_webhook_secret: None,
+            crypto_webhook_tolerance_secs: DEFAULT_SIGNATURE_TOLERANCE_SECS,
+            trusted_proxies: IpAllowList::default(),
+            tariffs_file: None,
+            payments: PaymentSettings::default(),
+        }
+    }
+}
+
+/// Every variable as a string, keyed by its lower-case name (how `config` hands them over).
+#[derive(Deserialize)]
+struct RawSettings {
+    #[serde(flatten)]
+    vars: HashMap<String, String>,
+}
+
+impl RawSettings {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(&name.to_ascii_lowercase())
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.get(name).map(|v| SecretString::from(v.to_owned()))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| format!("setting {name} is invalid: {e}"))
+            })
+            .transpose()
+    }
+}
+
+impl TryFrom<RawSettings> for GatewaySettings {
+    type Error = String;
+
+    fn try_from(raw: RawSettings) -> Result<Self, Self::Error> {
+        let defaults = GatewaySettings::default();
+        let payments = PaymentSettings::from_lookup(|var| raw.get(var).map(str::to_owned))
+            .map_err(|e| format!("payment provider settings: {e}"))?;
+        let max_body_bytes = raw
+            .parse::<usize>("GATEWAY_MAX_BODY_BYTES")?
+            .unwrap_or(defaults.max_body_bytes);
+        if max_body_bytes == 0 {
+            return Err("setting GATEWAY_MAX_BODY_BYTES is invalid: must be positive".into());
+        }
+        Ok(Self {
+            gateway_bind: raw
+                .get("GATEWAY_BIND")
+                .map_or(defaults.gateway_bind, str::to_owned),
+            gateway_workers: raw.parse("GATEWAY_WORKERS")?.unwrap_or(0),
+            max_body_bytes,
+            api_service_token: raw.secret("API_SERVICE_TOKEN"),
+            api_admin_token: raw.secret("API_ADMIN_TOKEN"),
+            crypto_webhook_secret: raw.secret("CRYPTO_WEBHOOK_SECRET"),
+            crypto_webhook_tolerance_secs: raw
+                .parse("CRYPTO_WEBHOOK_TOLERANCE_SECS")?
+                .unwrap_or(defaults.crypto_webhook_tolerance_secs),
+            trusted_proxies: raw.parse("TRUSTED_PROXIES")?.unwrap_or_default(),
+            tariffs_file: raw.get("TARIFFS_FILE").map(PathBuf::from),
+            payments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+    use service_kit::settings::Source;
+
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s: GatewaySettings = Source::map([]).load().unwrap();
+        assert_eq!(s.gateway_bind, DEFAULT_BIND);
+        assert_eq!(s.max_body_bytes, 65536);
+        assert!(s.api_service_token.is_none());
+        assert!(s.payments.yookassa.is_none());
+        assert_eq!(s.crypto_webhook_tolerance_secs, 300);
+    }
+
+    #[test]
+    fn reads_every_variable_and_hides_secrets() {
+        let s: GatewaySettings = Source::map([
+            ("GATEWAY_BIND", "127.0.0.1:0"),
+            ("GATEWAY_WORKERS", "3"),
+            ("GATEWAY_MAX_BODY_BYTES", "1024"),
+            ("API_SERVICE_TOKEN", "svc-secret"),
+            ("API_ADMIN_TOKEN", "adm-secret"),
+            ("CRYPTO_WEBHOOK_SECRET", "hmac-secret"),
+            ("CRYPTO_WEBHOOK_TOLERANCE_SECS", "60"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("TARIFFS_FILE", "/etc/acp/tariffs.toml"),
+            ("YOOKASSA_SHOP_ID", "100500"),
+            ("YOOKASSA_SECRET_KEY", "yk-secret"),
+            ("YOOKASSA_ALLOWED_IPS", "127.0.0.1"),
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(s.gateway_workers, 3);
+        assert_eq!(s.max_body_bytes, 1024);
+        assert_eq!(
+            s.api_service_token.as_ref().unwrap().expose_secret(),
+            "svc-secret"
+        );
+        assert_eq!(s.crypto_webhook_tolerance_secs, 60);
+        assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        let yk = s.payments.yookassa.as_ref().unwrap();
+        assert!(yk.allowed_ips.contains("127.0.0.1".parse().unwrap()));
+        assert!(yk.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        let debug = format!("{s:?}");
+        for secret in ["svc-secret", "adm-secret", "hmac-secret", "yk-secret"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Source::map([("TRUSTED_PROXIES", "not-an-ip")])
+            .load::<GatewaySettings>()
+            .unwrap_err();
+        assert!(err.to_string().contains("TRUSTED_PROXIES"), "{err}");
+        let err = Source::map([("YOOKASSA_SHOP_ID", "1")])
+            .load::<GatewaySettings>()
+            .unwrap_err();
+        assert!(err.to_string().contains("YOOKASSA_SECRET_KEY"), "{err}");
+    }
+}

@@ -1,0 +1,61 @@
+//! What every handler shares.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use payment_core::providers::crypto::CryptoProvider;
+use payment_core::{ClientIpResolver, PaymentService};
+use sea_orm::DatabaseConnection;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+
+use crate::auth::Tokens;
+
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub payments: PaymentService,
+    /// The crypto provider itself (when enabled): checkout reserves its invoices.
+    pub crypto: Option<Arc<CryptoProvider>>,
+    /// Wakes the outbox relay after a commit that wrote outbox rows.
+    pub outbox_nudge: Arc<Notify>,
+    pub tokens: Tokens,
+    /// Finds the client behind our trusted proxies (for logs and the inbox's `peer`).
+    pub resolver: ClientIpResolver,
+    pub crypto_secret: Option<SecretString>,
+    pub crypto_tolerance_secs: u64,
+    pub max_body_bytes: usize,
+    pub in_flight: InFlight,
+}
+
+/// Idempotency keys being processed by this process. PostgreSQL deployments also take an
+/// advisory lock per key, which covers several gateway replicas; this set covers SQLite.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+impl InFlight {
+    /// Claims `key`, or `None` when a request with it is already running here.
+    pub fn claim(&self, key: &str) -> Option<InFlightGuard> {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(key.to_owned()).then(|| InFlightGuard {
+            set: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// Releases its key when dropped, however the request ends.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    set: InFlight,
+    key: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}

@@ -1,0 +1,208 @@
+//! `spawn_app`: a real gateway on a random port, on a fresh PostgreSQL database, a real
+//! RabbitMQ connection (unique prefix) and an in-process YooKassa emulator.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use api_gateway::{Settings, start};
+use domain::entities::{outbox, payments, provider_notifications};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use service_kit::Shutdown;
+use service_kit::runtime::Infra;
+use service_kit::settings::Source;
+use testkit::TestDb;
+
+pub const SERVICE_TOKEN: &str = "svc-token-for-tests";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const CRYPTO_SECRET: &str = "whsec_test";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub http: reqwest::Client,
+    pub yookassa: sandbox::yookassa::Handle,
+    /// The unique prefix of this gateway's RabbitMQ names.
+    pub amqp_prefix: String,
+    shutdown: Shutdown,
+    _infra: Infra,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A gateway with every feature on; `overrides` replace or add environment variables (an
+/// empty value unsets one).
+pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_on(TestDb::new().await, false, overrides).await
+}
+
+/// The single-process mode: SQLite and the in-process bus.
+pub async fn spawn_embedded_app() -> TestApp {
+    spawn_on(TestDb::sqlite().await, true, &[]).await
+}
+
+async fn spawn_on(db: TestDb, embedded: bool, overrides: &[(&str, &str)]) -> TestApp {
+    let yookassa = sandbox::yookassa::spawn(sandbox::yookassa::Config::default())
+        .await
+        .expect("emulator starts");
+    let amqp_prefix = testkit::unique_prefix("gw");
+    let mut vars: HashMap<String, String> = [
+        ("DATABASE_URL", db.url.clone()),
+        ("AMQP_URL", testkit::amqp_url()),
+        ("AMQP_PREFIX", amqp_prefix.clone()),
+        ("RUN_MIGRATIONS", "false".into()),
+        ("GATEWAY_BIND", "127.0.0.1:0".into()),
+        ("GATEWAY_WORKERS", "2".into()),
+        ("API_SERVICE_TOKEN", SERVICE_TOKEN.into()),
+        ("API_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        ("CRYPTO_WEBHOOK_SECRET", CRYPTO_SECRET.into()),
+        ("YOOKASSA_SHOP_ID", "100500".into()),
+        ("YOOKASSA_SECRET_KEY", "test_sandbox_secret".into()),
+        ("YOOKASSA_TEST_MODE", "true".into()),
+        ("YOOKASSA_API_URL", yookassa.api_url()),
+        ("YOOKASSA_ALLOWED_IPS", "127.0.0.1".into()),
+        ("YOOKASSA_MAX_ATTEMPTS", "2".into()),
+        ("YOOKASSA_RETRY_INITIAL_MS", "10".into()),
+        ("YOOKASSA_RETRY_MAX_MS", "20".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (name, value) in overrides {
+        vars.insert((*name).to_owned(), (*value).to_owned());
+    }
+    let settings = Settings::load(&Source::Map(vars)).expect("settings");
+    let infra = if embedded {
+        Infra::embedded(api_gateway::SERVICE, &settings.common).await
+    } else {
+        Infra::connect(api_gateway::SERVICE, &settings.common).await
+    }
+    .expect("infra connects");
+    let shutdown = Shutdown::new();
+    let gateway = start(&settings.gateway, &infra, shutdown.clone())
+        .await
+        .expect("gateway starts");
+    TestApp {
+        addr: gateway.addr,
+        db,
+        http: reqwest::Client::new(),
+        yookassa,
+        amqp_prefix,
+        shutdown,
+        _infra: infra,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post_yookassa(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url("/webhook/payment/yookassa"))
+            .header("Content-Type", "application/json")
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    pub async fn create_payment(&self, key: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/payments"))
+            .bearer_auth(SERVICE_TOKEN)
+            .header("Idempotency-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn inbox_count(&self) -> u64 {
+        provider_notifications::Entity::find()
+            .count(&self.db.conn)
+            .await
+            .unwrap()
+    }
+
+    pub async fn inbox(&self) -> Vec<provider_notifications::Model> {
+        provider_notifications::Entity::find()
+            .all(&self.db.conn)
+            .await
+            .unwrap()
+    }
+
+    pub async fn outbox_with_key(&self, routing_key: &str) -> Vec<outbox::Model> {
+        outbox::Entity::find()
+            .filter(outbox::Column::RoutingKey.eq(routing_key))
+            .all(&self.db.conn)
+            .await
+            .unwrap()
+    }
+
+    pub async fn outbox_count(&self) -> u64 {
+        outbox::Entity::find().count(&self.db.conn).await.unwrap()
+    }
+
+    pub async fn payments(&self) -> Vec<payments::Model> {
+        payments::Entity::find().all(&self.db.conn).await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The value of one Prometheus sample whose line contains every fragment (0 if absent).
+pub fn sample(metrics: &str, name: &str, fragments: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && fragments.iter().all(|f| line.contains(f)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A minimal but valid YooKassa `payment.*` notification.
+pub fn payment_notification(event: &str, provider_payment_id: &str, status: &str) -> String {
+    serde_json::json!({
+        "type": "notification",
+        "event": event,
+        "object": {
+            "id": provider_payment_id,
+            "status": status,
+            "paid": status == "succeeded",
+            "amount": {"value": "199.00", "currency": "RUB"},
+            "created_at": "2026-11-29T10:00:00.000Z",
+            "test": true,
+            "metadata": {}
+        }
+    })
+    .to_string()
+}
+
+pub fn random_provider_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub const CREATE_BODY: &str = r#"{"telegram_id": 123456, "tariff_code": "month_1", "provider": "yookassa", "username": "alice"}"#;
+
+/// Creates a payment through the API; returns the JSON answer.
+pub async fn created_payment(app: &TestApp, key: &str) -> serde_json::Value {
+    let response = app.create_payment(key, CREATE_BODY).await;
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    response.json().await.unwrap()
+}

@@ -1,0 +1,10 @@
+//! Every route of the gateway, driven through the real server on a random port against
+//! PostgreSQL, RabbitMQ and the YooKassa emulator.
+
+mod crypto;
+mod embedded;
+mod helpers;
+mod ops;
+mod payments;
+mod refunds;
+mod yookassa;

@@ -1,0 +1,169 @@
+//! `POST /api/payments/{id}/refund`: admin token, provider refund, `refunds` row, and a notice
+//! for the worker (inbox + `provider.notification.yookassa` outbox row).
+
+use domain::RefundStatus;
+use domain::entities::refunds;
+use sea_orm::{ConnectionTrait, EntityTrait};
+
+use crate::helpers::{ADMIN_TOKEN, SERVICE_TOKEN, TestApp, created_payment, spawn_app};
+
+/// A payment the payer paid and the worker marked succeeded.
+async fn succeeded_payment(app: &TestApp, key: &str) -> (String, String) {
+    let payment = created_payment(app, key).await;
+    let id = payment["payment_id"].as_str().unwrap().to_owned();
+    let provider_payment_id = payment["provider_payment_id"].as_str().unwrap().to_owned();
+    app.yookassa.pay(&provider_payment_id).expect("paid");
+    app.db
+        .conn
+        .execute_unprepared(&format!(
+            "UPDATE payments SET status = 'succeeded', completed_at = now() WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+    (id, provider_payment_id)
+}
+
+async fn refund(app: &TestApp, id: &str, token: &str, body: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .http
+        .post(app.url(&format!("/api/payments/{id}/refund")))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request
+            .header("Content-Type", "application/json")
+            .body(body.to_owned());
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn partial_then_full_refund() {
+    let app = spawn_app(&[]).await;
+    let (id, provider_payment_id) = succeeded_payment(&app, "refund-1").await;
+
+    let response = refund(
+        &app,
+        &id,
+        ADMIN_TOKEN,
+        Some(r#"{"amount_minor": 5000, "reason": "asked", "requested_by": "42"}"#),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let partial: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(partial["status"], "succeeded");
+    assert_eq!(partial["amount"]["minor"], 5000);
+    assert_eq!(partial["requested_by"], "admin:42");
+    let provider_refund_id = partial["provider_refund_id"].as_str().unwrap().to_owned();
+
+    let rows = refunds::Entity::find().all(&app.db.conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RefundStatus::Succeeded);
+    assert_eq!(
+        rows[0].provider_refund_id.as_deref(),
+        Some(provider_refund_id.as_str())
+    );
+
+    // The worker learns of it like of any YooKassa notification.
+    let inbox = app.inbox().await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].source, "refund_api");
+    assert_eq!(
+        inbox[0].dedupe_key,
+        format!("refund.succeeded:{provider_refund_id}")
+    );
+    assert_eq!(inbox[0].payment_id.map(|p| p.to_string()), Some(id.clone()));
+    assert_eq!(
+        app.outbox_with_key("provider.notification.yookassa")
+            .await
+            .len(),
+        1
+    );
+
+    // YooKassa's own notification of the same refund is then a duplicate.
+    let real = serde_json::json!({
+        "type": "notification",
+        "event": "refund.succeeded",
+        "object": {
+            "id": provider_refund_id,
+            "payment_id": provider_payment_id,
+            "status": "succeeded",
+            "amount": {"value": "50.00", "currency": "RUB"},
+            "created_at": "2026-11-29T10:00:00.000Z"
+        }
+    })
+    .to_string();
+    let ack: serde_json::Value = app.post_yookassa(&real, &[]).await.json().await.unwrap();
+    assert_eq!(ack["duplicate"], true);
+
+    // The rest (empty body = everything not yet refunded), although the worker has not yet
+    // applied the first refund to the payment row.
+    let response = refund(&app, &id, ADMIN_TOKEN, None).await;
+    assert_eq!(response.status(), 200);
+    let rest: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(rest["amount"]["minor"], 19_900 - 5000);
+    assert_eq!(app.yookassa.refunds().len(), 2);
+
+    // Nothing left.
+    let response = refund(&app, &id, ADMIN_TOKEN, Some("{}")).await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(app.yookassa.refunds().len(), 2);
+}
+
+#[tokio::test]
+async fn refunds_need_the_admin_token_and_a_paid_payment() {
+    let app = spawn_app(&[]).await;
+    let payment = created_payment(&app, "refund-2").await;
+    let id = payment["payment_id"].as_str().unwrap();
+    for token in [SERVICE_TOKEN, "wrong"] {
+        assert_eq!(refund(&app, id, token, None).await.status(), 401);
+    }
+    // Still pending.
+    let response = refund(&app, id, ADMIN_TOKEN, None).await;
+    assert_eq!(response.status(), 409);
+    let response = refund(&app, &uuid::Uuid::now_v7().to_string(), ADMIN_TOKEN, None).await;
+    assert_eq!(response.status(), 404);
+    let response = refund(&app, id, ADMIN_TOKEN, Some(r#"{"amount": 1}"#)).await;
+    assert_eq!(response.status(), 400);
+    assert!(
+        refunds::Entity::find()
+            .all(&app.db.conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_refund_the_provider_refuses_is_recorded_as_failed() {
+    let app = spawn_app(&[]).await;
+    let (id, _) = succeeded_payment(&app, "refund-3").await;
+    // More than was paid: refused before (or by) the provider.
+    let response = refund(&app, &id, ADMIN_TOKEN, Some(r#"{"amount_minor": 99999}"#)).await;
+    assert_eq!(response.status(), 422);
+    let rows = refunds::Entity::find().all(&app.db.conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RefundStatus::Failed);
+    assert!(rows[0].failure_reason.is_some());
+    assert_eq!(app.inbox_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_repeated_refund_key_returns_the_first_refund() {
+    let app = spawn_app(&[]).await;
+    let (id, _) = succeeded_payment(&app, "refund-4").await;
+    let send = || {
+        app.http
+            .post(app.url(&format!("/api/payments/{id}/refund")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Idempotency-Key", "admin-refund-1")
+            .header("Content-Type", "application/json")
+            .body(r#"{"amount_minor": 1000}"#)
+            .send()
+    };
+    let first: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(first["refund_id"], again["refund_id"]);
+    assert_eq!(app.yookassa.refunds().len(), 1);
+}

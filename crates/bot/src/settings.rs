@@ -1,0 +1,261 @@
+//! `bot` settings, read from the environment and validated at start-up; every error names
+//! the variable to fix.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::webhook::WebhookSettings;
+
+pub const DEFAULT_BIND: &str = "0.0.0.0:8083";
+pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
+pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8080";
+/// Long-poll wait per `getUpdates`; well under the HTTP client's own timeout.
+pub const DEFAULT_POLL_TIMEOUT_SECS: u32 = 25;
+pub const DEFAULT_GATEWAY_TIMEOUT_MS: u64 = 15_000;
+pub const DEFAULT_WEBHOOK_BIND: &str = "0.0.0.0:8088";
+
+/// This service's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawSettings")]
+pub struct ServiceSettings {
+    /// `BOT_BIND`: health and metrics server (default `0.0.0.0:8083`).
+    pub bot_bind: String,
+    /// Everything the bot needs to talk to Telegram and the gateway; `None` when
+    /// `TELEGRAM_BOT_TOKEN` is unset. The separate binary refuses to start then
+    /// ([`crate::Settings::load`]); the single-process mode runs without a bot.
+    pub telegram: Option<BotSettings>,
+}
+
+/// The bot proper.
+#[derive(Debug, Clone)]
+pub struct BotSettings {
+    /// `TELEGRAM_BOT_TOKEN`.
+    pub token: SecretString,
+    /// `TELEGRAM_API_URL` (default `https://api.telegram.org`), without `/bot<token>`.
+    pub api_url: String,
+    /// `TELEGRAM_PAYMENT_PROVIDER_TOKEN`: fiat invoices through a BotFather payment provider.
+    pub provider_token: Option<SecretString>,
+    /// `ADMIN_TELEGRAM_IDS`: comma-separated Telegram user ids allowed to use admin commands.
+    pub admin_ids: BTreeSet<i64>,
+    /// `GATEWAY_URL` (default `http://127.0.0.1:8080`).
+    pub gateway_url: String,
+    /// `API_SERVICE_TOKEN`: the bot's bearer token for `POST /api/payments`.
+    pub service_token: SecretString,
+    /// `API_ADMIN_TOKEN`: for refunds; without it `/refund` answers that refunds are off.
+    pub admin_token: Option<SecretString>,
+    /// `TELEGRAM_POLL_TIMEOUT_SECS` (default 25).
+    pub poll_timeout_secs: u32,
+    /// `GATEWAY_TIMEOUT_MS` (default 15000).
+    pub gateway_timeout: Duration,
+    /// Webhook mode when `TELEGRAM_WEBHOOK_URL` is set; long polling otherwise.
+    pub webhook: Option<WebhookSettings>,
+}
+
+impl ServiceSettings {
+    /// Settings from `vars` (upper- or lower-case names), as [`Deserialize`] does.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+        RawSettings {
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        }
+        .try_into()
+    }
+}
+
+/// Every variable as a string, keyed by its lower-case name (how `config` hands them over).
+#[derive(Deserialize)]
+struct RawSettings {
+    #[serde(flatten)]
+    vars: HashMap<String, String>,
+}
+
+fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
+    format!("setting {name} is invalid: {reason}")
+}
+
+impl RawSettings {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(&name.to_ascii_lowercase())
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| invalid(name, e)),
+        }
+    }
+
+    fn url(&self, name: &str, default: &str) -> Result<String, String> {
+        let url = self.get(name).unwrap_or(default);
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(name, format!("not an http(s) URL: {url:?}")));
+        }
+        Ok(url.trim_end_matches('/').to_owned())
+    }
+
+    fn bot(&self) -> Result<Option<BotSettings>, String> {
+        let Some(token) = self.get("TELEGRAM_BOT_TOKEN") else {
+            return Ok(None);
+        };
+        let admin_ids =
+            self.get("ADMIN_TELEGRAM_IDS")
+                .unwrap_or_default()
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+                        invalid("ADMIN_TELEGRAM_IDS", format!("{s:?} is not a user id"))
+                    })
+                })
+                .collect::<Result<BTreeSet<_>, _>>()?;
+        let service_token = self.get("API_SERVICE_TOKEN").ok_or_else(|| {
+            "setting API_SERVICE_TOKEN is missing (required with TELEGRAM_BOT_TOKEN)".to_owned()
+        })?;
+        let poll_timeout_secs =
+            self.parse("TELEGRAM_POLL_TIMEOUT_SECS", DEFAULT_POLL_TIMEOUT_SECS)?;
+        if poll_timeout_secs > 50 {
+            return Err(invalid("TELEGRAM_POLL_TIMEOUT_SECS", "at most 50"));
+        }
+        let gateway_ms = self.parse("GATEWAY_TIMEOUT_MS", DEFAULT_GATEWAY_TIMEOUT_MS)?;
+        if gateway_ms == 0 {
+            return Err(invalid("GATEWAY_TIMEOUT_MS", "must be positive"));
+        }
+        Ok(Some(BotSettings {
+            token: SecretString::from(token.to_owned()),
+            api_url: self.url("TELEGRAM_API_URL", DEFAULT_API_URL)?,
+            provider_token: self
+                .get("TELEGRAM_PAYMENT_PROVIDER_TOKEN")
+                .map(|t| SecretString::from(t.to_owned())),
+            admin_ids,
+            gateway_url: self.url("GATEWAY_URL", DEFAULT_GATEWAY_URL)?,
+            service_token: SecretString::from(service_token.to_owned()),
+            admin_token: self
+                .get("API_ADMIN_TOKEN")
+                .map(|t| SecretString::from(t.to_owned())),
+            poll_timeout_secs,
+            gateway_timeout: Duration::from_millis(gateway_ms),
+            webhook: self.webhook()?,
+        }))
+    }
+
+    fn webhook(&self) -> Result<Option<WebhookSettings>, String> {
+        if self.get("TELEGRAM_WEBHOOK_URL").is_none() {
+            return Ok(None);
+        }
+        let url = self.url("TELEGRAM_WEBHOOK_URL", "")?;
+        let secret = self.get("TELEGRAM_WEBHOOK_SECRET").ok_or_else(|| {
+            "setting TELEGRAM_WEBHOOK_SECRET is missing (required with TELEGRAM_WEBHOOK_URL)"
+                .to_owned()
+        })?;
+        if secret.len() > 256
+            || !secret
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "TELEGRAM_WEBHOOK_SECRET",
+                "use 1 to 256 characters of A-Z a-z 0-9 _ -",
+            ));
+        }
+        Ok(Some(WebhookSettings {
+            url,
+            secret: SecretString::from(secret.to_owned()),
+            bind: self
+                .get("TELEGRAM_WEBHOOK_BIND")
+                .unwrap_or(DEFAULT_WEBHOOK_BIND)
+                .to_owned(),
+        }))
+    }
+}
+
+impl TryFrom<RawSettings> for ServiceSettings {
+    type Error = String;
+
+    fn try_from(raw: RawSettings) -> Result<Self, String> {
+        Ok(Self {
+            bot_bind: raw.get("BOT_BIND").unwrap_or(DEFAULT_BIND).to_owned(),
+            telegram: raw.bot()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<ServiceSettings, String> {
+        ServiceSettings::from_vars(
+            &pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn without_a_token_there_is_no_bot() {
+        let s = load(&[]).expect("ok");
+        assert_eq!(s.bot_bind, DEFAULT_BIND);
+        assert!(s.telegram.is_none());
+    }
+
+    #[test]
+    fn every_variable() {
+        let s = load(&[
+            ("TELEGRAM_BOT_TOKEN", "1:abc"),
+            ("TELEGRAM_API_URL", "http://127.0.0.1:9/"),
+            ("ADMIN_TELEGRAM_IDS", "42, 43"),
+            ("API_SERVICE_TOKEN", "svc"),
+            ("API_ADMIN_TOKEN", "adm"),
+            ("GATEWAY_URL", "http://gw:8080"),
+            ("TELEGRAM_POLL_TIMEOUT_SECS", "1"),
+        ])
+        .expect("ok")
+        .telegram
+        .expect("bot");
+        assert_eq!(s.api_url, "http://127.0.0.1:9");
+        assert_eq!(s.admin_ids, BTreeSet::from([42, 43]));
+        assert_eq!(s.gateway_url, "http://gw:8080");
+        assert_eq!(s.poll_timeout_secs, 1);
+        assert!(s.admin_token.is_some() && s.provider_token.is_none());
+        assert!(s.webhook.is_none(), "long polling by default");
+        assert!(
+            !format!("{s:?}").contains("1:abc"),
+            "the token is not printed"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = load(&[("TELEGRAM_BOT_TOKEN", "1:abc")]).unwrap_err();
+        assert!(err.contains("API_SERVICE_TOKEN"), "{err}");
+        let err = load(&[
+            ("TELEGRAM_BOT_TOKEN", "1:abc"),
+            ("API_SERVICE_TOKEN", "s"),
+            ("ADMIN_TELEGRAM_IDS", "alice"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("ADMIN_TELEGRAM_IDS"), "{err}");
+        let err = load(&[
+            ("TELEGRAM_BOT_TOKEN", "1:abc"),
+            ("API_SERVICE_TOKEN", "s"),
+            (
+                "TELEGRAM_WEBHOOK_URL",
+                "https://bot.example.com/telegram/webhook",
+            ),
+        ])
+        .unwrap_err();
+        assert!(err.contains("TELEGRAM_WEBHOOK_SECRET"), "{err}");
+    }
+}

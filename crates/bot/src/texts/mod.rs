@@ -1,0 +1,162 @@
+//! Everything the bot says, one module per language. Russian is the default; users whose
+//! Telegram language is English (`en`, `en-GB`, …) get English.
+//!
+//! Templates name their blanks (`{amount}`), filled by [`fill`]; both languages fill the
+//! same struct, so a text missing in one language does not compile.
+
+mod en;
+mod ru;
+
+use domain::money::{Currency, Money};
+
+/// The user's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Ru,
+    En,
+}
+
+impl Lang {
+    /// From Telegram's `language_code`; anything not English is Russian.
+    pub fn from_code(code: Option<&str>) -> Self {
+        match code {
+            Some(code) if code.to_ascii_lowercase().starts_with("en") => Lang::En,
+            _ => Lang::Ru,
+        }
+    }
+
+    pub fn texts(self) -> &'static Texts {
+        match self {
+            Lang::Ru => &ru::TEXTS,
+            Lang::En => &en::TEXTS,
+        }
+    }
+}
+
+/// The texts of one language.
+#[derive(Debug)]
+pub struct Texts {
+    /// `{name}`.
+    pub welcome: &'static str,
+    pub btn_buy: &'static str,
+    pub btn_subscription: &'static str,
+    pub btn_help: &'static str,
+    pub btn_menu: &'static str,
+    pub help: &'static str,
+    pub choose_tariff: &'static str,
+    pub no_tariffs: &'static str,
+    /// `{title}`, `{prices}`.
+    pub tariff_button: &'static str,
+    /// `{title}`, `{days}`.
+    pub choose_provider: &'static str,
+    pub no_providers: &'static str,
+    pub provider_yookassa: &'static str,
+    pub provider_stars: &'static str,
+    pub provider_telegram_card: &'static str,
+    pub provider_crypto: &'static str,
+    /// `{amount}`.
+    pub pay_redirect: &'static str,
+    pub btn_pay: &'static str,
+    /// `{amount}`, `{address}`, `{network}`, `{expires}`.
+    pub pay_transfer: &'static str,
+    /// `{title}` (≤ 32 characters once filled).
+    pub invoice_title: &'static str,
+    /// `{days}`.
+    pub invoice_description: &'static str,
+    pub invoice_sent: &'static str,
+    pub payment_busy: &'static str,
+    pub payment_unavailable: &'static str,
+    pub precheckout_unknown: &'static str,
+    pub precheckout_not_pending: &'static str,
+    pub precheckout_mismatch: &'static str,
+    pub precheckout_unavailable: &'static str,
+    pub payment_received: &'static str,
+    /// `{amount}`.
+    pub payment_completed: &'static str,
+    /// `{reason}`.
+    pub payment_failed: &'static str,
+    /// `{amount}`.
+    pub payment_refunded: &'static str,
+    /// `{expires}`, `{link}`.
+    pub subscription_activated: &'static str,
+    /// `{expires}`.
+    pub subscription_revoked: &'static str,
+    pub btn_open_link: &'static str,
+    pub no_subscription: &'static str,
+    /// `{status}`, `{expires}`, `{link}`.
+    pub subscription: &'static str,
+    pub status_active: &'static str,
+    pub status_expired: &'static str,
+    /// `{payments}`, `{by_status}`, `{revenue}`.
+    pub admin_stats: &'static str,
+    pub admin_help: &'static str,
+    pub refund_usage: &'static str,
+    /// `{id}`.
+    pub refund_not_found: &'static str,
+    /// `{id}`, `{amount}`, `{provider}`, `{status}`, `{user}`.
+    pub refund_confirm: &'static str,
+    pub btn_refund_yes: &'static str,
+    pub btn_refund_no: &'static str,
+    pub refund_cancelled: &'static str,
+    /// `{id}`, `{status}`.
+    pub refund_done: &'static str,
+    /// `{reason}`.
+    pub refund_failed: &'static str,
+    pub refund_disabled: &'static str,
+}
+
+/// Replaces each `{name}` of `template` with its value.
+pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in values {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+/// `199.00 ₽`, `150 ⭐`, `2.500000 USDT`.
+pub fn money(amount: Money) -> String {
+    let symbol = match amount.currency() {
+        Currency::Rub => "₽",
+        Currency::Xtr => "⭐",
+        Currency::Usdt => "USDT",
+    };
+    format!("{} {symbol}", amount.to_decimal_string())
+}
+
+/// `2026-12-29 10:00 UTC`.
+pub fn date(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_from_telegram() {
+        assert_eq!(Lang::from_code(Some("en")), Lang::En);
+        assert_eq!(Lang::from_code(Some("en-GB")), Lang::En);
+        assert_eq!(Lang::from_code(Some("ru")), Lang::Ru);
+        assert_eq!(Lang::from_code(Some("de")), Lang::Ru);
+        assert_eq!(Lang::from_code(None), Lang::Ru);
+    }
+
+    #[test]
+    fn blanks_are_filled() {
+        for lang in [Lang::Ru, Lang::En] {
+            let t = lang.texts();
+            let text = fill(
+                t.subscription_activated,
+                &[("expires", "2027-01-01"), ("link", "https://x/sub")],
+            );
+            assert!(
+                text.contains("2027-01-01") && text.contains("https://x/sub"),
+                "{text}"
+            );
+            assert!(!text.contains('{'), "{text}");
+        }
+        assert_eq!(money(Money::new(19900, Currency::Rub)), "199.00 ₽");
+        assert_eq!(money(Money::new(150, Currency::Xtr)), "150 ⭐");
+    }
+}

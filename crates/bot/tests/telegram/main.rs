@@ -1,0 +1,468 @@
+//! The bot against the Telegram Bot API emulator, with the real gateway and worker.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use domain::PaymentStatus;
+use frankenstein::AsyncTelegramApi;
+use frankenstein::methods::{GetUpdatesParams, SendInvoiceParams};
+use frankenstein::payments::LabeledPrice;
+use frankenstein::response::MethodResponse;
+use sandbox::telegram::{PayOutcome, TestUser};
+use serde_json::Value;
+
+use helpers::{ADMIN_ID, WAIT, world, world_with};
+
+#[tokio::test]
+async fn a_stars_purchase_ends_with_the_activation_link() {
+    let w = world().await;
+    let user = TestUser::new(5_000_001, "Анна", "ru");
+    let (invoice, providers) = w.checkout(&user, "month_1", "telegram", "XTR").await;
+    let details = invoice.invoice.clone().expect("sendInvoice");
+    assert_eq!(details.currency, "XTR");
+    assert_eq!(details.total_amount, 150, "the tariff's price in Stars");
+    assert!(
+        details.provider_token.is_empty(),
+        "Stars take no provider token"
+    );
+    assert!(
+        providers
+            .text
+            .as_deref()
+            .unwrap_or_default()
+            .contains("способ оплаты")
+    );
+
+    let outcome = w.tg.pay_invoice(&user, invoice.message_id).await.unwrap();
+    let PayOutcome::Paid { answered_in_ms, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(answered_in_ms < 10_000);
+    let received = w
+        .wait_new(user.id, invoice.message_id, |m| {
+            m.text
+                .as_deref()
+                .is_some_and(|t| t.contains("Оплата получена"))
+        })
+        .await;
+    let payment_id = uuid::Uuid::parse_str(&details.payload).unwrap();
+    let payment = w.wait_status(payment_id, PaymentStatus::Succeeded).await;
+    assert_eq!(payment.amount_minor, 150);
+    w.wait_new(user.id, received.message_id, |m| {
+        m.text.as_deref().is_some_and(|t| t.contains("150 ⭐"))
+    })
+    .await;
+
+    let link = "https://vpn.example/sub/tg_5000001";
+    w.activate(user.id, payment_id, link).await;
+    let activated = w
+        .wait_new(user.id, received.message_id, |m| {
+            m.text.as_deref().is_some_and(|t| t.contains(link))
+        })
+        .await;
+    assert!(
+        activated
+            .text
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Подписка активна до")
+    );
+    assert_eq!(
+        activated.button_urls(),
+        vec![link.to_owned()],
+        "an Open link button"
+    );
+
+    // One inbox row, one notification for the worker.
+    assert_eq!(w.inbox().await.len(), 1);
+    assert_eq!(w.outbox("provider.notification.telegram").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_double_tap_on_pay_creates_one_payment() {
+    let w = world().await;
+    let user = TestUser::new(5_000_002, "Bob", "en");
+    let start = w.tg.send_text(&user, "/start");
+    let menu = w
+        .wait_new(user.id, start, |m| {
+            m.callback_data().contains(&"buy".into())
+        })
+        .await;
+    w.tg.press(&user, menu.message_id, "buy").unwrap();
+    let tariffs = w
+        .wait_new(user.id, menu.message_id, |m| {
+            m.callback_data().contains(&"t:month_1".into())
+        })
+        .await;
+    w.tg.press(&user, tariffs.message_id, "t:month_1").unwrap();
+    let data = "p:month_1:telegram:XTR";
+    let providers = w
+        .wait_new(user.id, tariffs.message_id, |m| {
+            m.callback_data().contains(&data.into())
+        })
+        .await;
+    assert!(
+        providers.text.unwrap().contains("Choose how to pay"),
+        "English"
+    );
+    let first = w.tg.press(&user, providers.message_id, data).unwrap();
+    let second = w.tg.press(&user, providers.message_id, data).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while w.tg.callback_answer(&first).is_none() || w.tg.callback_answer(&second).is_none() {
+        assert!(Instant::now() < deadline, "both taps are answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let payments = w.payments_of(user.id).await;
+    assert_eq!(payments.len(), 1, "{payments:#?}");
+}
+
+#[tokio::test]
+async fn yookassa_and_crypto_show_how_to_pay() {
+    let yookassa = sandbox::yookassa::spawn(sandbox::yookassa::Config::default())
+        .await
+        .expect("yookassa emulator");
+    let w = world_with(&[
+        ("YOOKASSA_SHOP_ID", "100500".into()),
+        ("YOOKASSA_SECRET_KEY", "test_sandbox_secret".into()),
+        ("YOOKASSA_TEST_MODE", "true".into()),
+        ("YOOKASSA_API_URL", yookassa.api_url()),
+        (
+            "CRYPTO_WALLET_ADDRESS",
+            "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t".into(),
+        ),
+        ("TRONGRID_API_URL", "http://127.0.0.1:9".into()),
+    ])
+    .await;
+    let user = TestUser::new(5_000_009, "Ivan", "ru");
+    let (pay, providers) = w.checkout(&user, "month_1", "yookassa", "RUB").await;
+    assert!(
+        providers
+            .callback_data()
+            .contains(&"p:month_1:telegram:XTR".into()),
+        "{providers:?}"
+    );
+    assert!(pay.text.clone().unwrap().contains("199.00 ₽"), "{pay:?}");
+    let urls = pay.button_urls();
+    assert_eq!(urls.len(), 1, "a Pay URL button: {pay:?}");
+    assert!(urls[0].starts_with("http"), "{urls:?}");
+
+    let (transfer, _) = w.checkout(&user, "month_1", "crypto", "USDT").await;
+    let text = transfer.text.unwrap();
+    assert!(
+        text.contains("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"),
+        "{text}"
+    );
+    assert!(text.contains("USDT") && text.contains("TRC20"), "{text}");
+    assert_eq!(w.payments_of(user.id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_pre_checkout_query_for_a_wrong_amount_is_refused() {
+    let w = world().await;
+    let user = TestUser::new(5_000_003, "Carl", "en");
+    let (invoice, _) = w.checkout(&user, "month_1", "telegram", "XTR").await;
+    let payload = invoice.invoice.expect("invoice").payload;
+
+    // An invoice for our payment but 1 Star instead of 150 (as a forged or stale one would be).
+    let api = frankenstein::client_reqwest::Bot::new_url(format!(
+        "{}/bot{}",
+        w.tg.api_url(),
+        w.tg.token()
+    ));
+    let forged = api
+        .send_invoice(
+            &SendInvoiceParams::builder()
+                .chat_id(user.id)
+                .title("VPN")
+                .description("forged")
+                .payload(payload.clone())
+                .currency("XTR")
+                .prices(vec![LabeledPrice::builder().label("VPN").amount(1).build()])
+                .build(),
+        )
+        .await
+        .expect("sendInvoice")
+        .result;
+    let outcome =
+        w.tg.pay_invoice(&user, i64::from(forged.message_id))
+            .await
+            .unwrap();
+    let PayOutcome::Refused {
+        error_message,
+        answered_in_ms,
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert!(error_message.contains("does not match"), "{error_message}");
+    assert!(answered_in_ms < 10_000);
+    let payment_id = uuid::Uuid::parse_str(&payload).unwrap();
+    assert_eq!(w.payment(payment_id).await.status, PaymentStatus::Pending);
+    assert!(w.tg.charges().is_empty(), "nothing was charged");
+}
+
+#[tokio::test]
+async fn the_bot_killed_after_successful_payment_completes_it_after_a_restart() {
+    let mut w = world().await;
+    let user = TestUser::new(5_000_004, "Dana", "ru");
+    let (invoice, _) = w.checkout(&user, "month_1", "telegram", "XTR").await;
+    let payment_id = uuid::Uuid::parse_str(&invoice.invoice.clone().unwrap().payload).unwrap();
+    let outcome = w.tg.pay_invoice(&user, invoice.message_id).await.unwrap();
+    assert!(matches!(outcome, PayOutcome::Paid { .. }), "{outcome:?}");
+    // The successful_payment update is out; the bot dies before or while handling it.
+    w.kill_bot();
+    let inbox = w.inbox().await;
+    let notices = w.outbox("provider.notification.telegram").await;
+    assert_eq!(
+        inbox.len(),
+        notices.len(),
+        "the inbox row and its outbox row commit together"
+    );
+    if inbox.is_empty() {
+        assert!(
+            w.tg.pending_updates() > 0,
+            "an unstored payment stays unconfirmed"
+        );
+    }
+
+    w.start_bot().await;
+    w.wait_status(payment_id, PaymentStatus::Succeeded).await;
+    assert_eq!(w.inbox().await.len(), 1, "stored once");
+    assert_eq!(w.outbox("provider.notification.telegram").await.len(), 1);
+    assert_eq!(w.tg.charges().len(), 1);
+}
+
+/// The crash window made deterministic: the bot's own update handling stores the
+/// `successful_payment`, then the process "dies" before any `getUpdates` confirms it. The
+/// update is still pending at Telegram; a restarted bot gets it again, the inbox recognises
+/// it, and the payment completes exactly once.
+#[tokio::test]
+async fn a_payment_stored_but_not_confirmed_is_redelivered_and_completes_once() {
+    let mut w = world().await;
+    let user = TestUser::new(5_000_008, "Hugo", "en");
+    let (invoice, _) = w.checkout(&user, "month_1", "telegram", "XTR").await;
+    let payment_id = uuid::Uuid::parse_str(&invoice.invoice.clone().unwrap().payload).unwrap();
+    w.kill_bot();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // This test is the first bot instance now: it polls by hand and hands updates to the
+    // bot's own handler.
+    let app = w.app();
+    let api = frankenstein::client_reqwest::Bot::new_url(format!(
+        "{}/bot{}",
+        w.tg.api_url(),
+        w.tg.token()
+    ));
+    let tg = w.tg.clone();
+    let payer = user.clone();
+    let message_id = invoice.message_id;
+    let paying = tokio::spawn(async move { tg.pay_invoice(&payer, message_id).await });
+    let mut offset: Option<i64> = None;
+    let mut stored = None;
+    let deadline = Instant::now() + WAIT;
+    while stored.is_none() {
+        assert!(Instant::now() < deadline, "no successful_payment arrived");
+        let params = GetUpdatesParams::builder()
+            .maybe_offset(offset)
+            .timeout(1)
+            .allowed_updates(bot::poller::allowed_updates())
+            .build();
+        let batch: MethodResponse<Vec<Value>> =
+            api.request("getUpdates", Some(&params)).await.unwrap();
+        for update in batch.result {
+            let id = update["update_id"].as_i64().unwrap();
+            if update["message"].get("successful_payment").is_some() {
+                app.handle(&update).await.expect("stored");
+                stored = Some(id);
+                break;
+            }
+            app.handle(&update).await.expect("handled");
+            offset = Some(id + 1);
+        }
+    }
+    assert!(matches!(
+        paying.await.unwrap().unwrap(),
+        PayOutcome::Paid { .. }
+    ));
+    assert_eq!(
+        w.inbox().await.len(),
+        1,
+        "stored before anything confirmed it"
+    );
+    assert_eq!(w.outbox("provider.notification.telegram").await.len(), 1);
+    assert!(
+        w.tg.pending_updates() >= 1,
+        "the successful_payment is still unconfirmed"
+    );
+    drop(app); // the crash: no getUpdates with an offset past it
+
+    w.start_bot().await;
+    let deadline = Instant::now() + WAIT;
+    while w.tg.pending_updates() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted bot confirms the update"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.wait_status(payment_id, PaymentStatus::Succeeded).await;
+    assert_eq!(w.inbox().await.len(), 1, "the second copy was recognised");
+    assert_eq!(w.outbox("provider.notification.telegram").await.len(), 1);
+    assert_eq!(w.tg.charges().len(), 1);
+}
+
+#[tokio::test]
+async fn webhook_mode_checks_the_secret_and_sells() {
+    let bind = service_kit::testing::free_addr().unwrap();
+    let url = format!("http://{bind}{}", bot::webhook::PATH);
+    let w = world_with(&[
+        ("TELEGRAM_WEBHOOK_URL", url.clone()),
+        ("TELEGRAM_WEBHOOK_SECRET", "hook_secret-1".into()),
+        ("TELEGRAM_WEBHOOK_BIND", bind.clone()),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let update = r#"{"update_id": 1, "message": {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, "text": "/start"}}"#;
+    for secret in [None, Some("wrong"), Some("hook_secret-")] {
+        let mut request = http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(update);
+        if let Some(secret) = secret {
+            request = request.header(bot::webhook::SECRET_HEADER, secret);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status().as_u16(),
+            401,
+            "{secret:?}"
+        );
+    }
+    let user = TestUser::new(5_000_010, "Jana", "en");
+    let (payment_id, invoice) = w.buy_with_stars(&user).await;
+    w.wait_new(user.id, invoice.message_id, |m| {
+        m.text.as_deref().is_some_and(|t| t.contains("150 ⭐"))
+    })
+    .await;
+    assert_eq!(w.payment(payment_id).await.amount_minor, 150);
+    assert_eq!(w.tg.calls("getUpdates"), 0, "no polling in webhook mode");
+}
+
+#[tokio::test]
+async fn admin_commands_are_invisible_to_others() {
+    let w = world().await;
+    let user = TestUser::new(5_000_005, "Eve", "en");
+    let admin = TestUser::new(ADMIN_ID, "Root", "en");
+    for command in [
+        "/admin",
+        "/stats",
+        "/refund 0193b7c2-0000-7000-8000-000000000000",
+    ] {
+        let sent = w.tg.send_text(&user, command);
+        let answer = w.wait_new(user.id, sent, |_| true).await;
+        assert!(
+            answer.callback_data().contains(&"buy".into()),
+            "{command} gets the ordinary menu: {answer:?}"
+        );
+        assert!(!answer.text.unwrap_or_default().contains("Payments"));
+    }
+    let sent = w.tg.send_text(&admin, "/admin");
+    let stats = w.wait_new(admin.id, sent, |_| true).await;
+    let text = stats.text.unwrap_or_default();
+    assert!(text.contains("Payments: 0"), "{text}");
+    assert!(text.contains("/refund"), "{text}");
+}
+
+#[tokio::test]
+async fn an_admin_refunds_a_stars_payment() {
+    let w = world().await;
+    let user = TestUser::new(5_000_006, "Finn", "ru");
+    let admin = TestUser::new(ADMIN_ID, "Root", "en");
+    let (payment_id, _) = w.buy_with_stars(&user).await;
+
+    let sent = w.tg.send_text(&admin, &format!("/refund {payment_id}"));
+    let confirm = w
+        .wait_new(admin.id, sent, |m| !m.callback_data().is_empty())
+        .await;
+    assert!(
+        confirm.text.clone().unwrap().contains("150 ⭐"),
+        "{confirm:?}"
+    );
+    let yes = format!("rf:{payment_id}");
+    w.tg.press(&admin, confirm.message_id, &yes).unwrap();
+    let done = w
+        .wait_new(admin.id, confirm.message_id, |m| {
+            m.text.as_deref().is_some_and(|t| t.contains("Refund"))
+        })
+        .await;
+    assert!(done.text.clone().unwrap().contains("succeeded"), "{done:?}");
+    assert!(w.tg.charges()[0].refunded, "refundStarPayment was called");
+    assert_eq!(w.tg.calls("refundStarPayment"), 1);
+    w.wait_status(payment_id, PaymentStatus::Refunded).await;
+    w.wait_new(user.id, 0, |m| {
+        m.text
+            .as_deref()
+            .is_some_and(|t| t.contains("Возврат 150 ⭐"))
+    })
+    .await;
+    // Pressing again does not refund twice.
+    w.tg.press(&admin, confirm.message_id, &yes).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.tg.calls("refundStarPayment"), 1);
+    assert_eq!(w.refunds(payment_id).await.len(), 1);
+}
+
+/// Pre-checkout answer time as the payer sees it (emulator: query sent → answer received,
+/// which includes the long-poll delivery to the bot), over many queries. Each query takes
+/// the full check (payment + payer look-up, amount compare): the invoice names a real pending
+/// payment with a wrong amount, so nobody is charged. Printed for the README; asserted well
+/// inside Telegram's 10 s.
+#[tokio::test]
+async fn pre_checkout_answer_time() {
+    let w = world().await;
+    let user = TestUser::new(5_000_007, "Gus", "en");
+    let (invoice, _) = w.checkout(&user, "month_1", "telegram", "XTR").await;
+    let payload = invoice.invoice.expect("invoice").payload;
+    let api = frankenstein::client_reqwest::Bot::new_url(format!(
+        "{}/bot{}",
+        w.tg.api_url(),
+        w.tg.token()
+    ));
+    let forged = api
+        .send_invoice(
+            &SendInvoiceParams::builder()
+                .chat_id(user.id)
+                .title("VPN")
+                .description("bench")
+                .payload(payload)
+                .currency("XTR")
+                .prices(vec![
+                    LabeledPrice::builder().label("VPN").amount(149).build(),
+                ])
+                .build(),
+        )
+        .await
+        .expect("sendInvoice")
+        .result;
+    let mut times = Vec::new();
+    for _ in 0..300 {
+        match w
+            .tg
+            .pay_invoice(&user, i64::from(forged.message_id))
+            .await
+            .unwrap()
+        {
+            PayOutcome::Refused { answered_in_ms, .. } => times.push(answered_in_ms),
+            other => panic!("{other:?}"),
+        }
+    }
+    times.sort_unstable();
+    let p50 = times[times.len() / 2];
+    let p99 = times[times.len() * 99 / 100];
+    let max = times[times.len() - 1];
+    println!(
+        "pre_checkout_query answer time over {} queries: p50 {p50} ms, p99 {p99} ms, max {max} ms",
+        times.len()
+    );
+    assert!(p99 < 2_000, "p99 {p99} ms");
+}

@@ -1,0 +1,262 @@
+//! `marzban-sync` settings, read from the environment and validated at start-up; every error
+//! names the variable to fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use messaging::RetryPolicy;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::marzban::{Inbounds, MarzbanError, MarzbanSettings, Proxies};
+
+pub const DEFAULT_BIND: &str = "0.0.0.0:8082";
+pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_DRIFT_CHECK_SECS: u64 = 3600;
+/// Deliveries handled at once. Each holds a database connection (and its subscription's row
+/// lock) while it waits for the panel, so keep it well under the pool size.
+pub const DEFAULT_PREFETCH: u16 = 4;
+
+/// This service's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawSettings")]
+pub struct ServiceSettings {
+    /// `MARZBAN_SYNC_BIND`: health and metrics server (default `0.0.0.0:8082`).
+    pub marzban_sync_bind: String,
+    /// The panel: `MARZBAN_URL`, `MARZBAN_USERNAME`, `MARZBAN_PASSWORD`, `MARZBAN_PROXIES`,
+    /// `MARZBAN_INBOUNDS`, `MARZBAN_TIMEOUT_SECS`. `None` when `MARZBAN_URL` is unset: the
+    /// separate binary refuses to start then ([`crate::Settings::load`]); the single-process
+    /// mode runs without provisioning and leaves the payment events in the outbox.
+    pub marzban: Option<MarzbanSettings>,
+    /// `MARZBAN_DRIFT_CHECK_SECS` (default 3600; 0 = no periodic drift check).
+    pub drift_check_interval: Option<Duration>,
+    /// `MARZBAN_SYNC_RETRY_DELAYS_MS`: comma-separated delays between attempts of a failed
+    /// message before it is parked (default `1000,5000,30000,120000,600000`).
+    pub retry: RetryPolicy,
+    /// `MARZBAN_SYNC_PREFETCH` (default 4): deliveries handled at once.
+    pub prefetch: u16,
+}
+
+impl ServiceSettings {
+    /// Settings from `vars` (upper- or lower-case names), as [`Deserialize`] does.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+        RawSettings {
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        }
+        .try_into()
+    }
+}
+
+/// Every variable as a string, keyed by its lower-case name (how `config` hands them over).
+#[derive(Deserialize)]
+struct RawSettings {
+    #[serde(flatten)]
+    vars: HashMap<String, String>,
+}
+
+impl RawSettings {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(&name.to_ascii_lowercase())
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, name: &str) -> Result<&str, String> {
+        self.get(name)
+            .ok_or_else(|| format!("setting {name} is missing (required with MARZBAN_URL)"))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| invalid(name, e)),
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+        self.get(name)
+            .map(|v| serde_json::from_str(v).map_err(|e| invalid(name, format!("{e} in {v}"))))
+            .transpose()
+    }
+
+    fn marzban(&self) -> Result<Option<MarzbanSettings>, String> {
+        let Some(url) = self.get("MARZBAN_URL") else {
+            return Ok(None);
+        };
+        let password = SecretString::from(self.require("MARZBAN_PASSWORD")?.to_owned());
+        let mut settings = MarzbanSettings::new(url, self.require("MARZBAN_USERNAME")?, password);
+        let timeout = self.parse("MARZBAN_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS)?;
+        if timeout == 0 {
+            return Err(invalid("MARZBAN_TIMEOUT_SECS", "must be positive"));
+        }
+        settings.timeout = Duration::from_secs(timeout);
+        if let Some(proxies) = self.json::<Proxies>("MARZBAN_PROXIES")? {
+            settings.proxies = proxies;
+        }
+        settings.inbounds = match self.json::<Inbounds>("MARZBAN_INBOUNDS")? {
+            Some(inbounds) => inbounds,
+            // Every inbound of every configured protocol.
+            None => settings
+                .proxies
+                .keys()
+                .map(|protocol| (protocol.clone(), Vec::new()))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        // The client's own check phrases its messages with the variable names.
+        settings.validate().map_err(|e| match e {
+            MarzbanError::InvalidInput(message) => format!("invalid setting: {message}"),
+            other => format!("invalid Marzban settings: {other}"),
+        })?;
+        Ok(Some(settings))
+    }
+}
+
+fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
+    format!("setting {name} is invalid: {reason}")
+}
+
+impl TryFrom<RawSettings> for ServiceSettings {
+    type Error = String;
+
+    fn try_from(raw: RawSettings) -> Result<Self, Self::Error> {
+        let drift_secs = raw.parse("MARZBAN_DRIFT_CHECK_SECS", DEFAULT_DRIFT_CHECK_SECS)?;
+        let retry = match raw.get("MARZBAN_SYNC_RETRY_DELAYS_MS") {
+            None => RetryPolicy::default(),
+            Some(list) => RetryPolicy::from_millis(
+                list.split(',')
+                    .map(|d| d.trim().parse::<u64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid("MARZBAN_SYNC_RETRY_DELAYS_MS", e))?,
+            ),
+        };
+        let prefetch = raw.parse("MARZBAN_SYNC_PREFETCH", DEFAULT_PREFETCH)?;
+        if prefetch == 0 {
+            return Err(invalid("MARZBAN_SYNC_PREFETCH", "must be positive"));
+        }
+        Ok(Self {
+            marzban_sync_bind: raw
+                .get("MARZBAN_SYNC_BIND")
+                .unwrap_or(DEFAULT_BIND)
+                .to_owned(),
+            marzban: raw.marzban()?,
+            drift_check_interval: (drift_secs > 0).then(|| Duration::from_secs(drift_secs)),
+            retry,
+            prefetch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<ServiceSettings, String> {
+        ServiceSettings::from_vars(
+            &pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    const PANEL: [(&str, &str); 3] = [
+        ("MARZBAN_URL", "https://panel.example.com"),
+        ("MARZBAN_USERNAME", "admin"),
+        ("MARZBAN_PASSWORD", "pw"),
+    ];
+
+    #[test]
+    fn defaults() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.marzban_sync_bind, DEFAULT_BIND);
+        assert!(s.marzban.is_none());
+        assert_eq!(s.drift_check_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(s.retry, RetryPolicy::default());
+        assert_eq!(s.prefetch, DEFAULT_PREFETCH);
+
+        let s = load(&PANEL).unwrap();
+        let m = s.marzban.unwrap();
+        assert_eq!(m.base_url, "https://panel.example.com");
+        assert_eq!(m.password.expose_secret(), "pw");
+        assert_eq!(m.timeout, Duration::from_secs(10));
+        assert_eq!(m.proxies.keys().collect::<Vec<_>>(), ["vless"]);
+        assert_eq!(m.inbounds, BTreeMap::from([("vless".to_owned(), vec![])]));
+    }
+
+    #[test]
+    fn panel_settings_are_parsed() {
+        let mut pairs = PANEL.to_vec();
+        pairs.extend([
+            (
+                "MARZBAN_PROXIES",
+                r#"{"vless":{"flow":"xtls-rprx-vision"},"vmess":{}}"#,
+            ),
+            ("MARZBAN_INBOUNDS", r#"{"vless":["VLESS TCP REALITY"]}"#),
+            ("MARZBAN_TIMEOUT_SECS", "3"),
+            ("MARZBAN_DRIFT_CHECK_SECS", "0"),
+            ("MARZBAN_SYNC_RETRY_DELAYS_MS", "100, 200"),
+        ]);
+        let s = load(&pairs).unwrap();
+        let m = s.marzban.unwrap();
+        assert_eq!(m.proxies.len(), 2);
+        assert_eq!(m.inbounds["vless"], ["VLESS TCP REALITY"]);
+        assert_eq!(m.timeout, Duration::from_secs(3));
+        assert_eq!(s.drift_check_interval, None);
+        assert_eq!(s.retry, RetryPolicy::from_millis([100, 200]));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let cases: [(&[(&str, &str)], &str); 7] = [
+            (&[("MARZBAN_URL", "https://p")], "MARZBAN_PASSWORD"),
+            (
+                &[("MARZBAN_URL", "https://p"), ("MARZBAN_PASSWORD", "x")],
+                "MARZBAN_USERNAME",
+            ),
+            (
+                &[
+                    ("MARZBAN_URL", "panel"),
+                    ("MARZBAN_USERNAME", "a"),
+                    ("MARZBAN_PASSWORD", "x"),
+                ],
+                "MARZBAN_URL",
+            ),
+            (
+                &[PANEL[0], PANEL[1], PANEL[2], ("MARZBAN_PROXIES", "{vless")],
+                "MARZBAN_PROXIES",
+            ),
+            (
+                &[
+                    PANEL[0],
+                    PANEL[1],
+                    PANEL[2],
+                    ("MARZBAN_INBOUNDS", r#"{"trojan":[]}"#),
+                ],
+                "MARZBAN_INBOUNDS",
+            ),
+            (
+                &[("MARZBAN_DRIFT_CHECK_SECS", "hourly")],
+                "MARZBAN_DRIFT_CHECK_SECS",
+            ),
+            (
+                &[("MARZBAN_SYNC_RETRY_DELAYS_MS", "1s")],
+                "MARZBAN_SYNC_RETRY_DELAYS_MS",
+            ),
+        ];
+        for (pairs, variable) in cases {
+            let error = load(pairs).unwrap_err();
+            assert!(error.contains(variable), "{variable}: {error}");
+        }
+        let error =
+            load(&[PANEL[0], PANEL[1], PANEL[2], ("MARZBAN_TIMEOUT_SECS", "0")]).unwrap_err();
+        assert!(error.contains("MARZBAN_TIMEOUT_SECS"), "{error}");
+    }
+}

@@ -1,0 +1,835 @@
+//! The service end to end: `marzban_sync::start` on real PostgreSQL and RabbitMQ (a unique
+//! prefix per test; its queues and exchange are deleted at the end), against the sandbox's
+//! Marzban emulator. Events are published to the broker as the payment worker's relay would,
+//! and `subscription.*` events are read back from a queue of the test's own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::entities::{payments, subscription_grants, subscriptions, tariffs, users};
+use domain::money::Currency;
+use domain::status::PaymentStatus;
+use futures::StreamExt;
+use marzban_sync::marzban::{CreateUser, MarzbanClient, MarzbanUsername};
+use marzban_sync::{Service, ServiceSettings};
+use messaging::events::{
+    PaymentCompleted, PaymentRefunded, PaymentSnapshot, SubscriptionActivated, SubscriptionRevoked,
+};
+use messaging::{Bus, ConsumerSpec, Envelope, RabbitBus, RabbitConfig};
+use sandbox::marzban::{self as emulator, Fault, UserStatus, route};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter};
+use service_kit::runtime::Infra;
+use service_kit::settings::{Source, load_common};
+use testkit::TestDb;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const GIB: i64 = 1 << 30;
+const WAIT: Duration = Duration::from_secs(20);
+/// Short delays so the retry tests finish quickly; 9 attempts in 3.6 s.
+const RETRY_DELAYS_MS: &str = "100,200,300,400,500,600,700,800";
+
+struct Harness {
+    db: TestDb,
+    emu: emulator::Handle,
+    /// A client of our own, for the drift check and for setting up panel users.
+    client: MarzbanClient,
+    /// The service's bus, shared with the test for publishing and observing.
+    bus: Arc<dyn Bus>,
+    /// In RabbitMQ mode, a connection for deleting the test's queues at the end.
+    rabbit: Option<RabbitBus>,
+    infra: Option<Infra>,
+    service: Option<Service>,
+    observer: ConsumerSpec,
+    events: mpsc::UnboundedReceiver<Envelope>,
+    shutdown: CancellationToken,
+    observer_stop: CancellationToken,
+}
+
+/// A paid payment as the worker would have stored it.
+#[derive(Clone)]
+struct Paid {
+    id: Uuid,
+    user_id: i64,
+    telegram_id: i64,
+    tariff: tariffs::Model,
+    amount_minor: i64,
+}
+
+/// Which bus the service runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// RabbitMQ with a unique prefix, as deployed.
+    Rabbit,
+    /// The in-process bus of the single-process mode (still on PostgreSQL).
+    InProcess,
+}
+
+impl Harness {
+    /// [`Harness::start`], failing instead of hanging when the broker does not answer.
+    async fn start_within(mode: Mode, tag: &str) -> Self {
+        tokio::time::timeout(Duration::from_secs(60), Self::start(mode, tag))
+            .await
+            .expect("the service did not start within 60 s (is RabbitMQ answering?)")
+    }
+
+    async fn start(mode: Mode, tag: &str) -> Self {
+        // `RUST_LOG=marzban_sync=debug cargo test ...` shows what the service did.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let db = TestDb::new().await;
+        let emu = emulator::spawn(emulator::Config::default()).await.unwrap();
+        let prefix = testkit::unique_prefix(tag);
+        let amqp = testkit::amqp_url();
+        let common = load_common(&Source::map([
+            ("DATABASE_URL", db.url.as_str()),
+            ("AMQP_URL", amqp.as_str()),
+            ("AMQP_PREFIX", prefix.as_str()),
+        ]))
+        .unwrap();
+        let (infra, rabbit) = match mode {
+            Mode::Rabbit => {
+                let infra = Infra::connect(marzban_sync::SERVICE, &common)
+                    .await
+                    .unwrap();
+                let rabbit = RabbitBus::connect(RabbitConfig::new(amqp, prefix))
+                    .await
+                    .unwrap();
+                (infra, Some(rabbit))
+            }
+            Mode::InProcess => (
+                Infra::embedded(marzban_sync::SERVICE, &common)
+                    .await
+                    .unwrap(),
+                None,
+            ),
+        };
+        let bus = infra.bus.clone();
+
+        // Stands in for the bot: receives every subscription.* event.
+        let observer = ConsumerSpec::new("test-bot", vec!["subscription.#".to_owned()]);
+        bus.declare(&observer).await.unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        let observer_stop = CancellationToken::new();
+        let mut stream = bus.subscribe(&observer, 16).await.unwrap();
+        let stop = observer_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    () = stop.cancelled() => break,
+                    next = stream.next() => match next {
+                        Some(Ok(delivery)) => delivery,
+                        _ => break,
+                    },
+                };
+                let envelope = Envelope::from_json(&delivery.message.body).unwrap();
+                delivery.ack().await.unwrap();
+                if tx.send(envelope).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let settings = settings(&emu);
+        let client = MarzbanClient::new(settings.marzban.clone().unwrap()).unwrap();
+        let shutdown = CancellationToken::new();
+        let service = marzban_sync::start(&settings, &infra, shutdown.clone())
+            .await
+            .unwrap();
+        Self {
+            db,
+            emu,
+            client,
+            bus,
+            rabbit,
+            infra: Some(infra),
+            service: Some(service),
+            observer,
+            events,
+            shutdown,
+            observer_stop,
+        }
+    }
+
+    /// Stops the service and deletes this test's queues and exchange.
+    async fn finish(mut self) {
+        self.shutdown.cancel();
+        self.observer_stop.cancel();
+        let service = self.service.take().unwrap();
+        service.server.task.await.unwrap().unwrap();
+        self.infra.take().unwrap().stop().await;
+        if let Some(rabbit) = self.rabbit.take() {
+            rabbit
+                .delete_consumer(service.consumer_spec.as_ref().unwrap())
+                .await
+                .unwrap();
+            rabbit.delete_consumer(&self.observer).await.unwrap();
+            rabbit.delete_exchange().await.unwrap();
+            rabbit.close().await;
+        }
+    }
+
+    fn stats(&self) -> &messaging::ConsumerStats {
+        self.service
+            .as_ref()
+            .unwrap()
+            .consumer_stats
+            .as_deref()
+            .unwrap()
+    }
+
+    async fn user(&self, telegram_id: i64) -> i64 {
+        users::ActiveModel {
+            id: NotSet,
+            telegram_id: Set(telegram_id),
+            username: Set(None),
+            first_name: Set(Some("Test".to_owned())),
+            language_code: Set(None),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&self.db.conn)
+        .await
+        .unwrap()
+        .id
+    }
+
+    async fn tariff(&self, code: &str, days: i32, data_limit: Option<i64>) -> tariffs::Model {
+        tariffs::ActiveModel {
+            id: NotSet,
+            code: Set(code.to_owned()),
+            title: Set(code.to_owned()),
+            duration_days: Set(days),
+            data_limit_bytes: Set(data_limit),
+            price_rub_minor: Set(Some(19_900)),
+            price_xtr: Set(None),
+            price_usdt_minor: Set(None),
+            active: Set(true),
+            sort_order: Set(0),
+        }
+        .insert(&self.db.conn)
+        .await
+        .unwrap()
+    }
+
+    async fn pay(&self, user_id: i64, tariff: &tariffs::Model) -> Paid {
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        payments::ActiveModel {
+            id: Set(id),
+            user_id: Set(user_id),
+            tariff_id: Set(tariff.id),
+            provider: Set("yookassa".to_owned()),
+            amount_minor: Set(19_900),
+            currency: Set(Currency::Rub),
+            status: Set(PaymentStatus::Succeeded),
+            provider_payment_id: Set(Some(id.to_string())),
+            idempotency_key: Set(id.simple().to_string()),
+            confirmation_url: Set(None),
+            failure_reason: Set(None),
+            metadata: Set(serde_json::json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+            completed_at: Set(Some(now)),
+            expires_at: Set(None),
+            refunded_minor: Set(0),
+            flagged: Set(false),
+            flag_reason: Set(None),
+            next_check_at: Set(None),
+            check_attempts: Set(0),
+        }
+        .insert(&self.db.conn)
+        .await
+        .unwrap();
+        let user = users::Entity::find_by_id(user_id)
+            .one(&self.db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        Paid {
+            id,
+            user_id,
+            telegram_id: user.telegram_id,
+            tariff: tariff.clone(),
+            amount_minor: 19_900,
+        }
+    }
+
+    async fn publish(&self, envelope: &Envelope) {
+        self.bus.publish_envelope(envelope).await.unwrap();
+    }
+
+    /// The next `subscription.*` event.
+    async fn next_event(&mut self) -> Envelope {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("no subscription event in time")
+            .unwrap()
+    }
+
+    /// Waits a little and checks that no further event arrived.
+    async fn assert_no_more_events(&mut self) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if let Ok(extra) = self.events.try_recv() {
+            panic!("unexpected event {} {}", extra.event_type, extra.payload);
+        }
+    }
+
+    async fn activated(&mut self) -> SubscriptionActivated {
+        let envelope = self.next_event().await;
+        envelope.decode().unwrap()
+    }
+
+    async fn subscription(&self, user_id: i64) -> subscriptions::Model {
+        subscriptions::Entity::find()
+            .filter(subscriptions::Column::UserId.eq(user_id))
+            .one(&self.db.conn)
+            .await
+            .unwrap()
+            .expect("a subscription")
+    }
+
+    async fn grants(&self) -> Vec<subscription_grants::Model> {
+        subscription_grants::Entity::find()
+            .all(&self.db.conn)
+            .await
+            .unwrap()
+    }
+
+    fn panel_user(&self, telegram_id: i64) -> emulator::UserState {
+        self.emu
+            .user(&format!("tg_{telegram_id}"))
+            .expect("a panel user")
+    }
+
+    /// Waits until the consumer has settled `n` deliveries (handled or skipped).
+    async fn settled(&self, n: u64) {
+        wait_until(|| async {
+            let stats = self.stats();
+            stats.handled() + stats.duplicates() >= n
+        })
+        .await;
+    }
+}
+
+fn settings(emu: &emulator::Handle) -> ServiceSettings {
+    let vars = [
+        ("MARZBAN_SYNC_BIND", "127.0.0.1:0"),
+        ("MARZBAN_URL", emu.base_url.as_str()),
+        ("MARZBAN_USERNAME", "admin"),
+        ("MARZBAN_PASSWORD", "admin-password"),
+        (
+            "MARZBAN_PROXIES",
+            r#"{"vless": {"flow": "xtls-rprx-vision"}}"#,
+        ),
+        ("MARZBAN_INBOUNDS", r#"{"vless": ["VLESS TCP REALITY"]}"#),
+        ("MARZBAN_TIMEOUT_SECS", "2"),
+        ("MARZBAN_DRIFT_CHECK_SECS", "0"),
+        ("MARZBAN_SYNC_RETRY_DELAYS_MS", RETRY_DELAYS_MS),
+    ];
+    ServiceSettings::from_vars(
+        &vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn snapshot(paid: &Paid) -> PaymentSnapshot {
+    PaymentSnapshot {
+        payment_id: paid.id,
+        user_id: paid.user_id,
+        telegram_id: paid.telegram_id,
+        tariff_code: paid.tariff.code.clone(),
+        provider: "yookassa".to_owned(),
+        amount_minor: paid.amount_minor,
+        currency: "RUB".to_owned(),
+    }
+}
+
+fn completed(paid: &Paid) -> Envelope {
+    let event = PaymentCompleted {
+        payment: snapshot(paid),
+        paid_at: Utc::now(),
+        processing_ms: 1_000,
+    };
+    Envelope::new(&event, paid.id, None).unwrap()
+}
+
+fn refunded(paid: &Paid, refunded_minor: i64, total_refunded_minor: i64) -> Envelope {
+    let event = PaymentRefunded {
+        payment: snapshot(paid),
+        refunded_minor,
+        total_refunded_minor,
+    };
+    Envelope::new(&event, paid.id, None).unwrap()
+}
+
+async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn days(n: i64) -> chrono::Duration {
+    chrono::Duration::days(n)
+}
+
+/// `t` is within a minute of `expected` (the handler picks its own `now`).
+fn close_to(t: DateTime<Utc>, expected: DateTime<Utc>) -> bool {
+    (t - expected).num_seconds().abs() < 60
+}
+
+async fn payment_completed_five_times_extends_once_and_announces_an_absolute_url(mut h: Harness) {
+    let user = h.user(100_001).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+
+    // The same message three times (redelivery), then twice re-emitted with new event ids.
+    let envelope = completed(&paid);
+    for _ in 0..3 {
+        h.publish(&envelope).await;
+    }
+    h.publish(&completed(&paid)).await;
+    h.publish(&completed(&paid)).await;
+    h.settled(5).await;
+
+    let activated = h.activated().await.subscription;
+    h.assert_no_more_events().await;
+    assert_eq!(h.stats().handled() + h.stats().duplicates(), 5);
+
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 1, "one grant per payment");
+    let grant = &grants[0];
+    assert_eq!(grant.payment_id, Some(paid.id));
+    assert_eq!(grant.days_granted, 30);
+    assert!(close_to(grant.expires_at_after, Utc::now() + days(30)));
+
+    let subscription = h.subscription(user).await;
+    assert_eq!(subscription.expires_at, grant.expires_at_after);
+    assert_eq!(subscription.marzban_username, "tg_100001");
+    assert_eq!(subscription.data_limit_bytes, Some(100 * GIB));
+    assert!(subscription.synced_at.is_some());
+
+    let panel = h.panel_user(100_001);
+    assert_eq!(panel.expire, Some(grant.expires_at_after.timestamp()));
+    assert_eq!(panel.data_limit, Some(100 * GIB));
+    assert_eq!(panel.status, UserStatus::Active);
+    assert_eq!(h.emu.users().len(), 1);
+    assert_eq!(h.emu.count(route::CREATE_USER), 1);
+    assert_eq!(h.emu.count(route::MODIFY_USER), 0);
+    let create = h.emu.requests_to(route::CREATE_USER)[0]
+        .body
+        .clone()
+        .unwrap();
+    assert_eq!(
+        create["proxies"],
+        serde_json::json!({"vless": {"flow": "xtls-rprx-vision"}})
+    );
+    assert_eq!(
+        create["inbounds"],
+        serde_json::json!({"vless": ["VLESS TCP REALITY"]})
+    );
+    assert_eq!(create["expire"], grant.expires_at_after.timestamp());
+
+    // subscription.activated: the new expiry and an absolute link.
+    assert_eq!(activated.payment_id, paid.id);
+    assert_eq!(activated.telegram_id, 100_001);
+    assert_eq!(activated.marzban_username, "tg_100001");
+    assert_eq!(activated.expires_at, grant.expires_at_after);
+    assert!(
+        activated
+            .subscription_url
+            .starts_with(&format!("{}/sub/", h.emu.base_url)),
+        "{}",
+        activated.subscription_url
+    );
+    assert_eq!(
+        subscription.subscription_url.as_deref(),
+        Some(activated.subscription_url.as_str())
+    );
+    h.finish().await;
+}
+
+async fn two_payments_stack_and_keep_the_customers_key(mut h: Harness) {
+    let user = h.user(100_002).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let quarter = h.tariff("month_3", 90, None).await;
+
+    let first = h.pay(user, &month).await;
+    h.publish(&completed(&first)).await;
+    let first_expiry = h.activated().await.subscription.expires_at;
+    let key = h.emu.vless_id("tg_100002").unwrap();
+
+    let second = h.pay(user, &quarter).await;
+    h.publish(&completed(&second)).await;
+    let activated = h.activated().await.subscription;
+    assert_eq!(activated.payment_id, second.id);
+    assert_eq!(
+        activated.expires_at,
+        first_expiry + days(90),
+        "the durations stack"
+    );
+
+    let subscription = h.subscription(user).await;
+    assert_eq!(subscription.expires_at, first_expiry + days(90));
+    assert_eq!(
+        subscription.data_limit_bytes, None,
+        "the 3-month tariff is unlimited"
+    );
+    let panel = h.panel_user(100_002);
+    assert_eq!(panel.expire, Some((first_expiry + days(90)).timestamp()));
+    assert_eq!(panel.data_limit, None);
+    assert_eq!(
+        panel.vless_id(),
+        Some(key.as_str()),
+        "the customer's key survives"
+    );
+
+    // The extension sent only absolute values, never `proxies`.
+    let modify = h.emu.requests_to(route::MODIFY_USER)[0]
+        .body
+        .clone()
+        .unwrap();
+    assert_eq!(
+        modify,
+        serde_json::json!({
+            "expire": (first_expiry + days(90)).timestamp(),
+            "data_limit": 0,
+            "status": "active",
+        })
+    );
+    assert_eq!(h.grants().await.len(), 2);
+    h.finish().await;
+}
+
+async fn concurrent_payments_of_one_user_serialise_and_stack(mut h: Harness) {
+    let user = h.user(100_010).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let payments = [
+        h.pay(user, &month).await,
+        h.pay(user, &month).await,
+        h.pay(user, &month).await,
+    ];
+    // All at once, on a first purchase: the subscription row is created by one of them and
+    // the others wait on its lock.
+    for paid in &payments {
+        h.publish(&completed(paid)).await;
+    }
+    let mut expiries = Vec::new();
+    for _ in &payments {
+        expiries.push(h.activated().await.subscription.expires_at);
+    }
+    expiries.sort();
+    assert_eq!(expiries[1], expiries[0] + days(30));
+    assert_eq!(expiries[2], expiries[0] + days(60));
+    assert!(close_to(expiries[2], Utc::now() + days(90)));
+    assert_eq!(h.subscription(user).await.expires_at, expiries[2]);
+    assert_eq!(h.panel_user(100_010).expire, Some(expiries[2].timestamp()));
+    assert_eq!(h.emu.users().len(), 1);
+    h.finish().await;
+}
+
+async fn panel_down_for_several_retries_then_activated_once(mut h: Harness) {
+    let user = h.user(100_003).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+
+    h.emu.set_down(true);
+    h.publish(&completed(&paid)).await;
+    wait_until(|| async { h.emu.count(route::CREATE_USER) >= 3 }).await;
+    assert!(
+        h.grants().await.is_empty(),
+        "nothing is granted while the panel is down"
+    );
+    assert!(h.events.try_recv().is_err());
+
+    h.emu.set_down(false);
+    let activated = h.activated().await.subscription;
+    h.assert_no_more_events().await;
+    assert!(h.stats().retried() >= 3, "retried {}", h.stats().retried());
+    assert_eq!(h.stats().handled(), 1);
+    assert_eq!(h.stats().parked(), 0);
+
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(activated.expires_at, grants[0].expires_at_after);
+    assert_eq!(h.emu.users().len(), 1);
+    assert_eq!(
+        h.panel_user(100_003).expire,
+        Some(grants[0].expires_at_after.timestamp())
+    );
+    h.finish().await;
+}
+
+async fn panel_that_applies_but_answers_500_is_not_applied_twice(mut h: Harness) {
+    let user = h.user(100_004).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let first = h.pay(user, &month).await;
+
+    // The create happens but we see a 500: the retry finds the user (409) and adopts it.
+    h.emu.push_fault(Fault::InternalErrorAfterProcessing, 1);
+    h.publish(&completed(&first)).await;
+    let activated = h.activated().await.subscription;
+    let key = h.emu.vless_id("tg_100004").unwrap();
+    assert_eq!(h.emu.count(route::CREATE_USER), 2);
+    assert_eq!(h.emu.users().len(), 1);
+    assert_eq!(h.stats().retried(), 1);
+
+    // The extension is applied but answered 500: the retry sends the same absolute expiry.
+    let second = h.pay(user, &month).await;
+    h.emu.push_fault(Fault::InternalErrorAfterProcessing, 1);
+    h.publish(&completed(&second)).await;
+    let extended = h.activated().await.subscription;
+    h.assert_no_more_events().await;
+    assert_eq!(extended.expires_at, activated.expires_at + days(30));
+    let modifies = h.emu.requests_to(route::MODIFY_USER);
+    let last_two: Vec<_> = modifies
+        .iter()
+        .rev()
+        .take(2)
+        .map(|r| r.body.clone().unwrap()["expire"].clone())
+        .collect();
+    assert_eq!(
+        last_two[0], last_two[1],
+        "the retry re-sent the same absolute value"
+    );
+    assert_eq!(
+        h.panel_user(100_004).expire,
+        Some(extended.expires_at.timestamp()),
+        "extended once, not twice"
+    );
+    assert_eq!(h.emu.vless_id("tg_100004").as_deref(), Some(key.as_str()));
+    h.finish().await;
+}
+
+async fn refund_removes_the_granted_days_and_disables_when_nothing_is_left(mut h: Harness) {
+    let user = h.user(100_005).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+
+    let first = h.pay(user, &month).await;
+    h.publish(&completed(&first)).await;
+    let first_expiry = h.activated().await.subscription.expires_at;
+    let second = h.pay(user, &month).await;
+    h.publish(&completed(&second)).await;
+    assert_eq!(
+        h.activated().await.subscription.expires_at,
+        first_expiry + days(30)
+    );
+
+    // Refunding the second payment gives back exactly the first month.
+    h.publish(&refunded(&second, 19_900, 19_900)).await;
+    let revoked_envelope = h.next_event().await;
+    assert!(revoked_envelope.is::<SubscriptionRevoked>());
+    let revoked: SubscriptionRevoked = revoked_envelope.decode().unwrap();
+    assert_eq!(revoked.subscription.payment_id, second.id);
+    assert_eq!(revoked.subscription.expires_at, first_expiry);
+    assert!(revoked.subscription.subscription_url.starts_with("http://"));
+    let panel = h.panel_user(100_005);
+    assert_eq!(panel.expire, Some(first_expiry.timestamp()));
+    assert_eq!(panel.status, UserStatus::Active);
+
+    // A redelivered refund (new event id) changes nothing.
+    h.publish(&refunded(&second, 19_900, 19_900)).await;
+    h.settled(4).await;
+    h.assert_no_more_events().await;
+
+    // Refunding the first too leaves nothing: the panel user is disabled.
+    h.publish(&refunded(&first, 19_900, 19_900)).await;
+    let revoked: SubscriptionRevoked = h.next_event().await.decode().unwrap();
+    assert!(revoked.subscription.expires_at <= Utc::now());
+    let grants = h.grants().await;
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.days_revoked == 30 && g.revoked_at.is_some())
+    );
+    let subscription = h.subscription(user).await;
+    assert_eq!(subscription.expires_at, revoked.subscription.expires_at);
+    assert_eq!(subscription.status, "disabled");
+    let panel = h.panel_user(100_005);
+    assert_eq!(panel.status, UserStatus::Disabled);
+    assert_eq!(
+        panel.expire,
+        Some(revoked.subscription.expires_at.timestamp())
+    );
+
+    // Paying again brings the disabled user back, for a fresh month from now.
+    let third = h.pay(user, &month).await;
+    h.publish(&completed(&third)).await;
+    let activated = h.activated().await.subscription;
+    assert!(close_to(activated.expires_at, Utc::now() + days(30)));
+    assert_eq!(h.panel_user(100_005).status, UserStatus::Active);
+    h.finish().await;
+}
+
+async fn partial_refund_revokes_days_in_proportion(mut h: Harness) {
+    let user = h.user(100_006).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    let expiry = h.activated().await.subscription.expires_at;
+
+    h.publish(&refunded(&paid, 9_950, 9_950)).await;
+    let revoked: SubscriptionRevoked = h.next_event().await.decode().unwrap();
+    assert_eq!(revoked.subscription.expires_at, expiry - days(15));
+    assert_eq!(h.grants().await[0].days_revoked, 15);
+    assert_eq!(h.panel_user(100_006).status, UserStatus::Active);
+    h.finish().await;
+}
+
+async fn existing_panel_user_is_adopted_not_duplicated(mut h: Harness) {
+    let user = h.user(100_007).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+
+    // Someone created the user by hand, with 3 days and a key the customer already uses.
+    let existing = CreateUser {
+        username: MarzbanUsername::parse("tg_100007").unwrap(),
+        expire: (Utc::now() + days(3)).timestamp(),
+        data_limit: Some(GIB),
+        note: Some("by hand".to_owned()),
+    };
+    h.client.create_user(&existing).await.unwrap();
+    let key = h.emu.vless_id("tg_100007").unwrap();
+    h.emu.set_status("tg_100007", UserStatus::Disabled).unwrap();
+
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    let activated = h.activated().await.subscription;
+    assert_eq!(h.emu.users().len(), 1, "adopted, not duplicated");
+    let panel = h.panel_user(100_007);
+    assert_eq!(panel.vless_id(), Some(key.as_str()), "the key is kept");
+    assert_eq!(panel.status, UserStatus::Active, "paid, so active again");
+    // The ledger decides the expiry, not what the panel had.
+    assert_eq!(panel.expire, Some(activated.expires_at.timestamp()));
+    assert!(close_to(activated.expires_at, Utc::now() + days(30)));
+    assert_eq!(panel.data_limit, Some(100 * GIB));
+    h.finish().await;
+}
+
+async fn limited_user_that_pays_is_reset_and_active_again(mut h: Harness) {
+    let user = h.user(100_008).await;
+    let month = h.tariff("month_1", 30, Some(10 * GIB)).await;
+    let first = h.pay(user, &month).await;
+    h.publish(&completed(&first)).await;
+    h.activated().await;
+
+    h.emu.set_used_traffic("tg_100008", 11 * GIB).unwrap();
+    assert_eq!(h.panel_user(100_008).status, UserStatus::Limited);
+
+    let second = h.pay(user, &month).await;
+    h.publish(&completed(&second)).await;
+    h.activated().await;
+    let panel = h.panel_user(100_008);
+    assert_eq!(panel.status, UserStatus::Active);
+    assert_eq!(panel.used_traffic, 0);
+    assert_eq!(h.emu.count(route::RESET_USER), 1);
+    h.finish().await;
+}
+
+async fn drift_check_repairs_a_panel_user_edited_by_hand(mut h: Harness) {
+    let user = h.user(100_009).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    let expiry = h.activated().await.subscription.expires_at;
+    let key = h.emu.vless_id("tg_100009").unwrap();
+
+    let report = marzban_sync::check_drift(&h.db.conn, &h.client)
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.repaired, report.failed), (1, 0, 0));
+
+    // An admin gives a year, lifts the limit and disables the user in the dashboard.
+    h.emu
+        .edit_user("tg_100009", |u| {
+            u.expire = Some((Utc::now() + days(365)).timestamp());
+            u.data_limit = None;
+            u.status = UserStatus::Disabled;
+        })
+        .unwrap();
+    let report = marzban_sync::check_drift(&h.db.conn, &h.client)
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.repaired, report.failed), (1, 1, 0));
+    let panel = h.panel_user(100_009);
+    assert_eq!(panel.expire, Some(expiry.timestamp()));
+    assert_eq!(panel.data_limit, Some(100 * GIB));
+    assert_eq!(panel.status, UserStatus::Active);
+    assert_eq!(panel.vless_id(), Some(key.as_str()));
+
+    // Deleted on the panel: created again.
+    h.client
+        .delete_user(&MarzbanUsername::parse("tg_100009").unwrap())
+        .await
+        .unwrap();
+    let report = marzban_sync::check_drift(&h.db.conn, &h.client)
+        .await
+        .unwrap();
+    assert_eq!(report.repaired, 1);
+    assert_eq!(h.panel_user(100_009).expire, Some(expiry.timestamp()));
+
+    let report = marzban_sync::check_drift(&h.db.conn, &h.client)
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.repaired), (1, 0), "in sync now");
+
+    // Panel down: the pass stops with an error instead of marking everything failed.
+    h.emu.set_down(true);
+    assert!(
+        marzban_sync::check_drift(&h.db.conn, &h.client)
+            .await
+            .is_err()
+    );
+    h.emu.set_down(false);
+    h.finish().await;
+}
+
+/// Every scenario on RabbitMQ (as deployed) and on the in-process bus (single-process mode).
+macro_rules! on_both_buses {
+    ($($scenario:ident => $tag:literal),* $(,)?) => {
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Harness::start_within(super::Mode::Rabbit, $tag).await).await;
+                }
+            )*
+        }
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Harness::start_within(super::Mode::InProcess, $tag).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_buses! {
+    payment_completed_five_times_extends_once_and_announces_an_absolute_url => "ms-once",
+    two_payments_stack_and_keep_the_customers_key => "ms-stack",
+    concurrent_payments_of_one_user_serialise_and_stack => "ms-concurrent",
+    panel_down_for_several_retries_then_activated_once => "ms-down",
+    panel_that_applies_but_answers_500_is_not_applied_twice => "ms-500",
+    refund_removes_the_granted_days_and_disables_when_nothing_is_left => "ms-refund",
+    partial_refund_revokes_days_in_proportion => "ms-partial",
+    existing_panel_user_is_adopted_not_duplicated => "ms-adopt",
+    limited_user_that_pays_is_reset_and_active_again => "ms-limited",
+    drift_check_repairs_a_panel_user_edited_by_hand => "ms-drift",
+}

@@ -1,0 +1,57 @@
+//! The worker's Prometheus metrics (served on `/metrics` of `WORKER_BIND`). The consumer
+//! runner adds `messaging_consumer_*` (handled / retried / parked counts and handler latency).
+
+use domain::PaymentStatus;
+
+/// Counter `{provider, from, to}`: payment transitions made.
+pub const TRANSITIONS: &str = "payment_worker_transitions_total";
+/// Counter `{provider, outcome}`: notifications processed (`applied`, `pending`, `duplicate`,
+/// `stale`, `flagged`, `unknown_payment`, …).
+pub const NOTIFICATIONS: &str = "payment_worker_notifications_total";
+/// Histogram `{provider}`: seconds between a notification's event and its processing (queue lag).
+pub const NOTIFICATION_LAG: &str = "payment_worker_notification_lag_seconds";
+/// Counter `{provider, outcome}`: reconciliation checks (`applied`, `pending`, `unknown`,
+/// `flagged`, `exhausted`, `error`, …).
+pub const RECONCILE_CHECKS: &str = "payment_worker_reconcile_checks_total";
+/// Counter `{provider}`: provider answers whose amount or currency differ from the payment.
+pub const MISMATCHES: &str = "payment_worker_mismatches_total";
+/// Counter `{provider}`: status look-ups without a definite answer (HTTP 5xx, timeouts).
+pub const RESULT_UNKNOWN: &str = "payment_worker_result_unknown_total";
+/// Histogram `{provider}`: seconds a status look-up took.
+pub const LOOKUP_SECONDS: &str = "payment_worker_status_lookup_seconds";
+/// Histogram `{provider}`: milliseconds from creation to success of completed payments.
+pub const PROCESSING_MS: &str = "payment_worker_processing_ms";
+
+pub(crate) fn transition(provider: &str, from: PaymentStatus, to: PaymentStatus) {
+    metrics::counter!(TRANSITIONS, "provider" => provider.to_owned(), "from" => from.as_str(), "to" => to.as_str()).increment(1);
+}
+
+pub(crate) fn notification(provider: &str, outcome: &'static str) {
+    metrics::counter!(NOTIFICATIONS, "provider" => provider.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub(crate) fn notification_lag(provider: &str, seconds: f64) {
+    metrics::histogram!(NOTIFICATION_LAG, "provider" => provider.to_owned()).record(seconds);
+}
+
+pub(crate) fn reconcile_check(provider: &str, outcome: &'static str) {
+    metrics::counter!(RECONCILE_CHECKS, "provider" => provider.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub(crate) fn mismatch(provider: &str) {
+    metrics::counter!(MISMATCHES, "provider" => provider.to_owned()).increment(1);
+}
+
+pub(crate) fn result_unknown(provider: &str) {
+    metrics::counter!(RESULT_UNKNOWN, "provider" => provider.to_owned()).increment(1);
+}
+
+pub(crate) fn lookup(provider: &str, seconds: f64) {
+    metrics::histogram!(LOOKUP_SECONDS, "provider" => provider.to_owned()).record(seconds);
+}
+
+pub(crate) fn processing_time(provider: &str, millis: i64) {
+    metrics::histogram!(PROCESSING_MS, "provider" => provider.to_owned()).record(millis as f64);
+}

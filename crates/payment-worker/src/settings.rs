@@ -1,0 +1,340 @@
+//! The worker's settings: its bind address, the consumer's retry policy, the reconciliation
+//! schedule and the payment providers it asks.
+//!
+//! [`ServiceSettings`] deserialises from the whole flat environment (every variable, as the
+//! lower-case key `service_kit::settings::Source` hands over) rather than from named fields,
+//! because the provider settings are read by `payment_core::PaymentSettings::from_lookup`
+//! from the same variables. So `source.load::<ServiceSettings>()` (what the standalone binary
+//! does) and [`ServiceSettings::load`] give the same result. Every error names its variable.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use messaging::RetryPolicy;
+use payment_core::PaymentSettings;
+use serde::Deserialize;
+use service_kit::SettingsError;
+use service_kit::settings::{Source, parse_bool};
+
+/// Default of `WORKER_BIND`.
+pub const DEFAULT_BIND: &str = "0.0.0.0:8081";
+
+/// This service's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "HashMap<String, String>")]
+pub struct ServiceSettings {
+    /// `WORKER_BIND`: health and metrics server.
+    pub worker_bind: String,
+    /// How notifications are consumed.
+    pub consumer: ConsumerSettings,
+    /// When pending payments are re-checked.
+    pub reconcile: ReconcileSettings,
+    /// The providers the worker asks (`YOOKASSA_*`, …); a provider is on when its settings are.
+    pub payments: PaymentSettings,
+}
+
+/// How the notification consumer runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// `WORKER_PREFETCH` (default 8): notifications in flight per worker instance. Each holds a
+    /// database connection while the provider is asked, so keep it below the pool size.
+    pub prefetch: u16,
+    /// `WORKER_RETRY_DELAYS_MS` (default `1000,5000,30000,120000,600000`): the delays between
+    /// attempts of a failed notification (e.g. the provider answered 500); after the last one
+    /// the message is parked.
+    pub retry_delays: Vec<Duration>,
+}
+
+impl ConsumerSettings {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.retry_delays.iter().copied())
+    }
+}
+
+/// The reconciliation schedule. A pending payment is first checked `first_check` after its
+/// creation, then every `fast_interval` while it is younger than `fast_phase`, then every
+/// `slow_interval`, until the provider's expiry plus `grace` (or, without an expiry,
+/// `default_window` after creation plus `grace`). After that it stays pending and is no longer
+/// polled: it is never expired without the provider saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// `RECONCILE_ENABLED` (default `true`).
+    pub enabled: bool,
+    /// `RECONCILE_POLL_MS` (default 10000): how often due payments are looked for.
+    pub poll_interval: Duration,
+    /// `RECONCILE_BATCH_SIZE` (default 50): payments claimed per poll.
+    pub batch_size: u64,
+    /// `RECONCILE_FIRST_CHECK_SECS` (default 60).
+    pub first_check: Duration,
+    /// `RECONCILE_FAST_INTERVAL_SECS` (default 300).
+    pub fast_interval: Duration,
+    /// `RECONCILE_FAST_PHASE_SECS` (default 3600): payment age up to which `fast_interval`
+    /// applies.
+    pub fast_phase: Duration,
+    /// `RECONCILE_SLOW_INTERVAL_SECS` (default 3600).
+    pub slow_interval: Duration,
+    /// `RECONCILE_GRACE_SECS` (default 3600): checks continue this long past the expiry.
+    pub grace: Duration,
+    /// `RECONCILE_DEFAULT_WINDOW_SECS` (default 86400): the expiry assumed for a payment the
+    /// provider gave none (YooKassa gives none for `pending`; it cancels unpaid ones itself).
+    pub default_window: Duration,
+    /// `RECONCILE_LEASE_SECS` (default 300): a claimed payment is not claimed again for this
+    /// long, so an instance that dies mid-check hands it back after the lease.
+    pub lease: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(10),
+            batch_size: 50,
+            first_check: Duration::from_secs(60),
+            fast_interval: Duration::from_secs(300),
+            fast_phase: Duration::from_secs(3600),
+            slow_interval: Duration::from_secs(3600),
+            grace: Duration::from_secs(3600),
+            default_window: Duration::from_secs(86_400),
+            lease: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            prefetch: DEFAULT_PREFETCH,
+            retry_delays: DEFAULT_RETRY_DELAYS_MS
+                .iter()
+                .copied()
+                .map(Duration::from_millis)
+                .collect(),
+        }
+    }
+}
+
+const DEFAULT_PREFETCH: u16 = 8;
+const DEFAULT_RETRY_DELAYS_MS: &[u64] = &[1_000, 5_000, 30_000, 120_000, 600_000];
+
+impl ServiceSettings {
+    /// Reads and validates the worker's settings from `source`.
+    pub fn load(source: &Source) -> Result<Self, SettingsError> {
+        source.load()
+    }
+
+    /// Reads the settings from a lookup by variable name (upper case).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let vars = Vars { lookup: &lookup };
+        let consumer = ConsumerSettings {
+            prefetch: vars.parse("WORKER_PREFETCH", DEFAULT_PREFETCH)?,
+            retry_delays: vars.millis_list("WORKER_RETRY_DELAYS_MS", DEFAULT_RETRY_DELAYS_MS)?,
+        };
+        if consumer.prefetch == 0 {
+            return Err(SettingsError::invalid(
+                "WORKER_PREFETCH",
+                "must be at least 1",
+            ));
+        }
+        let d = ReconcileSettings::default();
+        let reconcile = ReconcileSettings {
+            enabled: vars.flag("RECONCILE_ENABLED", d.enabled)?,
+            poll_interval: vars.millis("RECONCILE_POLL_MS", d.poll_interval)?,
+            batch_size: vars.parse("RECONCILE_BATCH_SIZE", d.batch_size)?,
+            first_check: vars.secs("RECONCILE_FIRST_CHECK_SECS", d.first_check)?,
+            fast_interval: vars.secs("RECONCILE_FAST_INTERVAL_SECS", d.fast_interval)?,
+            fast_phase: vars.secs("RECONCILE_FAST_PHASE_SECS", d.fast_phase)?,
+            slow_interval: vars.secs("RECONCILE_SLOW_INTERVAL_SECS", d.slow_interval)?,
+            grace: vars.secs("RECONCILE_GRACE_SECS", d.grace)?,
+            default_window: vars.secs("RECONCILE_DEFAULT_WINDOW_SECS", d.default_window)?,
+            lease: vars.secs("RECONCILE_LEASE_SECS", d.lease)?,
+        };
+        for (name, value) in [
+            ("RECONCILE_POLL_MS", reconcile.poll_interval),
+            ("RECONCILE_FAST_INTERVAL_SECS", reconcile.fast_interval),
+            ("RECONCILE_SLOW_INTERVAL_SECS", reconcile.slow_interval),
+            ("RECONCILE_LEASE_SECS", reconcile.lease),
+        ] {
+            if value.is_zero() {
+                return Err(SettingsError::invalid(name, "must be greater than 0"));
+            }
+        }
+        if reconcile.batch_size == 0 {
+            return Err(SettingsError::invalid(
+                "RECONCILE_BATCH_SIZE",
+                "must be at least 1",
+            ));
+        }
+        let payments =
+            PaymentSettings::from_lookup(|name| vars.get(name)).map_err(|e| match e {
+                payment_core::SettingsError::Missing(name) => SettingsError::Missing {
+                    name: name.to_owned(),
+                },
+                payment_core::SettingsError::Invalid { var, reason } => {
+                    SettingsError::invalid(var, reason)
+                }
+            })?;
+        Ok(Self {
+            worker_bind: vars
+                .get("WORKER_BIND")
+                .unwrap_or_else(|| DEFAULT_BIND.to_owned()),
+            consumer,
+            reconcile,
+            payments,
+        })
+    }
+}
+
+impl TryFrom<HashMap<String, String>> for ServiceSettings {
+    type Error = SettingsError;
+
+    fn try_from(map: HashMap<String, String>) -> Result<Self, Self::Error> {
+        // `Source` lower-cases the variable names.
+        Self::from_lookup(|name| map.get(&name.to_ascii_lowercase()).cloned())
+    }
+}
+
+/// Typed access to variables; empty values count as unset.
+struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T>(&self, name: &str, default: T) -> Result<T, SettingsError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e: T::Err| SettingsError::invalid(name, format!("{raw:?}: {e}"))),
+        }
+    }
+
+    fn secs(&self, name: &str, default: Duration) -> Result<Duration, SettingsError> {
+        self.parse(name, default.as_secs()).map(Duration::from_secs)
+    }
+
+    fn millis(&self, name: &str, default: Duration) -> Result<Duration, SettingsError> {
+        let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+        self.parse(name, default).map(Duration::from_millis)
+    }
+
+    fn flag(&self, name: &str, default: bool) -> Result<bool, SettingsError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => parse_bool(&raw)
+                .ok_or_else(|| SettingsError::invalid(name, format!("not a boolean: {raw:?}"))),
+        }
+    }
+
+    fn millis_list(&self, name: &str, default: &[u64]) -> Result<Vec<Duration>, SettingsError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default.iter().copied().map(Duration::from_millis).collect());
+        };
+        raw.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|e| SettingsError::invalid(name, format!("{part:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = ServiceSettings::load(&Source::map([])).unwrap();
+        assert_eq!(s.worker_bind, DEFAULT_BIND);
+        assert_eq!(s.consumer, ConsumerSettings::default());
+        assert_eq!(s.consumer.retry_policy().max_attempts(), 6);
+        assert_eq!(s.reconcile, ReconcileSettings::default());
+        assert_eq!(s.reconcile.first_check, Duration::from_secs(60));
+        assert!(s.payments.yookassa.is_none());
+    }
+
+    #[test]
+    fn every_variable() {
+        let s = ServiceSettings::load(&Source::map([
+            ("WORKER_BIND", "127.0.0.1:0"),
+            ("WORKER_PREFETCH", "4"),
+            ("WORKER_RETRY_DELAYS_MS", "100, 200 300"),
+            ("RECONCILE_ENABLED", "off"),
+            ("RECONCILE_POLL_MS", "250"),
+            ("RECONCILE_BATCH_SIZE", "7"),
+            ("RECONCILE_FIRST_CHECK_SECS", "1"),
+            ("RECONCILE_FAST_INTERVAL_SECS", "2"),
+            ("RECONCILE_FAST_PHASE_SECS", "3"),
+            ("RECONCILE_SLOW_INTERVAL_SECS", "4"),
+            ("RECONCILE_GRACE_SECS", "5"),
+            ("RECONCILE_DEFAULT_WINDOW_SECS", "6"),
+            ("RECONCILE_LEASE_SECS", "8"),
+            ("YOOKASSA_SHOP_ID", "100500"),
+            ("YOOKASSA_SECRET_KEY", "secret"),
+            ("YOOKASSA_API_URL", "http://127.0.0.1:1/v3"),
+        ]))
+        .unwrap();
+        assert_eq!(s.worker_bind, "127.0.0.1:0");
+        assert_eq!(s.consumer.prefetch, 4);
+        assert_eq!(
+            s.consumer.retry_delays,
+            [100, 200, 300].map(Duration::from_millis)
+        );
+        let r = &s.reconcile;
+        assert!(!r.enabled);
+        assert_eq!(r.poll_interval, Duration::from_millis(250));
+        assert_eq!(r.batch_size, 7);
+        assert_eq!(
+            [
+                r.first_check,
+                r.fast_interval,
+                r.fast_phase,
+                r.slow_interval,
+                r.grace,
+                r.default_window,
+                r.lease
+            ],
+            [1, 2, 3, 4, 5, 6, 8].map(Duration::from_secs)
+        );
+        let yk = s.payments.yookassa.as_ref().unwrap();
+        assert_eq!(yk.api_url, "http://127.0.0.1:1/v3");
+        assert!(!format!("{s:?}").contains("\"secret\""), "secret printed");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (name, value) in [
+            ("WORKER_PREFETCH", "0"),
+            ("WORKER_PREFETCH", "many"),
+            ("WORKER_RETRY_DELAYS_MS", "1,x"),
+            ("RECONCILE_ENABLED", "maybe"),
+            ("RECONCILE_POLL_MS", "0"),
+            ("RECONCILE_BATCH_SIZE", "-1"),
+            ("RECONCILE_FIRST_CHECK_SECS", "1.5"),
+            ("RECONCILE_LEASE_SECS", "0"),
+            ("YOOKASSA_SHOP_ID", "100500"),
+        ] {
+            let err = ServiceSettings::load(&Source::map([(name, value)])).unwrap_err();
+            let expected = if name == "YOOKASSA_SHOP_ID" {
+                "YOOKASSA_SECRET_KEY"
+            } else {
+                name
+            };
+            assert!(err.to_string().contains(expected), "{name}={value}: {err}");
+        }
+    }
+}

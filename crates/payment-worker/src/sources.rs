@@ -1,0 +1,156 @@
+//! Where the worker learns a payment's true status: one [`StatusSource`] per provider.
+//!
+//! A notification is only a reason to look; what the worker applies is the answer of the
+//! payment's status source. For YooKassa (and any provider with a status API in
+//! `payment_core`) that is a fresh `GET` through [`PaymentService`]. Providers without such an
+//! API plug in here:
+//!
+//! - Telegram Payments: `successful_payment` arrives once and is the proof, so its source reads
+//!   the stored update from the inbox row (`notification.body`) and answers `succeeded` with
+//!   the update's amount and currency (the amount check then happens as for every provider).
+//! - Crypto (USDT TRC20): its source runs the chain check (confirmed transfer of the exact
+//!   amount to the invoice's address) and answers with what the chain shows.
+//!
+//! Register them with [`StatusSources::with`] under the provider name stored in
+//! `payments.provider`. A notification for a provider without a source is parked (not lost),
+//! to be replayed once a worker that knows the provider runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use domain::entities::{payments, provider_notifications};
+use payment_core::{PaymentRef, PaymentService, ProviderError, ProviderId, ProviderPayment};
+
+/// The provider's current view of one of our payments.
+#[async_trait]
+pub trait StatusSource: Send + Sync {
+    /// Asks the provider about `payment`. `notification` is the inbox row that triggered the
+    /// check, or `None` for reconciliation. Errors use the provider vocabulary: a
+    /// [`ProviderError::is_result_unknown`] error keeps the payment as it is and is retried;
+    /// [`ProviderError::Mismatch`] flags the payment.
+    async fn current_status(
+        &self,
+        payment: &payments::Model,
+        notification: Option<&provider_notifications::Model>,
+    ) -> Result<ProviderPayment, ProviderError>;
+}
+
+/// The status sources by provider name (`payments.provider`).
+#[derive(Clone, Default)]
+pub struct StatusSources {
+    by_provider: BTreeMap<String, Arc<dyn StatusSource>>,
+}
+
+impl std::fmt::Debug for StatusSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSources")
+            .field("providers", &self.by_provider.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl StatusSources {
+    /// A source for every provider enabled in `service`, asking its API.
+    pub fn from_payment_service(service: PaymentService) -> Self {
+        let service = Arc::new(service);
+        let mut sources = Self::default();
+        for id in ProviderId::ALL {
+            if service.is_enabled(*id) {
+                sources = sources.with(
+                    id.as_str(),
+                    ProviderApi {
+                        service: service.clone(),
+                        id: *id,
+                    },
+                );
+            }
+        }
+        sources
+    }
+
+    /// Adds (or replaces) the source of `provider`.
+    #[must_use]
+    pub fn with(mut self, provider: &str, source: impl StatusSource + 'static) -> Self {
+        self.by_provider
+            .insert(provider.to_owned(), Arc::new(source));
+        self
+    }
+
+    pub fn get(&self, provider: &str) -> Option<&Arc<dyn StatusSource>> {
+        self.by_provider.get(provider)
+    }
+
+    /// The providers that have a source.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        self.by_provider.keys().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_provider.is_empty()
+    }
+}
+
+/// Re-fetches the payment from the provider's API (`GET /v3/payments/{id}` for YooKassa).
+/// `payment_core` checks the answer's object id, our payment id in its metadata, the amount
+/// and the currency against our payment.
+struct ProviderApi {
+    service: Arc<PaymentService>,
+    id: ProviderId,
+}
+
+#[async_trait]
+impl StatusSource for ProviderApi {
+    async fn current_status(
+        &self,
+        payment: &payments::Model,
+        notification: Option<&provider_notifications::Model>,
+    ) -> Result<ProviderPayment, ProviderError> {
+        // A payment whose creation answer was lost has no provider id yet; the notification
+        // names it, and the fetch checks that the object carries our payment id.
+        let provider_payment_id = payment
+            .provider_payment_id
+            .clone()
+            .or_else(|| notification.and_then(|n| n.provider_payment_id.clone()))
+            .ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "payment {} has no provider payment id to look up",
+                    payment.id
+                ))
+            })?;
+        let reference = PaymentRef {
+            payment_id: payment.payment_id(),
+            provider_payment_id,
+            amount: payment.amount(),
+        };
+        self.service.get_payment_status(self.id, &reference).await
+    }
+}
+
+/// Asks `source`, timing the call and counting answers without a result.
+pub(crate) async fn look_up(
+    source: &dyn StatusSource,
+    payment: &payments::Model,
+    notification: Option<&provider_notifications::Model>,
+) -> Result<ProviderPayment, ProviderError> {
+    let started = std::time::Instant::now();
+    let answer = source.current_status(payment, notification).await;
+    crate::metric::lookup(&payment.provider, started.elapsed().as_secs_f64());
+    if let Err(error) = &answer
+        && error.is_result_unknown()
+    {
+        crate::metric::result_unknown(&payment.provider);
+    }
+    answer
+}
+
+/// The flag reason when `error` says the provider's answer disagrees with our payment.
+pub(crate) fn disagreement(error: &ProviderError) -> Option<String> {
+    match error {
+        ProviderError::Mismatch(mismatch) => Some(mismatch.to_string()),
+        ProviderError::TestObjectRefused { object_id } => Some(format!(
+            "provider object {object_id} is a test object and test mode is off"
+        )),
+        _ => None,
+    }
+}
