@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test build lint fmt check run
+.PHONY: demo test bench build lint fmt check run
 
-## make demo: the embedded default — one process, SQLite, in-process bus (see README)
+## make demo: the embedded default — one process, SQLite, in-process bus, sandbox emulators;
+## three scripted customers and a refund (KEEP=1 keeps it running until Ctrl-C)
 demo:
 	$(CARGO) build --workspace --bins
-	bash scripts/demo.sh
+	RUST_LOG=$${RUST_LOG:-error} target/debug/demo
 
 ## make test: the whole test suite against real PostgreSQL and RabbitMQ on 127.0.0.1.
 ## Classic queues by default (see crates/messaging/README.md, "Queue type"); one test always
@@ -15,6 +16,10 @@ demo:
 AMQP_QUEUE_TYPE ?= classic
 test:
 	AMQP_QUEUE_TYPE=$(AMQP_QUEUE_TYPE) $(CARGO) test --workspace --locked --no-fail-fast
+
+## make bench: the benchmarks (ignored by `make test`); figures are printed and go to the README
+bench:
+	AMQP_QUEUE_TYPE=$(AMQP_QUEUE_TYPE) $(CARGO) test --workspace --release --locked -- --ignored --nocapture --test-threads 1
 
 ## make run: the standalone service with your .env
 run: build

@@ -94,13 +94,21 @@ impl Proc {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("{} exited with {status}; see {}", self.name, self.log.display());
+                bail!(
+                    "{} exited with {status}; see {}",
+                    self.name,
+                    self.log.display()
+                );
             }
             if let Ok((200, _)) = http_get(&self.addr, "/health/ready").await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} not ready after {timeout:?}; see {}", self.name, self.log.display());
+                bail!(
+                    "{} not ready after {timeout:?}; see {}",
+                    self.name,
+                    self.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -181,7 +189,8 @@ impl Usage {
         // Fields after the command name (which may contain spaces) start after ')'.
         let after = stat.rsplit_once(')')?.1;
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         Some(Self {
             rss_kib: field("VmRSS:"),
             peak_rss_kib: field("VmHWM:"),
@@ -314,12 +323,31 @@ impl Cluster {
         };
         let mut gateway = service("gateway".into(), "api-gateway", "GATEWAY_BIND", gateway);
         let mut workers = (0..config.workers)
-            .map(|i| service(format!("worker-{i}"), "payment-worker", "WORKER_BIND", free_addr().unwrap_or_default()))
+            .map(|i| {
+                service(
+                    format!("worker-{i}"),
+                    "payment-worker",
+                    "WORKER_BIND",
+                    free_addr().unwrap_or_default(),
+                )
+            })
             .collect::<Vec<_>>();
         let mut syncs = (0..config.syncs)
-            .map(|i| service(format!("marzban-sync-{i}"), "marzban-sync", "MARZBAN_SYNC_BIND", free_addr().unwrap_or_default()))
+            .map(|i| {
+                service(
+                    format!("marzban-sync-{i}"),
+                    "marzban-sync",
+                    "MARZBAN_SYNC_BIND",
+                    free_addr().unwrap_or_default(),
+                )
+            })
             .collect::<Vec<_>>();
-        let mut bot = service("bot".into(), "bot", "BOT_BIND", free_addr().unwrap_or_default());
+        let mut bot = service(
+            "bot".into(),
+            "bot",
+            "BOT_BIND",
+            free_addr().unwrap_or_default(),
+        );
 
         // The gateway migrates the database and upserts the tariffs; the others follow.
         gateway.start()?;

@@ -415,9 +415,11 @@ async fn an_admin_refunds_a_stars_payment() {
 /// Pre-checkout answer time as the payer sees it (emulator: query sent → answer received,
 /// which includes the long-poll delivery to the bot), over many queries. Each query takes
 /// the full check (payment + payer look-up, amount compare): the invoice names a real pending
-/// payment with a wrong amount, so nobody is charged. Printed for the README; asserted well
-/// inside Telegram's 10 s.
+/// payment with a wrong amount, so nobody is charged. A benchmark, not a test: `make bench`
+/// runs it and prints the figures for the README; it asserts only that every query is
+/// answered (and refused), never a time.
 #[tokio::test]
+#[ignore = "benchmark: run by `make bench`"]
 async fn pre_checkout_answer_time() {
     let w = world().await;
     let user = TestUser::new(5_000_007, "Gus", "en");
@@ -464,5 +466,4 @@ async fn pre_checkout_answer_time() {
         "pre_checkout_query answer time over {} queries: p50 {p50} ms, p99 {p99} ms, max {max} ms",
         times.len()
     );
-    assert!(p99 < 2_000, "p99 {p99} ms");
 }
