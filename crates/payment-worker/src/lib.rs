@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod chain;
 pub mod metric;
 pub mod notifications;
 pub mod reconcile;
@@ -13,6 +14,7 @@ use messaging::{
     Bus, ConsumerRunner, ConsumerSpec, ConsumerStats, DeliverySource, Handler, RunnerConfig,
 };
 use payment_core::PaymentService;
+use payment_core::providers::crypto::ChainWatcher;
 use sea_orm::DatabaseConnection;
 use service_kit::ops::{self, RunningServer};
 use service_kit::runtime::{self, Infra};
@@ -21,6 +23,7 @@ use service_kit::{CommonSettings, SettingsError, Shutdown};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use chain::ChainWatch;
 pub use notifications::{CONSUMER, NotificationHandler};
 pub use reconcile::{ReconcileReport, Reconciler};
 pub use settings::{ConsumerSettings, ReconcileSettings, ServiceSettings};
@@ -51,11 +54,15 @@ pub fn consumer_spec(settings: &ServiceSettings) -> ConsumerSpec {
         .with_retry(settings.consumer.retry_policy())
 }
 
-/// The worker's parts on one database and bus: the notification consumer and the
-/// reconciliation loop.
+/// The worker's parts on one database and bus: the notification consumer, the
+/// reconciliation loop and, with crypto enabled, the chain-watch loop.
 pub struct Worker {
     runner: ConsumerRunner,
     reconciler: Option<Reconciler>,
+    chain: Option<ChainWatch>,
+    db: DatabaseConnection,
+    sources: Arc<StatusSources>,
+    nudge: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -63,6 +70,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("runner", &self.runner)
             .field("reconciler", &self.reconciler.is_some())
+            .field("chain", &self.chain.is_some())
             .finish()
     }
 }
@@ -72,14 +80,18 @@ impl std::fmt::Debug for Worker {
 pub struct WorkerTasks {
     pub runner: JoinHandle<()>,
     pub reconciler: Option<JoinHandle<()>>,
+    pub chain: Option<JoinHandle<()>>,
     /// The consumer's live counts (handled, duplicates, retried, parked).
     pub stats: Arc<ConsumerStats>,
 }
 
 impl WorkerTasks {
-    /// Waits for both loops to stop (after the shutdown they were spawned with).
+    /// Waits for every loop to stop (after the shutdown they were spawned with).
     pub async fn join(self) {
-        for task in [Some(self.runner), self.reconciler].into_iter().flatten() {
+        for task in [Some(self.runner), self.reconciler, self.chain]
+            .into_iter()
+            .flatten()
+        {
             if let Err(error) = task.await {
                 tracing::error!(%error, "worker task failed");
             }
@@ -128,11 +140,35 @@ impl Worker {
                 ..RunnerConfig::default()
             },
         );
-        let reconciler = settings
-            .reconcile
-            .enabled
-            .then(|| Reconciler::new(db, sources, settings.reconcile.clone(), outbox_nudge));
-        Self { runner, reconciler }
+        let reconciler = settings.reconcile.enabled.then(|| {
+            Reconciler::new(
+                db.clone(),
+                sources.clone(),
+                settings.reconcile.clone(),
+                outbox_nudge.clone(),
+            )
+        });
+        Self {
+            runner,
+            reconciler,
+            chain: None,
+            db,
+            sources,
+            nudge: outbox_nudge,
+        }
+    }
+
+    /// Adds the chain-watch loop (crypto): its outcomes are applied through this worker's
+    /// status sources.
+    #[must_use]
+    pub fn with_chain_watcher(mut self, watcher: ChainWatcher) -> Self {
+        self.chain = Some(ChainWatch::new(
+            self.db.clone(),
+            Arc::new(watcher),
+            self.sources.clone(),
+            self.nudge.clone(),
+        ));
+        self
     }
 
     /// Starts consuming (the runner declares its queue when it subscribes) and reconciling.
@@ -140,26 +176,34 @@ impl Worker {
         let stats = self.runner.stats();
         WorkerTasks {
             runner: self.runner.spawn(shutdown.clone()),
-            reconciler: self.reconciler.map(|r| tokio::spawn(r.run(shutdown))),
+            reconciler: self
+                .reconciler
+                .map(|r| tokio::spawn(r.run(shutdown.clone()))),
+            chain: self.chain.map(|c| tokio::spawn(c.run(shutdown))),
             stats,
         }
     }
 }
 
-/// Starts the service on the given infrastructure. The returned server's task ends when the
-/// health/metrics server, the consumer and the reconciliation loop have all stopped.
+/// Starts the service on the given infrastructure: with crypto enabled, also the chain-watch
+/// loop. The returned server's task ends when the health/metrics server, the consumer and the
+/// loops have all stopped.
 pub fn start(
     settings: &ServiceSettings,
     infra: &Infra,
     shutdown: Shutdown,
 ) -> std::io::Result<RunningServer> {
-    let worker = Worker::from_settings(
+    let mut worker = Worker::from_settings(
         settings,
         infra.db.clone(),
         infra.bus.clone(),
         infra.outbox_nudge.clone(),
     )
     .map_err(std::io::Error::other)?;
+    if let Some(crypto) = &settings.payments.crypto {
+        let watcher = ChainWatcher::new(crypto.clone()).map_err(std::io::Error::other)?;
+        worker = worker.with_chain_watcher(watcher);
+    }
     let server = ops::serve_ops(&settings.worker_bind, infra.readiness(), shutdown.clone())?;
     let tasks = worker.spawn(shutdown);
     tracing::info!(addr = %server.addr, "{SERVICE} ready");

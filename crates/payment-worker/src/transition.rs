@@ -32,6 +32,8 @@ pub enum Trigger {
     },
     /// The reconciliation loop's `attempt`-th check.
     Reconciliation { attempt: i32 },
+    /// The chain watcher settled crypto invoice `invoice_id`.
+    ChainWatch { invoice_id: i64 },
 }
 
 impl Trigger {
@@ -39,13 +41,14 @@ impl Trigger {
         match self {
             Trigger::Notification { .. } => "notification",
             Trigger::Reconciliation { .. } => "reconciliation",
+            Trigger::ChainWatch { .. } => "chain_watch",
         }
     }
 
     fn causation_id(self) -> Option<Uuid> {
         match self {
             Trigger::Notification { event_id, .. } => Some(event_id),
-            Trigger::Reconciliation { .. } => None,
+            Trigger::Reconciliation { .. } | Trigger::ChainWatch { .. } => None,
         }
     }
 
@@ -59,6 +62,9 @@ impl Trigger {
             }
             Trigger::Reconciliation { attempt } => {
                 json!({"trigger": "reconciliation", "check_attempt": attempt})
+            }
+            Trigger::ChainWatch { invoice_id } => {
+                json!({"trigger": "chain_watch", "invoice_id": invoice_id})
             }
         }
     }

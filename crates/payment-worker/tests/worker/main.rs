@@ -1,7 +1,8 @@
-//! Integration tests of the payment worker against PostgreSQL, RabbitMQ and the YooKassa
-//! emulator (`sandbox::yookassa`).
+//! Integration tests of the payment worker against PostgreSQL, RabbitMQ, the YooKassa
+//! emulator (`sandbox::yookassa`) and the TronGrid emulator (`sandbox::tron`).
 
 mod competing;
+mod crypto;
 mod helpers;
 mod in_process;
 mod notifications;
