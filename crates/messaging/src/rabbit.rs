@@ -69,7 +69,9 @@ impl std::str::FromStr for QueueType {
         match s.trim().to_ascii_lowercase().as_str() {
             "quorum" => Ok(Self::Quorum),
             "classic" => Ok(Self::Classic),
-            other => Err(format!("unknown queue type {other:?}: use quorum or classic")),
+            other => Err(format!(
+                "unknown queue type {other:?}: use quorum or classic"
+            )),
         }
     }
 }
