@@ -180,10 +180,11 @@ impl CommonSettings {
         Ok(())
     }
 
-    /// `AMQP_QUEUE_TYPE`, quorum when unset.
+    /// `AMQP_QUEUE_TYPE`; when this source does not set it (e.g. a test's own map), the
+    /// process environment's, else quorum.
     pub fn queue_type(&self) -> Result<messaging::QueueType, SettingsError> {
         match self.amqp_queue_type.as_deref().map(str::trim) {
-            None | Some("") => Ok(messaging::QueueType::default()),
+            None | Some("") => Ok(messaging::QueueType::from_env()),
             Some(value) => value
                 .parse()
                 .map_err(|reason: String| SettingsError::invalid("AMQP_QUEUE_TYPE", reason)),
