@@ -535,6 +535,9 @@ pub struct Handle {
     pub addr: SocketAddr,
     emulator: Emulator,
     server: Mutex<Option<Running>>,
+    /// While disconnected: a socket bound to the address but not listening, so connections
+    /// are refused and no other listener (another test's emulator on port 0) can take it.
+    reserved: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 struct Running {
@@ -569,7 +572,20 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         addr,
         emulator,
         server: Mutex::new(Some(running)),
+        reserved: Mutex::new(None),
     })
+}
+
+/// Binds `addr` without listening: connections to it are refused, and the port stays ours.
+fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 fn start(emulator: &Emulator, listen: Listen) -> std::io::Result<Running> {
@@ -593,6 +609,7 @@ impl Handle {
             running.handle.stop(false).await;
             // The server task ends with the server; its result was logged there.
             let _ = running.task.await;
+            *lock(&self.reserved) = reserve(self.addr).ok();
         }
     }
 
@@ -600,6 +617,7 @@ impl Handle {
     pub async fn reconnect(&self) -> std::io::Result<()> {
         let mut server = lock(&self.server);
         if server.is_none() {
+            drop(lock(&self.reserved).take());
             *server = Some(start(&self.emulator, Listen::Addr(self.addr))?);
         }
         Ok(())

@@ -480,8 +480,10 @@ pub async fn always_failing_handler_is_parked_then_replayed(fx: Fixture) {
 
     let event = payment_completed();
     fx.bus.publish_envelope(&event).await.unwrap();
+    // The runner counts a parked message after the broker confirmed it in the parking queue,
+    // so wait for both.
     eventually("the message is parked", || async {
-        fx.bus.parking_count("fragile").await.unwrap() == 1
+        fx.bus.parking_count("fragile").await.unwrap() == 1 && stats.parked() == 1
     })
     .await;
     assert_eq!(state.calls.load(Ordering::SeqCst), retry.max_attempts());
