@@ -21,7 +21,7 @@ use actix_web::{App, HttpResponse, web};
 use payment_core::providers::crypto::CryptoProvider;
 use payment_core::{ClientIpResolver, PaymentService};
 use service_kit::ops::{self, RunningServer};
-use service_kit::runtime::Infra;
+use service_kit::runtime::{self, Infra};
 use service_kit::settings::{Source, load_common};
 use service_kit::{CommonSettings, SettingsError, Shutdown};
 
@@ -141,16 +141,11 @@ async fn not_found() -> HttpResponse {
 /// Runs the gateway as its own process: connects to PostgreSQL and RabbitMQ, serves until
 /// `shutdown`, then drains.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    let infra = Infra::connect(SERVICE, &settings.common).await?;
-    let gateway = match start(&settings.gateway, &infra, shutdown).await {
-        Ok(gateway) => gateway,
-        Err(error) => {
-            infra.stop().await;
-            return Err(error.into());
-        }
-    };
-    gateway.server.task.await??;
-    tracing::info!(service = SERVICE, "stopped");
-    infra.stop().await;
-    Ok(())
+    runtime::run_service(
+        SERVICE,
+        &settings.common,
+        shutdown,
+        async |infra, shutdown| Ok(start(&settings.gateway, infra, shutdown).await?.server),
+    )
+    .await
 }

@@ -15,7 +15,7 @@ use frankenstein::client_reqwest::Bot as Api;
 use messaging::{ConsumerRunner, ConsumerStats, RunnerConfig};
 use secrecy::ExposeSecret;
 use service_kit::ops::{self, RunningServer};
-use service_kit::runtime::Infra;
+use service_kit::runtime::{self, Infra};
 use service_kit::settings::{Source, load_common};
 use service_kit::{CommonSettings, SettingsError, Shutdown};
 use tokio::task::AbortHandle;
@@ -161,19 +161,13 @@ pub async fn start(
 
 /// Runs the service as its own process until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    let infra = Infra::connect(SERVICE, &settings.common).await?;
-    let service = match start(&settings.service, &infra, shutdown).await {
-        Ok(service) => service,
-        Err(error) => {
-            infra.stop().await;
-            return Err(error);
-        }
-    };
-    let served = service.server.task.await;
-    tracing::info!(service = SERVICE, "stopped");
-    infra.stop().await;
-    served??;
-    Ok(())
+    runtime::run_service(
+        SERVICE,
+        &settings.common,
+        shutdown,
+        async |infra, shutdown| Ok(start(&settings.service, infra, shutdown).await?.server),
+    )
+    .await
 }
 
 #[cfg(test)]

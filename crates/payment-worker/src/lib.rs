@@ -221,8 +221,11 @@ pub fn start(
 
 /// Runs the service as its own process until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    runtime::run_service(SERVICE, &settings.common, shutdown, |infra, shutdown| {
-        start(&settings.service, infra, shutdown)
-    })
+    runtime::run_service(
+        SERVICE,
+        &settings.common,
+        shutdown,
+        async |infra, shutdown| Ok(start(&settings.service, infra, shutdown)?),
+    )
     .await
 }

@@ -90,6 +90,7 @@ impl Infra {
 }
 
 /// The life of a separately deployed service: connect, start, serve until `shutdown`, drain.
+/// `start` returns the service's HTTP server, whose end means the service has stopped.
 pub async fn run_service<F>(
     service: &'static str,
     common: &CommonSettings,
@@ -97,12 +98,19 @@ pub async fn run_service<F>(
     start: F,
 ) -> anyhow::Result<()>
 where
-    F: FnOnce(&Infra, Shutdown) -> std::io::Result<RunningServer>,
+    F: AsyncFnOnce(&Infra, Shutdown) -> anyhow::Result<RunningServer>,
 {
     let infra = Infra::connect(service, common).await?;
-    let server = start(&infra, shutdown)?;
-    server.task.await??;
+    let server = match start(&infra, shutdown).await {
+        Ok(server) => server,
+        Err(error) => {
+            infra.stop().await;
+            return Err(error);
+        }
+    };
+    let served = server.task.await;
     tracing::info!(service, "stopped");
     infra.stop().await;
+    served??;
     Ok(())
 }
