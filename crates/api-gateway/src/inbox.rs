@@ -50,7 +50,7 @@ pub async fn store(
     nudge: &Arc<Notify>,
     notice: Notice,
 ) -> Result<Stored, ApiError> {
-    let txn = crate::db::begin_write(db).await?;
+    let txn = service_kit::db::begin_write(db).await?;
     let stored = store_in(&txn, &notice).await?;
     txn.commit().await?;
     if matches!(stored, Stored::New { .. }) {

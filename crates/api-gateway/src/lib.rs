@@ -2,7 +2,6 @@
 
 pub mod auth;
 pub mod body;
-pub mod db;
 pub mod error;
 pub mod inbox;
 pub mod observability;

@@ -236,7 +236,7 @@ async fn create(
             Prepared::New(new) => new,
         };
         let created = request.call_provider(&prepared).await?;
-        let txn = crate::db::begin_write(&state.db).await?;
+        let txn = service_kit::db::begin_write(&state.db).await?;
         let (payment_id, response) = request.persist(&txn, &prepared, created).await?;
         txn.commit().await.map_err(conflict_or)?;
         Ok(request.created(payment_id, response))
@@ -870,7 +870,7 @@ async fn record_refund(
     done: &ProviderRefund,
 ) -> Result<refunds::Model, ApiError> {
     let now = Utc::now();
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = service_kit::db::begin_write(&state.db).await?;
     let mut active: refunds::ActiveModel = record.clone().into();
     active.provider_refund_id = Set(Some(done.provider_refund_id.clone()));
     active.status = Set(done.status);

@@ -141,7 +141,7 @@ pub fn parse(text: &str) -> Result<Vec<Tariff>, TariffsError> {
 /// Inserts or updates every tariff by code, and deactivates tariffs the file no longer has
 /// (they stay in the table: old payments point at them).
 pub async fn upsert(db: &sea_orm::DatabaseConnection, list: &[Tariff]) -> Result<(), TariffsError> {
-    let txn = crate::db::begin_write(db).await?;
+    let txn = service_kit::db::begin_write(db).await?;
     for tariff in list {
         let row = tariffs::ActiveModel {
             id: NotSet,

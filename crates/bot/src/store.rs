@@ -10,7 +10,7 @@ use payment_core::ProviderId;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, Statement, TransactionTrait, TryInsertResult,
+    EntityTrait, QueryFilter, QueryOrder, Statement, TryInsertResult,
 };
 use uuid::Uuid;
 
@@ -128,7 +128,7 @@ pub enum Stored {
 /// Stores `notice` in the inbox with its `provider.notification.telegram` outbox row, in
 /// one transaction; a second copy (same charge) adds nothing.
 pub async fn store_notice(db: &DatabaseConnection, notice: &Notice) -> Result<Stored, StoreError> {
-    let txn = db.begin().await?;
+    let txn = service_kit::db::begin_write(db).await?;
     let claimed = Uuid::parse_str(&notice.invoice_payload).ok();
     let payment_id = match claimed {
         Some(id) => payments::Entity::find_by_id(id)
