@@ -102,6 +102,30 @@ impl Event for PaymentRefunded {
     const SCHEMA_VERSION: u32 = 1;
 }
 
+/// `payment.underpaid`: a crypto transfer paid only part of the invoice. The payment stays
+/// pending until the invoice expires; the bot tells the payer what arrived and what is still
+/// missing. Written once per transfer, in the transaction that records the transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentUnderpaid {
+    /// The payment (`amount_minor` is the invoice amount).
+    #[serde(flatten)]
+    pub payment: PaymentSnapshot,
+    /// Everything received for the invoice so far, in minor units of `currency`.
+    pub received_minor: i64,
+    /// What is still missing: `amount_minor - received_minor`.
+    pub shortfall_minor: i64,
+    /// The chain transaction of the short transfer.
+    pub tx_id: String,
+    /// Until when the rest can be sent (the invoice's expiry).
+    #[serde(with = "rfc3339")]
+    pub pay_before: DateTime<Utc>,
+}
+
+impl Event for PaymentUnderpaid {
+    const EVENT_TYPE: &'static str = "payment.underpaid";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
 /// What both subscription events say.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionChange {
@@ -176,6 +200,10 @@ pub const ALL: &[(&str, u32)] = &[
     ),
     (PaymentFailed::EVENT_TYPE, PaymentFailed::SCHEMA_VERSION),
     (PaymentRefunded::EVENT_TYPE, PaymentRefunded::SCHEMA_VERSION),
+    (
+        PaymentUnderpaid::EVENT_TYPE,
+        PaymentUnderpaid::SCHEMA_VERSION,
+    ),
     (
         SubscriptionActivated::EVENT_TYPE,
         SubscriptionActivated::SCHEMA_VERSION,

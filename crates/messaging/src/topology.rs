@@ -149,6 +149,7 @@ pub fn system_consumers() -> Vec<ConsumerSpec> {
                 "payment.completed",
                 "payment.failed",
                 "payment.refunded",
+                "payment.underpaid",
                 "subscription.activated",
                 "subscription.revoked",
             ],

@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use jsonschema::{Retrieve, Uri, Validator};
 use messaging::events::{
     ALL, PaymentCompleted, PaymentCreated, PaymentFailed, PaymentRefunded, PaymentSnapshot,
-    ProviderNotificationReceived, SubscriptionActivated, SubscriptionChange, SubscriptionRevoked,
+    PaymentUnderpaid, ProviderNotificationReceived, SubscriptionActivated, SubscriptionChange,
+    SubscriptionRevoked,
 };
 use messaging::{Envelope, Event};
 use serde_json::{Value, json};
@@ -277,6 +278,22 @@ fn payment_refunded() {
         },
         refunded_minor: 2_000_000,
         total_refunded_minor: 4_990_017,
+    }]);
+}
+
+#[test]
+fn payment_underpaid() {
+    check_event(&[PaymentUnderpaid {
+        payment: PaymentSnapshot {
+            provider: "crypto".into(),
+            currency: "USDT".into(),
+            amount_minor: 2_500_417,
+            ..payment()
+        },
+        received_minor: 1_500_000,
+        shortfall_minor: 1_000_417,
+        tx_id: "77ff0c0819cc39b3d24c98a3e94c1789f9e4376509aaadc82894896474c0e6b2".into(),
+        pay_before: at("2025-06-01T12:30:00.000001Z"),
     }]);
 }
 
