@@ -118,7 +118,8 @@ pub async fn start(
         infra.db.clone(),
         infra.bus.clone(),
         RunnerConfig::default(),
-    );
+    )
+    .with_outbox_nudge(infra.outbox_nudge.clone());
     infra.bus.declare(runner.spec()).await?;
     let consumer_stats = runner.stats();
     let consumer = runner.spawn(shutdown.clone());

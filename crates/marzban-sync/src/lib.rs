@@ -114,7 +114,8 @@ pub async fn start(
         infra.db.clone(),
         infra.bus.clone(),
         config,
-    );
+    )
+    .with_outbox_nudge(infra.outbox_nudge.clone());
     // Before anything publishes: an event with no bound queue stays in the outbox.
     infra.bus.declare(runner.spec()).await?;
     let consumer_spec = runner.spec().clone();

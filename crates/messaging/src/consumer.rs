@@ -21,6 +21,7 @@ use sea_orm::{
     ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
     TransactionTrait, TryInsertResult,
 };
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -171,6 +172,7 @@ pub struct ConsumerRunner {
     spec: ConsumerSpec,
     config: RunnerConfig,
     stats: Arc<ConsumerStats>,
+    outbox_nudge: Option<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for ConsumerRunner {
@@ -199,7 +201,16 @@ impl ConsumerRunner {
             spec,
             config,
             stats: Arc::default(),
+            outbox_nudge: None,
         }
+    }
+
+    /// Wakes this process's outbox relay after every committed handler, so the events a
+    /// handler wrote are published at once rather than at the relay's next poll.
+    #[must_use]
+    pub fn with_outbox_nudge(mut self, nudge: Arc<Notify>) -> Self {
+        self.outbox_nudge = Some(nudge);
+        self
     }
 
     /// The topology this runner needs (declare it at start-up so publishers can route to it
@@ -401,6 +412,9 @@ impl ConsumerRunner {
             return Err(err);
         }
         tx.commit().await?;
+        if let Some(nudge) = &self.outbox_nudge {
+            nudge.notify_one();
+        }
         Ok(Applied::Handled)
     }
 }

@@ -44,3 +44,8 @@ async fn concurrent_relays_on_postgres_never_lose_or_double_apply() {
 async fn unroutable_event_is_closed_and_does_not_block() {
     common::unroutable_event_is_closed_and_does_not_block(Fixture::memory_sqlite().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_commit_wakes_the_relay() {
+    common::handler_commit_wakes_the_relay(Fixture::memory_sqlite().await).await;
+}

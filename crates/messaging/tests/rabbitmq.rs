@@ -164,3 +164,8 @@ async fn on_quorum_queues_an_always_failing_handler_ends_in_parking_and_replays(
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_commit_wakes_the_relay() {
+    common::handler_commit_wakes_the_relay(Fixture::rabbit_pg("nudge").await).await;
+}

@@ -139,7 +139,8 @@ impl Worker {
                 retry: settings.consumer.retry_policy(),
                 ..RunnerConfig::default()
             },
-        );
+        )
+        .with_outbox_nudge(outbox_nudge.clone());
         let reconciler = settings.reconcile.enabled.then(|| {
             Reconciler::new(
                 db.clone(),

@@ -728,3 +728,80 @@ pub async fn unroutable_event_is_closed_and_does_not_block(fx: Fixture) {
     assert_eq!(fx.all_effects("effects").await, 1);
     fx.finish().await;
 }
+
+/// Forwards the first event it sees as a new outbox row written in its own transaction, then
+/// records every event like [`TestHandler`].
+struct Forwarder {
+    inner: TestHandler,
+    forwarded: AtomicBool,
+}
+
+#[async_trait]
+impl Handler for Forwarder {
+    fn consumer(&self) -> &str {
+        self.inner.consumer()
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        self.inner.bindings()
+    }
+
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        self.inner.handle(tx, envelope).await?;
+        if !self.forwarded.swap(true, Ordering::SeqCst) {
+            messaging::outbox::enqueue(tx, &payment_completed())
+                .await
+                .map_err(HandlerError::transient)?;
+        }
+        Ok(())
+    }
+}
+
+/// An event a handler writes is published as soon as the handler commits: the runner wakes
+/// the relay, which otherwise would not poll again for an hour.
+pub async fn handler_commit_wakes_the_relay(fx: Fixture) {
+    let (inner, _state) = TestHandler::new("forwarder", &["payment.completed"]);
+    let relay = OutboxRelay::new(
+        fx.db.clone(),
+        fx.publisher(),
+        RelayConfig {
+            batch_size: 10,
+            poll_interval: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(3600),
+        },
+    );
+    let runner = ConsumerRunner::new(
+        Forwarder {
+            inner,
+            forwarded: AtomicBool::new(false),
+        },
+        fx.db.clone(),
+        fx.source(),
+        RunnerConfig {
+            prefetch: 8,
+            retry: short_retries(),
+            resubscribe_delay: Duration::from_millis(100),
+            parking_poll_interval: Duration::from_millis(500),
+        },
+    )
+    .with_outbox_nudge(relay.nudge());
+    fx.bus.declare(runner.spec()).await.unwrap();
+    fx.specs.lock().unwrap().push(runner.spec().clone());
+    fx.track(runner.spawn(fx.shutdown.clone()));
+
+    let first = fx.enqueue_committed().await;
+    // The relay's first pass at start-up publishes `first`; after that only a nudge wakes it.
+    fx.track(relay.spawn(fx.shutdown.clone()));
+    eventually("the forwarded event is published and handled", || async {
+        fx.all_effects("forwarder").await == 2
+    })
+    .await;
+    assert_eq!(fx.effects("forwarder", &first).await, 1);
+    assert_eq!(fx.distinct_effects("forwarder").await, 2);
+    assert_eq!(fx.pending().await, 0);
+    fx.finish().await;
+}
