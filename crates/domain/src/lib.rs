@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod analytics;
 pub mod entities;
 pub mod ids;
 pub mod migration;
 pub mod money;
+pub mod payment_log;
 pub mod status;
 
 pub use ids::{IdError, IdempotencyKey, MarzbanUsername, PaymentId, TelegramUserId};
