@@ -9,6 +9,7 @@ pub mod payments;
 pub mod settings;
 pub mod signature;
 pub mod state;
+pub mod stats;
 pub mod tariffs;
 pub mod webhooks;
 
@@ -114,6 +115,7 @@ pub async fn start(
             .configure(ops::configure(readiness.clone()))
             .configure(webhooks::configure)
             .configure(payments::configure)
+            .configure(stats::configure)
             .route("/api/openapi.json", web::get().to(openapi))
             .default_service(web::to(not_found))
     })?;

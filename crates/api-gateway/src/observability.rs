@@ -17,12 +17,20 @@ pub const METRIC_LATENCY: &str = "gateway_http_request_duration_seconds";
 /// `forbidden`, `bad_signature`, `expired_signature`, `malformed`, `too_large`, `disabled`,
 /// `error`).
 pub const METRIC_WEBHOOK_VERDICTS: &str = "gateway_webhook_verdicts_total";
+/// Counter: payments created by `provider` and `currency`.
+pub const METRIC_PAYMENTS_CREATED: &str = "gateway_payments_created_total";
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Records a webhook verdict.
 pub fn webhook_verdict(provider: &'static str, verdict: &'static str) {
     metrics::counter!(METRIC_WEBHOOK_VERDICTS, "provider" => provider, "verdict" => verdict)
+        .increment(1);
+}
+
+/// Records a created payment.
+pub fn payment_created(provider: &str, currency: &'static str) {
+    metrics::counter!(METRIC_PAYMENTS_CREATED, "provider" => provider.to_owned(), "currency" => currency)
         .increment(1);
 }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use domain::entities::{payments, refunds, tariffs, users};
 use domain::money::{Currency, Money};
 use domain::{IdempotencyKey, PaymentId, PaymentStatus, RefundStatus, TelegramUserId};
-use messaging::Envelope;
+use messaging::{Envelope, Event};
 use messaging::events::{PaymentCreated, PaymentSnapshot};
 use payment_core::providers::crypto::{CryptoProvider, InvoiceError};
 use payment_core::{
@@ -49,7 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 // ---- views ---------------------------------------------------------------------------------
 
 #[derive(Debug, Serialize)]
-struct MoneyView {
+pub(crate) struct MoneyView {
     minor: i64,
     currency: &'static str,
     /// Decimal string in the currency's units, e.g. `"199.00"`.
@@ -491,6 +491,26 @@ impl Create<'_> {
         let envelope =
             Envelope::new(&event, new.payment_id.into_inner(), None)?.with_occurred_at(now);
         messaging::outbox::enqueue(txn, &envelope).await?;
+        domain::payment_log::record(
+            txn,
+            domain::payment_log::Entry {
+                event_type: PaymentCreated::EVENT_TYPE,
+                payment: &model,
+                status: model.status.as_str(),
+                message: format!("payment created: {}", created.amount),
+                metadata: serde_json::json!({
+                    "event_id": envelope.event_id,
+                    "telegram_id": new.telegram_id.into_inner(),
+                    "tariff_code": new.tariff.code,
+                    "provider_payment_id": model.provider_payment_id,
+                    "expires_at": model.expires_at,
+                    "test": created.test,
+                }),
+                at: now,
+            },
+        )
+        .await?;
+        crate::observability::payment_created(new.provider_id.as_str(), model.currency.code());
         tracing::info!(
             payment_id = %new.payment_id,
             provider = %new.provider_id,

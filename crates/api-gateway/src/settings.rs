@@ -3,12 +3,12 @@
 //! The provider settings (`YOOKASSA_*`, `YOOKASSA_ALLOWED_IPS`, `TRUSTED_PROXIES`) are read by
 //! `payment-core`'s own loader over the same variables, so one environment drives both.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use payment_core::{IpAllowList, PaymentSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
+use service_kit::settings::Vars;
 
 /// Default `GATEWAY_BIND`.
 pub const DEFAULT_BIND: &str = "0.0.0.0:8080";
@@ -20,7 +20,7 @@ pub const DEFAULT_SIGNATURE_TOLERANCE_SECS: u64 = 300;
 /// The gateway's own settings. Deserialised from the whole environment (see
 /// [`service_kit::settings::Source::load`]); every field names its variable.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "RawSettings")]
+#[serde(try_from = "Vars")]
 pub struct GatewaySettings {
     /// `GATEWAY_BIND` (default `0.0.0.0:8080`; port 0 picks a free port).
     pub gateway_bind: String,
@@ -65,42 +65,10 @@ impl Default for GatewaySettings {
     }
 }
 
-/// Every variable as a string, keyed by its lower-case name (how `config` hands them over).
-#[derive(Deserialize)]
-struct RawSettings {
-    #[serde(flatten)]
-    vars: HashMap<String, String>,
-}
-
-impl RawSettings {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(&name.to_ascii_lowercase())
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn secret(&self, name: &str) -> Option<SecretString> {
-        self.get(name).map(|v| SecretString::from(v.to_owned()))
-    }
-
-    fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.get(name)
-            .map(|v| {
-                v.parse::<T>()
-                    .map_err(|e| format!("setting {name} is invalid: {e}"))
-            })
-            .transpose()
-    }
-}
-
-impl TryFrom<RawSettings> for GatewaySettings {
+impl TryFrom<Vars> for GatewaySettings {
     type Error = String;
 
-    fn try_from(raw: RawSettings) -> Result<Self, Self::Error> {
+    fn try_from(raw: Vars) -> Result<Self, Self::Error> {
         let defaults = GatewaySettings::default();
         let payments = PaymentSettings::from_lookup(|var| raw.get(var).map(str::to_owned))
             .map_err(|e| format!("payment provider settings: {e}"))?;

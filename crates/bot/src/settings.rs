@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
+use service_kit::settings::{Vars, invalid};
 
 use crate::webhook::WebhookSettings;
 
@@ -19,7 +20,7 @@ pub const DEFAULT_WEBHOOK_BIND: &str = "0.0.0.0:8088";
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "RawSettings")]
+#[serde(try_from = "Vars")]
 pub struct ServiceSettings {
     /// `BOT_BIND`: health and metrics server (default `0.0.0.0:8083`).
     pub bot_bind: String,
@@ -57,135 +58,91 @@ pub struct BotSettings {
 impl ServiceSettings {
     /// Settings from `vars` (upper- or lower-case names), as [`Deserialize`] does.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
-        RawSettings {
-            vars: vars
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-        }
-        .try_into()
+        vars.iter().collect::<Vars>().try_into()
     }
 }
 
-/// Every variable as a string, keyed by its lower-case name (how `config` hands them over).
-#[derive(Deserialize)]
-struct RawSettings {
-    #[serde(flatten)]
-    vars: HashMap<String, String>,
-}
-
-fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
-    format!("setting {name} is invalid: {reason}")
-}
-
-impl RawSettings {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(&name.to_ascii_lowercase())
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+fn url(vars: &Vars, name: &str, default: &str) -> Result<String, String> {
+    let url = vars.get(name).unwrap_or(default);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(name, format!("not an http(s) URL: {url:?}")));
     }
+    Ok(url.trim_end_matches('/').to_owned())
+}
 
-    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
+fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
+    let Some(token) = vars.get("TELEGRAM_BOT_TOKEN") else {
+        return Ok(None);
+    };
+    let admin_ids = vars
+        .get("ADMIN_TELEGRAM_IDS")
+        .unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| invalid("ADMIN_TELEGRAM_IDS", format!("{s:?} is not a user id")))
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let service_token = vars.require("API_SERVICE_TOKEN", "TELEGRAM_BOT_TOKEN")?;
+    let poll_timeout_secs =
+        vars.parse_or("TELEGRAM_POLL_TIMEOUT_SECS", DEFAULT_POLL_TIMEOUT_SECS)?;
+    if poll_timeout_secs > 50 {
+        return Err(invalid("TELEGRAM_POLL_TIMEOUT_SECS", "at most 50"));
+    }
+    let gateway_ms = vars.parse_or("GATEWAY_TIMEOUT_MS", DEFAULT_GATEWAY_TIMEOUT_MS)?;
+    if gateway_ms == 0 {
+        return Err(invalid("GATEWAY_TIMEOUT_MS", "must be positive"));
+    }
+    Ok(Some(BotSettings {
+        token: SecretString::from(token.to_owned()),
+        api_url: url(vars, "TELEGRAM_API_URL", DEFAULT_API_URL)?,
+        provider_token: vars.secret("TELEGRAM_PAYMENT_PROVIDER_TOKEN"),
+        admin_ids,
+        gateway_url: url(vars, "GATEWAY_URL", DEFAULT_GATEWAY_URL)?,
+        service_token: SecretString::from(service_token.to_owned()),
+        admin_token: vars.secret("API_ADMIN_TOKEN"),
+        poll_timeout_secs,
+        gateway_timeout: Duration::from_millis(gateway_ms),
+        webhook: webhook(vars)?,
+    }))
+}
+
+fn webhook(vars: &Vars) -> Result<Option<WebhookSettings>, String> {
+    if vars.get("TELEGRAM_WEBHOOK_URL").is_none() {
+        return Ok(None);
+    }
+    let url = url(vars, "TELEGRAM_WEBHOOK_URL", "")?;
+    let secret = vars.require("TELEGRAM_WEBHOOK_SECRET", "TELEGRAM_WEBHOOK_URL")?;
+    if secret.len() > 256
+        || !secret
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|e| invalid(name, e)),
-        }
+        return Err(invalid(
+            "TELEGRAM_WEBHOOK_SECRET",
+            "use 1 to 256 characters of A-Z a-z 0-9 _ -",
+        ));
     }
-
-    fn url(&self, name: &str, default: &str) -> Result<String, String> {
-        let url = self.get(name).unwrap_or(default);
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid(name, format!("not an http(s) URL: {url:?}")));
-        }
-        Ok(url.trim_end_matches('/').to_owned())
-    }
-
-    fn bot(&self) -> Result<Option<BotSettings>, String> {
-        let Some(token) = self.get("TELEGRAM_BOT_TOKEN") else {
-            return Ok(None);
-        };
-        let admin_ids =
-            self.get("ADMIN_TELEGRAM_IDS")
-                .unwrap_or_default()
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-                        invalid("ADMIN_TELEGRAM_IDS", format!("{s:?} is not a user id"))
-                    })
-                })
-                .collect::<Result<BTreeSet<_>, _>>()?;
-        let service_token = self.get("API_SERVICE_TOKEN").ok_or_else(|| {
-            "setting API_SERVICE_TOKEN is missing (required with TELEGRAM_BOT_TOKEN)".to_owned()
-        })?;
-        let poll_timeout_secs =
-            self.parse("TELEGRAM_POLL_TIMEOUT_SECS", DEFAULT_POLL_TIMEOUT_SECS)?;
-        if poll_timeout_secs > 50 {
-            return Err(invalid("TELEGRAM_POLL_TIMEOUT_SECS", "at most 50"));
-        }
-        let gateway_ms = self.parse("GATEWAY_TIMEOUT_MS", DEFAULT_GATEWAY_TIMEOUT_MS)?;
-        if gateway_ms == 0 {
-            return Err(invalid("GATEWAY_TIMEOUT_MS", "must be positive"));
-        }
-        Ok(Some(BotSettings {
-            token: SecretString::from(token.to_owned()),
-            api_url: self.url("TELEGRAM_API_URL", DEFAULT_API_URL)?,
-            provider_token: self
-                .get("TELEGRAM_PAYMENT_PROVIDER_TOKEN")
-                .map(|t| SecretString::from(t.to_owned())),
-            admin_ids,
-            gateway_url: self.url("GATEWAY_URL", DEFAULT_GATEWAY_URL)?,
-            service_token: SecretString::from(service_token.to_owned()),
-            admin_token: self
-                .get("API_ADMIN_TOKEN")
-                .map(|t| SecretString::from(t.to_owned())),
-            poll_timeout_secs,
-            gateway_timeout: Duration::from_millis(gateway_ms),
-            webhook: self.webhook()?,
-        }))
-    }
-
-    fn webhook(&self) -> Result<Option<WebhookSettings>, String> {
-        if self.get("TELEGRAM_WEBHOOK_URL").is_none() {
-            return Ok(None);
-        }
-        let url = self.url("TELEGRAM_WEBHOOK_URL", "")?;
-        let secret = self.get("TELEGRAM_WEBHOOK_SECRET").ok_or_else(|| {
-            "setting TELEGRAM_WEBHOOK_SECRET is missing (required with TELEGRAM_WEBHOOK_URL)"
-                .to_owned()
-        })?;
-        if secret.len() > 256
-            || !secret
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(invalid(
-                "TELEGRAM_WEBHOOK_SECRET",
-                "use 1 to 256 characters of A-Z a-z 0-9 _ -",
-            ));
-        }
-        Ok(Some(WebhookSettings {
-            url,
-            secret: SecretString::from(secret.to_owned()),
-            bind: self
-                .get("TELEGRAM_WEBHOOK_BIND")
-                .unwrap_or(DEFAULT_WEBHOOK_BIND)
-                .to_owned(),
-        }))
-    }
+    Ok(Some(WebhookSettings {
+        url,
+        secret: SecretString::from(secret.to_owned()),
+        bind: vars
+            .get("TELEGRAM_WEBHOOK_BIND")
+            .unwrap_or(DEFAULT_WEBHOOK_BIND)
+            .to_owned(),
+    }))
 }
 
-impl TryFrom<RawSettings> for ServiceSettings {
+impl TryFrom<Vars> for ServiceSettings {
     type Error = String;
 
-    fn try_from(raw: RawSettings) -> Result<Self, String> {
+    fn try_from(raw: Vars) -> Result<Self, String> {
         Ok(Self {
             bot_bind: raw.get("BOT_BIND").unwrap_or(DEFAULT_BIND).to_owned(),
-            telegram: raw.bot()?,
+            telegram: bot(&raw)?,
         })
     }
 }

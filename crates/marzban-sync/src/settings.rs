@@ -7,6 +7,7 @@ use std::time::Duration;
 use messaging::RetryPolicy;
 use secrecy::SecretString;
 use serde::Deserialize;
+use service_kit::settings::{Vars, invalid};
 
 use crate::marzban::{Inbounds, MarzbanError, MarzbanSettings, Proxies};
 
@@ -19,7 +20,7 @@ pub const DEFAULT_PREFETCH: u16 = 4;
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "RawSettings")]
+#[serde(try_from = "Vars")]
 pub struct ServiceSettings {
     /// `MARZBAN_SYNC_BIND`: health and metrics server (default `0.0.0.0:8082`).
     pub marzban_sync_bind: String,
@@ -40,93 +41,50 @@ pub struct ServiceSettings {
 impl ServiceSettings {
     /// Settings from `vars` (upper- or lower-case names), as [`Deserialize`] does.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
-        RawSettings {
-            vars: vars
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-        }
-        .try_into()
+        vars.iter().collect::<Vars>().try_into()
     }
 }
 
-/// Every variable as a string, keyed by its lower-case name (how `config` hands them over).
-#[derive(Deserialize)]
-struct RawSettings {
-    #[serde(flatten)]
-    vars: HashMap<String, String>,
+fn marzban(vars: &Vars) -> Result<Option<MarzbanSettings>, String> {
+    let Some(url) = vars.get("MARZBAN_URL") else {
+        return Ok(None);
+    };
+    let password = SecretString::from(vars.require("MARZBAN_PASSWORD", "MARZBAN_URL")?.to_owned());
+    let mut settings = MarzbanSettings::new(
+        url,
+        vars.require("MARZBAN_USERNAME", "MARZBAN_URL")?,
+        password,
+    );
+    let timeout = vars.parse_or("MARZBAN_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS)?;
+    if timeout == 0 {
+        return Err(invalid("MARZBAN_TIMEOUT_SECS", "must be positive"));
+    }
+    settings.timeout = Duration::from_secs(timeout);
+    if let Some(proxies) = vars.json::<Proxies>("MARZBAN_PROXIES")? {
+        settings.proxies = proxies;
+    }
+    settings.inbounds = match vars.json::<Inbounds>("MARZBAN_INBOUNDS")? {
+        Some(inbounds) => inbounds,
+        // Every inbound of every configured protocol.
+        None => settings
+            .proxies
+            .keys()
+            .map(|protocol| (protocol.clone(), Vec::new()))
+            .collect::<BTreeMap<_, _>>(),
+    };
+    // The client's own check phrases its messages with the variable names.
+    settings.validate().map_err(|e| match e {
+        MarzbanError::InvalidInput(message) => format!("invalid setting: {message}"),
+        other => format!("invalid Marzban settings: {other}"),
+    })?;
+    Ok(Some(settings))
 }
 
-impl RawSettings {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(&name.to_ascii_lowercase())
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn require(&self, name: &str) -> Result<&str, String> {
-        self.get(name)
-            .ok_or_else(|| format!("setting {name} is missing (required with MARZBAN_URL)"))
-    }
-
-    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|e| invalid(name, e)),
-        }
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
-        self.get(name)
-            .map(|v| serde_json::from_str(v).map_err(|e| invalid(name, format!("{e} in {v}"))))
-            .transpose()
-    }
-
-    fn marzban(&self) -> Result<Option<MarzbanSettings>, String> {
-        let Some(url) = self.get("MARZBAN_URL") else {
-            return Ok(None);
-        };
-        let password = SecretString::from(self.require("MARZBAN_PASSWORD")?.to_owned());
-        let mut settings = MarzbanSettings::new(url, self.require("MARZBAN_USERNAME")?, password);
-        let timeout = self.parse("MARZBAN_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS)?;
-        if timeout == 0 {
-            return Err(invalid("MARZBAN_TIMEOUT_SECS", "must be positive"));
-        }
-        settings.timeout = Duration::from_secs(timeout);
-        if let Some(proxies) = self.json::<Proxies>("MARZBAN_PROXIES")? {
-            settings.proxies = proxies;
-        }
-        settings.inbounds = match self.json::<Inbounds>("MARZBAN_INBOUNDS")? {
-            Some(inbounds) => inbounds,
-            // Every inbound of every configured protocol.
-            None => settings
-                .proxies
-                .keys()
-                .map(|protocol| (protocol.clone(), Vec::new()))
-                .collect::<BTreeMap<_, _>>(),
-        };
-        // The client's own check phrases its messages with the variable names.
-        settings.validate().map_err(|e| match e {
-            MarzbanError::InvalidInput(message) => format!("invalid setting: {message}"),
-            other => format!("invalid Marzban settings: {other}"),
-        })?;
-        Ok(Some(settings))
-    }
-}
-
-fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
-    format!("setting {name} is invalid: {reason}")
-}
-
-impl TryFrom<RawSettings> for ServiceSettings {
+impl TryFrom<Vars> for ServiceSettings {
     type Error = String;
 
-    fn try_from(raw: RawSettings) -> Result<Self, Self::Error> {
-        let drift_secs = raw.parse("MARZBAN_DRIFT_CHECK_SECS", DEFAULT_DRIFT_CHECK_SECS)?;
+    fn try_from(raw: Vars) -> Result<Self, Self::Error> {
+        let drift_secs = raw.parse_or("MARZBAN_DRIFT_CHECK_SECS", DEFAULT_DRIFT_CHECK_SECS)?;
         let retry = match raw.get("MARZBAN_SYNC_RETRY_DELAYS_MS") {
             None => RetryPolicy::default(),
             Some(list) => RetryPolicy::from_millis(
@@ -136,7 +94,7 @@ impl TryFrom<RawSettings> for ServiceSettings {
                     .map_err(|e| invalid("MARZBAN_SYNC_RETRY_DELAYS_MS", e))?,
             ),
         };
-        let prefetch = raw.parse("MARZBAN_SYNC_PREFETCH", DEFAULT_PREFETCH)?;
+        let prefetch = raw.parse_or("MARZBAN_SYNC_PREFETCH", DEFAULT_PREFETCH)?;
         if prefetch == 0 {
             return Err(invalid("MARZBAN_SYNC_PREFETCH", "must be positive"));
         }
@@ -145,7 +103,7 @@ impl TryFrom<RawSettings> for ServiceSettings {
                 .get("MARZBAN_SYNC_BIND")
                 .unwrap_or(DEFAULT_BIND)
                 .to_owned(),
-            marzban: raw.marzban()?,
+            marzban: marzban(&raw)?,
             drift_check_interval: (drift_secs > 0).then(|| Duration::from_secs(drift_secs)),
             retry,
             prefetch,

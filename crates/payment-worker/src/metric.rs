@@ -21,6 +21,10 @@ pub const RESULT_UNKNOWN: &str = "payment_worker_result_unknown_total";
 pub const LOOKUP_SECONDS: &str = "payment_worker_status_lookup_seconds";
 /// Histogram `{provider}`: milliseconds from creation to success of completed payments.
 pub const PROCESSING_MS: &str = "payment_worker_processing_ms";
+/// Counter `{provider, currency}`: minor units of completed payments.
+pub const REVENUE_MINOR: &str = "payment_worker_revenue_minor_total";
+/// Counter `{provider, currency}`: minor units refunded.
+pub const REFUNDED_MINOR: &str = "payment_worker_refunded_minor_total";
 
 pub(crate) fn transition(provider: &str, from: PaymentStatus, to: PaymentStatus) {
     metrics::counter!(TRANSITIONS, "provider" => provider.to_owned(), "from" => from.as_str(), "to" => to.as_str()).increment(1);
@@ -54,4 +58,14 @@ pub(crate) fn lookup(provider: &str, seconds: f64) {
 
 pub(crate) fn processing_time(provider: &str, millis: i64) {
     metrics::histogram!(PROCESSING_MS, "provider" => provider.to_owned()).record(millis as f64);
+}
+
+pub(crate) fn revenue(provider: &str, currency: &'static str, minor: i64) {
+    metrics::counter!(REVENUE_MINOR, "provider" => provider.to_owned(), "currency" => currency)
+        .increment(u64::try_from(minor).unwrap_or_default());
+}
+
+pub(crate) fn refunded(provider: &str, currency: &'static str, minor: i64) {
+    metrics::counter!(REFUNDED_MINOR, "provider" => provider.to_owned(), "currency" => currency)
+        .increment(u64::try_from(minor).unwrap_or_default());
 }

@@ -8,15 +8,12 @@
 
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
-use domain::entities::{payments, system_logs, tariffs, users};
+use domain::entities::{payments, tariffs, users};
 use messaging::events::{PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentSnapshot};
 use messaging::{Envelope, Event, OutboxError};
 use payment_core::ProviderPayment;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr,
-    EntityTrait, QueryFilter, QuerySelect,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -332,6 +329,7 @@ async fn announce<C: ConnectionTrait>(
             metadata["processing_ms"] = json!(processing_ms);
             metadata["paid_at"] = json!(paid_at.to_rfc3339());
             metric::processing_time(&after.provider, processing_ms);
+            metric::revenue(&after.provider, after.currency.code(), after.amount_minor);
             let event = PaymentCompleted {
                 payment: snapshot.clone(),
                 paid_at,
@@ -363,6 +361,7 @@ async fn announce<C: ConnectionTrait>(
             let refunded_minor = after.refunded_minor - before.refunded_minor;
             metadata["refunded_minor"] = json!(refunded_minor);
             metadata["total_refunded_minor"] = json!(after.refunded_minor);
+            metric::refunded(&after.provider, after.currency.code(), refunded_minor);
             let event = PaymentRefunded {
                 payment: snapshot.clone(),
                 refunded_minor,
@@ -434,7 +433,8 @@ pub async fn flag<C: ConnectionTrait>(
     Ok(flagged)
 }
 
-/// Appends a `system_logs` row about `payment`.
+/// Appends a `system_logs` row about `payment` and its payment-log line
+/// ([`domain::payment_log`]).
 pub async fn log<C: ConnectionTrait>(
     tx: &C,
     event_type: &str,
@@ -443,22 +443,18 @@ pub async fn log<C: ConnectionTrait>(
     message: String,
     metadata: serde_json::Value,
 ) -> Result<(), DbErr> {
-    system_logs::ActiveModel {
-        id: NotSet,
-        event_type: Set(event_type.to_owned()),
-        user_id: Set(Some(payment.user_id)),
-        payment_id: Set(Some(payment.id)),
-        provider: Set(Some(payment.provider.clone())),
-        amount_minor: Set(Some(payment.amount_minor)),
-        currency: Set(Some(payment.currency.code().to_owned())),
-        status: Set(status.map(str::to_owned)),
-        message: Set(Some(message)),
-        metadata: Set(Some(metadata)),
-        created_at: Set(Utc::now()),
-    }
-    .insert(tx)
-    .await?;
-    Ok(())
+    domain::payment_log::record(
+        tx,
+        domain::payment_log::Entry {
+            event_type,
+            payment,
+            status: status.unwrap_or(payment.status.as_str()),
+            message,
+            metadata,
+            at: Utc::now(),
+        },
+    )
+    .await
 }
 
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {

@@ -114,6 +114,80 @@ pub fn or_exit<T>(result: Result<T, SettingsError>) -> T {
     }
 }
 
+/// Every variable as a string, keyed by its lower-case name (how `config` hands them over):
+/// the input of settings that need more than serde's defaults. Deserialise a service's settings
+/// with `#[serde(try_from = "Vars")]` and read them through these typed getters; empty values
+/// count as unset, and every error names its variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Vars {
+    #[serde(flatten)]
+    vars: HashMap<String, String>,
+}
+
+impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Vars {
+    /// Names in any case.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            vars: iter
+                .into_iter()
+                .map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl Vars {
+    /// The trimmed value of `name`, if set and not blank.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(&name.to_ascii_lowercase())
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value of `name`, which `dependant` needs.
+    pub fn require(&self, name: &str, dependant: &str) -> Result<&str, String> {
+        self.get(name)
+            .ok_or_else(|| format!("setting {name} is missing (required with {dependant})"))
+    }
+
+    /// A secret (kept out of `Debug` output).
+    pub fn secret(&self, name: &str) -> Option<secrecy::SecretString> {
+        self.get(name)
+            .map(|v| secrecy::SecretString::from(v.to_owned()))
+    }
+
+    /// `name` parsed, if set.
+    pub fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)
+            .map(|v| v.parse::<T>().map_err(|e| invalid(name, e)))
+            .transpose()
+    }
+
+    /// `name` parsed, or `default` when unset.
+    pub fn parse_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        Ok(self.parse(name)?.unwrap_or(default))
+    }
+
+    /// `name` as JSON, if set.
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+        self.get(name)
+            .map(|v| serde_json::from_str(v).map_err(|e| invalid(name, format!("{e} in {v}"))))
+            .transpose()
+    }
+}
+
+/// The message of a malformed setting.
+pub fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
+    format!("setting {name} is invalid: {reason}")
+}
+
 /// Output format of the log lines on stdout. Files under `LOG_DIR` are always JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -279,6 +353,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.database_url, "postgres://db/x");
+    }
+
+    #[test]
+    fn vars_trim_treat_blank_as_unset_and_name_the_variable() {
+        let vars: Vars = [("PORT", " 8080 "), ("EMPTY", "  "), ("LIST", "[1,2]")]
+            .into_iter()
+            .collect();
+        assert_eq!(vars.get("port"), Some("8080"));
+        assert_eq!(vars.get("EMPTY"), None);
+        assert_eq!(vars.parse_or::<u16>("PORT", 1), Ok(8080));
+        assert_eq!(vars.parse_or::<u16>("EMPTY", 1), Ok(1));
+        assert_eq!(vars.json::<Vec<u8>>("LIST"), Ok(Some(vec![1, 2])));
+        let err = vars.parse::<u8>("PORT").unwrap_err();
+        assert!(err.starts_with("setting PORT is invalid:"), "{err}");
+        assert_eq!(
+            vars.require("EMPTY", "PORT").unwrap_err(),
+            "setting EMPTY is missing (required with PORT)"
+        );
+        let loaded: Vars = Source::map([("A_B", "x")]).load().unwrap();
+        assert_eq!(loaded.get("A_B"), Some("x"));
     }
 
     #[test]

@@ -7,4 +7,5 @@ mod helpers;
 mod ops;
 mod payments;
 mod refunds;
+mod stats;
 mod yookassa;
