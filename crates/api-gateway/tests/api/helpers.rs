@@ -23,6 +23,8 @@ pub struct TestApp {
     pub yookassa: sandbox::yookassa::Handle,
     /// The unique prefix of this gateway's RabbitMQ names.
     pub amqp_prefix: String,
+    /// On RabbitMQ (not the in-process bus): its queues are deleted when the app drops.
+    on_rabbitmq: bool,
     shutdown: Shutdown,
     _infra: Infra,
 }
@@ -30,6 +32,25 @@ pub struct TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.on_rabbitmq {
+            // Drop cannot await; a short-lived runtime on its own thread removes the queues
+            // this gateway declared, so test runs do not pile them up on the broker.
+            let prefix = self.amqp_prefix.clone();
+            let deleted = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(service_kit::testing::delete_system_topology(
+                        &testkit::amqp_url(),
+                        &prefix,
+                    ))
+            })
+            .join();
+            if let Ok(Err(error)) = deleted {
+                eprintln!("could not delete the test's RabbitMQ topology: {error}");
+            }
+        }
     }
 }
 
@@ -91,6 +112,7 @@ async fn spawn_on(db: TestDb, embedded: bool, overrides: &[(&str, &str)]) -> Tes
         http: reqwest::Client::new(),
         yookassa,
         amqp_prefix,
+        on_rabbitmq: !embedded,
         shutdown,
         _infra: infra,
     }
