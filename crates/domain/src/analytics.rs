@@ -136,6 +136,12 @@ impl Ratio {
             u64::try_from(scaled / (2 * u128::from(self.denominator))).unwrap_or(u64::MAX)
         })
     }
+
+    /// The ratio in percent with two decimals (`"66.67"`), from [`Ratio::basis_points`].
+    pub fn percent(self) -> Option<String> {
+        self.basis_points()
+            .map(|bp| format!("{}.{:02}", bp / 100, bp % 100))
+    }
 }
 
 /// Money of one currency.
@@ -487,6 +493,7 @@ mod tests {
             denominator: 3,
         };
         assert_eq!(third.basis_points(), Some(3_333));
+        assert_eq!(third.percent().as_deref(), Some("33.33"));
         let two_thirds = Ratio {
             numerator: 2,
             denominator: 3,

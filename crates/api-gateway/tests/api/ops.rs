@@ -78,6 +78,7 @@ async fn openapi_document_describes_every_route() {
         ("/api/payments", "post"),
         ("/api/payments/{id}", "get"),
         ("/api/payments/{id}/refund", "post"),
+        ("/api/stats", "get"),
         ("/api/openapi.json", "get"),
         ("/health/live", "get"),
         ("/health/ready", "get"),
