@@ -50,6 +50,16 @@ pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
+/// Webhook senders may leave `Content-Type` out, but a body that says it is something else
+/// than JSON is refused rather than guessed at.
+pub fn refuse_declared_non_json(req: &HttpRequest) -> Result<(), ApiError> {
+    if req.headers().contains_key(header::CONTENT_TYPE) {
+        require_json(req)
+    } else {
+        Ok(())
+    }
+}
+
 /// Strict parse; the target types use `deny_unknown_fields`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {

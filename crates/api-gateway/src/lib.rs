@@ -132,6 +132,19 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
+/// A route's resource whose other methods answer 405 with `Allow` (JSON, like every error)
+/// instead of falling through to "no such route".
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header((actix_web::http::header::ALLOW, allow))
+            .json(serde_json::json!({
+                "error": "method_not_allowed",
+                "message": format!("this route only takes {allow}"),
+            }))
+    }))
+}
+
 async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().json(serde_json::json!({
         "error": "not_found",

@@ -9,8 +9,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use domain::entities::{payments, refunds, tariffs, users};
 use domain::money::{Currency, Money};
 use domain::{IdempotencyKey, PaymentId, PaymentStatus, RefundStatus, TelegramUserId};
-use messaging::{Envelope, Event};
 use messaging::events::{PaymentCreated, PaymentSnapshot};
+use messaging::{Envelope, Event};
 use payment_core::providers::crypto::{CryptoProvider, InvoiceError};
 use payment_core::{
     CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef, ProviderError, ProviderId,
@@ -40,10 +40,11 @@ pub const REPLAYED: &str = "idempotent-replayed";
 const META_IDEMPOTENCY: &str = "gateway_idempotency";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/payment/providers", web::get().to(providers))
-        .route("/api/payments", web::post().to(create))
-        .route("/api/payments/{id}", web::get().to(get))
-        .route("/api/payments/{id}/refund", web::post().to(refund));
+    use crate::resource;
+    cfg.service(resource("/api/payment/providers", "GET").route(web::get().to(providers)))
+        .service(resource("/api/payments", "POST").route(web::post().to(create)))
+        .service(resource("/api/payments/{id}", "GET").route(web::get().to(get)))
+        .service(resource("/api/payments/{id}/refund", "POST").route(web::post().to(refund)));
 }
 
 // ---- views ---------------------------------------------------------------------------------

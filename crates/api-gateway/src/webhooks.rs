@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::body::{parse_json, read_limited};
+use crate::body::{parse_json, read_limited, refuse_declared_non_json};
 use crate::error::ApiError;
 use crate::inbox::{self, Notice, Stored};
 use crate::observability::webhook_verdict;
@@ -16,8 +16,10 @@ use crate::signature::{self, SignatureError};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/webhook/payment/yookassa", web::post().to(yookassa))
-        .route("/webhook/payment/crypto", web::post().to(crypto));
+    cfg.service(
+        crate::resource("/webhook/payment/yookassa", "POST").route(web::post().to(yookassa)),
+    )
+    .service(crate::resource("/webhook/payment/crypto", "POST").route(web::post().to(crypto)));
 }
 
 fn headers_of(req: &HttpRequest) -> WebhookHeaders {
@@ -98,6 +100,7 @@ async fn yookassa(
             return Err(ApiError::InvalidJson(reason));
         }
     };
+    refuse_declared_non_json(&req).inspect_err(|_| webhook_verdict(PROVIDER, "malformed"))?;
     let client = state.resolver.client_ip(peer, &headers).unwrap_or(peer);
     let claimed_payment_id = match &notification.subject {
         payment_core::WebhookSubject::Payment { payment_id, .. } => {
@@ -184,6 +187,7 @@ async fn crypto(
         tracing::warn!(%peer, %error, provider = PROVIDER, "crypto notice refused");
         return Err(ApiError::BadSignature(error.to_string()));
     }
+    refuse_declared_non_json(&req).inspect_err(|_| webhook_verdict(PROVIDER, "malformed"))?;
     let notice: CryptoNotice = parse_json(&body).inspect_err(|_| {
         webhook_verdict(PROVIDER, "malformed");
     })?;
