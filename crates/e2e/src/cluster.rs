@@ -371,6 +371,11 @@ impl Cluster {
         })
     }
 
+    /// The emulators' control APIs.
+    pub fn sandbox_client(&self) -> crate::sandbox_client::SandboxClient {
+        crate::sandbox_client::SandboxClient::new(self.sandbox_urls.clone())
+    }
+
     /// Every service process (not the sandbox).
     pub fn services_mut(&mut self) -> impl Iterator<Item = &mut Proc> {
         [&mut self.gateway]

@@ -1,19 +1,31 @@
 //! The four service binaries and the sandbox as separate processes on PostgreSQL and
-//! RabbitMQ: with two workers and two marzban-syncs, every process becomes ready on the shared
-//! environment, a payment created through the gateway is stored pending, and every service
-//! stops cleanly on SIGTERM.
+//! RabbitMQ: every process becomes ready on the shared environment and stops cleanly on
+//! SIGTERM; three customers pay three ways through the bot and one is refunded; with two
+//! workers and two marzban-syncs, 200 payments extend every subscription exactly once.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use e2e::audit::{audit, create_payment};
 use e2e::cluster::{Cluster, ClusterConfig, SERVICE_TOKEN};
+use e2e::customers::{Script, is_activation};
+use futures::StreamExt;
+use sandbox::telegram::TestUser;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_services_run_as_separate_processes_and_stop_cleanly() {
-    let cluster = Cluster::start(ClusterConfig {
+/// Two payment-workers and two marzban-syncs.
+async fn scaled_out() -> Cluster {
+    Cluster::start(ClusterConfig {
         workers: 2,
         syncs: 2,
         ..ClusterConfig::default()
     })
     .await
-    .expect("every process becomes ready");
+    .expect("every process becomes ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_run_as_separate_processes_and_stop_cleanly() {
+    let cluster = scaled_out().await;
 
     let created = reqwest::Client::new()
         .post(format!("http://{}/api/payments", cluster.gateway.addr))
@@ -41,4 +53,164 @@ async fn the_services_run_as_separate_processes_and_stop_cleanly() {
         .stop()
         .await
         .expect("every service exits 0 on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_customers_pay_with_yookassa_stars_and_usdt_and_the_admin_refunds_one() {
+    let cluster = Cluster::start(ClusterConfig::default())
+        .await
+        .expect("every process becomes ready");
+    let script = Script::new(cluster.sandbox_client(), false);
+
+    let outcome = script
+        .three_purchases_and_a_refund()
+        .await
+        .expect("every customer gets access and the refund goes through");
+
+    assert_eq!(outcome.links.len(), 3);
+    assert!(outcome.links.iter().all(|l| l.contains("/sub/")));
+    assert_eq!(outcome.stars_amount, 400, "month_3 costs 400 Stars");
+    // 6.90 USDT plus the invoice's unique cents.
+    assert_eq!(
+        outcome.usdt_micro / 10_000,
+        1_250,
+        "month_6 costs 12.50 USDT"
+    );
+    let report = audit(&cluster.db.conn).await.expect("audit");
+    assert_eq!(report.payments, 3);
+    assert_eq!(report.succeeded, 2, "two paid, one refunded");
+    assert_eq!(report.grants, 3, "one ledger grant per payment");
+    let panel = cluster.sandbox_client().panel_users().await.expect("panel");
+    assert_eq!(panel.len(), 3, "one panel user per customer");
+    let stats = script.admin_stats().await.expect("/stats");
+    assert!(stats.contains("Payments"), "{stats}");
+
+    cluster.stop().await.expect("every service exits 0");
+}
+
+const USERS: i64 = 50;
+const PAYMENTS_PER_USER: i64 = 4;
+
+/// (tariff, days) of a user's `n`-th payment.
+fn tariff(n: i64) -> (&'static str, i64) {
+    if n % 2 == 0 {
+        ("month_1", 30)
+    } else {
+        ("month_3", 90)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_and_two_syncs_extend_every_subscription_exactly_once_per_payment() {
+    let cluster = scaled_out().await;
+    let sandbox = cluster.sandbox_client();
+    let users: Vec<TestUser> = (0..USERS)
+        .map(|i| TestUser::new(810_000 + i, &format!("User {i}"), "en"))
+        .collect();
+    // Each user has talked to the bot, so it may write to them.
+    for user in &users {
+        let start = sandbox.send_text(user, "/start").await.expect("/start");
+        sandbox
+            .wait_for_message(user.id, Duration::from_secs(30), |m| m.message_id > start)
+            .await
+            .expect("messages")
+            .expect("the bot answers /start");
+    }
+
+    // 200 payments, a user's four at the same time: created through the gateway and paid on
+    // the YooKassa checkout, which notifies the gateway.
+    let http = reqwest::Client::new();
+    let gateway = cluster.gateway.addr.clone();
+    let jobs = users
+        .iter()
+        .flat_map(|u| (0..PAYMENTS_PER_USER).map(move |n| (u.id, n)));
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(jobs)
+        .map(|(telegram_id, n)| {
+            let (http, gateway, sandbox) = (&http, &gateway, &sandbox);
+            async move {
+                let key = format!("scale-{telegram_id}-{n}");
+                let created = create_payment(http, gateway, telegram_id, tariff(n).0, &key).await?;
+                sandbox.yookassa_pay(&created.provider_payment_id).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for result in results {
+        result.expect("created and paid");
+    }
+
+    // Every user gets one activation message per payment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut waiting: Vec<&TestUser> = users.iter().collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for user in waiting {
+            let messages = sandbox.messages(user.id).await.expect("messages");
+            let activations = messages.iter().filter(|m| is_activation(m)).count();
+            if (activations as i64) < PAYMENTS_PER_USER {
+                still.push(user);
+            }
+        }
+        waiting = still;
+        assert!(
+            waiting.is_empty() || tokio::time::Instant::now() < deadline,
+            "{} users still wait for activations, e.g. {}",
+            waiting.len(),
+            waiting[0].id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let any duplicate that is on its way arrive before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let report = audit(&cluster.db.conn).await.expect("audit");
+    let total = USERS * PAYMENTS_PER_USER;
+    assert_eq!(report.payments, total);
+    assert_eq!(report.succeeded, total, "every payment completed");
+    assert_eq!(
+        report.grants, total,
+        "one ledger grant per completed payment"
+    );
+    assert_eq!(report.payments_granted_twice, 0);
+    assert_eq!(report.subscriptions.len(), USERS as usize);
+    let days_paid: i64 = (0..PAYMENTS_PER_USER).map(|n| tariff(n).1).sum();
+    let panel: HashMap<String, i64> = sandbox
+        .panel_users()
+        .await
+        .expect("panel users")
+        .into_iter()
+        .map(|u| {
+            (
+                u["username"].as_str().unwrap_or_default().to_owned(),
+                u["expire"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(panel.len(), USERS as usize, "one panel user per subscriber");
+    for sub in &report.subscriptions {
+        assert_eq!(sub.grants, PAYMENTS_PER_USER, "{sub:?}");
+        assert_eq!(sub.days_granted, days_paid, "{sub:?}");
+        assert!(
+            (sub.days_covered() - days_paid as f64).abs() < 1.0 / 86_400.0 * 2.0,
+            "the expiry is the first grant's start plus every paid day: {sub:?}"
+        );
+        let expire = panel[&sub.marzban_username];
+        assert!(
+            (expire as f64 - sub.expires_at).abs() <= 1.0,
+            "the panel's expiry {expire} is the ledger's: {sub:?}"
+        );
+    }
+    for user in &users {
+        let messages = sandbox.messages(user.id).await.expect("messages");
+        let activations = messages.iter().filter(|m| is_activation(m)).count();
+        assert_eq!(
+            activations as i64, PAYMENTS_PER_USER,
+            "no duplicate activation messages for {}",
+            user.id
+        );
+    }
+
+    cluster.stop().await.expect("every service exits 0");
 }

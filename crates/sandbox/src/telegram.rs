@@ -105,7 +105,7 @@ impl TestUser {
 }
 
 /// A message the bot sent (or edited), as the user sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentMessage {
     pub message_id: i64,
     /// `sendMessage`, `sendPhoto` or `sendInvoice`.
@@ -118,9 +118,17 @@ pub struct SentMessage {
     pub invoice: Option<Invoice>,
     /// How many times `editMessageText` changed it.
     pub edits: u32,
+    /// When the emulator received the send (Unix microseconds), for end-to-end latency.
+    #[serde(default)]
+    pub sent_at_us: i64,
 }
 
 impl SentMessage {
+    /// What the user reads: the text of a message, or the caption of a photo.
+    pub fn body(&self) -> Option<&str> {
+        self.text.as_deref().or(self.caption.as_deref())
+    }
+
     /// The `callback_data` of every inline button.
     pub fn callback_data(&self) -> Vec<String> {
         self.buttons()
@@ -149,14 +157,21 @@ impl SentMessage {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PhotoSent {
-    Upload { file_name: String, bytes: usize },
+    Upload {
+        file_name: String,
+        /// The upload's size.
+        bytes: usize,
+        /// The uploaded file itself (not in the control API's JSON).
+        #[serde(skip)]
+        data: Vec<u8>,
+    },
     Reference(String),
 }
 
 /// An invoice sent with `sendInvoice` or made with `createInvoiceLink`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invoice {
     pub title: String,
     pub description: String,
@@ -179,7 +194,7 @@ pub struct Charge {
 }
 
 /// What became of a user's attempt to pay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum PayOutcome {
     /// The bot said `ok: true`; `successful_payment` was sent.
@@ -236,6 +251,8 @@ struct State {
     next_id: u64,
     /// Calls per method, for tests.
     calls: HashMap<String, u64>,
+    /// Scripted failures per method (error codes), used up oldest first.
+    faults: HashMap<String, VecDeque<u16>>,
 }
 
 #[derive(Clone)]
@@ -621,6 +638,16 @@ impl Emulator {
     pub fn pending_updates(&self) -> usize {
         lock(&self.shared.state).updates.len()
     }
+
+    /// The next `times` calls of `method` fail with Telegram's error `code` and do nothing
+    /// (429 carries `retry_after: 1`), as Telegram does under load or in an outage.
+    pub fn fail_next(&self, method: &str, code: u16, times: usize) {
+        lock(&self.shared.state)
+            .faults
+            .entry(method.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(code, times));
+    }
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
@@ -666,6 +693,21 @@ impl ApiError {
         }
     }
 
+    /// A scripted failure with Telegram's wording.
+    fn scripted(code: u16) -> Self {
+        match code {
+            429 => Self {
+                code,
+                description: "Too Many Requests: retry after 1".to_owned(),
+                retry_after: Some(1),
+            },
+            400 => Self::bad_request("scripted failure"),
+            403 => Self::new(code, "Forbidden: bot was blocked by the user"),
+            502 => Self::new(code, "Bad Gateway"),
+            _ => Self::new(code, "Internal Server Error"),
+        }
+    }
+
     fn new(code: u16, description: &str) -> Self {
         Self {
             code,
@@ -691,10 +733,10 @@ impl ApiError {
 type ApiResult = Result<Value, ApiError>;
 
 /// Parameters from the query string, a JSON body, a form or a multipart body; uploaded files
-/// are kept aside with their size.
+/// are kept aside with their file name.
 struct Params {
     values: Map<String, Value>,
-    files: HashMap<String, (String, usize)>,
+    files: HashMap<String, (String, Vec<u8>)>,
 }
 
 impl Params {
@@ -773,7 +815,7 @@ async fn read_params(req: &HttpRequest, payload: web::Payload) -> Result<Params,
             }
             match file_name {
                 Some(file_name) => {
-                    files.insert(name, (file_name, bytes.len()));
+                    files.insert(name, (file_name, bytes));
                 }
                 None => {
                     values.insert(
@@ -822,7 +864,14 @@ async fn bot_method(
         Ok(params) => params,
         Err(error) => return error.response(),
     };
-    *lock(&shared.state).calls.entry(method.clone()).or_insert(0) += 1;
+    let fault = {
+        let mut state = lock(&shared.state);
+        *state.calls.entry(method.clone()).or_insert(0) += 1;
+        state.faults.get_mut(&method).and_then(VecDeque::pop_front)
+    };
+    if let Some(code) = fault {
+        return ApiError::scripted(code).response();
+    }
     let result = match method.as_str() {
         "getMe" => Ok(shared.bot_user()),
         "getUpdates" => get_updates(&shared, &params).await,
@@ -1092,6 +1141,7 @@ fn store_message(shared: &Shared, chat: i64, mut message: SentMessage, extra: Va
     let mut state = lock(&shared.state);
     let message_id = Shared::next_message_id(&mut state, chat);
     message.message_id = message_id;
+    message.sent_at_us = chrono::Utc::now().timestamp_micros();
     let chat_json = state
         .users
         .get(&chat)
@@ -1133,6 +1183,7 @@ fn blank(method: &str) -> SentMessage {
         reply_markup: None,
         invoice: None,
         edits: 0,
+        sent_at_us: 0,
     }
 }
 
@@ -1156,9 +1207,10 @@ fn send_message(shared: &Shared, params: &Params) -> ApiResult {
 fn send_photo(shared: &Shared, params: &Params) -> ApiResult {
     let chat = chat_id(shared, params)?;
     let photo = match (params.files.get("photo"), params.str("photo")) {
-        (Some((file_name, bytes)), _) if *bytes > 0 => PhotoSent::Upload {
+        (Some((file_name, data)), _) if !data.is_empty() => PhotoSent::Upload {
             file_name: file_name.clone(),
-            bytes: *bytes,
+            bytes: data.len(),
+            data: data.clone(),
         },
         (Some(_), _) => return Err(ApiError::bad_request("file must be non-empty")),
         (None, Some(reference)) if !reference.is_empty() => PhotoSent::Reference(reference),

@@ -9,121 +9,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::cluster::{ADMIN_ID, NOTIFY_FROM, WALLET, bin_dir};
-use sandbox::telegram::{self, PayOutcome, SentMessage, TestUser};
-use sandbox::{marzban, tron, yookassa};
+use e2e::cluster::{ADMIN_ID, NOTIFY_FROM, SandboxUrls, WALLET, bin_dir};
+use e2e::customers::Script;
+use e2e::sandbox_client::SandboxClient;
+use sandbox::{marzban, telegram, tron, yookassa};
 use service_kit::testing::free_addr;
 use tokio::process::Command;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Demo {
-    tg: telegram::Handle,
-    started: Instant,
-}
-
-impl Demo {
-    fn say(&self, clicked: Instant, what: &str) {
-        println!(
-            "[{:>7.3}s | +{:>6.3}s since the click] {what}",
-            self.started.elapsed().as_secs_f64(),
-            clicked.elapsed().as_secs_f64()
-        );
-    }
-
-    /// Waits for a message to `user` newer than `after` that matches.
-    async fn next(
-        &self,
-        user: &TestUser,
-        after: i64,
-        what: &str,
-        pred: impl Fn(&SentMessage) -> bool,
-    ) -> anyhow::Result<SentMessage> {
-        self.tg
-            .wait_for_message(user.id, WAIT, |m| m.message_id > after && pred(m))
-            .await
-            .with_context(|| format!("{} never got: {what}", user.first_name))
-    }
-
-    /// /start → Buy → tariff → payment method; returns the bot's answer and the click time.
-    async fn checkout(
-        &self,
-        user: &TestUser,
-        tariff: &str,
-        provider: &str,
-        currency: &str,
-    ) -> anyhow::Result<(SentMessage, Instant)> {
-        let start = self.tg.send_text(user, "/start");
-        let menu = self
-            .next(user, start, "the main menu", |m| {
-                m.callback_data().contains(&"buy".to_owned())
-            })
-            .await?;
-        self.tg.press(user, menu.message_id, "buy")?;
-        let tariff_data = format!("t:{tariff}");
-        let tariffs = self
-            .next(user, menu.message_id, "the tariffs", |m| {
-                m.callback_data().contains(&tariff_data)
-            })
-            .await?;
-        self.tg.press(user, tariffs.message_id, &tariff_data)?;
-        let pay_data = format!("p:{tariff}:{provider}:{currency}");
-        let methods = self
-            .next(user, tariffs.message_id, "the payment methods", |m| {
-                m.callback_data().contains(&pay_data)
-            })
-            .await?;
-        let clicked = Instant::now();
-        self.tg.press(user, methods.message_id, &pay_data)?;
-        let answer = self
-            .next(user, methods.message_id, "how to pay", |m| {
-                m.invoice.is_some() || m.text.is_some()
-            })
-            .await?;
-        self.say(
-            clicked,
-            &format!("{}: bot answered the {provider} click", user.first_name),
-        );
-        Ok((answer, clicked))
-    }
-
-    async fn activation(
-        &self,
-        user: &TestUser,
-        after: i64,
-        clicked: Instant,
-    ) -> anyhow::Result<String> {
-        let message = self
-            .next(user, after, "the activation message", |m| {
-                m.text
-                    .as_deref()
-                    .is_some_and(|t| t.contains("subscription is active"))
-            })
-            .await?;
-        let text = message.text.unwrap_or_default();
-        let link = text
-            .lines()
-            .find(|l| l.starts_with("http"))
-            .unwrap_or_default()
-            .to_owned();
-        self.say(
-            clicked,
-            &format!("{}: subscription active, link {link}", user.first_name),
-        );
-        Ok(link)
-    }
-}
-
-/// "Send exactly 2.500123 USDT to …" → 2500123 micro-USDT.
-fn transfer_amount(text: &str) -> anyhow::Result<i64> {
-    let amount = text
-        .split_whitespace()
-        .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
-        .context("no amount in the transfer message")?;
-    let (whole, fraction) = amount.split_once('.').context("amount without decimals")?;
-    let fraction = format!("{fraction:0<6}");
-    Ok(whole.parse::<i64>()? * 1_000_000 + fraction[..6].parse::<i64>()?)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -206,82 +97,17 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         work.display()
     );
-    let demo = Demo { tg, started };
-
-    // 1. YooKassa: the Pay button opens the emulator's checkout; the customer pays there.
-    let anna = TestUser::new(700_001, "Anna", "en");
-    let (pay, clicked) = demo.checkout(&anna, "month_1", "yookassa", "RUB").await?;
-    let url = pay
-        .button_urls()
-        .into_iter()
-        .next()
-        .context("a Pay URL button")?;
-    let id = url.rsplit('/').next().unwrap_or_default().to_owned();
-    kassa.pay(&id).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    demo.say(
-        clicked,
-        &format!("Anna paid 199.00 RUB on the YooKassa checkout ({url})"),
-    );
-    demo.activation(&anna, pay.message_id, clicked).await?;
-
-    // 2. Telegram Stars: an invoice, pre-checkout, successful_payment.
-    let boris = TestUser::new(700_002, "Boris", "en");
-    let (invoice, clicked) = demo.checkout(&boris, "month_3", "telegram", "XTR").await?;
-    let details = invoice.invoice.clone().context("a Stars invoice")?;
-    match demo.tg.pay_invoice(&boris, invoice.message_id).await? {
-        PayOutcome::Paid { answered_in_ms, .. } => demo.say(
-            clicked,
-            &format!(
-                "Boris paid {} ⭐ (pre-checkout answered in {answered_in_ms} ms)",
-                details.total_amount
-            ),
-        ),
-        other => bail!("the Stars payment did not go through: {other:?}"),
-    }
-    demo.activation(&boris, invoice.message_id, clicked).await?;
-
-    // 3. USDT on TRON: the exact amount to the wallet, seen by the chain watcher.
-    let chen = TestUser::new(700_003, "Chen", "en");
-    let (transfer, clicked) = demo.checkout(&chen, "month_6", "crypto", "USDT").await?;
-    let amount = transfer_amount(transfer.text.as_deref().unwrap_or_default())?;
-    chain.add_transfer(tron::NewTransfer::usdt(
-        "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM",
-        WALLET,
-        amount,
-    ));
-    demo.say(clicked, &format!("Chen sent {amount} micro-USDT on chain"));
-    demo.activation(&chen, transfer.message_id, clicked).await?;
-
-    // 4. The admin refunds Boris's Stars payment from the bot.
-    let admin = TestUser::new(ADMIN_ID, "Admin", "en");
-    let clicked = Instant::now();
-    let ask = demo
-        .tg
-        .send_text(&admin, &format!("/refund {}", details.payload));
-    let confirm = demo
-        .next(&admin, ask, "the refund confirmation", |m| {
-            m.callback_data().iter().any(|d| d.starts_with("rf:"))
-        })
-        .await?;
-    demo.tg.press(
-        &admin,
-        confirm.message_id,
-        &format!("rf:{}", details.payload),
-    )?;
-    demo.next(&boris, invoice.message_id, "the refund message", |m| {
-        m.text.as_deref().is_some_and(|t| t.contains("refunded"))
-    })
-    .await?;
-    demo.say(clicked, "Boris's Stars refunded; the bot told him");
-
-    // Final state.
-    let stats = demo.tg.send_text(&admin, "/stats");
-    let stats = demo
-        .next(&admin, stats, "/stats", |m| {
-            m.text.as_deref().is_some_and(|t| t.contains("Payments"))
-        })
-        .await?;
-    println!("\nadmin's /stats:\n{}", stats.text.unwrap_or_default());
+    let urls = SandboxUrls {
+        yookassa: kassa.base_url(),
+        telegram: tg.base_url(),
+        tron: chain.base_url.clone(),
+        marzban: panel.base_url.clone(),
+    };
+    let mut script = Script::new(SandboxClient::new(urls), true);
+    script.started = started;
+    // Anna pays with YooKassa, Boris with Stars, Chen with USDT; the admin refunds Boris.
+    script.three_purchases_and_a_refund().await?;
+    println!("\nadmin's /stats:\n{}", script.admin_stats().await?);
     println!("\npanel users:");
     for user in panel.users() {
         println!(
@@ -292,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "YooKassa payments: {}, Stars charges: {}",
         kassa.payments().len(),
-        demo.tg.charges().len()
+        tg.charges().len()
     );
 
     if std::env::var("KEEP").is_ok_and(|v| v == "1") {

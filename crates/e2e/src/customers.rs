@@ -1,0 +1,282 @@
+//! Scripted customers: people pressing the bot's buttons in the Telegram emulator and paying
+//! on the emulators, plus an admin refunding from the bot. One implementation for `make demo`
+//! (emulators in-process, the standalone service) and the cross-process end-to-end test.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sandbox::telegram::{PayOutcome, SentMessage, TestUser};
+use sandbox::tron::NewTransfer;
+
+use crate::cluster::{ADMIN_ID, WALLET};
+use crate::sandbox_client::{SandboxClient, transfer_amount};
+
+/// How long a step may take before the script gives up.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The sender of the scripted USDT transfer (any valid TRON address but the wallet).
+pub const PAYER_WALLET: &str = "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM";
+
+/// Is this the bot's "your subscription is active" message (English or Russian texts)?
+pub fn is_activation(message: &SentMessage) -> bool {
+    message
+        .text
+        .as_deref()
+        .is_some_and(|t| t.contains("subscription is active") || t.contains("Подписка активна"))
+}
+
+/// The three purchases and the refund, as they happened.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Subscription links from the activation messages: YooKassa, Stars, USDT customer.
+    pub links: Vec<String>,
+    /// The Stars payment's id (the invoice payload), the one refunded.
+    pub refunded_payment: String,
+    pub stars_amount: i64,
+    pub usdt_micro: i64,
+    pub pre_checkout_ms: u64,
+}
+
+/// Plays customers against a running system; prints a timeline when `verbose`.
+pub struct Script {
+    pub sandbox: SandboxClient,
+    pub started: Instant,
+    pub verbose: bool,
+}
+
+impl Script {
+    pub fn new(sandbox: SandboxClient, verbose: bool) -> Self {
+        Self {
+            sandbox,
+            started: Instant::now(),
+            verbose,
+        }
+    }
+
+    pub fn say(&self, clicked: Instant, what: &str) {
+        if self.verbose {
+            println!(
+                "[{:>7.3}s | +{:>6.3}s since the click] {what}",
+                self.started.elapsed().as_secs_f64(),
+                clicked.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Waits for a message to `user` newer than `after` that matches.
+    pub async fn next(
+        &self,
+        user: &TestUser,
+        after: i64,
+        what: &str,
+        pred: impl Fn(&SentMessage) -> bool,
+    ) -> anyhow::Result<SentMessage> {
+        self.sandbox
+            .wait_for_message(user.id, WAIT, |m| m.message_id > after && pred(m))
+            .await?
+            .with_context(|| format!("{} never got: {what}", user.first_name))
+    }
+
+    /// /start → Buy → tariff → payment method; returns the bot's answer and the click time.
+    pub async fn checkout(
+        &self,
+        user: &TestUser,
+        tariff: &str,
+        provider: &str,
+        currency: &str,
+    ) -> anyhow::Result<(SentMessage, Instant)> {
+        let start = self.sandbox.send_text(user, "/start").await?;
+        let menu = self
+            .next(user, start, "the main menu", |m| {
+                m.callback_data().iter().any(|d| d == "buy")
+            })
+            .await?;
+        self.sandbox.press(user, menu.message_id, "buy").await?;
+        let tariff_data = format!("t:{tariff}");
+        let tariffs = self
+            .next(user, menu.message_id, "the tariffs", |m| {
+                m.callback_data().contains(&tariff_data)
+            })
+            .await?;
+        self.sandbox
+            .press(user, tariffs.message_id, &tariff_data)
+            .await?;
+        let pay_data = format!("p:{tariff}:{provider}:{currency}");
+        let methods = self
+            .next(user, tariffs.message_id, "the payment methods", |m| {
+                m.callback_data().contains(&pay_data)
+            })
+            .await?;
+        let clicked = Instant::now();
+        self.sandbox
+            .press(user, methods.message_id, &pay_data)
+            .await?;
+        let answer = self
+            .next(user, methods.message_id, "how to pay", |m| {
+                m.invoice.is_some() || m.text.is_some()
+            })
+            .await?;
+        self.say(
+            clicked,
+            &format!("{}: bot answered the {provider} click", user.first_name),
+        );
+        Ok((answer, clicked))
+    }
+
+    /// Waits for the activation message; returns the subscription link in it.
+    pub async fn activation(
+        &self,
+        user: &TestUser,
+        after: i64,
+        clicked: Instant,
+    ) -> anyhow::Result<String> {
+        let message = self
+            .next(user, after, "the activation message", is_activation)
+            .await?;
+        let text = message.text.unwrap_or_default();
+        let link = text
+            .lines()
+            .find(|l| l.starts_with("http"))
+            .unwrap_or_default()
+            .to_owned();
+        self.say(
+            clicked,
+            &format!("{}: subscription active, link {link}", user.first_name),
+        );
+        Ok(link)
+    }
+
+    /// Pays `tariff` with YooKassa: the Pay button opens the emulator's checkout, the customer
+    /// pays there, the emulator notifies the gateway.
+    pub async fn pay_yookassa(&self, user: &TestUser, tariff: &str) -> anyhow::Result<String> {
+        let (pay, clicked) = self.checkout(user, tariff, "yookassa", "RUB").await?;
+        let url = pay
+            .button_urls()
+            .into_iter()
+            .next()
+            .context("a Pay URL button")?;
+        let id = url.rsplit('/').next().unwrap_or_default().to_owned();
+        let paid = self.sandbox.yookassa_pay(&id).await?;
+        self.say(
+            clicked,
+            &format!(
+                "{} paid {} {} on the YooKassa checkout ({url})",
+                user.first_name,
+                paid["amount"]["value"].as_str().unwrap_or_default(),
+                paid["amount"]["currency"].as_str().unwrap_or_default()
+            ),
+        );
+        self.activation(user, pay.message_id, clicked).await
+    }
+
+    /// Pays `tariff` with Telegram Stars: an invoice, `pre_checkout_query`,
+    /// `successful_payment`. Returns the link, the invoice payload (the payment id), the Stars
+    /// amount and the pre-checkout answer time.
+    pub async fn pay_stars(
+        &self,
+        user: &TestUser,
+        tariff: &str,
+    ) -> anyhow::Result<(String, String, i64, u64)> {
+        let (invoice, clicked) = self.checkout(user, tariff, "telegram", "XTR").await?;
+        let details = invoice.invoice.clone().context("a Stars invoice")?;
+        let answered_in_ms = match self.sandbox.pay_invoice(user, invoice.message_id).await? {
+            PayOutcome::Paid { answered_in_ms, .. } => answered_in_ms,
+            other => bail!("the Stars payment did not go through: {other:?}"),
+        };
+        self.say(
+            clicked,
+            &format!(
+                "{} paid {} ⭐ (pre-checkout answered in {answered_in_ms} ms)",
+                user.first_name, details.total_amount
+            ),
+        );
+        let link = self.activation(user, invoice.message_id, clicked).await?;
+        Ok((link, details.payload, details.total_amount, answered_in_ms))
+    }
+
+    /// Pays `tariff` in USDT: the exact amount from the bot's message, sent to the wallet on
+    /// the emulated chain, seen by the chain watcher. Returns the link and the micro-USDT.
+    pub async fn pay_usdt(&self, user: &TestUser, tariff: &str) -> anyhow::Result<(String, i64)> {
+        let (transfer, clicked) = self.checkout(user, tariff, "crypto", "USDT").await?;
+        let amount = transfer_amount(transfer.text.as_deref().unwrap_or_default())?;
+        self.sandbox
+            .tron_transfer(&NewTransfer::usdt(PAYER_WALLET, WALLET, amount))
+            .await?;
+        self.say(
+            clicked,
+            &format!("{} sent {amount} micro-USDT on chain", user.first_name),
+        );
+        let link = self.activation(user, transfer.message_id, clicked).await?;
+        Ok((link, amount))
+    }
+
+    /// The admin refunds `payment_id` from the bot (`/refund`, then the confirmation button);
+    /// returns when `customer` got the refund message.
+    pub async fn refund(&self, payment_id: &str, customer: &TestUser) -> anyhow::Result<()> {
+        let admin = TestUser::new(ADMIN_ID, "Admin", "en");
+        let before = self
+            .sandbox
+            .messages(customer.id)
+            .await?
+            .last()
+            .map_or(0, |m| m.message_id);
+        let clicked = Instant::now();
+        let ask = self
+            .sandbox
+            .send_text(&admin, &format!("/refund {payment_id}"))
+            .await?;
+        let confirm_data = format!("rf:{payment_id}");
+        let confirm = self
+            .next(&admin, ask, "the refund confirmation", |m| {
+                m.callback_data().contains(&confirm_data)
+            })
+            .await?;
+        self.sandbox
+            .press(&admin, confirm.message_id, &confirm_data)
+            .await?;
+        self.next(customer, before, "the refund message", |m| {
+            m.text.as_deref().is_some_and(|t| t.contains("refunded"))
+        })
+        .await?;
+        self.say(
+            clicked,
+            &format!(
+                "{}'s payment refunded; the bot told them",
+                customer.first_name
+            ),
+        );
+        Ok(())
+    }
+
+    /// The admin's `/stats` text.
+    pub async fn admin_stats(&self) -> anyhow::Result<String> {
+        let admin = TestUser::new(ADMIN_ID, "Admin", "en");
+        let asked = self.sandbox.send_text(&admin, "/stats").await?;
+        let stats = self
+            .next(&admin, asked, "/stats", |m| {
+                m.text.as_deref().is_some_and(|t| t.contains("Payments"))
+            })
+            .await?;
+        Ok(stats.text.unwrap_or_default())
+    }
+
+    /// The demo's story: Anna pays with YooKassa, Boris with Stars, Chen with USDT, and the
+    /// admin refunds Boris.
+    pub async fn three_purchases_and_a_refund(&self) -> anyhow::Result<Outcome> {
+        let anna = TestUser::new(700_001, "Anna", "en");
+        let anna_link = self.pay_yookassa(&anna, "month_1").await?;
+        let boris = TestUser::new(700_002, "Boris", "en");
+        let (boris_link, payload, stars, pre_checkout_ms) =
+            self.pay_stars(&boris, "month_3").await?;
+        let chen = TestUser::new(700_003, "Chen", "en");
+        let (chen_link, usdt_micro) = self.pay_usdt(&chen, "month_6").await?;
+        self.refund(&payload, &boris).await?;
+        Ok(Outcome {
+            links: vec![anna_link, boris_link, chen_link],
+            refunded_payment: payload,
+            stars_amount: stars,
+            usdt_micro,
+            pre_checkout_ms,
+        })
+    }
+}
