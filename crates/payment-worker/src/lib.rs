@@ -100,7 +100,8 @@ impl WorkerTasks {
 }
 
 impl Worker {
-    /// A worker asking the providers enabled in `settings.payments`.
+    /// A worker asking the providers enabled in `settings.payments`; with crypto enabled, it
+    /// also watches the chain and checks crypto notices there.
     pub fn from_settings(
         settings: &ServiceSettings,
         db: DatabaseConnection,
@@ -111,8 +112,24 @@ impl Worker {
         // The crypto provider answers from its invoice rows, through our pool.
         payments.crypto = payments.crypto.map(|c| c.with_database(db.clone()));
         let service = PaymentService::from_settings(&payments)?;
-        let sources = StatusSources::from_payment_service(service);
-        Ok(Self::new(settings, sources, db, bus, outbox_nudge))
+        let mut sources = StatusSources::from_payment_service(service);
+        let watcher = match &settings.payments.crypto {
+            Some(crypto) => Some(ChainWatcher::new(crypto.clone()).map_err(|e| {
+                payment_core::SettingsError::Invalid {
+                    var: "TRONGRID_API_URL",
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        if watcher.is_some() {
+            sources = sources.with_chain_notices(Arc::default());
+        }
+        let worker = Self::new(settings, sources, db, bus, outbox_nudge);
+        Ok(match watcher {
+            Some(watcher) => worker.with_chain_watcher(watcher),
+            None => worker,
+        })
     }
 
     /// A worker with explicit status sources (tests; providers without a `payment_core` API).
@@ -160,14 +177,17 @@ impl Worker {
     }
 
     /// Adds the chain-watch loop (crypto): its outcomes are applied through this worker's
-    /// status sources.
+    /// status sources; it checks crypto notices when the sources send them its way
+    /// ([`StatusSources::with_chain_notices`]).
     #[must_use]
     pub fn with_chain_watcher(mut self, watcher: ChainWatcher) -> Self {
+        let notices = self.sources.chain_notices().cloned().unwrap_or_default();
         self.chain = Some(ChainWatch::new(
             self.db.clone(),
-            Arc::new(watcher),
+            watcher,
             self.sources.clone(),
             self.nudge.clone(),
+            notices,
         ));
         self
     }
@@ -194,17 +214,13 @@ pub fn start(
     infra: &Infra,
     shutdown: Shutdown,
 ) -> std::io::Result<RunningServer> {
-    let mut worker = Worker::from_settings(
+    let worker = Worker::from_settings(
         settings,
         infra.db.clone(),
         infra.bus.clone(),
         infra.outbox_nudge.clone(),
     )
     .map_err(std::io::Error::other)?;
-    if let Some(crypto) = &settings.payments.crypto {
-        let watcher = ChainWatcher::new(crypto.clone()).map_err(std::io::Error::other)?;
-        worker = worker.with_chain_watcher(watcher);
-    }
     let server = ops::serve_ops(&settings.worker_bind, infra.readiness(), shutdown.clone())?;
     let tasks = worker.spawn(shutdown);
     tracing::info!(addr = %server.addr, "{SERVICE} ready");

@@ -12,6 +12,10 @@
 //!
 //! A look-up without a definite answer (HTTP 5xx, timeouts) fails the message transiently:
 //! it is retried through the delay queues and the payment stays as it is.
+//!
+//! Crypto notices are the exception when this worker watches the chain: their inbox rows stay
+//! open for the chain-watch loop, which asks the chain about the named transaction outside
+//! this transaction ([`crate::chain`]); the consumer only wakes it.
 
 use std::sync::Arc;
 
@@ -20,7 +24,7 @@ use chrono::Utc;
 use domain::entities::{payments, provider_notifications};
 use messaging::events::ProviderNotificationReceived;
 use messaging::{Envelope, Event, Handler, HandlerError};
-use payment_core::{ProviderError, RejectionCode};
+use payment_core::{ProviderError, ProviderId, RejectionCode};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
@@ -62,6 +66,12 @@ impl NotificationHandler {
         };
         if row.processed_at.is_some() {
             return Ok("already_processed");
+        }
+        if row.provider == ProviderId::Crypto.as_str()
+            && let Some(chain) = self.sources.chain_notices()
+        {
+            chain.notify_one();
+            return Ok("chain_check");
         }
 
         let Some(payment) = find_payment(tx, &row, event).await? else {

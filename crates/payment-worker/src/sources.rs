@@ -8,8 +8,10 @@
 //! - Telegram Payments: `successful_payment` arrives once and is the proof, so its source reads
 //!   the stored update from the inbox row (`notification.body`) and answers `succeeded` with
 //!   the update's amount and currency (the amount check then happens as for every provider).
-//! - Crypto (USDT TRC20): its source runs the chain check (confirmed transfer of the exact
-//!   amount to the invoice's address) and answers with what the chain shows.
+//! - Crypto (USDT TRC20): its source answers from the invoice row the chain watcher keeps
+//!   (confirmed transfers of the invoice's amount to the wallet). A crypto notice is not
+//!   looked up here at all: with [`StatusSources::with_chain_notices`] the consumer leaves it
+//!   to the chain-watch loop ([`crate::chain`]), which asks the chain about its transaction.
 //!
 //! Register them with [`StatusSources::with`] under the provider name stored in
 //! `payments.provider`. A notification for a provider without a source is parked (not lost),
@@ -17,6 +19,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use async_trait::async_trait;
 use domain::entities::{payments, provider_notifications};
@@ -40,12 +44,15 @@ pub trait StatusSource: Send + Sync {
 #[derive(Clone, Default)]
 pub struct StatusSources {
     by_provider: BTreeMap<String, Arc<dyn StatusSource>>,
+    /// Wakes the chain-watch loop; set when it checks crypto notices.
+    chain_notices: Option<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for StatusSources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusSources")
             .field("providers", &self.by_provider.keys().collect::<Vec<_>>())
+            .field("chain_notices", &self.chain_notices.is_some())
             .finish()
     }
 }
@@ -75,6 +82,18 @@ impl StatusSources {
         self.by_provider
             .insert(provider.to_owned(), Arc::new(source));
         self
+    }
+
+    /// Crypto notices go to the chain-watch loop, woken through `wake` (see [`crate::chain`]).
+    #[must_use]
+    pub fn with_chain_notices(mut self, wake: Arc<Notify>) -> Self {
+        self.chain_notices = Some(wake);
+        self
+    }
+
+    /// The chain-watch loop's wake-up, when it checks crypto notices.
+    pub fn chain_notices(&self) -> Option<&Arc<Notify>> {
+        self.chain_notices.as_ref()
     }
 
     pub fn get(&self, provider: &str) -> Option<&Arc<dyn StatusSource>> {

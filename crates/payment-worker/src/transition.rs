@@ -9,7 +9,9 @@
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
 use domain::entities::{payments, tariffs, users};
-use messaging::events::{PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentSnapshot};
+use messaging::events::{
+    PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentSnapshot, PaymentUnderpaid,
+};
 use messaging::{Envelope, Event, OutboxError};
 use payment_core::ProviderPayment;
 use sea_orm::sea_query::Expr;
@@ -392,6 +394,57 @@ async fn announce<C: ConnectionTrait>(
     .await?;
     metric::transition(&after.provider, before.status, after.status);
     tracing::info!(payment_id = %after.id, provider = %after.provider, from = %before.status, to = %after.status, trigger = trigger.name(), "payment transition");
+    Ok(())
+}
+
+/// What a short crypto transfer left: everything received so far, what is missing, and
+/// until when the rest can come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub received_minor: i64,
+    pub shortfall_minor: i64,
+    pub tx_id: String,
+    pub pay_before: DateTime<Utc>,
+}
+
+/// Announces a partial payment (`payment.underpaid` and its log row); the payment stays
+/// pending. The caller makes it once per transfer (the chain watcher's transfer claim
+/// commits in the same transaction).
+pub async fn underpaid<C: ConnectionTrait>(
+    tx: &C,
+    payment: &payments::Model,
+    short: &Shortfall,
+    trigger: Trigger,
+) -> Result<(), ApplyError> {
+    let event = PaymentUnderpaid {
+        payment: snapshot(tx, payment).await?,
+        received_minor: short.received_minor,
+        shortfall_minor: short.shortfall_minor,
+        tx_id: short.tx_id.clone(),
+        pay_before: short.pay_before,
+    };
+    let envelope = Envelope::new(&event, payment.id, trigger.causation_id())?;
+    let mut metadata = json!({
+        "event_id": envelope.event_id,
+        "received_minor": short.received_minor,
+        "shortfall_minor": short.shortfall_minor,
+        "tx_id": short.tx_id,
+    });
+    merge(&mut metadata, trigger.metadata());
+    messaging::outbox::enqueue(tx, &envelope).await?;
+    log(
+        tx,
+        PaymentUnderpaid::EVENT_TYPE,
+        payment,
+        Some(payment.status.as_str()),
+        format!(
+            "received {} of {}, {} missing",
+            short.received_minor, payment.amount_minor, short.shortfall_minor
+        ),
+        metadata,
+    )
+    .await?;
+    tracing::info!(payment_id = %payment.id, received = short.received_minor, shortfall = short.shortfall_minor, tx = %short.tx_id, "crypto payment short; payer told");
     Ok(())
 }
 

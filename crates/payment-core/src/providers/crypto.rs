@@ -31,7 +31,7 @@ pub use self::client::{TronGridClient, TronGridError};
 pub use self::invoice::{InvoiceError, ReservedInvoice};
 pub use self::rate::{ConversionError, RubPerUsdt};
 pub use self::watcher::{
-    ChainWatcher, InvoiceOutcome, NoticeCheck, OutcomeKind, PollOutcome, WatchError,
+    ChainWatcher, InvoiceOutcome, NoticeCheck, OutcomeKind, OutcomeSink, PollOutcome, WatchError,
 };
 use crate::ProviderId;
 use crate::error::{ProviderError, SettingsError, WebhookError};

@@ -1,5 +1,6 @@
 //! The chain-watch loop: a confirmed USDT transfer on the TronGrid emulator completes the
-//! crypto payment through the worker's transition code.
+//! crypto payment through the worker's transition code; a short transfer is announced once;
+//! a crypto notice only makes the worker ask the chain.
 
 use std::time::Duration;
 
@@ -7,10 +8,14 @@ use chrono::Utc;
 use domain::PaymentStatus;
 use domain::entities::payments;
 use domain::money::{Currency, Money};
+use messaging::Event;
+use messaging::events::PaymentUnderpaid;
 use payment_core::RetryPolicy;
-use payment_core::providers::crypto::{CryptoProvider, CryptoSettings, TronAddress};
+use payment_core::providers::crypto::{
+    CryptoProvider, CryptoSettings, ReservedInvoice, TronAddress,
+};
 use sandbox::tron;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, IntoActiveModel};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -33,16 +38,12 @@ fn crypto_settings(chain: &tron::Handle) -> CryptoSettings {
     s
 }
 
-#[tokio::test]
-async fn a_chain_transfer_completes_the_crypto_payment_once() {
-    let env = env().await;
-    let db = &env.db.conn;
-    let chain = tron::spawn(tron::Config::default())
-        .await
-        .expect("emulator");
-    let crypto = crypto_settings(&chain);
-
-    // The gateway's creation: the payment row, its invoice, the invoice amount on the payment.
+/// The gateway's creation of a crypto payment: the payment row, its invoice, the invoice
+/// amount on the payment.
+async fn crypto_payment(
+    db: &DatabaseConnection,
+    crypto: &CryptoSettings,
+) -> (payments::Model, ReservedInvoice) {
     let price = Money::new(2_500_000, Currency::Usdt);
     let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
         p.provider = Set("crypto".into());
@@ -57,7 +58,19 @@ async fn a_chain_transfer_completes_the_crypto_payment_once() {
     row.amount_minor = Set(invoice.amount.minor());
     row.provider_payment_id = Set(Some(payment.id.to_string()));
     row.expires_at = Set(Some(invoice.expires_at));
-    row.update(db).await.expect("invoice amount stored");
+    let payment = row.update(db).await.expect("invoice amount stored");
+    (payment, invoice)
+}
+
+#[tokio::test]
+async fn a_chain_transfer_completes_the_crypto_payment_once() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let chain = tron::spawn(tron::Config::default())
+        .await
+        .expect("emulator");
+    let crypto = crypto_settings(&chain);
+    let (payment, invoice) = crypto_payment(db, &crypto).await;
 
     chain.add_transfer(
         tron::NewTransfer::usdt(PAYER, WALLET, invoice.amount.minor())
@@ -77,6 +90,7 @@ async fn a_chain_transfer_completes_the_crypto_payment_once() {
     // More polls see the same transfer again and change nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
+    delete_topology(&prefix).await;
 
     let completed = events(db, "payment.completed", payment.id).await;
     assert_eq!(completed.len(), 1, "exactly one payment.completed");
@@ -89,5 +103,186 @@ async fn a_chain_transfer_completes_the_crypto_payment_once() {
     let paid = reload(db, payment.id).await;
     assert!(paid.completed_at.is_some());
     assert!(!paid.flagged);
+    chain.stop().await;
+}
+
+/// A crypto notice as the gateway stores it (inbox row + `provider.notification.crypto`).
+async fn crypto_notice(
+    db: &DatabaseConnection,
+    payment: &payments::Model,
+    tx_id: &str,
+) -> messaging::Envelope {
+    let body = serde_json::json!({
+        "event": "transfer.detected",
+        "tx_id": tx_id,
+        "payment_id": payment.id,
+        "network": "TRC20",
+        "address": WALLET,
+    });
+    store_notification(
+        db,
+        "crypto",
+        &format!("transfer.detected:{tx_id}"),
+        None,
+        Some(payment.id),
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let chain = tron::spawn(tron::Config::default())
+        .await
+        .expect("emulator");
+    let mut crypto = crypto_settings(&chain);
+    // The loop polls once at start, then waits an hour: only a notice can wake it.
+    crypto.poll_interval = Duration::from_secs(3600);
+    let (payment, invoice) = crypto_payment(db, &crypto).await;
+    let mut settings = worker_settings(&env.shop, &[]);
+    settings.payments.crypto = Some(crypto);
+    let prefix = testkit::unique_prefix("pwnotice");
+    let worker = start_worker(&env.db.url, &prefix, &settings).await;
+    let first_poll = eventually(Duration::from_secs(15), || async {
+        chain.request_count(tron::route::TRC20_HISTORY) >= 1
+    })
+    .await;
+    assert!(first_poll, "the loop polled at start");
+
+    // Forged: signed (the gateway checked that), but the chain does not know the transaction.
+    let forged = crypto_notice(db, &payment, &"ab".repeat(32)).await;
+    worker.nudge();
+    let checked = eventually(Duration::from_secs(15), || async {
+        inbox_row(db, &forged).await.processed_at.is_some()
+    })
+    .await;
+    assert!(checked, "the forged notice is checked");
+    assert_eq!(
+        inbox_row(db, &forged).await.outcome.as_deref(),
+        Some("not_on_chain")
+    );
+    assert_eq!(
+        chain.request_count(tron::route::TX_INFO),
+        1,
+        "asked the chain"
+    );
+    assert_eq!(
+        chain.request_count(tron::route::TRC20_HISTORY),
+        1,
+        "an unknown transaction does not even start a poll"
+    );
+    let unchanged = reload(db, payment.id).await;
+    assert_eq!(unchanged.status, PaymentStatus::Pending);
+    assert!(!unchanged.flagged);
+    assert!(events(db, "payment.completed", payment.id).await.is_empty());
+
+    // Real: the payer's transfer is confirmed and a notice names it.
+    let tx = chain.add_transfer(
+        tron::NewTransfer::usdt(PAYER, WALLET, invoice.amount.minor())
+            .at(Utc::now().timestamp_millis()),
+    );
+    let real = crypto_notice(db, &payment, &tx).await;
+    worker.nudge();
+    let done = eventually(Duration::from_secs(15), || async {
+        reload(db, payment.id).await.status == PaymentStatus::Succeeded
+    })
+    .await;
+    assert!(
+        done,
+        "the notice made the worker look, and the chain pays the invoice"
+    );
+    let closed = eventually(Duration::from_secs(5), || async {
+        inbox_row(db, &real).await.processed_at.is_some()
+    })
+    .await;
+    assert!(closed);
+    assert_eq!(
+        inbox_row(db, &real).await.outcome.as_deref(),
+        Some("chain_checked")
+    );
+    worker.stop().await;
+    delete_topology(&prefix).await;
+    assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
+    let log = logs(db, "payment.completed", payment.id).await;
+    assert_eq!(
+        log[0].metadata.clone().expect("metadata")["trigger"],
+        "chain_watch"
+    );
+    chain.stop().await;
+}
+
+#[tokio::test]
+async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let chain = tron::spawn(tron::Config::default())
+        .await
+        .expect("emulator");
+    let crypto = crypto_settings(&chain);
+    let (payment, invoice) = crypto_payment(db, &crypto).await;
+    let mut settings = worker_settings(&env.shop, &[]);
+    settings.payments.crypto = Some(crypto);
+    let prefix = testkit::unique_prefix("pwshort");
+    let worker = start_worker(&env.db.url, &prefix, &settings).await;
+
+    let tx = chain.add_transfer(
+        tron::NewTransfer::usdt(PAYER, WALLET, 1_500_000).at(Utc::now().timestamp_millis()),
+    );
+    let announced = eventually(Duration::from_secs(15), || async {
+        !events(db, PaymentUnderpaid::EVENT_TYPE, payment.id)
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(announced, "the payer is told the shortfall");
+    // Every poll reads the same transfer again (the cursor keeps a skew): no second notice.
+    let polls = chain.request_count(tron::route::TRC20_HISTORY);
+    let more = eventually(Duration::from_secs(15), || async {
+        chain.request_count(tron::route::TRC20_HISTORY) >= polls + 5
+    })
+    .await;
+    assert!(more);
+    let short = events(db, PaymentUnderpaid::EVENT_TYPE, payment.id).await;
+    assert_eq!(short.len(), 1, "once per transfer");
+    let event: PaymentUnderpaid = short[0].decode().expect("payment.underpaid");
+    assert_eq!(event.received_minor, 1_500_000);
+    assert_eq!(event.shortfall_minor, invoice.amount.minor() - 1_500_000);
+    assert_eq!(event.payment.amount_minor, invoice.amount.minor());
+    assert_eq!(event.payment.currency, "USDT");
+    assert_eq!(event.tx_id, tx);
+    assert!(
+        (event.pay_before - invoice.expires_at)
+            .num_milliseconds()
+            .abs()
+            < 1
+    );
+    assert_eq!(reload(db, payment.id).await.status, PaymentStatus::Pending);
+    assert_eq!(
+        logs(db, PaymentUnderpaid::EVENT_TYPE, payment.id)
+            .await
+            .len(),
+        1
+    );
+
+    chain.add_transfer(
+        tron::NewTransfer::usdt(PAYER, WALLET, invoice.amount.minor() - 1_500_000)
+            .at(Utc::now().timestamp_millis()),
+    );
+    let done = eventually(Duration::from_secs(15), || async {
+        reload(db, payment.id).await.status == PaymentStatus::Succeeded
+    })
+    .await;
+    assert!(done, "the top-up completes the payment");
+    worker.stop().await;
+    delete_topology(&prefix).await;
+    assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
+    assert_eq!(
+        events(db, PaymentUnderpaid::EVENT_TYPE, payment.id)
+            .await
+            .len(),
+        1
+    );
     chain.stop().await;
 }

@@ -11,9 +11,16 @@
 //! transfer is claimed by inserting it into `crypto_transfers` under
 //! `UNIQUE(network, tx_id, event_index)` before it may touch an invoice — a transfer seen
 //! twice (overlapping polls, a notice, a second worker) is applied once.
+//!
+//! What the caller must announce exactly once (the payer's shortfall after a partial
+//! transfer) it writes through an [`OutcomeSink`]: the sink runs inside the poll's
+//! transaction, so its rows commit together with the transfer that caused them, or not at all.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 use domain::entities::{crypto_invoices, system_logs};
@@ -136,13 +143,35 @@ impl WatchError {
     }
 }
 
+/// Writes the caller's own rows about an outcome inside the poll's transaction (see the
+/// module docs). An error rolls the whole poll back; the next poll sees the same transfers.
+#[async_trait]
+pub trait OutcomeSink: Send + Sync {
+    async fn record(
+        &self,
+        txn: &DatabaseTransaction,
+        outcome: &InvoiceOutcome,
+    ) -> Result<(), DbErr>;
+}
+
 /// Polls TronGrid for one wallet and token (from [`CryptoSettings`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChainWatcher {
     settings: CryptoSettings,
     client: TronGridClient,
     /// This watcher's lease identity.
     owner: Uuid,
+    sink: Option<Arc<dyn OutcomeSink>>,
+}
+
+impl std::fmt::Debug for ChainWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainWatcher")
+            .field("settings", &self.settings)
+            .field("owner", &self.owner)
+            .field("sink", &self.sink.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a transfer relates to the open invoices.
@@ -162,7 +191,25 @@ impl ChainWatcher {
             settings,
             client,
             owner: Uuid::new_v4(),
+            sink: None,
         })
+    }
+
+    /// Hands every outcome to `sink` inside the poll's transaction.
+    #[must_use]
+    pub fn with_sink(mut self, sink: Arc<dyn OutcomeSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The same wallet, token and sink under another lease identity: a second poller (the
+    /// notice checks) that never runs at the same time as this one.
+    #[must_use]
+    pub fn another_poller(&self) -> Self {
+        Self {
+            owner: Uuid::new_v4(),
+            ..self.clone()
+        }
     }
 
     pub fn settings(&self) -> &CryptoSettings {
@@ -443,6 +490,11 @@ impl ChainWatcher {
         };
         if history.complete {
             self.expire(txn, now, &mut out).await?;
+        }
+        if let Some(sink) = &self.sink {
+            for outcome in &out.invoices {
+                sink.record(txn, outcome).await?;
+            }
         }
         Ok(out)
     }
