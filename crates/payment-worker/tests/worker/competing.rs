@@ -83,4 +83,5 @@ async fn two_workers_complete_every_payment_exactly_once() {
 
     first.stop().await;
     second.stop().await;
+    delete_topology(&prefix).await;
 }

@@ -402,11 +402,7 @@ pub async fn start_worker(db_url: &str, prefix: &str, settings: &ServiceSettings
         .await
         .expect("declare");
     // Stands in for marzban-sync and the bot, so the worker's payment events are routable.
-    infra
-        .bus
-        .declare(&messaging::ConsumerSpec::new("sink", ["payment.#"]))
-        .await
-        .expect("declare the sink");
+    infra.bus.declare(&sink()).await.expect("declare the sink");
     let shutdown = Shutdown::new();
     let server = payment_worker::start(settings, &infra, shutdown.clone()).expect("start");
     RunningWorker {
@@ -414,6 +410,24 @@ pub async fn start_worker(db_url: &str, prefix: &str, settings: &ServiceSettings
         server,
         shutdown,
     }
+}
+
+fn sink() -> messaging::ConsumerSpec {
+    messaging::ConsumerSpec::new("sink", ["payment.#"])
+}
+
+/// Deletes what [`start_worker`] declared under `prefix` on RabbitMQ (call once every worker
+/// on the prefix stopped), so test runs do not pile queues up on the broker.
+pub async fn delete_topology(prefix: &str) {
+    let url = testkit::amqp_url();
+    service_kit::testing::delete_system_topology(&url, prefix)
+        .await
+        .expect("delete the system queues");
+    let bus = messaging::RabbitBus::connect(messaging::RabbitConfig::new(url.as_str(), prefix))
+        .await
+        .expect("broker");
+    bus.delete_consumer(&sink()).await.expect("delete the sink");
+    bus.close().await;
 }
 
 impl RunningWorker {

@@ -236,6 +236,7 @@ async fn a_500_through_the_queue_is_retried_and_completes_once() {
         Some("applied")
     );
     worker.stop().await;
+    delete_topology(&prefix).await;
 }
 
 #[tokio::test]
@@ -292,6 +293,7 @@ async fn the_same_notification_ten_times_at_once_completes_once() {
         "{outcomes:?}"
     );
     worker.stop().await;
+    delete_topology(&prefix).await;
 }
 
 #[tokio::test]

@@ -73,6 +73,7 @@ async fn reconciliation_completes_a_payment_whose_webhook_was_dropped() {
     assert_eq!(after.check_attempts, 1);
     assert_eq!(after.next_check_at, None);
     worker.stop().await;
+    delete_topology(&prefix).await;
 }
 
 #[tokio::test]
