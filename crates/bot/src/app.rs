@@ -224,8 +224,12 @@ impl App {
                 self.send(chat, t.help.to_owned(), Some(Self::back(t)))
                     .await;
             }
-            Some((name, _)) if admin && name == "stats" => self.stats(chat, t, false).await,
-            Some((name, _)) if admin && name == "admin" => self.stats(chat, t, true).await,
+            Some((name, _)) if admin && name == "stats" => {
+                crate::admin::stats(&self.api, &self.db, chat, lang_of(from)).await;
+            }
+            Some((name, _)) if admin && name == "admin" => {
+                crate::admin::admin(&self.api, &self.db, chat, lang_of(from)).await;
+            }
             Some((name, arg)) if admin && name == "refund" => {
                 self.refund_prompt(chat, t, &arg).await;
             }
@@ -666,63 +670,6 @@ impl App {
     }
 
     // ---- admin -------------------------------------------------------------------------
-
-    async fn stats(&self, chat: i64, t: &Texts, detail: bool) {
-        let stats = match store::stats(&self.db).await {
-            Ok(stats) => stats,
-            Err(error) => {
-                tracing::error!(%error, "cannot count payments");
-                return self
-                    .send(chat, t.payment_unavailable.to_owned(), None)
-                    .await;
-            }
-        };
-        let lines = |items: Vec<String>| {
-            if items.is_empty() {
-                "—".to_owned()
-            } else {
-                items.join("\n")
-            }
-        };
-        let by_status = lines(
-            stats
-                .by_status
-                .iter()
-                .map(|(status, n)| format!("  {status}: {n}"))
-                .collect(),
-        );
-        let revenue = lines(
-            stats
-                .revenue
-                .iter()
-                .map(|(code, minor)| match Currency::from_str(code) {
-                    Ok(c) => format!("  {}", texts::money(Money::new(*minor, c))),
-                    Err(_) => format!("  {minor} {code}"),
-                })
-                .collect(),
-        );
-        let mut text = fill(
-            t.admin_stats,
-            &[
-                ("payments", &stats.total.to_string()),
-                ("by_status", &by_status),
-                ("revenue", &revenue),
-            ],
-        );
-        if detail {
-            text.push_str("\n\n");
-            text.push_str(&lines(
-                stats
-                    .by_provider
-                    .iter()
-                    .map(|(provider, status, n)| format!("  {provider} / {status}: {n}"))
-                    .collect(),
-            ));
-            text.push_str("\n\n");
-            text.push_str(t.admin_help);
-        }
-        self.send(chat, text, None).await;
-    }
 
     async fn refund_prompt(&self, chat: i64, t: &Texts, arg: &str) {
         let Ok(id) = Uuid::parse_str(arg) else {

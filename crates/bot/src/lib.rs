@@ -1,8 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod admin;
 pub mod app;
+pub mod chart;
 pub mod gateway;
 pub mod notify;
+pub mod png;
 pub mod poller;
 pub mod settings;
 pub mod store;

@@ -1,5 +1,5 @@
 //! What the bot reads from and writes to the database: tariffs, users' subscriptions, the
-//! pre-checkout check, the inbox for Telegram payment messages, and the admin counts.
+//! pre-checkout check and the inbox for Telegram payment messages.
 
 use chrono::Utc;
 use domain::PaymentStatus;
@@ -10,7 +10,7 @@ use payment_core::ProviderId;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, Statement, TryInsertResult,
+    EntityTrait, QueryFilter, QueryOrder, TryInsertResult,
 };
 use uuid::Uuid;
 
@@ -192,61 +192,4 @@ pub async fn payment_with_payer(
         .one(db)
         .await?
         .map(|(payment, user)| (payment, user.map(|u| u.telegram_id))))
-}
-
-/// Simple payment counts for `/stats` and `/admin` (the analytics issue replaces these).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub total: i64,
-    pub by_status: Vec<(String, i64)>,
-    /// Succeeded money net of refunds, per currency (minor units).
-    pub revenue: Vec<(String, i64)>,
-    /// `(provider, status, count)`.
-    pub by_provider: Vec<(String, String, i64)>,
-}
-
-pub async fn stats(db: &DatabaseConnection) -> Result<Stats, DbErr> {
-    let backend = db.get_database_backend();
-    let rows = |sql: &str| db.query_all_raw(Statement::from_string(backend, sql.to_owned()));
-    let by_status = rows(
-        "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM payments GROUP BY status ORDER BY status",
-    )
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get::<String>("", "status")?, r.try_get::<i64>("", "n")?)))
-    .collect::<Result<Vec<_>, DbErr>>()?;
-    let revenue = rows(
-        "SELECT currency, CAST(COALESCE(SUM(amount_minor - refunded_minor), 0) AS BIGINT) AS s \
-         FROM payments WHERE status IN ('succeeded', 'partially_refunded') \
-         GROUP BY currency ORDER BY currency",
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get::<String>("", "currency")?,
-            r.try_get::<i64>("", "s")?,
-        ))
-    })
-    .collect::<Result<Vec<_>, DbErr>>()?;
-    let by_provider = rows(
-        "SELECT provider, status, CAST(COUNT(*) AS BIGINT) AS n FROM payments \
-         GROUP BY provider, status ORDER BY provider, status",
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get::<String>("", "provider")?,
-            r.try_get::<String>("", "status")?,
-            r.try_get::<i64>("", "n")?,
-        ))
-    })
-    .collect::<Result<Vec<_>, DbErr>>()?;
-    Ok(Stats {
-        total: by_status.iter().map(|(_, n)| n).sum(),
-        by_status,
-        revenue,
-        by_provider,
-    })
 }

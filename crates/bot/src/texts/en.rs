@@ -41,7 +41,6 @@ pub static TEXTS: Texts = Texts {
     subscription: "Subscription: {status}\nValid until: {expires}\nLink: {link}",
     status_active: "active",
     status_expired: "expired",
-    admin_stats: "📊 Payments: {payments}\nBy status:\n{by_status}\nRevenue (succeeded):\n{revenue}",
     admin_help: "Admin commands:\n/stats — overview\n/admin — details\n/refund <payment id> — refund",
     refund_usage: "Usage: /refund <payment id>",
     refund_not_found: "Payment {id} not found.",

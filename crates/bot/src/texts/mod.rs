@@ -4,6 +4,7 @@
 //! Templates name their blanks (`{amount}`), filled by [`fill`]; both languages fill the
 //! same struct, so a text missing in one language does not compile.
 
+pub mod admin;
 mod en;
 mod ru;
 
@@ -87,8 +88,6 @@ pub struct Texts {
     pub subscription: &'static str,
     pub status_active: &'static str,
     pub status_expired: &'static str,
-    /// `{payments}`, `{by_status}`, `{revenue}`.
-    pub admin_stats: &'static str,
     pub admin_help: &'static str,
     pub refund_usage: &'static str,
     /// `{id}`.

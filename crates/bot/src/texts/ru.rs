@@ -41,7 +41,6 @@ pub static TEXTS: Texts = Texts {
     subscription: "Подписка: {status}\nДействует до: {expires}\nСсылка: {link}",
     status_active: "активна",
     status_expired: "истекла",
-    admin_stats: "📊 Платежи: {payments}\nПо статусам:\n{by_status}\nВыручка (успешные):\n{revenue}",
     admin_help: "Команды администратора:\n/stats — сводка\n/admin — подробно\n/refund <id платежа> — возврат",
     refund_usage: "Использование: /refund <id платежа>",
     refund_not_found: "Платёж {id} не найден.",

@@ -1,5 +1,6 @@
 //! The bot against the Telegram Bot API emulator, with the real gateway and worker.
 
+mod admin;
 mod helpers;
 
 use std::time::{Duration, Instant};
