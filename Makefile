@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test bench build lint fmt check run
+.PHONY: demo test bench bench-tests build lint fmt check run
 
 ## make demo: the embedded default — one process, SQLite, in-process bus, sandbox emulators;
 ## three scripted customers and a refund (KEEP=1 keeps it running until Ctrl-C)
@@ -17,8 +17,15 @@ AMQP_QUEUE_TYPE ?= classic
 test:
 	AMQP_QUEUE_TYPE=$(AMQP_QUEUE_TYPE) $(CARGO) test --workspace --locked --no-fail-fast
 
-## make bench: the benchmarks (ignored by `make test`); figures are printed and go to the README
+## make bench: the load generator's standard set (release build; the four services as separate
+## processes on PostgreSQL + RabbitMQ with the sandbox); writes bench/results/<date>.json and .md.
+## BENCH_SECONDS=10 for a short run; SCENARIOS picks scenarios.
 bench:
+	$(CARGO) build --release --workspace --bins --locked
+	AMQP_QUEUE_TYPE=$(AMQP_QUEUE_TYPE) RUST_LOG=$${RUST_LOG:-error} target/release/loadgen $(SCENARIOS)
+
+## make bench-tests: the benchmarks kept as ignored tests (pre-checkout answer time and others)
+bench-tests:
 	AMQP_QUEUE_TYPE=$(AMQP_QUEUE_TYPE) $(CARGO) test --workspace --release --locked -- --ignored --nocapture --test-threads 1
 
 ## make run: the standalone service with your .env

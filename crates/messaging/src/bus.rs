@@ -237,6 +237,12 @@ pub trait DeliverySource: Send + Sync + 'static {
     /// Number of messages waiting in the consumer's parking queue.
     async fn parking_count(&self, consumer: &str) -> Result<u64, BusError>;
 
+    /// Number of messages ready in the consumer's work queue, where the source can tell
+    /// (RabbitMQ can; the in-process bus answers `None`).
+    async fn queue_count(&self, _consumer: &str) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
+
     /// Up to `limit` parked messages, left in place (on RabbitMQ they return to the queue
     /// asynchronously, so a count taken right after may briefly miss them).
     async fn peek_parked(

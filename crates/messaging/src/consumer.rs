@@ -36,6 +36,8 @@ pub const METRIC_MESSAGES: &str = "messaging_consumer_messages_total";
 pub const METRIC_HANDLE_SECONDS: &str = "messaging_consumer_handle_seconds";
 /// Gauge `{consumer}`: messages in the parking queue when last polled.
 pub const METRIC_PARKING: &str = "messaging_parking_messages";
+/// Gauge `{consumer}`: messages ready in the work queue when last polled (RabbitMQ only).
+pub const METRIC_QUEUE: &str = "messaging_queue_messages";
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -288,6 +290,16 @@ impl ConsumerRunner {
                 }
                 Err(err) => {
                     tracing::debug!(consumer = %self.spec.name, error = %err, "parking count unavailable");
+                }
+            }
+            match self.source.queue_count(&self.spec.name).await {
+                Ok(Some(count)) => {
+                    metrics::gauge!(METRIC_QUEUE, "consumer" => self.spec.name.clone())
+                        .set(count as f64);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::debug!(consumer = %self.spec.name, error = %err, "queue depth unavailable");
                 }
             }
             tokio::select! {

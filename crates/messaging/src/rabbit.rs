@@ -690,6 +690,12 @@ impl DeliverySource for RabbitBus {
             .await
     }
 
+    async fn queue_count(&self, consumer: &str) -> Result<Option<u64>, BusError> {
+        self.queue_size(self.inner.names.queue(consumer))
+            .await
+            .map(Some)
+    }
+
     async fn peek_parked(
         &self,
         consumer: &str,

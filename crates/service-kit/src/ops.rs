@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use futures::future::BoxFuture;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sea_orm::DatabaseConnection;
 use tokio::task::JoinHandle;
 
@@ -59,13 +59,33 @@ impl Readiness {
     }
 }
 
+/// Histogram buckets of every metric named `*_seconds`: 5 ms to 1 min.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Histogram buckets of every metric named `*_ms` (payment processing time): 100 ms to 1 h.
+pub const MS_BUCKETS: &[f64] = &[
+    100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0, 300_000.0,
+    900_000.0, 3_600_000.0,
+];
+
+/// The exporter with explicit histogram buckets (without them it renders summaries, which
+/// cannot be aggregated across replicas).
+fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_ms".into()), MS_BUCKETS))
+        // Only an empty bucket list is refused; these are constants.
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+}
+
 /// The process-wide Prometheus recorder, installed on first use (several services may share
 /// a process in the single-process mode and in tests).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = builder().build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is already global; then ours just stays local.
             let _ = metrics::set_global_recorder(recorder);
