@@ -39,6 +39,10 @@ pub const METRIC_PARKING: &str = "messaging_parking_messages";
 /// Gauge `{consumer}`: messages ready in the work queue when last polled (RabbitMQ only).
 pub const METRIC_QUEUE: &str = "messaging_queue_messages";
 
+/// While the broker is away, the pause between subscription attempts grows to this many times
+/// `RunnerConfig::resubscribe_delay`.
+const MAX_BACKOFF_FACTOR: u32 = 16;
+
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// A handler's failure.
@@ -144,7 +148,8 @@ pub struct RunnerConfig {
     pub prefetch: u16,
     /// Delays between attempts before parking (also declares the delay queues).
     pub retry: RetryPolicy,
-    /// Wait before subscribing again after the subscription failed or ended.
+    /// Wait before subscribing again after the subscription failed or ended; doubled after
+    /// every failed attempt up to 16 times this, back to this after a success.
     pub resubscribe_delay: Duration,
     /// How often the parking-queue gauge is refreshed.
     pub parking_poll_interval: Duration,
@@ -243,6 +248,7 @@ impl ConsumerRunner {
 
     async fn consume(self: Arc<Self>, shutdown: CancellationToken) {
         let concurrency = usize::from(self.config.prefetch.max(1));
+        let mut pause = self.config.resubscribe_delay;
         while !shutdown.is_cancelled() {
             match self
                 .source
@@ -251,6 +257,7 @@ impl ConsumerRunner {
             {
                 Ok(deliveries) => {
                     tracing::info!(consumer = %self.spec.name, "consuming");
+                    pause = self.config.resubscribe_delay;
                     let consumer = self.spec.name.clone();
                     deliveries
                         .take_until(shutdown.clone().cancelled_owned())
@@ -271,13 +278,14 @@ impl ConsumerRunner {
                         .await;
                 }
                 Err(err) => {
-                    tracing::warn!(consumer = %self.spec.name, error = %err, "cannot subscribe");
+                    tracing::warn!(consumer = %self.spec.name, error = %err, retry_in_ms = pause.as_millis() as u64, "cannot subscribe");
                 }
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.config.resubscribe_delay) => {}
+                () = tokio::time::sleep(pause) => {}
             }
+            pause = (pause * 2).min(self.config.resubscribe_delay * MAX_BACKOFF_FACTOR);
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod db;
 pub mod ops;
+pub mod proxy;
 pub mod runtime;
 pub mod settings;
 pub mod shutdown;

@@ -14,6 +14,9 @@ use crate::Shutdown;
 
 type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
 
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What `/health/ready` asks before answering 200: each named check must pass.
 #[derive(Clone, Default)]
 pub struct Readiness {
@@ -46,7 +49,11 @@ impl Readiness {
         let mut ok = true;
         let mut report = serde_json::Map::new();
         for (name, check) in &self.checks {
-            let value = match check().await {
+            // A server that does not answer must not hang the probe: a check gets a few seconds.
+            let outcome = tokio::time::timeout(CHECK_TIMEOUT, check())
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())));
+            let value = match outcome {
                 Ok(()) => serde_json::Value::from("ok"),
                 Err(error) => {
                     ok = false;
@@ -65,8 +72,18 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 ];
 /// Histogram buckets of every metric named `*_ms` (payment processing time): 100 ms to 1 h.
 pub const MS_BUCKETS: &[f64] = &[
-    100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0, 300_000.0,
-    900_000.0, 3_600_000.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    30_000.0,
+    60_000.0,
+    300_000.0,
+    900_000.0,
+    3_600_000.0,
 ];
 
 /// The exporter with explicit histogram buckets (without them it renders summaries, which

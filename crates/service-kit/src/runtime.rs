@@ -4,6 +4,7 @@
 //! in-process bus) and starts all four services on it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use messaging::topology::system_consumers;
 use messaging::{Bus, InProcessBus, OutboxRelay, RabbitBus, RabbitConfig, RelayConfig};
@@ -36,6 +37,35 @@ impl Infra {
         let bus = RabbitBus::connect(config).await?;
         tracing::info!(service, prefix = %common.amqp_prefix, "database and broker connected");
         Self::assemble(db, Arc::new(bus)).await
+    }
+
+    /// [`Infra::connect`], tried again with growing pauses (0.5 s doubling to 30 s) while
+    /// PostgreSQL or RabbitMQ is not there yet; `None` when `shutdown` comes first. A service
+    /// started during an outage waits for the servers instead of exiting.
+    pub async fn connect_patiently(
+        service: &'static str,
+        common: &CommonSettings,
+        shutdown: &Shutdown,
+    ) -> Option<Self> {
+        let mut pause = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            match Self::connect(service, common).await {
+                Ok(infra) => return Some(infra),
+                Err(error) => {
+                    let wait = pause.next_pause();
+                    tracing::warn!(
+                        service,
+                        error = format!("{error:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot reach the database or the broker yet"
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// SQLite (or whatever `DATABASE_URL` says) and the in-process bus, for the single-process
@@ -100,7 +130,13 @@ pub async fn run_service<F>(
 where
     F: AsyncFnOnce(&Infra, Shutdown) -> anyhow::Result<RunningServer>,
 {
-    let infra = Infra::connect(service, common).await?;
+    let Some(infra) = Infra::connect_patiently(service, common, &shutdown).await else {
+        tracing::info!(
+            service,
+            "stopped before the database and the broker were reachable"
+        );
+        return Ok(());
+    };
     let server = match start(&infra, shutdown).await {
         Ok(server) => server,
         Err(error) => {
@@ -113,4 +149,36 @@ where
     infra.stop().await;
     served??;
     Ok(())
+}
+
+/// Pauses that double from `first` up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    /// The pause to take now; the next one is twice as long, up to the maximum.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
+        let pauses: Vec<u128> = (0..5).map(|_| backoff.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [500, 1000, 2000, 3000, 3000]);
+    }
 }
