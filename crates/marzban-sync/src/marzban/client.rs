@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::ids::MarzbanUsername;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -127,7 +127,26 @@ pub enum MarzbanError {
     InvalidInput(String),
 }
 
+/// Histogram `{operation}`: seconds a Marzban API call took (a re-login and resend included).
+pub const METRIC_CALL_SECONDS: &str = "marzban_sync_api_call_seconds";
+/// Counter `{operation, error}`: Marzban API calls that failed, by [`MarzbanError::kind`].
+pub const METRIC_CALL_ERRORS: &str = "marzban_sync_api_errors_total";
+
 impl MarzbanError {
+    /// A short stable name of the variant, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::NotFound { .. } => "not_found",
+            Self::Conflict { .. } => "conflict",
+            Self::Validation { .. } => "validation",
+            Self::Rejected { .. } => "rejected",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Decode(_) => "decode",
+            Self::InvalidInput(_) => "invalid_input",
+        }
+    }
+
     /// Whether the same request may succeed later without any change.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
@@ -197,7 +216,7 @@ impl MarzbanClient {
         username: &MarzbanUsername,
     ) -> Result<Option<UserResponse>, MarzbanError> {
         let path = format!("/user/{username}");
-        match self.call(Method::GET, &path, |r| r).await {
+        match self.call("get_user", Method::GET, &path, |r| r).await {
             Ok(response) => decode(response).await.map(Some),
             Err(MarzbanError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -218,7 +237,9 @@ impl MarzbanClient {
             status: "active",
             note: user.note.as_deref(),
         };
-        let response = self.call(Method::POST, "/user", |r| r.json(&body)).await?;
+        let response = self
+            .call("create_user", Method::POST, "/user", |r| r.json(&body))
+            .await?;
         decode(response).await
     }
 
@@ -236,7 +257,9 @@ impl MarzbanClient {
             status: change.status,
         };
         let path = format!("/user/{username}");
-        let response = self.call(Method::PUT, &path, |r| r.json(&body)).await?;
+        let response = self
+            .call("modify_user", Method::PUT, &path, |r| r.json(&body))
+            .await?;
         decode(response).await
     }
 
@@ -246,14 +269,15 @@ impl MarzbanClient {
         username: &MarzbanUsername,
     ) -> Result<UserResponse, MarzbanError> {
         let path = format!("/user/{username}/reset");
-        let response = self.call(Method::POST, &path, |r| r).await?;
+        let response = self.call("reset_user", Method::POST, &path, |r| r).await?;
         decode(response).await
     }
 
     /// `DELETE /api/user/{username}`; a missing user is [`MarzbanError::NotFound`].
     pub async fn delete_user(&self, username: &MarzbanUsername) -> Result<(), MarzbanError> {
         let path = format!("/user/{username}");
-        self.call(Method::DELETE, &path, |r| r).await?;
+        self.call("delete_user", Method::DELETE, &path, |r| r)
+            .await?;
         Ok(())
     }
 
@@ -262,8 +286,28 @@ impl MarzbanClient {
         super::absolute_subscription_url(&self.settings.base_url, &user.subscription_url)
     }
 
-    /// Sends an authenticated request; on 401 logs in again once and resends once.
+    /// [`MarzbanClient::call_once`], timed and counted by `operation` ([`METRIC_CALL_SECONDS`],
+    /// [`METRIC_CALL_ERRORS`]).
     async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, MarzbanError> {
+        let started = Instant::now();
+        let result = self.call_once(method, path, body).await;
+        metrics::histogram!(METRIC_CALL_SECONDS, "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!(METRIC_CALL_ERRORS, "operation" => operation, "error" => error.kind())
+                .increment(1);
+        }
+        result
+    }
+
+    /// Sends an authenticated request; on 401 logs in again once and resends once.
+    async fn call_once(
         &self,
         method: Method,
         path: &str,
