@@ -770,7 +770,38 @@ async fn refund(
             if existing.payment_id != payment.id {
                 return Err(ApiError::IdempotencyMismatch);
             }
-            return Ok(refund_response(&existing).customize_replayed());
+            if existing.status != RefundStatus::Pending || existing.provider_refund_id.is_some() {
+                return Ok(refund_response(&existing).customize_replayed());
+            }
+            // The first attempt's result is unknown (timeout, 5xx): ask again with the same
+            // refund id, hence the same provider idempotence key — the provider answers with
+            // the refund it made, or makes it now, never a second one.
+            let provider_id = ProviderId::from_str(&payment.provider)
+                .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+            let provider_payment_id = payment.provider_payment_id.clone().ok_or_else(|| {
+                ApiError::Conflict("the payment has no provider payment yet".into())
+            })?;
+            // The same request as the first time: what the other refunds had taken then. (The
+            // payment may since show this refund applied, if the provider made it and told us.)
+            let others = recorded_refunds(&state, &payment, Some(existing.id)).await?;
+            let original = payments::Model {
+                status: if others == 0 {
+                    PaymentStatus::Succeeded
+                } else {
+                    PaymentStatus::PartiallyRefunded
+                },
+                ..payment
+            };
+            return settle_refund(
+                &state,
+                &original,
+                existing,
+                provider_id,
+                provider_payment_id,
+                others,
+            )
+            .await
+            .map(Replayed::customize_replayed);
         }
     }
     let provider_id = ProviderId::from_str(&payment.provider)
@@ -790,22 +821,15 @@ async fn refund(
     }
     // Refunds not yet applied by the worker count too, so two quick refunds cannot exceed
     // the payment.
-    let recorded: i64 = refunds::Entity::find()
-        .filter(refunds::Column::PaymentId.eq(payment.id))
-        .filter(refunds::Column::Status.is_in([RefundStatus::Pending, RefundStatus::Succeeded]))
-        .all(&state.db)
-        .await?
-        .iter()
-        .map(|r| r.amount_minor)
-        .sum();
-    let already = payment.refunded_minor.max(recorded);
+    let already = payment
+        .refunded_minor
+        .max(recorded_refunds(&state, &payment, None).await?);
     let amount_minor = body.amount_minor.unwrap_or(payment.amount_minor - already);
     if amount_minor <= 0 {
         return Err(ApiError::Unprocessable(
             "nothing to refund: the amount must be positive".into(),
         ));
     }
-    let amount = Money::new(amount_minor, payment.currency);
 
     let refund_id = Uuid::now_v7();
     let now = Utc::now().trunc_subsecs(6);
@@ -838,6 +862,52 @@ async fn refund(
         .await
         .map_err(conflict_or)?;
 
+    settle_refund(
+        &state,
+        &payment,
+        record,
+        provider_id,
+        provider_payment_id,
+        already,
+    )
+    .await
+}
+
+/// The refunds of `payment` recorded as pending or succeeded, in minor units; `except` leaves
+/// out the refund being settled.
+async fn recorded_refunds(
+    state: &AppState,
+    payment: &payments::Model,
+    except: Option<Uuid>,
+) -> Result<i64, ApiError> {
+    let mut query = refunds::Entity::find()
+        .filter(refunds::Column::PaymentId.eq(payment.id))
+        .filter(refunds::Column::Status.is_in([RefundStatus::Pending, RefundStatus::Succeeded]));
+    if let Some(except) = except {
+        query = query.filter(refunds::Column::Id.ne(except));
+    }
+    Ok(query
+        .all(&state.db)
+        .await?
+        .iter()
+        .map(|r| r.amount_minor)
+        .sum())
+}
+
+/// Asks the provider for the refund `record` (already stored as pending) and records its
+/// answer; a result the provider leaves unknown keeps the refund pending, to be asked again
+/// by repeating the request with the same `Idempotency-Key`.
+async fn settle_refund(
+    state: &AppState,
+    payment: &payments::Model,
+    record: refunds::Model,
+    provider_id: ProviderId,
+    provider_payment_id: String,
+    already: i64,
+) -> Result<HttpResponse, ApiError> {
+    let refund_id = record.id;
+    let id = payment.payment_id();
+    let amount = Money::new(record.amount_minor, record.currency);
     let result = state
         .payments
         .refund(
@@ -852,21 +922,21 @@ async fn refund(
                 payment_status: payment.status,
                 already_refunded: Money::new(already, payment.currency),
                 amount,
-                reason: body.reason.clone(),
+                reason: record.reason.clone(),
             },
         )
         .await;
     match result {
         Ok(done) => {
             let updated =
-                record_refund(&state, record, &provider_payment_id, provider_id, &done).await?;
+                record_refund(state, record, &provider_payment_id, provider_id, &done).await?;
             tracing::info!(%refund_id, payment_id = %id, status = %updated.status, "refund accepted by the provider");
             Ok(refund_response(&updated))
         }
         Err(error) if error.is_result_unknown() => {
             tracing::warn!(%refund_id, payment_id = %id, %error, "refund result unknown; stays pending");
             Err(ApiError::ProviderUnavailable(format!(
-                "{error}; refund {refund_id} stays pending"
+                "{error}; refund {refund_id} stays pending: repeat the request with the same Idempotency-Key to settle it"
             )))
         }
         Err(error) => {

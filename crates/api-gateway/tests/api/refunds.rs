@@ -167,3 +167,59 @@ async fn a_repeated_refund_key_returns_the_first_refund() {
     assert_eq!(first["refund_id"], again["refund_id"]);
     assert_eq!(app.yookassa.refunds().len(), 1);
 }
+
+/// The provider made the refund but its answer was lost (500 after processing, then 500):
+/// the refund stays pending with a 504 that says how to settle it; repeating the request with
+/// the same key asks the provider again under the same idempotence key, which answers with the
+/// refund it made — one refund at the provider, recorded as succeeded, announced once.
+#[tokio::test]
+async fn a_refund_whose_result_was_lost_is_settled_by_repeating_the_key() {
+    let app = spawn_app(&[]).await;
+    let (id, _) = succeeded_payment(&app, "refund-lost").await;
+    let send = || {
+        app.http
+            .post(app.url(&format!("/api/payments/{id}/refund")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Idempotency-Key", "admin-refund-lost")
+            .header("Content-Type", "application/json")
+            .body(r#"{"amount_minor": 5000}"#)
+            .send()
+    };
+    // YOOKASSA_MAX_ATTEMPTS is 2 in the test app: both attempts fail, the first after the
+    // refund was made.
+    app.yookassa
+        .push_fault(sandbox::yookassa::Fault::InternalErrorAfterProcessing, 1);
+    app.yookassa
+        .push_fault(sandbox::yookassa::Fault::InternalError, 1);
+    let lost = send().await.unwrap();
+    assert_eq!(lost.status(), 504);
+    let message = lost.text().await.unwrap();
+    assert!(message.contains("same Idempotency-Key"), "{message}");
+    let rows = refunds::Entity::find().all(&app.db.conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RefundStatus::Pending);
+    assert!(rows[0].provider_refund_id.is_none());
+    assert_eq!(app.yookassa.refunds().len(), 1, "the provider made it");
+    assert_eq!(app.inbox_count().await, 0);
+
+    let settled = send().await.unwrap();
+    assert_eq!(settled.status(), 200);
+    assert_eq!(settled.headers()["idempotent-replayed"], "true");
+    let view: serde_json::Value = settled.json().await.unwrap();
+    assert_eq!(view["refund_id"], rows[0].id.to_string());
+    assert_eq!(view["status"], "succeeded");
+    assert_eq!(app.yookassa.refunds().len(), 1, "no second refund");
+    let rows = refunds::Entity::find().all(&app.db.conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RefundStatus::Succeeded);
+    assert_eq!(
+        rows[0].provider_refund_id.as_deref(),
+        app.yookassa.refunds()[0]["id"].as_str()
+    );
+    assert_eq!(app.inbox_count().await, 1, "the worker is told once");
+
+    // Settled now: a third repeat replays the stored answer without asking the provider.
+    let requests = app.yookassa.requests().len();
+    assert_eq!(send().await.unwrap().status(), 200);
+    assert_eq!(app.yookassa.requests().len(), requests);
+}
