@@ -1,0 +1,778 @@
+//! Fault injection against the system as separate processes: while a few hundred YooKassa
+//! payments are created and paid (or left pending, or declined), services are killed with
+//! SIGKILL and restarted, the broker and the database drop every connection, Marzban answers
+//! 500 or is down, YooKassa answers 500/429 or too slowly, and its notifications are
+//! duplicated, delayed, reordered or dropped. When the faults stop, the system must settle
+//! within a bounded time to the provider's truth:
+//!
+//! - every payment YooKassa says is paid is `succeeded` here with exactly one ledger grant;
+//! - every unpaid one is still `pending`, every declined one `failed`/`canceled`/`expired`;
+//! - no payment is granted twice, each user's ledger adds up to the days they paid for, and
+//!   the panel's expiry equals the ledger's;
+//! - the parking queues hold only the one message the run parks on purpose.
+//!
+//! The shared PostgreSQL and RabbitMQ keep running for everyone else: a broker outage is the
+//! services' AMQP connections cut at a [`TcpProxy`] (the broker "restarts" as they see it),
+//! a database outage is `pg_terminate_backend` on every connection to the run's database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use messaging::topology::system_consumers;
+use messaging::{DeliverySource, OutgoingMessage, Publisher, QueueType, RabbitBus, RabbitConfig};
+use sandbox::telegram::TestUser;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde_json::{Value, json};
+use service_kit::proxy::TcpProxy;
+
+use crate::audit::create_payment;
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::sandbox_client::SandboxClient;
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    pub payments: usize,
+    pub users: usize,
+    /// Payments in progress at once.
+    pub concurrency: usize,
+    /// Payment `i` starts no earlier than `i × pace`, so the payments span the faults.
+    pub pace: Duration,
+    /// How long Marzban is down once, at the start of the run (the other faults go on).
+    pub marzban_down: Duration,
+    /// The bound on settling after the faults stop.
+    pub settle_within: Duration,
+    /// Seed of the fault schedule (`FAULTS_SEED` replays a run).
+    pub seed: u64,
+}
+
+impl FaultPlan {
+    /// The CI version: a minute or so.
+    pub fn short() -> Self {
+        Self {
+            payments: 60,
+            users: 12,
+            concurrency: 6,
+            pace: Duration::from_millis(300),
+            marzban_down: Duration::from_secs(5),
+            settle_within: Duration::from_secs(120),
+            seed: seed(),
+        }
+    }
+
+    /// `make faults`: several hundred payments, Marzban down for a minute.
+    pub fn full() -> Self {
+        Self {
+            payments: 300,
+            users: 40,
+            concurrency: 8,
+            pace: Duration::from_millis(250),
+            marzban_down: Duration::from_secs(60),
+            settle_within: Duration::from_secs(240),
+            seed: seed(),
+        }
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
+/// xorshift64*: a reproducible schedule without a dependency.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+}
+
+/// What the payer does with a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Pay,
+    Leave,
+    Decline,
+}
+
+/// The figures of a run.
+#[derive(Debug, Clone, Default)]
+pub struct FaultReport {
+    pub seed: u64,
+    pub payments: usize,
+    pub paid: usize,
+    pub left_pending: usize,
+    pub declined: usize,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Requests to create a payment that met a fault and were retried with the same key.
+    pub create_retries: u64,
+    /// Seconds from the end of the faults until everything agreed.
+    pub settled_after: Option<f64>,
+    /// Paid at YooKassa, but not `succeeded` with one grant here.
+    pub lost: usize,
+    /// Granted more than once, or `succeeded` here though not paid at YooKassa.
+    pub doubled: usize,
+    /// Payments whose status here disagrees with YooKassa's in another way.
+    pub disagreeing: Vec<String>,
+    /// Users whose ledger or panel expiry does not add up.
+    pub ledger_mismatches: Vec<String>,
+    /// Parked messages per consumer at the end (the run parks one at `bot` on purpose).
+    pub parked: BTreeMap<String, u64>,
+}
+
+impl FaultReport {
+    pub fn faults_injected(&self) -> u64 {
+        self.faults.values().sum()
+    }
+
+    /// Everything the run promises.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if self.settled_after.is_none() {
+            problems.push("did not settle in time".to_owned());
+        }
+        if self.lost > 0 {
+            problems.push(format!("{} paid payments lost", self.lost));
+        }
+        if self.doubled > 0 {
+            problems.push(format!(
+                "{} payments applied twice or wrongly",
+                self.doubled
+            ));
+        }
+        if !self.disagreeing.is_empty() {
+            problems.push(format!("statuses disagree: {:?}", self.disagreeing));
+        }
+        if !self.ledger_mismatches.is_empty() {
+            problems.push(format!("ledger/panel: {:?}", self.ledger_mismatches));
+        }
+        let expected: BTreeMap<String, u64> = system_consumers()
+            .iter()
+            .map(|c| (c.name.clone(), u64::from(c.name == POISON_CONSUMER)))
+            .collect();
+        if self.parked != expected {
+            problems.push(format!(
+                "parking queues {:?}, expected {expected:?}",
+                self.parked
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("seed {}: {}", self.seed, problems.join("; "))
+        }
+    }
+}
+
+impl std::fmt::Display for FaultReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {}: {} payments ({} paid, {} left pending, {} declined), {} faults injected {:?}, \
+             {} create retries; settled {}; lost {}, doubled {}, parked {:?}",
+            self.seed,
+            self.payments,
+            self.paid,
+            self.left_pending,
+            self.declined,
+            self.faults_injected(),
+            self.faults,
+            self.create_retries,
+            self.settled_after.map_or("never".to_owned(), |s| format!(
+                "{s:.1} s after the faults stopped"
+            )),
+            self.lost,
+            self.doubled,
+            self.parked,
+        )
+    }
+}
+
+/// The consumer whose parking queue gets the message parked on purpose.
+const POISON_CONSUMER: &str = messaging::topology::consumers::BOT;
+
+/// The run's environment on top of the cluster's defaults: fast reconciliation (the backstop
+/// for lost notifications, with short leases so a killed worker's claims come back quickly)
+/// and retry schedules that outlast the outages, so nothing is parked by a fault.
+fn environment(amqp_url: String) -> Vec<(String, String)> {
+    [
+        ("AMQP_URL", amqp_url),
+        ("AMQP_QUEUE_TYPE", "classic".to_owned()),
+        ("RUST_LOG", "info,sqlx=warn".to_owned()),
+        ("RECONCILE_POLL_MS", "500".to_owned()),
+        ("RECONCILE_FIRST_CHECK_SECS", "3".to_owned()),
+        ("RECONCILE_FAST_INTERVAL_SECS", "3".to_owned()),
+        ("RECONCILE_LEASE_SECS", "5".to_owned()),
+        (
+            "WORKER_RETRY_DELAYS_MS",
+            "500,1000,2000,4000,8000,15000,30000,30000".to_owned(),
+        ),
+        (
+            "MARZBAN_SYNC_RETRY_DELAYS_MS",
+            "500,1000,2000,4000,8000,15000,30000,30000".to_owned(),
+        ),
+        ("YOOKASSA_TIMEOUT_MS", "2000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split(['/', '?']).next().unwrap_or(host);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5672")
+    }
+}
+
+/// Runs `plan` on a fresh cluster (two workers, two syncs) and reports; the cluster is
+/// stopped at the end either way.
+pub async fn run(plan: FaultPlan) -> anyhow::Result<FaultReport> {
+    let broker = TcpProxy::start(host_port(&testkit::amqp_url())).await?;
+    let mut cluster = Cluster::start(ClusterConfig {
+        workers: 2,
+        syncs: 2,
+        env: environment(broker.rewrite_url(&testkit::amqp_url())),
+    })
+    .await?;
+    let result = drive(&plan, &mut cluster, &broker).await;
+    // Whatever happened, nothing stays cut.
+    broker.restore();
+    let stopped = cluster.stop().await;
+    let report = result?;
+    stopped.context("the services stop cleanly after the run")?;
+    Ok(report)
+}
+
+async fn drive(
+    plan: &FaultPlan,
+    cluster: &mut Cluster,
+    broker: &TcpProxy,
+) -> anyhow::Result<FaultReport> {
+    let sandbox = cluster.sandbox_client();
+    let users: Vec<TestUser> = (0..plan.users as i64)
+        .map(|i| TestUser::new(870_000 + i, &format!("Faulty {i}"), "en"))
+        .collect();
+    for user in &users {
+        let start = sandbox.send_text(user, "/start").await?;
+        sandbox
+            .wait_for_message(user.id, Duration::from_secs(30), |m| m.message_id > start)
+            .await?
+            .context("the bot answers /start")?;
+    }
+
+    let mut report = FaultReport {
+        seed: plan.seed,
+        payments: plan.payments,
+        ..FaultReport::default()
+    };
+    let mut rng = Rng(plan.seed);
+    let fates: Vec<Fate> = (0..plan.payments)
+        .map(|_| match rng.below(10) {
+            0 => Fate::Leave,
+            1 => Fate::Decline,
+            _ => Fate::Pay,
+        })
+        .collect();
+    report.paid = fates.iter().filter(|f| **f == Fate::Pay).count();
+    report.left_pending = fates.iter().filter(|f| **f == Fate::Leave).count();
+    report.declined = fates.iter().filter(|f| **f == Fate::Decline).count();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let retries = Arc::new(AtomicU64::new(0));
+    let gateway = cluster.gateway.addr.clone();
+    let customers = customers(
+        &sandbox,
+        &gateway,
+        &users,
+        &fates,
+        plan,
+        retries.clone(),
+        done.clone(),
+    );
+    let chaos = chaos(plan, cluster, broker, &sandbox, rng, done.clone());
+    let (created, faults) = futures::join!(customers, chaos);
+    report.faults = faults?;
+    report.create_retries = retries.load(Ordering::SeqCst);
+    let created = created?;
+
+    // The faults stop: everything answers again, every killed process runs again.
+    heal(&sandbox, broker).await;
+    for proc in cluster.services_mut() {
+        proc.wait_ready(Duration::from_secs(60)).await?;
+    }
+    let stopped = Instant::now();
+
+    park_on_purpose(&cluster.prefix).await?;
+    report.settled_after = settle(&cluster.db.conn, &sandbox, &created, plan.settle_within)
+        .await?
+        .then(|| stopped.elapsed().as_secs_f64());
+    compare(&cluster.db.conn, &sandbox, &created, &mut report).await?;
+    ledger_against_panel(&cluster.db.conn, &sandbox, &mut report).await?;
+    report.parked = parked(&cluster.prefix).await?;
+    Ok(report)
+}
+
+/// Creates every payment through the gateway (retrying with the same key through kills and
+/// provider faults, as the bot does) and pays, leaves or declines it on the checkout.
+/// Returns the YooKassa ids with their fates.
+async fn customers(
+    sandbox: &SandboxClient,
+    gateway: &str,
+    users: &[TestUser],
+    fates: &[Fate],
+    plan: &FaultPlan,
+    retries: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<(String, Fate)>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let results: Vec<anyhow::Result<(String, Fate)>> =
+        futures::stream::iter(fates.iter().copied().enumerate())
+            .map(|(i, fate)| {
+                let (http, retries) = (&http, &retries);
+                let user = &users[i % users.len()];
+                async move {
+                    tokio::time::sleep(plan.pace * i as u32).await;
+                    let tariff = if i % 2 == 0 { "month_1" } else { "month_3" };
+                    let key = format!("faults-{}-{i}", user.id);
+                    let mut attempt = 0;
+                    let created = loop {
+                        match create_payment(http, gateway, user.id, tariff, &key).await {
+                            Ok(created) => break created,
+                            Err(error) if attempt < 120 => {
+                                attempt += 1;
+                                retries.fetch_add(1, Ordering::SeqCst);
+                                tracing::debug!(%error, "create payment: retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            Err(error) => return Err(error.context(format!("payment {i}"))),
+                        }
+                    };
+                    let id = created.provider_payment_id;
+                    match fate {
+                        Fate::Pay => sandbox.yookassa_pay(&id).await.map(drop)?,
+                        Fate::Decline => {
+                            control(sandbox, &format!("/payments/{id}/decline")).await?
+                        }
+                        Fate::Leave => {}
+                    }
+                    Ok((id, fate))
+                }
+            })
+            .buffer_unordered(plan.concurrency)
+            .collect()
+            .await;
+    done.store(true, Ordering::SeqCst);
+    results.into_iter().collect()
+}
+
+async fn control(sandbox: &SandboxClient, path: &str) -> anyhow::Result<()> {
+    send(
+        sandbox,
+        reqwest::Method::POST,
+        &format!("{}/sandbox/yookassa{path}", sandbox.urls.yookassa),
+        json!({}),
+    )
+    .await
+}
+
+async fn send(
+    sandbox: &SandboxClient,
+    method: reqwest::Method,
+    url: &str,
+    body: Value,
+) -> anyhow::Result<()> {
+    let response = sandbox.http.request(method, url).json(&body).send().await?;
+    if !response.status().is_success() {
+        bail!("{url}: {}", response.status());
+    }
+    Ok(())
+}
+
+/// Injects faults one after another until the customers are done; returns the counts.
+async fn chaos(
+    plan: &FaultPlan,
+    cluster: &mut Cluster,
+    broker: &TcpProxy,
+    sandbox: &SandboxClient,
+    mut rng: Rng,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let mut faults = BTreeMap::new();
+    let marzban = sandbox.urls.marzban.clone();
+    let yookassa = sandbox.urls.yookassa.clone();
+    // Marzban down at the start, for `marzban_down`, while everything else goes on.
+    send(
+        sandbox,
+        reqwest::Method::PUT,
+        &format!("{marzban}/sandbox/marzban/down"),
+        json!({"down": true}),
+    )
+    .await?;
+    *faults.entry("marzban down").or_insert(0) += 1;
+    let marzban_back = tokio::spawn({
+        let (sandbox, marzban, pause) = (sandbox.clone(), marzban.clone(), plan.marzban_down);
+        async move {
+            tokio::time::sleep(pause).await;
+            send(
+                &sandbox,
+                reqwest::Method::PUT,
+                &format!("{marzban}/sandbox/marzban/down"),
+                json!({"down": false}),
+            )
+            .await
+        }
+    });
+    let mut injected = 0u64;
+    let mut kills = 0u64;
+    while !done.load(Ordering::SeqCst) {
+        tokio::time::sleep(rng.millis(200, 1200)).await;
+        // Every kind of fault once first, then at random (kills three times as often).
+        let first_round = [0, 3, 4, 5, 6, 7, 8, 9, 10];
+        let pick = first_round
+            .get(injected as usize)
+            .copied()
+            .unwrap_or_else(|| rng.below(11));
+        injected += 1;
+        let kind = match pick {
+            0..=2 => {
+                let mut services: Vec<_> = cluster.services_mut().collect();
+                // Each service once first, then at random.
+                let at = if (kills as usize) < services.len() {
+                    kills as usize
+                } else {
+                    rng.below(services.len() as u64) as usize
+                };
+                kills += 1;
+                let proc = &mut services[at];
+                proc.kill9().await?;
+                tokio::time::sleep(rng.millis(0, 1500)).await;
+                proc.start()?;
+                "kill -9 and restart"
+            }
+            3 => {
+                broker.cut();
+                tokio::time::sleep(rng.millis(500, 4000)).await;
+                broker.restore();
+                "broker connections cut"
+            }
+            4 => {
+                for _ in 0..3 {
+                    drop_database_connections(&cluster.db.conn).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                "database connections killed"
+            }
+            5 => {
+                let times = 5 + rng.below(15);
+                send(
+                    sandbox,
+                    reqwest::Method::POST,
+                    &format!("{marzban}/sandbox/marzban/faults"),
+                    json!({"fault": {"kind": "internal_error"}, "times": times}),
+                )
+                .await?;
+                "marzban 500"
+            }
+            6 => {
+                let (kind, label) = match rng.below(3) {
+                    0 => (json!({"kind": "internal_error"}), "yookassa 500"),
+                    1 => (json!({"kind": "too_many_requests"}), "yookassa 429"),
+                    _ => (
+                        json!({"kind": "slow", "delay_ms": 3000}),
+                        "yookassa too slow",
+                    ),
+                };
+                let mut body = kind;
+                body["times"] = json!(2 + rng.below(6));
+                send(
+                    sandbox,
+                    reqwest::Method::POST,
+                    &format!("{yookassa}/sandbox/yookassa/faults"),
+                    body,
+                )
+                .await?;
+                label
+            }
+            _ => {
+                let (mode, label) = match pick {
+                    7 => (json!({"kind": "duplicate"}), "webhooks duplicated"),
+                    8 => (
+                        json!({"kind": "late", "delay_ms": 3000}),
+                        "webhooks delayed",
+                    ),
+                    9 => (json!({"kind": "reordered"}), "webhooks reordered"),
+                    _ => (json!({"kind": "dropped"}), "webhooks dropped"),
+                };
+                let mut body = mode;
+                body["times"] = json!(2 + rng.below(6));
+                send(
+                    sandbox,
+                    reqwest::Method::POST,
+                    &format!("{yookassa}/sandbox/yookassa/notification-modes"),
+                    body,
+                )
+                .await?;
+                label
+            }
+        };
+        tracing::info!(kind, "fault injected");
+        *faults.entry(kind).or_insert(0) += 1;
+    }
+    marzban_back.await??;
+    Ok(faults)
+}
+
+/// Every connection to the run's database is terminated, as by a PostgreSQL restart.
+async fn drop_database_connections(conn: &DatabaseConnection) {
+    let sql = "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+               WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    // Our own pool loses its other connections too; a failed call just means one was hit.
+    let _ = conn
+        .execute_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await;
+}
+
+/// Clears every scripted fault and restores the broker path.
+async fn heal(sandbox: &SandboxClient, broker: &TcpProxy) {
+    broker.restore();
+    let urls = &sandbox.urls;
+    for (method, url, body) in [
+        (
+            reqwest::Method::DELETE,
+            format!("{}/sandbox/yookassa/faults", urls.yookassa),
+            json!({}),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{}/sandbox/marzban/faults", urls.marzban),
+            json!({}),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{}/sandbox/marzban/down", urls.marzban),
+            json!({"down": false}),
+        ),
+    ] {
+        if let Err(error) = send(sandbox, method, &url, body).await {
+            tracing::warn!(%error, "healing");
+        }
+    }
+}
+
+/// One undecodable message for the bot: parked at once, on purpose, so the check that the
+/// parking queues hold "only what was put there" has something to find.
+async fn park_on_purpose(prefix: &str) -> anyhow::Result<()> {
+    let bus = bus(prefix).await?;
+    bus.publish(&OutgoingMessage {
+        routing_key: "subscription.revoked".into(),
+        message_id: format!("poison-{}", uuid::Uuid::now_v7()),
+        body: b"not an envelope".to_vec(),
+    })
+    .await?;
+    bus.close().await;
+    Ok(())
+}
+
+async fn bus(prefix: &str) -> anyhow::Result<RabbitBus> {
+    Ok(RabbitBus::connect(
+        RabbitConfig::new(testkit::amqp_url(), prefix).with_queue_type(QueueType::Classic),
+    )
+    .await?)
+}
+
+async fn parked(prefix: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    let bus = bus(prefix).await?;
+    let mut parked = BTreeMap::new();
+    for consumer in system_consumers() {
+        let mut count = bus.parking_count(&consumer.name).await?;
+        // The poison may still be on its way to parking.
+        for _ in 0..50 {
+            if consumer.name != POISON_CONSUMER || count > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            count = bus.parking_count(&consumer.name).await?;
+        }
+        parked.insert(consumer.name.clone(), count);
+    }
+    bus.close().await;
+    Ok(parked)
+}
+
+/// Our status, YooKassa's status and the grant count of every payment of the run.
+async fn states(
+    conn: &DatabaseConnection,
+    sandbox: &SandboxClient,
+) -> anyhow::Result<(HashMap<String, (String, i64)>, HashMap<String, String>)> {
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT p.provider_payment_id AS id, p.status::text AS status,
+                    (SELECT count(*) FROM subscription_grants g WHERE g.payment_id = p.id) AS grants
+               FROM payments p WHERE p.provider_payment_id IS NOT NULL",
+        ))
+        .await?;
+    let ours = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String>("", "id")?,
+                (
+                    row.try_get::<String>("", "status")?,
+                    row.try_get::<i64>("", "grants")?,
+                ),
+            ))
+        })
+        .collect::<Result<HashMap<_, _>, sea_orm::DbErr>>()?;
+    let theirs = sandbox
+        .yookassa_payments()
+        .await?
+        .into_iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap_or_default().to_owned(),
+                p["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    Ok((ours, theirs))
+}
+
+/// Whether our view of one payment agrees with YooKassa's.
+fn agrees(ours: Option<&(String, i64)>, theirs: Option<&String>) -> bool {
+    match (ours, theirs.map(String::as_str)) {
+        (Some((status, grants)), Some("succeeded")) => status == "succeeded" && *grants == 1,
+        (Some((status, grants)), Some("canceled")) => {
+            matches!(status.as_str(), "failed" | "canceled" | "expired") && *grants == 0
+        }
+        (Some((status, grants)), Some("pending")) => status == "pending" && *grants == 0,
+        _ => false,
+    }
+}
+
+/// Waits until every payment agrees with YooKassa; `false` when `within` passes first.
+async fn settle(
+    conn: &DatabaseConnection,
+    sandbox: &SandboxClient,
+    created: &[(String, Fate)],
+    within: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok((ours, theirs)) = states(conn, sandbox).await
+            && created
+                .iter()
+                .all(|(id, _)| agrees(ours.get(id), theirs.get(id)))
+        {
+            // Let a late duplicate land before the final count.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn compare(
+    conn: &DatabaseConnection,
+    sandbox: &SandboxClient,
+    created: &[(String, Fate)],
+    report: &mut FaultReport,
+) -> anyhow::Result<()> {
+    let (ours, theirs) = states(conn, sandbox).await?;
+    for (id, fate) in created {
+        let mine = ours.get(id);
+        let truth = theirs.get(id).map(String::as_str);
+        let (status, grants) = mine.map_or(("missing", 0), |(s, g)| (s.as_str(), *g));
+        if grants > 1 || (status == "succeeded" && truth != Some("succeeded")) {
+            report.doubled += 1;
+        } else if truth == Some("succeeded") && !(status == "succeeded" && grants == 1) {
+            report.lost += 1;
+        } else if !agrees(mine, theirs.get(id)) {
+            report.disagreeing.push(format!(
+                "{id} ({fate:?}): ours {status}/{grants}, YooKassa {truth:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each user's ledger adds up to the days of their succeeded payments, and the panel's expiry
+/// is the ledger's.
+async fn ledger_against_panel(
+    conn: &DatabaseConnection,
+    sandbox: &SandboxClient,
+    report: &mut FaultReport,
+) -> anyhow::Result<()> {
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT s.marzban_username AS username,
+                    EXTRACT(EPOCH FROM s.expires_at)::float8 AS expires_at,
+                    (SELECT coalesce(sum(g.days_granted), 0)::bigint FROM subscription_grants g
+                      WHERE g.subscription_id = s.id) AS granted,
+                    (SELECT coalesce(sum(t.duration_days), 0)::bigint FROM payments p
+                       JOIN tariffs t ON t.id = p.tariff_id
+                      WHERE p.user_id = s.user_id AND p.status = 'succeeded') AS paid
+               FROM subscriptions s",
+        ))
+        .await?;
+    let panel: HashMap<String, i64> = sandbox
+        .panel_users()
+        .await?
+        .into_iter()
+        .map(|u| {
+            (
+                u["username"].as_str().unwrap_or_default().to_owned(),
+                u["expire"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for row in rows {
+        let username: String = row.try_get("", "username")?;
+        let expires_at: f64 = row.try_get("", "expires_at")?;
+        let granted: i64 = row.try_get("", "granted")?;
+        let paid: i64 = row.try_get("", "paid")?;
+        let on_panel = panel.get(&username).copied();
+        if granted != paid || on_panel.is_none_or(|e| (e as f64 - expires_at).abs() > 1.0) {
+            report.ledger_mismatches.push(format!(
+                "{username}: granted {granted} days, paid {paid}, ledger expiry {expires_at}, panel {on_panel:?}"
+            ));
+        }
+    }
+    Ok(())
+}
