@@ -17,12 +17,13 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// The sender of the scripted USDT transfer (any valid TRON address but the wallet).
 pub const PAYER_WALLET: &str = "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM";
 
-/// Is this the bot's "your subscription is active" message (English or Russian texts)?
+/// Is this the bot's "your subscription is active" message (English or Russian texts; a
+/// text, or the caption of the link's QR code)?
 pub fn is_activation(message: &SentMessage) -> bool {
-    message
-        .text
-        .as_deref()
-        .is_some_and(|t| t.contains("subscription is active") || t.contains("Подписка активна"))
+    [&message.text, &message.caption].into_iter().any(|t| {
+        t.as_deref()
+            .is_some_and(|t| t.contains("subscription is active") || t.contains("Подписка активна"))
+    })
 }
 
 /// The three purchases and the refund, as they happened.
@@ -133,7 +134,7 @@ impl Script {
         let message = self
             .next(user, after, "the activation message", is_activation)
             .await?;
-        let text = message.text.unwrap_or_default();
+        let text = message.text.or(message.caption).unwrap_or_default();
         let link = text
             .lines()
             .find(|l| l.starts_with("http"))
