@@ -13,7 +13,8 @@ struct Cli {
     /// Base URL the payer's browser uses to reach the emulator (for confirmation_url).
     #[arg(long, env = "SANDBOX_YOOKASSA_PUBLIC_URL")]
     yookassa_public_url: Option<String>,
-    /// Where YooKassa notifications are POSTed, e.g. http://127.0.0.1:8080/webhook/payment/yookassa.
+    /// Where YooKassa notifications are POSTed, e.g. http://127.0.0.1:8080/webhook/payment/yookassa
+    /// (empty: nowhere — the load generator sends them itself).
     #[arg(long, env = "SANDBOX_YOOKASSA_WEBHOOK_URL")]
     yookassa_webhook_url: Option<String>,
     /// Local address notifications are sent from (e.g. 127.0.0.2).
@@ -76,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
             cli.yookassa_secret_key,
             !cli.yookassa_live_shop,
         )],
-        webhook_url: cli.yookassa_webhook_url,
+        webhook_url: cli.yookassa_webhook_url.filter(|url| !url.is_empty()),
         notify_from: cli.yookassa_notify_from,
         ..yookassa::Config::default()
     };

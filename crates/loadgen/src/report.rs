@@ -1,0 +1,198 @@
+//! The run's figures as JSON and as a Markdown table, each rate also as a ratio to the
+//! machine's limits and each latency also in durable commits (one-client insert time).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::limits::Limits;
+use crate::scenario::{Outcome, Settings};
+use crate::stats::{Latency, ms};
+
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub date: String,
+    pub commit: String,
+    pub machine: String,
+    pub settings: String,
+    pub limits: Option<Limits>,
+    pub scenarios: Vec<Outcome>,
+    pub wall_seconds: f64,
+}
+
+fn command(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Run {
+    pub fn new(settings: &Settings) -> Self {
+        let mut commit = command("git", &["rev-parse", "--short", "HEAD"]);
+        if !command("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            commit.push_str(" (+ uncommitted changes)");
+        }
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Self {
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            commit,
+            machine: format!("{cores} cores, {model}"),
+            settings: format!(
+                "{:.0} s steady phases, {} users, {} worker(s), {} sync(s), {} webhooks in flight at most, release build",
+                settings.seconds,
+                settings.users,
+                settings.workers,
+                settings.syncs,
+                settings.concurrency
+            ),
+            limits: None,
+            scenarios: Vec::new(),
+            wall_seconds: 0.0,
+        }
+    }
+
+    /// Writes `<dir>/<date>.json` and `<dir>/<date>.md`.
+    pub fn write(&self, dir: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = Path::new(dir);
+        std::fs::create_dir_all(dir)?;
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let json = dir.join(format!("{day}.json"));
+        let md = dir.join(format!("{day}.md"));
+        std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")?;
+        std::fs::write(&md, self.markdown())?;
+        Ok((json, md))
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Measured {} at commit {} on {}; {}; the load generator, the services, the sandbox, \
+             PostgreSQL and RabbitMQ all on this machine. Run took {:.0} s.\n",
+            self.date, self.commit, self.machine, self.settings, self.wall_seconds
+        );
+        let limits = self.limits.clone().unwrap_or_default();
+        let commit_ms = if limits.pg_inserts_1 > 0.0 {
+            1000.0 / limits.pg_inserts_1
+        } else {
+            0.0
+        };
+        let _ = writeln!(out, "| machine limit | rate |\n|---|---|");
+        let _ = writeln!(
+            out,
+            "| PostgreSQL single-row durable INSERTs, 1 client | {:.0}/s ({:.2} ms per commit) |",
+            limits.pg_inserts_1, commit_ms
+        );
+        let _ = writeln!(
+            out,
+            "| PostgreSQL single-row durable INSERTs, 32 clients | {:.0}/s |",
+            limits.pg_inserts_32
+        );
+        let _ = writeln!(
+            out,
+            "| RabbitMQ persistent publishes confirmed, 1 in flight | {:.0}/s |",
+            limits.amqp_confirms_1
+        );
+        let _ = writeln!(
+            out,
+            "| RabbitMQ persistent publishes confirmed, 256 in flight | {:.0}/s |\n",
+            limits.amqp_confirms_256
+        );
+        let _ = writeln!(
+            out,
+            "| scenario | offered | payments | webhook ack ms p50 / p95 / p99 | end-to-end ms p50 / p95 / p99 | pre-checkout ms p50 / p95 / p99 | ingest webhooks/s (÷ PG 32) | sustained payments/s (÷ PG 32) | errors | lost | double |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for s in &self.scenarios {
+            let ratio = |v: f64| {
+                if limits.pg_inserts_32 > 0.0 {
+                    format!("{v:.0} ({:.2})", v / limits.pg_inserts_32)
+                } else {
+                    format!("{v:.0}")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name,
+                s.offered,
+                s.payments,
+                Latency::triple(s.ack_ms),
+                Latency::triple(s.e2e_ms),
+                Latency::triple(s.pre_checkout_ms),
+                if s.webhooks_sent > 0 {
+                    ratio(s.ingest_per_s)
+                } else {
+                    "–".into()
+                },
+                ratio(s.sustained_per_s),
+                s.errors,
+                s.lost,
+                s.double
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nIn durable commits (÷ {:.2} ms, one client's INSERT): ",
+            commit_ms
+        );
+        for s in &self.scenarios {
+            if let Some(e2e) = s.e2e_ms
+                && commit_ms > 0.0
+            {
+                let _ = writeln!(
+                    out,
+                    "- {}: end-to-end p50 ≈ {:.0} commits, p99 ≈ {:.0} commits{}",
+                    s.name,
+                    e2e.p50 / commit_ms,
+                    e2e.p99 / commit_ms,
+                    s.ack_ms.map_or(String::new(), |a| format!(
+                        "; ack p99 ≈ {:.1} commits",
+                        a.p99 / commit_ms
+                    ))
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n| scenario | service | idle RSS MiB | peak RSS MiB | CPU s |\n|---|---|---|---|---|"
+        );
+        for s in &self.scenarios {
+            for u in &s.services {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                    s.name, u.name, u.idle_rss_mib, u.peak_rss_mib, u.cpu_seconds
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nGateway create (`POST /api/payments`, incl. the YooKassa call) ms p50 / p99: {}",
+            self.scenarios
+                .iter()
+                .filter_map(|s| s.create_ms.map(|c| format!(
+                    "{} {} / {}",
+                    s.name,
+                    ms(c.p50),
+                    ms(c.p99)
+                )))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        out
+    }
+}

@@ -1,0 +1,744 @@
+//! The scenarios. Each one starts a fresh cluster (the four services as separate processes on
+//! PostgreSQL and RabbitMQ, the emulators in the `sandbox` process), drives it, follows every
+//! payment to the user's activation message in the Telegram emulator, and stops it.
+//!
+//! The load generator plays YooKassa's notifier: it pays each payment on the emulator (which
+//! then holds the state the worker re-fetches) and POSTs the `payment.succeeded` notification
+//! itself, from the allow-listed address, timing the gateway's acknowledgement. The emulator's
+//! own notifier is switched off for the run: it delivers one notification at a time, which
+//! would cap the webhook rate at one per ack time and turn a burst into a queue.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use e2e::audit::{audit, create_payment};
+use e2e::cluster::{Cluster, ClusterConfig, NOTIFY_FROM, Proc};
+use e2e::customers::{Script, is_activation};
+use e2e::sandbox_client::SandboxClient;
+use futures::StreamExt;
+use sandbox::telegram::{PayOutcome, SentMessage, TestUser};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::progress::Progress;
+use crate::stats::{Latency, now_us};
+
+/// Settings of a run (environment variables, see the README).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Length of the steady phases.
+    pub seconds: f64,
+    /// Scripted Telegram users the payments are spread over (a user pays again every
+    /// `users / rate` seconds, so most payments extend a subscription).
+    pub users: usize,
+    pub workers: usize,
+    pub syncs: usize,
+    /// Webhook requests in flight at most.
+    pub concurrency: usize,
+    /// Webhooks in the spike and the burst.
+    pub spike: usize,
+    /// Rate of the spike (webhooks/s).
+    pub spike_rate: f64,
+    /// Users paying with Stars at once in the pre-checkout flood.
+    pub flood: usize,
+    /// How long to wait for the last activations after the load stops.
+    pub drain: Duration,
+    /// `RUST_LOG` of the services (their logs go to files).
+    pub log: String,
+}
+
+/// What a service process used.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceUsage {
+    pub name: String,
+    /// RSS once started, before any load (MiB).
+    pub idle_rss_mib: f64,
+    /// Peak RSS (`VmHWM`) over the scenario (MiB).
+    pub peak_rss_mib: f64,
+    /// User + system CPU spent during the load and the drain.
+    pub cpu_seconds: f64,
+}
+
+/// The figures of one scenario.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub offered: String,
+    /// Payments paid on the emulator.
+    pub payments: u64,
+    pub webhooks_sent: u64,
+    /// Failed creations, non-200 acknowledgements, failed Stars payments.
+    pub errors: u64,
+    /// Gateway `POST /api/payments` (create at YooKassa + store).
+    pub create_ms: Option<Latency>,
+    pub ack_ms: Option<Latency>,
+    /// Webhook sent → activation message received by the Telegram emulator.
+    pub e2e_ms: Option<Latency>,
+    /// `pre_checkout_query` sent → answered, as the Telegram emulator timed it.
+    pub pre_checkout_ms: Option<Latency>,
+    /// Wall time of the sending phase.
+    pub send_seconds: f64,
+    /// Webhooks acknowledged per second of the sending phase.
+    pub ingest_per_s: f64,
+    /// Payments activated per second, first webhook → last activation.
+    pub sustained_per_s: f64,
+    pub activated: u64,
+    /// Paid, never activated (within the drain time).
+    pub lost: u64,
+    /// Activation messages beyond one per payment.
+    pub double: u64,
+    pub ledger_grants: i64,
+    pub ledger_succeeded: i64,
+    pub services: Vec<ServiceUsage>,
+}
+
+/// One paid payment, as the load generator saw it.
+#[derive(Debug, Clone)]
+struct Paid {
+    user: i64,
+    /// When its first webhook went out (Unix µs); for Stars, when the user paid.
+    sent_us: i64,
+}
+
+struct Ctx {
+    cluster: Cluster,
+    sandbox: SandboxClient,
+    http: reqwest::Client,
+    /// Sends from the allow-listed address, like YooKassa.
+    notifier: reqwest::Client,
+    webhook_url: String,
+    users: Vec<TestUser>,
+    idle: Vec<(String, e2e::Usage)>,
+    cpu_base: std::sync::Mutex<Vec<f64>>,
+}
+
+fn procs(cluster: &Cluster) -> Vec<&Proc> {
+    let mut all = vec![&cluster.gateway];
+    all.extend(cluster.workers.iter());
+    all.extend(cluster.syncs.iter());
+    all.push(&cluster.bot);
+    all.push(&cluster.sandbox);
+    all
+}
+
+impl Ctx {
+    async fn start(settings: &Settings, users: usize) -> anyhow::Result<Self> {
+        let progress = Progress::start(format!(
+            "starting the cluster ({} worker(s), {} sync(s)) and {users} Telegram users",
+            settings.workers, settings.syncs
+        ));
+        let cluster = Cluster::start(ClusterConfig {
+            workers: settings.workers,
+            syncs: settings.syncs,
+            env: vec![
+                ("RUST_LOG".into(), settings.log.clone()),
+                // Empty: the emulator's notifier is off; the load generator notifies.
+                ("SANDBOX_YOOKASSA_WEBHOOK_URL".into(), String::new()),
+            ],
+        })
+        .await?;
+        let sandbox = cluster.sandbox_client();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(settings.concurrency)
+            .build()?;
+        let notifier = reqwest::Client::builder()
+            .local_address(NOTIFY_FROM.parse::<IpAddr>()?)
+            .pool_max_idle_per_host(settings.concurrency)
+            .build()?;
+        let webhook_url = format!("http://{}/webhook/payment/yookassa", cluster.gateway.addr);
+        // Idle: a moment after start, before any load.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = procs(&cluster)
+            .into_iter()
+            .map(|p| (p.name.clone(), p.usage().unwrap_or_default()))
+            .collect();
+        let users: Vec<TestUser> = (0..users as i64)
+            .map(|i| TestUser::new(5_000_000 + i, &format!("Load {i}"), "en"))
+            .collect();
+        // Each user has written to the bot, so the bot may write to them.
+        let registered = Arc::new(AtomicU64::new(0));
+        let ticker = progress.follow(registered.clone(), Some(users.len() as u64));
+        let sent: Vec<anyhow::Result<i64>> = futures::stream::iter(&users)
+            .map(|user| sandbox.send_text(user, "/start"))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        sent.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let need = users.iter().map(|u| (u.id, 1)).collect();
+        wait_for_messages(
+            &sandbox,
+            &need,
+            |_| true,
+            Duration::from_secs(120),
+            &registered,
+        )
+        .await?;
+        ticker.abort();
+        anyhow::ensure!(
+            registered.load(Ordering::Relaxed) == users.len() as u64,
+            "the bot did not answer every /start"
+        );
+        progress.finish("ready");
+        Ok(Self {
+            cluster,
+            sandbox,
+            http,
+            notifier,
+            webhook_url,
+            users,
+            idle,
+            cpu_base: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// CPU counted from here.
+    fn mark_cpu(&self) {
+        let now = procs(&self.cluster)
+            .into_iter()
+            .map(|p| p.usage().unwrap_or_default().cpu_seconds)
+            .collect();
+        *self.cpu_base.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    fn usage(&self) -> Vec<ServiceUsage> {
+        let base = self
+            .cpu_base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        procs(&self.cluster)
+            .into_iter()
+            .zip(&self.idle)
+            .zip(base)
+            .map(|((p, (_, idle)), base)| {
+                let now = p.usage().unwrap_or_default();
+                ServiceUsage {
+                    name: p.name.clone(),
+                    idle_rss_mib: idle.rss_kib as f64 / 1024.0,
+                    peak_rss_mib: now.peak_rss_kib as f64 / 1024.0,
+                    cpu_seconds: now.cpu_seconds - base,
+                }
+            })
+            .collect()
+    }
+
+    /// Creates a payment through the gateway and pays it on the emulator; returns the
+    /// notification body and the create latency (ms).
+    async fn create_and_pay(&self, user: i64) -> anyhow::Result<(String, f64)> {
+        let started = Instant::now();
+        let key = uuid::Uuid::new_v4().to_string();
+        let created = create_payment(
+            &self.http,
+            &self.cluster.gateway.addr,
+            user,
+            "month_1",
+            &key,
+        )
+        .await?;
+        let create_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let object = self
+            .sandbox
+            .yookassa_pay(&created.provider_payment_id)
+            .await?;
+        let body = serde_json::json!({
+            "type": "notification",
+            "event": "payment.succeeded",
+            "object": object,
+        });
+        Ok((body.to_string(), create_ms))
+    }
+
+    /// POSTs the notification `copies` times at once; returns each ack latency (ms) or None
+    /// for a non-200.
+    async fn notify(&self, body: &str, copies: usize) -> Vec<Option<f64>> {
+        let sends = (0..copies).map(|_| async {
+            let started = Instant::now();
+            let answer = self
+                .notifier
+                .post(&self.webhook_url)
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().as_u16() == 200 => {
+                    Some(started.elapsed().as_secs_f64() * 1000.0)
+                }
+                _ => None,
+            }
+        });
+        futures::future::join_all(sends).await
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.cluster.stop().await
+    }
+}
+
+/// Counters shown on the progress line while sending.
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct Sent {
+    paid: Vec<Paid>,
+    acks: Vec<f64>,
+    creates: Vec<f64>,
+    errors: u64,
+    webhooks: u64,
+    seconds: f64,
+}
+
+/// Open loop at `rate` payments/s for `seconds`: create, pay, notify (`copies` times).
+async fn steady(ctx: &Arc<Ctx>, settings: &Settings, rate: f64, copies: usize) -> Sent {
+    let total = (rate * settings.seconds).round() as u64;
+    let live = Arc::new(Live::default());
+    let progress = Progress::start(format!(
+        "  sending {total} payments at {rate}/s{}",
+        if copies > 1 {
+            format!(", every webhook {copies}x")
+        } else {
+            String::new()
+        }
+    ));
+    let ticker = {
+        let live = live.clone();
+        progress.follow_with(move || {
+            let sent = live.sent.load(Ordering::Relaxed);
+            (
+                sent,
+                total,
+                format!(
+                    "{sent}/{total} paid, {} webhooks acked, {} errors",
+                    live.acked.load(Ordering::Relaxed),
+                    live.errors.load(Ordering::Relaxed)
+                ),
+            )
+        })
+    };
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (ctx, live) = (ctx.clone(), live.clone());
+        let user = ctx.users[i as usize % ctx.users.len()].id;
+        tasks.push(tokio::spawn(async move {
+            let result = match ctx.create_and_pay(user).await {
+                Ok((body, create_ms)) => {
+                    live.sent.fetch_add(1, Ordering::Relaxed);
+                    let sent_us = now_us();
+                    let acks = ctx.notify(&body, copies).await;
+                    let ok = acks.iter().flatten().count() as u64;
+                    live.acked.fetch_add(ok, Ordering::Relaxed);
+                    live.errors.fetch_add(copies as u64 - ok, Ordering::Relaxed);
+                    Some((Paid { user, sent_us }, create_ms, acks))
+                }
+                Err(error) => {
+                    live.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing_error(&error);
+                    None
+                }
+            };
+            drop(permit);
+            result
+        }));
+    }
+    let mut sent = Sent::default();
+    for task in tasks {
+        match task.await.ok().flatten() {
+            Some((paid, create_ms, acks)) => {
+                sent.paid.push(paid);
+                sent.creates.push(create_ms);
+                sent.webhooks += acks.len() as u64;
+                for ack in acks {
+                    match ack {
+                        Some(ms) => sent.acks.push(ms),
+                        None => sent.errors += 1,
+                    }
+                }
+            }
+            None => sent.errors += 1,
+        }
+    }
+    sent.seconds = started.elapsed().as_secs_f64();
+    ticker.abort();
+    progress.finish(&format!(
+        "{} paid, {} webhooks, {} errors",
+        sent.paid.len(),
+        sent.webhooks,
+        sent.errors
+    ));
+    sent
+}
+
+fn tracing_error(error: &anyhow::Error) {
+    static SHOWN: AtomicU64 = AtomicU64::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 3 {
+        eprintln!("\n  error: {error:#}");
+    }
+}
+
+/// `count` payments created and paid first (not timed), then their webhooks: at `rate`/s
+/// open loop, or all at once (`None`, `concurrency` in flight).
+async fn burst(ctx: &Arc<Ctx>, settings: &Settings, count: usize, rate: Option<f64>) -> Sent {
+    let progress = Progress::start(format!("  creating and paying {count} payments first"));
+    let made = Arc::new(AtomicU64::new(0));
+    let ticker = progress.follow(made.clone(), Some(count as u64));
+    let prepared: Vec<anyhow::Result<(i64, String, f64)>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let (ctx, made) = (ctx.clone(), made.clone());
+            async move {
+                let user = ctx.users[i % ctx.users.len()].id;
+                let (body, create_ms) = ctx.create_and_pay(user).await?;
+                made.fetch_add(1, Ordering::Relaxed);
+                Ok((user, body, create_ms))
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    ticker.abort();
+    let mut sent = Sent::default();
+    let mut bodies = Vec::new();
+    for result in prepared {
+        match result {
+            Ok((user, body, create_ms)) => {
+                bodies.push((user, body));
+                sent.creates.push(create_ms);
+            }
+            Err(error) => {
+                tracing_error(&error);
+                sent.errors += 1;
+            }
+        }
+    }
+    progress.finish(&format!("{} ready", bodies.len()));
+
+    // Only the webhooks count from here.
+    ctx.mark_cpu();
+    let total = bodies.len() as u64;
+    let live = Arc::new(Live::default());
+    let what = match rate {
+        Some(rate) => format!("  {total} webhooks at {rate}/s"),
+        None => format!(
+            "  {total} webhooks at once ({} in flight)",
+            settings.concurrency
+        ),
+    };
+    let progress = Progress::start(what);
+    let ticker = {
+        let live = live.clone();
+        progress.follow_with(move || {
+            let acked = live.acked.load(Ordering::Relaxed);
+            (acked, total, format!("{acked}/{total} acked"))
+        })
+    };
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(bodies.len());
+    for (i, (user, body)) in bodies.into_iter().enumerate() {
+        let due = match rate {
+            Some(rate) => started + Duration::from_secs_f64(i as f64 / rate),
+            None => started,
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (ctx, live) = (ctx.clone(), live.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent_us = now_us();
+            let ack = ctx.notify(&body, 1).await.pop().flatten();
+            // From when it was due, so queueing behind the in-flight limit is not hidden.
+            let ack = ack.map(|_| due.elapsed().as_secs_f64() * 1000.0);
+            if ack.is_some() {
+                live.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+            (Paid { user, sent_us }, ack)
+        }));
+    }
+    for task in tasks {
+        if let Ok((paid, ack)) = task.await {
+            sent.webhooks += 1;
+            match ack {
+                Some(ms) => sent.acks.push(ms),
+                None => sent.errors += 1,
+            }
+            sent.paid.push(paid);
+        }
+    }
+    sent.seconds = started.elapsed().as_secs_f64();
+    ticker.abort();
+    progress.finish(&format!(
+        "{} acked = {:.0}/s",
+        sent.acks.len(),
+        sent.acks.len() as f64 / sent.seconds
+    ));
+    sent
+}
+
+/// Result of following payments to their activation messages.
+struct Followed {
+    e2e: Vec<f64>,
+    activated: u64,
+    lost: u64,
+    double: u64,
+    last_us: i64,
+}
+
+/// Polls the users' chats in rounds until each has `need[user]` messages matching `pred`
+/// (or `timeout` passed); `seen` counts the matching messages found, capped per user.
+async fn wait_for_messages(
+    sandbox: &SandboxClient,
+    need: &HashMap<i64, usize>,
+    pred: fn(&SentMessage) -> bool,
+    timeout: Duration,
+    seen: &AtomicU64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut waiting: Vec<i64> = need.keys().copied().collect();
+    let mut counts: HashMap<i64, usize> = HashMap::new();
+    loop {
+        let found: Vec<anyhow::Result<(i64, usize)>> = futures::stream::iter(&waiting)
+            .map(|user| async move {
+                let messages = sandbox.messages(*user).await?;
+                Ok((*user, messages.iter().filter(|m| pred(m)).count()))
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for result in found {
+            let (user, n) = result?;
+            counts.insert(user, n);
+        }
+        seen.store(
+            counts.iter().map(|(u, n)| (*n).min(need[u]) as u64).sum(),
+            Ordering::Relaxed,
+        );
+        waiting.retain(|u| counts.get(u).copied().unwrap_or(0) < need[u]);
+        if waiting.is_empty() || Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until every user has one activation message per payment (or the drain time ran
+/// out), then matches them up in order.
+async fn follow(ctx: &Ctx, paid: &[Paid], drain: Duration) -> anyhow::Result<Followed> {
+    let mut expected: HashMap<i64, Vec<i64>> = HashMap::new();
+    for p in paid {
+        expected.entry(p.user).or_default().push(p.sent_us);
+    }
+    let total = paid.len() as u64;
+    let progress = Progress::start(format!("  following {total} payments to activation"));
+    let seen = Arc::new(AtomicU64::new(0));
+    let ticker = progress.follow(seen.clone(), Some(total));
+    let need: HashMap<i64, usize> = expected.iter().map(|(u, s)| (*u, s.len())).collect();
+    wait_for_messages(&ctx.sandbox, &need, is_activation, drain, &seen).await?;
+    // A late duplicate would show up now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ticker.abort();
+    let mut followed = Followed {
+        e2e: Vec::new(),
+        activated: 0,
+        lost: 0,
+        double: 0,
+        last_us: 0,
+    };
+    for (user, mut sent) in expected {
+        sent.sort_unstable();
+        let mut activations: Vec<_> = ctx
+            .sandbox
+            .messages(user)
+            .await?
+            .into_iter()
+            .filter(is_activation)
+            .collect();
+        activations.sort_by_key(|m| m.message_id);
+        for (sent_us, message) in sent.iter().zip(&activations) {
+            followed
+                .e2e
+                .push((message.sent_at_us - sent_us) as f64 / 1000.0);
+            followed.last_us = followed.last_us.max(message.sent_at_us);
+        }
+        followed.activated += activations.len().min(sent.len()) as u64;
+        followed.lost += sent.len().saturating_sub(activations.len()) as u64;
+        followed.double += activations.len().saturating_sub(sent.len()) as u64;
+    }
+    progress.finish(&format!(
+        "{} activated, {} lost, {} double",
+        followed.activated, followed.lost, followed.double
+    ));
+    Ok(followed)
+}
+
+async fn finish(
+    ctx: Arc<Ctx>,
+    settings: &Settings,
+    name: &str,
+    offered: String,
+    sent: Sent,
+) -> anyhow::Result<Outcome> {
+    let followed = follow(&ctx, &sent.paid, settings.drain).await?;
+    let services = ctx.usage();
+    let report = audit(&ctx.cluster.db.conn).await?;
+    let first_us = sent.paid.iter().map(|p| p.sent_us).min().unwrap_or(0);
+    let span = (followed.last_us - first_us) as f64 / 1e6;
+    let outcome = Outcome {
+        name: name.to_owned(),
+        offered,
+        payments: sent.paid.len() as u64,
+        webhooks_sent: sent.webhooks,
+        errors: sent.errors,
+        create_ms: Latency::of(sent.creates),
+        ack_ms: Latency::of(sent.acks.clone()),
+        e2e_ms: Latency::of(followed.e2e),
+        pre_checkout_ms: None,
+        send_seconds: sent.seconds,
+        ingest_per_s: sent.acks.len() as f64 / sent.seconds.max(1e-9),
+        sustained_per_s: if span > 0.0 {
+            followed.activated as f64 / span
+        } else {
+            0.0
+        },
+        activated: followed.activated,
+        lost: followed.lost,
+        double: followed.double,
+        ledger_grants: report.grants,
+        ledger_succeeded: report.succeeded,
+        services,
+    };
+    Arc::into_inner(ctx)
+        .context("the scenario still holds the cluster")?
+        .stop()
+        .await?;
+    Ok(outcome)
+}
+
+/// Steady load: `rate` payments/s for the configured seconds, each webhook `copies` times.
+pub async fn run_steady(
+    settings: &Settings,
+    name: &str,
+    rate: f64,
+    copies: usize,
+) -> anyhow::Result<Outcome> {
+    let total = (rate * settings.seconds).round() as usize;
+    let ctx = Ctx::start(settings, settings.users.min(total.max(1))).await?;
+    ctx.mark_cpu();
+    let ctx = Arc::new(ctx);
+    let sent = steady(&ctx, settings, rate, copies).await;
+    let offered = if copies > 1 {
+        format!(
+            "{rate}/s × {:.0} s, every webhook {copies}×",
+            settings.seconds
+        )
+    } else {
+        format!("{rate}/s × {:.0} s", settings.seconds)
+    };
+    finish(ctx, settings, name, offered, sent).await
+}
+
+/// A burst of webhooks for payments made beforehand.
+pub async fn run_burst(
+    settings: &Settings,
+    name: &str,
+    rate: Option<f64>,
+) -> anyhow::Result<Outcome> {
+    let count = settings.spike;
+    let ctx = Ctx::start(settings, settings.users.min(count)).await?;
+    let ctx = Arc::new(ctx);
+    let sent = burst(&ctx, settings, count, rate).await;
+    let offered = match rate {
+        Some(rate) => format!("{count} webhooks at {rate}/s"),
+        None => format!("{count} webhooks at once"),
+    };
+    finish(ctx, settings, name, offered, sent).await
+}
+
+/// `flood` users open a Stars invoice each, then all pay at the same moment: a
+/// `pre_checkout_query` each, which the bot must answer within Telegram's 10 s.
+pub async fn run_pre_checkout(settings: &Settings) -> anyhow::Result<Outcome> {
+    let n = settings.flood;
+    let ctx = Ctx::start(settings, n).await?;
+    let script = Script::new(ctx.sandbox.clone(), false);
+    let progress = Progress::start(format!("  {n} users open a Stars invoice"));
+    let opened = Arc::new(AtomicU64::new(0));
+    let ticker = progress.follow(opened.clone(), Some(n as u64));
+    let invoices: Vec<anyhow::Result<(TestUser, i64)>> = futures::stream::iter(&ctx.users)
+        .map(|user| {
+            let (script, opened) = (&script, &opened);
+            async move {
+                let (invoice, _) = script.checkout(user, "month_1", "telegram", "XTR").await?;
+                opened.fetch_add(1, Ordering::Relaxed);
+                Ok((user.clone(), invoice.message_id))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    ticker.abort();
+    let invoices = invoices.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    progress.finish("invoices sent");
+
+    ctx.mark_cpu();
+    let ctx = Arc::new(ctx);
+    let progress = Progress::start(format!("  {n} pre_checkout_query at once"));
+    let started = Instant::now();
+    let paid: Vec<(i64, i64, anyhow::Result<PayOutcome>)> =
+        futures::future::join_all(invoices.iter().map(|(user, message_id)| {
+            let ctx = ctx.clone();
+            async move {
+                let at = now_us();
+                (
+                    user.id,
+                    at,
+                    ctx.sandbox.pay_invoice(user, *message_id).await,
+                )
+            }
+        }))
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut sent = Sent {
+        seconds,
+        ..Sent::default()
+    };
+    let mut answers = Vec::new();
+    for (user, sent_us, outcome) in paid {
+        match outcome {
+            Ok(PayOutcome::Paid { answered_in_ms, .. }) => {
+                answers.push(answered_in_ms as f64);
+                sent.paid.push(Paid { user, sent_us });
+            }
+            _ => sent.errors += 1,
+        }
+    }
+    progress.finish(&format!("{} paid, {} errors", sent.paid.len(), sent.errors));
+    let pre_checkout = Latency::of(answers);
+    let mut outcome = finish(
+        ctx,
+        settings,
+        "pre-checkout flood",
+        format!("{n} Stars payments at once"),
+        sent,
+    )
+    .await?;
+    outcome.pre_checkout_ms = pre_checkout;
+    // The Stars path has no webhook; its e2e figure is "user paid → activation".
+    Ok(outcome)
+}
