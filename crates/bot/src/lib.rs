@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod notify;
 pub mod png;
 pub mod poller;
+pub mod qr;
 pub mod settings;
 pub mod store;
 pub mod texts;
