@@ -180,6 +180,22 @@ impl App {
         }
     }
 
+    /// A QR code of `data` with `caption`, after the message that explains it; the text is
+    /// enough on its own, so a failure is only logged.
+    async fn send_qr(&self, chat: i64, data: &str, caption: &str) {
+        let sent = match crate::qr::png(data) {
+            Ok(image) => {
+                crate::qr::send_photo(&self.api, chat, &image.bytes, "qr.png", Some(caption), None)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(chat, %error, "QR code not sent");
+        }
+    }
+
     async fn answer_callback(&self, id: &str, text: Option<&str>) {
         let params = AnswerCallbackQueryParams::builder()
             .callback_query_id(id)
@@ -540,6 +556,7 @@ impl App {
                     .and_then(|e| serde_json::from_value(e.clone()).ok())
                     .or(payment.expires_at)
                     .map_or_else(|| "—".to_owned(), texts::date);
+                let address = confirmation.get("address").and_then(Value::as_str);
                 let text = fill(
                     t.pay_transfer,
                     &[
@@ -547,13 +564,7 @@ impl App {
                             "amount",
                             &format!("{} {}", exact.to_decimal_string(), exact.currency()),
                         ),
-                        (
-                            "address",
-                            confirmation
-                                .get("address")
-                                .and_then(Value::as_str)
-                                .unwrap_or("—"),
-                        ),
+                        ("address", address.unwrap_or("—")),
                         (
                             "network",
                             confirmation
@@ -565,6 +576,10 @@ impl App {
                     ],
                 );
                 self.send(chat, text, Some(Self::back(t))).await;
+                if let Some(address) = address {
+                    self.send_qr(chat, address, &fill(t.qr_address, &[("address", address)]))
+                        .await;
+                }
                 None
             }
             Some("invoice") => {

@@ -1,11 +1,18 @@
 //! The notifications consumer: tells users about their payments and subscriptions.
 //!
-//! One message per event, even on redelivery: the runner records the event in
-//! `processed_messages` in the transaction this handler runs in, and the handler sends the
-//! message before that transaction commits. The one gap is a crash (or a lost commit) after
-//! Telegram accepted the message and before the commit: the event is then delivered again and
-//! the user gets the message twice. Telegram has no idempotent send, so at-least-once is the
-//! honest guarantee; the window is the few milliseconds of one commit.
+//! One message per event — one Telegram call: the activation is a single `sendPhoto` (the
+//! link's QR code) whose caption is the text, so there is never half a notification to redo.
+//!
+//! Sent at least once, shown once in effect: the runner inserts the event's sent-marker row
+//! (`processed_messages`, `(bot, event_id)`) in the transaction this handler runs in, the
+//! handler sends, and only a successful send lets that transaction commit and the delivery be
+//! acknowledged. A failed send (Telegram 5xx, 429, a timeout) rolls the marker back and the
+//! event comes again after the retry delay; a redelivery after the commit finds the marker
+//! and sends nothing; two copies delivered at once wait on the marker's key, and the second
+//! finds it committed. The one window left is a crash (or a lost commit) after Telegram
+//! accepted the message and before the commit: the event is delivered again and the user gets
+//! the message twice. Telegram has no idempotent send, so at-least-once is the honest
+//! guarantee there; the window is one commit's few milliseconds.
 
 use std::str::FromStr;
 
@@ -16,25 +23,30 @@ use frankenstein::client_reqwest::Bot as Api;
 use frankenstein::methods::SendMessageParams;
 use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup, ReplyMarkup};
 use messaging::events::{
-    PaymentCompleted, PaymentFailed, PaymentRefunded, SubscriptionActivated, SubscriptionRevoked,
+    PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentUnderpaid, SubscriptionActivated,
+    SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError};
 use sea_orm::DatabaseTransaction;
 
-use crate::store;
 use crate::texts::{self, Lang, fill};
+use crate::{qr, store};
 
 /// The consumer name: queue `<prefix>.bot`, `processed_messages.consumer`.
 pub const CONSUMER: &str = messaging::topology::consumers::BOT;
 
 /// The events the bot tells users about.
-pub const BINDINGS: [&str; 5] = [
+pub const BINDINGS: [&str; 6] = [
     PaymentCompleted::EVENT_TYPE,
     PaymentFailed::EVENT_TYPE,
     PaymentRefunded::EVENT_TYPE,
+    PaymentUnderpaid::EVENT_TYPE,
     SubscriptionActivated::EVENT_TYPE,
     SubscriptionRevoked::EVENT_TYPE,
 ];
+
+/// Telegram's limit for a photo's caption.
+const CAPTION_LIMIT: usize = 1024;
 
 /// Sends one Telegram message per event.
 pub struct Notifier {
@@ -51,6 +63,20 @@ impl Notifier {
     pub fn new(api: Api) -> Self {
         Self { api }
     }
+
+    async fn send_text(
+        &self,
+        chat: i64,
+        text: String,
+        markup: Option<InlineKeyboardMarkup>,
+    ) -> Result<(), frankenstein::Error> {
+        let params = SendMessageParams::builder()
+            .chat_id(chat)
+            .text(text)
+            .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
+            .build();
+        self.api.send_message(&params).await.map(|_| ())
+    }
 }
 
 /// What to tell whom.
@@ -58,8 +84,18 @@ enum Note {
     Completed(Money),
     Failed(String),
     Refunded(Money),
-    Activated { expires: String, link: String },
-    Revoked { expires: String },
+    Underpaid {
+        received: Money,
+        shortfall: Money,
+        pay_before: String,
+    },
+    Activated {
+        expires: String,
+        link: String,
+    },
+    Revoked {
+        expires: String,
+    },
 }
 
 fn money(minor: i64, currency: &str) -> Result<Money, HandlerError> {
@@ -83,6 +119,17 @@ fn decode(envelope: &Envelope) -> Result<Option<(i64, Note)>, HandlerError> {
             let e: PaymentRefunded = envelope.decode()?;
             let amount = money(e.refunded_minor, &e.payment.currency)?;
             (e.payment.telegram_id, Note::Refunded(amount))
+        }
+        PaymentUnderpaid::EVENT_TYPE => {
+            let e: PaymentUnderpaid = envelope.decode()?;
+            (
+                e.payment.telegram_id,
+                Note::Underpaid {
+                    received: money(e.received_minor, &e.payment.currency)?,
+                    shortfall: money(e.shortfall_minor, &e.payment.currency)?,
+                    pay_before: texts::date(e.pay_before),
+                },
+            )
         }
         SubscriptionActivated::EVENT_TYPE => {
             let e: SubscriptionActivated = envelope.decode()?;
@@ -130,6 +177,8 @@ impl Handler for Notifier {
         let language = store::user(tx, chat).await?.and_then(|u| u.language_code);
         let t = Lang::from_code(language.as_deref()).texts();
         let mut markup = None;
+        // What the QR code shows, when the message comes with one.
+        let mut qr_of = None;
         let text = match note {
             Note::Completed(amount) => {
                 fill(t.payment_completed, &[("amount", &texts::money(amount))])
@@ -138,9 +187,21 @@ impl Handler for Notifier {
             Note::Refunded(amount) => {
                 fill(t.payment_refunded, &[("amount", &texts::money(amount))])
             }
+            Note::Underpaid {
+                received,
+                shortfall,
+                pay_before,
+            } => fill(
+                t.payment_underpaid,
+                &[
+                    ("received", &texts::money(received)),
+                    ("shortfall", &texts::money(shortfall)),
+                    ("expires", &pay_before),
+                ],
+            ),
             Note::Activated { expires, link } => {
                 if link.starts_with("https://") || link.starts_with("http://") {
-                    markup = Some(ReplyMarkup::InlineKeyboardMarkup(
+                    markup = Some(
                         InlineKeyboardMarkup::builder()
                             .inline_keyboard(vec![vec![
                                 InlineKeyboardButton::builder()
@@ -149,8 +210,9 @@ impl Handler for Notifier {
                                     .build(),
                             ]])
                             .build(),
-                    ));
+                    );
                 }
+                qr_of = Some(link.clone());
                 fill(
                     t.subscription_activated,
                     &[("expires", &expires), ("link", &link)],
@@ -158,13 +220,37 @@ impl Handler for Notifier {
             }
             Note::Revoked { expires } => fill(t.subscription_revoked, &[("expires", &expires)]),
         };
-        let params = SendMessageParams::builder()
-            .chat_id(chat)
-            .text(text)
-            .maybe_reply_markup(markup)
-            .build();
-        match self.api.send_message(&params).await {
-            Ok(_) => {
+        let image = qr_of
+            .filter(|_| text.chars().count() <= CAPTION_LIMIT)
+            .and_then(|data| {
+                qr::png(&data)
+                    .inspect_err(|error| tracing::warn!(%error, "no QR code; text only"))
+                    .ok()
+            });
+        let sent = match image {
+            Some(image) => {
+                match qr::send_photo(
+                    &self.api,
+                    chat,
+                    &image.bytes,
+                    "qr.png",
+                    Some(&text),
+                    markup.as_ref(),
+                )
+                .await
+                {
+                    // Telegram refused the photo itself: the text alone still says it all.
+                    Err(frankenstein::Error::Api(error)) if error.error_code == 400 => {
+                        tracing::warn!(chat, description = %error.description, "sendPhoto refused; sending the text");
+                        self.send_text(chat, text, markup).await
+                    }
+                    other => other,
+                }
+            }
+            None => self.send_text(chat, text, markup).await,
+        };
+        match sent {
+            Ok(()) => {
                 tracing::info!(event = %envelope.event_type, event_id = %envelope.event_id, chat, "user notified");
                 Ok(())
             }
@@ -173,7 +259,10 @@ impl Handler for Notifier {
                 tracing::warn!(event = %envelope.event_type, chat, description = %error.description, "user cannot be notified");
                 Ok(())
             }
-            Err(error) => Err(HandlerError::transient(format!("sendMessage: {error}"))),
+            // Not sent (5xx, 429, timeout): the marker rolls back and the event comes again.
+            Err(error) => Err(HandlerError::transient(format!(
+                "send to Telegram: {error}"
+            ))),
         }
     }
 }

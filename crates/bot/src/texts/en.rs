@@ -34,6 +34,8 @@ pub static TEXTS: Texts = Texts {
     payment_completed: "✅ Payment of {amount} confirmed. Your subscription is being activated.",
     payment_failed: "❌ The payment did not go through ({reason}). Please try again from the menu.",
     payment_refunded: "↩️ {amount} refunded.",
+    payment_underpaid: "⚠️ We received {received}, which is {shortfall} short of your invoice. Send the remaining {shortfall} to the same address before {expires}; your subscription starts once the full amount has arrived.",
+    qr_address: "Scan to pay: {address}",
     subscription_activated: "🎉 Your subscription is active until {expires}.\n\nYour subscription link:\n{link}\n\nImport it into your VPN client.",
     subscription_revoked: "Your subscription changed after a refund. It is now valid until {expires}.",
     btn_open_link: "Open link",

@@ -78,6 +78,10 @@ pub struct Texts {
     pub payment_failed: &'static str,
     /// `{amount}`.
     pub payment_refunded: &'static str,
+    /// `{received}` (all so far), `{shortfall}`, `{expires}`.
+    pub payment_underpaid: &'static str,
+    /// Caption of the address's QR code at the crypto checkout: `{address}`.
+    pub qr_address: &'static str,
     /// `{expires}`, `{link}`.
     pub subscription_activated: &'static str,
     /// `{expires}`.

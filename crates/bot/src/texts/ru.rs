@@ -34,6 +34,8 @@ pub static TEXTS: Texts = Texts {
     payment_completed: "✅ Платёж на {amount} подтверждён. Подписка активируется.",
     payment_failed: "❌ Платёж не прошёл ({reason}). Попробуйте ещё раз через меню.",
     payment_refunded: "↩️ Возврат {amount} выполнен.",
+    payment_underpaid: "⚠️ Получено {received} — до суммы счёта не хватает {shortfall}. Переведите оставшиеся {shortfall} на тот же адрес до {expires}; подписка активируется, когда поступит вся сумма.",
+    qr_address: "Отсканируйте для оплаты: {address}",
     subscription_activated: "🎉 Подписка активна до {expires}.\n\nВаша ссылка подписки:\n{link}\n\nИмпортируйте её в VPN-клиент.",
     subscription_revoked: "Подписка изменена после возврата. Теперь она действует до {expires}.",
     btn_open_link: "Открыть ссылку",

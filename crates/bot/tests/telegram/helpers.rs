@@ -258,8 +258,17 @@ impl World {
             .unwrap()
     }
 
-    /// What marzban-sync would publish after provisioning the panel for `payment`.
-    pub async fn activate(&self, telegram_id: i64, payment: Uuid, link: &str) {
+    /// The running bot's notification consumer counters.
+    pub fn consumer_stats(&self) -> std::sync::Arc<messaging::ConsumerStats> {
+        self.bot
+            .as_ref()
+            .and_then(|(service, _)| service.consumer_stats.clone())
+            .expect("the bot runs")
+    }
+
+    /// What marzban-sync would publish after provisioning the panel for `payment`; returns
+    /// the event.
+    pub async fn activate(&self, telegram_id: i64, payment: Uuid, link: &str) -> Envelope {
         let event = SubscriptionActivated {
             subscription: SubscriptionChange {
                 telegram_id,
@@ -274,6 +283,7 @@ impl World {
             .await
             .expect("outbox");
         self.infra.outbox_nudge.notify_one();
+        envelope
     }
 
     /// A full Stars purchase: checkout, pay, the worker completes it.

@@ -10,7 +10,7 @@ use frankenstein::AsyncTelegramApi;
 use frankenstein::methods::{GetUpdatesParams, SendInvoiceParams};
 use frankenstein::payments::LabeledPrice;
 use frankenstein::response::MethodResponse;
-use sandbox::telegram::{PayOutcome, TestUser};
+use sandbox::telegram::{PayOutcome, PhotoSent, SentMessage, TestUser};
 use serde_json::Value;
 
 use helpers::{ADMIN_ID, WAIT, world, world_with};
@@ -59,13 +59,12 @@ async fn a_stars_purchase_ends_with_the_activation_link() {
     w.activate(user.id, payment_id, link).await;
     let activated = w
         .wait_new(user.id, received.message_id, |m| {
-            m.text.as_deref().is_some_and(|t| t.contains(link))
+            m.body().is_some_and(|t| t.contains(link))
         })
         .await;
     assert!(
         activated
-            .text
-            .as_deref()
+            .body()
             .unwrap_or_default()
             .contains("Подписка активна до")
     );
@@ -73,6 +72,13 @@ async fn a_stars_purchase_ends_with_the_activation_link() {
         activated.button_urls(),
         vec![link.to_owned()],
         "an Open link button"
+    );
+    // One message: the link's QR code, the text as its caption.
+    assert_eq!(activated.method, "sendPhoto");
+    assert_eq!(
+        uploaded(&activated),
+        bot::qr::png(link).unwrap().bytes,
+        "the QR code of the link"
     );
 
     // One inbox row, one notification for the worker.
@@ -149,13 +155,146 @@ async fn yookassa_and_crypto_show_how_to_pay() {
     assert!(urls[0].starts_with("http"), "{urls:?}");
 
     let (transfer, _) = w.checkout(&user, "month_1", "crypto", "USDT").await;
-    let text = transfer.text.unwrap();
-    assert!(
-        text.contains("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"),
-        "{text}"
-    );
+    let wallet = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t";
+    let text = transfer.text.clone().unwrap();
+    assert!(text.contains(wallet), "{text}");
     assert!(text.contains("USDT") && text.contains("TRC20"), "{text}");
-    assert_eq!(w.payments_of(user.id).await.len(), 2);
+    let payments = w.payments_of(user.id).await;
+    assert_eq!(payments.len(), 2);
+    let crypto = payments.iter().find(|p| p.provider == "crypto").unwrap();
+    let exact = format!(
+        "{}.{:06}",
+        crypto.amount_minor / 1_000_000,
+        crypto.amount_minor % 1_000_000
+    );
+    assert!(
+        text.contains(&format!("{exact} USDT")),
+        "the exact amount: {text}"
+    );
+    // Then the address as a QR code.
+    let qr = w
+        .wait_new(user.id, transfer.message_id, |m| m.method == "sendPhoto")
+        .await;
+    assert_eq!(uploaded(&qr), bot::qr::png(wallet).unwrap().bytes);
+    assert!(qr.caption.unwrap().contains(wallet));
+}
+
+/// The bytes of the photo a message uploaded.
+fn uploaded(message: &SentMessage) -> Vec<u8> {
+    match &message.photo {
+        Some(PhotoSent::Upload { data, bytes, .. }) => {
+            assert_eq!(data.len(), *bytes);
+            data.clone()
+        }
+        other => panic!("no uploaded photo: {other:?}"),
+    }
+}
+
+/// Telegram fails the first two sends (a 502, then 429 "retry after"); the event is retried
+/// and the user gets the message once. A second delivery of the same event (the broker's
+/// at-least-once) sends nothing: the sent-marker row committed with the first send.
+#[tokio::test]
+async fn a_notification_survives_telegram_failures_and_redelivery_and_is_sent_once() {
+    let w = world().await;
+    let user = TestUser::new(5_000_010, "Eve", "en");
+    let start = w.tg.send_text(&user, "/start");
+    w.wait_new(user.id, start, |m| m.text.is_some()).await;
+    let menu_messages = w.tg.messages(user.id).len();
+
+    w.tg.fail_next("sendPhoto", 502, 1);
+    w.tg.fail_next("sendPhoto", 429, 1);
+    let link = "https://vpn.example/sub/tg_5000010";
+    let envelope = w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+    let sent = w
+        .wait_new(user.id, start, |m| {
+            m.body().is_some_and(|t| t.contains(link))
+        })
+        .await;
+    // No payment made a users row for Eve, so the default language.
+    assert!(sent.body().unwrap().contains("Подписка активна до"));
+    assert_eq!(sent.method, "sendPhoto");
+    assert_eq!(w.tg.calls("sendPhoto"), 3, "two failures, then the send");
+
+    let stats = w.consumer_stats();
+    let duplicates = stats.duplicates();
+    w.infra
+        .bus
+        .publish_envelope(&envelope)
+        .await
+        .expect("the same event again");
+    let deadline = Instant::now() + WAIT;
+    while stats.duplicates() == duplicates {
+        assert!(Instant::now() < deadline, "the redelivery is handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.tg.calls("sendPhoto"), 3, "nothing sent again");
+    let messages = w.tg.messages(user.id);
+    assert_eq!(messages.len(), menu_messages + 1, "{messages:#?}");
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.body().is_some_and(|t| t.contains(link)))
+            .count(),
+        1
+    );
+}
+
+/// USDT short of the invoice: the worker's chain watcher sees it, the bot tells the user
+/// exactly what arrived and what is missing (in USDT, to the micro-unit), once; the rest
+/// arrives and the payment completes.
+#[tokio::test]
+async fn a_short_crypto_transfer_is_shown_to_the_user_and_a_top_up_completes() {
+    const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
+    const PAYER: &str = "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM";
+    let chain = sandbox::tron::spawn(sandbox::tron::Config::default())
+        .await
+        .expect("tron emulator");
+    let w = world_with(&[
+        ("CRYPTO_WALLET_ADDRESS", WALLET.into()),
+        ("TRONGRID_API_URL", chain.base_url.clone()),
+        ("CRYPTO_POLL_INTERVAL_SECONDS", "1".into()),
+    ])
+    .await;
+    let ru = TestUser::new(5_000_011, "Фёдор", "ru");
+    let (transfer, _) = w.checkout(&ru, "month_1", "crypto", "USDT").await;
+    let payment = w
+        .payments_of(ru.id)
+        .await
+        .pop()
+        .expect("the crypto payment");
+    let due = payment.amount_minor;
+    chain.add_transfer(
+        sandbox::tron::NewTransfer::usdt(PAYER, WALLET, 1_500_000)
+            .at(chrono::Utc::now().timestamp_millis()),
+    );
+    let short = w
+        .wait_new(ru.id, transfer.message_id, |m| {
+            m.text.as_deref().is_some_and(|t| t.contains("не хватает"))
+        })
+        .await;
+    let text = short.text.unwrap();
+    let missing = due - 1_500_000;
+    let missing = format!("{}.{:06} USDT", missing / 1_000_000, missing % 1_000_000);
+    assert!(text.contains("Получено 1.500000 USDT"), "{text}");
+    assert!(text.contains(&format!("не хватает {missing}")), "{text}");
+    assert_eq!(w.payment(payment.id).await.status, PaymentStatus::Pending);
+
+    chain.add_transfer(
+        sandbox::tron::NewTransfer::usdt(PAYER, WALLET, due - 1_500_000)
+            .at(chrono::Utc::now().timestamp_millis()),
+    );
+    w.wait_status(payment.id, PaymentStatus::Succeeded).await;
+    w.wait_new(ru.id, short.message_id, |m| {
+        m.text.as_deref().is_some_and(|t| t.contains("подтверждён"))
+    })
+    .await;
+    let told =
+        w.tg.messages(ru.id)
+            .into_iter()
+            .filter(|m| m.text.as_deref().is_some_and(|t| t.contains("не хватает")))
+            .count();
+    assert_eq!(told, 1, "one notice for the one short transfer");
+    assert_eq!(w.outbox("payment.underpaid").await.len(), 1);
 }
 
 #[tokio::test]
