@@ -23,7 +23,7 @@ use crate::payments::MoneyView;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/stats", web::get().to(stats));
+    cfg.service(crate::resource("/api/stats", "GET").route(web::get().to(stats)));
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -136,4 +136,13 @@ async fn only_the_admin_token_reads_stats_and_bad_parameters_are_400() {
         assert_eq!(body["error"], "bad_request", "{query}: {body}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    let post = app
+        .http
+        .post(app.url("/api/stats"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET");
 }
