@@ -28,6 +28,12 @@ struct Recorder {
     pause: Duration,
 }
 
+impl Recorder {
+    fn bindings_of() -> Vec<String> {
+        vec!["provider.notification.reconnect".into()]
+    }
+}
+
 #[async_trait]
 impl Handler for Recorder {
     fn consumer(&self) -> &str {
@@ -35,7 +41,7 @@ impl Handler for Recorder {
     }
 
     fn bindings(&self) -> Vec<String> {
-        vec!["provider.notification.reconnect".into()]
+        Self::bindings_of()
     }
 
     async fn handle(
@@ -143,6 +149,21 @@ impl Outage {
         .unwrap()
     }
 
+    /// Deletes the queues and exchange the test declared on the shared broker.
+    async fn clean_up(&self) {
+        let bus = self.direct_bus().await;
+        bus.delete_consumer(&messaging::ConsumerSpec::new(
+            CONSUMER,
+            Recorder::bindings_of(),
+        ))
+        .await
+        .unwrap();
+        bus.close().await;
+        service_kit::testing::delete_system_topology(&testkit::amqp_url(), &self.prefix)
+            .await
+            .unwrap();
+    }
+
     async fn processed(&self) -> i64 {
         self.db
             .conn
@@ -235,6 +256,7 @@ async fn an_outage_of_both_servers_is_reported_and_survived() {
     consuming.await.unwrap();
     infra.stop().await;
     direct.close().await;
+    outage.clean_up().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +295,7 @@ async fn a_service_started_during_an_outage_waits_for_the_servers() {
     .await;
     shutdown.cancel();
     assert!(waiting.await.unwrap().is_none());
+    outage.clean_up().await;
 }
 
 /// SIGTERM while messages are in hand: those are finished and acknowledged, the prefetched rest
@@ -340,4 +363,5 @@ async fn shutdown_finishes_the_messages_in_hand_and_returns_the_rest() {
     assert_eq!(ids.len(), 12);
     assert_eq!(outage.processed().await, 12);
     direct.close().await;
+    outage.clean_up().await;
 }

@@ -748,12 +748,8 @@ async fn success_claims_for_pending_payments_change_only_the_inbox() {
         ("RECONCILE_ENABLED", "off"),
     ]))
     .unwrap();
+    // The system's queues (declared by every Infra) are deleted with the TestApp.
     let infra = Infra::connect("adversarial-worker", &common).await.unwrap();
-    infra
-        .bus
-        .declare(&messaging::ConsumerSpec::new("adv-sink", ["payment.#"]))
-        .await
-        .unwrap();
     let shutdown = Shutdown::new();
     let worker = payment_worker::start(&worker_settings, &infra, shutdown.clone()).unwrap();
 
