@@ -14,8 +14,7 @@ use domain::analytics::{self, Figures, Period, Report, Timing};
 use frankenstein::AsyncTelegramApi;
 use frankenstein::ParseMode;
 use frankenstein::client_reqwest::Bot as Api;
-use frankenstein::input_file::{FileUpload, InputFile};
-use frankenstein::methods::{SendMessageParams, SendPhotoParams};
+use frankenstein::methods::SendMessageParams;
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::chart;
@@ -222,23 +221,13 @@ async fn send(api: &Api, chat: i64, html: String) {
     }
 }
 
-/// Sends `png` with `sendPhoto` (multipart upload). The Telegram client uploads from a file,
-/// so the image goes through a temporary file, removed afterwards.
+/// Sends the chart with `sendPhoto` (a multipart upload, [`crate::qr::send_photo`]).
 async fn send_photo(api: &Api, chat: i64, png: Vec<u8>, caption: &str) {
-    let path = std::env::temp_dir().join(format!("acp-chart-{}.png", uuid::Uuid::now_v7()));
-    if let Err(error) = tokio::fs::write(&path, png).await {
-        tracing::error!(%error, "cannot write the chart");
-        return;
-    }
-    let params = SendPhotoParams::builder()
-        .chat_id(chat)
-        .photo(FileUpload::InputFile(InputFile { path: path.clone() }))
-        .caption(caption)
-        .build();
-    if let Err(error) = api.send_photo(&params).await {
+    if let Err(error) =
+        crate::qr::send_photo(api, chat, &png, "revenue.png", Some(caption), None).await
+    {
         tracing::warn!(chat, %error, "sendPhoto failed");
     }
-    let _ = tokio::fs::remove_file(&path).await;
 }
 
 #[cfg(test)]
