@@ -10,7 +10,8 @@
 //!
 //! A short transfer is announced to the payer (`payment.underpaid`) by [`Announcer`], inside
 //! the poll's own transaction: the event commits with the claim of the transfer, so it is
-//! written once per transfer however often the history is read.
+//! written once per transfer however often the history is read. The surplus of an
+//! overpayment is recorded for an admin the same way (a `crypto.overpaid` log row).
 //!
 //! **Notices** (`/webhook/payment/crypto`, stored in the inbox as `provider = crypto`) never
 //! complete anything by themselves. The notification consumer leaves their inbox rows open
@@ -257,9 +258,13 @@ impl ChainWatch {
     }
 }
 
+/// `system_logs.event_type` of an overpayment's surplus.
+pub const OVERPAID_EVENT: &str = "crypto.overpaid";
+
 /// Announces a short transfer to the payer: `payment.underpaid` with what arrived, what is
-/// missing and until when, written in the chain watcher's poll transaction (see the module
-/// docs). Other outcomes are settled after the poll.
+/// missing and until when; records an overpayment's surplus for an admin. Both are written in
+/// the chain watcher's poll transaction (see the module docs); the payment itself is settled
+/// after the poll.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Announcer;
 
@@ -270,22 +275,40 @@ impl OutcomeSink for Announcer {
         txn: &DatabaseTransaction,
         outcome: &InvoiceOutcome,
     ) -> Result<(), DbErr> {
-        let OutcomeKind::Underpaid {
-            received,
-            shortfall,
-        } = &outcome.kind
+        let (Some(tx_id), OutcomeKind::Underpaid { .. } | OutcomeKind::Overpaid { .. }) =
+            (&outcome.tx_id, &outcome.kind)
         else {
-            return Ok(());
-        };
-        let Some(tx_id) = &outcome.tx_id else {
             return Ok(());
         };
         let Some(payment) = payments::Entity::find_by_id(outcome.payment_id.into_inner())
             .one(txn)
             .await?
         else {
-            tracing::warn!(payment_id = %outcome.payment_id, "partial transfer for an invoice without a payment");
+            tracing::warn!(payment_id = %outcome.payment_id, "transfer for an invoice without a payment");
             return Ok(());
+        };
+        let trigger = Trigger::ChainWatch {
+            invoice_id: outcome.invoice_id,
+        };
+        let (received, shortfall) = match &outcome.kind {
+            OutcomeKind::Underpaid {
+                received,
+                shortfall,
+            } => (received, shortfall),
+            OutcomeKind::Overpaid { received, surplus } => {
+                tracing::warn!(payment_id = %payment.id, %received, %surplus, tx = %tx_id, "crypto overpayment; surplus recorded");
+                let metadata = serde_json::json!({
+                    "received_minor": received.minor(),
+                    "surplus_minor": surplus.minor(),
+                    "tx_id": tx_id,
+                    "invoice_id": outcome.invoice_id,
+                    "trigger": trigger.name(),
+                });
+                let message = format!("received {received}, {surplus} more than the invoice");
+                return transition::log(txn, OVERPAID_EVENT, &payment, None, message, metadata)
+                    .await;
+            }
+            _ => return Ok(()),
         };
         let invoice = crypto_invoices::Entity::find_by_id(outcome.invoice_id)
             .one(txn)
@@ -299,9 +322,6 @@ impl OutcomeSink for Announcer {
             shortfall_minor: shortfall.minor(),
             tx_id: tx_id.clone(),
             pay_before,
-        };
-        let trigger = Trigger::ChainWatch {
-            invoice_id: outcome.invoice_id,
         };
         transition::underpaid(txn, &payment, &short, trigger)
             .await

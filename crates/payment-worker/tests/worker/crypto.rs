@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
 use domain::entities::payments;
 use domain::money::{Currency, Money};
@@ -12,7 +12,7 @@ use messaging::Event;
 use messaging::events::PaymentUnderpaid;
 use payment_core::RetryPolicy;
 use payment_core::providers::crypto::{
-    CryptoProvider, CryptoSettings, ReservedInvoice, TronAddress,
+    CryptoProvider, CryptoSettings, LatePolicy, ReservedInvoice, TronAddress,
 };
 use sandbox::tron;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, IntoActiveModel};
@@ -38,11 +38,12 @@ fn crypto_settings(chain: &tron::Handle) -> CryptoSettings {
     s
 }
 
-/// The gateway's creation of a crypto payment: the payment row, its invoice, the invoice
-/// amount on the payment.
-async fn crypto_payment(
+/// The gateway's creation of a crypto payment as of `created`: the payment row, its invoice,
+/// the invoice amount on the payment.
+async fn crypto_payment_at(
     db: &DatabaseConnection,
     crypto: &CryptoSettings,
+    created: DateTime<Utc>,
 ) -> (payments::Model, ReservedInvoice) {
     let price = Money::new(2_500_000, Currency::Usdt);
     let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
@@ -51,7 +52,7 @@ async fn crypto_payment(
     .await;
     let provider = CryptoProvider::new(crypto.clone()).expect("provider");
     let invoice = provider
-        .reserve_invoice(db, payment.payment_id(), price, Utc::now())
+        .reserve_invoice(db, payment.payment_id(), price, created)
         .await
         .expect("reserved");
     let mut row: payments::ActiveModel = payment.clone().into_active_model();
@@ -62,35 +63,76 @@ async fn crypto_payment(
     (payment, invoice)
 }
 
-#[tokio::test]
-async fn a_chain_transfer_completes_the_crypto_payment_once() {
-    let env = env().await;
-    let db = &env.db.conn;
+/// The TronGrid emulator, a crypto payment (created at `created`) and a worker on PostgreSQL
+/// and RabbitMQ watching the chain, with `tweak`ed crypto settings.
+struct Watching {
+    chain: tron::Handle,
+    payment: payments::Model,
+    invoice: ReservedInvoice,
+    prefix: String,
+    worker: RunningWorker,
+}
+
+async fn watching(
+    env: &Env,
+    created: DateTime<Utc>,
+    tweak: impl FnOnce(&mut CryptoSettings),
+) -> Watching {
     let chain = tron::spawn(tron::Config::default())
         .await
         .expect("emulator");
-    let crypto = crypto_settings(&chain);
-    let (payment, invoice) = crypto_payment(db, &crypto).await;
-
-    chain.add_transfer(
-        tron::NewTransfer::usdt(PAYER, WALLET, invoice.amount.minor())
-            .at(Utc::now().timestamp_millis()),
-    );
-
+    let mut crypto = crypto_settings(&chain);
+    tweak(&mut crypto);
+    let (payment, invoice) = crypto_payment_at(&env.db.conn, &crypto, created).await;
     let mut settings = worker_settings(&env.shop, &[]);
     settings.payments.crypto = Some(crypto);
     let prefix = testkit::unique_prefix("pwcrypto");
     let worker = start_worker(&env.db.url, &prefix, &settings).await;
+    Watching {
+        chain,
+        payment,
+        invoice,
+        prefix,
+        worker,
+    }
+}
 
-    let done = eventually(Duration::from_secs(15), || async {
-        reload(db, payment.id).await.status == PaymentStatus::Succeeded
-    })
-    .await;
-    assert!(done, "the payment is completed by the chain watcher");
+impl Watching {
+    /// `value` micro-USDT from the payer, confirmed, `ago` before now.
+    fn pay(&self, value: i64, ago: chrono::Duration) -> String {
+        self.chain.add_transfer(
+            tron::NewTransfer::usdt(PAYER, WALLET, value).at((Utc::now() - ago).timestamp_millis()),
+        )
+    }
+
+    async fn reaches(&self, db: &DatabaseConnection, status: PaymentStatus) -> bool {
+        eventually(Duration::from_secs(15), || async {
+            reload(db, self.payment.id).await.status == status
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.worker.stop().await;
+        delete_topology(&self.prefix).await;
+        self.chain.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_chain_transfer_completes_the_crypto_payment_once() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let w = watching(&env, Utc::now(), |_| {}).await;
+    w.pay(w.invoice.amount.minor(), chrono::Duration::zero());
+    assert!(
+        w.reaches(db, PaymentStatus::Succeeded).await,
+        "the payment is completed by the chain watcher"
+    );
     // More polls see the same transfer again and change nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    worker.stop().await;
-    delete_topology(&prefix).await;
+    let (payment, invoice) = (w.payment.clone(), w.invoice.clone());
+    w.stop().await;
 
     let completed = events(db, "payment.completed", payment.id).await;
     assert_eq!(completed.len(), 1, "exactly one payment.completed");
@@ -103,7 +145,6 @@ async fn a_chain_transfer_completes_the_crypto_payment_once() {
     let paid = reload(db, payment.id).await;
     assert!(paid.completed_at.is_some());
     assert!(!paid.flagged);
-    chain.stop().await;
 }
 
 /// A crypto notice as the gateway stores it (inbox row + `provider.notification.crypto`).
@@ -134,26 +175,20 @@ async fn crypto_notice(
 async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
     let env = env().await;
     let db = &env.db.conn;
-    let chain = tron::spawn(tron::Config::default())
-        .await
-        .expect("emulator");
-    let mut crypto = crypto_settings(&chain);
     // The loop polls once at start, then waits an hour: only a notice can wake it.
-    crypto.poll_interval = Duration::from_secs(3600);
-    let (payment, invoice) = crypto_payment(db, &crypto).await;
-    let mut settings = worker_settings(&env.shop, &[]);
-    settings.payments.crypto = Some(crypto);
-    let prefix = testkit::unique_prefix("pwnotice");
-    let worker = start_worker(&env.db.url, &prefix, &settings).await;
+    let w = watching(&env, Utc::now(), |c| {
+        c.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
     let first_poll = eventually(Duration::from_secs(15), || async {
-        chain.request_count(tron::route::TRC20_HISTORY) >= 1
+        w.chain.request_count(tron::route::TRC20_HISTORY) >= 1
     })
     .await;
     assert!(first_poll, "the loop polled at start");
 
     // Forged: signed (the gateway checked that), but the chain does not know the transaction.
-    let forged = crypto_notice(db, &payment, &"ab".repeat(32)).await;
-    worker.nudge();
+    let forged = crypto_notice(db, &w.payment, &"ab".repeat(32)).await;
+    w.worker.nudge();
     let checked = eventually(Duration::from_secs(15), || async {
         inbox_row(db, &forged).await.processed_at.is_some()
     })
@@ -164,33 +199,30 @@ async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
         Some("not_on_chain")
     );
     assert_eq!(
-        chain.request_count(tron::route::TX_INFO),
+        w.chain.request_count(tron::route::TX_INFO),
         1,
         "asked the chain"
     );
     assert_eq!(
-        chain.request_count(tron::route::TRC20_HISTORY),
+        w.chain.request_count(tron::route::TRC20_HISTORY),
         1,
         "an unknown transaction does not even start a poll"
     );
-    let unchanged = reload(db, payment.id).await;
+    let unchanged = reload(db, w.payment.id).await;
     assert_eq!(unchanged.status, PaymentStatus::Pending);
     assert!(!unchanged.flagged);
-    assert!(events(db, "payment.completed", payment.id).await.is_empty());
+    assert!(
+        events(db, "payment.completed", w.payment.id)
+            .await
+            .is_empty()
+    );
 
     // Real: the payer's transfer is confirmed and a notice names it.
-    let tx = chain.add_transfer(
-        tron::NewTransfer::usdt(PAYER, WALLET, invoice.amount.minor())
-            .at(Utc::now().timestamp_millis()),
-    );
-    let real = crypto_notice(db, &payment, &tx).await;
-    worker.nudge();
-    let done = eventually(Duration::from_secs(15), || async {
-        reload(db, payment.id).await.status == PaymentStatus::Succeeded
-    })
-    .await;
+    let tx = w.pay(w.invoice.amount.minor(), chrono::Duration::zero());
+    let real = crypto_notice(db, &w.payment, &tx).await;
+    w.worker.nudge();
     assert!(
-        done,
+        w.reaches(db, PaymentStatus::Succeeded).await,
         "the notice made the worker look, and the chain pays the invoice"
     );
     let closed = eventually(Duration::from_secs(5), || async {
@@ -202,34 +234,24 @@ async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
         inbox_row(db, &real).await.outcome.as_deref(),
         Some("chain_checked")
     );
-    worker.stop().await;
-    delete_topology(&prefix).await;
+    let payment = w.payment.clone();
+    w.stop().await;
     assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
     let log = logs(db, "payment.completed", payment.id).await;
     assert_eq!(
         log[0].metadata.clone().expect("metadata")["trigger"],
         "chain_watch"
     );
-    chain.stop().await;
 }
 
 #[tokio::test]
 async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     let env = env().await;
     let db = &env.db.conn;
-    let chain = tron::spawn(tron::Config::default())
-        .await
-        .expect("emulator");
-    let crypto = crypto_settings(&chain);
-    let (payment, invoice) = crypto_payment(db, &crypto).await;
-    let mut settings = worker_settings(&env.shop, &[]);
-    settings.payments.crypto = Some(crypto);
-    let prefix = testkit::unique_prefix("pwshort");
-    let worker = start_worker(&env.db.url, &prefix, &settings).await;
+    let w = watching(&env, Utc::now(), |_| {}).await;
+    let (payment, due) = (w.payment.clone(), w.invoice.amount.minor());
 
-    let tx = chain.add_transfer(
-        tron::NewTransfer::usdt(PAYER, WALLET, 1_500_000).at(Utc::now().timestamp_millis()),
-    );
+    let tx = w.pay(1_500_000, chrono::Duration::zero());
     let announced = eventually(Duration::from_secs(15), || async {
         !events(db, PaymentUnderpaid::EVENT_TYPE, payment.id)
             .await
@@ -238,9 +260,9 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     .await;
     assert!(announced, "the payer is told the shortfall");
     // Every poll reads the same transfer again (the cursor keeps a skew): no second notice.
-    let polls = chain.request_count(tron::route::TRC20_HISTORY);
+    let polls = w.chain.request_count(tron::route::TRC20_HISTORY);
     let more = eventually(Duration::from_secs(15), || async {
-        chain.request_count(tron::route::TRC20_HISTORY) >= polls + 5
+        w.chain.request_count(tron::route::TRC20_HISTORY) >= polls + 5
     })
     .await;
     assert!(more);
@@ -248,12 +270,12 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     assert_eq!(short.len(), 1, "once per transfer");
     let event: PaymentUnderpaid = short[0].decode().expect("payment.underpaid");
     assert_eq!(event.received_minor, 1_500_000);
-    assert_eq!(event.shortfall_minor, invoice.amount.minor() - 1_500_000);
-    assert_eq!(event.payment.amount_minor, invoice.amount.minor());
+    assert_eq!(event.shortfall_minor, due - 1_500_000);
+    assert_eq!(event.payment.amount_minor, due);
     assert_eq!(event.payment.currency, "USDT");
     assert_eq!(event.tx_id, tx);
     assert!(
-        (event.pay_before - invoice.expires_at)
+        (event.pay_before - w.invoice.expires_at)
             .num_milliseconds()
             .abs()
             < 1
@@ -266,17 +288,12 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
         1
     );
 
-    chain.add_transfer(
-        tron::NewTransfer::usdt(PAYER, WALLET, invoice.amount.minor() - 1_500_000)
-            .at(Utc::now().timestamp_millis()),
+    w.pay(due - 1_500_000, chrono::Duration::zero());
+    assert!(
+        w.reaches(db, PaymentStatus::Succeeded).await,
+        "the top-up completes the payment"
     );
-    let done = eventually(Duration::from_secs(15), || async {
-        reload(db, payment.id).await.status == PaymentStatus::Succeeded
-    })
-    .await;
-    assert!(done, "the top-up completes the payment");
-    worker.stop().await;
-    delete_topology(&prefix).await;
+    w.stop().await;
     assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
     assert_eq!(
         events(db, PaymentUnderpaid::EVENT_TYPE, payment.id)
@@ -284,5 +301,71 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
             .len(),
         1
     );
-    chain.stop().await;
+}
+
+#[tokio::test]
+async fn an_overpayment_completes_and_the_surplus_is_recorded() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let w = watching(&env, Utc::now(), |_| {}).await;
+    let (payment, due) = (w.payment.clone(), w.invoice.amount.minor());
+    let sent = due + 1_000_000;
+    w.pay(sent, chrono::Duration::zero());
+    assert!(
+        w.reaches(db, PaymentStatus::Succeeded).await,
+        "more than asked completes the payment"
+    );
+    w.stop().await;
+    let paid = reload(db, payment.id).await;
+    assert!(!paid.flagged, "{:?}", paid.flag_reason);
+    assert_eq!(paid.amount_minor, due, "the price stays the price");
+    let surplus = logs(db, payment_worker::chain::OVERPAID_EVENT, payment.id).await;
+    assert_eq!(surplus.len(), 1);
+    let metadata = surplus[0].metadata.clone().expect("metadata");
+    assert_eq!(metadata["surplus_minor"], 1_000_000);
+    assert_eq!(metadata["received_minor"], sent);
+    assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
+}
+
+/// Invoice expired ten minutes ago; the full amount arrives five minutes ago, inside the
+/// late window: completed under `complete`, flagged for an admin (not completed) under `flag`.
+async fn late_transfer(policy: LatePolicy) -> (payments::Model, Vec<messaging::Envelope>) {
+    let env = env().await;
+    let db = &env.db.conn;
+    let created = Utc::now() - chrono::Duration::minutes(40);
+    let w = watching(&env, created, |c| c.late_policy = policy).await;
+    w.pay(w.invoice.amount.minor(), chrono::Duration::minutes(5));
+    let settled = eventually(Duration::from_secs(15), || async {
+        reload(db, w.payment.id).await.status != PaymentStatus::Pending
+    })
+    .await;
+    assert!(settled, "the late transfer is settled");
+    let payment = w.payment.clone();
+    w.stop().await;
+    let completed = events(db, "payment.completed", payment.id).await;
+    (reload(db, payment.id).await, completed)
+}
+
+#[tokio::test]
+async fn a_late_transfer_completes_under_the_complete_policy() {
+    let (payment, completed) = late_transfer(LatePolicy::Complete).await;
+    assert_eq!(payment.status, PaymentStatus::Succeeded);
+    assert!(!payment.flagged);
+    assert_eq!(completed.len(), 1);
+}
+
+#[tokio::test]
+async fn a_late_transfer_is_flagged_not_completed_under_the_flag_policy() {
+    let (payment, completed) = late_transfer(LatePolicy::Flag).await;
+    assert_ne!(payment.status, PaymentStatus::Succeeded);
+    assert!(payment.flagged);
+    assert!(
+        payment
+            .flag_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("late crypto transfer")),
+        "{:?}",
+        payment.flag_reason
+    );
+    assert!(completed.is_empty());
 }
