@@ -202,16 +202,6 @@ impl ChainWatcher {
         self
     }
 
-    /// The same wallet, token and sink under another lease identity: a second poller (the
-    /// notice checks) that never runs at the same time as this one.
-    #[must_use]
-    pub fn another_poller(&self) -> Self {
-        Self {
-            owner: Uuid::new_v4(),
-            ..self.clone()
-        }
-    }
-
     pub fn settings(&self) -> &CryptoSettings {
         &self.settings
     }
