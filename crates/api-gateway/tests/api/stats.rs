@@ -7,7 +7,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, SERVICE_TOKEN, TestApp, created_payment, spawn_app, spawn_embedded_app,
+    ADMIN_TOKEN, SERVICE_TOKEN, TestApp, created_payment, sample, spawn_app, spawn_embedded_app,
 };
 
 async fn get_stats(app: &TestApp, query: &str, token: Option<&str>) -> reqwest::Response {
@@ -51,6 +51,13 @@ async fn created_logged_and_counted(app: &TestApp) {
         metadata["provider_payment_id"],
         payment["provider_payment_id"]
     );
+    // Counted too (the recorder is shared by the tests of this process: at least this one).
+    let created = sample(
+        &app.metrics().await,
+        "gateway_payments_created_total",
+        &["provider=\"yookassa\"", "currency=\"RUB\""],
+    );
+    assert!(created >= 1.0, "{created}");
 
     let pending = stats(app, "?period=today").await;
     assert_eq!(
