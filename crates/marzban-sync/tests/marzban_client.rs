@@ -336,3 +336,23 @@ async fn arguments_marzban_would_misread_are_refused_before_sending() {
     assert!(matches!(error, MarzbanError::InvalidInput(_)), "{error:?}");
     assert!(emu.requests().is_empty());
 }
+
+#[tokio::test]
+async fn calls_are_timed_and_failures_counted_by_operation() {
+    let metrics = service_kit::ops::metrics_handle();
+    let emu = spawn().await;
+    let client = client(&emu);
+    client.create_user(&new_user("metered")).await.unwrap();
+    assert!(client.get_user(&name("not_there")).await.unwrap().is_none());
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            "marzban_sync_api_call_seconds_bucket{operation=\"create_user\",le=\"0.005\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("marzban_sync_api_errors_total{operation=\"get_user\",error=\"not_found\"}"),
+        "{text}"
+    );
+}
