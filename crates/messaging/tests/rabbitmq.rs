@@ -169,3 +169,40 @@ async fn on_quorum_queues_an_always_failing_handler_ends_in_parking_and_replays(
 async fn handler_commit_wakes_the_relay() {
     common::handler_commit_wakes_the_relay(Fixture::rabbit_pg("nudge").await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_count_is_the_work_queue_depth() {
+    let bus = common::rabbit("depth").await;
+    let spec = ConsumerSpec::new("probe", ["payment.completed"])
+        .with_retry(RetryPolicy::from_millis([50]));
+    bus.declare(&spec).await.unwrap();
+    assert_eq!(bus.queue_count("probe").await.unwrap(), Some(0));
+    for _ in 0..3 {
+        bus.publish_envelope(&common::payment_completed())
+            .await
+            .unwrap();
+    }
+    // Confirmed publishes are in the queue; poll in case the count lags.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut depth = None;
+    while std::time::Instant::now() < deadline {
+        depth = bus.queue_count("probe").await.unwrap();
+        if depth == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(depth, Some(3));
+    // The in-process bus cannot tell.
+    assert_eq!(
+        messaging::InProcessBus::new()
+            .queue_count("probe")
+            .await
+            .unwrap(),
+        None
+    );
+
+    bus.delete_consumer(&spec).await.unwrap();
+    bus.delete_exchange().await.unwrap();
+    bus.close().await;
+}
