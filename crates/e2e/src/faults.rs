@@ -42,6 +42,8 @@ pub struct FaultPlan {
     pub concurrency: usize,
     /// Payment `i` starts no earlier than `i × pace`, so the payments span the faults.
     pub pace: Duration,
+    /// The pause between two faults, drawn between these bounds (milliseconds).
+    pub fault_every_ms: (u64, u64),
     /// How long Marzban is down once, at the start of the run (the other faults go on).
     pub marzban_down: Duration,
     /// The bound on settling after the faults stop.
@@ -54,11 +56,12 @@ impl FaultPlan {
     /// The CI version: a minute or so.
     pub fn short() -> Self {
         Self {
-            payments: 60,
-            users: 12,
+            payments: 30,
+            users: 8,
             concurrency: 6,
             pace: Duration::from_millis(300),
-            marzban_down: Duration::from_secs(5),
+            fault_every_ms: (300, 1200),
+            marzban_down: Duration::from_secs(3),
             settle_within: Duration::from_secs(120),
             seed: seed(),
         }
@@ -71,6 +74,7 @@ impl FaultPlan {
             users: 40,
             concurrency: 8,
             pace: Duration::from_millis(250),
+            fault_every_ms: (1000, 3000),
             marzban_down: Duration::from_secs(60),
             settle_within: Duration::from_secs(240),
             seed: seed(),
@@ -216,6 +220,12 @@ impl std::fmt::Display for FaultReport {
 /// The consumer whose parking queue gets the message parked on purpose.
 const POISON_CONSUMER: &str = messaging::topology::consumers::BOT;
 
+/// Four minutes of retries with pauses of at most 30 s: longer than any outage of the run
+/// (Marzban is down for a minute at most), so a fault parks nothing, and short enough pauses
+/// that everything settles soon after the faults stop. (The services' defaults retry for
+/// over twelve minutes with pauses up to ten.)
+const RETRY_DELAYS_MS: &str = "1000,2000,4000,8000,15000,30000,30000,30000,30000,30000,30000,30000";
+
 /// The run's environment on top of the cluster's defaults: fast reconciliation (the backstop
 /// for lost notifications, with short leases so a killed worker's claims come back quickly)
 /// and retry schedules that outlast the outages, so nothing is parked by a fault.
@@ -228,14 +238,8 @@ fn environment(amqp_url: String) -> Vec<(String, String)> {
         ("RECONCILE_FIRST_CHECK_SECS", "3".to_owned()),
         ("RECONCILE_FAST_INTERVAL_SECS", "3".to_owned()),
         ("RECONCILE_LEASE_SECS", "5".to_owned()),
-        (
-            "WORKER_RETRY_DELAYS_MS",
-            "500,1000,2000,4000,8000,15000,30000,30000".to_owned(),
-        ),
-        (
-            "MARZBAN_SYNC_RETRY_DELAYS_MS",
-            "500,1000,2000,4000,8000,15000,30000,30000".to_owned(),
-        ),
+        ("WORKER_RETRY_DELAYS_MS", RETRY_DELAYS_MS.to_owned()),
+        ("MARZBAN_SYNC_RETRY_DELAYS_MS", RETRY_DELAYS_MS.to_owned()),
         ("YOOKASSA_TIMEOUT_MS", "2000".to_owned()),
     ]
     .into_iter()
@@ -457,7 +461,7 @@ async fn chaos(
     let mut injected = 0u64;
     let mut kills = 0u64;
     while !done.load(Ordering::SeqCst) {
-        tokio::time::sleep(rng.millis(200, 1200)).await;
+        tokio::time::sleep(rng.millis(plan.fault_every_ms.0, plan.fault_every_ms.1)).await;
         // Every kind of fault once first, then at random (kills three times as often).
         let first_round = [0, 3, 4, 5, 6, 7, 8, 9, 10];
         let pick = first_round
@@ -495,7 +499,7 @@ async fn chaos(
                 "database connections killed"
             }
             5 => {
-                let times = 5 + rng.below(15);
+                let times = 3 + rng.below(8);
                 send(
                     sandbox,
                     reqwest::Method::POST,
