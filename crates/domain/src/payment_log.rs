@@ -3,9 +3,9 @@
 //! transaction of the change it records, and as a structured `tracing` event with target
 //! [`TARGET`], which the services' JSON file appender writes under `LOG_DIR`.
 //!
-//! The row is the record: it commits or rolls back with the change. The line is written when
-//! the row is, so a transaction rolled back afterwards leaves a line without a row (rare:
-//! the callers write the log last).
+//! The row is the record: it commits or rolls back with the change. The line is written once
+//! the row is inserted, so a transaction rolled back afterwards leaves a line without a row
+//! (rare: the callers write the log last).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DbErr};
@@ -31,6 +31,21 @@ pub struct Entry<'a> {
 /// Appends the `system_logs` row of `entry` in `tx` and emits its log line.
 pub async fn record<C: ConnectionTrait>(tx: &C, entry: Entry<'_>) -> Result<(), DbErr> {
     let payment = entry.payment;
+    system_logs::ActiveModel {
+        id: NotSet,
+        event_type: Set(entry.event_type.to_owned()),
+        user_id: Set(Some(payment.user_id)),
+        payment_id: Set(Some(payment.id)),
+        provider: Set(Some(payment.provider.clone())),
+        amount_minor: Set(Some(payment.amount_minor)),
+        currency: Set(Some(payment.currency.code().to_owned())),
+        status: Set(Some(entry.status.to_owned())),
+        message: Set(Some(entry.message.clone())),
+        metadata: Set(Some(entry.metadata.clone())),
+        created_at: Set(entry.at),
+    }
+    .insert(tx)
+    .await?;
     tracing::info!(
         target: TARGET,
         event_type = entry.event_type,
@@ -45,20 +60,5 @@ pub async fn record<C: ConnectionTrait>(tx: &C, entry: Entry<'_>) -> Result<(), 
         "{}",
         entry.message
     );
-    system_logs::ActiveModel {
-        id: NotSet,
-        event_type: Set(entry.event_type.to_owned()),
-        user_id: Set(Some(payment.user_id)),
-        payment_id: Set(Some(payment.id)),
-        provider: Set(Some(payment.provider.clone())),
-        amount_minor: Set(Some(payment.amount_minor)),
-        currency: Set(Some(payment.currency.code().to_owned())),
-        status: Set(Some(entry.status.to_owned())),
-        message: Set(Some(entry.message)),
-        metadata: Set(Some(entry.metadata)),
-        created_at: Set(entry.at),
-    }
-    .insert(tx)
-    .await?;
     Ok(())
 }
