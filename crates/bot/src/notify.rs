@@ -211,8 +211,9 @@ impl Handler for Notifier {
                             ]])
                             .build(),
                     );
+                    // A relative link (a panel without a URL prefix) is no use to a camera.
+                    qr_of = Some(link.clone());
                 }
-                qr_of = Some(link.clone());
                 fill(
                     t.subscription_activated,
                     &[("expires", &expires), ("link", &link)],

@@ -159,6 +159,23 @@ mod tests {
             );
             assert!(!text.contains('{'), "{text}");
         }
+        for lang in [Lang::Ru, Lang::En] {
+            let text = fill(
+                lang.texts().payment_underpaid,
+                &[
+                    ("received", &money(Money::new(1_500_000, Currency::Usdt))),
+                    ("shortfall", &money(Money::new(1_000_417, Currency::Usdt))),
+                    ("expires", "2027-01-01 10:30 UTC"),
+                ],
+            );
+            assert!(
+                text.contains("1.500000 USDT")
+                    && text.contains("1.000417 USDT")
+                    && text.contains("2027-01-01 10:30 UTC"),
+                "{text}"
+            );
+            assert!(!text.contains('{'), "{text}");
+        }
         assert_eq!(money(Money::new(19900, Currency::Rub)), "199.00 ₽");
         assert_eq!(money(Money::new(150, Currency::Xtr)), "150 ⭐");
     }
