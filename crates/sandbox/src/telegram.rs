@@ -12,7 +12,9 @@
 //! poller or while a webhook is set), setWebhook / deleteWebhook / getWebhookInfo (updates
 //! are then POSTed with `X-Telegram-Bot-Api-Secret-Token`), sendMessage, sendPhoto,
 //! editMessageText, answerCallbackQuery, sendInvoice, createInvoiceLink,
-//! answerPreCheckoutQuery, refundStarPayment, getStarTransactions.
+//! answerPreCheckoutQuery, refundStarPayment, getStarTransactions. Tests read what each user
+//! was sent ([`Emulator::messages`], uploaded photos with their bytes) and script Telegram's
+//! failures ([`Emulator::fail_next`]: 5xx, 429 with `retry_after`, 400, 403).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
