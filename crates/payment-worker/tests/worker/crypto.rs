@@ -19,6 +19,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, IntoActive
 use uuid::Uuid;
 
 use crate::helpers::*;
+use crate::in_process::{Bench, bench};
 
 /// Our wallet.
 const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
@@ -63,20 +64,37 @@ async fn crypto_payment_at(
     (payment, invoice)
 }
 
-/// The TronGrid emulator, a crypto payment (created at `created`) and a worker on PostgreSQL
-/// and RabbitMQ watching the chain, with `tweak`ed crypto settings.
+/// The TronGrid emulator, a crypto payment (created at `created`) and a worker watching the
+/// chain, with `tweak`ed crypto settings.
 struct Watching {
     chain: tron::Handle,
     payment: payments::Model,
     invoice: ReservedInvoice,
-    prefix: String,
-    worker: RunningWorker,
+    worker: Running,
 }
 
+/// Where the worker runs.
+enum Running {
+    /// Its own process's infrastructure on RabbitMQ (declared under the prefix).
+    Rabbit(RunningWorker, String),
+    /// The in-process bus (the standalone mode's transport).
+    InProcess(Bench),
+}
+
+/// A worker on PostgreSQL and RabbitMQ.
 async fn watching(
     env: &Env,
     created: DateTime<Utc>,
     tweak: impl FnOnce(&mut CryptoSettings),
+) -> Watching {
+    watching_on(env, created, tweak, false).await
+}
+
+async fn watching_on(
+    env: &Env,
+    created: DateTime<Utc>,
+    tweak: impl FnOnce(&mut CryptoSettings),
+    in_process: bool,
 ) -> Watching {
     let chain = tron::spawn(tron::Config::default())
         .await
@@ -86,13 +104,16 @@ async fn watching(
     let (payment, invoice) = crypto_payment_at(&env.db.conn, &crypto, created).await;
     let mut settings = worker_settings(&env.shop, &[]);
     settings.payments.crypto = Some(crypto);
-    let prefix = testkit::unique_prefix("pwcrypto");
-    let worker = start_worker(&env.db.url, &prefix, &settings).await;
+    let worker = if in_process {
+        Running::InProcess(bench(env, &settings, 1).await)
+    } else {
+        let prefix = testkit::unique_prefix("pwcrypto");
+        Running::Rabbit(start_worker(&env.db.url, &prefix, &settings).await, prefix)
+    };
     Watching {
         chain,
         payment,
         invoice,
-        prefix,
         worker,
     }
 }
@@ -112,9 +133,24 @@ impl Watching {
         .await
     }
 
+    /// Wakes the outbox relay (a notice was stored).
+    fn nudge(&self) {
+        match &self.worker {
+            Running::Rabbit(worker, _) => worker.nudge(),
+            Running::InProcess(bench) => bench.nudge.notify_one(),
+        }
+    }
+
     async fn stop(self) {
-        self.worker.stop().await;
-        delete_topology(&self.prefix).await;
+        match self.worker {
+            Running::Rabbit(worker, prefix) => {
+                worker.stop().await;
+                delete_topology(&prefix).await;
+            }
+            Running::InProcess(bench) => {
+                bench.stop().await;
+            }
+        }
         self.chain.stop().await;
     }
 }
@@ -173,13 +209,21 @@ async fn crypto_notice(
 
 #[tokio::test]
 async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
-    let env = env().await;
+    notices(env().await, false).await;
+}
+
+/// The standalone mode's database and bus: the consumer's transaction holds SQLite's write
+/// lock, so the chain check must (and does) run outside it.
+#[tokio::test]
+async fn crypto_notices_are_checked_on_chain_on_sqlite_and_the_in_process_bus() {
+    notices(sqlite_env().await, true).await;
+}
+
+async fn notices(env: Env, in_process: bool) {
     let db = &env.db.conn;
     // The loop polls once at start, then waits an hour: only a notice can wake it.
-    let w = watching(&env, Utc::now(), |c| {
-        c.poll_interval = Duration::from_secs(3600);
-    })
-    .await;
+    let tweak = |c: &mut CryptoSettings| c.poll_interval = Duration::from_secs(3600);
+    let w = watching_on(&env, Utc::now(), tweak, in_process).await;
     let first_poll = eventually(Duration::from_secs(15), || async {
         w.chain.request_count(tron::route::TRC20_HISTORY) >= 1
     })
@@ -188,7 +232,7 @@ async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
 
     // Forged: signed (the gateway checked that), but the chain does not know the transaction.
     let forged = crypto_notice(db, &w.payment, &"ab".repeat(32)).await;
-    w.worker.nudge();
+    w.nudge();
     let checked = eventually(Duration::from_secs(15), || async {
         inbox_row(db, &forged).await.processed_at.is_some()
     })
@@ -220,7 +264,7 @@ async fn a_forged_notice_changes_nothing_and_a_real_one_is_checked_on_chain() {
     // Real: the payer's transfer is confirmed and a notice names it.
     let tx = w.pay(w.invoice.amount.minor(), chrono::Duration::zero());
     let real = crypto_notice(db, &w.payment, &tx).await;
-    w.worker.nudge();
+    w.nudge();
     assert!(
         w.reaches(db, PaymentStatus::Succeeded).await,
         "the notice made the worker look, and the chain pays the invoice"

@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 
 use crate::helpers::*;
 
-struct Bench {
-    nudge: Arc<Notify>,
+pub(crate) struct Bench {
+    pub(crate) nudge: Arc<Notify>,
     workers: Vec<WorkerTasks>,
     relay: tokio::task::JoinHandle<()>,
     shutdown: Shutdown,
@@ -23,7 +23,7 @@ struct Bench {
 
 /// `instances` workers, each with its own connection pool, on one in-process bus, plus one
 /// outbox relay (one per database, as on SQLite).
-async fn bench(env: &Env, settings: &ServiceSettings, instances: usize) -> Bench {
+pub(crate) async fn bench(env: &Env, settings: &ServiceSettings, instances: usize) -> Bench {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
     bus.declare(&payment_worker::consumer_spec(settings))
         .await
@@ -50,7 +50,7 @@ async fn bench(env: &Env, settings: &ServiceSettings, instances: usize) -> Bench
 }
 
 impl Bench {
-    async fn stop(self) -> Vec<u64> {
+    pub(crate) async fn stop(self) -> Vec<u64> {
         self.shutdown.cancel();
         let mut handled = Vec::new();
         for worker in self.workers {
