@@ -41,7 +41,31 @@ impl Drop for World {
             }
             shutdown.cancel();
         }
+        if on_rabbitmq() {
+            // Drop cannot await: a short-lived runtime on its own thread removes the queues
+            // this world declared, so test runs do not pile them up on the broker.
+            let prefix = self.vars["AMQP_PREFIX"].clone();
+            let deleted = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(service_kit::testing::delete_system_topology(
+                        &testkit::amqp_url(),
+                        &prefix,
+                    ))
+            })
+            .join();
+            if let Ok(Err(error)) = deleted {
+                eprintln!("could not delete the test's RabbitMQ topology: {error}");
+            }
+        }
     }
+}
+
+/// `BOT_TESTS_BROKER=rabbitmq` runs the flows over RabbitMQ instead of the in-process bus.
+fn on_rabbitmq() -> bool {
+    std::env::var("BOT_TESTS_BROKER").as_deref() == Ok("rabbitmq")
 }
 
 /// Gateway + worker + bot, Telegram Stars on.
@@ -81,7 +105,7 @@ pub async fn world_with(extra: &[(&str, String)]) -> World {
         api_gateway::Settings::load(&Source::Map(vars.clone())).expect("gateway settings");
     // The in-process bus by default (the same runner, relay and routing as RabbitMQ, without
     // depending on a shared broker); BOT_TESTS_BROKER=rabbitmq runs the flows over RabbitMQ.
-    let infra = if std::env::var("BOT_TESTS_BROKER").as_deref() == Ok("rabbitmq") {
+    let infra = if on_rabbitmq() {
         Infra::connect("bot-tests", &gateway_settings.common).await
     } else {
         Infra::embedded("bot-tests", &gateway_settings.common).await
