@@ -11,6 +11,7 @@
 //! (`BENCH_OUT` changes the directory).
 
 mod limits;
+mod machine;
 mod progress;
 mod report;
 mod scenario;

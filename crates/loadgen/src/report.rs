@@ -19,6 +19,8 @@ pub struct Run {
     pub limits: Option<Limits>,
     pub scenarios: Vec<Outcome>,
     pub wall_seconds: f64,
+    /// `/proc/loadavg` when the run started.
+    pub load_average: String,
 }
 
 fn command(program: &str, args: &[&str]) -> String {
@@ -61,6 +63,7 @@ impl Run {
             limits: None,
             scenarios: Vec::new(),
             wall_seconds: 0.0,
+            load_average: crate::machine::load_average(),
         }
     }
 
@@ -81,8 +84,14 @@ impl Run {
         let _ = writeln!(
             out,
             "Measured {} at commit {} on {}; {}; the load generator, the services, the sandbox, \
-             PostgreSQL and RabbitMQ all on this machine. Run took {:.0} s.\n",
-            self.date, self.commit, self.machine, self.settings, self.wall_seconds
+             PostgreSQL and RabbitMQ all on this machine (load average {} at the start). Run took \
+             {:.0} s.\n",
+            self.date,
+            self.commit,
+            self.machine,
+            self.settings,
+            self.load_average,
+            self.wall_seconds
         );
         let limits = self.limits.clone().unwrap_or_default();
         let commit_ms = if limits.pg_inserts_1 > 0.0 {
@@ -181,6 +190,44 @@ impl Run {
         }
         let _ = writeln!(
             out,
+            "\nWhere the CPU went, load start → last activation (CPU seconds; `other` is everything \
+             else on the machine, e.g. other builds; the load average is at the scenario's end):\n\n\
+             | scenario | wall s | machine busy (of cores × wall) | our 4 services | sandbox | PostgreSQL | RabbitMQ | load generator | other | load average |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
+        );
+        for s in &self.scenarios {
+            let services: f64 = s
+                .services
+                .iter()
+                .filter(|u| u.name != "sandbox")
+                .map(|u| u.cpu_seconds)
+                .sum();
+            let sandbox: f64 = s
+                .services
+                .iter()
+                .filter(|u| u.name == "sandbox")
+                .map(|u| u.cpu_seconds)
+                .sum();
+            let c = s.cpu;
+            let other = c.machine_busy - services - sandbox - c.postgres - c.rabbitmq - c.loadgen;
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} (of {:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                s.name,
+                c.wall_seconds,
+                c.machine_busy,
+                c.wall_seconds * c.cores as f64,
+                services,
+                sandbox,
+                c.postgres,
+                c.rabbitmq,
+                c.loadgen,
+                other.max(0.0),
+                s.load_average
+            );
+        }
+        let _ = writeln!(
+            out,
             "\nGateway create (`POST /api/payments`, incl. the YooKassa call) ms p50 / p99: {}",
             self.scenarios
                 .iter()
@@ -192,6 +239,17 @@ impl Run {
                 )))
                 .collect::<Vec<_>>()
                 .join("; ")
+        );
+        let _ = writeln!(
+            out,
+            "\nDefinitions: webhook ack = the gateway's answer to a YooKassa notification the load \
+             generator POSTs (spike and burst: counted from when it was due). End-to-end = that \
+             webhook sent → the activation message (the QR code with the link) received by the \
+             Telegram emulator, both clocks on this machine; for the pre-checkout flood, the user \
+             paying → activation. Sustained = payments activated ÷ (first webhook → last \
+             activation). Lost = paid, no activation within the drain time; double = activation \
+             messages beyond one per payment. Each figure is also given as a ratio to the \
+             machine limits above (÷ PG 32 = ÷ PostgreSQL's 32-client insert rate)."
         );
         out
     }

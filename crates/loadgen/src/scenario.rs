@@ -24,6 +24,7 @@ use sandbox::telegram::{PayOutcome, SentMessage, TestUser};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::machine::{self, CpuSplit};
 use crate::progress::Progress;
 use crate::stats::{Latency, now_us};
 
@@ -94,6 +95,10 @@ pub struct Outcome {
     pub ledger_grants: i64,
     pub ledger_succeeded: i64,
     pub services: Vec<ServiceUsage>,
+    /// Where the machine's CPU went from the start of the load to the last activation.
+    pub cpu: CpuSplit,
+    /// `/proc/loadavg` when the scenario ended (other work on the machine shows here).
+    pub load_average: String,
 }
 
 /// One paid payment, as the load generator saw it.
@@ -113,7 +118,7 @@ struct Ctx {
     webhook_url: String,
     users: Vec<TestUser>,
     idle: Vec<(String, e2e::Usage)>,
-    cpu_base: std::sync::Mutex<Vec<f64>>,
+    cpu_base: std::sync::Mutex<(Vec<f64>, Option<machine::Snapshot>)>,
 }
 
 fn procs(cluster: &Cluster) -> Vec<&Proc> {
@@ -191,7 +196,7 @@ impl Ctx {
             webhook_url,
             users,
             idle,
-            cpu_base: std::sync::Mutex::new(Vec::new()),
+            cpu_base: std::sync::Mutex::new((Vec::new(), None)),
         })
     }
 
@@ -201,16 +206,17 @@ impl Ctx {
             .into_iter()
             .map(|p| p.usage().unwrap_or_default().cpu_seconds)
             .collect();
-        *self.cpu_base.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *self.cpu_base.lock().unwrap_or_else(|e| e.into_inner()) = (now, Some(machine::snapshot()));
     }
 
-    fn usage(&self) -> Vec<ServiceUsage> {
-        let base = self
+    fn usage(&self) -> (Vec<ServiceUsage>, CpuSplit) {
+        let (base, machine) = self
             .cpu_base
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        procs(&self.cluster)
+        let split = machine.map(|m| m.since()).unwrap_or_default();
+        let services = procs(&self.cluster)
             .into_iter()
             .zip(&self.idle)
             .zip(base)
@@ -223,7 +229,8 @@ impl Ctx {
                     cpu_seconds: now.cpu_seconds - base,
                 }
             })
-            .collect()
+            .collect();
+        (services, split)
     }
 
     /// Creates a payment through the gateway and pays it on the emulator; returns the
@@ -596,7 +603,7 @@ async fn finish(
     sent: Sent,
 ) -> anyhow::Result<Outcome> {
     let followed = follow(&ctx, &sent.paid, settings.drain).await?;
-    let services = ctx.usage();
+    let (services, cpu) = ctx.usage();
     let report = audit(&ctx.cluster.db.conn).await?;
     let first_us = sent.paid.iter().map(|p| p.sent_us).min().unwrap_or(0);
     let span = (followed.last_us - first_us) as f64 / 1e6;
@@ -623,6 +630,8 @@ async fn finish(
         ledger_grants: report.grants,
         ledger_succeeded: report.succeeded,
         services,
+        cpu,
+        load_average: machine::load_average(),
     };
     Arc::into_inner(ctx)
         .context("the scenario still holds the cluster")?
