@@ -781,3 +781,86 @@ async fn ledger_against_panel(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours(status: &str, grants: i64) -> Option<(String, i64)> {
+        Some((status.to_owned(), grants))
+    }
+
+    #[test]
+    fn a_payment_agrees_only_with_the_providers_truth() {
+        let truth = |s: &str| Some(s.to_owned());
+        assert!(agrees(
+            ours("succeeded", 1).as_ref(),
+            truth("succeeded").as_ref()
+        ));
+        assert!(!agrees(
+            ours("succeeded", 2).as_ref(),
+            truth("succeeded").as_ref()
+        ));
+        assert!(!agrees(
+            ours("pending", 0).as_ref(),
+            truth("succeeded").as_ref()
+        ));
+        assert!(agrees(
+            ours("failed", 0).as_ref(),
+            truth("canceled").as_ref()
+        ));
+        assert!(!agrees(
+            ours("succeeded", 1).as_ref(),
+            truth("canceled").as_ref()
+        ));
+        assert!(agrees(
+            ours("pending", 0).as_ref(),
+            truth("pending").as_ref()
+        ));
+        assert!(!agrees(None, truth("pending").as_ref()));
+        assert!(!agrees(ours("pending", 0).as_ref(), None));
+    }
+
+    #[test]
+    fn the_report_fails_on_loss_doubling_and_unexpected_parking() {
+        let parked: BTreeMap<String, u64> = system_consumers()
+            .iter()
+            .map(|c| (c.name.clone(), u64::from(c.name == POISON_CONSUMER)))
+            .collect();
+        let good = FaultReport {
+            settled_after: Some(1.0),
+            parked: parked.clone(),
+            ..FaultReport::default()
+        };
+        assert!(good.check().is_ok());
+        for bad in [
+            FaultReport {
+                lost: 1,
+                ..good.clone()
+            },
+            FaultReport {
+                doubled: 1,
+                ..good.clone()
+            },
+            FaultReport {
+                settled_after: None,
+                ..good.clone()
+            },
+            FaultReport {
+                parked: parked.keys().map(|k| (k.clone(), 1)).collect(),
+                ..good.clone()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_reproducible_from_its_seed() {
+        let (mut a, mut b) = (Rng(42), Rng(42));
+        let xs: Vec<u64> = (0..5).map(|_| a.below(100)).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.below(100)).collect();
+        assert_eq!(xs, ys);
+        assert!(Rng(7).millis(300, 1200) <= Duration::from_millis(1200));
+    }
+}
