@@ -228,6 +228,27 @@ impl Run {
         }
         let _ = writeln!(
             out,
+            "\nPostgreSQL per payment (the cluster's database, `pg_stat_database`): {}",
+            self.scenarios
+                .iter()
+                .filter(|s| s.payments > 0)
+                .map(|s| {
+                    let n = s.payments as f64;
+                    let p = s.postgres;
+                    format!(
+                        "{} {:.1} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted",
+                        s.name,
+                        p.commits as f64 / n,
+                        p.rows_inserted as f64 / n,
+                        p.rows_updated as f64 / n,
+                        p.rows_deleted as f64 / n
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let _ = writeln!(
+            out,
             "\nGateway create (`POST /api/payments`, incl. the YooKassa call) ms p50 / p99: {}",
             self.scenarios
                 .iter()

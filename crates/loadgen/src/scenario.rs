@@ -95,10 +95,51 @@ pub struct Outcome {
     pub ledger_grants: i64,
     pub ledger_succeeded: i64,
     pub services: Vec<ServiceUsage>,
+    /// What the scenario cost PostgreSQL (the cluster's database only).
+    pub postgres: PgCounters,
     /// Where the machine's CPU went from the start of the load to the last activation.
     pub cpu: CpuSplit,
     /// `/proc/loadavg` when the scenario ended (other work on the machine shows here).
     pub load_average: String,
+}
+
+/// PostgreSQL's counters for the cluster's database (`pg_stat_database`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PgCounters {
+    pub commits: i64,
+    pub rows_inserted: i64,
+    pub rows_updated: i64,
+    pub rows_deleted: i64,
+}
+
+impl PgCounters {
+    async fn read(conn: &sea_orm::DatabaseConnection) -> anyhow::Result<Self> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT xact_commit::bigint AS c, tup_inserted::bigint AS i, \
+                 tup_updated::bigint AS u, tup_deleted::bigint AS d \
+                 FROM pg_stat_database WHERE datname = current_database()",
+            ))
+            .await?
+            .context("no pg_stat_database row")?;
+        Ok(Self {
+            commits: row.try_get("", "c")?,
+            rows_inserted: row.try_get("", "i")?,
+            rows_updated: row.try_get("", "u")?,
+            rows_deleted: row.try_get("", "d")?,
+        })
+    }
+
+    fn minus(self, base: Self) -> Self {
+        Self {
+            commits: self.commits - base.commits,
+            rows_inserted: self.rows_inserted - base.rows_inserted,
+            rows_updated: self.rows_updated - base.rows_updated,
+            rows_deleted: self.rows_deleted - base.rows_deleted,
+        }
+    }
 }
 
 /// One paid payment, as the load generator saw it.
@@ -119,6 +160,7 @@ struct Ctx {
     users: Vec<TestUser>,
     idle: Vec<(String, e2e::Usage)>,
     cpu_base: std::sync::Mutex<(Vec<f64>, Option<machine::Snapshot>)>,
+    pg_base: std::sync::Mutex<PgCounters>,
 }
 
 fn procs(cluster: &Cluster) -> Vec<&Proc> {
@@ -197,10 +239,18 @@ impl Ctx {
             users,
             idle,
             cpu_base: std::sync::Mutex::new((Vec::new(), None)),
+            pg_base: std::sync::Mutex::new(PgCounters::default()),
         })
     }
 
-    /// CPU counted from here.
+    /// CPU and PostgreSQL's work counted from here.
+    async fn mark(&self) -> anyhow::Result<()> {
+        let pg = PgCounters::read(&self.cluster.db.conn).await?;
+        *self.pg_base.lock().unwrap_or_else(|e| e.into_inner()) = pg;
+        self.mark_cpu();
+        Ok(())
+    }
+
     fn mark_cpu(&self) {
         let now = procs(&self.cluster)
             .into_iter()
@@ -436,7 +486,9 @@ async fn burst(ctx: &Arc<Ctx>, settings: &Settings, count: usize, rate: Option<f
     progress.finish(&format!("{} ready", bodies.len()));
 
     // Only the webhooks count from here.
-    ctx.mark_cpu();
+    if let Err(error) = ctx.mark().await {
+        tracing_error(&error);
+    }
     let total = bodies.len() as u64;
     let live = Arc::new(Live::default());
     let what = match rate {
@@ -604,6 +656,11 @@ async fn finish(
 ) -> anyhow::Result<Outcome> {
     let followed = follow(&ctx, &sent.paid, settings.drain).await?;
     let (services, cpu) = ctx.usage();
+    // Backends flush their statistics when idle at the latest 10 s after their last
+    // transaction (PostgreSQL 15).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let base = *ctx.pg_base.lock().unwrap_or_else(|e| e.into_inner());
+    let postgres = PgCounters::read(&ctx.cluster.db.conn).await?.minus(base);
     let report = audit(&ctx.cluster.db.conn).await?;
     let first_us = sent.paid.iter().map(|p| p.sent_us).min().unwrap_or(0);
     let span = (followed.last_us - first_us) as f64 / 1e6;
@@ -630,6 +687,7 @@ async fn finish(
         ledger_grants: report.grants,
         ledger_succeeded: report.succeeded,
         services,
+        postgres,
         cpu,
         load_average: machine::load_average(),
     };
@@ -649,7 +707,7 @@ pub async fn run_steady(
 ) -> anyhow::Result<Outcome> {
     let total = (rate * settings.seconds).round() as usize;
     let ctx = Ctx::start(settings, settings.users.min(total.max(1))).await?;
-    ctx.mark_cpu();
+    ctx.mark().await?;
     let ctx = Arc::new(ctx);
     let sent = steady(&ctx, settings, rate, copies).await;
     let offered = if copies > 1 {
@@ -705,7 +763,7 @@ pub async fn run_pre_checkout(settings: &Settings) -> anyhow::Result<Outcome> {
     let invoices = invoices.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     progress.finish("invoices sent");
 
-    ctx.mark_cpu();
+    ctx.mark().await?;
     let ctx = Arc::new(ctx);
     let progress = Progress::start(format!("  {n} pre_checkout_query at once"));
     let started = Instant::now();
