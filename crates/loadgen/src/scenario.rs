@@ -189,12 +189,16 @@ impl Ctx {
         })
         .await?;
         let sandbox = cluster.sandbox_client();
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(settings.concurrency)
-            .build()?;
-        let notifier = reqwest::Client::builder()
+        // Idle connections are dropped before the gateway's keep-alive (5 s) closes them, so a
+        // request never goes out on a connection the server is closing.
+        let client = || {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(settings.concurrency)
+                .pool_idle_timeout(Duration::from_secs(2))
+        };
+        let http = client().build()?;
+        let notifier = client()
             .local_address(NOTIFY_FROM.parse::<IpAddr>()?)
-            .pool_max_idle_per_host(settings.concurrency)
             .build()?;
         let webhook_url = format!("http://{}/webhook/payment/yookassa", cluster.gateway.addr);
         // Idle: a moment after start, before any load.
