@@ -168,6 +168,10 @@ impl Harness {
                 .delete_consumer(service.consumer_spec.as_ref().unwrap())
                 .await
                 .unwrap();
+            // Start-up declared every system consumer's queues (the worker's and the bot's too).
+            for consumer in messaging::topology::system_consumers() {
+                rabbit.delete_consumer(&consumer).await.unwrap();
+            }
             rabbit.delete_consumer(&self.observer).await.unwrap();
             rabbit.delete_exchange().await.unwrap();
             rabbit.close().await;
