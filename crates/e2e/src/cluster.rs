@@ -239,6 +239,8 @@ pub struct Cluster {
     pub workers: Vec<Proc>,
     pub syncs: Vec<Proc>,
     pub bot: Proc,
+    /// Retry schedules set through `*_RETRY_DELAYS_MS` (their delay queues are deleted at stop).
+    retry: Vec<messaging::RetryPolicy>,
 }
 
 impl Cluster {
@@ -304,6 +306,18 @@ impl Cluster {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        let retry = config
+            .env
+            .iter()
+            .filter(|(key, _)| key.ends_with("_RETRY_DELAYS_MS"))
+            .filter_map(|(_, delays)| {
+                delays
+                    .split(',')
+                    .map(|ms| ms.trim().parse::<u64>().ok())
+                    .collect::<Option<Vec<_>>>()
+            })
+            .map(messaging::RetryPolicy::from_millis)
+            .collect();
         for (key, value) in config.env {
             env.retain(|(k, _)| *k != key);
             env.push((key, value));
@@ -368,6 +382,7 @@ impl Cluster {
             workers,
             syncs,
             bot,
+            retry,
         })
     }
 
@@ -392,7 +407,12 @@ impl Cluster {
             proc.terminate().await?;
         }
         self.sandbox.kill9().await?;
-        service_kit::testing::delete_system_topology(&testkit::amqp_url(), &self.prefix).await?;
+        service_kit::testing::delete_system_topology_with(
+            &testkit::amqp_url(),
+            &self.prefix,
+            &self.retry,
+        )
+        .await?;
         Ok(())
     }
 }

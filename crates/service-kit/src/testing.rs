@@ -138,9 +138,24 @@ pub async fn check_binary_lifecycle(
 /// Removes the queues and exchange a test's services declared under `prefix`, so test runs
 /// do not pile up quorum queues on the shared broker.
 pub async fn delete_system_topology(url: &str, prefix: &str) -> Result<(), messaging::BusError> {
+    delete_system_topology_with(url, prefix, &[]).await
+}
+
+/// [`delete_system_topology`] for services that ran with retry delays of their own
+/// (`WORKER_RETRY_DELAYS_MS`, …): their delay queues are named after the delays, so those go
+/// too.
+pub async fn delete_system_topology_with(
+    url: &str,
+    prefix: &str,
+    retry: &[messaging::RetryPolicy],
+) -> Result<(), messaging::BusError> {
     let bus = messaging::RabbitBus::connect(messaging::RabbitConfig::new(url, prefix)).await?;
     for consumer in messaging::topology::system_consumers() {
         bus.delete_consumer(&consumer).await?;
+        for policy in retry {
+            bus.delete_consumer(&consumer.clone().with_retry(policy.clone()))
+                .await?;
+        }
     }
     bus.delete_exchange().await?;
     bus.close().await;

@@ -420,9 +420,13 @@ fn sink() -> messaging::ConsumerSpec {
 /// on the prefix stopped), so test runs do not pile queues up on the broker.
 pub async fn delete_topology(prefix: &str) {
     let url = testkit::amqp_url();
-    service_kit::testing::delete_system_topology(&url, prefix)
-        .await
-        .expect("delete the system queues");
+    service_kit::testing::delete_system_topology_with(
+        &url,
+        prefix,
+        &[messaging::RetryPolicy::from_millis([200, 400, 800, 1600])],
+    )
+    .await
+    .expect("delete the system queues");
     let bus = messaging::RabbitBus::connect(messaging::RabbitConfig::new(url.as_str(), prefix))
         .await
         .expect("broker");
