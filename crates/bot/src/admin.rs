@@ -81,6 +81,7 @@ pub fn overview(t: &AdminTexts, [today, week, month]: &[Report; 3]) -> String {
                 ("created", &f.counts.created.to_string()),
                 ("succeeded", &f.counts.succeeded.to_string()),
                 ("conversion", &percent(f)),
+                ("refunded", &f.counts.refunded.to_string()),
                 ("failed", &f.counts.failed.to_string()),
                 ("pending", &f.counts.pending.to_string()),
             ],

@@ -9,7 +9,7 @@ pub struct AdminTexts {
     pub today: &'static str,
     pub days_7: &'static str,
     pub days_30: &'static str,
-    /// `{period}`, `{created}`, `{succeeded}`, `{conversion}`, `{failed}`, `{pending}`.
+    /// `{period}`, `{created}`, `{succeeded}`, `{conversion}`, `{refunded}`, `{failed}`, `{pending}`.
     pub stats_line: &'static str,
     /// `{revenue}`.
     pub stats_revenue: &'static str,
@@ -38,7 +38,7 @@ pub const RU: AdminTexts = AdminTexts {
     today: "Сегодня",
     days_7: "7 дней",
     days_30: "30 дней",
-    stats_line: "{period}: создано {created}, оплачено {succeeded} ({conversion}), неудачных {failed}, в ожидании {pending}",
+    stats_line: "{period}: создано {created}, оплачено {succeeded} ({conversion}), с возвратом {refunded}, неудачных {failed}, в ожидании {pending}",
     stats_revenue: "  выручка {revenue}",
     no_revenue: "  выручки нет",
     admin_title: "📊 Платежи: {created} за 30 дней (с {from} UTC)",
@@ -58,7 +58,7 @@ pub const EN: AdminTexts = AdminTexts {
     today: "Today",
     days_7: "7 days",
     days_30: "30 days",
-    stats_line: "{period}: {created} created, {succeeded} paid ({conversion}), {failed} failed, {pending} pending",
+    stats_line: "{period}: {created} created, {succeeded} paid ({conversion}), {refunded} refunded, {failed} failed, {pending} pending",
     stats_revenue: "  revenue {revenue}",
     no_revenue: "  no revenue",
     admin_title: "📊 Payments: {created} in 30 days (from {from} UTC)",

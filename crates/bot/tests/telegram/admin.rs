@@ -16,9 +16,9 @@ async fn admins_get_the_figures_and_the_chart() {
     let stats = w.wait_new(admin.id, sent, |_| true).await;
     let text = stats.text.unwrap_or_default();
     for line in [
-        "Today: 1 created, 1 paid (100.00 %), 0 failed, 0 pending",
-        "7 days: 1 created, 1 paid (100.00 %), 0 failed, 0 pending",
-        "30 days: 1 created, 1 paid (100.00 %), 0 failed, 0 pending",
+        "Today: 1 created, 1 paid (100.00 %), 0 refunded, 0 failed, 0 pending",
+        "7 days: 1 created, 1 paid (100.00 %), 0 refunded, 0 failed, 0 pending",
+        "30 days: 1 created, 1 paid (100.00 %), 0 refunded, 0 failed, 0 pending",
         "  revenue 150 ⭐",
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
