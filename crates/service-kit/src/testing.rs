@@ -141,6 +141,24 @@ pub async fn delete_system_topology(url: &str, prefix: &str) -> Result<(), messa
     delete_system_topology_with(url, prefix, &[]).await
 }
 
+/// [`delete_system_topology`] from synchronous code such as a test fixture's `Drop`, on a
+/// short-lived runtime of its own thread; a failure is printed, not raised (a test should not
+/// fail over its clean-up).
+pub fn delete_system_topology_blocking(url: &str, prefix: &str) {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let deleted = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(delete_system_topology(&url, &prefix))
+    })
+    .join();
+    if let Ok(Err(error)) = deleted {
+        eprintln!("could not delete the test's RabbitMQ topology: {error}");
+    }
+}
+
 /// [`delete_system_topology`] for services that ran with retry delays of their own
 /// (`WORKER_RETRY_DELAYS_MS`, …): their delay queues are named after the delays, so those go
 /// too.

@@ -42,23 +42,11 @@ impl Drop for World {
             shutdown.cancel();
         }
         if on_rabbitmq() {
-            // Drop cannot await: a short-lived runtime on its own thread removes the queues
-            // this world declared, so test runs do not pile them up on the broker.
-            let prefix = self.vars["AMQP_PREFIX"].clone();
-            let deleted = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(service_kit::testing::delete_system_topology(
-                        &testkit::amqp_url(),
-                        &prefix,
-                    ))
-            })
-            .join();
-            if let Ok(Err(error)) = deleted {
-                eprintln!("could not delete the test's RabbitMQ topology: {error}");
-            }
+            // So test runs do not pile up queues on the broker.
+            service_kit::testing::delete_system_topology_blocking(
+                &testkit::amqp_url(),
+                &self.vars["AMQP_PREFIX"],
+            );
         }
     }
 }
