@@ -310,13 +310,7 @@ impl Cluster {
             .env
             .iter()
             .filter(|(key, _)| key.ends_with("_RETRY_DELAYS_MS"))
-            .filter_map(|(_, delays)| {
-                delays
-                    .split(',')
-                    .map(|ms| ms.trim().parse::<u64>().ok())
-                    .collect::<Option<Vec<_>>>()
-            })
-            .map(messaging::RetryPolicy::from_millis)
+            .filter_map(|(_, delays)| delays.parse::<messaging::RetryPolicy>().ok())
             .collect();
         for (key, value) in config.env {
             env.retain(|(k, _)| *k != key);

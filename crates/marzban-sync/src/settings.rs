@@ -85,15 +85,9 @@ impl TryFrom<Vars> for ServiceSettings {
 
     fn try_from(raw: Vars) -> Result<Self, Self::Error> {
         let drift_secs = raw.parse_or("MARZBAN_DRIFT_CHECK_SECS", DEFAULT_DRIFT_CHECK_SECS)?;
-        let retry = match raw.get("MARZBAN_SYNC_RETRY_DELAYS_MS") {
-            None => RetryPolicy::default(),
-            Some(list) => RetryPolicy::from_millis(
-                list.split(',')
-                    .map(|d| d.trim().parse::<u64>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| invalid("MARZBAN_SYNC_RETRY_DELAYS_MS", e))?,
-            ),
-        };
+        let retry = raw
+            .parse::<RetryPolicy>("MARZBAN_SYNC_RETRY_DELAYS_MS")?
+            .unwrap_or_default();
         let prefetch = raw.parse_or("MARZBAN_SYNC_PREFETCH", DEFAULT_PREFETCH)?;
         if prefetch == 0 {
             return Err(invalid("MARZBAN_SYNC_PREFETCH", "must be positive"));

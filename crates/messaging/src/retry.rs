@@ -60,9 +60,32 @@ impl Default for RetryPolicy {
     }
 }
 
+impl std::str::FromStr for RetryPolicy {
+    type Err = std::num::ParseIntError;
+
+    /// Comma-separated delays in milliseconds, as the `*_RETRY_DELAYS_MS` settings write
+    /// them (`1000, 5000, 30000`).
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        list.split(',')
+            .map(|ms| ms.trim().parse::<u64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self::from_millis)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_comma_separated_milliseconds() {
+        assert_eq!(
+            "100, 200,400".parse::<RetryPolicy>(),
+            Ok(RetryPolicy::from_millis([100, 200, 400]))
+        );
+        assert!("1s".parse::<RetryPolicy>().is_err());
+        assert!("100,,200".parse::<RetryPolicy>().is_err());
+    }
 
     #[test]
     fn delays_are_used_in_order_then_park() {
