@@ -776,11 +776,7 @@ async fn refund(
             // The first attempt's result is unknown (timeout, 5xx): ask again with the same
             // refund id, hence the same provider idempotence key — the provider answers with
             // the refund it made, or makes it now, never a second one.
-            let provider_id = ProviderId::from_str(&payment.provider)
-                .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-            let provider_payment_id = payment.provider_payment_id.clone().ok_or_else(|| {
-                ApiError::Conflict("the payment has no provider payment yet".into())
-            })?;
+            let (provider_id, provider_payment_id) = refund_target(&payment)?;
             // The same request as the first time: what the other refunds had taken then. (The
             // payment may since show this refund applied, if the provider made it and told us.)
             let others = recorded_refunds(&state, &payment, Some(existing.id)).await?;
@@ -804,12 +800,7 @@ async fn refund(
             .map(Replayed::customize_replayed);
         }
     }
-    let provider_id = ProviderId::from_str(&payment.provider)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let provider_payment_id = payment
-        .provider_payment_id
-        .clone()
-        .ok_or_else(|| ApiError::Conflict("the payment has no provider payment yet".into()))?;
+    let (provider_id, provider_payment_id) = refund_target(&payment)?;
     if !matches!(
         payment.status,
         PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
@@ -871,6 +862,17 @@ async fn refund(
         already,
     )
     .await
+}
+
+/// The provider that took `payment` and its id there: what a refund is asked of.
+fn refund_target(payment: &payments::Model) -> Result<(ProviderId, String), ApiError> {
+    let provider_id = ProviderId::from_str(&payment.provider)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let provider_payment_id = payment
+        .provider_payment_id
+        .clone()
+        .ok_or_else(|| ApiError::Conflict("the payment has no provider payment yet".into()))?;
+    Ok((provider_id, provider_payment_id))
 }
 
 /// The refunds of `payment` recorded as pending or succeeded, in minor units; `except` leaves
