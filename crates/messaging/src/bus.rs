@@ -57,6 +57,9 @@ pub enum PublishError {
     /// The bus was shut down.
     #[error("the bus is closed")]
     Closed,
+    /// `AMQP_URL` cannot be parsed.
+    #[error("not a valid AMQP URL: {0}")]
+    InvalidUrl(String),
 }
 
 impl PublishError {
@@ -82,6 +85,9 @@ pub enum BusError {
     /// The bus was shut down.
     #[error("the bus is closed")]
     Closed,
+    /// `AMQP_URL` cannot be parsed.
+    #[error("not a valid AMQP URL: {0}")]
+    InvalidUrl(String),
 }
 
 /// A received message: what the handler needs, without the means to settle it.

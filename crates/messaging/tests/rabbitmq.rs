@@ -75,6 +75,22 @@ async fn publisher_and_runner_survive_a_dropped_connection() {
     fx.finish().await;
 }
 
+/// Takes the next message of `consumer`'s queue, which must have one.
+async fn take_one(
+    channel: &lapin::Channel,
+    bus: &messaging::rabbit::RabbitBus,
+    consumer: &str,
+) -> lapin::message::BasicGetMessage {
+    channel
+        .basic_get(
+            bus.names().queue(consumer).into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the message is in the queue")
+}
+
 /// Confirms come back for routed messages, with message_id = event_id and persistent
 /// delivery; unroutable messages are errors, also in the middle of a batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,14 +104,7 @@ async fn publisher_confirms_round_trip() {
     bus.publish_envelope(&event).await.unwrap();
 
     let channel = bus.channel().await.unwrap();
-    let got = channel
-        .basic_get(
-            bus.names().queue("probe").into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .expect("the message is in the queue");
+    let got = take_one(&channel, &bus, "probe").await;
     let properties = &got.delivery.properties;
     assert_eq!(
         properties
@@ -145,6 +154,29 @@ async fn publisher_confirms_round_trip() {
         .unwrap();
     assert_eq!(queued.message_count(), 2);
 
+    bus.delete_consumer(&spec).await.unwrap();
+    bus.delete_exchange().await.unwrap();
+    bus.close().await;
+}
+
+/// The bus asks for small frames (`rabbit::FRAME_MAX`); a message many frames long still
+/// arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_many_frames_long_arrives_whole() {
+    let bus = common::rabbit("frames").await;
+    let spec = ConsumerSpec::new("probe", ["payment.completed"]);
+    bus.declare(&spec).await.unwrap();
+    let body: Vec<u8> = (0..10 * messaging::rabbit::FRAME_MAX as usize + 7)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let message = OutgoingMessage {
+        routing_key: "payment.completed".into(),
+        message_id: "big".into(),
+        body: body.clone(),
+    };
+    bus.publish(&message).await.unwrap();
+    let got = take_one(&bus.channel().await.unwrap(), &bus, "probe").await;
+    assert_eq!(got.delivery.data, body);
     bus.delete_consumer(&spec).await.unwrap();
     bus.delete_exchange().await.unwrap();
     bus.close().await;
