@@ -128,6 +128,12 @@ impl From<messaging::OutboxError> for ApiError {
     }
 }
 
+impl From<service_kit::inbox::InboxError> for ApiError {
+    fn from(error: service_kit::inbox::InboxError) -> Self {
+        Self::internal(error)
+    }
+}
+
 impl From<messaging::EnvelopeError> for ApiError {
     fn from(error: messaging::EnvelopeError) -> Self {
         Self::internal(error)

@@ -3,7 +3,6 @@
 pub mod auth;
 pub mod body;
 pub mod error;
-pub mod inbox;
 pub mod observability;
 pub mod payments;
 pub mod settings;
@@ -93,6 +92,7 @@ pub async fn start(
         payments,
         crypto,
         outbox_nudge: infra.outbox_nudge.clone(),
+        inbox: service_kit::inbox::Inbox::start(infra.db.clone(), infra.outbox_nudge.clone()),
         tokens: Tokens {
             service: settings.api_service_token.clone(),
             admin: settings.api_admin_token.clone(),

@@ -29,8 +29,8 @@ use uuid::Uuid;
 use crate::auth::Role;
 use crate::body::{parse_json, read_limited, require_json};
 use crate::error::ApiError;
-use crate::inbox::{self, Notice};
 use crate::state::AppState;
+use service_kit::inbox::{self, Notice};
 
 /// Header of the caller's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

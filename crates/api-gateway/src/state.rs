@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use tokio::sync::Notify;
 
 use crate::auth::Tokens;
+use service_kit::inbox::Inbox;
 
 pub struct AppState {
     pub db: DatabaseConnection,
@@ -18,6 +19,8 @@ pub struct AppState {
     pub crypto: Option<Arc<CryptoProvider>>,
     /// Wakes the outbox relay after a commit that wrote outbox rows.
     pub outbox_nudge: Arc<Notify>,
+    /// Writes webhook notices, committing them in groups.
+    pub inbox: Inbox,
     pub tokens: Tokens,
     /// Finds the client behind our trusted proxies (for logs and the inbox's `peer`).
     pub resolver: ClientIpResolver,

@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use crate::body::{parse_json, read_limited, refuse_declared_non_json};
 use crate::error::ApiError;
-use crate::inbox::{self, Notice, Stored};
 use crate::observability::webhook_verdict;
 use crate::signature::{self, SignatureError};
 use crate::state::AppState;
+use service_kit::inbox::{InboxError, Notice, Stored};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -53,10 +53,10 @@ fn accepted(provider: &'static str, stored: Stored) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok", "duplicate": duplicate}))
 }
 
-fn store_failed(provider: &'static str) -> impl FnOnce(ApiError) -> ApiError {
+fn store_failed(provider: &'static str) -> impl FnOnce(InboxError) -> ApiError {
     move |error| {
         webhook_verdict(provider, "error");
-        error
+        ApiError::from(error)
     }
 }
 
@@ -118,7 +118,9 @@ async fn yookassa(
         provider_payment_id: notification.provider_payment_id().map(str::to_owned),
         claimed_payment_id,
     };
-    let stored = inbox::store(&state.db, &state.outbox_nudge, notice)
+    let stored = state
+        .inbox
+        .store(notice)
         .await
         .map_err(store_failed(PROVIDER))?;
     tracing::info!(
@@ -212,10 +214,9 @@ async fn crypto(
             .to_string()
     });
     tracing::debug!(network = ?notice.network, address = ?notice.address, "crypto notice verified");
-    let stored = inbox::store(
-        &state.db,
-        &state.outbox_nudge,
-        Notice {
+    let stored = state
+        .inbox
+        .store(Notice {
             provider: PROVIDER.to_owned(),
             dedupe_key,
             source: "webhook",
@@ -224,9 +225,8 @@ async fn crypto(
                 .map_err(|_| ApiError::InvalidJson("body is not UTF-8".into()))?,
             provider_payment_id: None,
             claimed_payment_id: notice.payment_id,
-        },
-    )
-    .await
-    .map_err(store_failed(PROVIDER))?;
+        })
+        .await
+        .map_err(store_failed(PROVIDER))?;
     Ok(accepted(PROVIDER, stored))
 }

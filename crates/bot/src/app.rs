@@ -27,15 +27,17 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use service_kit::inbox::{Inbox, InboxError, Notice, Stored};
+
 use crate::gateway::{CreatePayment, Gateway, GatewayError, PaymentView};
-use crate::store::{self, Notice, PreCheckout, StoreError, Stored};
+use crate::store::{self, PreCheckout};
 use crate::texts::{self, Lang, Texts, fill};
 
 /// Handling an update failed in a way that must keep it unconfirmed (fetched again).
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     #[error("cannot store the payment message: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] InboxError),
 }
 
 /// The bot's state shared by the poller's tasks.
@@ -45,7 +47,8 @@ pub struct App {
     gateway: Gateway,
     admins: BTreeSet<i64>,
     provider_token: Option<SecretString>,
-    outbox_nudge: Arc<Notify>,
+    /// Stores payment messages (group commit, shared with the gateway's webhooks).
+    inbox: Inbox,
 }
 
 impl std::fmt::Debug for App {
@@ -117,6 +120,14 @@ fn provider_label(t: &Texts, provider: &str, currency: Currency, title: &str) ->
     }
 }
 
+/// A `successful_payment` or `refunded_payment` message: the only updates that must be stored
+/// before Telegram is told they were handled.
+pub fn is_payment_message(raw: &Value) -> bool {
+    raw.get("message").is_some_and(|m| {
+        m.get("successful_payment").is_some() || m.get("refunded_payment").is_some()
+    })
+}
+
 impl App {
     pub fn new(
         api: Api,
@@ -126,13 +137,14 @@ impl App {
         provider_token: Option<SecretString>,
         outbox_nudge: Arc<Notify>,
     ) -> Self {
+        let db_for_inbox = db.clone();
         Self {
             api,
             db,
             gateway,
             admins,
             provider_token,
-            outbox_nudge,
+            inbox: Inbox::start(db_for_inbox, outbox_nudge),
         }
     }
 
@@ -143,10 +155,7 @@ impl App {
     /// Handles one raw update. Only a payment message that could not be stored is an error:
     /// everything else is answered as well as possible and logged.
     pub async fn handle(&self, raw: &Value) -> Result<(), HandleError> {
-        let message = raw.get("message");
-        if message.is_some_and(|m| {
-            m.get("successful_payment").is_some() || m.get("refunded_payment").is_some()
-        }) {
+        if is_payment_message(raw) {
             // Read from the raw JSON: a payment must be stored even if the typed model of
             // the rest of the message fails to decode.
             return self.on_payment_message(raw).await;
@@ -265,19 +274,26 @@ impl App {
             }
         };
         let notice = Notice {
+            provider: ProviderId::Telegram.as_str().to_owned(),
             dedupe_key: notification.dedupe_key.clone(),
-            invoice_payload: notification
-                .provider_payment_id()
-                .unwrap_or_default()
-                .to_owned(),
+            source: "bot",
+            peer: None,
             body,
+            // The invoice payload: our payment id, also the payment's provider payment id.
+            provider_payment_id: notification.provider_payment_id().map(str::to_owned),
+            claimed_payment_id: notification
+                .provider_payment_id()
+                .and_then(|payload| Uuid::parse_str(payload).ok()),
         };
-        let stored = store::store_notice(&self.db, &notice).await?;
-        if let Stored::New { notification_id } = stored {
-            self.outbox_nudge.notify_one();
-            tracing::info!(notification_id, dedupe_key = %notice.dedupe_key, event = %notification.event, "telegram payment message stored");
-        } else {
-            tracing::info!(dedupe_key = %notice.dedupe_key, "telegram payment message seen before");
+        match self.inbox.store(notice).await? {
+            Stored::New {
+                notification_id, ..
+            } => {
+                tracing::info!(notification_id, dedupe_key = %notification.dedupe_key, event = %notification.event, "telegram payment message stored");
+            }
+            Stored::Duplicate => {
+                tracing::info!(dedupe_key = %notification.dedupe_key, "telegram payment message seen before");
+            }
         }
         if notification.event == "successful_payment"
             && let Some(chat) = raw.pointer("/message/chat/id").and_then(Value::as_i64)

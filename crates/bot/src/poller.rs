@@ -7,8 +7,13 @@
 //! the next `getUpdates` leaves the whole batch unconfirmed, and Telegram sends it again
 //! (the inbox's UNIQUE key turns the second copy into a no-op).
 //!
-//! The updates of one batch are handled concurrently, so a slow gateway call for one user
-//! does not hold back another user's `pre_checkout_query` in the same batch.
+//! Only payment messages hold the offset: the batch's payment messages are stored (concurrently)
+//! before the next `getUpdates`. Every other update — commands, button presses,
+//! `pre_checkout_query` — is answered on its own task and stores nothing that Telegram would
+//! have to send again, so a slow gateway call for one user's button press never holds back the
+//! next batch, and with it another user's `pre_checkout_query` (10 s deadline). At most
+//! [`MAX_IN_FLIGHT`] such tasks run; on shutdown they are finished before the offset is
+//! confirmed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +23,10 @@ use frankenstein::methods::{DeleteWebhookParams, GetUpdatesParams};
 use frankenstein::response::MethodResponse;
 use frankenstein::types::AllowedUpdate;
 use serde_json::Value;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, HandleError};
+use crate::app::{App, HandleError, is_payment_message};
 
 /// The update kinds the bot handles; anything else is never sent (and could not be decoded
 /// by every client version, see `reference/external-apis.md` §2).
@@ -33,6 +39,10 @@ pub fn allowed_updates() -> Vec<AllowedUpdate> {
 }
 
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Updates other than payment messages handled at once, at most; the poller waits for some to
+/// finish before fetching more.
+pub const MAX_IN_FLIGHT: usize = 512;
 
 fn update_id(update: &Value) -> Option<i64> {
     update.get("update_id").and_then(Value::as_i64)
@@ -80,6 +90,7 @@ pub async fn delete_webhook(app: &App) {
 pub async fn run(app: Arc<App>, poll_timeout_secs: u32, shutdown: CancellationToken) {
     delete_webhook(&app).await;
     let mut offset: Option<i64> = None;
+    let mut in_flight = JoinSet::new();
     tracing::info!("polling Telegram for updates");
     while !shutdown.is_cancelled() {
         let params = GetUpdatesParams::builder()
@@ -87,6 +98,10 @@ pub async fn run(app: Arc<App>, poll_timeout_secs: u32, shutdown: CancellationTo
             .timeout(poll_timeout_secs)
             .allowed_updates(allowed_updates())
             .build();
+        while in_flight.try_join_next().is_some() {}
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
         let answer = tokio::select! {
             () = shutdown.cancelled() => break,
             answer = app.api.request::<_, MethodResponse<Vec<Value>>>("getUpdates", Some(&params)) => answer,
@@ -102,7 +117,18 @@ pub async fn run(app: Arc<App>, poll_timeout_secs: u32, shutdown: CancellationTo
         if batch.is_empty() {
             continue;
         }
-        let results = futures::future::join_all(batch.iter().map(|u| app.handle(u))).await;
+        for update in batch.iter().filter(|u| !is_payment_message(u)) {
+            let (app, update) = (app.clone(), update.clone());
+            in_flight.spawn(async move { app.handle(&update).await });
+        }
+        let results = futures::future::join_all(batch.iter().map(|u| async {
+            if is_payment_message(u) {
+                app.handle(u).await
+            } else {
+                Ok(())
+            }
+        }))
+        .await;
         let failed = results.iter().filter(|r| r.is_err()).count();
         for (update, result) in batch.iter().zip(&results) {
             if let Err(error) = result {
@@ -114,7 +140,9 @@ pub async fn run(app: Arc<App>, poll_timeout_secs: u32, shutdown: CancellationTo
             pause(&shutdown).await;
         }
     }
-    // Confirm the handled updates now, so a restart does not see them again.
+    // Finish what is in hand, then confirm the handled updates so a restart does not see them
+    // again.
+    while in_flight.join_next().await.is_some() {}
     if let Some(offset) = offset {
         let params = GetUpdatesParams::builder()
             .offset(offset)
@@ -138,7 +166,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::StoreError;
+    use service_kit::inbox::InboxError;
 
     #[test]
     fn the_offset_stops_at_the_first_unstored_update() {
@@ -149,7 +177,7 @@ mod tests {
         ];
         let ok = || Ok(());
         let failed = || {
-            Err(HandleError::Store(StoreError::Db(sea_orm::DbErr::Custom(
+            Err(HandleError::Store(InboxError::Db(sea_orm::DbErr::Custom(
                 "down".into(),
             ))))
         };

@@ -1,29 +1,13 @@
-//! What the bot reads from and writes to the database: tariffs, users' subscriptions, the
-//! pre-checkout check and the inbox for Telegram payment messages.
+//! What the bot reads from the database: tariffs, users' subscriptions and the pre-checkout
+//! check. (Telegram payment messages go to the shared inbox, `service_kit::inbox`.)
 
-use chrono::Utc;
 use domain::PaymentStatus;
-use domain::entities::{payments, provider_notifications, subscriptions, tariffs, users};
-use messaging::Envelope;
-use messaging::events::ProviderNotificationReceived;
+use domain::entities::{payments, subscriptions, tariffs, users};
 use payment_core::ProviderId;
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, TryInsertResult,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 use uuid::Uuid;
-
-/// Storing a payment message failed; the update must not be confirmed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] DbErr),
-    #[error("outbox: {0}")]
-    Outbox(#[from] messaging::OutboxError),
-    #[error("event: {0}")]
-    Event(#[from] messaging::EnvelopeError),
-}
 
 pub async fn active_tariffs(db: &DatabaseConnection) -> Result<Vec<tariffs::Model>, DbErr> {
     tariffs::Entity::find()
@@ -106,80 +90,6 @@ pub async fn check_pre_checkout(
         return Ok(PreCheckout::Mismatch);
     }
     Ok(PreCheckout::Ok)
-}
-
-/// A Telegram payment message for the inbox.
-#[derive(Debug, Clone)]
-pub struct Notice {
-    pub dedupe_key: String,
-    /// The raw update, as Telegram sent it.
-    pub body: String,
-    /// The invoice payload (our payment id, also the payment's `provider_payment_id`).
-    pub invoice_payload: String,
-}
-
-/// What storing did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    New { notification_id: i64 },
-    Duplicate,
-}
-
-/// Stores `notice` in the inbox with its `provider.notification.telegram` outbox row, in
-/// one transaction; a second copy (same charge) adds nothing.
-pub async fn store_notice(db: &DatabaseConnection, notice: &Notice) -> Result<Stored, StoreError> {
-    let txn = service_kit::db::begin_write(db).await?;
-    let claimed = Uuid::parse_str(&notice.invoice_payload).ok();
-    let payment_id = match claimed {
-        Some(id) => payments::Entity::find_by_id(id)
-            .one(&txn)
-            .await?
-            .map(|p| p.id),
-        None => None,
-    };
-    let provider = ProviderId::Telegram.as_str();
-    let row = provider_notifications::ActiveModel {
-        id: NotSet,
-        provider: Set(provider.to_owned()),
-        dedupe_key: Set(notice.dedupe_key.clone()),
-        source: Set("bot".to_owned()),
-        peer: Set(None),
-        body: Set(notice.body.clone()),
-        provider_payment_id: Set(Some(notice.invoice_payload.clone())),
-        payment_id: Set(payment_id),
-        received_at: Set(Utc::now()),
-        processed_at: Set(None),
-        outcome: Set(None),
-    };
-    let inserted = provider_notifications::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                provider_notifications::Column::Provider,
-                provider_notifications::Column::DedupeKey,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .try_insert()
-        .exec(&txn)
-        .await?;
-    let notification_id = match inserted {
-        TryInsertResult::Inserted(result) => result.last_insert_id,
-        TryInsertResult::Conflicted | TryInsertResult::Empty => {
-            txn.rollback().await?;
-            return Ok(Stored::Duplicate);
-        }
-    };
-    let event = ProviderNotificationReceived {
-        provider: provider.to_owned(),
-        notification_id,
-        dedupe_key: notice.dedupe_key.clone(),
-        payment_id,
-    };
-    let envelope = Envelope::new(&event, payment_id.unwrap_or(Uuid::nil()), None)?;
-    messaging::outbox::enqueue(&txn, &envelope).await?;
-    txn.commit().await?;
-    Ok(Stored::New { notification_id })
 }
 
 /// A payment and its payer's Telegram id, for the admin's refund confirmation.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod db;
+pub mod inbox;
 pub mod ops;
 pub mod proxy;
 pub mod runtime;

@@ -175,6 +175,26 @@ impl World {
         provider: &str,
         currency: &str,
     ) -> (SentMessage, SentMessage) {
+        let pay_data = format!("p:{tariff}:{provider}:{currency}");
+        let providers = self.providers_menu(user, tariff, &pay_data).await;
+        self.tg
+            .press(user, providers.message_id, &pay_data)
+            .expect("press pay");
+        let after = self
+            .wait_new(user.id, providers.message_id, |m| {
+                m.invoice.is_some() || m.text.is_some()
+            })
+            .await;
+        (after, providers)
+    }
+
+    /// /start → Buy → the tariff: the providers message, once it offers `pay_data`.
+    pub async fn providers_menu(
+        &self,
+        user: &TestUser,
+        tariff: &str,
+        pay_data: &str,
+    ) -> SentMessage {
         let start = self.tg.send_text(user, "/start");
         let menu = self
             .wait_new(user.id, start, |m| {
@@ -193,21 +213,10 @@ impl World {
         self.tg
             .press(user, tariffs.message_id, &tariff_data)
             .expect("press tariff");
-        let pay_data = format!("p:{tariff}:{provider}:{currency}");
-        let providers = self
-            .wait_new(user.id, tariffs.message_id, |m| {
-                m.callback_data().contains(&pay_data)
-            })
-            .await;
-        self.tg
-            .press(user, providers.message_id, &pay_data)
-            .expect("press pay");
-        let after = self
-            .wait_new(user.id, providers.message_id, |m| {
-                m.invoice.is_some() || m.text.is_some()
-            })
-            .await;
-        (after, providers)
+        self.wait_new(user.id, tariffs.message_id, |m| {
+            m.callback_data().iter().any(|d| d == pay_data)
+        })
+        .await
     }
 
     pub async fn payments_of(&self, telegram_id: i64) -> Vec<payments::Model> {

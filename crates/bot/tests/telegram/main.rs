@@ -342,6 +342,56 @@ async fn a_pre_checkout_query_for_a_wrong_amount_is_refused() {
     assert!(w.tg.charges().is_empty(), "nothing was charged");
 }
 
+/// A button press stuck on a gateway that does not answer holds back neither the next
+/// `getUpdates` nor another user's `pre_checkout_query` (Telegram gives it 10 s).
+#[tokio::test]
+async fn a_pre_checkout_query_is_answered_while_another_press_waits_for_the_gateway() {
+    let mut w = world().await;
+    let payer = TestUser::new(5_000_010, "Dina", "en");
+    let (invoice, _) = w.checkout(&payer, "month_1", "telegram", "XTR").await;
+    let waiter = TestUser::new(5_000_011, "Emil", "en");
+    let pay_data = "p:month_1:telegram:XTR";
+    let providers = w.providers_menu(&waiter, "month_1", pay_data).await;
+
+    // The bot again, now with a gateway that reads requests and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    w.vars.insert(
+        "GATEWAY_URL".into(),
+        format!("http://{}", silent.local_addr().unwrap()),
+    );
+    let (creating, mut create_seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = silent.accept().await {
+            let mut head = vec![0; 4096];
+            let n = tokio::io::AsyncReadExt::read(&mut socket, &mut head)
+                .await
+                .unwrap_or(0);
+            if String::from_utf8_lossy(&head[..n]).starts_with("POST /api/payments ") {
+                let _ = creating.send(());
+            }
+            held.push(socket);
+        }
+    });
+    w.kill_bot();
+    w.start_bot().await;
+
+    let press = w.tg.press(&waiter, providers.message_id, pay_data).unwrap();
+    tokio::time::timeout(WAIT, create_seen.recv())
+        .await
+        .expect("the press reaches the gateway")
+        .unwrap();
+    let outcome = w.tg.pay_invoice(&payer, invoice.message_id).await.unwrap();
+    assert!(
+        matches!(outcome, PayOutcome::Paid { .. }),
+        "answered in time: {outcome:?}"
+    );
+    assert!(
+        w.tg.callback_answer(&press).is_none(),
+        "the other press is still waiting for the gateway"
+    );
+}
+
 #[tokio::test]
 async fn the_bot_killed_after_successful_payment_completes_it_after_a_restart() {
     let mut w = world().await;
