@@ -155,6 +155,34 @@ impl Proc {
         Ok(())
     }
 
+    /// Freezes the process (SIGSTOP): it holds its connections but uses no CPU until
+    /// [`Proc::resume`].
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP").await
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{} is not running", self.name))?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill {signal} {pid} ({}) failed: {status}", self.name);
+        }
+        Ok(())
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }
@@ -383,6 +411,15 @@ impl Cluster {
     /// The emulators' control APIs.
     pub fn sandbox_client(&self) -> crate::sandbox_client::SandboxClient {
         crate::sandbox_client::SandboxClient::new(self.sandbox_urls.clone())
+    }
+
+    /// The consumers of the event pipeline: workers, syncs and the bot (everything after the
+    /// gateway).
+    pub fn consumers(&self) -> impl Iterator<Item = &Proc> {
+        self.workers
+            .iter()
+            .chain(self.syncs.iter())
+            .chain([&self.bot])
     }
 
     /// Every service process (not the sandbox).

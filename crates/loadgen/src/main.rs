@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Scenarios (arguments; all when none): `limits`, `steady-50`, `steady-200`, `spike`,
-//! `burst`, `duplicate-storm`, `pre-checkout`. Writes `bench/results/<date>.json` and `.md`
+//! `burst`, `ingest-spike`, `ingest-burst` (the spike and the burst with the consumers paused
+//! while the webhooks are sent: the gateway's own figures), `duplicate-storm`, `pre-checkout`. Writes `bench/results/<date>.json` and `.md`
 //! (`BENCH_OUT` changes the directory).
 
 mod limits;
@@ -21,12 +22,14 @@ use std::time::Duration;
 
 use scenario::Settings;
 
-const STANDARD: [&str; 7] = [
+const STANDARD: [&str; 9] = [
     "limits",
     "steady-50",
     "steady-200",
     "spike",
     "burst",
+    "ingest-spike",
+    "ingest-burst",
     "duplicate-storm",
     "pre-checkout",
 ];
@@ -74,8 +77,14 @@ async fn main() -> anyhow::Result<()> {
             "limits" => continue,
             "steady-50" => scenario::run_steady(&settings, name, 50.0, 1).await?,
             "steady-200" => scenario::run_steady(&settings, name, 200.0, 1).await?,
-            "spike" => scenario::run_burst(&settings, name, Some(settings.spike_rate)).await?,
-            "burst" => scenario::run_burst(&settings, name, None).await?,
+            "spike" => {
+                scenario::run_burst(&settings, name, Some(settings.spike_rate), false).await?
+            }
+            "burst" => scenario::run_burst(&settings, name, None, false).await?,
+            "ingest-spike" => {
+                scenario::run_burst(&settings, name, Some(settings.spike_rate), true).await?
+            }
+            "ingest-burst" => scenario::run_burst(&settings, name, None, true).await?,
             "duplicate-storm" => {
                 let storm = Settings {
                     seconds: (settings.seconds / 2.0).max(1.0),

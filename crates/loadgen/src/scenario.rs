@@ -350,6 +350,9 @@ struct Live {
 
 #[derive(Default)]
 struct Sent {
+    /// The webhooks went to the gateway alone (the consumers were paused): end-to-end times
+    /// include the pause and are not reported.
+    gateway_alone: bool,
     paid: Vec<Paid>,
     acks: Vec<f64>,
     creates: Vec<f64>,
@@ -455,7 +458,13 @@ fn tracing_error(error: &anyhow::Error) {
 
 /// `count` payments created and paid first (not timed), then their webhooks: at `rate`/s
 /// open loop, or all at once (`None`, `concurrency` in flight).
-async fn burst(ctx: &Arc<Ctx>, settings: &Settings, count: usize, rate: Option<f64>) -> Sent {
+async fn burst(
+    ctx: &Arc<Ctx>,
+    settings: &Settings,
+    count: usize,
+    rate: Option<f64>,
+    gateway_alone: bool,
+) -> Sent {
     let progress = Progress::start(format!("  creating and paying {count} payments first"));
     let made = Arc::new(AtomicU64::new(0));
     let ticker = progress.follow(made.clone(), Some(count as u64));
@@ -473,7 +482,10 @@ async fn burst(ctx: &Arc<Ctx>, settings: &Settings, count: usize, rate: Option<f
         .collect()
         .await;
     ticker.abort();
-    let mut sent = Sent::default();
+    let mut sent = Sent {
+        gateway_alone,
+        ..Sent::default()
+    };
     let mut bodies = Vec::new();
     for result in prepared {
         match result {
@@ -510,6 +522,15 @@ async fn burst(ctx: &Arc<Ctx>, settings: &Settings, count: usize, rate: Option<f
             (acked, total, format!("{acked}/{total} acked"))
         })
     };
+    if gateway_alone {
+        // Let the consumers finish what the preparation sent them, then freeze them.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for proc in ctx.cluster.consumers() {
+            if let Err(error) = proc.pause().await {
+                tracing_error(&error);
+            }
+        }
+    }
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(bodies.len());
@@ -546,6 +567,13 @@ async fn burst(ctx: &Arc<Ctx>, settings: &Settings, count: usize, rate: Option<f
         }
     }
     sent.seconds = started.elapsed().as_secs_f64();
+    if gateway_alone {
+        for proc in ctx.cluster.consumers() {
+            if let Err(error) = proc.resume().await {
+                tracing_error(&error);
+            }
+        }
+    }
     ticker.abort();
     progress.finish(&format!(
         "{} acked = {:.0}/s",
@@ -676,7 +704,11 @@ async fn finish(
         errors: sent.errors,
         create_ms: Latency::of(sent.creates),
         ack_ms: Latency::of(sent.acks.clone()),
-        e2e_ms: Latency::of(followed.e2e),
+        e2e_ms: if sent.gateway_alone {
+            None
+        } else {
+            Latency::of(followed.e2e)
+        },
         pre_checkout_ms: None,
         send_seconds: sent.seconds,
         ingest_per_s: sent.acks.len() as f64 / sent.seconds.max(1e-9),
@@ -725,19 +757,24 @@ pub async fn run_steady(
     finish(ctx, settings, name, offered, sent).await
 }
 
-/// A burst of webhooks for payments made beforehand.
+/// A burst of webhooks for payments made beforehand. With `gateway_alone` the consumers
+/// (workers, syncs, bot) are paused while the webhooks are sent, so the figures are the
+/// gateway's own (with PostgreSQL and RabbitMQ); they resume afterwards and every payment must
+/// still be activated once.
 pub async fn run_burst(
     settings: &Settings,
     name: &str,
     rate: Option<f64>,
+    gateway_alone: bool,
 ) -> anyhow::Result<Outcome> {
     let count = settings.spike;
     let ctx = Ctx::start(settings, settings.users.min(count)).await?;
     let ctx = Arc::new(ctx);
-    let sent = burst(&ctx, settings, count, rate).await;
+    let sent = burst(&ctx, settings, count, rate, gateway_alone).await;
+    let alone = if gateway_alone { ", gateway alone" } else { "" };
     let offered = match rate {
-        Some(rate) => format!("{count} webhooks at {rate}/s"),
-        None => format!("{count} webhooks at once"),
+        Some(rate) => format!("{count} webhooks at {rate}/s{alone}"),
+        None => format!("{count} webhooks at once{alone}"),
     };
     finish(ctx, settings, name, offered, sent).await
 }
