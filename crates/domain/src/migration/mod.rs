@@ -32,4 +32,5 @@ migrations![
     m20250601_000001_messaging,
     m20250601_000002_payments,
     m20261129_000003_crypto_watcher,
+    m20261129_000004_queue_indexes,
 ];
