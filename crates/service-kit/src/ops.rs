@@ -66,9 +66,11 @@ impl Readiness {
     }
 }
 
-/// Histogram buckets of every metric named `*_seconds`: 5 ms to 1 min.
+/// Histogram buckets of every metric named `*_seconds`: 0.5 ms (a webhook's acknowledgement
+/// is a few milliseconds) to 1 min.
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 /// Histogram buckets of every metric named `*_ms` (payment processing time): 100 ms to 1 h.
 pub const MS_BUCKETS: &[f64] = &[
