@@ -120,6 +120,22 @@ fn provider_label(t: &Texts, provider: &str, currency: Currency, title: &str) ->
     }
 }
 
+async fn send_message(
+    api: impl std::borrow::Borrow<Api>,
+    chat: i64,
+    text: String,
+    markup: Option<InlineKeyboardMarkup>,
+) {
+    let params = SendMessageParams::builder()
+        .chat_id(chat)
+        .text(text)
+        .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
+        .build();
+    if let Err(error) = api.borrow().send_message(&params).await {
+        tracing::warn!(chat, %error, "sendMessage failed");
+    }
+}
+
 /// A `successful_payment` or `refunded_payment` message: the only updates that must be stored
 /// before Telegram is told they were handled.
 pub fn is_payment_message(raw: &Value) -> bool {
@@ -179,14 +195,7 @@ impl App {
     // ---- sending -----------------------------------------------------------------------
 
     async fn send(&self, chat: i64, text: String, markup: Option<InlineKeyboardMarkup>) {
-        let params = SendMessageParams::builder()
-            .chat_id(chat)
-            .text(text)
-            .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
-            .build();
-        if let Err(error) = self.api.send_message(&params).await {
-            tracing::warn!(chat, %error, "sendMessage failed");
-        }
+        send_message(&self.api, chat, text, markup).await;
     }
 
     /// A QR code of `data` with `caption`, after the message that explains it; the text is
@@ -302,7 +311,10 @@ impl App {
                 .pointer("/message/from/language_code")
                 .and_then(Value::as_str);
             let t = Lang::from_code(language).texts();
-            self.send(chat, t.payment_received.to_owned(), None).await;
+            // On its own task: the batch (and with it the next `getUpdates`) waits only for
+            // the payment to be stored, not for this courtesy message.
+            let api = self.api.clone();
+            tokio::spawn(send_message(api, chat, t.payment_received.to_owned(), None));
         }
         Ok(())
     }
