@@ -11,12 +11,7 @@ fuzz_target!(|body: &[u8]| {
         return;
     };
     for t in &page.data {
-        let _ = t
-            .value
-            .parse::<u128>()
-            .ok()
-            .and_then(|v| i64::try_from(v).ok())
-            .filter(|v| *v > 0);
+        let _ = t.amount_minor();
         let _ = chrono::DateTime::from_timestamp_millis(t.block_timestamp);
         let _ = TronAddress::parse(&t.from);
         let _ = TronAddress::parse(&t.to);

@@ -28,6 +28,17 @@ pub struct Trc20Transfer {
     pub value: String,
 }
 
+impl Trc20Transfer {
+    /// `value` in base units, when it is a positive amount that fits our minor units.
+    pub fn amount_minor(&self) -> Option<i64> {
+        self.value
+            .parse::<u128>()
+            .ok()
+            .and_then(|v| i64::try_from(v).ok())
+            .filter(|v| *v > 0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TokenInfo {
     #[serde(default)]

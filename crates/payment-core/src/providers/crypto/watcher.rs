@@ -420,12 +420,7 @@ impl ChainWatcher {
                 out.ignored += 1;
                 continue;
             };
-            let amount = t
-                .value
-                .parse::<u128>()
-                .ok()
-                .and_then(|v| i64::try_from(v).ok())
-                .filter(|v| *v > 0);
+            let amount = t.amount_minor();
             let Some(transfer_id) = self
                 .claim(txn, t, &tx_id, event_index, amount, at, now)
                 .await?
