@@ -57,9 +57,6 @@ pub enum PublishError {
     /// The bus was shut down.
     #[error("the bus is closed")]
     Closed,
-    /// `AMQP_URL` cannot be parsed.
-    #[error("not a valid AMQP URL: {0}")]
-    InvalidUrl(String),
 }
 
 impl PublishError {
