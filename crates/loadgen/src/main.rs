@@ -8,8 +8,8 @@
 //!
 //! Scenarios (arguments; all when none): `limits`, `steady-50`, `steady-200`, `spike`,
 //! `burst`, `ingest-spike`, `ingest-burst` (the spike and the burst with the consumers paused
-//! while the webhooks are sent: the gateway's own figures), `duplicate-storm`, `pre-checkout`. Writes `bench/results/<date>.json` and `.md`
-//! (`BENCH_OUT` changes the directory).
+//! while the webhooks are sent: the gateway's own figures), `duplicate-storm`, `pre-checkout`.
+//! Writes `bench/results/<date>.json` and `.md` (`BENCH_OUT` changes the directory).
 
 mod limits;
 mod machine;

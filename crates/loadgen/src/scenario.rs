@@ -456,6 +456,20 @@ fn tracing_error(error: &anyhow::Error) {
     }
 }
 
+/// Freezes (`true`) or thaws the workers, syncs and the bot.
+async fn pause_consumers(ctx: &Ctx, pause: bool) {
+    for proc in ctx.cluster.consumers() {
+        let done = if pause {
+            proc.pause().await
+        } else {
+            proc.resume().await
+        };
+        if let Err(error) = done {
+            tracing_error(&error);
+        }
+    }
+}
+
 /// `count` payments created and paid first (not timed), then their webhooks: at `rate`/s
 /// open loop, or all at once (`None`, `concurrency` in flight).
 async fn burst(
@@ -525,11 +539,7 @@ async fn burst(
     if gateway_alone {
         // Let the consumers finish what the preparation sent them, then freeze them.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        for proc in ctx.cluster.consumers() {
-            if let Err(error) = proc.pause().await {
-                tracing_error(&error);
-            }
-        }
+        pause_consumers(ctx, true).await;
     }
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let started = Instant::now();
@@ -568,11 +578,7 @@ async fn burst(
     }
     sent.seconds = started.elapsed().as_secs_f64();
     if gateway_alone {
-        for proc in ctx.cluster.consumers() {
-            if let Err(error) = proc.resume().await {
-                tracing_error(&error);
-            }
-        }
+        pause_consumers(ctx, false).await;
     }
     ticker.abort();
     progress.finish(&format!(
