@@ -120,18 +120,13 @@ fn provider_label(t: &Texts, provider: &str, currency: Currency, title: &str) ->
     }
 }
 
-async fn send_message(
-    api: impl std::borrow::Borrow<Api>,
-    chat: i64,
-    text: String,
-    markup: Option<InlineKeyboardMarkup>,
-) {
+async fn send_message(api: &Api, chat: i64, text: String, markup: Option<InlineKeyboardMarkup>) {
     let params = SendMessageParams::builder()
         .chat_id(chat)
         .text(text)
         .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
         .build();
-    if let Err(error) = api.borrow().send_message(&params).await {
+    if let Err(error) = api.send_message(&params).await {
         tracing::warn!(chat, %error, "sendMessage failed");
     }
 }
@@ -153,14 +148,13 @@ impl App {
         provider_token: Option<SecretString>,
         outbox_nudge: Arc<Notify>,
     ) -> Self {
-        let db_for_inbox = db.clone();
         Self {
             api,
+            inbox: Inbox::start(db.clone(), outbox_nudge),
             db,
             gateway,
             admins,
             provider_token,
-            inbox: Inbox::start(db_for_inbox, outbox_nudge),
         }
     }
 
@@ -313,8 +307,8 @@ impl App {
             let t = Lang::from_code(language).texts();
             // On its own task: the batch (and with it the next `getUpdates`) waits only for
             // the payment to be stored, not for this courtesy message.
-            let api = self.api.clone();
-            tokio::spawn(send_message(api, chat, t.payment_received.to_owned(), None));
+            let (api, text) = (self.api.clone(), t.payment_received.to_owned());
+            tokio::spawn(async move { send_message(&api, chat, text, None).await });
         }
         Ok(())
     }

@@ -82,7 +82,8 @@ struct Job {
     reply: oneshot::Sender<Result<Stored, InboxError>>,
 }
 
-/// The group-committing writer of webhook notices (see the module docs). Cloning shares it.
+/// The group-committing writer of notices, webhooks and Telegram payment messages alike (see
+/// the module docs). Cloning shares it.
 #[derive(Clone)]
 pub struct Inbox {
     queue: mpsc::Sender<Job>,
