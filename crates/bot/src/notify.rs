@@ -170,6 +170,7 @@ impl Handler for Notifier {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        _prepared: messaging::Prepared,
     ) -> Result<(), HandlerError> {
         let Some((chat, note)) = decode(envelope)? else {
             return Ok(());

@@ -297,6 +297,7 @@ impl Handler for SubscriptionSync {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        _prepared: messaging::Prepared,
     ) -> Result<(), HandlerError> {
         if envelope.is::<PaymentCompleted>() {
             let event: PaymentCompleted = envelope.decode()?;

@@ -1,12 +1,15 @@
 //! The idempotent consumer runner and the [`Handler`] trait.
 //!
-//! For each delivery: decode the envelope (undecodable → parked at once), open a database
+//! For each delivery: decode the envelope (undecodable → parked at once); for a handler with
+//! an outside step ([`Handler::prepares`]), skip a message already processed and run
+//! [`Handler::prepare`] — the calls to outside APIs — with no transaction open; then open a database
 //! transaction, insert `processed_messages(consumer, event_id)` — a conflict means the message
 //! was handled before, so it is acknowledged and skipped — run the handler in that
 //! transaction, commit, and only then acknowledge. A failed handler rolls back; the message is
 //! sent to the next delay queue, or parked once the retry policy is used up (at once for a
 //! [`HandlerError::Permanent`]).
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -86,10 +89,51 @@ impl From<EnvelopeError> for HandlerError {
     }
 }
 
+/// What a handler's [`Handler::prepare`] learned outside any transaction, handed to its
+/// [`Handler::handle`]. Type-erased so that handlers stay object-safe; [`Prepared::take`]
+/// gets the value back.
+#[derive(Default)]
+pub struct Prepared(Option<Box<dyn Any + Send + Sync>>);
+
+impl Prepared {
+    /// Nothing prepared (the default for handlers without an outside step).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Self(Some(Box::new(value)))
+    }
+
+    /// The prepared value, if there is one of type `T`.
+    pub fn take<T: Any>(self) -> Option<T> {
+        self.0
+            .and_then(|value| (value as Box<dyn Any>).downcast::<T>().ok())
+            .map(|value| *value)
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Prepared(..)"
+        } else {
+            "Prepared(none)"
+        })
+    }
+}
+
 /// Handles the events of one consumer.
 ///
 /// The name and bindings become the queue `<prefix>.<consumer>` bound to those patterns; the
 /// name is also the `processed_messages.consumer` key, so it must stay stable.
+///
+/// No call to an outside API belongs inside the transaction `handle` runs in (it would hold
+/// a pooled connection and its row locks for as long as the outside service takes): such
+/// calls go into [`Handler::prepare`], which runs first with no transaction open. Design the
+/// pair as *call, then record the result*: `prepare` may run again for the same message
+/// (a retry, a redelivery, a concurrent copy), so its call must be safe to repeat, and
+/// `handle` must check under its locks that what `prepare` saw still holds.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Stable consumer name, e.g. `marzban-sync`.
@@ -98,6 +142,19 @@ pub trait Handler: Send + Sync + 'static {
     /// Routing-key patterns this consumer receives (`payment.completed`, `payment.#`).
     fn bindings(&self) -> Vec<String>;
 
+    /// Whether this handler has an outside step ([`Handler::prepare`]). When it does, the
+    /// runner first checks that the message was not processed before (so a redelivered
+    /// message costs no outside call), then runs `prepare`.
+    fn prepares(&self) -> bool {
+        false
+    }
+
+    /// The handler's outside calls for `envelope`, with no transaction open; what it returns
+    /// is handed to [`Handler::handle`]. An error fails the message like a failed `handle`.
+    async fn prepare(&self, _envelope: &Envelope) -> Result<Prepared, HandlerError> {
+        Ok(Prepared::none())
+    }
+
     /// Applies the event's effect using `tx`, which commits only if this returns `Ok` — the
     /// effect, the idempotency row and any outbox rows written through `tx` are atomic.
     /// Events of types the handler does not care about should return `Ok(())`.
@@ -105,6 +162,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        prepared: Prepared,
     ) -> Result<(), HandlerError>;
 }
 
@@ -411,8 +469,23 @@ impl ConsumerRunner {
         }
     }
 
-    /// The idempotency row and the handler's effect, in one transaction.
+    /// The handler's outside step (if any) with no transaction open, then the idempotency
+    /// row and the handler's effect, in one transaction.
     async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
+        let prepared = if self.handler.prepares() {
+            let seen = processed_messages::Entity::find_by_id((
+                self.spec.name.clone(),
+                envelope.message_id(),
+            ))
+            .one(&self.db)
+            .await?;
+            if seen.is_some() {
+                return Ok(Applied::Duplicate);
+            }
+            self.handler.prepare(envelope).await?
+        } else {
+            Prepared::none()
+        };
         let tx = self.db.begin().await?;
         let marker = processed_messages::ActiveModel {
             consumer: Set(self.spec.name.clone()),
@@ -427,7 +500,7 @@ impl ConsumerRunner {
             tx.rollback().await?;
             return Ok(Applied::Duplicate);
         }
-        if let Err(err) = self.handler.handle(&tx, envelope).await {
+        if let Err(err) = self.handler.handle(&tx, envelope, prepared).await {
             tx.rollback().await?;
             return Err(err);
         }

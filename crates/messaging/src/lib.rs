@@ -15,7 +15,7 @@ pub use bus::{
     Bus, BusError, Delivery, DeliverySource, DeliveryStream, Message, OutgoingMessage,
     ParkedMessage, PublishError, Publisher,
 };
-pub use consumer::{ConsumerRunner, ConsumerStats, Handler, HandlerError, RunnerConfig};
+pub use consumer::{ConsumerRunner, ConsumerStats, Handler, HandlerError, Prepared, RunnerConfig};
 pub use envelope::{Envelope, EnvelopeError, Event};
 pub use memory::InProcessBus;
 pub use outbox::{OutboxError, OutboxRelay, RelayConfig};

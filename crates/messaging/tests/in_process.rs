@@ -49,3 +49,8 @@ async fn unroutable_event_is_closed_and_does_not_block() {
 async fn handler_commit_wakes_the_relay() {
     common::handler_commit_wakes_the_relay(Fixture::memory_sqlite().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_runs_before_and_outside_the_transaction() {
+    common::prepare_runs_outside_the_transaction(Fixture::memory_sqlite().await).await;
+}

@@ -48,6 +48,11 @@ async fn concurrent_relays_never_lose_or_double_apply() {
     common::concurrent_relays_lose_nothing(Fixture::rabbit_pg("relays").await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_runs_before_and_outside_the_transaction() {
+    common::prepare_runs_outside_the_transaction(Fixture::rabbit_pg("prepare").await).await;
+}
+
 /// The connection drops (here: closed under the runner's feet); publisher and runner open a
 /// new one and carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

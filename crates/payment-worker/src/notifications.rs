@@ -202,6 +202,7 @@ impl Handler for NotificationHandler {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        _prepared: messaging::Prepared,
     ) -> Result<(), HandlerError> {
         if !envelope.is::<ProviderNotificationReceived>() {
             return Ok(());

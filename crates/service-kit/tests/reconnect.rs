@@ -48,6 +48,7 @@ impl Handler for Recorder {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        _prepared: messaging::Prepared,
     ) -> Result<(), HandlerError> {
         // Touch the database inside the transaction, like every real handler.
         tx.execute_unprepared("SELECT 1").await?;

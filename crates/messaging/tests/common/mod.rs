@@ -14,8 +14,8 @@ use chrono::Utc;
 use messaging::events::{PaymentCompleted, PaymentSnapshot};
 use messaging::{
     Bus, ConsumerRunner, ConsumerSpec, ConsumerStats, DeliverySource, Envelope, Handler,
-    HandlerError, InProcessBus, OutboxRelay, OutgoingMessage, PublishError, Publisher, RabbitBus,
-    RabbitConfig, RelayConfig, RetryPolicy, RunnerConfig,
+    HandlerError, InProcessBus, OutboxRelay, OutgoingMessage, Prepared, PublishError, Publisher,
+    RabbitBus, RabbitConfig, RelayConfig, RetryPolicy, RunnerConfig,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait,
@@ -97,7 +97,7 @@ impl Fixture {
 
     /// A runner for `handler` with short retry delays; its topology is declared at once so
     /// publishing can route to it.
-    pub async fn runner(&self, handler: TestHandler, retry: RetryPolicy) -> ConsumerRunner {
+    pub async fn runner(&self, handler: impl Handler, retry: RetryPolicy) -> ConsumerRunner {
         let runner = ConsumerRunner::new(
             handler,
             self.db.clone(),
@@ -315,21 +315,11 @@ impl Handler for TestHandler {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        _prepared: Prepared,
     ) -> Result<(), HandlerError> {
         self.state.calls.fetch_add(1, Ordering::SeqCst);
         envelope.decode::<PaymentCompleted>()?;
-        let backend = tx.get_database_backend();
-        let sql = if backend == sea_orm::DbBackend::Sqlite {
-            "INSERT INTO test_effects (consumer, event_id) VALUES (?, ?)"
-        } else {
-            "INSERT INTO test_effects (consumer, event_id) VALUES ($1, $2)"
-        };
-        tx.execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            vec![self.name.clone().into(), envelope.message_id().into()],
-        ))
-        .await?;
+        record_effect(tx, &self.name, envelope).await?;
         let attempt = {
             let mut attempts = self.state.attempts.lock().unwrap();
             let n = attempts.entry(envelope.event_id).or_default();
@@ -343,6 +333,27 @@ impl Handler for TestHandler {
         }
         Ok(())
     }
+}
+
+/// One `test_effects` row for `envelope`, written through `tx`.
+async fn record_effect(
+    tx: &DatabaseTransaction,
+    consumer: &str,
+    envelope: &Envelope,
+) -> Result<(), HandlerError> {
+    let backend = tx.get_database_backend();
+    let sql = if backend == sea_orm::DbBackend::Sqlite {
+        "INSERT INTO test_effects (consumer, event_id) VALUES (?, ?)"
+    } else {
+        "INSERT INTO test_effects (consumer, event_id) VALUES ($1, $2)"
+    };
+    tx.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        vec![consumer.into(), envelope.message_id().into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Polls `check` until it holds or `WAIT` passes.
@@ -750,8 +761,9 @@ impl Handler for Forwarder {
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
+        prepared: Prepared,
     ) -> Result<(), HandlerError> {
-        self.inner.handle(tx, envelope).await?;
+        self.inner.handle(tx, envelope, prepared).await?;
         if !self.forwarded.swap(true, Ordering::SeqCst) {
             messaging::outbox::enqueue(tx, &payment_completed())
                 .await
@@ -803,5 +815,181 @@ pub async fn handler_commit_wakes_the_relay(fx: Fixture) {
     assert_eq!(fx.effects("forwarder", &first).await, 1);
     assert_eq!(fx.distinct_effects("forwarder").await, 2);
     assert_eq!(fx.pending().await, 0);
+    fx.finish().await;
+}
+
+/// What a [`Preparing`] handler did.
+#[derive(Default)]
+pub struct PreparingState {
+    /// Every call of `prepare`, including failed ones.
+    pub prepares: AtomicU32,
+    /// Every call of `handle`.
+    pub handles: AtomicU32,
+    /// Fail this many first `prepare` calls.
+    pub fail_first_prepares: AtomicU32,
+    /// What `handle` received from `prepare`, in order.
+    pub received: Mutex<Vec<String>>,
+    /// What `prepare` saw that it must not have: an open transaction, the marker already written.
+    pub violations: Mutex<Vec<String>>,
+}
+
+impl PreparingState {
+    /// `(prepare calls, handle calls)`.
+    pub fn calls(&self) -> (u32, u32) {
+        (
+            self.prepares.load(Ordering::SeqCst),
+            self.handles.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// A handler with an outside step: `prepare` checks on its own connection that no
+/// transaction of the runner is open and that the message's marker is not written yet, then
+/// hands `"<event id>#<prepare call>"` to `handle`, which records it and one effect row.
+pub struct Preparing {
+    pub name: String,
+    pub db: DatabaseConnection,
+    pub state: Arc<PreparingState>,
+}
+
+impl Preparing {
+    pub fn new(name: &str, db: DatabaseConnection) -> (Self, Arc<PreparingState>) {
+        let state = Arc::new(PreparingState::default());
+        (
+            Self {
+                name: name.into(),
+                db,
+                state: state.clone(),
+            },
+            state,
+        )
+    }
+
+    /// Whether a transaction other than this query's is open on the test's database. On
+    /// PostgreSQL, from `pg_stat_activity`; on SQLite the test pool has one connection, so a
+    /// transaction holding it would make this query wait until the timeout.
+    async fn transaction_open(&self) -> Result<bool, String> {
+        let backend = self.db.get_database_backend();
+        let sql = if backend == sea_orm::DbBackend::Postgres {
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND xact_start IS NOT NULL"
+        } else {
+            "SELECT 0 AS n"
+        };
+        let query = self
+            .db
+            .query_one_raw(Statement::from_string(backend, sql.to_owned()));
+        match tokio::time::timeout(Duration::from_secs(5), query).await {
+            Err(_) => Ok(true),
+            Ok(Err(err)) => Err(err.to_string()),
+            Ok(Ok(row)) => {
+                let n: i64 = row.unwrap().try_get("", "n").map_err(|e| e.to_string())?;
+                Ok(n > 0)
+            }
+        }
+    }
+
+    async fn marker_written(&self, envelope: &Envelope) -> Result<bool, String> {
+        use domain::entities::processed_messages;
+        use sea_orm::EntityTrait;
+        processed_messages::Entity::find_by_id((self.name.clone(), envelope.message_id()))
+            .one(&self.db)
+            .await
+            .map(|row| row.is_some())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl Handler for Preparing {
+    fn consumer(&self) -> &str {
+        &self.name
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        vec!["payment.completed".into()]
+    }
+
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    async fn prepare(&self, envelope: &Envelope) -> Result<Prepared, HandlerError> {
+        let call = self.state.prepares.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut violations = Vec::new();
+        match self.transaction_open().await {
+            Ok(false) => {}
+            Ok(true) => violations.push(format!("prepare #{call}: a transaction is open")),
+            Err(err) => violations.push(format!("prepare #{call}: {err}")),
+        }
+        match self.marker_written(envelope).await {
+            Ok(false) => {}
+            Ok(true) => violations.push(format!("prepare #{call}: the marker is written")),
+            Err(err) => violations.push(format!("prepare #{call}: {err}")),
+        }
+        self.state.violations.lock().unwrap().extend(violations);
+        if call <= self.state.fail_first_prepares.load(Ordering::SeqCst) {
+            return Err(HandlerError::transient(format!(
+                "prepare failed (call {call})"
+            )));
+        }
+        Ok(Prepared::new(format!("{}#{call}", envelope.event_id)))
+    }
+
+    async fn handle(
+        &self,
+        tx: &DatabaseTransaction,
+        envelope: &Envelope,
+        prepared: Prepared,
+    ) -> Result<(), HandlerError> {
+        self.state.handles.fetch_add(1, Ordering::SeqCst);
+        let Some(value) = prepared.take::<String>() else {
+            return Err(HandlerError::permanent("handle got nothing from prepare"));
+        };
+        self.state.received.lock().unwrap().push(value);
+        record_effect(tx, &self.name, envelope).await
+    }
+}
+
+/// A handler's `prepare` runs before and outside the transaction (no transaction open, the
+/// marker not written) and its value reaches `handle`; a failing `prepare` is retried like a
+/// failing `handle`; a redelivered processed message is skipped without calling `prepare`.
+pub async fn prepare_runs_outside_the_transaction(fx: Fixture) {
+    let (handler, state) = Preparing::new("preparing", fx.db.clone());
+    state.fail_first_prepares.store(2, Ordering::SeqCst);
+    let runner = fx.runner(handler, short_retries()).await;
+    let stats = runner.stats();
+    fx.track(runner.spawn(fx.shutdown.clone()));
+
+    let event = payment_completed();
+    fx.bus.publish_envelope(&event).await.unwrap();
+    eventually("handled after two failed prepares", || async {
+        stats.handled() == 1
+    })
+    .await;
+    assert_eq!(state.calls(), (3, 1), "(prepare, handle) calls");
+    assert_eq!(stats.retried(), 2);
+    assert_eq!(stats.parked(), 0);
+    assert_eq!(
+        *state.received.lock().unwrap(),
+        vec![format!("{}#3", event.event_id)],
+        "handle got what the successful prepare returned"
+    );
+    assert_eq!(fx.effects("preparing", &event).await, 1);
+
+    // The same message again: skipped before `prepare`.
+    fx.bus.publish_envelope(&event).await.unwrap();
+    eventually("the redelivery is skipped", || async {
+        stats.duplicates() == 1
+    })
+    .await;
+    assert_eq!(state.calls(), (3, 1), "no more calls for the duplicate");
+    assert_eq!(fx.effects("preparing", &event).await, 1);
+    assert!(
+        state.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        state.violations.lock().unwrap()
+    );
     fx.finish().await;
 }

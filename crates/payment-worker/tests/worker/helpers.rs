@@ -274,14 +274,20 @@ pub async fn store_notification(
     envelope
 }
 
-/// Runs `handler` on `envelope` in one transaction, as the consumer runner does.
+/// Runs `handler` on `envelope` as the consumer runner does: its outside step with no
+/// transaction open, then the rest in one transaction.
 pub async fn deliver(
     handler: &NotificationHandler,
     db: &DatabaseConnection,
     envelope: &Envelope,
 ) -> Result<(), HandlerError> {
+    let prepared = if handler.prepares() {
+        handler.prepare(envelope).await?
+    } else {
+        messaging::Prepared::none()
+    };
     let tx = db.begin().await.expect("begin");
-    match handler.handle(&tx, envelope).await {
+    match handler.handle(&tx, envelope, prepared).await {
         Ok(()) => {
             tx.commit().await.expect("commit");
             Ok(())
@@ -299,7 +305,11 @@ pub fn handler_for(shop: &Handle) -> NotificationHandler {
         ..PaymentSettings::default()
     })
     .expect("service");
-    NotificationHandler::new(Arc::new(StatusSources::from_payment_service(service)))
+    // YooKassa only: no source here reads the database.
+    NotificationHandler::new(Arc::new(StatusSources::from_payment_service(
+        service,
+        &DatabaseConnection::Disconnected,
+    )))
 }
 
 pub async fn reload(db: &DatabaseConnection, id: Uuid) -> payments::Model {
