@@ -678,6 +678,7 @@ impl App {
             user_id(&query.from),
             &query.currency,
             i64::from(query.total_amount),
+            chrono::Utc::now(),
         )
         .await;
         let refusal = match verdict {
@@ -685,6 +686,8 @@ impl App {
             Ok(PreCheckout::Unknown) => Some(t.precheckout_unknown),
             Ok(PreCheckout::NotPending) => Some(t.precheckout_not_pending),
             Ok(PreCheckout::Mismatch) => Some(t.precheckout_mismatch),
+            Ok(PreCheckout::Expired) => Some(t.precheckout_expired),
+            Ok(PreCheckout::PriceChanged) => Some(t.precheckout_price_changed),
             Err(error) => {
                 tracing::error!(%error, "pre-checkout check failed");
                 Some(t.precheckout_unavailable)

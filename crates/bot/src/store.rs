@@ -1,6 +1,7 @@
 //! What the bot reads from the database: tariffs, users' subscriptions and the pre-checkout
 //! check. (Telegram payment messages go to the shared inbox, `service_kit::inbox`.)
 
+use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
 use domain::entities::{payments, subscriptions, tariffs, users};
 use payment_core::ProviderId;
@@ -59,16 +60,21 @@ pub enum PreCheckout {
     NotPending,
     /// Amount or currency differ from the payment.
     Mismatch,
+    /// The invoice's time to pay (`expires_at`) has passed.
+    Expired,
+    /// The tariff no longer costs what the invoice asks (or is no longer sold).
+    PriceChanged,
 }
 
 /// Checks that `payload` names a pending Telegram payment of `from` for exactly `total` in
-/// `currency`.
+/// `currency`, not expired at `now`, whose tariff still costs that much.
 pub async fn check_pre_checkout(
     db: &DatabaseConnection,
     payload: &str,
     from: i64,
     currency: &str,
     total: i64,
+    now: DateTime<Utc>,
 ) -> Result<PreCheckout, DbErr> {
     let Ok(id) = Uuid::parse_str(payload) else {
         return Ok(PreCheckout::Unknown);
@@ -88,6 +94,17 @@ pub async fn check_pre_checkout(
     }
     if payment.currency.code() != currency || payment.amount_minor != total {
         return Ok(PreCheckout::Mismatch);
+    }
+    if payment.expires_at.is_some_and(|expires| expires <= now) {
+        return Ok(PreCheckout::Expired);
+    }
+    let price = tariffs::Entity::find_by_id(payment.tariff_id)
+        .filter(tariffs::Column::Active.eq(true))
+        .one(db)
+        .await?
+        .and_then(|tariff| tariff.price(payment.currency));
+    if price != Some(payment.amount()) {
+        return Ok(PreCheckout::PriceChanged);
     }
     Ok(PreCheckout::Ok)
 }

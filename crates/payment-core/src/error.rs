@@ -128,6 +128,9 @@ pub enum Mismatch {
     },
     #[error("provider object id: expected {expected}, got {actual}")]
     ObjectId { expected: String, actual: String },
+    /// Someone else paid: the payer's Telegram id differs from our payment's user.
+    #[error("payer: expected Telegram user {expected}, got {actual:?}")]
+    Payer { expected: i64, actual: Option<i64> },
 }
 
 /// A refund the provider's own rules would refuse (checked before calling it).

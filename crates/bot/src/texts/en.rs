@@ -29,6 +29,8 @@ pub static TEXTS: Texts = Texts {
     precheckout_unknown: "We do not know this invoice. Please create a new one from the menu.",
     precheckout_not_pending: "This invoice is already paid or closed. Please create a new one from the menu.",
     precheckout_mismatch: "The invoice amount does not match the order. Please create a new invoice from the menu.",
+    precheckout_expired: "This invoice has expired. Please create a new one from the menu.",
+    precheckout_price_changed: "The price of this tariff has changed. Please choose the tariff again from the menu.",
     precheckout_unavailable: "The service is temporarily unavailable. Please try again in a minute.",
     payment_received: "Payment received, activating your subscription…",
     payment_completed: "✅ Payment of {amount} confirmed. Your subscription is being activated.",

@@ -70,6 +70,8 @@ pub struct Texts {
     pub precheckout_unknown: &'static str,
     pub precheckout_not_pending: &'static str,
     pub precheckout_mismatch: &'static str,
+    pub precheckout_expired: &'static str,
+    pub precheckout_price_changed: &'static str,
     pub precheckout_unavailable: &'static str,
     pub payment_received: &'static str,
     /// `{amount}`.

@@ -10,6 +10,10 @@
 //! `refundStarPayment` returns the Stars. Fiat payments have no such API: their status comes
 //! from the stored `successful_payment` ([`payment_from_notification`]) and refunds are made
 //! in the provider's dashboard.
+//!
+//! Telegram invoices never expire by themselves, so ours do: a payment is payable for
+//! `TELEGRAM_INVOICE_TTL_MINUTES` (default 60) after it was created — the bot's pre-checkout
+//! answer refuses it afterwards, and reconciliation expires it.
 
 pub mod transformers;
 
@@ -40,6 +44,8 @@ use transformers::{PaymentMessage, StarTransactions, TransactionPartner};
 pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
 /// `getStarTransactions` pages (of 100) searched for a payment by default.
 pub const DEFAULT_SCAN_PAGES: u32 = 50;
+/// How long an invoice is payable by default.
+pub const DEFAULT_INVOICE_TTL: Duration = Duration::from_secs(60 * 60);
 const PAGE: i64 = 100;
 
 static STARS: &[Currency] = &[Currency::Xtr];
@@ -59,6 +65,9 @@ pub struct TelegramSettings {
     pub timeout: Duration,
     /// `TELEGRAM_STAR_SCAN_PAGES` (default [`DEFAULT_SCAN_PAGES`]).
     pub scan_pages: u32,
+    /// `TELEGRAM_INVOICE_TTL_MINUTES` (default 60): how long after its creation a payment may
+    /// be paid; the pre-checkout answer refuses it afterwards.
+    pub invoice_ttl: Duration,
 }
 
 impl TelegramSettings {
@@ -69,6 +78,7 @@ impl TelegramSettings {
             provider_token: None,
             timeout: Duration::from_secs(10),
             scan_pages: DEFAULT_SCAN_PAGES,
+            invoice_ttl: DEFAULT_INVOICE_TTL,
         }
     }
 
@@ -97,6 +107,15 @@ impl TelegramSettings {
         }
         if let Some(pages) = env.parse::<u32>("TELEGRAM_STAR_SCAN_PAGES")? {
             s.scan_pages = pages.max(1);
+        }
+        if let Some(minutes) = env.parse::<u64>("TELEGRAM_INVOICE_TTL_MINUTES")? {
+            if minutes == 0 {
+                return Err(SettingsError::Invalid {
+                    var: "TELEGRAM_INVOICE_TTL_MINUTES",
+                    reason: "an invoice must be payable for at least a minute".to_owned(),
+                });
+            }
+            s.invoice_ttl = Duration::from_secs(minutes.saturating_mul(60));
         }
         Ok(Some(s))
     }
@@ -324,12 +343,14 @@ impl PaymentProvider for TelegramProvider {
             )));
         }
         let payload = request.payment_id.to_string();
+        let ttl =
+            chrono::Duration::from_std(self.settings.invoice_ttl).unwrap_or(chrono::Duration::MAX);
         Ok(CreatedPayment {
             provider_payment_id: payload.clone(),
             status: PaymentStatus::Pending,
             amount,
             confirmation: Some(Confirmation::Invoice { payload }),
-            expires_at: None,
+            expires_at: Utc::now().checked_add_signed(ttl),
             test: false,
         })
     }
@@ -514,13 +535,32 @@ pub fn refund_notice_body(provider_payment_id: &str, refund: &ProviderRefund) ->
 }
 
 /// The status a stored `successful_payment` proves, checked against `payment` (payload,
-/// amount, currency) — the status source for fiat Telegram payments, which have no look-up
-/// API.
+/// amount, currency) and its payer (`payer`: the Telegram id of our payment's user, who must
+/// be the message's sender) — the status source for fiat Telegram payments, which have no
+/// look-up API (reference §2b: the update, received over the bot's own authenticated
+/// connection, is the only proof). A `refunded_payment` notice proves a refund.
 pub fn payment_from_notification(
     payment: &PaymentRef,
+    payer: i64,
     body: &[u8],
 ) -> Result<ProviderPayment, ProviderError> {
     let message = transformers::payment_message(body).map_err(ProviderError::MalformedResponse)?;
+    let update: Value = serde_json::from_slice(body).unwrap_or_default();
+    let sent = update.get("message").unwrap_or(&update);
+    if matches!(message, PaymentMessage::Successful(_)) {
+        let from = sent.pointer("/from/id").and_then(Value::as_i64);
+        if from != Some(payer) {
+            return Err(Mismatch::Payer {
+                expected: payer,
+                actual: from,
+            }
+            .into());
+        }
+    }
+    let paid_at = sent
+        .get("date")
+        .and_then(Value::as_i64)
+        .and_then(|secs| Utc.timestamp_opt(secs, 0).single());
     let (currency, total, payload, refunded) = match &message {
         PaymentMessage::Successful(p) => (&p.currency, p.total_amount, &p.invoice_payload, false),
         PaymentMessage::Refunded(r) => (&r.currency, r.total_amount, &r.invoice_payload, true),
@@ -557,7 +597,7 @@ pub fn payment_from_notification(
         },
         amount,
         refunded: Money::new(if refunded { total } else { 0 }, expected.currency()),
-        paid_at: None,
+        paid_at,
         failure_reason: None,
         confirmation: None,
         test: false,
@@ -642,6 +682,12 @@ mod tests {
             })
         );
         assert_eq!(created.status, PaymentStatus::Pending);
+        let expires = created.expires_at.expect("an invoice expires");
+        let ttl = expires - Utc::now();
+        assert!(
+            ttl > chrono::Duration::minutes(59) && ttl <= chrono::Duration::minutes(60),
+            "payable for the default hour: {ttl}"
+        );
         let rub = provider
             .create_payment(&request(Money::new(19900, Currency::Rub)))
             .await;
@@ -745,22 +791,34 @@ mod tests {
     fn stored_payments_are_checked_against_ours() {
         let (id, ours) = payment(150, Currency::Xtr);
         let body = |amount: i64, payload: &str| {
-            json!({"update_id": 1, "message": {"successful_payment": {
+            json!({"update_id": 1, "message": {"date": 1_767_225_600, "from": {"id": 42},
+                "successful_payment": {
                 "currency": "XTR", "total_amount": amount, "invoice_payload": payload,
                 "telegram_payment_charge_id": "stx1", "provider_payment_charge_id": ""}}})
             .to_string()
         };
-        let ok = payment_from_notification(&ours, body(150, &id.to_string()).as_bytes())
+        let ok = payment_from_notification(&ours, 42, body(150, &id.to_string()).as_bytes())
             .expect("matches");
         assert_eq!(ok.status, PaymentStatus::Succeeded);
+        assert_eq!(ok.paid_at, Utc.timestamp_opt(1_767_225_600, 0).single());
         assert!(matches!(
-            payment_from_notification(&ours, body(149, &id.to_string()).as_bytes()),
+            payment_from_notification(&ours, 42, body(149, &id.to_string()).as_bytes()),
             Err(ProviderError::Mismatch(Mismatch::Amount { .. }))
         ));
         assert!(matches!(
-            payment_from_notification(&ours, body(150, "other").as_bytes()),
+            payment_from_notification(&ours, 42, body(150, "other").as_bytes()),
             Err(ProviderError::Mismatch(Mismatch::PaymentId { .. }))
         ));
+        assert!(
+            matches!(
+                payment_from_notification(&ours, 43, body(150, &id.to_string()).as_bytes()),
+                Err(ProviderError::Mismatch(Mismatch::Payer {
+                    expected: 43,
+                    actual: Some(42)
+                }))
+            ),
+            "someone else's payment message proves nothing about ours"
+        );
         let notice = notification_from_body(body(150, &id.to_string()).as_bytes()).expect("ok");
         assert_eq!(notice.dedupe_key, "payment:stx1");
         assert_eq!(notice.provider_payment_id(), Some(id.to_string().as_str()));
