@@ -49,7 +49,10 @@ impl Settings {
 /// The worker's queue, bindings and retry queues, as its consumer declares them. Declare it
 /// (`bus.declare(&spec)`) before anything publishes notifications, so none is unroutable.
 pub fn consumer_spec(settings: &ServiceSettings) -> ConsumerSpec {
-    let handler = NotificationHandler::new(Arc::new(StatusSources::default()));
+    let handler = NotificationHandler::new(
+        Arc::new(StatusSources::default()),
+        DatabaseConnection::default(),
+    );
     ConsumerSpec::new(handler.consumer(), handler.bindings())
         .with_retry(settings.consumer.retry_policy())
 }
@@ -112,7 +115,7 @@ impl Worker {
         // The crypto provider answers from its invoice rows, through our pool.
         payments.crypto = payments.crypto.map(|c| c.with_database(db.clone()));
         let service = PaymentService::from_settings(&payments)?;
-        let mut sources = StatusSources::from_payment_service(service);
+        let mut sources = StatusSources::from_payment_service(service, &db);
         let watcher = match &settings.payments.crypto {
             Some(crypto) => Some(ChainWatcher::new(crypto.clone()).map_err(|e| {
                 payment_core::SettingsError::Invalid {
@@ -148,7 +151,7 @@ impl Worker {
         let sources = Arc::new(sources);
         let source: Arc<dyn DeliverySource> = bus;
         let runner = ConsumerRunner::new(
-            NotificationHandler::new(sources.clone()),
+            NotificationHandler::new(sources.clone(), db.clone()),
             db.clone(),
             source,
             RunnerConfig {

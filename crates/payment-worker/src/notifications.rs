@@ -1,21 +1,40 @@
 //! The `provider.notification.*` consumer.
 //!
 //! The gateway (or the bot) stored a verified notification in the inbox and announced it.
-//! For each announcement, inside the runner's transaction (so the idempotency row, the
-//! payment change, its outbox event, its log row and the inbox outcome commit together):
+//! Asking the provider is an outside call — for YooKassa a `GET` that may take minutes with
+//! its retries — so it is made before the runner's transaction opens, and the transaction
+//! only records what the answer means. For each announcement:
 //!
-//! 1. lock the inbox row; if it was processed already, this is a duplicate: done;
+//! Outside any transaction ([`Handler::prepare`], on the handler's own connection; the
+//! runner has already skipped a message whose idempotency row is committed):
+//!
+//! 1. read the inbox row, without a lock; if it is processed already, or a crypto notice
+//!    that the chain-watch loop checks (below), there is nothing to ask;
 //! 2. find our payment by `(provider, provider_payment_id)`, else by our payment id;
 //! 3. ask the payment's [`StatusSource`](crate::sources::StatusSource) — for YooKassa a fresh
-//!    `GET` of the payment, never the body's claim;
-//! 4. apply the answer ([`crate::transition::apply`]) and record the outcome on the inbox row.
+//!    `GET` of the payment, never the body's claim. A look-up without a definite answer
+//!    (HTTP 5xx, timeouts) fails the message transiently right here: it is retried through
+//!    the delay queues, no transaction was opened and the payment stays as it is. A definite
+//!    answer (a status, a disagreement, a refusal) is handed to the next step.
 //!
-//! A look-up without a definite answer (HTTP 5xx, timeouts) fails the message transiently:
-//! it is retried through the delay queues and the payment stays as it is.
+//! In the runner's transaction ([`Handler::handle`]: the idempotency row, the payment change,
+//! its outbox event, its log row and the inbox outcome commit together):
+//!
+//! 4. lock the inbox row; if it was processed meanwhile (another copy of the notice got there
+//!    first), this is a duplicate: done;
+//! 5. find the payment again; if it is not the one that was looked up (it appeared or was
+//!    linked after step 2), the message is retried so that the look-up is made again;
+//! 6. apply the answer ([`crate::transition::apply`]): its conditional `UPDATE` of the locked
+//!    payment row refuses an answer that is behind what another notification or
+//!    reconciliation applied since the look-up (outcome `stale`); an answer that disagrees
+//!    with our payment flags it; then record the outcome on the inbox row.
 //!
 //! Crypto notices are the exception when this worker watches the chain: their inbox rows stay
 //! open for the chain-watch loop, which asks the chain about the named transaction outside
-//! this transaction ([`crate::chain`]); the consumer only wakes it.
+//! any transaction ([`crate::chain`]); the consumer only wakes it. It does so in step 4, with
+//! the row locked and seen open, so that the loop cannot close the row before this message is
+//! counted as `chain_check` (woken from step 1, the loop could close it first and the message
+//! would count as `already_processed`).
 
 use std::sync::Arc;
 
@@ -23,10 +42,14 @@ use async_trait::async_trait;
 use chrono::Utc;
 use domain::entities::{payments, provider_notifications};
 use messaging::events::ProviderNotificationReceived;
-use messaging::{Envelope, Event, Handler, HandlerError};
-use payment_core::{ProviderError, ProviderId, RejectionCode};
+use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
+use payment_core::{ProviderError, ProviderId, ProviderPayment, RejectionCode};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QuerySelect,
+};
+use uuid::Uuid;
 
 use crate::metric;
 use crate::sources::{StatusSources, disagreement, look_up};
@@ -39,35 +62,83 @@ pub const CONSUMER: &str = "payment-worker";
 #[derive(Debug, Clone)]
 pub struct NotificationHandler {
     sources: Arc<StatusSources>,
+    /// For the reads before the look-up, outside the runner's transaction.
+    db: DatabaseConnection,
+}
+
+/// A status source's definite answer about one payment, from [`Handler::prepare`].
+struct LookedUp {
+    payment_id: Uuid,
+    answer: Result<ProviderPayment, ProviderError>,
 }
 
 impl NotificationHandler {
-    pub fn new(sources: Arc<StatusSources>) -> Self {
-        Self { sources }
+    pub fn new(sources: Arc<StatusSources>, db: DatabaseConnection) -> Self {
+        Self { sources, db }
     }
 
+    /// A crypto notice left to the chain-watch loop.
+    fn for_chain_loop(&self, row: &provider_notifications::Model) -> bool {
+        row.provider == ProviderId::Crypto.as_str() && self.sources.chain_notices().is_some()
+    }
+
+    /// Steps 1–3 of the module docs: the look-up, with no transaction open.
+    async fn look_up(
+        &self,
+        event: &ProviderNotificationReceived,
+    ) -> Result<Option<LookedUp>, HandlerError> {
+        let Some(row) = provider_notifications::Entity::find_by_id(event.notification_id)
+            .one(&self.db)
+            .await?
+        else {
+            return Err(not_in_inbox(event));
+        };
+        if row.processed_at.is_some() || self.for_chain_loop(&row) {
+            return Ok(None);
+        }
+        // Nothing to ask about an unknown payment, another provider's payment or one without
+        // a source: the transaction records (or parks) those.
+        let Some(payment) = find_payment(&self.db, &row, event).await? else {
+            return Ok(None);
+        };
+        let Some(source) = self
+            .sources
+            .get(&payment.provider)
+            .filter(|_| payment.provider == row.provider)
+        else {
+            return Ok(None);
+        };
+        match look_up(source.as_ref(), &payment, Some(&row)).await {
+            Err(error) if error.is_result_unknown() => {
+                tracing::warn!(payment_id = %payment.id, notification_id = row.id, %error, "provider gave no definite answer; the notification will be retried");
+                Err(HandlerError::transient(error))
+            }
+            answer => Ok(Some(LookedUp {
+                payment_id: payment.id,
+                answer,
+            })),
+        }
+    }
+
+    /// Steps 4–6 of the module docs, in the runner's transaction.
     async fn process(
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
         event: &ProviderNotificationReceived,
+        looked_up: Option<LookedUp>,
     ) -> Result<&'static str, HandlerError> {
         let Some(row) = provider_notifications::Entity::find_by_id(event.notification_id)
             .lock_exclusive()
             .one(tx)
             .await?
         else {
-            // The gateway writes the row and the event in one transaction, so this is not a
-            // timing issue: park it for a look.
-            return Err(HandlerError::permanent(format!(
-                "notification {} is not in the inbox",
-                event.notification_id
-            )));
+            return Err(not_in_inbox(event));
         };
         if row.processed_at.is_some() {
             return Ok("already_processed");
         }
-        if row.provider == ProviderId::Crypto.as_str()
+        if self.for_chain_loop(&row)
             && let Some(chain) = self.sources.chain_notices()
         {
             chain.notify_one();
@@ -82,11 +153,17 @@ impl NotificationHandler {
             tracing::warn!(notification_id = row.id, payment_id = %payment.id, notification_provider = %row.provider, payment_provider = %payment.provider, "notification from another provider than the payment's; ignored");
             return finish(tx, &row, Some(payment.id), "wrong_provider").await;
         }
-        let Some(source) = self.sources.get(&payment.provider) else {
+        if self.sources.get(&payment.provider).is_none() {
             // Parked, inbox row untouched: replay once a worker that knows the provider runs.
             return Err(HandlerError::permanent(format!(
                 "no status source for provider {:?} in this worker",
                 payment.provider
+            )));
+        }
+        let Some(looked_up) = looked_up.filter(|l| l.payment_id == payment.id) else {
+            return Err(HandlerError::transient(format!(
+                "notification {}: payment {} was not looked up before the transaction; asking again",
+                row.id, payment.id
             )));
         };
 
@@ -94,15 +171,11 @@ impl NotificationHandler {
             notification_id: row.id,
             event_id: envelope.event_id,
         };
-        let outcome = match look_up(source.as_ref(), &payment, Some(&row)).await {
+        let outcome = match looked_up.answer {
             Ok(answer) => transition::apply(tx, payment.id, &answer, trigger)
                 .await
                 .map_err(apply_error)?
                 .outcome(),
-            Err(error) if error.is_result_unknown() => {
-                tracing::warn!(payment_id = %payment.id, notification_id = row.id, %error, "provider gave no definite answer; the notification will be retried");
-                return Err(HandlerError::transient(error));
-            }
             Err(error) => match disagreement(&error) {
                 Some(reason) => {
                     transition::flag(tx, &payment, &reason, trigger).await?;
@@ -113,6 +186,15 @@ impl NotificationHandler {
         };
         finish(tx, &row, Some(payment.id), outcome).await
     }
+}
+
+/// The gateway writes the inbox row and the event in one transaction, so a missing row is not
+/// a timing issue: park the message for a look.
+fn not_in_inbox(event: &ProviderNotificationReceived) -> HandlerError {
+    HandlerError::permanent(format!(
+        "notification {} is not in the inbox",
+        event.notification_id
+    ))
 }
 
 /// Definite provider refusals that a retry cannot change are recorded; our own failures
@@ -147,7 +229,7 @@ fn apply_error(error: ApplyError) -> HandlerError {
 /// Our payment: by the provider's id first, else by the id the gateway matched or the
 /// event names.
 async fn find_payment(
-    tx: &DatabaseTransaction,
+    db: &impl ConnectionTrait,
     row: &provider_notifications::Model,
     event: &ProviderNotificationReceived,
 ) -> Result<Option<payments::Model>, DbErr> {
@@ -155,14 +237,14 @@ async fn find_payment(
         let found = payments::Entity::find()
             .filter(payments::Column::Provider.eq(row.provider.as_str()))
             .filter(payments::Column::ProviderPaymentId.eq(provider_payment_id.as_str()))
-            .one(tx)
+            .one(db)
             .await?;
         if found.is_some() {
             return Ok(found);
         }
     }
     for id in [row.payment_id, event.payment_id].into_iter().flatten() {
-        if let Some(found) = payments::Entity::find_by_id(id).one(tx).await? {
+        if let Some(found) = payments::Entity::find_by_id(id).one(db).await? {
             return Ok(Some(found));
         }
     }
@@ -198,11 +280,26 @@ impl Handler for NotificationHandler {
         vec![format!("{}.*", ProviderNotificationReceived::EVENT_TYPE)]
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    async fn prepare(&self, envelope: &Envelope) -> Result<Prepared, HandlerError> {
+        if !envelope.is::<ProviderNotificationReceived>() {
+            return Ok(Prepared::none());
+        }
+        let event: ProviderNotificationReceived = envelope.decode()?;
+        Ok(match self.look_up(&event).await? {
+            Some(looked_up) => Prepared::new(looked_up),
+            None => Prepared::none(),
+        })
+    }
+
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
-        _prepared: messaging::Prepared,
+        prepared: Prepared,
     ) -> Result<(), HandlerError> {
         if !envelope.is::<ProviderNotificationReceived>() {
             return Ok(());
@@ -213,7 +310,9 @@ impl Handler for NotificationHandler {
             .max(0) as f64
             / 1000.0;
         metric::notification_lag(&event.provider, lag);
-        let outcome = self.process(tx, envelope, &event).await?;
+        let outcome = self
+            .process(tx, envelope, &event, prepared.take::<LookedUp>())
+            .await?;
         metric::notification(&event.provider, outcome);
         tracing::info!(notification_id = event.notification_id, provider = %event.provider, outcome, "notification processed");
         Ok(())

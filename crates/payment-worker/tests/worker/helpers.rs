@@ -163,6 +163,21 @@ pub async fn insert_payment(
     row.insert(db).await.expect("payment")
 }
 
+/// A pending `PRICE` RUB payment row with this provider id (for scripted answers).
+pub async fn pending_payment(
+    db: &DatabaseConnection,
+    provider_payment_id: &str,
+) -> payments::Model {
+    insert_payment(
+        db,
+        Uuid::now_v7(),
+        Money::new(PRICE, Currency::Rub),
+        Some(provider_payment_id.to_owned()),
+        |_| {},
+    )
+    .await
+}
+
 /// A payment created on the emulator for `PRICE` and stored pending on our side, with our
 /// amount given by `ours` (a different one makes a mismatch).
 pub async fn payment_with(
@@ -299,17 +314,21 @@ pub async fn deliver(
     }
 }
 
-pub fn handler_for(shop: &Handle) -> NotificationHandler {
+/// A handler asking `env`'s emulator, reading `env`'s database before its transaction.
+pub fn handler_for(env: &Env) -> NotificationHandler {
     let service = PaymentService::from_settings(&PaymentSettings {
-        yookassa: Some(yookassa_settings(shop)),
+        yookassa: Some(yookassa_settings(&env.shop)),
         ..PaymentSettings::default()
     })
     .expect("service");
     // YooKassa only: no source here reads the database.
-    NotificationHandler::new(Arc::new(StatusSources::from_payment_service(
-        service,
-        &DatabaseConnection::Disconnected,
-    )))
+    NotificationHandler::new(
+        Arc::new(StatusSources::from_payment_service(
+            service,
+            &DatabaseConnection::default(),
+        )),
+        env.db.conn.clone(),
+    )
 }
 
 pub async fn reload(db: &DatabaseConnection, id: Uuid) -> payments::Model {
@@ -509,8 +528,9 @@ impl StatusSource for Scripted {
     }
 }
 
-pub fn scripted_handler(script: &Scripted) -> NotificationHandler {
-    NotificationHandler::new(Arc::new(
-        StatusSources::default().with("yookassa", script.clone()),
-    ))
+pub fn scripted_handler(script: &Scripted, db: &DatabaseConnection) -> NotificationHandler {
+    NotificationHandler::new(
+        Arc::new(StatusSources::default().with("yookassa", script.clone())),
+        db.clone(),
+    )
 }

@@ -6,5 +6,7 @@ mod crypto;
 mod helpers;
 mod in_process;
 mod notifications;
+mod outside_calls;
 mod properties;
 mod reconciliation;
+mod telegram;

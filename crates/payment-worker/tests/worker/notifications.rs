@@ -15,7 +15,7 @@ use crate::helpers::*;
 async fn a_notification_completes_the_payment_after_a_re_fetch() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let payment = payment(&env).await;
     env.shop.pay(ppid(&payment)).unwrap();
 
@@ -72,7 +72,7 @@ async fn a_notification_completes_the_payment_after_a_re_fetch() {
 async fn a_forged_success_while_the_provider_says_pending_stays_pending() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let payment = payment(&env).await;
 
     let envelope = notify(db, &payment, "succeeded", "").await;
@@ -92,7 +92,7 @@ async fn a_forged_success_while_the_provider_says_pending_stays_pending() {
 async fn duplicates_apply_once_and_are_recorded() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let payment = payment(&env).await;
     env.shop.pay(ppid(&payment)).unwrap();
 
@@ -124,7 +124,7 @@ async fn duplicates_apply_once_and_are_recorded() {
 async fn cancellations_map_to_failed_expired_and_canceled() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let cases = [
         ("insufficient_funds", PaymentStatus::Failed),
         ("expired_on_confirmation", PaymentStatus::Expired),
@@ -158,7 +158,7 @@ async fn cancellations_map_to_failed_expired_and_canceled() {
 async fn a_mismatch_flags_the_payment_instead_of_completing_it() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     // Ours says 150.00 RUB, the provider 199.00 RUB; then a currency mismatch.
     let cheaper = payment_with(&env, Money::new(15_000, Currency::Rub), |_| {}).await;
     let stars = payment_with(&env, Money::new(PRICE, Currency::Xtr), |_| {}).await;
@@ -189,7 +189,7 @@ async fn a_mismatch_flags_the_payment_instead_of_completing_it() {
 async fn a_provider_500_is_a_transient_failure_that_changes_nothing() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let payment = payment(&env).await;
     env.shop.pay(ppid(&payment)).unwrap();
     let envelope = notify(db, &payment, "succeeded", "").await;
@@ -300,7 +300,7 @@ async fn the_same_notification_ten_times_at_once_completes_once() {
 async fn notifications_about_unknown_payments_are_recorded() {
     let env = env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let envelope = store_notification(
         db,
         "yookassa",
@@ -335,7 +335,7 @@ async fn a_provider_without_a_status_source_is_parked_not_lost() {
     )
     .await;
     let envelope = notify(db, &payment, "succeeded", "").await;
-    let handler: NotificationHandler = handler_for(&env.shop);
+    let handler: NotificationHandler = handler_for(&env);
     let err = deliver(&handler, db, &envelope).await.unwrap_err();
     assert!(err.is_permanent(), "{err}");
     assert!(inbox_row(db, &envelope).await.processed_at.is_none());
@@ -347,15 +347,8 @@ async fn a_late_answer_never_moves_a_completed_payment_back() {
     let env = env().await;
     let db = &env.db.conn;
     let script = Scripted::default();
-    let handler = scripted_handler(&script);
-    let payment = insert_payment(
-        db,
-        uuid::Uuid::now_v7(),
-        Money::new(PRICE, Currency::Rub),
-        Some("pp-1".into()),
-        |_| {},
-    )
-    .await;
+    let handler = scripted_handler(&script, db);
+    let payment = pending_payment(db, "pp-1").await;
 
     for (i, (status, refunded)) in [
         (PaymentStatus::Succeeded, 0),
@@ -405,15 +398,8 @@ async fn a_payment_refunded_before_we_saw_it_paid_completes_then_refunds() {
     let env = env().await;
     let db = &env.db.conn;
     let script = Scripted::default();
-    let handler = scripted_handler(&script);
-    let payment = insert_payment(
-        db,
-        uuid::Uuid::now_v7(),
-        Money::new(PRICE, Currency::Rub),
-        Some("pp-2".into()),
-        |_| {},
-    )
-    .await;
+    let handler = scripted_handler(&script, db);
+    let payment = pending_payment(db, "pp-2").await;
     script.push(Ok(answer(&payment, PaymentStatus::Refunded, PRICE)));
     let envelope = notify(db, &payment, "succeeded", "").await;
     deliver(&handler, db, &envelope).await.unwrap();
@@ -427,7 +413,7 @@ async fn a_payment_refunded_before_we_saw_it_paid_completes_then_refunds() {
 async fn notifications_and_reconciliation_work_on_sqlite() {
     let env = sqlite_env().await;
     let db = &env.db.conn;
-    let handler = handler_for(&env.shop);
+    let handler = handler_for(&env);
     let paid = payment(&env).await;
     env.shop.pay(ppid(&paid)).unwrap();
     let envelope = notify(db, &paid, "succeeded", "").await;
@@ -455,6 +441,7 @@ async fn notifications_and_reconciliation_work_on_sqlite() {
         db.clone(),
         std::sync::Arc::new(payment_worker::StatusSources::from_payment_service(
             env.service.clone(),
+            db,
         )),
         payment_worker::ReconcileSettings::default(),
         std::sync::Arc::new(tokio::sync::Notify::new()),

@@ -42,7 +42,7 @@ async fn check(
     )
     .await;
     let script = Scripted::default();
-    let handler = scripted_handler(&script);
+    let handler = scripted_handler(&script, db);
     let mut previous = PaymentStatus::Pending;
     for (i, (status, quarter)) in seq.into_iter().enumerate() {
         script.push(Ok(answer(&payment, status, refunded(status, quarter))));

@@ -24,7 +24,7 @@ fn reconciler(env: &Env, tweak: impl FnOnce(&mut ReconcileSettings)) -> Reconcil
     tweak(&mut settings);
     Reconciler::new(
         env.db.conn.clone(),
-        Arc::new(StatusSources::from_payment_service(service)),
+        Arc::new(StatusSources::from_payment_service(service, &env.db.conn)),
         settings,
         Arc::new(Notify::new()),
     )
@@ -161,9 +161,7 @@ async fn the_provider_decides_expiry_and_a_late_success_still_counts() {
     // The payer pays late after all: the notification still completes the payment.
     env.shop.pay(ppid(&overdue)).unwrap();
     let envelope = notify(db, &overdue, "succeeded", "").await;
-    deliver(&handler_for(&env.shop), db, &envelope)
-        .await
-        .unwrap();
+    deliver(&handler_for(&env), db, &envelope).await.unwrap();
     assert_eq!(
         reload(db, overdue.id).await.status,
         PaymentStatus::Succeeded
