@@ -4,12 +4,17 @@
 //! price plus a tag of 1..=999 micro-USDT, reserved among the wallet's open invoices by a
 //! partial unique index (see [`CryptoProvider::reserve_invoice`]). The chain watcher
 //! ([`watcher::ChainWatcher`]) reads TronGrid's confirmed TRC20 history of the wallet and
-//! matches transfers to invoices; [`PaymentProvider::get_payment_status`] answers from the
-//! invoice row, so the worker's re-fetch path is the same as for the other providers.
+//! matches transfers to invoices ([`matcher`]: an exact amount completes its own invoice; a
+//! transfer is otherwise credited only as the exact shortfall of a partly paid invoice, or as
+//! a partial payment less than a tag short of one fresh invoice that no other invoice is as
+//! near; dust, top-ups and other amounts are recorded unmatched for an admin);
+//! [`PaymentProvider::get_payment_status`] answers from the invoice row, so the worker's
+//! re-fetch path is the same as for the other providers.
 
 pub mod address;
 pub mod client;
 pub mod invoice;
+pub mod matcher;
 pub mod rate;
 pub mod transformers;
 pub mod watcher;

@@ -18,6 +18,8 @@ pub const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
 pub const PAYER: &str = "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM";
 /// Another payer.
 pub const PAYER2: &str = "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf";
+/// The wallet owner's other wallet (tops the receiving wallet up).
+pub const WALLET_OWNER: &str = "TLa2f6VPqDgRE67v1736s7bJ8Ray5wYjU7";
 /// A contract that calls its token "USDT" too.
 pub const FAKE_USDT: &str = "TG3XXyExBkPp9nzdajDZsozEu4BkaSJozs";
 

@@ -5,17 +5,19 @@ use chrono::{Duration as Span, Utc};
 use domain::CryptoInvoiceStatus;
 use domain::entities::{crypto_invoices, system_logs};
 use payment_core::providers::crypto::{
-    ChainWatcher, LatePolicy, NoticeCheck, OutcomeKind, TronGridError, WatchError,
+    ChainWatcher, LatePolicy, NoticeCheck, OutcomeKind, TronGridError, WatchError, matcher,
     watcher::UNMATCHED_EVENT,
 };
 use payment_core::{PaymentProvider, PaymentRef, PaymentStatus};
 use sandbox::tron::{self, Fault, NewTransfer, TokenInfo};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    Statement,
+    QueryOrder, Statement,
 };
 
-use crate::helpers::{Env, FAKE_USDT, PAYER, PAYER2, WALLET, env, env_with, late_policy, usdt};
+use crate::helpers::{
+    Env, FAKE_USDT, PAYER, PAYER2, WALLET, WALLET_OWNER, env, env_with, late_policy, usdt,
+};
 
 async fn status_of(
     env: &Env,
@@ -66,53 +68,194 @@ async fn an_exact_payment_completes() {
     }
 }
 
+/// Polls, asserting that no invoice changed; the number of new unmatched transfers.
+async fn poll_unmatched(env: &Env) -> usize {
+    let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert!(out.invoices.is_empty(), "{out:?}");
+    out.unmatched
+}
+
+/// The reasons recorded for the unmatched transfers, oldest first.
+async fn unmatched_reasons(env: &Env) -> Vec<String> {
+    system_logs::Entity::find()
+        .filter(system_logs::Column::EventType.eq(UNMATCHED_EVENT))
+        .order_by_asc(system_logs::Column::Id)
+        .all(&env.db.conn)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|l| {
+            l.metadata.expect("metadata")["reason"]
+                .as_str()
+                .expect("reason")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The payer sends the price and forgets the tag: a partial payment (the payer is told the
+/// tag is missing), then the tag completes it exactly.
 #[tokio::test]
-async fn an_underpayment_stays_open_then_a_top_up_completes() {
+async fn a_dropped_tag_is_a_partial_then_the_tag_completes() {
     let env = env().await;
     let inv = env.invoice(2_000_000).await;
-    env.pay(PAYER, 1_500_000, Utc::now());
+    let tag = inv.amount.minor() - 2_000_000;
+    env.pay(PAYER, 2_000_000, Utc::now());
     let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
     assert_eq!(
         out.invoices[0].kind,
         OutcomeKind::Underpaid {
-            received: usdt(1_500_000),
-            shortfall: usdt(inv.amount.minor() - 1_500_000),
+            received: usdt(2_000_000),
+            shortfall: usdt(tag),
         }
     );
     assert!(!out.invoices[0].kind.completes());
     let row = env.row(&inv).await;
     assert_eq!(row.status, CryptoInvoiceStatus::Open);
-    assert_eq!(row.received_minor, Some(1_500_000));
+    assert_eq!(row.received_minor, Some(2_000_000));
+    assert_eq!(row.from_address.as_deref(), Some(PAYER));
     assert_eq!(status_of(&env, &inv).await, PaymentStatus::Pending);
 
-    env.pay(PAYER, inv.amount.minor() - 1_500_000, Utc::now());
+    // The rest, from another wallet of the payer: exactly the shortfall.
+    let tx = env.pay(PAYER2, tag, Utc::now());
     let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
     assert_eq!(out.invoices.len(), 1, "{out:?}");
     assert_eq!(
         out.invoices[0].kind,
         OutcomeKind::Paid { amount: inv.amount }
     );
-    assert_eq!(env.row(&inv).await.status, CryptoInvoiceStatus::Paid);
+    let row = env.row(&inv).await;
+    assert_eq!(row.status, CryptoInvoiceStatus::Paid);
+    assert_eq!(row.tx_id.as_deref(), Some(tx.as_str()));
+    assert_eq!(
+        row.from_address.as_deref(),
+        Some(PAYER),
+        "the first payer stays"
+    );
     assert_eq!(status_of(&env, &inv).await, PaymentStatus::Succeeded);
 }
 
+/// More than asked but not the amount is nobody's payment; the exact amount on a partly
+/// paid invoice completes it, and what came before is the surplus.
 #[tokio::test]
-async fn an_overpayment_completes_and_records_the_surplus() {
+async fn an_exact_transfer_completes_a_partly_paid_invoice_overpaid() {
     let env = env().await;
     let inv = env.invoice(2_000_000).await;
     env.pay(PAYER, 2_500_000, Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    assert_eq!(env.row(&inv).await.received_minor, None);
+
+    env.pay(PAYER, 2_000_000, Utc::now());
+    env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert_eq!(env.row(&inv).await.received_minor, Some(2_000_000));
+    // The payer, told the tag is missing, sends the whole amount again.
+    env.pay(PAYER, inv.amount.minor(), Utc::now());
     let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
     assert_eq!(
         out.invoices[0].kind,
         OutcomeKind::Overpaid {
-            received: usdt(2_500_000),
-            surplus: usdt(2_500_000 - inv.amount.minor()),
+            received: usdt(2_000_000 + inv.amount.minor()),
+            surplus: usdt(2_000_000),
         }
     );
     let row = env.row(&inv).await;
     assert_eq!(row.status, CryptoInvoiceStatus::Overpaid);
-    assert_eq!(row.received_minor, Some(2_500_000));
+    assert_eq!(row.received_minor, Some(2_000_000 + inv.amount.minor()));
     assert_eq!(status_of(&env, &inv).await, PaymentStatus::Succeeded);
+}
+
+/// Address-poisoning spam: 0.000001 USDT to the wallet while one invoice is open.
+#[tokio::test]
+async fn a_dust_transfer_is_not_attached_and_the_exact_transfer_still_completes() {
+    let env = env().await;
+    let inv = env.invoice(2_000_000).await;
+    env.pay(PAYER2, 1, Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    let row = env.row(&inv).await;
+    assert_eq!((row.received_minor, row.from_address), (None, None));
+
+    env.pay(PAYER, inv.amount.minor(), Utc::now());
+    let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert_eq!(
+        out.invoices[0].kind,
+        OutcomeKind::Paid { amount: inv.amount }
+    );
+    let row = env.row(&inv).await;
+    assert_eq!(row.status, CryptoInvoiceStatus::Paid);
+    assert_eq!(row.received_minor, Some(inv.amount.minor()));
+    assert_eq!(row.from_address.as_deref(), Some(PAYER));
+    assert_eq!(unmatched_reasons(&env).await, [matcher::reason::NO_MATCH]);
+}
+
+/// The wallet's owner moves 100 USDT in while one invoice is open, then while two are.
+#[tokio::test]
+async fn a_wallet_top_up_completes_no_invoice() {
+    let env = env().await;
+    let only = env.invoice(2_000_000).await;
+    env.pay(WALLET_OWNER, 100_000_000, Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    let other = env.invoice(100_000_000).await;
+    // Less than the other invoice asks, by more than a tag.
+    env.pay(WALLET_OWNER, 99_000_000, Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    for inv in [&only, &other] {
+        let row = env.row(inv).await;
+        assert_eq!(row.status, CryptoInvoiceStatus::Open);
+        assert_eq!(row.received_minor, None);
+    }
+    assert_eq!(unmatched_reasons(&env).await.len(), 2);
+}
+
+/// Customer A's invoice is partly paid, then customer B (same price, another tag) sends the
+/// price without the tag: near B's amount, but near A's too, so neither gets it; the same
+/// when A's invoice has expired.
+#[tokio::test]
+async fn a_near_amount_never_reaches_another_customers_invoice() {
+    let env = env().await;
+    let a = env.invoice(2_000_000).await;
+    env.pay(PAYER, 2_000_000, Utc::now());
+    env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert_eq!(env.row(&a).await.received_minor, Some(2_000_000));
+    let b = env.invoice(2_000_000).await;
+    env.pay(PAYER2, 2_000_000, Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    assert_eq!(env.row(&a).await.received_minor, Some(2_000_000));
+    assert_eq!(env.row(&b).await.received_minor, None);
+    assert_eq!(unmatched_reasons(&env).await, [matcher::reason::COMPETITOR]);
+
+    // A closed invoice competes too: C expired two hours ago, D is fresh.
+    let env = crate::helpers::env().await;
+    let c = env.invoice_at(3_000_000, Utc::now() - Span::hours(2)).await;
+    let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert!(matches!(out.invoices[0].kind, OutcomeKind::Expired { .. }));
+    assert_eq!(env.row(&c).await.status, CryptoInvoiceStatus::Expired);
+    let d = env.invoice(3_000_000).await;
+    env.pay(PAYER2, 3_000_000, Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    assert_eq!(env.row(&d).await.received_minor, None);
+    assert_eq!(unmatched_reasons(&env).await, [matcher::reason::COMPETITOR]);
+}
+
+/// A's invoice expired (late window over); A pays its exact amount anyway, which lies a tag
+/// below B's new invoice: B is not credited.
+#[tokio::test]
+async fn a_late_exact_amount_of_a_closed_invoice_is_not_given_to_another() {
+    let env = env().await;
+    let a = env.invoice_at(2_000_000, Utc::now() - Span::hours(3)).await;
+    env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert_eq!(env.row(&a).await.status, CryptoInvoiceStatus::Expired);
+    // B's price is A's amount: B asks A's amount plus a tag.
+    let b = env.invoice(a.amount.minor()).await;
+    assert!(b.amount.minor() - a.amount.minor() <= payment_core::providers::crypto::MAX_TAG);
+    env.pay(PAYER, a.amount.minor(), Utc::now());
+    assert_eq!(poll_unmatched(&env).await, 1);
+    assert_eq!(env.row(&a).await.status, CryptoInvoiceStatus::Expired);
+    assert_eq!(env.row(&b).await.received_minor, None);
+    assert_eq!(unmatched_reasons(&env).await, [matcher::reason::COMPETITOR]);
+    // B's own exact amount still pays B.
+    env.pay(PAYER2, b.amount.minor(), Utc::now());
+    let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
+    assert_eq!(out.invoices[0].kind, OutcomeKind::Paid { amount: b.amount });
 }
 
 async fn late_case(policy: LatePolicy) -> (Env, OutcomeKind, PaymentStatus) {
@@ -567,13 +710,14 @@ async fn the_watcher_works_on_sqlite() {
         .expect("idempotent");
     assert_eq!(again.invoice_id, inv.invoice_id);
     env.pay(PAYER, inv.amount.minor(), Utc::now());
-    env.pay(PAYER2, 8_000_000, Utc::now());
+    // The price without the tag: a partial payment (the competitor check runs on SQLite too).
+    env.pay(PAYER2, 9_000_000, Utc::now());
     env.pay(PAYER, 1, Utc::now());
     let out = env.watcher.poll_once(&env.db.conn).await.expect("poll");
     assert_eq!(out.invoices.len(), 2, "{out:?}");
     assert_eq!(out.unmatched, 1, "{out:?}");
     assert_eq!(env.row(&inv).await.status, CryptoInvoiceStatus::Paid);
-    assert_eq!(env.row(&short).await.received_minor, Some(8_000_000));
+    assert_eq!(env.row(&short).await.received_minor, Some(9_000_000));
     assert_eq!(status_of(&env, &inv).await, PaymentStatus::Succeeded);
     let out = env
         .watcher
@@ -594,7 +738,7 @@ async fn the_watcher_works_on_sqlite() {
             .any(|o| o.payment_id == short.payment_id
                 && o.kind
                     == OutcomeKind::Expired {
-                        received: Some(usdt(8_000_000))
+                        received: Some(usdt(9_000_000))
                     }),
         "{later:?}"
     );

@@ -1,5 +1,6 @@
 //! The chain-watch loop: a confirmed USDT transfer on the TronGrid emulator completes the
-//! crypto payment through the worker's transition code; a short transfer is announced once;
+//! crypto payment through the worker's transition code; a short transfer (the price without
+//! the tag) is announced once;
 //! a crypto notice only makes the worker ask the chain.
 
 use std::time::Duration;
@@ -25,6 +26,8 @@ use crate::in_process::{Bench, bench};
 const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
 /// A payer.
 const PAYER: &str = "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM";
+/// The price of every crypto payment here (micro-USDT); invoices ask it plus a tag.
+const PRICE: i64 = 2_500_000;
 
 fn crypto_settings(chain: &tron::Handle) -> CryptoSettings {
     let mut s = CryptoSettings::new(TronAddress::parse(WALLET).expect("wallet"));
@@ -46,7 +49,7 @@ async fn crypto_payment_at(
     crypto: &CryptoSettings,
     created: DateTime<Utc>,
 ) -> (payments::Model, ReservedInvoice) {
-    let price = Money::new(2_500_000, Currency::Usdt);
+    let price = Money::new(PRICE, Currency::Usdt);
     let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
         p.provider = Set("crypto".into());
     })
@@ -288,6 +291,17 @@ async fn notices(env: Env, in_process: bool) {
     );
 }
 
+/// Whether the payer was told a shortfall (`payment.underpaid`) within 15 s.
+async fn announced(db: &DatabaseConnection, payment_id: Uuid) -> bool {
+    eventually(Duration::from_secs(15), || async {
+        !events(db, PaymentUnderpaid::EVENT_TYPE, payment_id)
+            .await
+            .is_empty()
+    })
+    .await
+}
+
+/// The payer sends the price without the tag: told the shortfall once; the tag completes it.
 #[tokio::test]
 async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     let env = env().await;
@@ -295,14 +309,11 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     let w = watching(&env, Utc::now(), |_| {}).await;
     let (payment, due) = (w.payment.clone(), w.invoice.amount.minor());
 
-    let tx = w.pay(1_500_000, chrono::Duration::zero());
-    let announced = eventually(Duration::from_secs(15), || async {
-        !events(db, PaymentUnderpaid::EVENT_TYPE, payment.id)
-            .await
-            .is_empty()
-    })
-    .await;
-    assert!(announced, "the payer is told the shortfall");
+    let tx = w.pay(PRICE, chrono::Duration::zero());
+    assert!(
+        announced(db, payment.id).await,
+        "the payer is told the shortfall"
+    );
     // Every poll reads the same transfer again (the cursor keeps a skew): no second notice.
     let polls = w.chain.request_count(tron::route::TRC20_HISTORY);
     let more = eventually(Duration::from_secs(15), || async {
@@ -313,8 +324,8 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     let short = events(db, PaymentUnderpaid::EVENT_TYPE, payment.id).await;
     assert_eq!(short.len(), 1, "once per transfer");
     let event: PaymentUnderpaid = short[0].decode().expect("payment.underpaid");
-    assert_eq!(event.received_minor, 1_500_000);
-    assert_eq!(event.shortfall_minor, due - 1_500_000);
+    assert_eq!(event.received_minor, PRICE);
+    assert_eq!(event.shortfall_minor, due - PRICE);
     assert_eq!(event.payment.amount_minor, due);
     assert_eq!(event.payment.currency, "USDT");
     assert_eq!(event.tx_id, tx);
@@ -332,10 +343,10 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
         1
     );
 
-    w.pay(due - 1_500_000, chrono::Duration::zero());
+    w.pay(due - PRICE, chrono::Duration::zero());
     assert!(
         w.reaches(db, PaymentStatus::Succeeded).await,
-        "the top-up completes the payment"
+        "the missing tag completes the payment"
     );
     w.stop().await;
     assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
@@ -347,17 +358,24 @@ async fn a_short_transfer_is_announced_once_and_a_top_up_completes() {
     );
 }
 
+/// The price without the tag, then the whole amount: the exact amount completes the payment
+/// and the first transfer is the surplus.
 #[tokio::test]
 async fn an_overpayment_completes_and_the_surplus_is_recorded() {
     let env = env().await;
     let db = &env.db.conn;
     let w = watching(&env, Utc::now(), |_| {}).await;
     let (payment, due) = (w.payment.clone(), w.invoice.amount.minor());
-    let sent = due + 1_000_000;
-    w.pay(sent, chrono::Duration::zero());
+    w.pay(PRICE, chrono::Duration::zero());
+    assert!(
+        announced(db, payment.id).await,
+        "the first transfer is a partial payment"
+    );
+    w.pay(due, chrono::Duration::zero());
+    let sent = PRICE + due;
     assert!(
         w.reaches(db, PaymentStatus::Succeeded).await,
-        "more than asked completes the payment"
+        "the exact amount completes the payment"
     );
     w.stop().await;
     let paid = reload(db, payment.id).await;
@@ -366,7 +384,7 @@ async fn an_overpayment_completes_and_the_surplus_is_recorded() {
     let surplus = logs(db, payment_worker::chain::OVERPAID_EVENT, payment.id).await;
     assert_eq!(surplus.len(), 1);
     let metadata = surplus[0].metadata.clone().expect("metadata");
-    assert_eq!(metadata["surplus_minor"], 1_000_000);
+    assert_eq!(metadata["surplus_minor"], PRICE);
     assert_eq!(metadata["received_minor"], sent);
     assert_eq!(events(db, "payment.completed", payment.id).await.len(), 1);
 }

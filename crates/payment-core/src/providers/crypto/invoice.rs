@@ -5,7 +5,9 @@
 //! (a partial unique index), so two open invoices of one wallet never ask for the same
 //! amount and a transfer of exactly that amount names its invoice. An invoice stays `open`
 //! until its late window has passed, so its amount is not handed to a new invoice while a
-//! late transfer can still arrive.
+//! late transfer can still arrive. A transfer that is not exact is credited only within a
+//! tag below one invoice's amount, and only when no other recent invoice (in any status) asks
+//! within a tag of it (see [`super::matcher`]).
 
 use chrono::{DateTime, Utc};
 use domain::entities::crypto_invoices;

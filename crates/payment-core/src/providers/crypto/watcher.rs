@@ -1,5 +1,9 @@
 //! The chain watcher: reads the wallet's confirmed TRC20 history from TronGrid and matches
-//! transfers to invoices.
+//! transfers to invoices by the rules of [`matcher`]: the exact amount of an open invoice,
+//! the exact shortfall of a partly paid one, or — a payer who dropped the tag — less than a
+//! tag below one fresh invoice's amount when no other invoice is that near. Dust, top-ups and
+//! every other amount are recorded as unmatched for an admin (`system_logs`
+//! `crypto.unmatched_transfer`, with the reason) and never attached to an invoice.
 //!
 //! It changes only its own rows (`crypto_invoices`, `crypto_transfers`,
 //! `crypto_watch_cursors`, and `system_logs` for unmatched transfers), in one transaction
@@ -34,14 +38,13 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::client::{History, HistoryQuery, TronGridClient, TronGridError};
+use super::matcher::{self, Rules, Transfer, usdt};
 use super::transformers::Trc20Transfer;
-use super::{CryptoSettings, LatePolicy, MAX_TAG};
+use super::{CryptoSettings, LatePolicy};
 use crate::ProviderId;
 
 /// `system_logs.event_type` of a transfer no invoice claims.
 pub const UNMATCHED_EVENT: &str = "crypto.unmatched_transfer";
-/// A transfer may predate its invoice's `created_at` by this much (clock differences).
-const CLOCK_TOLERANCE: chrono::Duration = chrono::Duration::minutes(2);
 
 /// What a poll found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,10 +87,12 @@ pub struct InvoiceOutcome {
 pub enum OutcomeKind {
     /// Exactly the amount, in time: complete the payment.
     Paid { amount: Money },
-    /// More than the amount, in time: complete it and record the surplus.
+    /// More than the amount, in time (the exact amount on top of an earlier partial
+    /// transfer): complete it and record the surplus.
     Overpaid { received: Money, surplus: Money },
-    /// Less than the amount so far: the invoice stays open until it expires; tell the payer
-    /// the shortfall (a later transfer of the rest completes it).
+    /// A transfer less than a tag short of a fresh invoice: the invoice stays open until it
+    /// expires; tell the payer the shortfall (a transfer of exactly the rest, or of the whole
+    /// amount, completes it).
     Underpaid { received: Money, shortfall: Money },
     /// Completed after `expires_at` but inside the late window: complete or flag, per
     /// `CRYPTO_LATE_POLICY` (`action`).
@@ -174,12 +179,10 @@ impl std::fmt::Debug for ChainWatcher {
     }
 }
 
-/// How a transfer relates to the open invoices.
+/// What the watcher does with a transfer ([`matcher::Decision`], rows owned).
 enum Decision {
-    /// It completes the invoice; `total` received including earlier partial transfers.
-    Complete(crypto_invoices::Model, i64),
-    /// Not enough yet.
-    Partial(crypto_invoices::Model, i64),
+    /// Record `total` received on the invoice: it completes it or is a partial payment.
+    Settle(crypto_invoices::Model, i64),
     Unmatched(&'static str),
 }
 
@@ -430,7 +433,7 @@ impl ChainWatcher {
             };
             out.new_transfers += 1;
             let decision = match amount {
-                None => Decision::Unmatched("zero or unreadable value"),
+                None => Decision::Unmatched(matcher::reason::UNREADABLE),
                 Some(v) => self.decide(txn, v, &t.from, at).await?,
             };
             match decision {
@@ -439,29 +442,14 @@ impl ChainWatcher {
                     self.record_unmatched(txn, t, &tx_id, event_index, amount, reason, now)
                         .await?;
                 }
-                Decision::Complete(invoice, total) => {
+                Decision::Settle(invoice, total) => {
                     let o = self
-                        .complete(txn, &invoice, total, &tx_id, event_index, &t.from, at, now)
+                        .settle(txn, &invoice, total, &tx_id, event_index, &t.from, at, now)
                         .await?;
                     if let Some(o) = o {
                         self.link(txn, transfer_id, &invoice, outcome_label(&o.kind))
                             .await?;
                         out.invoices.push(o);
-                    }
-                }
-                Decision::Partial(invoice, total) => {
-                    if self.partial(txn, &invoice, total, &t.from, now).await? {
-                        self.link(txn, transfer_id, &invoice, "partial").await?;
-                        out.invoices.push(InvoiceOutcome {
-                            payment_id: PaymentId::from(invoice.payment_id),
-                            invoice_id: invoice.id,
-                            kind: OutcomeKind::Underpaid {
-                                received: usdt(total),
-                                shortfall: usdt(invoice.expected_minor - total),
-                            },
-                            tx_id: Some(tx_id.clone()),
-                            at,
-                        });
                     }
                 }
             }
@@ -542,13 +530,9 @@ impl ChainWatcher {
         Ok(())
     }
 
-    /// Matches a transfer of `v` micro-USDT from `from` at `at` to an open invoice:
-    /// 1. a fresh invoice asking exactly `v`;
-    /// 2. a partly paid invoice whose shortfall is exactly `v` (a sender match breaks ties);
-    /// 3. a partly paid invoice from the same sender (the oldest): a top-up;
-    /// 4. otherwise the one fresh invoice it can only be meant for: the single candidate, or
-    ///    the single one within a tag's width (< 0.001 USDT) of `v` — a payer who dropped or
-    ///    rounded the tag. Anything ambiguous stays unmatched, for an admin.
+    /// Decides what a transfer of `v` micro-USDT from `from` at `at` pays, by the rules of
+    /// [`matcher`]: reads the wallet's open invoices, and the invoices near `v` in every
+    /// status only when rule 3 asks for them.
     async fn decide(
         &self,
         txn: &DatabaseTransaction,
@@ -556,77 +540,56 @@ impl ChainWatcher {
         from: &str,
         at: DateTime<Utc>,
     ) -> Result<Decision, DbErr> {
-        let late = chrono::Duration::from_std(self.settings.late_window)
-            .unwrap_or(chrono::Duration::zero());
-        let open: Vec<crypto_invoices::Model> = crypto_invoices::Entity::find()
-            .filter(crypto_invoices::Column::Network.eq(self.settings.network()))
-            .filter(crypto_invoices::Column::Address.eq(self.settings.wallet_address.as_str()))
+        let rules = Rules::new(self.settings.late_window);
+        let t = Transfer {
+            amount: v,
+            from,
+            at,
+        };
+        let open: Vec<crypto_invoices::Model> = self
+            .invoices()
             .filter(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
             .order_by_asc(crypto_invoices::Column::CreatedAt)
             .all(txn)
-            .await?
-            .into_iter()
-            .filter(|i| i.created_at - CLOCK_TOLERANCE <= at && at <= i.expires_at + late)
-            .collect();
-        let fresh = |i: &&crypto_invoices::Model| i.received_minor.is_none();
-        let received = |i: &crypto_invoices::Model| i.received_minor.unwrap_or(0);
-
-        if let Some(i) = open.iter().filter(fresh).find(|i| i.expected_minor == v) {
-            return Ok(Decision::Complete(i.clone(), v));
+            .await?;
+        let mut decision = rules.decide(&t, &open, None);
+        let nearby;
+        if decision == matcher::Decision::NeedsNearby {
+            let range = rules.nearby_range(&t);
+            nearby = self
+                .invoices()
+                .filter(crypto_invoices::Column::ExpectedMinor.between(range.low, range.high))
+                .filter(crypto_invoices::Column::ExpiresAt.gte(range.expires_from))
+                .filter(crypto_invoices::Column::CreatedAt.lte(range.created_to))
+                .all(txn)
+                .await?;
+            decision = rules.decide(&t, &open, Some(&nearby));
         }
-        let topups: Vec<&crypto_invoices::Model> = open
-            .iter()
-            .filter(|i| !fresh(i) && i.expected_minor - received(i) == v)
-            .collect();
-        let same_sender = |i: &&&crypto_invoices::Model| i.from_address.as_deref() == Some(from);
-        let topup = match topups.as_slice() {
-            [one] => Some(*one),
-            many => {
-                let mine: Vec<_> = many.iter().filter(same_sender).collect();
-                match mine.as_slice() {
-                    [one] => Some(**one),
-                    _ => None,
-                }
+        Ok(match decision {
+            matcher::Decision::Complete { invoice, total } => {
+                Decision::Settle(invoice.clone(), total)
             }
-        };
-        if let Some(i) = topup {
-            return Ok(Decision::Complete(i.clone(), received(i) + v));
-        }
-        if let Some(i) = open
-            .iter()
-            .find(|i| !fresh(i) && i.from_address.as_deref() == Some(from))
-        {
-            let total = received(i).saturating_add(v);
-            return Ok(if total >= i.expected_minor {
-                Decision::Complete(i.clone(), total)
-            } else {
-                Decision::Partial(i.clone(), total)
-            });
-        }
-        let candidates: Vec<&crypto_invoices::Model> = open.iter().filter(fresh).collect();
-        let pick = match candidates.as_slice() {
-            [one] => Some(*one),
-            many => {
-                let near: Vec<_> = many
-                    .iter()
-                    .filter(|i| (i.expected_minor - v).abs() <= MAX_TAG)
-                    .collect();
-                match near.as_slice() {
-                    [one] => Some(**one),
-                    _ => None,
-                }
+            matcher::Decision::Partial { invoice, total } => {
+                Decision::Settle(invoice.clone(), total)
             }
-        };
-        Ok(match pick {
-            Some(i) if v >= i.expected_minor => Decision::Complete(i.clone(), v),
-            Some(i) => Decision::Partial(i.clone(), v),
-            None if open.is_empty() => Decision::Unmatched("no open invoice"),
-            None => Decision::Unmatched("the amount matches no single open invoice"),
+            matcher::Decision::Unmatched(reason) => Decision::Unmatched(reason),
+            // Only without the nearby rows, which were just read.
+            matcher::Decision::NeedsNearby => Decision::Unmatched(matcher::reason::COMPETITOR),
         })
     }
 
+    /// The wallet's invoices (this network and address).
+    fn invoices(&self) -> sea_orm::Select<crypto_invoices::Entity> {
+        crypto_invoices::Entity::find()
+            .filter(crypto_invoices::Column::Network.eq(self.settings.network()))
+            .filter(crypto_invoices::Column::Address.eq(self.settings.wallet_address.as_str()))
+    }
+
+    /// Records `total` received on `invoice` (still open: only the open row is updated),
+    /// the latest transfer `tx_id`/`event_index` from `from` at `at`, with its outcome
+    /// ([`matcher::settle`]); `None` when the invoice was no longer open.
     #[allow(clippy::too_many_arguments)]
-    async fn complete(
+    async fn settle(
         &self,
         txn: &DatabaseTransaction,
         invoice: &crypto_invoices::Model,
@@ -637,48 +600,28 @@ impl ChainWatcher {
         at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<InvoiceOutcome>, DbErr> {
-        let expected = invoice.expected_minor;
-        let (status, kind) = if at > invoice.expires_at {
-            (
-                CryptoInvoiceStatus::Late,
-                OutcomeKind::Late {
-                    received: usdt(total),
-                    action: self.settings.late_policy,
-                },
-            )
-        } else if total == expected {
-            (
-                CryptoInvoiceStatus::Paid,
-                OutcomeKind::Paid {
-                    amount: usdt(total),
-                },
-            )
-        } else {
-            (
-                CryptoInvoiceStatus::Overpaid,
-                OutcomeKind::Overpaid {
-                    received: usdt(total),
-                    surplus: usdt(total - expected),
-                },
-            )
-        };
-        let update = crypto_invoices::ActiveModel {
-            status: Set(status),
+        let (status, kind) = matcher::settle(invoice, total, at, self.settings.late_policy);
+        let completes = status != CryptoInvoiceStatus::Open;
+        let mut update = crypto_invoices::ActiveModel {
             received_minor: Set(Some(total)),
-            tx_id: Set(Some(tx_id.to_owned())),
-            event_index: Set(Some(event_index)),
+            // The first payer stays the invoice's payer.
             from_address: Set(Some(
                 invoice
                     .from_address
                     .clone()
                     .unwrap_or_else(|| from.to_owned()),
             )),
-            // 1 = seen in a solidified (confirmed) block.
-            confirmations: Set(1),
-            paid_at: Set(Some(at)),
             updated_at: Set(now),
             ..Default::default()
         };
+        if completes {
+            update.status = Set(status);
+            update.tx_id = Set(Some(tx_id.to_owned()));
+            update.event_index = Set(Some(event_index));
+            // 1 = seen in a solidified (confirmed) block.
+            update.confirmations = Set(1);
+            update.paid_at = Set(Some(at));
+        }
         let done = crypto_invoices::Entity::update_many()
             .set(update)
             .filter(crypto_invoices::Column::Id.eq(invoice.id))
@@ -692,34 +635,6 @@ impl ChainWatcher {
             tx_id: Some(tx_id.to_owned()),
             at,
         }))
-    }
-
-    async fn partial(
-        &self,
-        txn: &DatabaseTransaction,
-        invoice: &crypto_invoices::Model,
-        total: i64,
-        from: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, DbErr> {
-        let update = crypto_invoices::ActiveModel {
-            received_minor: Set(Some(total)),
-            from_address: Set(Some(
-                invoice
-                    .from_address
-                    .clone()
-                    .unwrap_or_else(|| from.to_owned()),
-            )),
-            updated_at: Set(now),
-            ..Default::default()
-        };
-        let done = crypto_invoices::Entity::update_many()
-            .set(update)
-            .filter(crypto_invoices::Column::Id.eq(invoice.id))
-            .filter(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
-            .exec(txn)
-            .await?;
-        Ok(done.rows_affected == 1)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -841,10 +756,6 @@ fn event_indexes(rows: &[(&Trc20Transfer, String)]) -> Vec<i32> {
         }
     }
     indexes
-}
-
-fn usdt(minor: i64) -> Money {
-    Money::new(minor, Currency::Usdt)
 }
 
 fn outcome_label(kind: &OutcomeKind) -> &'static str {
