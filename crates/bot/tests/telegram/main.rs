@@ -239,13 +239,15 @@ async fn a_notification_survives_telegram_failures_and_redelivery_and_is_sent_on
     );
 }
 
-/// USDT short of the invoice: the worker's chain watcher sees it, the bot tells the user
-/// exactly what arrived and what is missing (in USDT, to the micro-unit), once; the rest
-/// arrives and the payment completes.
+/// USDT short of the invoice (the price without the tag): the worker's chain watcher sees it,
+/// the bot tells the user exactly what arrived and what is missing (in USDT, to the
+/// micro-unit), once; the rest arrives and the payment completes.
 #[tokio::test]
 async fn a_short_crypto_transfer_is_shown_to_the_user_and_a_top_up_completes() {
     const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
     const PAYER: &str = "TNtbiqvanUnm4YHK9SYzRGR8ktiHRduDbM";
+    // `month_1`'s USDT price; the invoice asks it plus a tag.
+    const PRICE: i64 = 2_500_000;
     let chain = sandbox::tron::spawn(sandbox::tron::Config::default())
         .await
         .expect("tron emulator");
@@ -264,7 +266,7 @@ async fn a_short_crypto_transfer_is_shown_to_the_user_and_a_top_up_completes() {
         .expect("the crypto payment");
     let due = payment.amount_minor;
     chain.add_transfer(
-        sandbox::tron::NewTransfer::usdt(PAYER, WALLET, 1_500_000)
+        sandbox::tron::NewTransfer::usdt(PAYER, WALLET, PRICE)
             .at(chrono::Utc::now().timestamp_millis()),
     );
     let short = w
@@ -273,14 +275,14 @@ async fn a_short_crypto_transfer_is_shown_to_the_user_and_a_top_up_completes() {
         })
         .await;
     let text = short.text.unwrap();
-    let missing = due - 1_500_000;
+    let missing = due - PRICE;
     let missing = format!("{}.{:06} USDT", missing / 1_000_000, missing % 1_000_000);
-    assert!(text.contains("Получено 1.500000 USDT"), "{text}");
+    assert!(text.contains("Получено 2.500000 USDT"), "{text}");
     assert!(text.contains(&format!("не хватает {missing}")), "{text}");
     assert_eq!(w.payment(payment.id).await.status, PaymentStatus::Pending);
 
     chain.add_transfer(
-        sandbox::tron::NewTransfer::usdt(PAYER, WALLET, due - 1_500_000)
+        sandbox::tron::NewTransfer::usdt(PAYER, WALLET, due - PRICE)
             .at(chrono::Utc::now().timestamp_millis()),
     );
     w.wait_status(payment.id, PaymentStatus::Succeeded).await;

@@ -33,4 +33,5 @@ migrations![
     m20250601_000002_payments,
     m20261129_000003_crypto_watcher,
     m20261129_000004_queue_indexes,
+    m20261206_000010_crypto_invoice_amount_index,
 ];
