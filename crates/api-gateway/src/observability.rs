@@ -9,7 +9,9 @@ use actix_web::middleware::Next;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Counter: requests by `route` (the matched pattern), `method` and `status`.
+/// Counter: requests by `route` (the matched pattern, or `unmatched`), `method` (one of
+/// [`method_label`]'s) and `status`. Every label comes from a fixed set: nothing a client sends
+/// can add a time series (issue 18: random methods once grew `/metrics` without bound).
 pub const METRIC_REQUESTS: &str = "gateway_http_requests_total";
 /// Histogram (seconds): request latency by `route` and `method`.
 pub const METRIC_LATENCY: &str = "gateway_http_request_duration_seconds";
@@ -21,6 +23,27 @@ pub const METRIC_WEBHOOK_VERDICTS: &str = "gateway_webhook_verdicts_total";
 pub const METRIC_PAYMENTS_CREATED: &str = "gateway_payments_created_total";
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The `route` label of a request that matched no route (404s, including unknown paths).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The `method` label: the standard methods as themselves, anything else `OTHER` (actix
+/// accepts any token as a method).
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
 
 /// Records a webhook verdict.
 pub fn webhook_verdict(provider: &'static str, verdict: &'static str) {
@@ -52,7 +75,7 @@ pub async fn observe<B: MessageBody + 'static>(
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let peer = req
         .peer_addr()
         .map(|a| a.ip().to_string())
@@ -60,29 +83,30 @@ pub async fn observe<B: MessageBody + 'static>(
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %method,
+        method = %req.method(),
         path = %req.path(),
         peer = %peer,
     );
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
+    // The pattern of a route of ours (`/api/payments/{id}`), never the path itself.
     let (route, status) = match &result {
         Ok(response) => (
             response
                 .request()
                 .match_pattern()
-                .unwrap_or_else(|| "unmatched".to_owned()),
+                .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned()),
             response.status().as_u16(),
         ),
         Err(error) => (
-            "unmatched".to_owned(),
+            UNMATCHED_ROUTE.to_owned(),
             error.as_response_error().status_code().as_u16(),
         ),
     };
     metrics::counter!(
         METRIC_REQUESTS,
         "route" => route.clone(),
-        "method" => method.clone(),
+        "method" => method,
         "status" => status.to_string(),
     )
     .increment(1);

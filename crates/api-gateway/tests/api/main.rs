@@ -1,6 +1,7 @@
 //! Every route of the gateway, driven through the real server on a random port against
 //! PostgreSQL, RabbitMQ and the YooKassa emulator.
 
+mod abuse;
 mod adversarial;
 mod crypto;
 mod embedded;
