@@ -1,18 +1,23 @@
 //! The drift check: compares every subscription in the ledger with its panel user and repairs
 //! the panel to match the ledger (an admin's hand edit, a user deleted on the panel, a panel
-//! restored from an old backup). Every repair is logged with what differed.
+//! restored from an old backup, a message parked after its ledger entry was committed). Every
+//! repair is logged with what differed.
 //!
-//! Each subscription is checked in its own transaction holding its row lock, the same lock the
-//! consumer takes, so a check never races a payment being applied.
+//! The ledger's wish is the subscription row's intent (`expires_at`, `data_limit_bytes`), which
+//! the consumer writes together with every ledger entry. No transaction is open while the panel
+//! is called: the check reads the intent, compares and repairs the panel, then records the
+//! repair under the row lock — unless the intent moved on meanwhile (a payment or refund of
+//! the same user committed), in which case its repair may have overtaken the newer state on
+//! the panel, so the subscription is checked again.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use domain::entities::subscriptions;
-use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +34,9 @@ pub const METRIC_FAILURES: &str = "marzban_sync_drift_failures_total";
 
 /// Subscriptions read per page.
 const PAGE: u64 = 100;
+
+/// Checks of one subscription in a pass while its intent keeps moving.
+const ATTEMPTS: usize = 3;
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,19 +124,35 @@ pub async fn check_drift(
     Ok(report)
 }
 
-/// Checks and repairs one subscription under its row lock.
+/// Checks and repairs one subscription; checks again while its intent moves on under it.
 async fn check_one(
     db: &DatabaseConnection,
     client: &MarzbanClient,
     id: i64,
 ) -> Result<Outcome, SyncError> {
-    let tx = db.begin().await?;
-    let Some(subscription) = subscriptions::Entity::find_by_id(id)
-        .lock_exclusive()
-        .one(&tx)
-        .await?
-    else {
-        return Ok(Outcome::InSync);
+    for _ in 1..ATTEMPTS {
+        if let Some(outcome) = check_once(db, client, id).await? {
+            return Ok(outcome);
+        }
+    }
+    Ok(check_once(db, client, id).await?.unwrap_or_else(|| {
+        tracing::warn!(
+            subscription_id = id,
+            "drift check: the subscription keeps changing; next pass"
+        );
+        Outcome::InSync
+    }))
+}
+
+/// One comparison and repair, the panel called with no transaction open. `None`: the intent
+/// changed while the panel was repaired (check again).
+async fn check_once(
+    db: &DatabaseConnection,
+    client: &MarzbanClient,
+    id: i64,
+) -> Result<Option<Outcome>, SyncError> {
+    let Some(subscription) = subscriptions::Entity::find_by_id(id).one(db).await? else {
+        return Ok(Some(Outcome::InSync));
     };
     let now = ledger::whole_seconds(Utc::now());
     let desired = Desired::new(
@@ -138,15 +162,24 @@ async fn check_one(
     );
     let result = repair(client, &desired, now).await;
     match result {
-        Ok(None) => {
-            tx.rollback().await?;
-            Ok(Outcome::InSync)
-        }
+        Ok(None) => Ok(Some(Outcome::InSync)),
         Ok(Some(user)) => {
+            let tx = service_kit::db::begin_write(db).await?;
+            let Some(current) = locked(&tx, id).await? else {
+                return Ok(Some(Outcome::Repaired));
+            };
+            if !same_intent(&current, &subscription) {
+                tx.rollback().await?;
+                tracing::info!(
+                    subscription_id = id,
+                    "intent changed during the drift repair; checking again"
+                );
+                return Ok(None);
+            }
             let url = user.as_ref().map(|u| client.subscription_url(u));
             save_sync(
                 &tx,
-                subscription,
+                current,
                 desired_expiry(&desired),
                 desired.data_limit,
                 user.as_ref(),
@@ -155,24 +188,38 @@ async fn check_one(
             )
             .await?;
             tx.commit().await?;
-            Ok(Outcome::Repaired)
+            Ok(Some(Outcome::Repaired))
         }
         // Nothing else will get through either: stop the pass.
         Err(error)
             if error.is_retryable() || matches!(error, MarzbanError::Unauthorized { .. }) =>
         {
-            tx.rollback().await?;
             Err(error.into())
         }
         Err(error) => {
             tracing::error!(username = %desired.username, %error, "drift repair failed");
-            let mut row: subscriptions::ActiveModel = subscription.into();
-            row.sync_error = Set(Some(format!("drift check: {error}")));
-            row.update(&tx).await?;
-            tx.commit().await?;
-            Ok(Outcome::Failed)
+            subscriptions::Entity::update_many()
+                .col_expr(
+                    subscriptions::Column::SyncError,
+                    Expr::value(Some(format!("drift check: {error}"))),
+                )
+                .filter(subscriptions::Column::Id.eq(id))
+                .exec(db)
+                .await?;
+            Ok(Some(Outcome::Failed))
         }
     }
+}
+
+async fn locked(tx: &DatabaseTransaction, id: i64) -> Result<Option<subscriptions::Model>, DbErr> {
+    subscriptions::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(tx)
+        .await
+}
+
+fn same_intent(a: &subscriptions::Model, b: &subscriptions::Model) -> bool {
+    a.expires_at == b.expires_at && a.data_limit_bytes == b.data_limit_bytes
 }
 
 fn desired_expiry(desired: &Desired) -> chrono::DateTime<Utc> {

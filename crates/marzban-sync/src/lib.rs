@@ -110,7 +110,7 @@ pub async fn start(
         ..RunnerConfig::default()
     };
     let runner = ConsumerRunner::new(
-        SubscriptionSync::new(client.clone()),
+        SubscriptionSync::new(client.clone(), infra.db.clone()),
         infra.db.clone(),
         infra.bus.clone(),
         config,

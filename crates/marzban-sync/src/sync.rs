@@ -1,28 +1,61 @@
 //! The consumer: `payment.completed` grants days, `payment.refunded` takes them back; both
 //! bring the panel in line with the ledger and announce the result.
 //!
-//! Everything happens inside the runner's transaction, in this order: lock the subscription
-//! row, write the ledger, call the panel, update the subscription, enqueue the event. The
-//! runner commits only when all of it succeeded, so a committed grant always means the panel
-//! was updated. A panel failure rolls the ledger back and the message is retried; the retry
-//! derives the expiry from the same ledger and sends it as an absolute value, so an update
-//! the panel applied but could not confirm is simply applied again, never added twice.
+//! No panel call happens inside a database transaction. Each message goes through three
+//! steps — record the intent, call the panel, record the result:
+//!
+//! 1. [`Handler::prepare`], first a short transaction of its own: lock (or create) the
+//!    subscription row, write the ledger entry — the grant of `payment.completed`, the
+//!    revocation of `payment.refunded`; both are unique per payment, so a repeat writes
+//!    nothing — replay the ledger into the desired panel state (an absolute expiry and the
+//!    data limit), store it on the subscription row as its intent, and commit.
+//! 2. Still in `prepare`, with no transaction open and no row locked: bring the panel to that
+//!    state (create, adopt on 409, modify, reset, as [`panel::activate`] and
+//!    [`panel::shorten`] do). Absolute values, so repeating the call is harmless.
+//! 3. [`Handler::handle`], in the runner's transaction (the one that inserts the
+//!    `processed_messages` marker): lock the subscription row and replay the ledger again. If
+//!    the desired state is no longer what step 2 sent — another payment or refund of the same
+//!    user committed in between, and its panel call may have landed before ours — fail
+//!    transiently: the retry sends the newer state, so the panel converges on the ledger, never
+//!    on a stale value. Otherwise record the synced state on the subscription and enqueue
+//!    `subscription.activated` / `subscription.revoked` — once per grant or revocation, keyed
+//!    in `processed_messages` under [`ANNOUNCED`], so a copy of the message under another event
+//!    id, or a concurrent copy, announces nothing twice.
+//!
+//! What a failure leaves: a panel failure in step 2 (or a crash after step 1) leaves the
+//! ledger entry and the intent committed with the panel behind and nothing announced. The
+//! message is retried (redelivered after a crash); the retry finds the entry, writes nothing,
+//! and sends the same absolute state again — days are never counted twice, the ledger's unique
+//! keys decide. A message that is parked leaves the panel behind until the drift check
+//! ([`crate::drift`], which repairs the panel to the intent) or a replay of the message, which
+//! also announces. A crash after step 2 repeats step 2 on redelivery.
+//!
+//! Within one process the messages of one user take turns (an in-memory lock from step 1 to
+//! the end of step 3, never held across a database transaction), so prefetched copies and
+//! concurrent payments of one user do not race each other to the panel; across processes the
+//! check in step 3 keeps the result right.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::entities::{payments, subscription_grants, subscriptions, tariffs, users};
+use domain::entities::{
+    payments, processed_messages, subscription_grants, subscriptions, tariffs, users,
+};
 use domain::ids::{MarzbanUsername, TelegramUserId};
 use domain::status::PaymentStatus;
 use messaging::events::{
     PaymentCompleted, PaymentRefunded, SubscriptionActivated, SubscriptionChange,
     SubscriptionRevoked,
 };
-use messaging::{Envelope, Event, Handler, HandlerError, OutboxError};
+use messaging::{Envelope, Event, Handler, HandlerError, OutboxError, Prepared};
 use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::ledger::{self, Entry};
@@ -52,6 +85,9 @@ pub enum SyncError {
     /// The event cannot be applied now but may be later (e.g. a refund before its grant).
     #[error("{0}")]
     NotYet(String),
+    /// The ledger changed while the panel was being called; the retry sends the newer state.
+    #[error("{0}")]
+    Overtaken(String),
     /// The event makes no sense against our data; retrying will not help.
     #[error("{0}")]
     Invalid(String),
@@ -60,7 +96,10 @@ pub enum SyncError {
 impl From<SyncError> for HandlerError {
     fn from(error: SyncError) -> Self {
         let permanent = match &error {
-            SyncError::Db(_) | SyncError::Outbox(_) | SyncError::NotYet(_) => false,
+            SyncError::Db(_)
+            | SyncError::Outbox(_)
+            | SyncError::NotYet(_)
+            | SyncError::Overtaken(_) => false,
             // Refused credentials may be a panel restart or a fix on its way: retry, then park.
             SyncError::Panel(e) => {
                 !(e.is_retryable() || matches!(e, MarzbanError::Unauthorized { .. }))
@@ -75,63 +114,295 @@ impl From<SyncError> for HandlerError {
     }
 }
 
+/// `processed_messages.consumer` of the announcements: one row per `subscription.*` event
+/// enqueued (`activated:<payment id>`, `revoked:<payment id>:<days revoked>`), written in the
+/// transaction that enqueues it.
+pub const ANNOUNCED: &str = "marzban-sync:announced";
+
+/// Turns per process: the users' messages are spread over this many in-memory locks.
+const TURNS: usize = 64;
+
 /// The `marzban-sync` [`Handler`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SubscriptionSync {
     client: MarzbanClient,
+    db: DatabaseConnection,
+    turns: Arc<Vec<Arc<Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for SubscriptionSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionSync")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `prepare` did, handed to `handle` through [`Prepared`].
+struct Prepare {
+    step: Step,
+    /// The user's turn in this process, released when `handle` is done with it.
+    _turn: OwnedMutexGuard<()>,
+}
+
+enum Step {
+    /// Already in the ledger and announced (a copy of the message), or a refund that a later
+    /// one already covers.
+    Nothing,
+    /// The panel was brought to `sent`.
+    Synced(Box<Synced>),
+}
+
+/// The result of steps 1 and 2, for step 3.
+struct Synced {
+    announcement: Announcement,
+    payment_id: Uuid,
+    subscription_id: i64,
+    telegram_id: i64,
+    /// The desired state sent to the panel.
+    sent: Desired,
+    /// The panel user as it answered; `None`: not on the panel (after a refund).
+    user: Option<UserResponse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announcement {
+    Activated,
+    Revoked { days_revoked: i32 },
+}
+
+impl Announcement {
+    fn key(self, payment_id: Uuid) -> String {
+        match self {
+            Self::Activated => format!("activated:{payment_id}"),
+            Self::Revoked { days_revoked } => format!("revoked:{payment_id}:{days_revoked}"),
+        }
+    }
+}
+
+/// Step 1's outcome: the state to send, or nothing to do.
+struct Intent {
+    subscription_id: i64,
+    telegram_id: i64,
+    desired: Desired,
+    /// Whether we have pushed this user to the panel before.
+    known_on_panel: bool,
 }
 
 impl SubscriptionSync {
-    pub fn new(client: MarzbanClient) -> Self {
-        Self { client }
+    pub fn new(client: MarzbanClient, db: DatabaseConnection) -> Self {
+        Self {
+            client,
+            db,
+            turns: Arc::new((0..TURNS).map(|_| Arc::new(Mutex::new(()))).collect()),
+        }
     }
 
-    /// `payment.completed`: one grant per payment, the panel user active until the new expiry,
-    /// then `subscription.activated`.
-    pub async fn on_completed(
+    /// Waits for `user_id`'s turn in this process.
+    async fn turn(&self, user_id: i64) -> OwnedMutexGuard<()> {
+        let index = usize::try_from(user_id.rem_euclid(TURNS as i64)).unwrap_or(0);
+        self.turns[index].clone().lock_owned().await
+    }
+
+    /// Steps 1 and 2 of `payment.completed`: the grant (once per payment) and the intent
+    /// committed, then the panel user active until the ledger's expiry.
+    async fn prepare_completed(&self, event: &PaymentCompleted) -> Result<Step, SyncError> {
+        let payment_id = event.payment.payment_id;
+        let tx = service_kit::db::begin_write(&self.db).await?;
+        let intent = record_grant(&tx, event).await?;
+        tx.commit().await?;
+        let Some(intent) = intent else {
+            return Ok(Step::Nothing);
+        };
+        let note = format!("telegram {}", intent.telegram_id);
+        let user =
+            panel::activate(&self.client, &intent.desired, intent.known_on_panel, &note).await;
+        let user = self.sent(intent.subscription_id, user).await?;
+        Ok(Step::Synced(Box::new(Synced {
+            announcement: Announcement::Activated,
+            payment_id,
+            subscription_id: intent.subscription_id,
+            telegram_id: intent.telegram_id,
+            sent: intent.desired,
+            user: Some(user),
+        })))
+    }
+
+    /// Steps 1 and 2 of `payment.refunded`: the revocation and the intent committed, then the
+    /// panel user shortened to the ledger's expiry (disabled when nothing is left).
+    async fn prepare_refunded(&self, event: &PaymentRefunded) -> Result<Step, SyncError> {
+        let payment_id = event.payment.payment_id;
+        let tx = service_kit::db::begin_write(&self.db).await?;
+        let recorded = record_revocation(&tx, event).await?;
+        tx.commit().await?;
+        let Some((intent, days_revoked)) = recorded else {
+            return Ok(Step::Nothing);
+        };
+        let now = ledger::whole_seconds(Utc::now());
+        let user = panel::shorten(&self.client, &intent.desired, now).await;
+        let user = self.sent(intent.subscription_id, user).await?;
+        Ok(Step::Synced(Box::new(Synced {
+            announcement: Announcement::Revoked { days_revoked },
+            payment_id,
+            subscription_id: intent.subscription_id,
+            telegram_id: intent.telegram_id,
+            sent: intent.desired,
+            user,
+        })))
+    }
+
+    /// The panel's answer; a failure is also noted on the subscription (`sync_error`, best
+    /// effort) for whoever looks at a customer whose panel is behind.
+    async fn sent<T>(
+        &self,
+        subscription_id: i64,
+        answer: Result<T, MarzbanError>,
+    ) -> Result<T, SyncError> {
+        match answer {
+            Ok(answer) => Ok(answer),
+            Err(error) => {
+                let noted = subscriptions::Entity::update_many()
+                    .col_expr(
+                        subscriptions::Column::SyncError,
+                        Expr::value(Some(format!("panel behind the ledger: {error}"))),
+                    )
+                    .filter(subscriptions::Column::Id.eq(subscription_id))
+                    .exec(&self.db)
+                    .await;
+                if let Err(db_error) = noted {
+                    tracing::warn!(subscription_id, %db_error, "could not note the panel failure");
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Step 3, in the runner's transaction: the panel got what the ledger still wants, so
+    /// record it and announce it (once).
+    async fn record(
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
-        event: &PaymentCompleted,
+        synced: Synced,
     ) -> Result<(), SyncError> {
-        let payment_id = event.payment.payment_id;
-        let payment = payments::Entity::find_by_id(payment_id)
+        let Synced {
+            announcement,
+            payment_id,
+            subscription_id,
+            telegram_id,
+            sent,
+            user,
+        } = synced;
+        let subscription = subscriptions::Entity::find_by_id(subscription_id)
+            .lock_exclusive()
             .one(tx)
             .await?
-            .ok_or_else(|| SyncError::Invalid(format!("unknown payment {payment_id}")))?;
-        if !matches!(
-            payment.status,
-            PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded
-        ) {
-            return Err(SyncError::Invalid(format!(
-                "payment {payment_id} is {}, not paid",
-                payment.status.as_str()
-            )));
-        }
-        let tariff = tariffs::Entity::find_by_id(payment.tariff_id)
-            .one(tx)
-            .await?
-            .ok_or_else(|| SyncError::Invalid(format!("payment {payment_id}: unknown tariff")))?;
-        if tariff.duration_days <= 0 {
-            return Err(SyncError::Invalid(format!(
-                "tariff {} grants {} days",
-                tariff.code, tariff.duration_days
-            )));
-        }
-        let (subscription, telegram_id) = lock_or_create_subscription(tx, payment.user_id).await?;
-
-        // Under the subscription lock, so a concurrent delivery of the same payment waits
-        // here and then sees the grant.
-        if let Some(grant) = find_grant(tx, payment_id).await? {
-            tracing::info!(%payment_id, grant_id = grant.id, "payment already granted; nothing to do");
+            .ok_or_else(|| {
+                SyncError::Invalid(format!("subscription {subscription_id} vanished"))
+            })?;
+        let key = announcement.key(payment_id);
+        if is_announced(tx, &key).await? {
+            tracing::info!(%payment_id, key, "announced by another copy of the message");
             return Ok(());
         }
+        let desired = ledger_desired(tx, &subscription).await?;
+        if desired != sent {
+            return Err(SyncError::Overtaken(format!(
+                "the ledger of {} moved on while the panel was called: sent expire {} / data limit {:?}, now wants {} / {:?}; sending again",
+                sent.username, sent.expire, sent.data_limit, desired.expire, desired.data_limit
+            )));
+        }
+        mark_announced(tx, &key).await?;
 
         let now = ledger::whole_seconds(Utc::now());
-        let current = has_grants(tx, subscription.id)
-            .await?
-            .then_some(subscription.expires_at);
-        let expires_at = ledger::extend(current, now, tariff.duration_days);
+        let expires_at = expiry_of(&desired);
+        let url = user
+            .as_ref()
+            .map(|u| self.client.subscription_url(u))
+            .or_else(|| subscription.subscription_url.clone())
+            .unwrap_or_default();
+        let change = change(telegram_id, payment_id, &desired, expires_at, url.clone());
+        save_sync(
+            tx,
+            subscription,
+            expires_at,
+            desired.data_limit,
+            user.as_ref(),
+            Some(url).filter(|u| !u.is_empty()),
+            now,
+        )
+        .await?;
+        let envelope = match announcement {
+            Announcement::Activated => {
+                tracing::info!(%payment_id, username = %desired.username, expires_at = %expires_at, "subscription extended");
+                Envelope::caused_by(
+                    &SubscriptionActivated {
+                        subscription: change,
+                    },
+                    envelope,
+                )
+            }
+            Announcement::Revoked { days_revoked } => {
+                tracing::info!(%payment_id, username = %desired.username, days_revoked, expires_at = %expires_at, paid = desired.is_paid_at(now), "days revoked");
+                Envelope::caused_by(
+                    &SubscriptionRevoked {
+                        subscription: change,
+                    },
+                    envelope,
+                )
+            }
+        }
+        .map_err(OutboxError::from)?;
+        messaging::outbox::enqueue(tx, &envelope).await?;
+        Ok(())
+    }
+}
+
+/// Step 1 of `payment.completed`, in its own short transaction: the payment's grant (written
+/// once) and the subscription's intent. `None`: granted and announced before.
+async fn record_grant(
+    tx: &DatabaseTransaction,
+    event: &PaymentCompleted,
+) -> Result<Option<Intent>, SyncError> {
+    let payment_id = event.payment.payment_id;
+    let payment = payments::Entity::find_by_id(payment_id)
+        .one(tx)
+        .await?
+        .ok_or_else(|| SyncError::Invalid(format!("unknown payment {payment_id}")))?;
+    if !matches!(
+        payment.status,
+        PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded
+    ) {
+        return Err(SyncError::Invalid(format!(
+            "payment {payment_id} is {}, not paid",
+            payment.status.as_str()
+        )));
+    }
+    let tariff = tariffs::Entity::find_by_id(payment.tariff_id)
+        .one(tx)
+        .await?
+        .ok_or_else(|| SyncError::Invalid(format!("payment {payment_id}: unknown tariff")))?;
+    if tariff.duration_days <= 0 {
+        return Err(SyncError::Invalid(format!(
+            "tariff {} grants {} days",
+            tariff.code, tariff.duration_days
+        )));
+    }
+    let (subscription, telegram_id) = lock_or_create_subscription(tx, payment.user_id).await?;
+
+    // Under the subscription lock, so a concurrent copy of the message waits here and then
+    // sees the grant.
+    let data_limit = if let Some(grant) = find_grant(tx, payment_id).await? {
+        if is_announced(tx, &Announcement::Activated.key(payment_id)).await? {
+            tracing::info!(%payment_id, grant_id = grant.id, "payment already granted; nothing to do");
+            return Ok(None);
+        }
+        tracing::info!(%payment_id, grant_id = grant.id, "payment granted before, not yet confirmed by the panel; sending the ledger's state again");
+        subscription.data_limit_bytes
+    } else {
+        let now = ledger::whole_seconds(Utc::now());
+        let before = ledger::replay(&entries(tx, subscription.id).await?);
+        let expires_at = ledger::extend(before, now, tariff.duration_days);
         subscription_grants::ActiveModel {
             id: NotSet,
             subscription_id: Set(subscription.id),
@@ -145,139 +416,151 @@ impl SubscriptionSync {
         }
         .insert(tx)
         .await?;
-
-        let desired = Desired::new(
-            username(&subscription)?,
-            expires_at,
-            tariff.data_limit_bytes,
-        );
-        let note = format!("telegram {telegram_id}");
-        let user = panel::activate(
-            &self.client,
-            &desired,
-            subscription.synced_at.is_some(),
-            &note,
-        )
-        .await?;
-        let url = self.client.subscription_url(&user);
-        tracing::info!(%payment_id, username = %desired.username, expires_at = %expires_at, days = tariff.duration_days, "subscription extended");
-        // Counted before the commit: a rolled-back attempt is counted again when retried.
         metrics::counter!(METRIC_GRANTS).increment(1);
-        save_sync(
-            tx,
-            subscription,
-            expires_at,
-            desired.data_limit,
-            Some(&user),
-            Some(url.clone()),
-            now,
-        )
-        .await?;
+        tracing::info!(%payment_id, expires_at = %expires_at, days = tariff.duration_days, "grant recorded");
+        tariff.data_limit_bytes
+    };
+    let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
+    Ok(Some(intent))
+}
 
-        let change = change(telegram_id, payment_id, &desired, expires_at, url);
-        let activated = SubscriptionActivated {
-            subscription: change,
-        };
-        messaging::outbox::enqueue(
-            tx,
-            &Envelope::caused_by(&activated, envelope).map_err(OutboxError::from)?,
-        )
-        .await?;
-        Ok(())
+/// Step 1 of `payment.refunded`, in its own short transaction: the payment's grant loses days
+/// in proportion to what was refunded (from the running total, so a repeat computes the same
+/// number), and the subscription's intent follows. `None`: nothing (more) to revoke or
+/// announce. Also returns the grant's revoked days, which key the announcement.
+async fn record_revocation(
+    tx: &DatabaseTransaction,
+    event: &PaymentRefunded,
+) -> Result<Option<(Intent, i32)>, SyncError> {
+    let payment_id = event.payment.payment_id;
+    let Some(grant) = find_grant(tx, payment_id).await? else {
+        // payment.completed may still be on its way; its grant comes first.
+        return Err(SyncError::NotYet(format!(
+            "payment {payment_id} refunded but not granted yet"
+        )));
+    };
+    let subscription = subscriptions::Entity::find_by_id(grant.subscription_id)
+        .lock_exclusive()
+        .one(tx)
+        .await?
+        .ok_or_else(|| SyncError::Invalid(format!("grant {} has no subscription", grant.id)))?;
+    // Read again under the lock: a concurrent refund of the same payment may have won.
+    let grant = find_grant(tx, payment_id)
+        .await?
+        .ok_or_else(|| SyncError::Invalid(format!("grant of {payment_id} vanished")))?;
+    let revoke = ledger::days_to_revoke(
+        grant.days_granted,
+        event.payment.amount_minor,
+        event.total_refunded_minor,
+    );
+    let key = Announcement::Revoked {
+        days_revoked: revoke,
     }
-
-    /// `payment.refunded`: the payment's grant loses days in proportion to what was refunded,
-    /// the expiry is replayed from the ledger, the panel follows (disabled when nothing is
-    /// left), then `subscription.revoked`.
-    pub async fn on_refunded(
-        &self,
-        tx: &DatabaseTransaction,
-        envelope: &Envelope,
-        event: &PaymentRefunded,
-    ) -> Result<(), SyncError> {
-        let payment_id = event.payment.payment_id;
-        let Some(grant) = find_grant(tx, payment_id).await? else {
-            // payment.completed may still be waiting for the panel; its grant comes first.
-            return Err(SyncError::NotYet(format!(
-                "payment {payment_id} refunded but not granted yet"
-            )));
-        };
-        let subscription = subscriptions::Entity::find_by_id(grant.subscription_id)
-            .lock_exclusive()
-            .one(tx)
-            .await?
-            .ok_or_else(|| SyncError::Invalid(format!("grant {} has no subscription", grant.id)))?;
-        // Read again under the lock: a concurrent refund of the same payment may have won.
-        let grant = find_grant(tx, payment_id)
-            .await?
-            .ok_or_else(|| SyncError::Invalid(format!("grant of {payment_id} vanished")))?;
-        let revoke = ledger::days_to_revoke(
-            grant.days_granted,
-            event.payment.amount_minor,
-            event.total_refunded_minor,
-        );
-        if revoke <= grant.days_revoked {
-            tracing::info!(%payment_id, days_revoked = grant.days_revoked, "refund already applied; nothing to do");
-            return Ok(());
-        }
-
+    .key(payment_id);
+    if revoke > grant.days_revoked {
         let now = ledger::whole_seconds(Utc::now());
-        let mut revoked: subscription_grants::ActiveModel = grant.clone().into();
+        let days = revoke - grant.days_revoked;
+        let mut revoked: subscription_grants::ActiveModel = grant.into();
         revoked.days_revoked = Set(revoke);
         revoked.revoked_at = Set(Some(now));
         revoked.update(tx).await?;
-
-        let entries: Vec<Entry> = subscription_grants::Entity::find()
-            .filter(subscription_grants::Column::SubscriptionId.eq(subscription.id))
-            // Insertion order, which the subscription lock makes the order of the grants.
-            .order_by_asc(subscription_grants::Column::Id)
-            .all(tx)
-            .await?
-            .into_iter()
-            .map(|g| Entry {
-                granted_at: g.created_at,
-                days_granted: g.days_granted,
-                days_revoked: g.days_revoked,
-            })
-            .collect();
-        let expires_at = ledger::replay(&entries).unwrap_or(now);
-
-        let desired = Desired::new(
-            username(&subscription)?,
-            expires_at,
-            subscription.data_limit_bytes,
-        );
-        let user = panel::shorten(&self.client, &desired, now).await?;
-        let url = user
-            .as_ref()
-            .map(|u| self.client.subscription_url(u))
-            .or_else(|| subscription.subscription_url.clone())
-            .unwrap_or_default();
-        tracing::info!(%payment_id, username = %desired.username, days_revoked = revoke - grant.days_revoked, expires_at = %expires_at, paid = desired.is_paid_at(now), "days revoked");
         metrics::counter!(METRIC_REVOCATIONS).increment(1);
-        let telegram_id = telegram_id_of(tx, subscription.user_id).await?;
-        let data_limit = desired.data_limit;
-        save_sync(
-            tx,
-            subscription,
-            expires_at,
-            data_limit,
-            user.as_ref(),
-            Some(url.clone()).filter(|u| !u.is_empty()),
-            now,
-        )
-        .await?;
-
-        let revoked = SubscriptionRevoked {
-            subscription: change(telegram_id, payment_id, &desired, expires_at, url),
-        };
-        messaging::outbox::enqueue(
-            tx,
-            &Envelope::caused_by(&revoked, envelope).map_err(OutboxError::from)?,
-        )
-        .await?;
-        Ok(())
+        tracing::info!(%payment_id, days, days_revoked = revoke, "revocation recorded");
+    } else if revoke == 0 || revoke < grant.days_revoked || is_announced(tx, &key).await? {
+        tracing::info!(%payment_id, days_revoked = grant.days_revoked, "refund already applied; nothing to do");
+        return Ok(None);
+    } else {
+        tracing::info!(%payment_id, days_revoked = revoke, "days revoked before, not yet confirmed by the panel; sending the ledger's state again");
     }
+    let telegram_id = telegram_id_of(tx, subscription.user_id).await?;
+    let data_limit = subscription.data_limit_bytes;
+    let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
+    Ok(Some((intent, revoke)))
+}
+
+/// Replays the ledger into the desired panel state and stores it on the subscription row
+/// (`expires_at`, `data_limit_bytes`), which the drift check repairs the panel to.
+async fn write_intent(
+    tx: &DatabaseTransaction,
+    subscription: subscriptions::Model,
+    telegram_id: i64,
+    data_limit: Option<i64>,
+) -> Result<Intent, SyncError> {
+    let now = ledger::whole_seconds(Utc::now());
+    let expires_at = ledger::replay(&entries(tx, subscription.id).await?).unwrap_or(now);
+    let desired = Desired::new(username(&subscription)?, expires_at, data_limit);
+    let intent = Intent {
+        subscription_id: subscription.id,
+        telegram_id,
+        desired,
+        known_on_panel: subscription.synced_at.is_some(),
+    };
+    let expires_at = expiry_of(&intent.desired);
+    if subscription.expires_at != expires_at
+        || subscription.data_limit_bytes != intent.desired.data_limit
+    {
+        let mut row: subscriptions::ActiveModel = subscription.into();
+        row.expires_at = Set(expires_at);
+        row.data_limit_bytes = Set(intent.desired.data_limit);
+        row.updated_at = Set(now);
+        row.update(tx).await?;
+    }
+    Ok(intent)
+}
+
+/// The panel state the ledger wants now: the replayed expiry and the intent's data limit.
+async fn ledger_desired(
+    conn: &impl ConnectionTrait,
+    subscription: &subscriptions::Model,
+) -> Result<Desired, SyncError> {
+    let expires_at =
+        ledger::replay(&entries(conn, subscription.id).await?).unwrap_or(subscription.expires_at);
+    Ok(Desired::new(
+        username(subscription)?,
+        expires_at,
+        subscription.data_limit_bytes,
+    ))
+}
+
+/// The subscription's ledger in insertion order, which the subscription lock makes the order
+/// of the grants.
+async fn entries(conn: &impl ConnectionTrait, subscription_id: i64) -> Result<Vec<Entry>, DbErr> {
+    Ok(subscription_grants::Entity::find()
+        .filter(subscription_grants::Column::SubscriptionId.eq(subscription_id))
+        .order_by_asc(subscription_grants::Column::Id)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|g| Entry {
+            granted_at: g.created_at,
+            days_granted: g.days_granted,
+            days_revoked: g.days_revoked,
+        })
+        .collect())
+}
+
+async fn is_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, DbErr> {
+    Ok(
+        processed_messages::Entity::find_by_id((ANNOUNCED.to_owned(), key.to_owned()))
+            .one(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<(), DbErr> {
+    processed_messages::Entity::insert(processed_messages::ActiveModel {
+        consumer: Set(ANNOUNCED.to_owned()),
+        message_id: Set(key.to_owned()),
+        processed_at: Set(Utc::now()),
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
+}
+
+fn expiry_of(desired: &Desired) -> DateTime<Utc> {
+    DateTime::from_timestamp(desired.expire, 0).unwrap_or_default()
 }
 
 #[async_trait]
@@ -293,20 +576,46 @@ impl Handler for SubscriptionSync {
         ]
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    /// Steps 1 and 2: the ledger entry and intent committed, then the panel call, with no
+    /// transaction open.
+    async fn prepare(&self, envelope: &Envelope) -> Result<Prepared, HandlerError> {
+        let step = if envelope.is::<PaymentCompleted>() {
+            let event: PaymentCompleted = envelope.decode()?;
+            let turn = self.turn(event.payment.user_id).await;
+            (self.prepare_completed(&event).await?, turn)
+        } else if envelope.is::<PaymentRefunded>() {
+            let event: PaymentRefunded = envelope.decode()?;
+            let turn = self.turn(event.payment.user_id).await;
+            (self.prepare_refunded(&event).await?, turn)
+        } else {
+            return Ok(Prepared::none());
+        };
+        let (step, turn) = step;
+        Ok(Prepared::new(Prepare { step, _turn: turn }))
+    }
+
+    /// Step 3: the result recorded and announced, in the runner's transaction.
     async fn handle(
         &self,
         tx: &DatabaseTransaction,
         envelope: &Envelope,
-        _prepared: messaging::Prepared,
+        prepared: Prepared,
     ) -> Result<(), HandlerError> {
-        if envelope.is::<PaymentCompleted>() {
-            let event: PaymentCompleted = envelope.decode()?;
-            Ok(self.on_completed(tx, envelope, &event).await?)
-        } else if envelope.is::<PaymentRefunded>() {
-            let event: PaymentRefunded = envelope.decode()?;
-            Ok(self.on_refunded(tx, envelope, &event).await?)
-        } else {
-            Ok(())
+        if !envelope.is::<PaymentCompleted>() && !envelope.is::<PaymentRefunded>() {
+            return Ok(());
+        }
+        let Some(prepare) = prepared.take::<Prepare>() else {
+            return Err(HandlerError::transient(SyncError::NotYet(
+                "the panel step did not run for this message".to_owned(),
+            )));
+        };
+        match prepare.step {
+            Step::Nothing => Ok(()),
+            Step::Synced(synced) => Ok(self.record(tx, envelope, *synced).await?),
         }
     }
 }
@@ -375,14 +684,6 @@ async fn find_grant(
         .filter(subscription_grants::Column::PaymentId.eq(payment_id))
         .one(conn)
         .await
-}
-
-async fn has_grants(conn: &impl ConnectionTrait, subscription_id: i64) -> Result<bool, DbErr> {
-    Ok(subscription_grants::Entity::find()
-        .filter(subscription_grants::Column::SubscriptionId.eq(subscription_id))
-        .one(conn)
-        .await?
-        .is_some())
 }
 
 pub(crate) fn username(subscription: &subscriptions::Model) -> Result<MarzbanUsername, SyncError> {

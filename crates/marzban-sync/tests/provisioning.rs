@@ -11,15 +11,20 @@ use domain::entities::{payments, subscription_grants, subscriptions, tariffs, us
 use domain::money::Currency;
 use domain::status::PaymentStatus;
 use futures::StreamExt;
+use marzban_sync::SubscriptionSync;
 use marzban_sync::marzban::{CreateUser, MarzbanClient, MarzbanUsername};
 use marzban_sync::{Service, ServiceSettings};
 use messaging::events::{
     PaymentCompleted, PaymentRefunded, PaymentSnapshot, SubscriptionActivated, SubscriptionRevoked,
 };
 use messaging::{Bus, ConsumerSpec, Envelope, RabbitBus, RabbitConfig};
+use messaging::{Handler, HandlerError, Prepared};
 use sandbox::marzban::{self as emulator, Fault, UserStatus, route};
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement,
+    TransactionTrait,
+};
 use service_kit::runtime::Infra;
 use service_kit::settings::{Source, load_common};
 use testkit::TestDb;
@@ -304,6 +309,55 @@ impl Harness {
             .unwrap()
     }
 
+    /// A second copy of the consumer's handler, as another marzban-sync process would run it
+    /// (its own panel client, logged in, and its own in-memory turns).
+    async fn other_process(&self) -> SubscriptionSync {
+        let client = MarzbanClient::new(settings(&self.emu).marzban.clone().unwrap()).unwrap();
+        client.login().await.unwrap();
+        SubscriptionSync::new(client, self.db.conn.clone())
+    }
+
+    /// What the consumer runner does with a prepared message: `handle` in a transaction,
+    /// committed on success.
+    async fn handle(
+        &self,
+        sync: &SubscriptionSync,
+        envelope: &Envelope,
+        prepared: Prepared,
+    ) -> Result<(), HandlerError> {
+        let tx = self.db.conn.begin().await.unwrap();
+        let result = sync.handle(&tx, envelope, prepared).await;
+        if result.is_ok() {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        result
+    }
+
+    /// Sessions of this test's database (other than the caller's) inside a transaction for
+    /// more than 150 ms, or idle inside one for more than 50 ms, described.
+    async fn open_transactions(&self) -> Vec<String> {
+        let rows = self
+            .db
+            .conn
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT coalesce(state, '') || ' since ' || coalesce(xact_start::text, '') \
+                        || ': ' || left(query, 100) AS what \
+                 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND (xact_start < clock_timestamp() - interval '150 milliseconds' \
+                        OR (state LIKE 'idle in transaction%' \
+                            AND state_change < clock_timestamp() - interval '50 milliseconds'))",
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|row| row.try_get::<String>("", "what").unwrap())
+            .collect()
+    }
+
     fn panel_user(&self, telegram_id: i64) -> emulator::UserState {
         self.emu
             .user(&format!("tg_{telegram_id}"))
@@ -556,11 +610,21 @@ async fn panel_down_for_several_retries_then_activated_once(mut h: Harness) {
     h.emu.set_down(true);
     h.publish(&completed(&paid)).await;
     wait_until(|| async { h.emu.count(route::CREATE_USER) >= 3 }).await;
-    assert!(
-        h.grants().await.is_empty(),
-        "nothing is granted while the panel is down"
-    );
+    // The grant is committed before the panel is called; the panel is behind and nothing is
+    // announced until it answers.
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 1, "granted once, however many attempts");
     assert!(h.events.try_recv().is_err());
+    let subscription = h.subscription(user).await;
+    assert_eq!(
+        subscription.expires_at, grants[0].expires_at_after,
+        "the intent"
+    );
+    assert!(
+        subscription.synced_at.is_none(),
+        "never confirmed by the panel"
+    );
+    assert!(subscription.sync_error.is_some());
 
     h.emu.set_down(false);
     let activated = h.activated().await.subscription;
@@ -577,6 +641,14 @@ async fn panel_down_for_several_retries_then_activated_once(mut h: Harness) {
         h.panel_user(100_003).expire,
         Some(grants[0].expires_at_after.timestamp())
     );
+    // Every attempt sent the same absolute expiry.
+    for create in h.emu.requests_to(route::CREATE_USER) {
+        assert_eq!(
+            create.body.unwrap()["expire"],
+            grants[0].expires_at_after.timestamp()
+        );
+    }
+    assert!(h.subscription(user).await.sync_error.is_none());
     h.finish().await;
 }
 
@@ -836,4 +908,216 @@ on_both_buses! {
     existing_panel_user_is_adopted_not_duplicated => "ms-adopt",
     limited_user_that_pays_is_reset_and_active_again => "ms-limited",
     drift_check_repairs_a_panel_user_edited_by_hand => "ms-drift",
+    slow_panel_holds_no_transaction_and_no_row_lock => "ms-slow",
+    concurrent_payments_answered_out_of_order_converge_on_the_ledger => "ms-order",
+    panel_failure_after_the_grant_resends_the_same_expiry_and_counts_the_days_once => "ms-resend",
+    refund_before_its_grant_waits_for_it => "ms-early-refund",
+}
+
+async fn slow_panel_holds_no_transaction_and_no_row_lock(mut h: Harness) {
+    let user = h.user(100_011).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+
+    // Every panel request takes 1.2 s (the service's timeout is 2 s).
+    h.emu.set_latency(Duration::from_millis(1_200));
+    h.publish(&completed(&paid)).await;
+    wait_until(|| async { h.emu.count(route::CREATE_USER) == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The panel is answering now: the grant is already committed, no transaction of
+    // marzban-sync is open, and the subscription row is not locked.
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 1, "the grant is committed before the call");
+    for _ in 0..5 {
+        let open = h.open_transactions().await;
+        assert!(
+            open.is_empty(),
+            "transactions open during the panel call: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tx = h.db.conn.begin().await.unwrap();
+    let locked = tx
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM subscriptions WHERE user_id = $1 FOR UPDATE NOWAIT",
+            [user.into()],
+        ))
+        .await;
+    assert!(
+        matches!(locked, Ok(Some(_))),
+        "the subscription row is free during the panel call: {locked:?}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        h.emu.count(route::CREATE_USER),
+        1,
+        "still the first, slow request"
+    );
+
+    let activated = h.activated().await.subscription;
+    h.emu.set_latency(Duration::ZERO);
+    h.assert_no_more_events().await;
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 1, "granted once");
+    assert_eq!(activated.expires_at, grants[0].expires_at_after);
+    assert_eq!(h.emu.count(route::CREATE_USER), 1);
+    assert_eq!(
+        h.panel_user(100_011).expire,
+        Some(grants[0].expires_at_after.timestamp())
+    );
+    assert_eq!(h.stats().retried(), 0);
+    h.finish().await;
+}
+
+async fn concurrent_payments_answered_out_of_order_converge_on_the_ledger(mut h: Harness) {
+    let user = h.user(100_012).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let first = h.pay(user, &month).await;
+    h.publish(&completed(&first)).await;
+    let start = h.activated().await.subscription.expires_at;
+
+    // Two payments of the same user, handled by two processes at once. A's panel call
+    // arrives first but the panel applies it last.
+    let (a, b) = (h.pay(user, &month).await, h.pay(user, &month).await);
+    let (a_env, b_env) = (completed(&a), completed(&b));
+    let a_sync = h.other_process().await;
+    let b_sync = h.other_process().await;
+    h.emu.clear_requests();
+    h.emu
+        .push_fault(Fault::slow_work(Duration::from_millis(800)), 1);
+    let a_prepare = {
+        let (sync, envelope) = (a_sync.clone(), a_env.clone());
+        tokio::spawn(async move { sync.prepare(&envelope).await })
+    };
+    wait_until(|| async { h.emu.count(route::MODIFY_USER) == 1 }).await;
+    let b_prepared = b_sync.prepare(&b_env).await.unwrap();
+    assert_eq!(
+        h.panel_user(100_012).expire,
+        Some((start + days(60)).timestamp()),
+        "B's call, with both grants, landed first"
+    );
+    let a_prepared = a_prepare.await.unwrap().unwrap();
+    assert_eq!(
+        h.panel_user(100_012).expire,
+        Some((start + days(30)).timestamp()),
+        "A's stale call landed last"
+    );
+
+    h.handle(&b_sync, &b_env, b_prepared).await.unwrap();
+    let error = h.handle(&a_sync, &a_env, a_prepared).await.unwrap_err();
+    assert!(!error.is_permanent(), "{error}");
+    // The runner retries A: it sends the ledger's state again.
+    let a_prepared = a_sync.prepare(&a_env).await.unwrap();
+    h.handle(&a_sync, &a_env, a_prepared).await.unwrap();
+
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 3, "each payment granted once");
+    let expires: Vec<i64> = h
+        .emu
+        .requests_to(route::MODIFY_USER)
+        .iter()
+        .map(|r| r.body.clone().unwrap()["expire"].as_i64().unwrap())
+        .collect();
+    let (after_a, after_b) = (start + days(30), start + days(60));
+    assert_eq!(
+        expires,
+        [
+            after_a.timestamp(),
+            after_b.timestamp(),
+            after_b.timestamp()
+        ]
+    );
+    assert_eq!(h.panel_user(100_012).expire, Some(after_b.timestamp()));
+    assert_eq!(h.subscription(user).await.expires_at, after_b);
+
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        let activated = h.activated().await.subscription;
+        announced.push((activated.payment_id, activated.expires_at));
+    }
+    h.assert_no_more_events().await;
+    announced.sort();
+    let mut expected = vec![(a.id, after_b), (b.id, after_b)];
+    expected.sort();
+    assert_eq!(announced, expected, "each payment announced once");
+    h.finish().await;
+}
+
+async fn panel_failure_after_the_grant_resends_the_same_expiry_and_counts_the_days_once(
+    mut h: Harness,
+) {
+    let user = h.user(100_013).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let first = h.pay(user, &month).await;
+    h.publish(&completed(&first)).await;
+    let start = h.activated().await.subscription.expires_at;
+
+    // The extension fails twice without the panel doing anything.
+    let second = h.pay(user, &month).await;
+    h.emu.push_fault(Fault::InternalError, 2);
+    h.publish(&completed(&second)).await;
+    wait_until(|| async { h.emu.count(route::MODIFY_USER) >= 1 }).await;
+    wait_until(|| async { h.grants().await.len() == 2 }).await;
+    assert_eq!(
+        h.subscription(user).await.expires_at,
+        start + days(30),
+        "the intent is committed while the panel is behind"
+    );
+
+    let extended = h.activated().await.subscription;
+    h.assert_no_more_events().await;
+    assert_eq!(extended.payment_id, second.id);
+    assert_eq!(extended.expires_at, start + days(30));
+    assert_eq!(h.stats().retried(), 2);
+    let modifies = h.emu.requests_to(route::MODIFY_USER);
+    assert_eq!(modifies.len(), 3);
+    for modify in &modifies {
+        assert_eq!(
+            modify.body.clone().unwrap()["expire"],
+            (start + days(30)).timestamp(),
+            "every attempt sends the same absolute expiry"
+        );
+    }
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 2);
+    assert!(grants.iter().all(|g| g.days_granted == 30));
+    assert_eq!(
+        h.panel_user(100_013).expire,
+        Some((start + days(30)).timestamp()),
+        "30 days added once"
+    );
+
+    // The same payment once more under a new event id: nothing is sent or announced.
+    h.publish(&completed(&second)).await;
+    h.settled(3).await;
+    h.assert_no_more_events().await;
+    assert_eq!(h.emu.count(route::MODIFY_USER), 3);
+    h.finish().await;
+}
+
+async fn refund_before_its_grant_waits_for_it(mut h: Harness) {
+    let user = h.user(100_014).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+
+    h.publish(&refunded(&paid, 19_900, 19_900)).await;
+    wait_until(|| async { h.stats().retried() >= 2 }).await;
+    assert!(h.grants().await.is_empty());
+    assert!(h.emu.users().is_empty(), "nothing sent to the panel");
+
+    h.publish(&completed(&paid)).await;
+    let activated = h.activated().await.subscription;
+    let revoked: SubscriptionRevoked = h.next_event().await.decode().unwrap();
+    h.assert_no_more_events().await;
+    assert_eq!(revoked.subscription.payment_id, paid.id);
+    assert_eq!(
+        revoked.subscription.expires_at,
+        activated.expires_at - days(30)
+    );
+    let grants = h.grants().await;
+    assert_eq!((grants.len(), grants[0].days_revoked), (1, 30));
+    assert_eq!(h.panel_user(100_014).status, UserStatus::Disabled);
+    h.finish().await;
 }

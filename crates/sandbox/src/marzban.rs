@@ -8,8 +8,8 @@
 //! `{"detail": {"field": "message"}}`, no inbounds when a create omits `inbounds`, a new VLESS
 //! UUID whenever a `PUT` carries `proxies`, and the status rules of `PUT`/reset.
 //!
-//! Tests script faults ([`Fault`], [`Emulator::set_down`], [`Handle::disconnect`]), revoke
-//! tokens, count requests per route ([`route`]) and read the stored users, through
+//! Tests script faults ([`Fault`], [`Emulator::set_down`], [`Handle::disconnect`]), slow the
+//! panel down ([`Emulator::set_latency`]), revoke tokens, count requests per route ([`route`]) and read the stored users, through
 //! [`Emulator`]'s methods or the control API under `/sandbox/marzban/`.
 //!
 //! ```no_run
@@ -125,6 +125,10 @@ pub enum Fault {
     Hang { delay_ms: u64 },
     /// Do the work, then wait `delay_ms` before answering.
     SlowAnswer { delay_ms: u64 },
+    /// Wait `delay_ms`, then do the work and answer: a request that arrives before a later
+    /// one but takes effect after it (answers out of order). The work is done even if the
+    /// caller has given up by then, as a slow panel would.
+    SlowWork { delay_ms: u64 },
 }
 
 impl Fault {
@@ -136,6 +140,12 @@ impl Fault {
 
     pub fn slow_answer(delay: Duration) -> Self {
         Self::SlowAnswer {
+            delay_ms: millis(delay),
+        }
+    }
+
+    pub fn slow_work(delay: Duration) -> Self {
+        Self::SlowWork {
             delay_ms: millis(delay),
         }
     }
@@ -247,6 +257,8 @@ struct State {
     tokens: HashMap<String, Instant>,
     faults: VecDeque<Fault>,
     down: bool,
+    /// Added before every `/api` request is handled ([`Emulator::set_latency`]).
+    latency: Duration,
     requests: Vec<RequestRecord>,
     seq: u64,
 }
@@ -362,6 +374,13 @@ impl Emulator {
         self.state().down = down;
     }
 
+    /// Every `/api` request (login included) waits `latency` after it arrives — it is
+    /// recorded at once — before it is handled and answered, as a slow or overloaded panel
+    /// does; on top of any scripted [`Fault`]. `Duration::ZERO` (the default) turns it off.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
     /// Every admin token stops working (as after a panel restart with a fresh DB or a new
     /// secret), so the next call gets `401 Could not validate credentials`.
     pub fn revoke_tokens(&self) {
@@ -469,9 +488,10 @@ impl Emulator {
         F: FnOnce(&mut State, &Config, DateTime<Utc>) -> HttpResponse,
     {
         let api = route.contains("/api/");
-        let (index, fault, down) = {
+        let (index, fault, down, latency) = {
             let mut state = self.state();
             let down = state.down;
+            let latency = if api { state.latency } else { Duration::ZERO };
             let fault = if api && !down {
                 state.faults.pop_front()
             } else {
@@ -485,8 +505,11 @@ impl Emulator {
                 fault: fault.clone(),
                 body,
             });
-            (state.requests.len() - 1, fault, down)
+            (state.requests.len() - 1, fault, down, latency)
         };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let response = if down {
             HttpResponse::BadGateway()
                 .content_type("text/html")
@@ -517,6 +540,10 @@ impl Emulator {
                     let response = run(handle);
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     response
+                }
+                Some(Fault::SlowWork { delay_ms }) => {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    run(handle)
                 }
             }
         };
@@ -1871,6 +1898,7 @@ mod control {
         cfg.route("/faults", web::post().to(push_fault))
             .route("/faults", web::delete().to(clear_faults))
             .route("/down", web::put().to(set_down))
+            .route("/latency", web::put().to(set_latency))
             .route("/revoke-tokens", web::post().to(revoke_tokens))
             .route("/requests", web::get().to(requests))
             .route("/users", web::get().to(users))
@@ -1911,6 +1939,16 @@ mod control {
 
     async fn set_down(emu: Emu, body: web::Json<Down>) -> HttpResponse {
         emu.set_down(body.down);
+        HttpResponse::NoContent().finish()
+    }
+
+    #[derive(Deserialize)]
+    struct Latency {
+        latency_ms: u64,
+    }
+
+    async fn set_latency(emu: Emu, body: web::Json<Latency>) -> HttpResponse {
+        emu.set_latency(Duration::from_millis(body.latency_ms));
         HttpResponse::NoContent().finish()
     }
 

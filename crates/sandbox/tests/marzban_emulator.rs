@@ -667,3 +667,47 @@ async fn a_hang_does_nothing_but_a_slow_answer_does_the_work() {
     assert!(emu.user("hung").is_none(), "a hang does nothing");
     assert!(emu.user("slow").is_some(), "done before the delay");
 }
+
+#[tokio::test]
+async fn latency_delays_every_request_and_slow_work_lands_after_a_later_request() {
+    let emu = spawn().await;
+    let token = login(&emu).await;
+    let send = |name: String| {
+        let url = format!("{}/api/user", emu.base_url);
+        let token = token.clone();
+        async move {
+            http()
+                .post(url)
+                .bearer_auth(token)
+                .json(&create_body(&name))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    // Recorded on arrival, handled and answered only after the latency.
+    emu.set_latency(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let pending = tokio::spawn(send("slow_panel".to_owned()));
+    while emu.count(route::CREATE_USER) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(emu.user("slow_panel").is_none(), "not handled yet");
+    assert_eq!(pending.await.unwrap(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    emu.set_latency(Duration::ZERO);
+
+    // The first request arrives first and takes effect last.
+    emu.push_fault(Fault::slow_work(Duration::from_millis(400)), 1);
+    let first = tokio::spawn(send("first_in".to_owned()));
+    while emu.count(route::CREATE_USER) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(send("second_in".to_owned()).await, StatusCode::OK);
+    assert!(emu.user("first_in").is_none());
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    let users: Vec<String> = emu.users().into_iter().map(|u| u.username).collect();
+    assert_eq!(users, ["slow_panel", "second_in", "first_in"]);
+}
