@@ -19,6 +19,7 @@
 //! | `POST /sandbox/yookassa/expire-pending`, body `{"older_than_ms":0}` | expires every pending payment at least that old (default: past `confirmation_ttl`) |
 //! | `POST /sandbox/yookassa/faults`, body `{"kind":"internal_error","times":2}` | next requests fail; kinds: `internal_error`, `internal_error_after_processing`, `too_many_requests`, `slow` (`delay_ms`), `wrong_amount` (`amount`) |
 //! | `DELETE /sandbox/yookassa/faults` | clears scripted faults |
+//! | `PUT /sandbox/yookassa/latency`, body `{"delay_ms":10000}` (`GET` reads it) | every API answer from now on is held back that long after the work is done (a slow YooKassa; 0 = none); adds to a `slow` fault |
 //! | `POST /sandbox/yookassa/notification-modes`, body `{"kind":"late","delay_ms":500,"times":1}` | next notifications are `normal`, `duplicate`, `late`, `reordered` or `dropped` |
 //! | `PUT /sandbox/yookassa/webhook`, body `{"url":"http://…"}` | sets (or with `null` clears) the webhook URL |
 //! | `GET /sandbox/yookassa/{payments,refunds,requests,notifications}` | inspects the state, the request log and delivery attempts |
@@ -37,6 +38,7 @@ mod state;
 mod validate;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -101,6 +103,9 @@ pub struct Config {
     pub reorder_hold: Duration,
     pub webhook_timeout: Duration,
     pub workers: usize,
+    /// Every API answer is held back this long after the work is done, like a slow
+    /// YooKassa; [`Handle::set_latency`] or `PUT /sandbox/yookassa/latency` change it.
+    pub latency: Duration,
 }
 
 impl Default for Config {
@@ -122,6 +127,7 @@ impl Default for Config {
             reorder_hold: Duration::from_secs(2),
             webhook_timeout: Duration::from_secs(5),
             workers: 2,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -235,9 +241,20 @@ pub(crate) struct Shared {
     outbox: mpsc::UnboundedSender<Outgoing>,
     webhook_url: Mutex<Option<String>>,
     deliveries: Mutex<Vec<Delivery>>,
+    /// How long every API answer is held back (ms).
+    latency_ms: AtomicU64,
 }
 
 impl Shared {
+    fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
+    }
+
+    fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
     fn send(&self, notes: Vec<Outgoing>) {
         for note in notes {
             // The notifier only stops when the emulator does.
@@ -346,6 +363,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     let workers = config.workers.max(1);
     let shared = Arc::new(Shared {
         webhook_url: Mutex::new(config.webhook_url.clone()),
+        latency_ms: AtomicU64::new(u64::try_from(config.latency.as_millis()).unwrap_or(u64::MAX)),
         config,
         public_url,
         state: Mutex::new(State::default()),
@@ -414,6 +432,17 @@ impl Handle {
 
     pub fn clear_faults(&self) {
         lock(&self.shared.state).faults.clear();
+    }
+
+    /// From now on every API answer is held back `latency` after the work is done (a slow
+    /// YooKassa); `Duration::ZERO` answers at once again. Requests already waiting keep
+    /// their delay.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.set_latency(latency);
+    }
+
+    pub fn latency(&self) -> Duration {
+        self.shared.latency()
     }
 
     /// The next `times` notifications are delivered in `mode`.

@@ -795,3 +795,50 @@ async fn live_shop_objects_are_not_test() {
     .await;
     assert_eq!(create(&h, &client, "l", "10.00").await["test"], false);
 }
+
+/// The latency knob: every API answer waits, the work is done at once (a payment created by a
+/// slow request is visible before its answer), and it is set over HTTP as well.
+#[tokio::test]
+async fn latency_holds_back_every_answer() {
+    let (h, client) = start(Config {
+        latency: Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _) = get(&client, format!("{}/me", h.api_url())).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    let resp = client
+        .put(format!("{}/sandbox/yookassa/latency", h.base_url()))
+        .json(&json!({"delay_ms": 600}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.latency(), Duration::from_millis(600));
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{}/payments", h.api_url()));
+        async move { post(&client, url, Some("lat-1"), &payment_body("5.00")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.payments().len(), 1, "the work is done before the answer");
+    assert!(!slow.is_finished(), "the answer is held back");
+    let (status, created) = slow.await.expect("task");
+    assert_eq!((status, id_of(&created)), (200, id_of(&h.payments()[0])));
+
+    h.set_latency(Duration::ZERO);
+    let started = std::time::Instant::now();
+    get(&client, format!("{}/me", h.api_url())).await;
+    assert!(started.elapsed() < Duration::from_millis(200));
+    let read: Value = client
+        .get(format!("{}/sandbox/yookassa/latency", h.base_url()))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read, json!({"delay_ms": 0}));
+}

@@ -45,7 +45,9 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/faults", web::post().to(push_fault))
             .route("/faults", web::delete().to(clear_faults))
             .route("/notification-modes", web::post().to(push_mode))
-            .route("/webhook", web::put().to(set_webhook)),
+            .route("/webhook", web::put().to(set_webhook))
+            .route("/latency", web::put().to(set_latency))
+            .route("/latency", web::get().to(get_latency)),
     );
 }
 
@@ -225,8 +227,12 @@ async fn api(shared: Data<Shared>, req: HttpRequest, body: Bytes, op: Op) -> Htt
         status,
         fault: fault.clone(),
     });
-    if let Some(Fault::Slow { delay_ms }) = fault {
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    let delay = match fault {
+        Some(Fault::Slow { delay_ms }) => Duration::from_millis(delay_ms),
+        _ => Duration::ZERO,
+    } + shared.latency();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .json(value)
@@ -477,6 +483,21 @@ struct WebhookBody {
 async fn set_webhook(shared: Data<Shared>, body: web::Json<WebhookBody>) -> HttpResponse {
     *lock(&shared.webhook_url) = body.into_inner().url;
     HttpResponse::NoContent().finish()
+}
+
+#[derive(Deserialize)]
+struct LatencyBody {
+    delay_ms: u64,
+}
+
+async fn set_latency(shared: Data<Shared>, body: web::Json<LatencyBody>) -> HttpResponse {
+    shared.set_latency(Duration::from_millis(body.delay_ms));
+    get_latency(shared).await
+}
+
+async fn get_latency(shared: Data<Shared>) -> HttpResponse {
+    let delay_ms = u64::try_from(shared.latency().as_millis()).unwrap_or(u64::MAX);
+    HttpResponse::Ok().json(json!({ "delay_ms": delay_ms }))
 }
 
 #[cfg(test)]
