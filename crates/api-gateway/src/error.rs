@@ -32,6 +32,12 @@ pub enum ApiError {
     InFlight,
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyMismatch,
+    /// Another refund of the payment is still in progress: one refund at a time per payment.
+    #[error(
+        "refund {refund_id} of this payment is still in progress; wait for it to settle, or \
+         repeat its request with Idempotency-Key {key} to settle it, then ask again"
+    )]
+    RefundInProgress { refund_id: uuid::Uuid, key: String },
     #[error("{0}")]
     Unprocessable(String),
     #[error("the payment provider rejected the request: {0}")]
@@ -63,6 +69,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::InFlight => "request_in_flight",
             ApiError::IdempotencyMismatch => "idempotency_key_reused",
+            ApiError::RefundInProgress { .. } => "refund_in_progress",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::ProviderRejected(_) => "provider_rejected",
             ApiError::ProviderUnavailable(_) => "provider_unavailable",
@@ -87,7 +94,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::InFlight => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InFlight | ApiError::RefundInProgress { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::IdempotencyMismatch | ApiError::Unprocessable(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

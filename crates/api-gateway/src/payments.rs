@@ -6,12 +6,12 @@ use std::str::FromStr;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, SubsecRound, Utc};
-use domain::entities::{payments, refunds, tariffs, users};
+use domain::entities::{payments, provider_notifications, refunds, tariffs, users};
 use domain::money::{Currency, Money};
 use domain::{IdempotencyKey, PaymentId, PaymentStatus, RefundStatus, TelegramUserId};
 use messaging::events::{PaymentCreated, PaymentSnapshot};
 use messaging::{Envelope, Event};
-use payment_core::providers::crypto::{CryptoProvider, InvoiceError};
+use payment_core::providers::crypto::{CryptoProvider, InvoiceError, ReservedInvoice};
 use payment_core::{
     CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef, ProviderError, ProviderId,
     ProviderRefund, RefundRequest,
@@ -19,8 +19,7 @@ use payment_core::{
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, SqlErr, Statement,
-    TransactionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, SqlErr,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -151,6 +150,24 @@ async fn providers(state: web::Data<AppState>) -> HttpResponse {
 
 // ---- POST /api/payments ----------------------------------------------------------------------
 
+/// Marks, in `payments.metadata`, a payment whose creation has not finished: the intent row is
+/// stored before the provider is called and loses the mark when the provider's answer is
+/// stored. Reconciliation expires a row still marked [`CREATION_IN_PROGRESS`] (status
+/// `pending`, no `provider_payment_id`) once [`CREATION_WINDOW`] has passed.
+pub const META_CREATION: &str = "gateway_creation";
+/// [`META_CREATION`] while the provider has not answered (or its answer was lost).
+pub const CREATION_IN_PROGRESS: &str = "in_progress";
+/// [`META_CREATION`] of a row the provider refused (status `failed`; the refusal is the key's
+/// stored answer).
+pub const CREATION_REFUSED: &str = "refused";
+/// How long a request with the same `Idempotency-Key` may finish a half-made payment; the
+/// intent row's `next_check_at` is `created_at` + this, so reconciliation looks at it then.
+pub const CREATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+fn creation_window() -> chrono::Duration {
+    chrono::Duration::from_std(CREATION_WINDOW).unwrap_or(chrono::Duration::MAX)
+}
+
 /// The bot's request. Serialised again (fields in this order) to hash it, so two bodies that
 /// differ only in whitespace or key order are the same request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -191,6 +208,18 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         .transpose()
 }
 
+/// Record the intent, call the provider, record the result — no transaction is open while
+/// the provider is asked.
+///
+/// 1. A short transaction stores the payment row (`pending`, no provider id, marked
+///    [`CREATION_IN_PROGRESS`]) under the UNIQUE idempotency key; a crypto invoice is reserved
+///    in it too.
+/// 2. The provider is asked with the row's payment id, from which its idempotence key derives.
+/// 3. A short transaction stores the answer with a conditional UPDATE (only the first writer
+///    wins) together with the `payment.created` outbox row and its log row.
+///
+/// A repeat of the key replays a finished row, and finishes an unfinished one by asking the
+/// provider again with the same payment id — the provider answers with the payment it made.
 async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -208,6 +237,8 @@ async fn create(
     // Namespaced so keys of other payment paths (bot, crypto) can never collide with the API's.
     let key = format!("api:{key}");
 
+    // Same key twice at once on this replica: the second waits for nothing and gets 409. On
+    // other replicas the UNIQUE key and the provider's idempotence make a second caller safe.
     let _claim = state.in_flight.claim(&key).ok_or(ApiError::InFlight)?;
     let request = Create {
         state: &state,
@@ -215,32 +246,28 @@ async fn create(
         key: &key,
         request_hash: &request_hash,
     };
-    if state.db.get_database_backend() == DbBackend::Postgres {
-        // One transaction across the provider call: it holds the key's advisory lock, so a
-        // concurrent request with the key — on any replica — gets 409, and the payment row
-        // commits together with its outbox row or not at all.
-        let txn = state.db.begin().await?;
-        lock_key(&txn, &key).await?;
-        let prepared = match request.prepare(&txn).await? {
-            Prepared::Replay(response) => return Ok(response),
-            Prepared::New(new) => new,
-        };
-        let created = request.call_provider(&prepared).await?;
-        let (payment_id, response) = request.persist(&txn, &prepared, created).await?;
-        txn.commit().await.map_err(conflict_or)?;
-        Ok(request.created(payment_id, response))
-    } else {
-        // SQLite: no open transaction may span the provider call (it would hold the single
-        // writer lock); the in-process claim above guards the key, the UNIQUE column backs it.
-        let prepared = match request.prepare(&state.db).await? {
-            Prepared::Replay(response) => return Ok(response),
-            Prepared::New(new) => new,
-        };
-        let created = request.call_provider(&prepared).await?;
-        let txn = service_kit::db::begin_write(&state.db).await?;
-        let (payment_id, response) = request.persist(&txn, &prepared, created).await?;
-        txn.commit().await.map_err(conflict_or)?;
-        Ok(request.created(payment_id, response))
+    let intent = match request.existing().await? {
+        Some(row) => request.resume(row).await?,
+        None => match request.record_intent().await? {
+            Some(intent) => Resumed::Unfinished(Box::new(intent)),
+            // Another replica stored the key a moment ago: continue from its row.
+            None => {
+                let row = request.existing().await?.ok_or(ApiError::InFlight)?;
+                request.resume(row).await?
+            }
+        },
+    };
+    let intent = match intent {
+        Resumed::Replay(response) => return Ok(response),
+        Resumed::Unfinished(intent) => intent,
+    };
+    match request.call_provider(&intent).await {
+        Ok(created) => request.finish(&intent, created).await,
+        Err(CallFailure::Unfinished(error)) => {
+            tracing::warn!(payment_id = %intent.payment.id, %error, "no definite answer from the provider; the payment stays unfinished");
+            Err(error)
+        }
+        Err(CallFailure::Refused(error)) => Err(request.refuse(&intent, error).await),
     }
 }
 
@@ -252,29 +279,82 @@ struct Create<'a> {
     request_hash: &'a str,
 }
 
-enum Prepared {
+/// What a stored row of the key means for this request.
+enum Resumed {
     Replay(HttpResponse),
-    New(NewPayment),
+    Unfinished(Box<Intent>),
 }
 
-struct NewPayment {
-    payment_id: PaymentId,
+/// A stored payment row whose provider answer is not stored yet.
+struct Intent {
+    payment: payments::Model,
     telegram_id: TelegramUserId,
-    provider_id: ProviderId,
     tariff: tariffs::Model,
-    amount: Money,
+}
+
+/// Why the provider call gave no payment.
+enum CallFailure {
+    /// No definite answer: the row stays unfinished, a repeat of the key asks again.
+    Unfinished(ApiError),
+    /// A definite refusal: stored as the key's answer.
+    Refused(ApiError),
 }
 
 impl Create<'_> {
-    /// Replays a known key, or validates the request and prices it.
-    async fn prepare<C: ConnectionTrait>(&self, conn: &C) -> Result<Prepared, ApiError> {
-        if let Some(existing) = payments::Entity::find()
+    async fn existing(&self) -> Result<Option<payments::Model>, ApiError> {
+        Ok(payments::Entity::find()
             .filter(payments::Column::IdempotencyKey.eq(self.key))
-            .one(conn)
-            .await?
-        {
-            return replay(&existing, self.request_hash).map(Prepared::Replay);
+            .one(&self.state.db)
+            .await?)
+    }
+
+    /// A finished (or refused) row is replayed; an unfinished one is continued while its
+    /// creation window is open.
+    async fn resume(&self, row: payments::Model) -> Result<Resumed, ApiError> {
+        let stored = row.metadata.get(META_IDEMPOTENCY).ok_or_else(|| {
+            ApiError::Conflict("this Idempotency-Key belongs to another payment".into())
+        })?;
+        if stored.get("request_hash").and_then(|h| h.as_str()) != Some(self.request_hash) {
+            return Err(ApiError::IdempotencyMismatch);
         }
+        if stored.get("response").is_some() {
+            return replay(&row, self.request_hash).map(Resumed::Replay);
+        }
+        if row.status != PaymentStatus::Pending
+            || row.provider_payment_id.is_some()
+            || Utc::now() >= row.created_at + creation_window()
+        {
+            return Err(ApiError::Conflict(format!(
+                "payment {} of this Idempotency-Key was not created within {} minutes ({}); \
+                 send the request again with a new Idempotency-Key",
+                row.id,
+                CREATION_WINDOW.as_secs() / 60,
+                row.status
+            )));
+        }
+        let telegram_id = users::Entity::find_by_id(row.user_id)
+            .one(&self.state.db)
+            .await?
+            .and_then(|u| TelegramUserId::parse(u.telegram_id).ok())
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("payment {} has no user", row.id)))?;
+        let tariff = tariffs::Entity::find_by_id(row.tariff_id)
+            .one(&self.state.db)
+            .await?
+            .ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("payment {} has no tariff", row.id))
+            })?;
+        Ok(Resumed::Unfinished(Box::new(Intent {
+            payment: row,
+            telegram_id,
+            tariff,
+        })))
+    }
+
+    /// Validates the request and prices it: the Telegram user, the provider, the tariff and
+    /// the amount.
+    async fn validate(
+        &self,
+    ) -> Result<(TelegramUserId, ProviderId, tariffs::Model, Money), ApiError> {
         let body = self.body;
         let telegram_id = TelegramUserId::parse(body.telegram_id)
             .map_err(|e| ApiError::Unprocessable(format!("telegram_id: {e}")))?;
@@ -289,7 +369,7 @@ impl Create<'_> {
         let tariff = tariffs::Entity::find()
             .filter(tariffs::Column::Code.eq(body.tariff_code.as_str()))
             .filter(tariffs::Column::Active.eq(true))
-            .one(conn)
+            .one(&self.state.db)
             .await?
             .ok_or_else(|| {
                 ApiError::Unprocessable(format!("no active tariff {:?}", body.tariff_code))
@@ -307,7 +387,8 @@ impl Create<'_> {
             None => descriptor.currencies,
         };
         let amount = match (provider_id, &self.state.crypto) {
-            // USDT price, or the RUB price at the configured rate; the tag comes at persist.
+            // USDT price, or the RUB price at the configured rate; the tag comes with the
+            // invoice.
             (ProviderId::Crypto, Some(crypto)) => crypto
                 .quote(&tariff)
                 .map_err(|e| ApiError::Unprocessable(e.to_string()))?,
@@ -321,113 +402,32 @@ impl Create<'_> {
                     ))
                 })?,
         };
-        Ok(Prepared::New(NewPayment {
-            payment_id: PaymentId::new(),
-            telegram_id,
-            provider_id,
-            tariff,
-            amount,
-        }))
+        Ok((telegram_id, provider_id, tariff, amount))
     }
 
-    /// The provider's idempotence key derives from our fresh payment id. Crypto is not
-    /// called here: its invoice is reserved inside the payment's transaction (see
-    /// [`Create::persist`]).
-    async fn call_provider(&self, new: &NewPayment) -> Result<Option<CreatedPayment>, ApiError> {
-        if new.provider_id == ProviderId::Crypto {
-            return Ok(None);
-        }
-        let created = self
-            .state
-            .payments
-            .create_payment(new.provider_id, &self.provider_request(new, new.amount))
-            .await
-            .map_err(provider_error)?;
-        if created.amount != new.amount {
-            tracing::error!(
-                payment_id = %new.payment_id,
-                expected = %new.amount,
-                actual = %created.amount,
-                "provider changed the amount"
-            );
-            return Err(ApiError::ProviderRejected(format!(
-                "the provider answered with amount {}, expected {}",
-                created.amount, new.amount
-            )));
-        }
-        Ok(Some(created))
-    }
-
-    fn provider_request(&self, new: &NewPayment, amount: Money) -> CreatePaymentRequest {
-        CreatePaymentRequest {
-            payment_id: new.payment_id,
-            amount,
-            description: format!("VPN subscription: {}", new.tariff.title),
-            metadata: [
-                ("telegram_id".to_owned(), new.telegram_id.to_string()),
-                ("tariff_code".to_owned(), new.tariff.code.clone()),
-            ]
-            .into(),
-            return_url: self.body.return_url.clone(),
-            receipt_email: self.body.email.clone(),
-        }
-    }
-
-    /// Reserves the crypto invoice (unique amount = price + tag) for the payment row already
-    /// inserted in `txn`, and describes it as the provider's answer.
-    async fn reserve_crypto(
-        &self,
-        txn: &DatabaseTransaction,
-        new: &NewPayment,
-        now: DateTime<Utc>,
-    ) -> Result<CreatedPayment, ApiError> {
-        let crypto = self
-            .state
-            .crypto
-            .as_ref()
-            .ok_or_else(|| ApiError::Unprocessable("crypto payments are not enabled".into()))?;
-        let invoice = crypto
-            .reserve_invoice(txn, new.payment_id, new.amount, now)
-            .await
-            .map_err(|e| match e {
-                InvoiceError::Db(e) => ApiError::internal(e),
-                InvoiceError::Contended(_) => ApiError::InFlight,
-                other => ApiError::Unprocessable(other.to_string()),
-            })?;
-        let mut created = crypto
-            .create_payment(&self.provider_request(new, invoice.amount))
-            .await
-            .map_err(provider_error)?;
-        // The reserved invoice is what the payer must match, including its expiry.
-        created.confirmation = Some(CryptoProvider::confirmation(&invoice));
-        created.expires_at = Some(invoice.expires_at);
-        Ok(created)
-    }
-
-    /// Upserts the user and stores the payment (pending, with the answer to replay) and its
-    /// `payment.created` outbox row, in the caller's transaction.
-    async fn persist(
-        &self,
-        txn: &DatabaseTransaction,
-        new: &NewPayment,
-        created: Option<CreatedPayment>,
-    ) -> Result<(PaymentId, String), ApiError> {
-        let user_id = upsert_user(txn, new.telegram_id, self.body).await?;
+    /// Transaction 1: upserts the user and stores the payment row as an intent (and, for
+    /// crypto, reserves its invoice). `None` when another request stored the key first.
+    async fn record_intent(&self) -> Result<Option<Intent>, ApiError> {
+        let (telegram_id, provider_id, tariff, amount) = self.validate().await?;
         let now = Utc::now().trunc_subsecs(6);
-        // The row goes in first: a crypto invoice refers to it.
-        let mut model = payments::Model {
-            id: new.payment_id.into_inner(),
+        let txn = service_kit::db::begin_write(&self.state.db).await?;
+        let user_id = upsert_user(&txn, telegram_id, self.body).await?;
+        let mut payment = payments::Model {
+            id: PaymentId::new().into_inner(),
             user_id,
-            tariff_id: new.tariff.id,
-            provider: new.provider_id.as_str().to_owned(),
-            amount_minor: new.amount.minor(),
-            currency: new.amount.currency(),
+            tariff_id: tariff.id,
+            provider: provider_id.as_str().to_owned(),
+            amount_minor: amount.minor(),
+            currency: amount.currency(),
             status: PaymentStatus::Pending,
             provider_payment_id: None,
             idempotency_key: self.key.to_owned(),
             confirmation_url: None,
             failure_reason: None,
-            metadata: serde_json::json!({}),
+            metadata: serde_json::json!({
+                META_CREATION: CREATION_IN_PROGRESS,
+                META_IDEMPOTENCY: { "request_hash": self.request_hash },
+            }),
             created_at: now,
             updated_at: now,
             completed_at: None,
@@ -435,40 +435,180 @@ impl Create<'_> {
             refunded_minor: 0,
             flagged: false,
             flag_reason: None,
-            next_check_at: None,
+            // Reconciliation looks at it once the creation window has passed.
+            next_check_at: Some(now + creation_window()),
             check_attempts: 0,
         };
-        let active: payments::ActiveModel = model.clone().into();
-        payments::Entity::insert(active.reset_all())
-            .exec_without_returning(txn)
+        let active: payments::ActiveModel = payment.clone().into();
+        if let Err(error) = payments::Entity::insert(active.reset_all())
+            .exec_without_returning(&txn)
             .await
-            .map_err(conflict_or)?;
-        let created = match created {
-            Some(created) => created,
-            None => self.reserve_crypto(txn, new, now).await?,
+        {
+            return match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
+                _ => Err(ApiError::internal(error)),
+            };
+        }
+        if provider_id == ProviderId::Crypto {
+            // The row goes in first: the invoice refers to it. The payer is asked for the
+            // invoice's unique amount (price + tag).
+            let invoice = self
+                .reserve_crypto(&txn, payment.payment_id(), amount)
+                .await?;
+            payment.amount_minor = invoice.amount.minor();
+            payment.currency = invoice.amount.currency();
+            payments::ActiveModel {
+                id: Set(payment.id),
+                amount_minor: Set(payment.amount_minor),
+                currency: Set(payment.currency),
+                ..Default::default()
+            }
+            .update(&txn)
+            .await?;
+        }
+        match txn.commit().await {
+            Ok(()) => {}
+            Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(ApiError::internal(error)),
+        }
+        tracing::debug!(payment_id = %payment.id, "payment intent stored");
+        Ok(Some(Intent {
+            payment,
+            telegram_id,
+            tariff,
+        }))
+    }
+
+    /// Reserves (or finds, for the same payment) the crypto invoice: a unique amount.
+    async fn reserve_crypto<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        payment_id: PaymentId,
+        price: Money,
+    ) -> Result<ReservedInvoice, ApiError> {
+        let crypto = self
+            .state
+            .crypto
+            .as_ref()
+            .ok_or_else(|| ApiError::Unprocessable("crypto payments are not enabled".into()))?;
+        crypto
+            .reserve_invoice(conn, payment_id, price, Utc::now().trunc_subsecs(6))
+            .await
+            .map_err(|e| match e {
+                InvoiceError::Db(e) => ApiError::internal(e),
+                InvoiceError::Contended(_) => ApiError::InFlight,
+                other => ApiError::Unprocessable(other.to_string()),
+            })
+    }
+
+    /// Asks the provider for the intent's payment, outside any transaction. The provider's
+    /// idempotence key derives from the payment id, so asking again for the same row gives the
+    /// same provider payment. Crypto calls nobody: its invoice was reserved with the intent.
+    async fn call_provider(&self, intent: &Intent) -> Result<CreatedPayment, CallFailure> {
+        let payment = &intent.payment;
+        let provider_id = ProviderId::from_str(&payment.provider)
+            .map_err(|e| CallFailure::Refused(ApiError::Unprocessable(e.to_string())))?;
+        let request = self.provider_request(intent);
+        let answer = if provider_id == ProviderId::Crypto {
+            let invoice = self
+                .reserve_crypto(&self.state.db, payment.payment_id(), payment.amount())
+                .await
+                .map_err(CallFailure::Unfinished)?;
+            let crypto = self.state.crypto.as_ref().ok_or_else(|| {
+                CallFailure::Refused(ApiError::Unprocessable(
+                    "crypto payments are not enabled".into(),
+                ))
+            })?;
+            crypto.create_payment(&request).await.map(|mut created| {
+                // The reserved invoice is what the payer must match, including its expiry.
+                created.confirmation = Some(CryptoProvider::confirmation(&invoice));
+                created.expires_at = Some(invoice.expires_at);
+                created
+            })
+        } else {
+            self.state
+                .payments
+                .create_payment(provider_id, &request)
+                .await
         };
+        let created = answer.map_err(|error| match error {
+            e if e.is_result_unknown() => {
+                CallFailure::Unfinished(ApiError::ProviderUnavailable(format!(
+                    "{e}; payment {} is not created yet: repeat the request with the same \
+                     Idempotency-Key to finish it",
+                    payment.id
+                )))
+            }
+            e @ ProviderError::Client(_) => CallFailure::Unfinished(ApiError::internal(e)),
+            e => CallFailure::Refused(provider_error(e)),
+        })?;
+        if created.amount != payment.amount() {
+            tracing::error!(
+                payment_id = %payment.id,
+                expected = %payment.amount(),
+                actual = %created.amount,
+                "provider changed the amount"
+            );
+            return Err(CallFailure::Refused(ApiError::ProviderRejected(format!(
+                "the provider answered with amount {}, expected {}",
+                created.amount,
+                payment.amount()
+            ))));
+        }
+        Ok(created)
+    }
+
+    fn provider_request(&self, intent: &Intent) -> CreatePaymentRequest {
+        CreatePaymentRequest {
+            payment_id: intent.payment.payment_id(),
+            amount: intent.payment.amount(),
+            description: format!("VPN subscription: {}", intent.tariff.title),
+            metadata: [
+                ("telegram_id".to_owned(), intent.telegram_id.to_string()),
+                ("tariff_code".to_owned(), intent.tariff.code.clone()),
+            ]
+            .into(),
+            return_url: self.body.return_url.clone(),
+            receipt_email: self.body.email.clone(),
+        }
+    }
+
+    /// Transaction 2: stores the provider's answer on the intent row — a conditional UPDATE
+    /// that only the first writer wins — with the `payment.created` outbox row and its log
+    /// row. A request that loses the race answers with the winner's stored response.
+    async fn finish(
+        &self,
+        intent: &Intent,
+        created: CreatedPayment,
+    ) -> Result<HttpResponse, ApiError> {
+        let now = Utc::now().trunc_subsecs(6);
         let confirmation = created
             .confirmation
             .as_ref()
             .map(serde_json::to_value)
             .transpose()
             .map_err(ApiError::internal)?;
-        model.amount_minor = created.amount.minor();
-        model.currency = created.amount.currency();
+        let mut model = intent.payment.clone();
         model.provider_payment_id = Some(created.provider_payment_id.clone());
         model.confirmation_url = match &created.confirmation {
             Some(payment_core::Confirmation::Redirect { url }) => Some(url.clone()),
             _ => None,
         };
         model.expires_at = created.expires_at;
+        model.updated_at = now;
+        // Back on reconciliation's normal schedule (the first check after creation).
+        model.next_check_at = None;
+        model.check_attempts = 0;
         model.metadata = serde_json::json!({
             "confirmation": confirmation,
             "test": created.test,
         });
         let response = serde_json::to_string(&PaymentView::new(
             &model,
-            new.telegram_id.into_inner(),
-            new.tariff.code.clone(),
+            intent.telegram_id.into_inner(),
+            intent.tariff.code.clone(),
         ))
         .map_err(ApiError::internal)?;
         model.metadata[META_IDEMPOTENCY] = serde_json::json!({
@@ -476,24 +616,47 @@ impl Create<'_> {
             "status": 201,
             "response": response,
         });
-        let active: payments::ActiveModel = model.clone().into();
-        active.reset_all().update(txn).await?;
+
+        let txn = service_kit::db::begin_write(&self.state.db).await?;
+        let stored = payments::Entity::update_many()
+            .set(payments::ActiveModel {
+                provider_payment_id: Set(model.provider_payment_id.clone()),
+                confirmation_url: Set(model.confirmation_url.clone()),
+                expires_at: Set(model.expires_at),
+                updated_at: Set(model.updated_at),
+                next_check_at: Set(None),
+                check_attempts: Set(0),
+                metadata: Set(model.metadata.clone()),
+                ..Default::default()
+            })
+            .filter(unfinished(model.id))
+            .exec(&txn)
+            .await?;
+        if stored.rows_affected == 0 {
+            // Finished by another request (or expired meanwhile): answer with what is stored.
+            drop(txn);
+            let row = self.existing().await?.ok_or(ApiError::InFlight)?;
+            return match self.resume(row).await? {
+                Resumed::Replay(response) => Ok(response),
+                Resumed::Unfinished(_) => Err(ApiError::InFlight),
+            };
+        }
+        let payment_id = model.payment_id();
         let event = PaymentCreated {
             payment: PaymentSnapshot {
-                payment_id: new.payment_id.into_inner(),
-                user_id,
-                telegram_id: new.telegram_id.into_inner(),
-                tariff_code: new.tariff.code.clone(),
-                provider: new.provider_id.as_str().to_owned(),
+                payment_id: model.id,
+                user_id: model.user_id,
+                telegram_id: intent.telegram_id.into_inner(),
+                tariff_code: intent.tariff.code.clone(),
+                provider: model.provider.clone(),
                 amount_minor: model.amount_minor,
                 currency: model.currency.code().to_owned(),
             },
         };
-        let envelope =
-            Envelope::new(&event, new.payment_id.into_inner(), None)?.with_occurred_at(now);
-        messaging::outbox::enqueue(txn, &envelope).await?;
+        let envelope = Envelope::new(&event, model.id, None)?.with_occurred_at(now);
+        messaging::outbox::enqueue(&txn, &envelope).await?;
         domain::payment_log::record(
-            txn,
+            &txn,
             domain::payment_log::Entry {
                 event_type: PaymentCreated::EVENT_TYPE,
                 payment: &model,
@@ -501,8 +664,8 @@ impl Create<'_> {
                 message: format!("payment created: {}", created.amount),
                 metadata: serde_json::json!({
                     "event_id": envelope.event_id,
-                    "telegram_id": new.telegram_id.into_inner(),
-                    "tariff_code": new.tariff.code,
+                    "telegram_id": intent.telegram_id.into_inner(),
+                    "tariff_code": intent.tariff.code,
                     "provider_payment_id": model.provider_payment_id,
                     "expires_at": model.expires_at,
                     "test": created.test,
@@ -511,48 +674,84 @@ impl Create<'_> {
             },
         )
         .await?;
-        crate::observability::payment_created(new.provider_id.as_str(), model.currency.code());
+        txn.commit().await?;
+        crate::observability::payment_created(&model.provider, model.currency.code());
         tracing::info!(
-            payment_id = %new.payment_id,
-            provider = %new.provider_id,
+            %payment_id,
+            provider = %model.provider,
             amount = %created.amount,
             "payment created"
         );
-        Ok((new.payment_id, response))
-    }
-
-    /// The answer after commit.
-    fn created(&self, payment_id: PaymentId, response: String) -> HttpResponse {
         self.state.outbox_nudge.notify_one();
-        HttpResponse::Created()
+        Ok(HttpResponse::Created()
             .content_type("application/json")
             .insert_header((header::LOCATION, format!("/api/payments/{payment_id}")))
-            .body(response)
+            .body(response))
+    }
+
+    /// Marks the intent row `failed` with the provider's refusal as the key's stored answer,
+    /// so a repeat gets the same error instead of asking again. Returns that error.
+    async fn refuse(&self, intent: &Intent, error: ApiError) -> ApiError {
+        let payment = &intent.payment;
+        tracing::warn!(payment_id = %payment.id, %error, "the provider refused the payment");
+        let body = serde_json::json!({ "error": error.code(), "message": error.to_string() });
+        let metadata = serde_json::json!({
+            META_CREATION: CREATION_REFUSED,
+            META_IDEMPOTENCY: {
+                "request_hash": self.request_hash,
+                "status": actix_web::ResponseError::status_code(&error).as_u16(),
+                "response": body.to_string(),
+            },
+        });
+        let now = Utc::now().trunc_subsecs(6);
+        let stored = async {
+            let txn = service_kit::db::begin_write(&self.state.db).await?;
+            let updated = payments::Entity::update_many()
+                .set(payments::ActiveModel {
+                    status: Set(PaymentStatus::Failed),
+                    failure_reason: Set(Some(error.to_string())),
+                    metadata: Set(metadata),
+                    updated_at: Set(now),
+                    next_check_at: Set(None),
+                    ..Default::default()
+                })
+                .filter(unfinished(payment.id))
+                .exec(&txn)
+                .await?;
+            if updated.rows_affected == 1 {
+                let failed = payments::Model {
+                    status: PaymentStatus::Failed,
+                    ..payment.clone()
+                };
+                domain::payment_log::record(
+                    &txn,
+                    domain::payment_log::Entry {
+                        event_type: "payment.create_refused",
+                        payment: &failed,
+                        status: failed.status.as_str(),
+                        message: format!("the provider refused the payment: {error}"),
+                        metadata: body.clone(),
+                        at: now,
+                    },
+                )
+                .await?;
+            }
+            txn.commit().await
+        };
+        if let Err(db) = stored.await {
+            tracing::error!(payment_id = %payment.id, error = %db, "could not record the refusal; the payment stays unfinished");
+        }
+        error
     }
 }
 
-/// Takes the key's transaction-scoped advisory lock on PostgreSQL (released at commit or
-/// rollback); another holder means the same key is in flight elsewhere.
-async fn lock_key(txn: &DatabaseTransaction, key: &str) -> Result<(), ApiError> {
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    let digest = Sha256::digest(format!("acp:idempotency:{key}").as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_try_advisory_xact_lock($1) AS locked",
-            [i64::from_be_bytes(first).into()],
-        ))
-        .await?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("advisory lock returned no row")))?;
-    if row.try_get::<bool>("", "locked")? {
-        Ok(())
-    } else {
-        Err(ApiError::InFlight)
-    }
+/// The intent row `id` while its creation is unfinished: the condition of the UPDATE that
+/// stores the outcome, so only the first writer stores one.
+fn unfinished(id: Uuid) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(payments::Column::Id.eq(id))
+        .add(payments::Column::Status.eq(PaymentStatus::Pending))
+        .add(payments::Column::ProviderPaymentId.is_null())
 }
 
 /// The stored answer for a repeated key: byte for byte when the request is the same.
@@ -574,20 +773,14 @@ fn replay(existing: &payments::Model, request_hash: &str) -> Result<HttpResponse
         .and_then(|r| r.as_str())
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("stored response missing")))?
         .to_owned();
-    Ok(HttpResponse::build(status)
+    let mut response = HttpResponse::build(status);
+    response
         .content_type("application/json")
-        .insert_header((header::LOCATION, format!("/api/payments/{}", existing.id)))
-        .insert_header((REPLAYED, "true"))
-        .body(body))
-}
-
-/// A unique-key race (a replica without the advisory lock, e.g. SQLite) is the in-flight
-/// case; anything else is internal.
-fn conflict_or(error: DbErr) -> ApiError {
-    match error.sql_err() {
-        Some(SqlErr::UniqueConstraintViolation(_)) => ApiError::InFlight,
-        _ => ApiError::internal(error),
+        .insert_header((REPLAYED, "true"));
+    if status.is_success() {
+        response.insert_header((header::LOCATION, format!("/api/payments/{}", existing.id)));
     }
+    Ok(response.body(body))
 }
 
 async fn upsert_user(
@@ -709,6 +902,12 @@ struct RefundView {
     requested_by: String,
     failure_reason: Option<String>,
     created_at: DateTime<Utc>,
+    /// The refund was not made through the provider's API (fiat Telegram payments): the
+    /// access is revoked and the money must be returned in the payment provider's cabinet.
+    outside_provider: bool,
+    /// What the admin still has to do, when something is left (see `outside_provider`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_action: Option<String>,
 }
 
 impl From<&refunds::Model> for RefundView {
@@ -724,6 +923,16 @@ impl From<&refunds::Model> for RefundView {
             requested_by: r.requested_by.clone(),
             failure_reason: r.failure_reason.clone(),
             created_at: r.created_at,
+            outside_provider: r.outside_provider,
+            admin_action: r.outside_provider.then(|| {
+                format!(
+                    "Telegram has no refund for card payments: the access is revoked and this \
+                     refund is recorded as made outside Telegram. Return {} to the payer in \
+                     the payment provider's cabinet (Telegram charge {}).",
+                    r.amount(),
+                    r.provider_refund_id.as_deref().unwrap_or("unknown")
+                )
+            }),
         }
     }
 }
@@ -738,6 +947,25 @@ fn refund_response(refund: &refunds::Model) -> HttpResponse {
     }
 }
 
+/// The key a caller repeats to settle the refund stored under `stored`: the API key it sent,
+/// or for a refund asked without one, its own `refund-<id>` key.
+fn repeat_key(stored: &str) -> &str {
+    stored.strip_prefix("api:").unwrap_or(stored)
+}
+
+/// Record the intent, call the provider, record the result — one refund at a time per
+/// payment.
+///
+/// 1. A short transaction re-reads the payment (row-locked on PostgreSQL; SQLite's write
+///    transaction is exclusive), answers 409 naming a refund still in progress, checks what is
+///    left to refund and stores the refund as `pending`. The partial unique index
+///    `uq_refunds_one_pending` (one pending refund per payment) backs this up.
+/// 2. The provider is asked outside any transaction (our refund id is its idempotence key).
+/// 3. A short transaction records the answer with the notice for the worker.
+///
+/// Fiat Telegram payments have no Bot API refund: step 2 is skipped, the refund is recorded
+/// as made outside Telegram, and the answer tells the admin to return the money in the
+/// payment provider's cabinet; the worker revokes the access as for any refund.
 async fn refund(
     req: HttpRequest,
     path: web::Path<String>,
@@ -760,47 +988,117 @@ async fn refund(
         .one(&state.db)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment {id}")))?;
-    if let Some(key) = &key {
-        let stored_key = format!("api:{key}");
-        if let Some(existing) = refunds::Entity::find()
-            .filter(refunds::Column::IdempotencyKey.eq(stored_key.as_str()))
-            .one(&state.db)
-            .await?
-        {
-            if existing.payment_id != payment.id {
-                return Err(ApiError::IdempotencyMismatch);
-            }
-            if existing.status != RefundStatus::Pending || existing.provider_refund_id.is_some() {
-                return Ok(refund_response(&existing).customize_replayed());
-            }
-            // The first attempt's result is unknown (timeout, 5xx): ask again with the same
-            // refund id, hence the same provider idempotence key — the provider answers with
-            // the refund it made, or makes it now, never a second one.
-            let (provider_id, provider_payment_id) = refund_target(&payment)?;
-            // The same request as the first time: what the other refunds had taken then. (The
-            // payment may since show this refund applied, if the provider made it and told us.)
-            let others = recorded_refunds(&state, &payment, Some(existing.id)).await?;
-            let original = payments::Model {
-                status: if others == 0 {
-                    PaymentStatus::Succeeded
-                } else {
-                    PaymentStatus::PartiallyRefunded
-                },
-                ..payment
-            };
-            return settle_refund(
-                &state,
-                &original,
-                existing,
-                provider_id,
-                provider_payment_id,
-                others,
-            )
-            .await
-            .map(Replayed::customize_replayed);
+    if let Some(key) = &key
+        && let Some(existing) = refund_by_key(&state, key.as_str()).await?
+    {
+        if existing.payment_id != payment.id {
+            return Err(ApiError::IdempotencyMismatch);
         }
+        if existing.status != RefundStatus::Pending || existing.provider_refund_id.is_some() {
+            return Ok(refund_response(&existing).customize_replayed());
+        }
+        // The first attempt's result is unknown (timeout, 5xx): ask again with the same
+        // refund id, hence the same provider idempotence key — the provider answers with
+        // the refund it made, or makes it now, never a second one.
+        let (provider_id, provider_payment_id) = refund_target(&payment)?;
+        // The same request as the first time: what the other refunds had taken then. (The
+        // payment may since show this refund applied, if the provider made it and told us.)
+        let others = recorded_refunds(&state.db, payment.id, Some(existing.id)).await?;
+        let original = payments::Model {
+            status: if others == 0 {
+                PaymentStatus::Succeeded
+            } else {
+                PaymentStatus::PartiallyRefunded
+            },
+            ..payment
+        };
+        return settle_refund(
+            &state,
+            &original,
+            existing,
+            provider_id,
+            provider_payment_id,
+            others,
+        )
+        .await
+        .map(Replayed::customize_replayed);
     }
     let (provider_id, provider_payment_id) = refund_target(&payment)?;
+    let outside = made_outside_provider(provider_id, &payment);
+    let (payment, record, already) =
+        record_refund_intent(&state, payment.id, &body, key.as_ref(), outside).await?;
+    if outside {
+        return settle_outside(&state, &payment, record, &provider_payment_id).await;
+    }
+    settle_refund(
+        &state,
+        &payment,
+        record,
+        provider_id,
+        provider_payment_id,
+        already,
+    )
+    .await
+}
+
+/// Fiat Telegram payments (a currency other than Stars): no Bot API method refunds them.
+fn made_outside_provider(provider_id: ProviderId, payment: &payments::Model) -> bool {
+    provider_id == ProviderId::Telegram && payment.currency != Currency::Xtr
+}
+
+/// A refund stored under the caller's key (`api:<key>`), or a key-less refund repeated with
+/// its own `refund-<id>` key.
+async fn refund_by_key(state: &AppState, key: &str) -> Result<Option<refunds::Model>, ApiError> {
+    let mut keys = vec![format!("api:{key}")];
+    if key.starts_with("refund-") {
+        keys.push(key.to_owned());
+    }
+    Ok(refunds::Entity::find()
+        .filter(refunds::Column::IdempotencyKey.is_in(keys))
+        .one(&state.db)
+        .await?)
+}
+
+/// The 409 for a payment whose refund `pending` is still in progress.
+fn refund_in_progress(pending: &refunds::Model) -> ApiError {
+    ApiError::RefundInProgress {
+        refund_id: pending.id,
+        key: repeat_key(&pending.idempotency_key).to_owned(),
+    }
+}
+
+async fn pending_refund<C: ConnectionTrait>(
+    conn: &C,
+    payment_id: Uuid,
+) -> Result<Option<refunds::Model>, DbErr> {
+    refunds::Entity::find()
+        .filter(refunds::Column::PaymentId.eq(payment_id))
+        .filter(refunds::Column::Status.eq(RefundStatus::Pending))
+        .one(conn)
+        .await
+}
+
+/// Transaction 1 of a refund: stores it as `pending` unless another refund of the payment is
+/// in progress (409 naming it), after checking what is left to refund. Returns the payment as
+/// read in the transaction, the refund and what other refunds had taken.
+async fn record_refund_intent(
+    state: &AppState,
+    payment_id: Uuid,
+    body: &RefundBody,
+    key: Option<&IdempotencyKey>,
+    outside: bool,
+) -> Result<(payments::Model, refunds::Model, i64), ApiError> {
+    let txn = service_kit::db::begin_write(&state.db).await?;
+    // Refunds of one payment queue here on PostgreSQL for the few milliseconds of this
+    // transaction; SQLite's write transaction is exclusive already (the lock is not emitted).
+    let payment = payments::Entity::find_by_id(payment_id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no payment {payment_id}")))?;
+    if let Some(pending) = pending_refund(&txn, payment.id).await? {
+        return Err(refund_in_progress(&pending));
+    }
     if !matches!(
         payment.status,
         PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
@@ -810,18 +1108,22 @@ async fn refund(
             payment.status
         )));
     }
-    // Refunds not yet applied by the worker count too, so two quick refunds cannot exceed
-    // the payment.
+    // Refunds not yet applied by the worker count too, so two refunds cannot exceed the
+    // payment.
     let already = payment
         .refunded_minor
-        .max(recorded_refunds(&state, &payment, None).await?);
+        .max(recorded_refunds(&txn, payment.id, None).await?);
     let amount_minor = body.amount_minor.unwrap_or(payment.amount_minor - already);
     if amount_minor <= 0 {
         return Err(ApiError::Unprocessable(
             "nothing to refund: the amount must be positive".into(),
         ));
     }
-
+    if outside && (already != 0 || amount_minor != payment.amount_minor) {
+        return Err(ApiError::Unprocessable(
+            "Telegram card payments are refunded in full only (the access is revoked)".into(),
+        ));
+    }
     let refund_id = Uuid::now_v7();
     let now = Utc::now().trunc_subsecs(6);
     let record = refunds::Model {
@@ -837,31 +1139,35 @@ async fn refund(
             .requested_by
             .as_deref()
             .map_or_else(|| "api".to_owned(), |who| format!("admin:{who}")),
-        idempotency_key: key
-            .as_ref()
-            .map_or_else(|| format!("refund-{refund_id}"), |k| format!("api:{k}")),
+        idempotency_key: key.map_or_else(|| format!("refund-{refund_id}"), |k| format!("api:{k}")),
         failure_reason: None,
         created_at: now,
         updated_at: now,
         completed_at: None,
+        outside_provider: outside,
     };
-    // Recorded before the call: a crash afterwards leaves a pending refund to reconcile, not
-    // a refund nobody knows about.
+    // Recorded before the call: a crash afterwards leaves a pending refund to settle, not a
+    // refund nobody knows about.
     let active: refunds::ActiveModel = record.clone().into();
-    refunds::Entity::insert(active.reset_all())
-        .exec_without_returning(&state.db)
-        .await
-        .map_err(conflict_or)?;
-
-    settle_refund(
-        &state,
-        &payment,
-        record,
-        provider_id,
-        provider_payment_id,
-        already,
-    )
-    .await
+    let inserted = refunds::Entity::insert(active.reset_all())
+        .exec_without_returning(&txn)
+        .await;
+    let committed = match inserted {
+        Ok(_) => txn.commit().await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = committed {
+        if !matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+            return Err(ApiError::internal(error));
+        }
+        // The last guard: another refund of the payment (partial unique index), or the same
+        // key, got in first.
+        return Err(match pending_refund(&state.db, payment.id).await? {
+            Some(pending) => refund_in_progress(&pending),
+            None => ApiError::InFlight,
+        });
+    }
+    Ok((payment, record, already))
 }
 
 /// The provider that took `payment` and its id there: what a refund is asked of.
@@ -875,25 +1181,20 @@ fn refund_target(payment: &payments::Model) -> Result<(ProviderId, String), ApiE
     Ok((provider_id, provider_payment_id))
 }
 
-/// The refunds of `payment` recorded as pending or succeeded, in minor units; `except` leaves
-/// out the refund being settled.
-async fn recorded_refunds(
-    state: &AppState,
-    payment: &payments::Model,
+/// The refunds of `payment_id` recorded as pending or succeeded, in minor units; `except`
+/// leaves out the refund being settled.
+async fn recorded_refunds<C: ConnectionTrait>(
+    conn: &C,
+    payment_id: Uuid,
     except: Option<Uuid>,
 ) -> Result<i64, ApiError> {
     let mut query = refunds::Entity::find()
-        .filter(refunds::Column::PaymentId.eq(payment.id))
+        .filter(refunds::Column::PaymentId.eq(payment_id))
         .filter(refunds::Column::Status.is_in([RefundStatus::Pending, RefundStatus::Succeeded]));
     if let Some(except) = except {
         query = query.filter(refunds::Column::Id.ne(except));
     }
-    Ok(query
-        .all(&state.db)
-        .await?
-        .iter()
-        .map(|r| r.amount_minor)
-        .sum())
+    Ok(query.all(conn).await?.iter().map(|r| r.amount_minor).sum())
 }
 
 /// Asks the provider for the refund `record` (already stored as pending) and records its
@@ -938,7 +1239,9 @@ async fn settle_refund(
         Err(error) if error.is_result_unknown() => {
             tracing::warn!(%refund_id, payment_id = %id, %error, "refund result unknown; stays pending");
             Err(ApiError::ProviderUnavailable(format!(
-                "{error}; refund {refund_id} stays pending: repeat the request with the same Idempotency-Key to settle it"
+                "{error}; refund {refund_id} stays pending: repeat the request with the same \
+                 Idempotency-Key ({}) to settle it",
+                repeat_key(&record.idempotency_key)
             )))
         }
         Err(error) => {
@@ -952,6 +1255,56 @@ async fn settle_refund(
     }
 }
 
+/// A fiat Telegram refund: nobody is asked (there is no Bot API refund for fiat). The refund
+/// is recorded as succeeded outside Telegram, with a `refunded_payment` notice so the worker
+/// moves the payment and `payment.refunded` revokes the access; the answer tells the admin to
+/// return the money in the payment provider's cabinet.
+async fn settle_outside(
+    state: &AppState,
+    payment: &payments::Model,
+    record: refunds::Model,
+    provider_payment_id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let charge = telegram_charge_id(state, payment.id)
+        .await?
+        .unwrap_or_else(|| format!("outside-{}", record.id));
+    let done = ProviderRefund {
+        provider_refund_id: charge,
+        status: RefundStatus::Succeeded,
+        amount: record.amount(),
+    };
+    let refund_id = record.id;
+    let updated = record_refund(
+        state,
+        record,
+        provider_payment_id,
+        ProviderId::Telegram,
+        &done,
+    )
+    .await?;
+    tracing::info!(%refund_id, payment_id = %payment.id, "fiat Telegram refund recorded as made outside Telegram");
+    Ok(refund_response(&updated))
+}
+
+/// The `telegram_payment_charge_id` of the payment's stored `successful_payment`.
+async fn telegram_charge_id(
+    state: &AppState,
+    payment_id: Uuid,
+) -> Result<Option<String>, ApiError> {
+    use payment_core::providers::telegram::transformers::{PaymentMessage, payment_message};
+    let notices = provider_notifications::Entity::find()
+        .filter(provider_notifications::Column::PaymentId.eq(payment_id))
+        .filter(provider_notifications::Column::Provider.eq(ProviderId::Telegram.as_str()))
+        .all(&state.db)
+        .await?;
+    Ok(notices
+        .iter()
+        .find_map(|n| match payment_message(n.body.as_bytes()) {
+            Ok(PaymentMessage::Successful(paid)) => Some(paid.telegram_payment_charge_id),
+            _ => None,
+        }))
+}
+
 /// Stores the provider's answer and tells the worker, in one transaction: the refund row is
 /// updated and a `provider.notification.<provider>` notice (inbox + outbox) asks the worker to
 /// re-fetch and apply it — `payment.refunded` is the worker's to emit.
@@ -963,15 +1316,6 @@ async fn record_refund(
     done: &ProviderRefund,
 ) -> Result<refunds::Model, ApiError> {
     let now = Utc::now();
-    let txn = service_kit::db::begin_write(&state.db).await?;
-    let mut active: refunds::ActiveModel = record.clone().into();
-    active.provider_refund_id = Set(Some(done.provider_refund_id.clone()));
-    active.status = Set(done.status);
-    active.updated_at = Set(now);
-    if done.status.is_terminal() {
-        active.completed_at = Set(Some(now));
-    }
-    let updated = active.update(&txn).await?;
     let body = refund_notice_body(provider_id, provider_payment_id, done, now);
     // The provider's own parser names the notice, so its real notification of this refund
     // gets the same key; a provider that parses no notices of ours gets a key of our own.
@@ -984,6 +1328,15 @@ async fn record_refund(
         Err(_) => None,
     }
     .unwrap_or_else(|| format!("refund:{}", done.provider_refund_id));
+    let txn = service_kit::db::begin_write(&state.db).await?;
+    let mut active: refunds::ActiveModel = record.clone().into();
+    active.provider_refund_id = Set(Some(done.provider_refund_id.clone()));
+    active.status = Set(done.status);
+    active.updated_at = Set(now);
+    if done.status.is_terminal() {
+        active.completed_at = Set(Some(now));
+    }
+    let updated = active.update(&txn).await?;
     inbox::store_in(
         &txn,
         &Notice {

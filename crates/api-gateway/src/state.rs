@@ -30,8 +30,9 @@ pub struct AppState {
     pub in_flight: InFlight,
 }
 
-/// Idempotency keys being processed by this process. PostgreSQL deployments also take an
-/// advisory lock per key, which covers several gateway replicas; this set covers SQLite.
+/// Idempotency keys being processed by this process: a second request with a key in hand
+/// here gets 409 at once. Across replicas the UNIQUE key column and the provider's
+/// idempotence make a second request safe (it finishes or replays the same payment).
 #[derive(Debug, Clone, Default)]
 pub struct InFlight(Arc<Mutex<HashSet<String>>>);
 

@@ -9,5 +9,7 @@ mod helpers;
 mod ops;
 mod payments;
 mod refunds;
+mod slow_provider;
 mod stats;
+mod telegram_refunds;
 mod yookassa;

@@ -344,20 +344,166 @@ async fn bad_requests_get_clear_answers() {
     assert_eq!(app.create_payment("bad-1", CREATE_BODY).await.status(), 201);
 }
 
+/// No definite answer from YooKassa: the intent row stays, unfinished (the marker
+/// reconciliation looks for), and no `payment.created` is announced; a repeat of the key asks
+/// YooKassa again for the same payment id and finishes the same row.
 #[tokio::test]
-async fn provider_failures_store_nothing_and_the_key_can_be_retried() {
+async fn provider_failures_leave_an_intent_that_a_retry_of_the_key_finishes() {
     let app = spawn_app(&[]).await;
     app.yookassa.push_fault(Fault::InternalError, 2);
     let response = app.create_payment("flaky-1", CREATE_BODY).await;
     assert_eq!(response.status(), 504);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "provider_unavailable");
-    assert!(app.payments().await.is_empty());
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("same Idempotency-Key"),
+        "{body}"
+    );
+    let rows = app.payments().await;
+    assert_eq!(rows.len(), 1);
+    let intent = &rows[0];
+    assert_eq!(intent.status, PaymentStatus::Pending);
+    assert_eq!(intent.provider_payment_id, None);
+    assert_eq!(intent.metadata["gateway_creation"], "in_progress");
+    assert_eq!(intent.expires_at, None);
+    assert_eq!(
+        intent.next_check_at,
+        Some(intent.created_at + chrono::Duration::minutes(5))
+    );
     assert!(app.outbox_with_key("payment.created").await.is_empty());
 
     let retry = app.create_payment("flaky-1", CREATE_BODY).await;
     assert_eq!(retry.status(), 201);
-    assert_eq!(app.payments().await.len(), 1);
+    let created: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(created["payment_id"], intent.id.to_string());
+    let rows = app.payments().await;
+    assert_eq!(rows.len(), 1);
+    let done = &rows[0];
+    assert_eq!(
+        done.provider_payment_id.as_deref(),
+        created["provider_payment_id"].as_str()
+    );
+    assert!(done.metadata.get("gateway_creation").is_none());
+    assert_eq!(done.next_check_at, None);
+    assert_eq!(app.outbox_with_key("payment.created").await.len(), 1);
+    assert_eq!(app.yookassa.payments().len(), 1);
+}
+
+/// YooKassa made the payment but both answers were lost (500 after processing): the retry of
+/// the key asks again under the same idempotence key and gets that payment, not a second one.
+#[tokio::test]
+async fn a_lost_answer_is_recovered_with_the_same_provider_payment() {
+    let app = spawn_app(&[]).await;
+    app.yookassa
+        .push_fault(Fault::InternalErrorAfterProcessing, 2);
+    let response = app.create_payment("lost-1", CREATE_BODY).await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(app.yookassa.payments().len(), 1, "YooKassa made it");
+    let retry = app.create_payment("lost-1", CREATE_BODY).await;
+    assert_eq!(retry.status(), 201);
+    let created: serde_json::Value = retry.json().await.unwrap();
+    let at_provider = app.yookassa.payments();
+    assert_eq!(at_provider.len(), 1, "no second payment at YooKassa");
+    assert_eq!(created["provider_payment_id"], at_provider[0]["id"]);
+    let keys: std::collections::HashSet<_> = app
+        .yookassa
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v3/payments")
+        .map(|r| r.idempotence_key)
+        .collect();
+    assert_eq!(
+        keys.len(),
+        1,
+        "one idempotence key for every attempt: {keys:?}"
+    );
+}
+
+/// The client gives up (timeout) while YooKassa is slow; its retry with the same
+/// `Idempotency-Key` gets the same payment — one payment at YooKassa, one row, one event.
+#[tokio::test]
+async fn a_retry_after_a_client_timeout_returns_the_same_provider_payment() {
+    let app = spawn_app(&[]).await;
+    app.yookassa.set_latency(Duration::from_secs(2));
+    let impatient = app
+        .http
+        .post(app.url("/api/payments"))
+        .bearer_auth(SERVICE_TOKEN)
+        .header("Idempotency-Key", "timeout-1")
+        .header("Content-Type", "application/json")
+        .body(CREATE_BODY)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(impatient.unwrap_err().is_timeout());
+
+    // Retries: 409 while the first attempt is still running here, then the payment.
+    let mut answer = None;
+    for _ in 0..100 {
+        let retry = app.create_payment("timeout-1", CREATE_BODY).await;
+        match retry.status().as_u16() {
+            409 => tokio::time::sleep(Duration::from_millis(100)).await,
+            201 => {
+                answer = Some(retry.json::<serde_json::Value>().await.unwrap());
+                break;
+            }
+            other => panic!("unexpected {other}: {}", retry.text().await.unwrap()),
+        }
+    }
+    let created = answer.expect("the retry got the payment");
+    let at_provider = app.yookassa.payments();
+    assert_eq!(
+        at_provider.len(),
+        1,
+        "one payment created at YooKassa, not two"
+    );
+    assert_eq!(created["provider_payment_id"], at_provider[0]["id"]);
+    let rows = app.payments().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(created["payment_id"], rows[0].id.to_string());
+    assert_eq!(app.outbox_with_key("payment.created").await.len(), 1);
+    app.yookassa.set_latency(Duration::ZERO);
+    let again = app.create_payment("timeout-1", CREATE_BODY).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+}
+
+/// A definite refusal (here a tampered amount) marks the intent failed and becomes the key's
+/// answer: a repeat gets the same error without asking YooKassa again; a new key may try.
+#[tokio::test]
+async fn a_provider_refusal_is_stored_as_the_answer_of_the_key() {
+    let app = spawn_app(&[]).await;
+    app.yookassa.push_fault(
+        Fault::WrongAmount {
+            amount: sandbox::yookassa::Amount {
+                value: "1.00".into(),
+                currency: "RUB".into(),
+            },
+        },
+        1,
+    );
+    let refused = app.create_payment("refused-1", CREATE_BODY).await;
+    assert_eq!(refused.status(), 502);
+    let first = refused.text().await.unwrap();
+    let rows = app.payments().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, PaymentStatus::Failed);
+    assert_eq!(rows[0].metadata["gateway_creation"], "refused");
+    assert_eq!(rows[0].next_check_at, None);
+    assert!(app.outbox_with_key("payment.created").await.is_empty());
+
+    let asked = creates(&app);
+    let again = app.create_payment("refused-1", CREATE_BODY).await;
+    assert_eq!(again.status(), 502);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.text().await.unwrap(), first);
+    assert_eq!(creates(&app), asked, "not asked again");
+    assert_eq!(
+        app.create_payment("refused-2", CREATE_BODY).await.status(),
+        201
+    );
 }
 
 #[tokio::test]

@@ -223,3 +223,91 @@ async fn a_refund_whose_result_was_lost_is_settled_by_repeating_the_key() {
     assert_eq!(send().await.unwrap().status(), 200);
     assert_eq!(app.yookassa.requests().len(), requests);
 }
+
+/// Two refunds of one payment at once with different keys, YooKassa slow: one proceeds, the
+/// other gets 409 naming it (no provider call); one refund recorded, one made at YooKassa. A
+/// refund asked after the first settled sees it (nothing left: 422).
+#[tokio::test]
+async fn concurrent_refunds_one_proceeds_the_other_gets_409() {
+    let app = spawn_app(&[]).await;
+    let (id, _) = succeeded_payment(&app, "refund-race").await;
+    app.yookassa
+        .set_latency(std::time::Duration::from_millis(1500));
+    let send = |key: &'static str| {
+        app.http
+            .post(app.url(&format!("/api/payments/{id}/refund")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Idempotency-Key", key)
+            .send()
+    };
+    let (a, b) = tokio::join!(send("race-a"), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        send("race-b").await
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 409);
+    let first: serde_json::Value = a.json().await.unwrap();
+    let conflict: serde_json::Value = b.json().await.unwrap();
+    assert_eq!(conflict["error"], "refund_in_progress");
+    let message = conflict["message"].as_str().unwrap();
+    assert!(
+        message.contains(first["refund_id"].as_str().unwrap()),
+        "{message}"
+    );
+    let rows = refunds::Entity::find().all(&app.db.conn).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RefundStatus::Succeeded);
+    assert_eq!(app.yookassa.refunds().len(), 1);
+
+    app.yookassa.set_latency(std::time::Duration::ZERO);
+    let later = send("race-c").await.unwrap();
+    assert_eq!(later.status(), 422);
+    assert_eq!(app.yookassa.refunds().len(), 1);
+    assert_eq!(
+        refunds::Entity::find()
+            .all(&app.db.conn)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// The partial unique index holds even without the gateway's check: a second pending refund
+/// of one payment cannot be stored.
+#[tokio::test]
+async fn the_database_refuses_a_second_pending_refund() {
+    let app = spawn_app(&[]).await;
+    let (id, _) = succeeded_payment(&app, "refund-index").await;
+    let insert = |key: &str| {
+        format!(
+            "INSERT INTO refunds (id, payment_id, provider, amount_minor, currency, status, \
+             requested_by, idempotency_key, created_at, updated_at) VALUES ('{}', '{id}', \
+             'yookassa', 100, 'RUB', 'pending', 'api', '{key}', now(), now())",
+            uuid::Uuid::now_v7()
+        )
+    };
+    app.db
+        .conn
+        .execute_unprepared(&insert("ix-1"))
+        .await
+        .unwrap();
+    let second = app.db.conn.execute_unprepared(&insert("ix-2")).await;
+    assert!(
+        second
+            .unwrap_err()
+            .to_string()
+            .contains("uq_refunds_one_pending")
+    );
+    app.db
+        .conn
+        .execute_unprepared("UPDATE refunds SET status = 'failed'")
+        .await
+        .unwrap();
+    app.db
+        .conn
+        .execute_unprepared(&insert("ix-3"))
+        .await
+        .unwrap();
+}

@@ -31,6 +31,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub completed_at: Option<DateTimeUtc>,
+    /// Made outside the provider's API (fiat Telegram payments: the admin returns the money
+    /// in the payment provider's cabinet; Telegram was not asked).
+    pub outside_provider: bool,
 }
 
 impl Model {

@@ -131,6 +131,7 @@ async fn refund_and_log_round_trip(conn: &DatabaseConnection) {
         created_at: Set(now),
         updated_at: Set(now),
         completed_at: Set(None),
+        outside_provider: Set(false),
     }
     .insert(conn)
     .await
