@@ -118,7 +118,7 @@ pub async fn start(
     ));
 
     let runner = ConsumerRunner::new(
-        Notifier::new(api),
+        Notifier::new(api, infra.db.clone()),
         infra.db.clone(),
         infra.bus.clone(),
         RunnerConfig::default(),

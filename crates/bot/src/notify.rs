@@ -3,18 +3,38 @@
 //! One message per event — one Telegram call: the activation is a single `sendPhoto` (the
 //! link's QR code) whose caption is the text, so there is never half a notification to redo.
 //!
-//! Sent at least once, shown once in effect: the runner inserts the event's sent-marker row
-//! (`processed_messages`, `(bot, event_id)`) in the transaction this handler runs in, the
-//! handler sends, and only a successful send lets that transaction commit and the delivery be
-//! acknowledged. A failed send (Telegram 5xx, 429, a timeout) rolls the marker back and the
-//! event comes again after the retry delay; a redelivery after the commit finds the marker
-//! and sends nothing; two copies delivered at once wait on the marker's key, and the second
-//! finds it committed. The one window left is a crash (or a lost commit) after Telegram
-//! accepted the message and before the commit: the event is delivered again and the user gets
-//! the message twice. Telegram has no idempotent send, so at-least-once is the honest
-//! guarantee there; the window is one commit's few milliseconds.
+//! The call to Telegram is made with no database transaction open
+//! ([`Handler::prepare`]; the user's language is read on the notifier's own connection), so
+//! a slow Telegram holds no pooled connection and no lock. The runner first skips an event
+//! whose sent-marker row (`processed_messages`, `(bot, event_id)`) is committed; then the
+//! notifier sends; only after Telegram accepted the message (or refused it for good: the user
+//! blocked the bot) does the runner's transaction insert and commit the marker, and the
+//! delivery is acknowledged. A failed send (Telegram 5xx, 429, a timeout) writes nothing: the
+//! event comes again after the retry delay. A redelivery after the commit finds the marker
+//! and sends nothing.
+//!
+//! Delivery is **at least once**: Telegram has no idempotent send, and a send cannot commit
+//! together with the marker. A user gets a message twice only when
+//!
+//! - the bot process dies (crash, `kill -9`, lost host) between Telegram's answer and the
+//!   marker's commit: the event is delivered again, to a process that does not know it was
+//!   sent, and sent again; or
+//! - two bot processes handle two copies of one event at the same moment: both see no marker
+//!   and both send. RabbitMQ hands an unacknowledged message to another consumer only after
+//!   the first consumer's channel closed, so this takes a broker connection dropped while a
+//!   send is in flight (or the outbox relay publishing an event twice — it died between the
+//!   broker's confirm and its own commit — with both copies handled at once).
+//!
+//! Within one running process a copy never sends twice: the notifier remembers the events it is sending and
+//! has sent in the last hour. A copy that arrives while another copy of the same event is
+//! being sent fails transiently and, retried after the delay, finds the marker; a copy of an
+//! event this process already sent (its marker's commit failed, or is not visible yet) sends
+//! nothing and lets the marker commit.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::money::{Currency, Money};
@@ -26,8 +46,9 @@ use messaging::events::{
     PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentUnderpaid, SubscriptionActivated,
     SubscriptionRevoked,
 };
-use messaging::{Envelope, Event, Handler, HandlerError};
-use sea_orm::DatabaseTransaction;
+use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use uuid::Uuid;
 
 use crate::texts::{self, Lang, fill};
 use crate::{qr, store};
@@ -51,6 +72,10 @@ const CAPTION_LIMIT: usize = 1024;
 /// Sends one Telegram message per event.
 pub struct Notifier {
     api: Api,
+    /// For the user's language, read outside any transaction.
+    db: DatabaseConnection,
+    /// Events this process is sending or sent lately (see the module docs).
+    recent: Recent,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -60,8 +85,12 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    pub fn new(api: Api) -> Self {
-        Self { api }
+    pub fn new(api: Api, db: DatabaseConnection) -> Self {
+        Self {
+            api,
+            db,
+            recent: Recent::default(),
+        }
     }
 
     async fn send_text(
@@ -166,16 +195,50 @@ impl Handler for Notifier {
         BINDINGS.iter().map(|b| (*b).to_owned()).collect()
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    /// The send, with no transaction open.
+    async fn prepare(&self, envelope: &Envelope) -> Result<Prepared, HandlerError> {
+        let Some((chat, note)) = decode(envelope)? else {
+            return Ok(Prepared::none());
+        };
+        let claim = match self.recent.begin(envelope.event_id) {
+            Begin::Send(claim) => claim,
+            Begin::Busy => {
+                return Err(HandlerError::transient(format!(
+                    "event {} is being sent by another delivery; retried later",
+                    envelope.event_id
+                )));
+            }
+            Begin::Sent => {
+                tracing::info!(event = %envelope.event_type, event_id = %envelope.event_id, "sent before by this process; only the marker is written");
+                return Ok(Prepared::none());
+            }
+        };
+        self.notify(envelope, chat, note).await?;
+        claim.sent();
+        Ok(Prepared::none())
+    }
+
+    /// Only the sent-marker row, which the runner writes in this transaction.
     async fn handle(
         &self,
-        tx: &DatabaseTransaction,
-        envelope: &Envelope,
-        _prepared: messaging::Prepared,
+        _tx: &DatabaseTransaction,
+        _envelope: &Envelope,
+        _prepared: Prepared,
     ) -> Result<(), HandlerError> {
-        let Some((chat, note)) = decode(envelope)? else {
-            return Ok(());
-        };
-        let language = store::user(tx, chat).await?.and_then(|u| u.language_code);
+        Ok(())
+    }
+}
+
+impl Notifier {
+    /// Tells `chat` about `note` with one Telegram call.
+    async fn notify(&self, envelope: &Envelope, chat: i64, note: Note) -> Result<(), HandlerError> {
+        let language = store::user(&self.db, chat)
+            .await?
+            .and_then(|u| u.language_code);
         let t = Lang::from_code(language.as_deref()).texts();
         let mut markup = None;
         // What the QR code shows, when the message comes with one.
@@ -261,10 +324,112 @@ impl Handler for Notifier {
                 tracing::warn!(event = %envelope.event_type, chat, description = %error.description, "user cannot be notified");
                 Ok(())
             }
-            // Not sent (5xx, 429, timeout): the marker rolls back and the event comes again.
+            // Not sent (5xx, 429, timeout): no marker is written and the event comes again.
             Err(error) => Err(HandlerError::transient(format!(
                 "send to Telegram: {error}"
             ))),
         }
+    }
+}
+
+/// How long this process remembers that it sent an event: longer than the retry delays, so
+/// a retry after a failed commit writes the marker without sending again.
+const REMEMBER_SENT: Duration = Duration::from_secs(3600);
+
+/// What this process did with recent events (see the module docs).
+#[derive(Default)]
+struct Recent(Mutex<HashMap<Uuid, Step>>);
+
+enum Step {
+    Sending,
+    Sent(Instant),
+}
+
+enum Begin<'a> {
+    /// Another delivery of the event is being sent right now.
+    Busy,
+    /// This process sent it already.
+    Sent,
+    /// Send it; the claim records the outcome when dropped.
+    Send(Claim<'a>),
+}
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Step>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(&self, event_id: Uuid) -> Begin<'_> {
+        let mut steps = self.lock();
+        steps.retain(|_, step| match step {
+            Step::Sending => true,
+            Step::Sent(at) => at.elapsed() < REMEMBER_SENT,
+        });
+        match steps.get(&event_id) {
+            Some(Step::Sending) => Begin::Busy,
+            Some(Step::Sent(_)) => Begin::Sent,
+            None => {
+                steps.insert(event_id, Step::Sending);
+                Begin::Send(Claim {
+                    recent: self,
+                    event_id,
+                    sent: false,
+                })
+            }
+        }
+    }
+}
+
+/// An event being sent; forgotten when dropped unless [`Claim::sent`] was called (a failed
+/// or cancelled send may be tried again).
+struct Claim<'a> {
+    recent: &'a Recent,
+    event_id: Uuid,
+    sent: bool,
+}
+
+impl Claim<'_> {
+    fn sent(mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut steps = self.recent.lock();
+        if self.sent {
+            steps.insert(self.event_id, Step::Sent(Instant::now()));
+        } else {
+            steps.remove(&self.event_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_waits_while_one_is_sent_and_is_not_sent_again_afterwards() {
+        let recent = Recent::default();
+        let event = Uuid::now_v7();
+        let Begin::Send(claim) = recent.begin(event) else {
+            panic!("the first copy sends");
+        };
+        assert!(matches!(recent.begin(event), Begin::Busy));
+        claim.sent();
+        assert!(matches!(recent.begin(event), Begin::Sent));
+        assert!(matches!(recent.begin(Uuid::now_v7()), Begin::Send(_)));
+    }
+
+    #[test]
+    fn a_failed_send_is_forgotten() {
+        let recent = Recent::default();
+        let event = Uuid::now_v7();
+        let Begin::Send(claim) = recent.begin(event) else {
+            panic!("the first copy sends");
+        };
+        drop(claim);
+        assert!(matches!(recent.begin(event), Begin::Send(_)));
     }
 }

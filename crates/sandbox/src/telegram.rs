@@ -14,7 +14,8 @@
 //! editMessageText, answerCallbackQuery, sendInvoice, createInvoiceLink,
 //! answerPreCheckoutQuery, refundStarPayment, getStarTransactions. Tests read what each user
 //! was sent ([`Emulator::messages`], uploaded photos with their bytes) and script Telegram's
-//! failures ([`Emulator::fail_next`]: 5xx, 429 with `retry_after`, 400, 403).
+//! failures ([`Emulator::fail_next`]: 5xx, 429 with `retry_after`, 400, 403) and slow answers
+//! ([`Emulator::slow_next`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -255,6 +256,8 @@ struct State {
     calls: HashMap<String, u64>,
     /// Scripted failures per method (error codes), used up oldest first.
     faults: HashMap<String, VecDeque<u16>>,
+    /// Scripted slow answers per method, used up oldest first.
+    delays: HashMap<String, VecDeque<Duration>>,
 }
 
 #[derive(Clone)]
@@ -650,6 +653,16 @@ impl Emulator {
             .or_default()
             .extend(std::iter::repeat_n(code, times));
     }
+
+    /// The next `times` calls of `method` do their work (a sent message is in the chat at
+    /// once), then hold the answer back for `delay`: a slow Telegram.
+    pub fn slow_next(&self, method: &str, delay: Duration, times: usize) {
+        lock(&self.shared.state)
+            .delays
+            .entry(method.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(delay, times));
+    }
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
@@ -866,10 +879,15 @@ async fn bot_method(
         Ok(params) => params,
         Err(error) => return error.response(),
     };
-    let fault = {
+    let (fault, delay) = {
         let mut state = lock(&shared.state);
         *state.calls.entry(method.clone()).or_insert(0) += 1;
-        state.faults.get_mut(&method).and_then(VecDeque::pop_front)
+        let fault = state.faults.get_mut(&method).and_then(VecDeque::pop_front);
+        let delay = match fault {
+            Some(_) => None,
+            None => state.delays.get_mut(&method).and_then(VecDeque::pop_front),
+        };
+        (fault, delay)
     };
     if let Some(code) = fault {
         return ApiError::scripted(code).response();
@@ -891,6 +909,9 @@ async fn bot_method(
         "getStarTransactions" => get_star_transactions(&shared, &params),
         _ => Err(ApiError::new(404, "Not Found: method not found")),
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     match result {
         Ok(result) => HttpResponse::Ok().json(json!({"ok": true, "result": result})),
         Err(error) => error.response(),

@@ -93,6 +93,26 @@ impl TestDb {
     }
 }
 
+/// Sessions on this PostgreSQL test database (other than the caller's) that have sat in an
+/// open transaction for `longer_than` or more, as `"<pid> <state>: <last query>"`: how a test
+/// shows that nothing holds a transaction across an outside call. A short `longer_than`
+/// (a few hundred milliseconds) leaves out the brief transactions of background loops.
+pub async fn open_transactions(db: &DatabaseConnection, longer_than: Duration) -> Vec<String> {
+    let sql = format!(
+        "SELECT pid::text || ' ' || state || ': ' || query AS session FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND state LIKE 'idle in transaction%' \
+         AND state_change < now() - interval '{} milliseconds'",
+        longer_than.as_millis()
+    );
+    db.query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|row| row.try_get::<String>("", "session").expect("session"))
+        .collect()
+}
+
 /// `TEST_AMQP_URL`, or the local broker.
 pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())

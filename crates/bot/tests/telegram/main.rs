@@ -1,7 +1,9 @@
 //! The bot against the Telegram Bot API emulator, with the real gateway and worker.
 
 mod admin;
+mod card;
 mod helpers;
+mod notify;
 
 use std::time::{Duration, Instant};
 

@@ -15,6 +15,9 @@ use crate::helpers::*;
 
 /// How long the emulator holds the status answer back.
 const SLOW: Duration = Duration::from_secs(3);
+/// A transaction open longer than this during the slow call is held across it (background
+/// loops' own transactions last milliseconds).
+const BRIEF: Duration = Duration::from_millis(300);
 
 #[tokio::test]
 async fn a_slow_status_look_up_holds_no_transaction_and_no_lock() {
@@ -51,7 +54,7 @@ async fn a_slow_status_look_up_holds_no_transaction_and_no_lock() {
         );
         let inbox_free = lockable(db, &inbox).await;
         let payment_free = lockable(db, &payment_row).await;
-        let open = open_transactions(db).await;
+        let open = testkit::open_transactions(db, BRIEF).await;
         // The answer may have been applied between the probes: only a pending payment counts.
         if reload(db, payment.id).await.status != PaymentStatus::Pending {
             break;
@@ -113,23 +116,6 @@ async fn lockable(db: &DatabaseConnection, select_for_update_nowait: &str) -> bo
         Err(error) if error.to_string().contains("could not obtain lock") => false,
         Err(error) => panic!("lock probe failed: {error}"),
     }
-}
-
-/// Other sessions on this test's database that have sat in an open transaction for a while
-/// (a transaction of a few milliseconds, like the outbox relay's claim, does not count).
-async fn open_transactions(db: &DatabaseConnection) -> Vec<String> {
-    db.query_all_raw(Statement::from_string(
-        DbBackend::Postgres,
-        "SELECT pid::text || ' ' || state || ': ' || query AS session FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-         AND state LIKE 'idle in transaction%' \
-         AND state_change < now() - interval '300 milliseconds'",
-    ))
-    .await
-    .unwrap()
-    .iter()
-    .map(|row| row.try_get::<String>("", "session").unwrap())
-    .collect()
 }
 
 /// The look-up runs before the transaction, so another notification can apply a newer answer
