@@ -16,9 +16,12 @@ pub const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
 /// The Telegram ids the bot treats as admins.
 pub const ADMIN_ID: i64 = 900_001;
 pub const BOT_TOKEN: &str = "123456:TEST-sandbox-token";
-pub const SERVICE_TOKEN: &str = "e2e-service-token";
-pub const ADMIN_TOKEN: &str = "e2e-admin-token";
-pub const CRYPTO_SECRET: &str = "e2e-crypto-webhook-secret";
+/// The payment provider's token for card payments inside Telegram (test mode, as @BotFather
+/// issues them).
+pub const PROVIDER_TOKEN: &str = "381764678:TEST:sandbox";
+pub const SERVICE_TOKEN: &str = "e2e-service-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef012";
+pub const CRYPTO_SECRET: &str = "e2e-crypto-webhook-secret-0123456789";
 pub const SHOP_ID: &str = "100500";
 pub const SHOP_SECRET: &str = "test_sandbox_secret";
 /// YooKassa notifications come from this loopback address, the only one in the allow-list.
@@ -311,6 +314,7 @@ impl Cluster {
             // Telegram.
             ("TELEGRAM_BOT_TOKEN", BOT_TOKEN.to_owned()),
             ("TELEGRAM_API_URL", sandbox_urls.telegram.clone()),
+            ("TELEGRAM_PAYMENT_PROVIDER_TOKEN", PROVIDER_TOKEN.to_owned()),
             ("SANDBOX_TELEGRAM_BIND", telegram.clone()),
             ("ADMIN_TELEGRAM_IDS", ADMIN_ID.to_string()),
             // Crypto.

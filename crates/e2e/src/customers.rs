@@ -26,15 +26,18 @@ pub fn is_activation(message: &SentMessage) -> bool {
     })
 }
 
-/// The three purchases and the refund, as they happened.
+/// The four purchases and the refund, as they happened.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
-    /// Subscription links from the activation messages: YooKassa, Stars, USDT customer.
+    /// Subscription links from the activation messages: YooKassa, Stars, USDT, card in
+    /// Telegram customer.
     pub links: Vec<String>,
     /// The Stars payment's id (the invoice payload), the one refunded.
     pub refunded_payment: String,
     pub stars_amount: i64,
     pub usdt_micro: i64,
+    /// What the card customer paid inside Telegram, in kopecks.
+    pub card_kopecks: i64,
     pub pre_checkout_ms: u64,
 }
 
@@ -170,25 +173,36 @@ impl Script {
         self.activation(user, pay.message_id, clicked).await
     }
 
-    /// Pays `tariff` with Telegram Stars: an invoice, `pre_checkout_query`,
-    /// `successful_payment`. Returns the link, the invoice payload (the payment id), the Stars
-    /// amount and the pre-checkout answer time.
-    pub async fn pay_stars(
+    /// Pays `tariff` inside Telegram in `currency`: `XTR` for Stars, `RUB` by card through
+    /// the payment provider connected in @BotFather (a provider token). An invoice,
+    /// `pre_checkout_query`, `successful_payment`. Returns the link, the invoice payload (the
+    /// payment id), the amount in the currency's minor units and the pre-checkout answer time.
+    pub async fn pay_in_telegram(
         &self,
         user: &TestUser,
         tariff: &str,
+        currency: &str,
     ) -> anyhow::Result<(String, String, i64, u64)> {
-        let (invoice, clicked) = self.checkout(user, tariff, "telegram", "XTR").await?;
-        let details = invoice.invoice.clone().context("a Stars invoice")?;
+        let (invoice, clicked) = self.checkout(user, tariff, "telegram", currency).await?;
+        let details = invoice.invoice.clone().context("a Telegram invoice")?;
         let answered_in_ms = match self.sandbox.pay_invoice(user, invoice.message_id).await? {
             PayOutcome::Paid { answered_in_ms, .. } => answered_in_ms,
-            other => bail!("the Stars payment did not go through: {other:?}"),
+            other => bail!("the {currency} payment in Telegram did not go through: {other:?}"),
+        };
+        let paid = if currency == "XTR" {
+            format!("{} ⭐", details.total_amount)
+        } else {
+            format!(
+                "{}.{:02} {currency} by card inside Telegram",
+                details.total_amount / 100,
+                details.total_amount % 100
+            )
         };
         self.say(
             clicked,
             &format!(
-                "{} paid {} ⭐ (pre-checkout answered in {answered_in_ms} ms)",
-                user.first_name, details.total_amount
+                "{} paid {paid} (pre-checkout answered in {answered_in_ms} ms)",
+                user.first_name
             ),
         );
         let link = self.activation(user, invoice.message_id, clicked).await?;
@@ -261,22 +275,26 @@ impl Script {
         Ok(stats.text.unwrap_or_default())
     }
 
-    /// The demo's story: Anna pays with YooKassa, Boris with Stars, Chen with USDT, and the
-    /// admin refunds Boris.
-    pub async fn three_purchases_and_a_refund(&self) -> anyhow::Result<Outcome> {
+    /// The demo's story: Anna pays with YooKassa, Boris with Stars, Chen with USDT, Dasha by
+    /// card inside Telegram, and the admin refunds Boris.
+    pub async fn four_purchases_and_a_refund(&self) -> anyhow::Result<Outcome> {
         let anna = TestUser::new(700_001, "Anna", "en");
         let anna_link = self.pay_yookassa(&anna, "month_1").await?;
         let boris = TestUser::new(700_002, "Boris", "en");
         let (boris_link, payload, stars, pre_checkout_ms) =
-            self.pay_stars(&boris, "month_3").await?;
+            self.pay_in_telegram(&boris, "month_3", "XTR").await?;
         let chen = TestUser::new(700_003, "Chen", "en");
         let (chen_link, usdt_micro) = self.pay_usdt(&chen, "month_6").await?;
+        let dasha = TestUser::new(700_004, "Dasha", "ru");
+        let (dasha_link, _, card_kopecks, _) =
+            self.pay_in_telegram(&dasha, "month_1", "RUB").await?;
         self.refund(&payload, &boris).await?;
         Ok(Outcome {
-            links: vec![anna_link, boris_link, chen_link],
+            links: vec![anna_link, boris_link, chen_link, dasha_link],
             refunded_payment: payload,
             stars_amount: stars,
             usdt_micro,
+            card_kopecks,
             pre_checkout_ms,
         })
     }

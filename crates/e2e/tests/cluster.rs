@@ -56,18 +56,19 @@ async fn the_services_run_as_separate_processes_and_stop_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_customers_pay_with_yookassa_stars_and_usdt_and_the_admin_refunds_one() {
+async fn four_customers_pay_with_yookassa_stars_usdt_and_a_card_in_telegram_and_the_admin_refunds_one()
+ {
     let cluster = Cluster::start(ClusterConfig::default())
         .await
         .expect("every process becomes ready");
     let script = Script::new(cluster.sandbox_client(), false);
 
     let outcome = script
-        .three_purchases_and_a_refund()
+        .four_purchases_and_a_refund()
         .await
         .expect("every customer gets access and the refund goes through");
 
-    assert_eq!(outcome.links.len(), 3);
+    assert_eq!(outcome.links.len(), 4);
     assert!(outcome.links.iter().all(|l| l.contains("/sub/")));
     assert_eq!(outcome.stars_amount, 400, "month_3 costs 400 Stars");
     // 6.90 USDT plus the invoice's unique cents.
@@ -76,12 +77,16 @@ async fn three_customers_pay_with_yookassa_stars_and_usdt_and_the_admin_refunds_
         1_250,
         "month_6 costs 12.50 USDT"
     );
+    assert_eq!(
+        outcome.card_kopecks, 19_900,
+        "month_1 costs 199.00 RUB by card"
+    );
     let report = audit(&cluster.db.conn).await.expect("audit");
-    assert_eq!(report.payments, 3);
-    assert_eq!(report.succeeded, 2, "two paid, one refunded");
-    assert_eq!(report.grants, 3, "one ledger grant per payment");
+    assert_eq!(report.payments, 4);
+    assert_eq!(report.succeeded, 3, "three paid, one refunded");
+    assert_eq!(report.grants, 4, "one ledger grant per payment");
     let panel = cluster.sandbox_client().panel_users().await.expect("panel");
-    assert_eq!(panel.len(), 3, "one panel user per customer");
+    assert_eq!(panel.len(), 4, "one panel user per customer");
     let stats = script.admin_stats().await.expect("/stats");
     assert!(stats.contains("Payments"), "{stats}");
 

@@ -8,9 +8,16 @@
 //! each payment's status source is asked; the answer is applied like a notification's (same
 //! conditional UPDATE, outbox event and log row) and the next check is scheduled.
 //!
-//! A payment is never expired here. If the provider still says `pending` after its expiry
-//! plus the grace period, polling stops (`next_check_at = NULL`, a `payment.reconcile_exhausted`
-//! log row); the payment stays pending, so a late notification still completes it.
+//! At the deadline (the payment's expiry, or the default window, plus the grace period):
+//! - a payment that nobody but us can complete any more is **expired** (`pending → expired`,
+//!   `payment.failed` with reason `expired`): a Telegram payment its source still calls
+//!   pending (the bot's pre-checkout refuses an expired invoice, so no payment can start after
+//!   the expiry, and the grace period covers one that started just before it), and a payment
+//!   whose creation never finished (no provider payment id: the payer never saw a way to pay);
+//! - any other payment the provider still calls `pending` stays pending and polling stops
+//!   (`next_check_at = NULL`, a `payment.reconcile_exhausted` log row): that provider can still
+//!   complete it on its own (YooKassa cancels unpaid payments itself), and its late
+//!   notification is then applied as usual.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +25,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
 use domain::entities::payments;
-use payment_core::ProviderError;
+use domain::money::Money;
+use payment_core::{ProviderError, ProviderId, ProviderPayment};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
@@ -244,6 +252,9 @@ impl Reconciler {
         if next.is_some() {
             return Ok(outcome);
         }
+        if expires_at_deadline(payment, outcome) {
+            return self.expire(tx, payment).await;
+        }
         tracing::warn!(payment_id = %payment.id, provider = %payment.provider, "provider still says pending after the expiry and grace period; polling stops, the payment stays pending");
         transition::log(
             tx,
@@ -257,6 +268,49 @@ impl Reconciler {
         .await?;
         Ok("exhausted")
     }
+
+    /// Expires a payment past its deadline (see the module docs).
+    async fn expire<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        payment: &payments::Model,
+    ) -> Result<&'static str, DbErr> {
+        let amount = payment.amount();
+        let answer = ProviderPayment {
+            provider_payment_id: payment.provider_payment_id.clone().unwrap_or_default(),
+            status: PaymentStatus::Expired,
+            amount,
+            refunded: Money::new(0, amount.currency()),
+            paid_at: None,
+            failure_reason: Some("expired".to_owned()),
+            confirmation: None,
+            test: false,
+        };
+        let trigger = Trigger::Reconciliation {
+            attempt: payment.check_attempts + 1,
+        };
+        match transition::apply(tx, payment.id, &answer, trigger).await {
+            Ok(applied) => {
+                tracing::info!(payment_id = %payment.id, provider = %payment.provider, outcome = applied.outcome(), "not paid by its deadline; expired");
+                Ok(match applied {
+                    Applied::Moved { .. } => "expired",
+                    other => other.outcome(),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(payment_id = %payment.id, %error, "cannot expire the payment");
+                Ok("error")
+            }
+        }
+    }
+}
+
+/// Whether a payment still pending at its deadline (after a check whose outcome was
+/// `outcome`) is expired rather than left pending: see the module docs.
+fn expires_at_deadline(payment: &payments::Model, outcome: &str) -> bool {
+    let never_created = payment.provider_payment_id.is_none();
+    let telegram_unpaid = payment.provider == ProviderId::Telegram.as_str() && outcome == "pending";
+    never_created || telegram_unpaid
 }
 
 #[cfg(test)]

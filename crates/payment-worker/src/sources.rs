@@ -5,9 +5,12 @@
 //! `payment_core`) that is a fresh `GET` through [`PaymentService`]. Providers without such an
 //! API plug in here:
 //!
-//! - Telegram Payments: `successful_payment` arrives once and is the proof, so its source reads
-//!   the stored update from the inbox row (`notification.body`) and answers `succeeded` with
-//!   the update's amount and currency (the amount check then happens as for every provider).
+//! - Telegram Payments ([`TelegramPayments`]): Stars are looked up with the Bot API
+//!   (`getStarTransactions`, through [`PaymentService`]); card payments made with a provider
+//!   token have no look-up API — the `successful_payment` update the bot stored is their only
+//!   proof (reference §2b), so the source reads it from the inbox (the notification's body, or
+//!   for reconciliation the payment's stored Telegram messages) and checks payload, payer,
+//!   currency and amount against the payment.
 //! - Crypto (USDT TRC20): its source answers from the invoice row the chain watcher keeps
 //!   (confirmed transfers of the invoice's amount to the wallet). A crypto notice is not
 //!   looked up here at all: with [`StatusSources::with_chain_notices`] the consumer leaves it
@@ -23,8 +26,12 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use async_trait::async_trait;
-use domain::entities::{payments, provider_notifications};
+use domain::entities::{payments, provider_notifications, users};
+use domain::money::{Currency, Money};
+use payment_core::error::TransientFailure;
+use payment_core::providers::telegram::payment_from_notification;
 use payment_core::{PaymentRef, PaymentService, ProviderError, ProviderId, ProviderPayment};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder};
 
 /// The provider's current view of one of our payments.
 #[async_trait]
@@ -58,20 +65,29 @@ impl std::fmt::Debug for StatusSources {
 }
 
 impl StatusSources {
-    /// A source for every provider enabled in `service`, asking its API.
-    pub fn from_payment_service(service: PaymentService) -> Self {
+    /// A source for every provider enabled in `service`, asking its API — and for Telegram
+    /// card payments, which have none, reading the stored `successful_payment` through `db`.
+    pub fn from_payment_service(service: PaymentService, db: &DatabaseConnection) -> Self {
         let service = Arc::new(service);
         let mut sources = Self::default();
         for id in ProviderId::ALL {
-            if service.is_enabled(*id) {
-                sources = sources.with(
-                    id.as_str(),
-                    ProviderApi {
-                        service: service.clone(),
-                        id: *id,
-                    },
-                );
+            if !service.is_enabled(*id) {
+                continue;
             }
+            let api = ProviderApi {
+                service: service.clone(),
+                id: *id,
+            };
+            sources = match id {
+                ProviderId::Telegram => sources.with(
+                    id.as_str(),
+                    TelegramPayments {
+                        stars: api,
+                        db: db.clone(),
+                    },
+                ),
+                _ => sources.with(id.as_str(), api),
+            };
         }
         sources
     }
@@ -143,6 +159,95 @@ impl StatusSource for ProviderApi {
             amount: payment.amount(),
         };
         self.service.get_payment_status(self.id, &reference).await
+    }
+}
+
+/// Telegram Payments: Stars through the Bot API; card payments (a provider token) through the
+/// stored `successful_payment`, the only proof Telegram gives of them (no Bot API method looks
+/// up or refunds a fiat payment).
+struct TelegramPayments {
+    stars: ProviderApi,
+    db: DatabaseConnection,
+}
+
+impl TelegramPayments {
+    /// The payment's stored Telegram messages, newest first (a refund notice is newer than
+    /// the payment it refunds).
+    async fn stored_messages(
+        &self,
+        payment: &payments::Model,
+    ) -> Result<Vec<provider_notifications::Model>, DbErr> {
+        provider_notifications::Entity::find()
+            .filter(provider_notifications::Column::PaymentId.eq(payment.id))
+            .filter(provider_notifications::Column::Provider.eq(ProviderId::Telegram.as_str()))
+            .order_by_desc(provider_notifications::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    async fn payer(&self, payment: &payments::Model) -> Result<i64, ProviderError> {
+        let user = users::Entity::find_by_id(payment.user_id)
+            .one(&self.db)
+            .await
+            .map_err(database_unknown)?
+            .ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "payment {} names user {} who does not exist",
+                    payment.id, payment.user_id
+                ))
+            })?;
+        Ok(user.telegram_id)
+    }
+}
+
+#[async_trait]
+impl StatusSource for TelegramPayments {
+    async fn current_status(
+        &self,
+        payment: &payments::Model,
+        notification: Option<&provider_notifications::Model>,
+    ) -> Result<ProviderPayment, ProviderError> {
+        if payment.currency == Currency::Xtr {
+            return self.stars.current_status(payment, notification).await;
+        }
+        let reference = PaymentRef {
+            payment_id: payment.payment_id(),
+            provider_payment_id: payment
+                .provider_payment_id
+                .clone()
+                .unwrap_or_else(|| payment.id.to_string()),
+            amount: payment.amount(),
+        };
+        let stored = match notification {
+            Some(row) => vec![row.clone()],
+            None => self
+                .stored_messages(payment)
+                .await
+                .map_err(database_unknown)?,
+        };
+        let Some(proof) = stored.first() else {
+            // Nothing paid (yet): `successful_payment` is the only way we learn of a payment.
+            return Ok(ProviderPayment {
+                provider_payment_id: reference.provider_payment_id,
+                status: domain::PaymentStatus::Pending,
+                amount: reference.amount,
+                refunded: Money::new(0, reference.amount.currency()),
+                paid_at: None,
+                failure_reason: None,
+                confirmation: None,
+                test: false,
+            });
+        };
+        let payer = self.payer(payment).await?;
+        payment_from_notification(&reference, payer, proof.body.as_bytes())
+    }
+}
+
+/// A database error while reading what a provider told us: no answer yet, ask again.
+fn database_unknown(error: DbErr) -> ProviderError {
+    ProviderError::ResultUnknown {
+        attempts: 1,
+        last: TransientFailure::Connection(format!("database: {error}")),
     }
 }
 

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::cluster::{ADMIN_ID, NOTIFY_FROM, SandboxUrls, WALLET, bin_dir};
+use e2e::cluster::{ADMIN_ID, NOTIFY_FROM, PROVIDER_TOKEN, SandboxUrls, WALLET, bin_dir};
 use e2e::customers::Script;
 use e2e::sandbox_client::SandboxClient;
 use sandbox::{marzban, telegram, tron, yookassa};
@@ -56,8 +56,8 @@ async fn main() -> anyhow::Result<()> {
         ("WORKER_BIND", "127.0.0.1:0".into()),
         ("MARZBAN_SYNC_BIND", "127.0.0.1:0".into()),
         ("BOT_BIND", "127.0.0.1:0".into()),
-        ("API_SERVICE_TOKEN", "demo-service-token".into()),
-        ("API_ADMIN_TOKEN", "demo-admin-token".into()),
+        ("API_SERVICE_TOKEN", "demo-service-token-0123456789abcdef".into()),
+        ("API_ADMIN_TOKEN", "demo-admin-token-0123456789abcdef".into()),
         ("YOOKASSA_SHOP_ID", shop.shop_id.clone()),
         ("YOOKASSA_SECRET_KEY", shop.secret_key.clone()),
         ("YOOKASSA_TEST_MODE", "true".into()),
@@ -65,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
         ("YOOKASSA_ALLOWED_IPS", format!("{NOTIFY_FROM}/32")),
         ("TELEGRAM_BOT_TOKEN", tg.token().to_owned()),
         ("TELEGRAM_API_URL", tg.api_url()),
+        // Card payments inside Telegram: a provider's test token as @BotFather issues them.
+        ("TELEGRAM_PAYMENT_PROVIDER_TOKEN", PROVIDER_TOKEN.into()),
         ("TELEGRAM_POLL_TIMEOUT_SECS", "1".into()),
         ("ADMIN_TELEGRAM_IDS", ADMIN_ID.to_string()),
         ("CRYPTO_WALLET_ADDRESS", WALLET.into()),
@@ -105,8 +107,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut script = Script::new(SandboxClient::new(urls), true);
     script.started = started;
-    // Anna pays with YooKassa, Boris with Stars, Chen with USDT; the admin refunds Boris.
-    script.three_purchases_and_a_refund().await?;
+    // Anna pays with YooKassa, Boris with Stars, Chen with USDT, Dasha by card inside
+    // Telegram; the admin refunds Boris.
+    script.four_purchases_and_a_refund().await?;
     println!("\nadmin's /stats:\n{}", script.admin_stats().await?);
     println!("\npanel users:");
     for user in panel.users() {
@@ -116,9 +119,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "YooKassa payments: {}, Stars charges: {}",
+        "YooKassa payments: {}, Telegram charges: {} ({} in Stars, {} by card)",
         kassa.payments().len(),
-        tg.charges().len()
+        tg.charges().len(),
+        tg.charges().iter().filter(|c| c.currency == "XTR").count(),
+        tg.charges().iter().filter(|c| c.currency != "XTR").count(),
     );
 
     if std::env::var("KEEP").is_ok_and(|v| v == "1") {
