@@ -78,15 +78,17 @@ impl TryFrom<Vars> for GatewaySettings {
         if max_body_bytes == 0 {
             return Err("setting GATEWAY_MAX_BODY_BYTES is invalid: must be positive".into());
         }
+        // Equal tokens would give the bot's token the admin's refunds.
+        raw.distinct("API_SERVICE_TOKEN", "API_ADMIN_TOKEN")?;
         Ok(Self {
             gateway_bind: raw
                 .get("GATEWAY_BIND")
                 .map_or(defaults.gateway_bind, str::to_owned),
             gateway_workers: raw.parse("GATEWAY_WORKERS")?.unwrap_or(0),
             max_body_bytes,
-            api_service_token: raw.secret("API_SERVICE_TOKEN"),
-            api_admin_token: raw.secret("API_ADMIN_TOKEN"),
-            crypto_webhook_secret: raw.secret("CRYPTO_WEBHOOK_SECRET"),
+            api_service_token: raw.strong_secret("API_SERVICE_TOKEN")?,
+            api_admin_token: raw.strong_secret("API_ADMIN_TOKEN")?,
+            crypto_webhook_secret: raw.strong_secret("CRYPTO_WEBHOOK_SECRET")?,
             crypto_webhook_tolerance_secs: raw
                 .parse("CRYPTO_WEBHOOK_TOLERANCE_SECS")?
                 .unwrap_or(defaults.crypto_webhook_tolerance_secs),
@@ -120,9 +122,9 @@ mod tests {
             ("GATEWAY_BIND", "127.0.0.1:0"),
             ("GATEWAY_WORKERS", "3"),
             ("GATEWAY_MAX_BODY_BYTES", "1024"),
-            ("API_SERVICE_TOKEN", "svc-secret"),
-            ("API_ADMIN_TOKEN", "adm-secret"),
-            ("CRYPTO_WEBHOOK_SECRET", "hmac-secret"),
+            ("API_SERVICE_TOKEN", "svc-secret-0123456789abcdef012345"),
+            ("API_ADMIN_TOKEN", "adm-secret-0123456789abcdef012345"),
+            ("CRYPTO_WEBHOOK_SECRET", "hmac-secret-0123456789abcdef01234"),
             ("CRYPTO_WEBHOOK_TOLERANCE_SECS", "60"),
             ("TRUSTED_PROXIES", "10.0.0.0/8"),
             ("TARIFFS_FILE", "/etc/acp/tariffs.toml"),
@@ -136,7 +138,7 @@ mod tests {
         assert_eq!(s.max_body_bytes, 1024);
         assert_eq!(
             s.api_service_token.as_ref().unwrap().expose_secret(),
-            "svc-secret"
+            "svc-secret-0123456789abcdef012345"
         );
         assert_eq!(s.crypto_webhook_tolerance_secs, 60);
         assert!(s.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
@@ -147,6 +149,41 @@ mod tests {
         for secret in ["svc-secret", "adm-secret", "hmac-secret", "yk-secret"] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
         }
+    }
+
+    #[test]
+    fn short_or_equal_tokens_are_refused() {
+        let long = "t".repeat(32);
+        for name in [
+            "API_SERVICE_TOKEN",
+            "API_ADMIN_TOKEN",
+            "CRYPTO_WEBHOOK_SECRET",
+        ] {
+            let err = Source::map([(name, "only-31-characters-long-0123456")])
+                .load::<GatewaySettings>()
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("setting {name} is invalid: must be at least 32")),
+                "{err}"
+            );
+            assert!(
+                Source::map([(name, long.as_str())])
+                    .load::<GatewaySettings>()
+                    .is_ok()
+            );
+        }
+        let err = Source::map([
+            ("API_SERVICE_TOKEN", long.as_str()),
+            ("API_ADMIN_TOKEN", long.as_str()),
+        ])
+        .load::<GatewaySettings>()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("setting API_ADMIN_TOKEN is invalid: must differ from API_SERVICE_TOKEN"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -36,3 +36,43 @@ async fn missing_setting_stops_start_up_with_its_name() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn weak_or_equal_tokens_stop_start_up_with_their_name() {
+    let long = "a".repeat(32);
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("API_SERVICE_TOKEN", "short")],
+            "setting API_SERVICE_TOKEN is invalid",
+        ),
+        (
+            &[("API_ADMIN_TOKEN", "short")],
+            "setting API_ADMIN_TOKEN is invalid",
+        ),
+        (
+            &[("CRYPTO_WEBHOOK_SECRET", "short")],
+            "setting CRYPTO_WEBHOOK_SECRET is invalid",
+        ),
+        (
+            &[("API_SERVICE_TOKEN", &long), ("API_ADMIN_TOKEN", &long)],
+            "setting API_ADMIN_TOKEN is invalid: must differ from API_SERVICE_TOKEN",
+        ),
+    ];
+    for (envs, expected) in cases {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_api-gateway"))
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/none")
+            .env_remove("API_SERVICE_TOKEN")
+            .env_remove("API_ADMIN_TOKEN")
+            .env_remove("CRYPTO_WEBHOOK_SECRET")
+            .envs(envs.iter().copied())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains(&long), "the value is not echoed: {stderr}");
+    }
+}

@@ -157,6 +157,33 @@ impl Vars {
             .map(|v| secrecy::SecretString::from(v.to_owned()))
     }
 
+    /// A token or shared secret that guards a door (`API_SERVICE_TOKEN`, …): unset is allowed
+    /// (the door stays shut), a set value needs at least [`MIN_SECRET_CHARS`] characters.
+    pub fn strong_secret(&self, name: &str) -> Result<Option<secrecy::SecretString>, String> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(value) if value.chars().count() < MIN_SECRET_CHARS => Err(invalid(
+                name,
+                format!(
+                    "must be at least {MIN_SECRET_CHARS} characters, it has {} \
+                     (make one with `openssl rand -hex 32`)",
+                    value.chars().count()
+                ),
+            )),
+            Some(value) => Ok(Some(secrecy::SecretString::from(value.to_owned()))),
+        }
+    }
+
+    /// Refuses `second` when it is set to the same value as `first` (two roles, one token).
+    pub fn distinct(&self, first: &str, second: &str) -> Result<(), String> {
+        match (self.get(first), self.get(second)) {
+            (Some(a), Some(b)) if a == b => {
+                Err(invalid(second, format!("must differ from {first}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `name` parsed, if set.
     pub fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
     where
@@ -182,6 +209,9 @@ impl Vars {
             .transpose()
     }
 }
+
+/// The fewest characters of a token or shared secret ([`Vars::strong_secret`]).
+pub const MIN_SECRET_CHARS: usize = 32;
 
 /// The message of a malformed setting.
 pub fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
@@ -373,6 +403,31 @@ mod tests {
         );
         let loaded: Vars = Source::map([("A_B", "x")]).load().unwrap();
         assert_eq!(loaded.get("A_B"), Some("x"));
+    }
+
+    #[test]
+    fn secrets_are_long_and_distinct() {
+        let long = "x".repeat(MIN_SECRET_CHARS);
+        let vars: Vars = [
+            ("SHORT", "short-token"),
+            ("LONG", long.as_str()),
+            ("SAME", long.as_str()),
+        ]
+        .into_iter()
+        .collect();
+        let err = vars.strong_secret("SHORT").unwrap_err();
+        assert!(
+            err.starts_with("setting SHORT is invalid: must be at least 32"),
+            "{err}"
+        );
+        assert!(vars.strong_secret("LONG").unwrap().is_some());
+        assert!(vars.strong_secret("UNSET").unwrap().is_none());
+        assert_eq!(
+            vars.distinct("LONG", "SAME").unwrap_err(),
+            "setting SAME is invalid: must differ from LONG"
+        );
+        assert!(vars.distinct("LONG", "SHORT").is_ok());
+        assert!(vars.distinct("UNSET", "OTHER_UNSET").is_ok());
     }
 
     #[test]

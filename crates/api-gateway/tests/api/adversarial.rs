@@ -884,7 +884,7 @@ async fn malformed_http_is_refused_and_changes_nothing() {
         ),
         (
             "path that is not UTF-8",
-            b"GET /api/payments/%FF%FE HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer svc-token-for-tests\r\n\r\n".to_vec(),
+            b"GET /api/payments/%FF%FE HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer svc-token-for-tests-0123456789abcdef\r\n\r\n".to_vec(),
             404,
             Some("not_found"),
         ),

@@ -12,9 +12,9 @@ use service_kit::runtime::Infra;
 use service_kit::settings::Source;
 use testkit::TestDb;
 
-pub const SERVICE_TOKEN: &str = "svc-token-for-tests";
-pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
-pub const CRYPTO_SECRET: &str = "whsec_test";
+pub const SERVICE_TOKEN: &str = "svc-token-for-tests-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
+pub const CRYPTO_SECRET: &str = "whsec_test_0123456789abcdef0123456789";
 
 pub struct TestApp {
     pub addr: SocketAddr,

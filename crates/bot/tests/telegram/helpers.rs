@@ -18,8 +18,8 @@ use service_kit::settings::Source;
 use testkit::TestDb;
 use uuid::Uuid;
 
-pub const SERVICE_TOKEN: &str = "svc-token-for-bot-tests";
-pub const ADMIN_TOKEN: &str = "admin-token-for-bot-tests";
+pub const SERVICE_TOKEN: &str = "svc-token-for-bot-tests-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-for-bot-tests-0123456789abcdef";
 pub const ADMIN_ID: i64 = 9_000_001;
 pub const WAIT: Duration = Duration::from_secs(20);
 
