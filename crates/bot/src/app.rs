@@ -771,6 +771,15 @@ impl App {
                     Some(reason) if refund.status == "failed" => {
                         fill(t.refund_failed, &[("reason", &reason)])
                     }
+                    _ if refund.outside_provider => {
+                        let amount = refund
+                            .amount
+                            .map_or_else(String::new, |a| format!("{} {}", a.value, a.currency));
+                        fill(
+                            t.refund_outside,
+                            &[("id", &id.to_string()), ("amount", &amount)],
+                        )
+                    }
                     _ => fill(
                         t.refund_done,
                         &[("id", &id.to_string()), ("status", &refund.status)],

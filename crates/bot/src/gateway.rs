@@ -70,6 +70,11 @@ pub struct RefundView {
     pub refund_id: Uuid,
     pub status: String,
     pub failure_reason: Option<String>,
+    pub amount: Option<MoneyView>,
+    /// Made outside the provider (a card payment inside Telegram): the money is returned in
+    /// the payment provider's cabinet.
+    #[serde(default)]
+    pub outside_provider: bool,
 }
 
 #[derive(Debug, Deserialize)]

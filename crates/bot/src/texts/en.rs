@@ -53,6 +53,7 @@ pub static TEXTS: Texts = Texts {
     btn_refund_no: "Cancel",
     refund_cancelled: "Refund cancelled.",
     refund_done: "Refund of payment {id}: {status}.",
+    refund_outside: "Refund of payment {id} recorded and the access revoked. Telegram does not return card payments: return {amount} to the payer in the payment provider's cabinet.",
     refund_failed: "Refund failed: {reason}",
     refund_disabled: "Refunds are off: API_ADMIN_TOKEN is not set.",
 };

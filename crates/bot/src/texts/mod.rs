@@ -105,6 +105,9 @@ pub struct Texts {
     pub refund_cancelled: &'static str,
     /// `{id}`, `{status}`.
     pub refund_done: &'static str,
+    /// A card payment inside Telegram: recorded, access revoked, the money is the admin's to
+    /// return in the payment provider's cabinet. `{id}`, `{amount}`.
+    pub refund_outside: &'static str,
     /// `{reason}`.
     pub refund_failed: &'static str,
     pub refund_disabled: &'static str,

@@ -53,6 +53,7 @@ pub static TEXTS: Texts = Texts {
     btn_refund_no: "Отмена",
     refund_cancelled: "Возврат отменён.",
     refund_done: "Возврат по платежу {id}: {status}.",
+    refund_outside: "Возврат по платежу {id} записан, доступ отозван. Telegram не возвращает деньги за оплату картой: верните {amount} покупателю в личном кабинете платёжного провайдера.",
     refund_failed: "Возврат не выполнен: {reason}",
     refund_disabled: "Возвраты выключены: не задан API_ADMIN_TOKEN.",
 };
