@@ -8,6 +8,7 @@ pub mod memory;
 pub mod outbox;
 pub mod pattern;
 pub mod rabbit;
+pub mod redact;
 pub mod retry;
 pub mod topology;
 

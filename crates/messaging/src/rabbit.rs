@@ -95,7 +95,7 @@ impl QueueType {
 }
 
 /// RabbitMQ connection settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RabbitConfig {
     /// `amqp://user:pass@host:5672/%2f`.
     pub url: String,

@@ -10,5 +10,6 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
 
+pub use messaging::redact::{Redacted, redact_url};
 pub use settings::{CommonSettings, SettingsError};
 pub use shutdown::Shutdown;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use messaging::redact::Redacted;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -227,8 +228,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings every service understands (DESIGN §8).
-#[derive(Debug, Clone, Deserialize)]
+/// Settings every service understands (DESIGN §8). `Debug` masks the passwords in the URLs.
+#[derive(Clone, Deserialize)]
 pub struct CommonSettings {
     /// `postgres://…` or `sqlite://…`.
     pub database_url: String,
@@ -250,6 +251,21 @@ pub struct CommonSettings {
     /// Apply pending migrations at start-up (on by default; turn off when a release job does it).
     #[serde(default = "default_true", deserialize_with = "de_bool")]
     pub run_migrations: bool,
+}
+
+impl std::fmt::Debug for CommonSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonSettings")
+            .field("database_url", &Redacted(&self.database_url))
+            .field("amqp_url", &self.amqp_url.as_deref().map(Redacted))
+            .field("amqp_prefix", &self.amqp_prefix)
+            .field("amqp_queue_type", &self.amqp_queue_type)
+            .field("log_dir", &self.log_dir)
+            .field("log_format", &self.log_format)
+            .field("rust_log", &self.rust_log)
+            .field("run_migrations", &self.run_migrations)
+            .finish()
+    }
 }
 
 impl CommonSettings {
@@ -428,6 +444,21 @@ mod tests {
         );
         assert!(vars.distinct("LONG", "SHORT").is_ok());
         assert!(vars.distinct("UNSET", "OTHER_UNSET").is_ok());
+    }
+
+    #[test]
+    fn debug_masks_the_passwords_in_urls() {
+        let s = load_common(&Source::map([
+            ("DATABASE_URL", "postgres://acp:db-password-1@db:5432/acp"),
+            ("AMQP_URL", "amqp://acp:amqp-password-2@rabbit:5672/%2f"),
+        ]))
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in ["db-password-1", "amqp-password-2"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+        assert!(debug.contains("postgres://acp:***@db:5432/acp"), "{debug}");
+        assert!(debug.contains("amqp://acp:***@rabbit:5672/%2f"), "{debug}");
     }
 
     #[test]

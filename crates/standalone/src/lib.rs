@@ -44,7 +44,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
             .server,
     ];
     tracing::info!(
-        database = %settings.common.database_url,
+        database = %service_kit::Redacted(&settings.common.database_url),
         "standalone: gateway, worker, marzban-sync and bot running in one process"
     );
     for server in servers {
