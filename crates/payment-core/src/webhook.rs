@@ -132,10 +132,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Finds the real client address of a request that may have come through our own proxies.
 ///
-/// Forwarding headers are believed only when the TCP peer is a configured trusted proxy:
-/// then the client is the right-most `X-Forwarded-For` hop that is not itself a trusted
-/// proxy (hops to its left can be written by anyone). Without `X-Forwarded-For`, a trusted
-/// proxy's `X-Real-IP` is used. From any other peer the headers are ignored.
+/// Only `X-Forwarded-For` is read, and only when the TCP peer is a configured trusted proxy:
+/// then the client is the right-most hop that is not itself a trusted proxy (our proxy
+/// appends the address it saw; hops to its left can be written by anyone). A trusted proxy's
+/// request without `X-Forwarded-For` is the proxy's own, and from any other peer the header
+/// is ignored. `X-Real-IP` is never read: a proxy that does not overwrite it passes the
+/// client's own value through, and nothing in the request tells the two apart (issue 18).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientIpResolver {
     trusted_proxies: IpAllowList,
@@ -171,10 +173,7 @@ impl ClientIpResolver {
             // Every hop is one of our proxies: the request started inside.
             return parse_hop(first);
         }
-        match headers.get("x-real-ip") {
-            Some(real) => parse_hop(real.trim()),
-            None => Ok(peer),
-        }
+        Ok(peer)
     }
 }
 
@@ -289,10 +288,17 @@ mod tests {
             Ok(ip("203.0.113.9"))
         );
 
+        // X-Real-IP is never believed, not even from a trusted proxy: one that does not set
+        // it forwards the client's own; without X-Forwarded-For the request is the proxy's.
         let real = WebhookHeaders::from_pairs([("X-Real-IP", "[2a02:5180::7]:443")]);
         assert_eq!(
             resolver.client_ip(ip("10.1.1.1"), &real),
-            Ok(ip("2a02:5180::7"))
+            Ok(ip("10.1.1.1"))
+        );
+        let garbage_real = WebhookHeaders::from_pairs([("X-Real-IP", "localhost")]);
+        assert_eq!(
+            resolver.client_ip(ip("10.1.1.1"), &garbage_real),
+            Ok(ip("10.1.1.1"))
         );
         let garbage = WebhookHeaders::from_pairs([("X-Forwarded-For", "unknown")]);
         assert!(matches!(

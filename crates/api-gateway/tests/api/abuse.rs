@@ -161,3 +161,88 @@ async fn memory_probe() {
         "junk is counted under the catch-all labels"
     );
 }
+
+/// YooKassa's published network, and one of its addresses.
+const YOOKASSA_NET: &str = "185.71.76.0/27";
+const YOOKASSA_HOST: &str = "185.71.76.5";
+
+/// Forwarding headers are believed only as our own proxy sets them: the right-most
+/// `X-Forwarded-For` hop that is not a trusted proxy; `X-Real-IP` never (a proxy that does not
+/// overwrite it passes the client's own value through). The test client is the "proxy"
+/// (127.0.0.1), so what it sends is what a trusted proxy would forward.
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_as_our_proxy_sets_them() {
+    let app = spawn_app(&[
+        ("YOOKASSA_ALLOWED_IPS", YOOKASSA_NET),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let body = crate::helpers::payment_notification(
+        "payment.succeeded",
+        &crate::helpers::random_provider_id(),
+        "succeeded",
+    );
+    let refused: [(&str, &[(&str, &str)]); 4] = [
+        // A trusted proxy that forwards the client's own X-Real-IP unchanged.
+        ("client's X-Real-IP", &[("X-Real-IP", YOOKASSA_HOST)]),
+        // Our proxy appended the real client; the X-Real-IP is still the client's.
+        (
+            "X-Real-IP beside X-Forwarded-For",
+            &[
+                ("X-Real-IP", YOOKASSA_HOST),
+                ("X-Forwarded-For", "203.0.113.9"),
+            ],
+        ),
+        // The client wrote a YooKassa hop; our proxy appended what it saw.
+        (
+            "spoofed left-most hop",
+            &[("X-Forwarded-For", "185.71.76.5, 203.0.113.9")],
+        ),
+        // No forwarding header at all: the request is the proxy's own.
+        ("no header", &[]),
+    ];
+    for (name, headers) in refused {
+        let response = app.post_yookassa(&body, headers).await;
+        assert_eq!(response.status(), 403, "{name}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"], "forbidden", "{name}");
+    }
+    assert_eq!(app.inbox_count().await, 0, "nothing refused was stored");
+
+    // Our proxy saw YooKassa: believed, and the inbox records YooKassa's address.
+    let response = app
+        .post_yookassa(
+            &body,
+            &[
+                ("X-Forwarded-For", YOOKASSA_HOST),
+                ("X-Real-IP", "203.0.113.9"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let inbox = app.inbox().await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].peer.as_deref(), Some(YOOKASSA_HOST));
+}
+
+/// A peer that is not a trusted proxy is itself the client, whatever it claims.
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    let app = spawn_app(&[("YOOKASSA_ALLOWED_IPS", YOOKASSA_NET)]).await;
+    let body = crate::helpers::payment_notification(
+        "payment.succeeded",
+        &crate::helpers::random_provider_id(),
+        "succeeded",
+    );
+    let response = app
+        .post_yookassa(
+            &body,
+            &[
+                ("X-Forwarded-For", YOOKASSA_HOST),
+                ("X-Real-IP", YOOKASSA_HOST),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(app.inbox_count().await, 0);
+}

@@ -221,11 +221,17 @@ fn forwarding_headers_from_trusted_proxies_are_honoured() {
         verifier.verify_source(proxy, &xff("203.0.113.7, 185.71.76.5")),
         Ok(ip("185.71.76.5"))
     );
-    // X-Real-IP when there is no X-Forwarded-For; IPv6 proxies too.
+    // IPv6 proxies too.
+    assert_eq!(
+        verifier.verify_source(ip("fd00::1"), &xff("2a02:5180::9")),
+        Ok(ip("2a02:5180::9"))
+    );
+    // X-Real-IP is never believed: a trusted proxy that does not overwrite it forwards the
+    // client's own, so without X-Forwarded-For the request is the proxy's.
     let real = WebhookHeaders::from_pairs([("x-real-ip", "2a02:5180::9")]);
     assert_eq!(
         verifier.verify_source(ip("fd00::1"), &real),
-        Ok(ip("2a02:5180::9"))
+        Err(WebhookError::ForbiddenSource(ip("fd00::1")))
     );
     // A trusted proxy talking for itself is not YooKassa.
     assert_eq!(
