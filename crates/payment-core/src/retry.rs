@@ -4,6 +4,28 @@ use std::time::Duration;
 
 use crate::error::TransientFailure;
 
+/// The longest pause an outside service can make us take: TronGrid's "suspended for N s", a
+/// `Retry-After` from YooKassa or TronGrid. A longer ask is capped (and logged), so one answer
+/// cannot stop the chain watcher or a payment call for hours.
+pub const MAX_ASKED_PAUSE: Duration = Duration::from_secs(5 * 60);
+
+/// What `service` asked us to wait, capped at [`MAX_ASKED_PAUSE`]; a longer ask is logged as a
+/// warning naming the asked and the capped pause.
+pub fn cap_asked_pause(service: &'static str, asked: Duration) -> Duration {
+    if asked <= MAX_ASKED_PAUSE {
+        return asked;
+    }
+    tracing::warn!(
+        service,
+        asked_secs = asked.as_secs(),
+        capped_secs = MAX_ASKED_PAUSE.as_secs(),
+        "{service} asked for a {}s pause; capped at {}s",
+        asked.as_secs(),
+        MAX_ASKED_PAUSE.as_secs()
+    );
+    MAX_ASKED_PAUSE
+}
+
 /// Bounded retries with a growing (Fibonacci) pause, as YooKassa recommends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -53,6 +75,27 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asked_pauses_are_capped_at_five_minutes() {
+        assert_eq!(
+            cap_asked_pause("TronGrid", Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            cap_asked_pause("TronGrid", MAX_ASKED_PAUSE),
+            MAX_ASKED_PAUSE
+        );
+        assert_eq!(
+            cap_asked_pause("YooKassa", Duration::from_secs(301)),
+            MAX_ASKED_PAUSE
+        );
+        assert_eq!(
+            cap_asked_pause("YooKassa", Duration::from_secs(u64::MAX)),
+            MAX_ASKED_PAUSE
+        );
+        assert_eq!(MAX_ASKED_PAUSE, Duration::from_secs(300));
+    }
 
     #[test]
     fn grows_like_fibonacci_and_is_capped() {

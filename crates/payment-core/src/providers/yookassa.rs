@@ -537,7 +537,7 @@ impl YooKassaProvider {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|secs| crate::retry::cap_asked_pause("YooKassa", Duration::from_secs(secs)));
         let bytes = match response.bytes().await {
             Ok(bytes) => bytes,
             Err(e) => return transport_failure(&e),

@@ -842,4 +842,15 @@ async fn the_api_key_is_sent_and_a_refusal_is_not_retried() {
     chain.push_fault(Fault::RateLimited { status: 429 }, 3);
     let limited = watcher.poll_once(&db.conn).await;
     assert_eq!(watcher.delay_after(&limited), Duration::from_secs(30));
+
+    // A suspension of a day is capped at five minutes (issue 18).
+    let day = Err(WatchError::TronGrid(TronGridError::RateLimited {
+        status: 403,
+        message: "suspended for 86400s".to_owned(),
+        retry_after: Duration::from_secs(86_400),
+    }));
+    assert_eq!(
+        watcher.delay_after(&day),
+        payment_core::retry::MAX_ASKED_PAUSE
+    );
 }

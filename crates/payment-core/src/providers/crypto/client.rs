@@ -215,7 +215,8 @@ impl TronGridClient {
                     Some((status, message)) => TronGridError::RateLimited {
                         status,
                         message,
-                        // What TronGrid asked for, not capped: the poller should honour it.
+                        // What TronGrid asked for (at most MAX_ASKED_PAUSE), not capped by
+                        // our backoff: the poller should honour it.
                         retry_after: asked.unwrap_or(pause),
                     },
                     None => TronGridError::Unavailable {
@@ -267,7 +268,7 @@ impl TronGridClient {
             .error
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
         if is_rate_limit(status, &message) {
-            let asked = retry_after.or_else(|| suspended_for(&message));
+            let asked = asked_pause(retry_after, &message);
             return Attempt::Transient(
                 TransientFailure::RateLimited,
                 asked,
@@ -291,6 +292,14 @@ fn is_rate_limit(status: StatusCode, message: &str) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || (matches!(status.as_u16(), 403 | 503)
             && (m.contains("frequency limit") || m.contains("suspended")))
+}
+
+/// The pause TronGrid asks for — its `Retry-After`, else the "suspended for N s" of its
+/// message — capped at [`crate::retry::MAX_ASKED_PAUSE`].
+fn asked_pause(retry_after: Option<Duration>, message: &str) -> Option<Duration> {
+    retry_after
+        .or_else(|| suspended_for(message))
+        .map(|asked| crate::retry::cap_asked_pause("TronGrid", asked))
 }
 
 /// "… the query server is suspended for 30s" → 30 s.
@@ -317,5 +326,23 @@ mod tests {
         assert!(!is_rate_limit(StatusCode::FORBIDDEN, "forbidden"));
         assert!(is_rate_limit(StatusCode::TOO_MANY_REQUESTS, ""));
         assert_eq!(suspended_for("nothing"), None);
+    }
+
+    #[test]
+    fn a_long_suspension_is_capped_at_five_minutes() {
+        let m =
+            "The key exceeds the frequency limit(15), and the query server is suspended for 86400s";
+        assert_eq!(asked_pause(None, m), Some(crate::retry::MAX_ASKED_PAUSE));
+        assert_eq!(
+            asked_pause(Some(Duration::from_secs(999_999)), "x"),
+            Some(crate::retry::MAX_ASKED_PAUSE)
+        );
+        let short = "… suspended for 30s";
+        assert_eq!(asked_pause(None, short), Some(Duration::from_secs(30)));
+        assert_eq!(
+            asked_pause(Some(Duration::from_secs(2)), short),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(asked_pause(None, "nothing"), None);
     }
 }

@@ -235,9 +235,11 @@ impl ChainWatcher {
         match result {
             Ok(out) if !out.complete => Duration::ZERO,
             Ok(_) => interval,
-            Err(e) => e
-                .retry_after()
-                .map_or(interval.saturating_mul(2), |d| d.max(interval)),
+            // The client caps what TronGrid asks for; capped again here so no error can
+            // hold the watcher longer than MAX_ASKED_PAUSE (or the operator's own interval).
+            Err(e) => e.retry_after().map_or(interval.saturating_mul(2), |d| {
+                d.min(crate::retry::MAX_ASKED_PAUSE).max(interval)
+            }),
         }
     }
 
