@@ -19,12 +19,11 @@ use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};
 use service_kit::Shutdown;
-use service_kit::runtime::Infra;
-use service_kit::settings::{Source, load_common};
+use service_kit::settings::Source;
 
 use crate::helpers::{
-    ADMIN_TOKEN, CREATE_BODY, CRYPTO_SECRET, SERVICE_TOKEN, TestApp, created_payment,
-    payment_notification, random_provider_id, spawn_app,
+    ADMIN_TOKEN, CREATE_BODY, CRYPTO_SECRET, SERVICE_TOKEN, TestApp, connect_beside,
+    created_payment, payment_notification, random_provider_id, spawn_app,
 };
 
 /// YooKassa's own network in these tests; the test client (127.0.0.1) is a trusted proxy.
@@ -732,13 +731,6 @@ async fn hostile_api_calls_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn success_claims_for_pending_payments_change_only_the_inbox() {
     let app = spawn_app(&[]).await;
-    let common = load_common(&Source::map([
-        ("DATABASE_URL", app.db.url.as_str()),
-        ("AMQP_URL", testkit::amqp_url().as_str()),
-        ("AMQP_PREFIX", app.amqp_prefix.as_str()),
-        ("RUN_MIGRATIONS", "false"),
-    ]))
-    .unwrap();
     let worker_settings = payment_worker::ServiceSettings::load(&Source::map([
         ("WORKER_BIND", "127.0.0.1:0"),
         ("YOOKASSA_SHOP_ID", "100500"),
@@ -748,8 +740,7 @@ async fn success_claims_for_pending_payments_change_only_the_inbox() {
         ("RECONCILE_ENABLED", "off"),
     ]))
     .unwrap();
-    // The system's queues (declared by every Infra) are deleted with the TestApp.
-    let infra = Infra::connect("adversarial-worker", &common).await.unwrap();
+    let infra = connect_beside(&app, "adversarial-worker").await;
     let shutdown = Shutdown::new();
     let worker = payment_worker::start(&worker_settings, &infra, shutdown.clone()).unwrap();
 

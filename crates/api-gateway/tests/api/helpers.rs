@@ -216,3 +216,16 @@ pub async fn created_payment(app: &TestApp, key: &str) -> serde_json::Value {
     assert_eq!(response.status(), 201, "{:?}", response.text().await);
     response.json().await.unwrap()
 }
+
+/// Another process's connections (e.g. a worker's) to this app's database and broker, under
+/// its AMQP prefix: the system queues it declares are deleted with the app.
+pub async fn connect_beside(app: &TestApp, name: &'static str) -> Infra {
+    let common = service_kit::settings::load_common(&Source::map([
+        ("DATABASE_URL", app.db.url.as_str()),
+        ("AMQP_URL", testkit::amqp_url().as_str()),
+        ("AMQP_PREFIX", app.amqp_prefix.as_str()),
+        ("RUN_MIGRATIONS", "false"),
+    ]))
+    .expect("settings");
+    Infra::connect(name, &common).await.expect("infra connects")
+}

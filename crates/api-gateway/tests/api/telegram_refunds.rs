@@ -18,10 +18,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use service_kit::Shutdown;
 use service_kit::inbox::{self, Notice};
-use service_kit::runtime::Infra;
-use service_kit::settings::{Source, load_common};
+use service_kit::settings::Source;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, connect_beside, spawn_app};
 
 const PROVIDER_TOKEN: &str = "381764678:TEST:sandbox";
 
@@ -55,6 +54,16 @@ async fn bot(app: &TestApp, tg: &telegram::Handle, method: &str, params: Value) 
         .unwrap();
     assert_eq!(answer["ok"], true, "{method}: {answer}");
     answer["result"].clone()
+}
+
+async fn get_updates(app: &TestApp, tg: &telegram::Handle, offset: i64) -> Value {
+    bot(
+        app,
+        tg,
+        "getUpdates",
+        json!({"offset": offset, "timeout": 5}),
+    )
+    .await
 }
 
 /// Creates a Telegram payment through the API, and the user pays its invoice in the emulator
@@ -91,13 +100,7 @@ async fn paid_telegram_payment(
     let bot_side = async {
         let mut offset = 0;
         loop {
-            let updates = bot(
-                app,
-                tg,
-                "getUpdates",
-                json!({"offset": offset, "timeout": 5}),
-            )
-            .await;
+            let updates = get_updates(app, tg, offset).await;
             for update in updates.as_array().unwrap() {
                 offset = update["update_id"].as_i64().unwrap() + 1;
                 if let Some(query) = update.get("pre_checkout_query") {
@@ -116,13 +119,7 @@ async fn paid_telegram_payment(
     };
     let (paid, offset) = tokio::join!(tg.pay_invoice(user, message_id), bot_side);
     assert!(matches!(paid.unwrap(), telegram::PayOutcome::Paid { .. }));
-    let updates = bot(
-        app,
-        tg,
-        "getUpdates",
-        json!({"offset": offset, "timeout": 5}),
-    )
-    .await;
+    let updates = get_updates(app, tg, offset).await;
     let update = updates
         .as_array()
         .unwrap()
@@ -315,21 +312,12 @@ async fn a_fiat_telegram_refund_is_recorded_as_made_outside_telegram() {
     assert_eq!(again.json::<Value>().await.unwrap(), view);
 
     // The worker applies the notice like any other: `payment.refunded`.
-    let common = load_common(&Source::map([
-        ("DATABASE_URL", app.db.url.as_str()),
-        ("AMQP_URL", testkit::amqp_url().as_str()),
-        ("AMQP_PREFIX", app.amqp_prefix.as_str()),
-        ("RUN_MIGRATIONS", "false"),
-    ]))
-    .unwrap();
     let settings = payment_worker::ServiceSettings::load(&Source::map([
         ("WORKER_BIND", "127.0.0.1:0"),
         ("RECONCILE_ENABLED", "off"),
     ]))
     .unwrap();
-    let infra = Infra::connect("telegram-refund-worker", &common)
-        .await
-        .unwrap();
+    let infra = connect_beside(&app, "telegram-refund-worker").await;
     let shutdown = Shutdown::new();
     let tasks = payment_worker::Worker::new(
         &settings,
