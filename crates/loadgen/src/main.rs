@@ -8,7 +8,9 @@
 //!
 //! Scenarios (arguments; all when none): `limits`, `steady-50`, `steady-200`, `spike`,
 //! `burst`, `ingest-spike`, `ingest-burst` (the spike and the burst with the consumers paused
-//! while the webhooks are sent: the gateway's own figures), `duplicate-storm`, `pre-checkout`.
+//! while the webhooks are sent: the gateway's own figures), `duplicate-storm`, `pre-checkout`,
+//! `slow-yookassa` (YooKassa answering after 10 s with 50 checkouts in flight while webhooks
+//! arrive, next to the same webhooks with YooKassa quick).
 //! Writes `bench/results/<date>.json` and `.md` (`BENCH_OUT` changes the directory).
 
 mod limits;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use scenario::Settings;
 
-const STANDARD: [&str; 9] = [
+const STANDARD: [&str; 10] = [
     "limits",
     "steady-50",
     "steady-200",
@@ -32,6 +34,7 @@ const STANDARD: [&str; 9] = [
     "ingest-burst",
     "duplicate-storm",
     "pre-checkout",
+    "slow-yookassa",
 ];
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -93,6 +96,16 @@ async fn main() -> anyhow::Result<()> {
                 scenario::run_steady(&storm, name, 50.0, 5).await?
             }
             "pre-checkout" => scenario::run_pre_checkout(&settings).await?,
+            "slow-yookassa" => {
+                scenario::run_slow_yookassa(
+                    &settings,
+                    name,
+                    Duration::from_millis(env("BENCH_SLOW_LATENCY_MS", 10_000)),
+                    env("BENCH_SLOW_CHECKOUTS", 50),
+                    env("BENCH_SLOW_RATE", 100.0),
+                )
+                .await?
+            }
             _ => unreachable!("checked above"),
         };
         run.scenarios.push(outcome);

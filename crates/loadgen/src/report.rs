@@ -247,6 +247,21 @@ impl Run {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        for s in &self.scenarios {
+            if let Some(baseline) = s.ack_ms_baseline {
+                let (done, failed) = s.slow_checkouts.unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "\n{}: webhook ack ms p50 / p95 / p99 with YooKassa slow {} (max {}), with \
+                     YooKassa quick {} (max {}); {done} slow checkouts finished, {failed} failed.",
+                    s.name,
+                    Latency::triple(s.ack_ms),
+                    s.ack_ms.map_or("–".into(), |a| ms(a.max)),
+                    Latency::triple(Some(baseline)),
+                    ms(baseline.max),
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "\nGateway create (`POST /api/payments`, incl. the YooKassa call) ms p50 / p99: {}",

@@ -77,6 +77,11 @@ pub struct Outcome {
     /// Gateway `POST /api/payments` (create at YooKassa + store).
     pub create_ms: Option<Latency>,
     pub ack_ms: Option<Latency>,
+    /// The same webhooks in the same cluster with YooKassa answering at once (the slow-YooKassa
+    /// scenario; `ack_ms` is then with YooKassa slow).
+    pub ack_ms_baseline: Option<Latency>,
+    /// Checkouts that waited for the slow YooKassa: finished (201) and failed.
+    pub slow_checkouts: Option<(u64, u64)>,
     /// Webhook sent → activation message received by the Telegram emulator.
     pub e2e_ms: Option<Latency>,
     /// `pre_checkout_query` sent → answered, as the Telegram emulator timed it.
@@ -174,6 +179,15 @@ fn procs(cluster: &Cluster) -> Vec<&Proc> {
 
 impl Ctx {
     async fn start(settings: &Settings, users: usize) -> anyhow::Result<Self> {
+        Self::start_with(settings, users, Vec::new()).await
+    }
+
+    /// [`Ctx::start`] with more environment for every process.
+    async fn start_with(
+        settings: &Settings,
+        users: usize,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let progress = Progress::start(format!(
             "starting the cluster ({} worker(s), {} sync(s)) and {users} Telegram users",
             settings.workers, settings.syncs
@@ -181,11 +195,14 @@ impl Ctx {
         let cluster = Cluster::start(ClusterConfig {
             workers: settings.workers,
             syncs: settings.syncs,
-            env: vec![
+            env: [
                 ("RUST_LOG".into(), settings.log.clone()),
                 // Empty: the emulator's notifier is off; the load generator notifies.
                 ("SANDBOX_YOOKASSA_WEBHOOK_URL".into(), String::new()),
-            ],
+            ]
+            .into_iter()
+            .chain(env)
+            .collect(),
         })
         .await?;
         let sandbox = cluster.sandbox_client();
@@ -470,15 +487,9 @@ async fn pause_consumers(ctx: &Ctx, pause: bool) {
     }
 }
 
-/// `count` payments created and paid first (not timed), then their webhooks: at `rate`/s
-/// open loop, or all at once (`None`, `concurrency` in flight).
-async fn burst(
-    ctx: &Arc<Ctx>,
-    settings: &Settings,
-    count: usize,
-    rate: Option<f64>,
-    gateway_alone: bool,
-) -> Sent {
+/// `count` payments created and paid (not timed): each user's notification body, and the
+/// create latencies and errors into `sent`.
+async fn prepare(ctx: &Arc<Ctx>, count: usize, sent: &mut Sent) -> Vec<(i64, String)> {
     let progress = Progress::start(format!("  creating and paying {count} payments first"));
     let made = Arc::new(AtomicU64::new(0));
     let ticker = progress.follow(made.clone(), Some(count as u64));
@@ -496,10 +507,6 @@ async fn burst(
         .collect()
         .await;
     ticker.abort();
-    let mut sent = Sent {
-        gateway_alone,
-        ..Sent::default()
-    };
     let mut bodies = Vec::new();
     for result in prepared {
         match result {
@@ -514,11 +521,19 @@ async fn burst(
         }
     }
     progress.finish(&format!("{} ready", bodies.len()));
+    bodies
+}
 
-    // Only the webhooks count from here.
-    if let Err(error) = ctx.mark().await {
-        tracing_error(&error);
-    }
+/// Sends the webhooks of `bodies` at `rate`/s open loop, or all at once (`None`,
+/// `concurrency` in flight); acks (counted from when each was due), errors and the paid
+/// payments go into `sent`.
+async fn send_webhooks(
+    ctx: &Arc<Ctx>,
+    settings: &Settings,
+    bodies: Vec<(i64, String)>,
+    rate: Option<f64>,
+    sent: &mut Sent,
+) {
     let total = bodies.len() as u64;
     let live = Arc::new(Live::default());
     let what = match rate {
@@ -536,11 +551,6 @@ async fn burst(
             (acked, total, format!("{acked}/{total} acked"))
         })
     };
-    if gateway_alone {
-        // Let the consumers finish what the preparation sent them, then freeze them.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        pause_consumers(ctx, true).await;
-    }
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(bodies.len());
@@ -566,26 +576,53 @@ async fn burst(
             (Paid { user, sent_us }, ack)
         }));
     }
+    let mut acks = 0;
     for task in tasks {
         if let Ok((paid, ack)) = task.await {
             sent.webhooks += 1;
             match ack {
-                Some(ms) => sent.acks.push(ms),
+                Some(ms) => {
+                    sent.acks.push(ms);
+                    acks += 1;
+                }
                 None => sent.errors += 1,
             }
             sent.paid.push(paid);
         }
     }
-    sent.seconds = started.elapsed().as_secs_f64();
+    let seconds = started.elapsed().as_secs_f64();
+    sent.seconds += seconds;
+    ticker.abort();
+    progress.finish(&format!("{acks} acked = {:.0}/s", acks as f64 / seconds));
+}
+
+/// `count` payments created and paid first (not timed), then their webhooks: at `rate`/s
+/// open loop, or all at once (`None`, `concurrency` in flight).
+async fn burst(
+    ctx: &Arc<Ctx>,
+    settings: &Settings,
+    count: usize,
+    rate: Option<f64>,
+    gateway_alone: bool,
+) -> Sent {
+    let mut sent = Sent {
+        gateway_alone,
+        ..Sent::default()
+    };
+    let bodies = prepare(ctx, count, &mut sent).await;
+    // Only the webhooks count from here.
+    if let Err(error) = ctx.mark().await {
+        tracing_error(&error);
+    }
+    if gateway_alone {
+        // Let the consumers finish what the preparation sent them, then freeze them.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pause_consumers(ctx, true).await;
+    }
+    send_webhooks(ctx, settings, bodies, rate, &mut sent).await;
     if gateway_alone {
         pause_consumers(ctx, false).await;
     }
-    ticker.abort();
-    progress.finish(&format!(
-        "{} acked = {:.0}/s",
-        sent.acks.len(),
-        sent.acks.len() as f64 / sent.seconds
-    ));
     sent
 }
 
@@ -710,6 +747,8 @@ async fn finish(
         errors: sent.errors,
         create_ms: Latency::of(sent.creates),
         ack_ms: Latency::of(sent.acks.clone()),
+        ack_ms_baseline: None,
+        slow_checkouts: None,
         e2e_ms: if sent.gateway_alone {
             None
         } else {
@@ -854,5 +893,111 @@ pub async fn run_pre_checkout(settings: &Settings) -> anyhow::Result<Outcome> {
     .await?;
     outcome.pre_checkout_ms = pre_checkout;
     // The Stars path has no webhook; its e2e figure is "user paid → activation".
+    Ok(outcome)
+}
+
+/// Sets how long the YooKassa emulator holds back every API answer.
+async fn yookassa_latency(ctx: &Ctx, latency: Duration) -> anyhow::Result<()> {
+    let url = format!("{}/sandbox/yookassa/latency", ctx.sandbox.urls.yookassa);
+    let delay_ms = u64::try_from(latency.as_millis())?;
+    let response = ctx
+        .http
+        .put(url)
+        .json(&serde_json::json!({ "delay_ms": delay_ms }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "set the YooKassa latency: {}",
+        response.status()
+    );
+    Ok(())
+}
+
+/// A slow YooKassa: every answer after `latency`, with `in_flight` checkouts kept waiting on
+/// it (each starts a new one when its answer comes) while the webhooks of payments made
+/// beforehand arrive at `rate`/s. The same number of webhooks is first sent with YooKassa
+/// answering at once, in the same cluster: the baseline next to it. No transaction is open
+/// while a checkout waits, so the webhooks should not notice.
+pub async fn run_slow_yookassa(
+    settings: &Settings,
+    name: &str,
+    latency: Duration,
+    in_flight: usize,
+    rate: f64,
+) -> anyhow::Result<Outcome> {
+    let count = ((rate * settings.seconds).round() as usize).max(1);
+    // YooKassa's own limit: it answers within ~30 s or with a 500.
+    let env = vec![("YOOKASSA_TIMEOUT_MS".to_owned(), "35000".to_owned())];
+    let ctx = Arc::new(Ctx::start_with(settings, settings.users.min(2 * count), env).await?);
+    let mut baseline = Sent::default();
+    let quick = prepare(&ctx, count, &mut baseline).await;
+    let slow = prepare(&ctx, count, &mut baseline).await;
+    ctx.mark().await?;
+    eprintln!("  YooKassa answering at once:");
+    send_webhooks(&ctx, settings, quick, Some(rate), &mut baseline).await;
+
+    yookassa_latency(&ctx, latency).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkouts: Vec<_> = (0..in_flight)
+        .map(|i| {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut done, mut failed, mut times) = (0_u64, 0_u64, Vec::new());
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let user = ctx.users[(i + n * in_flight) % ctx.users.len()].id;
+                    n += 1;
+                    let started = Instant::now();
+                    let key = uuid::Uuid::new_v4().to_string();
+                    match create_payment(
+                        &ctx.http,
+                        &ctx.cluster.gateway.addr,
+                        user,
+                        "month_1",
+                        &key,
+                    )
+                    .await
+                    {
+                        Ok(_) => {
+                            done += 1;
+                            times.push(started.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        Err(error) => {
+                            failed += 1;
+                            tracing_error(&error);
+                        }
+                    }
+                }
+                (done, failed, times)
+            })
+        })
+        .collect();
+    // Every checkout is waiting on YooKassa before the webhooks start.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("  YooKassa answering after {latency:?}, {in_flight} checkouts in flight:");
+    let mut sent = Sent::default();
+    send_webhooks(&ctx, settings, slow, Some(rate), &mut sent).await;
+    stop.store(true, Ordering::Relaxed);
+    yookassa_latency(&ctx, Duration::ZERO).await?;
+    let progress = Progress::start(format!("  waiting for the {in_flight} checkouts"));
+    let (mut done, mut failed) = (0, 0);
+    for task in checkouts {
+        let (d, f, times) = task.await?;
+        done += d;
+        failed += f;
+        sent.creates.extend(times);
+    }
+    progress.finish(&format!("{done} created, {failed} failed"));
+    sent.errors += baseline.errors + failed;
+    sent.paid.extend(baseline.paid);
+    sent.webhooks += baseline.webhooks;
+    let offered = format!(
+        "{count} webhooks at {rate}/s with YooKassa answering after {:.0} s, {in_flight} checkouts in flight (and {count} with YooKassa quick)",
+        latency.as_secs_f64()
+    );
+    let mut outcome = finish(ctx, settings, name, offered, sent).await?;
+    outcome.ack_ms_baseline = Latency::of(baseline.acks);
+    outcome.slow_checkouts = Some((done, failed));
     Ok(outcome)
 }
