@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         ("AMQP_PREFIX", testkit::unique_prefix("bench")),
         ("RUN_MIGRATIONS", "false".into()),
         ("GATEWAY_BIND", "127.0.0.1:0".into()),
+        ("GATEWAY_OPS_BIND", "127.0.0.1:0".into()),
         ("GATEWAY_WORKERS", workers.to_string()),
         ("YOOKASSA_SHOP_ID", "100500".into()),
         ("YOOKASSA_SECRET_KEY", "bench".into()),

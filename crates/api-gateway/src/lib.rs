@@ -51,7 +51,12 @@ impl Settings {
 
 /// A started gateway: where it listens and the server task.
 pub struct Gateway {
+    /// The public address: webhooks and the API.
     pub addr: SocketAddr,
+    /// The ops address (`/health/*`, `/metrics`); `None` when the process serves ops
+    /// elsewhere (the standalone binary).
+    pub ops_addr: Option<SocketAddr>,
+    /// Both servers; its task ends when both have stopped.
     pub server: RunningServer,
 }
 
@@ -103,25 +108,34 @@ pub async fn start(
         max_body_bytes: settings.max_body_bytes,
         in_flight: InFlight::default(),
     });
-    let readiness = infra.readiness();
     let workers = match settings.gateway_workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
         n => n,
     };
-    let server = ops::serve(&settings.gateway_bind, workers, shutdown, move || {
+    // Health and metrics on their own address, never on the public port (issue 18).
+    let ops = ops::serve_ops_on(
+        settings.ops_bind.as_deref(),
+        infra.readiness(),
+        shutdown.clone(),
+    )?;
+    let ops_addr = ops.as_ref().and_then(|ops| ops.addr);
+    let (addr, public) = ops::serve(&settings.gateway_bind, workers, shutdown, move || {
         App::new()
             .wrap(from_fn(observability::observe))
             .app_data(state.clone())
-            .configure(ops::configure(readiness.clone()))
             .configure(webhooks::configure)
             .configure(payments::configure)
             .configure(stats::configure)
             .route("/api/openapi.json", web::get().to(openapi))
             .default_service(web::to(not_found))
     })?;
-    tracing::info!(addr = %server.addr, "api-gateway listening");
+    tracing::info!(%addr, ops = ?ops_addr, "api-gateway listening");
+    let server = ops::beside_ops(ops, async move {
+        public.task.await.map_err(std::io::Error::other)?
+    });
     Ok(Gateway {
-        addr: server.addr,
+        addr,
+        ops_addr,
         server,
     })
 }

@@ -10,8 +10,10 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use service_kit::settings::Vars;
 
-/// Default `GATEWAY_BIND`.
+/// Default `GATEWAY_BIND`: the public port (webhooks and the API only).
 pub const DEFAULT_BIND: &str = "0.0.0.0:8080";
+/// Default `GATEWAY_OPS_BIND`: `/health/live`, `/health/ready` and `/metrics`.
+pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9080";
 /// Default `GATEWAY_MAX_BODY_BYTES`: 64 KiB, on webhooks and the API alike.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default `CRYPTO_WEBHOOK_TOLERANCE_SECS`: how far a signed timestamp may be from our clock.
@@ -22,8 +24,12 @@ pub const DEFAULT_SIGNATURE_TOLERANCE_SECS: u64 = 300;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "Vars")]
 pub struct GatewaySettings {
-    /// `GATEWAY_BIND` (default `0.0.0.0:8080`; port 0 picks a free port).
+    /// `GATEWAY_BIND` (default `0.0.0.0:8080`; port 0 picks a free port): the public port,
+    /// webhooks and the API only.
     pub gateway_bind: String,
+    /// `GATEWAY_OPS_BIND` (default `0.0.0.0:9080`): health and metrics, never to be published.
+    /// `None` when the process serves ops once for all its services (the standalone binary).
+    pub ops_bind: Option<String>,
     /// `GATEWAY_WORKERS`: actix worker threads; 0 (default) = one per core.
     pub gateway_workers: usize,
     /// `GATEWAY_MAX_BODY_BYTES` (default 65536): larger bodies are refused with 413.
@@ -52,6 +58,7 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         Self {
             gateway_bind: DEFAULT_BIND.to_owned(),
+            ops_bind: Some(DEFAULT_OPS_BIND.to_owned()),
             gateway_workers: 0,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             api_service_token: None,
@@ -78,12 +85,22 @@ impl TryFrom<Vars> for GatewaySettings {
         if max_body_bytes == 0 {
             return Err("setting GATEWAY_MAX_BODY_BYTES is invalid: must be positive".into());
         }
+        let gateway_bind = raw
+            .get("GATEWAY_BIND")
+            .map_or(defaults.gateway_bind, str::to_owned);
+        let ops_bind = raw.get("GATEWAY_OPS_BIND").unwrap_or(DEFAULT_OPS_BIND);
+        // Health and metrics must not share the public port (port 0 picks two free ports).
+        if ops_bind == gateway_bind && !ops_bind.ends_with(":0") {
+            return Err(service_kit::settings::invalid(
+                "GATEWAY_OPS_BIND",
+                "must differ from GATEWAY_BIND (health and metrics stay off the public port)",
+            ));
+        }
         // Equal tokens would give the bot's token the admin's refunds.
         raw.distinct("API_SERVICE_TOKEN", "API_ADMIN_TOKEN")?;
         Ok(Self {
-            gateway_bind: raw
-                .get("GATEWAY_BIND")
-                .map_or(defaults.gateway_bind, str::to_owned),
+            gateway_bind,
+            ops_bind: Some(ops_bind.to_owned()),
             gateway_workers: raw.parse("GATEWAY_WORKERS")?.unwrap_or(0),
             max_body_bytes,
             api_service_token: raw.strong_secret("API_SERVICE_TOKEN")?,
@@ -110,6 +127,7 @@ mod tests {
     fn defaults() {
         let s: GatewaySettings = Source::map([]).load().unwrap();
         assert_eq!(s.gateway_bind, DEFAULT_BIND);
+        assert_eq!(s.ops_bind.as_deref(), Some(DEFAULT_OPS_BIND));
         assert_eq!(s.max_body_bytes, 65536);
         assert!(s.api_service_token.is_none());
         assert!(s.payments.yookassa.is_none());
@@ -120,6 +138,7 @@ mod tests {
     fn reads_every_variable_and_hides_secrets() {
         let s: GatewaySettings = Source::map([
             ("GATEWAY_BIND", "127.0.0.1:0"),
+            ("GATEWAY_OPS_BIND", "127.0.0.1:9999"),
             ("GATEWAY_WORKERS", "3"),
             ("GATEWAY_MAX_BODY_BYTES", "1024"),
             ("API_SERVICE_TOKEN", "svc-secret-0123456789abcdef012345"),
@@ -135,6 +154,7 @@ mod tests {
         .load()
         .unwrap();
         assert_eq!(s.gateway_workers, 3);
+        assert_eq!(s.ops_bind.as_deref(), Some("127.0.0.1:9999"));
         assert_eq!(s.max_body_bytes, 1024);
         assert_eq!(
             s.api_service_token.as_ref().unwrap().expose_secret(),
@@ -182,6 +202,21 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("setting API_ADMIN_TOKEN is invalid: must differ from API_SERVICE_TOKEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_ops_address_is_not_the_public_one() {
+        let err = Source::map([
+            ("GATEWAY_BIND", "0.0.0.0:8080"),
+            ("GATEWAY_OPS_BIND", "0.0.0.0:8080"),
+        ])
+        .load::<GatewaySettings>()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("setting GATEWAY_OPS_BIND is invalid: must differ from GATEWAY_BIND"),
             "{err}"
         );
     }

@@ -1,5 +1,5 @@
 //! The real `api-gateway` binary starts against PostgreSQL and RabbitMQ, answers
-//! `/health/ready`, and stops cleanly on SIGTERM.
+//! `/health/ready` on its ops address, and stops cleanly on SIGTERM.
 
 #[tokio::test]
 async fn binary_becomes_ready_and_stops_on_sigterm() {
@@ -11,10 +11,11 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
         ("AMQP_URL", amqp.as_str()),
         ("AMQP_PREFIX", prefix.as_str()),
         ("LOG_DIR", logs.to_str().unwrap()),
+        ("GATEWAY_BIND", "127.0.0.1:0"),
     ];
     service_kit::testing::check_binary_lifecycle(
         env!("CARGO_BIN_EXE_api-gateway"),
-        "GATEWAY_BIND",
+        "GATEWAY_OPS_BIND",
         &envs,
     )
     .await

@@ -55,7 +55,8 @@ impl Settings {
 
 /// The running service.
 pub struct Service {
-    /// The health/metrics server; its task ends once the poller and the consumer stopped too.
+    /// The ops server's address (none in the standalone binary, which serves ops once) and a
+    /// task that ends once the ops server, the poller and the consumer have stopped.
     pub server: RunningServer,
     /// Aborts the poller at once, as a crash would (tests); `None` without a bot token or in
     /// webhook mode.
@@ -83,19 +84,27 @@ pub fn telegram_client(settings: &BotSettings) -> Api {
     ))
 }
 
-/// Starts the service on the given infrastructure: the health/metrics server, the
-/// long-polling loop and the notifications consumer. Without `TELEGRAM_BOT_TOKEN` (possible
-/// only in the single-process mode) only the health server runs.
+/// Starts the service on the given infrastructure: its ops server (unless the process serves
+/// ops once), the long-polling loop and the notifications consumer. Without
+/// `TELEGRAM_BOT_TOKEN` (possible only in the single-process mode) nothing runs.
 pub async fn start(
     settings: &ServiceSettings,
     infra: &Infra,
     shutdown: Shutdown,
 ) -> anyhow::Result<Service> {
-    let ops = ops::serve_ops(&settings.bot_bind, infra.readiness(), shutdown.clone())?;
+    let ops = ops::serve_ops_on(
+        settings.ops_bind.as_deref(),
+        infra.readiness(),
+        shutdown.clone(),
+    )?;
     let Some(bot) = &settings.telegram else {
-        tracing::warn!(addr = %ops.addr, "{SERVICE}: TELEGRAM_BOT_TOKEN is not set; the bot is off");
+        tracing::warn!("{SERVICE}: TELEGRAM_BOT_TOKEN is not set; the bot is off");
+        let stopped = shutdown.clone();
         return Ok(Service {
-            server: ops,
+            server: ops::beside_ops(ops, async move {
+                stopped.cancelled().await;
+                Ok(())
+            }),
             poller: None,
             webhook_addr: None,
             consumer_stats: None,
@@ -139,12 +148,7 @@ pub async fn start(
         }
     };
 
-    let RunningServer {
-        addr,
-        task: ops_task,
-    } = ops;
-    let task = tokio::spawn(async move {
-        let served = ops_task.await;
+    let server = ops::beside_ops(ops, async move {
         if let Err(error) = consumer.await {
             tracing::error!(%error, "consumer task failed");
         }
@@ -153,11 +157,11 @@ pub async fn start(
         {
             tracing::error!(%error, "update receiver task failed");
         }
-        served.map_err(std::io::Error::other)?
+        Ok(())
     });
-    tracing::info!(%addr, admins = bot.admin_ids.len(), "{SERVICE} ready");
+    tracing::info!(ops = ?server.addr, admins = bot.admin_ids.len(), "{SERVICE} ready");
     Ok(Service {
-        server: RunningServer { addr, task },
+        server,
         poller: poller_abort,
         webhook_addr,
         consumer_stats: Some(consumer_stats),

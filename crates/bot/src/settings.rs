@@ -10,7 +10,8 @@ use service_kit::settings::{Vars, invalid};
 
 use crate::webhook::WebhookSettings;
 
-pub const DEFAULT_BIND: &str = "0.0.0.0:8083";
+/// Default of `BOT_OPS_BIND`.
+pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9083";
 pub const DEFAULT_API_URL: &str = "https://api.telegram.org";
 pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8080";
 /// Long-poll wait per `getUpdates`; well under the HTTP client's own timeout.
@@ -22,8 +23,9 @@ pub const DEFAULT_WEBHOOK_BIND: &str = "0.0.0.0:8088";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "Vars")]
 pub struct ServiceSettings {
-    /// `BOT_BIND`: health and metrics server (default `0.0.0.0:8083`).
-    pub bot_bind: String,
+    /// `BOT_OPS_BIND` (older name `BOT_BIND`; default `0.0.0.0:9083`): health and metrics.
+    /// `None` when the process serves ops once for all its services (the standalone binary).
+    pub ops_bind: Option<String>,
     /// Everything the bot needs to talk to Telegram and the gateway; `None` when
     /// `TELEGRAM_BOT_TOKEN` is unset. The separate binary refuses to start then
     /// ([`crate::Settings::load`]); the single-process mode runs without a bot.
@@ -141,7 +143,11 @@ impl TryFrom<Vars> for ServiceSettings {
 
     fn try_from(raw: Vars) -> Result<Self, String> {
         Ok(Self {
-            bot_bind: raw.get("BOT_BIND").unwrap_or(DEFAULT_BIND).to_owned(),
+            ops_bind: Some(
+                raw.first_of(&["BOT_OPS_BIND", "BOT_BIND"])
+                    .unwrap_or(DEFAULT_OPS_BIND)
+                    .to_owned(),
+            ),
             telegram: bot(&raw)?,
         })
     }
@@ -161,9 +167,21 @@ mod tests {
     }
 
     #[test]
+    fn the_ops_address_and_its_older_name() {
+        let old = load(&[("BOT_BIND", "127.0.0.1:8083")]).unwrap();
+        assert_eq!(old.ops_bind.as_deref(), Some("127.0.0.1:8083"));
+        let both = load(&[
+            ("BOT_BIND", "127.0.0.1:8083"),
+            ("BOT_OPS_BIND", "127.0.0.1:9093"),
+        ])
+        .unwrap();
+        assert_eq!(both.ops_bind.as_deref(), Some("127.0.0.1:9093"));
+    }
+
+    #[test]
     fn without_a_token_there_is_no_bot() {
         let s = load(&[]).expect("ok");
-        assert_eq!(s.bot_bind, DEFAULT_BIND);
+        assert_eq!(s.ops_bind.as_deref(), Some(DEFAULT_OPS_BIND));
         assert!(s.telegram.is_none());
     }
 

@@ -20,7 +20,7 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
         ("TELEGRAM_POLL_TIMEOUT_SECS", "1"),
         ("API_SERVICE_TOKEN", "svc"),
     ];
-    service_kit::testing::check_binary_lifecycle(env!("CARGO_BIN_EXE_bot"), "BOT_BIND", &envs)
+    service_kit::testing::check_binary_lifecycle(env!("CARGO_BIN_EXE_bot"), "BOT_OPS_BIND", &envs)
         .await
         .unwrap();
 }

@@ -48,19 +48,30 @@ pub struct Proc {
     pub name: String,
     bin: PathBuf,
     env: Vec<(String, String)>,
-    /// `host:port` of its HTTP server (health for services; the emulators for the sandbox).
+    /// `host:port` of its HTTP server: the gateway's public port (webhooks, API), the ops
+    /// address of the other services, the YooKassa emulator for the sandbox.
     pub addr: String,
+    /// `host:port` of its ops server (`/health/*`, `/metrics`; `*_OPS_BIND`): for every
+    /// service but the gateway the same as `addr`.
+    pub ops_addr: String,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Proc {
-    fn new(name: &str, bin: &str, env: Vec<(String, String)>, addr: String, dir: &Path) -> Self {
+    fn new(
+        name: &str,
+        bin: &str,
+        env: Vec<(String, String)>,
+        (addr, ops_addr): (String, String),
+        dir: &Path,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             bin: bin_dir().join(bin),
             env,
             addr,
+            ops_addr,
             log: dir.join(format!("{name}.log")),
             child: None,
         }
@@ -90,7 +101,7 @@ impl Proc {
         Ok(())
     }
 
-    /// Waits until `/health/ready` answers 200.
+    /// Waits until `/health/ready` on the ops address answers 200.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -103,7 +114,7 @@ impl Proc {
                     self.log.display()
                 );
             }
-            if let Ok((200, _)) = http_get(&self.addr, "/health/ready").await {
+            if let Ok((200, _)) = http_get(&self.ops_addr, "/health/ready").await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -276,7 +287,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// A fresh database and topology prefix, the sandbox, then the services; returns when
-    /// every service answers `/health/ready`.
+    /// every service answers `/health/ready` (on its ops address).
     pub async fn start(config: ClusterConfig) -> anyhow::Result<Self> {
         let db = testkit::TestDb::try_new().await?;
         let prefix = testkit::unique_prefix("e2e");
@@ -349,26 +360,40 @@ impl Cluster {
             env.push((key, value));
         }
 
-        let mut sandbox = Proc::new("sandbox", "sandbox", env.clone(), yookassa.clone(), &dir);
+        let mut sandbox = Proc::new(
+            "sandbox",
+            "sandbox",
+            env.clone(),
+            (yookassa.clone(), yookassa.clone()),
+            &dir,
+        );
         sandbox.start()?;
         for addr in [&yookassa, &telegram, &tron, &marzban] {
             Proc::wait_listening(addr, Duration::from_secs(30)).await?;
         }
 
-        let service = |name: String, bin: &str, bind_var: &str, addr: String| {
+        // Each service's ops server (health, metrics) on a free address of its own.
+        let service = |name: String, bin: &str, ops_var: &str, public: Option<String>| {
+            let ops = free_addr().unwrap_or_default();
             let mut env = env.clone();
-            env.retain(|(k, _)| k != bind_var);
-            env.push((bind_var.to_owned(), addr.clone()));
-            Proc::new(&name, bin, env, addr, &dir)
+            env.retain(|(k, _)| k != ops_var);
+            env.push((ops_var.to_owned(), ops.clone()));
+            let addr = public.unwrap_or_else(|| ops.clone());
+            Proc::new(&name, bin, env, (addr, ops), &dir)
         };
-        let mut gateway = service("gateway".into(), "api-gateway", "GATEWAY_BIND", gateway);
+        let mut gateway = service(
+            "gateway".into(),
+            "api-gateway",
+            "GATEWAY_OPS_BIND",
+            Some(gateway),
+        );
         let mut workers = (0..config.workers)
             .map(|i| {
                 service(
                     format!("worker-{i}"),
                     "payment-worker",
-                    "WORKER_BIND",
-                    free_addr().unwrap_or_default(),
+                    "WORKER_OPS_BIND",
+                    None,
                 )
             })
             .collect::<Vec<_>>();
@@ -377,17 +402,12 @@ impl Cluster {
                 service(
                     format!("marzban-sync-{i}"),
                     "marzban-sync",
-                    "MARZBAN_SYNC_BIND",
-                    free_addr().unwrap_or_default(),
+                    "MARZBAN_SYNC_OPS_BIND",
+                    None,
                 )
             })
             .collect::<Vec<_>>();
-        let mut bot = service(
-            "bot".into(),
-            "bot",
-            "BOT_BIND",
-            free_addr().unwrap_or_default(),
-        );
+        let mut bot = service("bot".into(), "bot", "BOT_OPS_BIND", None);
 
         // The gateway migrates the database and upserts the tariffs; the others follow.
         gateway.start()?;

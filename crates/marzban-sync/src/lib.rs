@@ -56,8 +56,8 @@ impl Settings {
 
 /// The running service.
 pub struct Service {
-    /// The health/metrics server; its task ends once the consumer and the drift job have
-    /// stopped too.
+    /// The ops server's address (none in the standalone binary, which serves ops once) and a
+    /// task that ends once the ops server, the consumer and the drift job have stopped.
     pub server: RunningServer,
     /// The consumer's topology, when provisioning runs (`MARZBAN_URL` set).
     pub consumer_spec: Option<ConsumerSpec>,
@@ -74,23 +74,27 @@ impl std::fmt::Debug for Service {
     }
 }
 
-/// Starts the service on the given infrastructure: the health/metrics server, the consumer of
-/// `payment.completed`/`payment.refunded` and the periodic drift check. Without Marzban
-/// settings (possible only in the single-process mode) only the health server runs.
+/// Starts the service on the given infrastructure: its ops server (unless the process serves
+/// ops once), the consumer of `payment.completed`/`payment.refunded` and the periodic drift
+/// check. Without Marzban settings (possible only in the single-process mode) nothing runs.
 pub async fn start(
     settings: &ServiceSettings,
     infra: &Infra,
     shutdown: Shutdown,
 ) -> anyhow::Result<Service> {
-    let ops = ops::serve_ops(
-        &settings.marzban_sync_bind,
+    let ops = ops::serve_ops_on(
+        settings.ops_bind.as_deref(),
         infra.readiness(),
         shutdown.clone(),
     )?;
     let Some(marzban) = &settings.marzban else {
-        tracing::warn!(addr = %ops.addr, "{SERVICE}: MARZBAN_URL is not set; payments are not provisioned");
+        tracing::warn!("{SERVICE}: MARZBAN_URL is not set; payments are not provisioned");
+        let stopped = shutdown.clone();
         return Ok(Service {
-            server: ops,
+            server: ops::beside_ops(ops, async move {
+                stopped.cancelled().await;
+                Ok(())
+            }),
             consumer_spec: None,
             consumer_stats: None,
         });
@@ -125,12 +129,7 @@ pub async fn start(
         drift::spawn_periodic(infra.db.clone(), client, interval, shutdown.clone())
     });
 
-    let RunningServer {
-        addr,
-        task: ops_task,
-    } = ops;
-    let task = tokio::spawn(async move {
-        let served = ops_task.await;
+    let server = ops::beside_ops(ops, async move {
         if let Err(error) = consumer.await {
             tracing::error!(%error, "consumer task failed");
         }
@@ -140,11 +139,11 @@ pub async fn start(
         } {
             tracing::error!(%error, "drift check task failed");
         }
-        served.map_err(std::io::Error::other)?
+        Ok(())
     });
-    tracing::info!(%addr, "{SERVICE} ready");
+    tracing::info!(ops = ?server.addr, "{SERVICE} ready");
     Ok(Service {
-        server: RunningServer { addr, task },
+        server,
         consumer_spec: Some(consumer_spec),
         consumer_stats: Some(consumer_stats),
     })

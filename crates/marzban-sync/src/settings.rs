@@ -11,7 +11,8 @@ use service_kit::settings::{Vars, invalid};
 
 use crate::marzban::{Inbounds, MarzbanError, MarzbanSettings, Proxies};
 
-pub const DEFAULT_BIND: &str = "0.0.0.0:8082";
+/// Default of `MARZBAN_SYNC_OPS_BIND`.
+pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9082";
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_DRIFT_CHECK_SECS: u64 = 3600;
 /// Deliveries handled at once. Each holds a database connection (and its subscription's row
@@ -22,8 +23,10 @@ pub const DEFAULT_PREFETCH: u16 = 4;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "Vars")]
 pub struct ServiceSettings {
-    /// `MARZBAN_SYNC_BIND`: health and metrics server (default `0.0.0.0:8082`).
-    pub marzban_sync_bind: String,
+    /// `MARZBAN_SYNC_OPS_BIND` (older name `MARZBAN_SYNC_BIND`; default `0.0.0.0:9082`):
+    /// health and metrics. `None` when the process serves ops once for all its services (the
+    /// standalone binary).
+    pub ops_bind: Option<String>,
     /// The panel: `MARZBAN_URL`, `MARZBAN_USERNAME`, `MARZBAN_PASSWORD`, `MARZBAN_PROXIES`,
     /// `MARZBAN_INBOUNDS`, `MARZBAN_TIMEOUT_SECS`. `None` when `MARZBAN_URL` is unset: the
     /// separate binary refuses to start then ([`crate::Settings::load`]); the single-process
@@ -93,10 +96,11 @@ impl TryFrom<Vars> for ServiceSettings {
             return Err(invalid("MARZBAN_SYNC_PREFETCH", "must be positive"));
         }
         Ok(Self {
-            marzban_sync_bind: raw
-                .get("MARZBAN_SYNC_BIND")
-                .unwrap_or(DEFAULT_BIND)
-                .to_owned(),
+            ops_bind: Some(
+                raw.first_of(&["MARZBAN_SYNC_OPS_BIND", "MARZBAN_SYNC_BIND"])
+                    .unwrap_or(DEFAULT_OPS_BIND)
+                    .to_owned(),
+            ),
             marzban: marzban(&raw)?,
             drift_check_interval: (drift_secs > 0).then(|| Duration::from_secs(drift_secs)),
             retry,
@@ -126,9 +130,21 @@ mod tests {
     ];
 
     #[test]
+    fn the_ops_address_and_its_older_name() {
+        let old = load(&[("MARZBAN_SYNC_BIND", "127.0.0.1:8082")]).unwrap();
+        assert_eq!(old.ops_bind.as_deref(), Some("127.0.0.1:8082"));
+        let both = load(&[
+            ("MARZBAN_SYNC_BIND", "127.0.0.1:8082"),
+            ("MARZBAN_SYNC_OPS_BIND", "127.0.0.1:9092"),
+        ])
+        .unwrap();
+        assert_eq!(both.ops_bind.as_deref(), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
     fn defaults() {
         let s = load(&[]).unwrap();
-        assert_eq!(s.marzban_sync_bind, DEFAULT_BIND);
+        assert_eq!(s.ops_bind.as_deref(), Some(DEFAULT_OPS_BIND));
         assert!(s.marzban.is_none());
         assert_eq!(s.drift_check_interval, Some(Duration::from_secs(3600)));
         assert_eq!(s.retry, RetryPolicy::default());

@@ -21,7 +21,7 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
     ];
     service_kit::testing::check_binary_lifecycle(
         env!("CARGO_BIN_EXE_marzban-sync"),
-        "MARZBAN_SYNC_BIND",
+        "MARZBAN_SYNC_OPS_BIND",
         &envs,
     )
     .await

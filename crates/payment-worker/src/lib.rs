@@ -210,8 +210,8 @@ impl Worker {
 }
 
 /// Starts the service on the given infrastructure: with crypto enabled, also the chain-watch
-/// loop. The returned server's task ends when the health/metrics server, the consumer and the
-/// loops have all stopped.
+/// loop. The returned server's task ends when its ops server (unless the process serves ops
+/// once), the consumer and the loops have all stopped.
 pub fn start(
     settings: &ServiceSettings,
     infra: &Infra,
@@ -224,19 +224,18 @@ pub fn start(
         infra.outbox_nudge.clone(),
     )
     .map_err(std::io::Error::other)?;
-    let server = ops::serve_ops(&settings.worker_bind, infra.readiness(), shutdown.clone())?;
+    let ops = ops::serve_ops_on(
+        settings.ops_bind.as_deref(),
+        infra.readiness(),
+        shutdown.clone(),
+    )?;
     let tasks = worker.spawn(shutdown);
-    tracing::info!(addr = %server.addr, "{SERVICE} ready");
-    let served = server.task;
-    let task = tokio::spawn(async move {
-        let result = served.await;
+    let server = ops::beside_ops(ops, async move {
         tasks.join().await;
-        result.map_err(std::io::Error::other)?
+        Ok(())
     });
-    Ok(RunningServer {
-        addr: server.addr,
-        task,
-    })
+    tracing::info!(ops = ?server.addr, "{SERVICE} ready");
+    Ok(server)
 }
 
 /// Runs the service as its own process until `shutdown`.

@@ -1,4 +1,4 @@
-//! The worker's settings: its bind address, the consumer's retry policy, the reconciliation
+//! The worker's settings: its ops address, the consumer's retry policy, the reconciliation
 //! schedule and the payment providers it asks.
 //!
 //! [`ServiceSettings`] deserialises from the whole flat environment (every variable, as the
@@ -18,15 +18,17 @@ use serde::Deserialize;
 use service_kit::SettingsError;
 use service_kit::settings::{Source, parse_bool};
 
-/// Default of `WORKER_BIND`.
-pub const DEFAULT_BIND: &str = "0.0.0.0:8081";
+/// Default of `WORKER_OPS_BIND`.
+pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9081";
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "HashMap<String, String>")]
 pub struct ServiceSettings {
-    /// `WORKER_BIND`: health and metrics server.
-    pub worker_bind: String,
+    /// `WORKER_OPS_BIND` (older name `WORKER_BIND`; default `0.0.0.0:9081`): health and
+    /// metrics. `None` when the process serves ops once for all its services (the standalone
+    /// binary).
+    pub ops_bind: Option<String>,
     /// How notifications are consumed.
     pub consumer: ConsumerSettings,
     /// When pending payments are re-checked.
@@ -176,9 +178,11 @@ impl ServiceSettings {
                 }
             })?;
         Ok(Self {
-            worker_bind: vars
-                .get("WORKER_BIND")
-                .unwrap_or_else(|| DEFAULT_BIND.to_owned()),
+            ops_bind: Some(
+                vars.get("WORKER_OPS_BIND")
+                    .or_else(|| vars.get("WORKER_BIND"))
+                    .unwrap_or_else(|| DEFAULT_OPS_BIND.to_owned()),
+            ),
             consumer,
             reconcile,
             payments,
@@ -259,7 +263,7 @@ mod tests {
     #[test]
     fn defaults() {
         let s = ServiceSettings::load(&Source::map([])).unwrap();
-        assert_eq!(s.worker_bind, DEFAULT_BIND);
+        assert_eq!(s.ops_bind.as_deref(), Some(DEFAULT_OPS_BIND));
         assert_eq!(s.consumer, ConsumerSettings::default());
         assert_eq!(s.consumer.retry_policy().max_attempts(), 6);
         assert_eq!(s.reconcile, ReconcileSettings::default());
@@ -268,9 +272,21 @@ mod tests {
     }
 
     #[test]
+    fn the_older_worker_bind_names_the_ops_address_too() {
+        let old = ServiceSettings::load(&Source::map([("WORKER_BIND", "127.0.0.1:8081")])).unwrap();
+        assert_eq!(old.ops_bind.as_deref(), Some("127.0.0.1:8081"));
+        let both = ServiceSettings::load(&Source::map([
+            ("WORKER_BIND", "127.0.0.1:8081"),
+            ("WORKER_OPS_BIND", "127.0.0.1:9091"),
+        ]))
+        .unwrap();
+        assert_eq!(both.ops_bind.as_deref(), Some("127.0.0.1:9091"));
+    }
+
+    #[test]
     fn every_variable() {
         let s = ServiceSettings::load(&Source::map([
-            ("WORKER_BIND", "127.0.0.1:0"),
+            ("WORKER_OPS_BIND", "127.0.0.1:0"),
             ("WORKER_PREFETCH", "4"),
             ("WORKER_RETRY_DELAYS_MS", "100, 200 300"),
             ("RECONCILE_ENABLED", "off"),
@@ -288,7 +304,7 @@ mod tests {
             ("YOOKASSA_API_URL", "http://127.0.0.1:1/v3"),
         ]))
         .unwrap();
-        assert_eq!(s.worker_bind, "127.0.0.1:0");
+        assert_eq!(s.ops_bind.as_deref(), Some("127.0.0.1:0"));
         assert_eq!(s.consumer.prefetch, 4);
         assert_eq!(
             s.consumer.retry_delays,

@@ -14,7 +14,7 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
     ];
     service_kit::testing::check_binary_lifecycle(
         env!("CARGO_BIN_EXE_payment-worker"),
-        "WORKER_BIND",
+        "WORKER_OPS_BIND",
         &envs,
     )
     .await

@@ -146,6 +146,12 @@ impl Vars {
             .filter(|v| !v.is_empty())
     }
 
+    /// The value of the first of `names` that is set: a variable before its older aliases
+    /// (`WORKER_OPS_BIND`, then `WORKER_BIND`).
+    pub fn first_of(&self, names: &[&str]) -> Option<&str> {
+        names.iter().find_map(|name| self.get(name))
+    }
+
     /// The value of `name`, which `dependant` needs.
     pub fn require(&self, name: &str, dependant: &str) -> Result<&str, String> {
         self.get(name)

@@ -1,7 +1,9 @@
 //! Outages of PostgreSQL and RabbitMQ as a service sees them: its connections go through
 //! [`TcpProxy`]s that the test cuts and restores (the shared servers themselves keep running
-//! for everyone else). `/health/ready` reports the outage and the recovery; the consumer and
-//! the outbox relay carry on by themselves, and every message is applied exactly once.
+//! for everyone else). `/health/ready` reports the outage and the recovery (directly and, from
+//! its cache, on the ops server, with component names and states but no driver error text);
+//! the consumer and the outbox relay carry on by themselves, and every message is applied
+//! exactly once.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -203,8 +205,28 @@ async fn an_outage_of_both_servers_is_reported_and_survived() {
     let shutdown = Shutdown::new();
     let consuming = runner.spawn(shutdown.clone());
     let readiness = infra.readiness();
+    let ops =
+        service_kit::ops::serve_ops("127.0.0.1:0", readiness.clone(), shutdown.clone()).unwrap();
+    let ops_addr = ops.addr.unwrap().to_string();
+    let ops_ready = |status: u16, states: &'static str| {
+        let ops_addr = ops_addr.clone();
+        async move {
+            let Ok((got, body)) = service_kit::testing::http_get(&ops_addr, "/health/ready").await
+            else {
+                return false;
+            };
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            got == status
+                && body["checks"]["database"] == states
+                && body["checks"]["broker"] == states
+        }
+    };
     let direct = outage.direct_bus().await;
     let count = || seen.lock().unwrap().len();
+    eventually("the ops server reports both servers up", || {
+        ops_ready(200, "ok")
+    })
+    .await;
 
     let first = event(1);
     direct.publish_envelope(&first).await.unwrap();
@@ -214,7 +236,11 @@ async fn an_outage_of_both_servers_is_reported_and_survived() {
     outage.cut();
     eventually("readiness reports both servers down", || async {
         let (ready, report) = readiness.report().await;
-        !ready && report["database"] != "ok" && report["broker"] != "ok"
+        !ready && report["database"] == "down" && report["broker"] == "down"
+    })
+    .await;
+    eventually("the ops server reports both servers down", || {
+        ops_ready(503, "down")
     })
     .await;
     // During the outage: one message waits in the queue, one event waits in the outbox
@@ -231,6 +257,10 @@ async fn an_outage_of_both_servers_is_reported_and_survived() {
     outage.restore();
     eventually("readiness reports both servers back", || async {
         readiness.report().await.0
+    })
+    .await;
+    eventually("the ops server reports both servers back", || {
+        ops_ready(200, "ok")
     })
     .await;
     eventually(
@@ -255,6 +285,7 @@ async fn an_outage_of_both_servers_is_reported_and_survived() {
 
     shutdown.cancel();
     consuming.await.unwrap();
+    ops.task.await.unwrap().unwrap();
     infra.stop().await;
     direct.close().await;
     outage.clean_up().await;

@@ -1,15 +1,21 @@
 //! All four services in one process on SQLite and the in-process bus (see `main.rs`).
 
+use service_kit::ops;
 use service_kit::runtime::Infra;
-use service_kit::settings::{Source, load_common_with_defaults};
+use service_kit::settings::{Source, Vars, load_common_with_defaults};
 use service_kit::{CommonSettings, SettingsError, Shutdown};
 
 /// The embedded default database: a file under `data/`.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/acp.db?mode=rwc";
+/// Default `OPS_BIND`: health and metrics of all four services, on one address.
+pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9080";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
+    /// `OPS_BIND` (default `0.0.0.0:9080`): `/health/*` and `/metrics` of the whole process;
+    /// the services' own `*_OPS_BIND` are not read here.
+    pub ops_bind: String,
     pub gateway: api_gateway::GatewaySettings,
     pub worker: payment_worker::ServiceSettings,
     pub marzban_sync: marzban_sync::ServiceSettings,
@@ -18,20 +24,37 @@ pub struct Settings {
 
 impl Settings {
     pub fn load(source: &Source) -> Result<Self, SettingsError> {
-        Ok(Self {
+        let vars: Vars = source.load()?;
+        let mut settings = Self {
             common: load_common_with_defaults(source, &[("DATABASE_URL", DEFAULT_DATABASE_URL)])?,
+            ops_bind: vars.get("OPS_BIND").unwrap_or(DEFAULT_OPS_BIND).to_owned(),
             gateway: source.load()?,
             worker: source.load()?,
             marzban_sync: source.load()?,
             bot: source.load()?,
-        })
+        };
+        // One ops server for the process, serving the shared readiness and metrics.
+        settings.gateway.ops_bind = None;
+        settings.worker.ops_bind = None;
+        settings.marzban_sync.ops_bind = None;
+        settings.bot.ops_bind = None;
+        if settings.ops_bind == settings.gateway.gateway_bind && !settings.ops_bind.ends_with(":0")
+        {
+            return Err(SettingsError::invalid(
+                "OPS_BIND",
+                "must differ from GATEWAY_BIND (health and metrics stay off the public port)",
+            ));
+        }
+        Ok(settings)
     }
 }
 
 /// Starts the four services on one embedded infrastructure and runs until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
     let infra = Infra::embedded("standalone", &settings.common).await?;
+    let ops = ops::serve_ops(&settings.ops_bind, infra.readiness(), shutdown.clone())?;
     let servers = [
+        ops,
         api_gateway::start(&settings.gateway, &infra, shutdown.clone())
             .await?
             .server,

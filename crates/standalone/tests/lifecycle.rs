@@ -1,5 +1,6 @@
 //! The real `standalone` binary: all four services in one process on a fresh SQLite file and
-//! the in-process bus become ready and stop cleanly on SIGTERM.
+//! the in-process bus become ready (on the one ops address, `OPS_BIND`) and stop cleanly on
+//! SIGTERM.
 
 #[tokio::test]
 async fn embedded_mode_becomes_ready_and_stops_on_sigterm() {
@@ -10,13 +11,11 @@ async fn embedded_mode_becomes_ready_and_stops_on_sigterm() {
     let envs = [
         ("DATABASE_URL", url.as_str()),
         ("LOG_DIR", logs.to_str().unwrap()),
-        ("WORKER_BIND", "127.0.0.1:0"),
-        ("MARZBAN_SYNC_BIND", "127.0.0.1:0"),
-        ("BOT_BIND", "127.0.0.1:0"),
+        ("GATEWAY_BIND", "127.0.0.1:0"),
     ];
     service_kit::testing::check_binary_lifecycle(
         env!("CARGO_BIN_EXE_standalone"),
-        "GATEWAY_BIND",
+        "OPS_BIND",
         &envs,
     )
     .await
@@ -44,13 +43,11 @@ async fn the_start_up_log_masks_the_database_password() {
         ("DATABASE_URL", url.as_str()),
         ("RUN_MIGRATIONS", "false"),
         ("LOG_DIR", logs.to_str().unwrap()),
-        ("WORKER_BIND", "127.0.0.1:0"),
-        ("MARZBAN_SYNC_BIND", "127.0.0.1:0"),
-        ("BOT_BIND", "127.0.0.1:0"),
+        ("GATEWAY_BIND", "127.0.0.1:0"),
     ];
     service_kit::testing::check_binary_lifecycle(
         env!("CARGO_BIN_EXE_standalone"),
-        "GATEWAY_BIND",
+        "OPS_BIND",
         &envs,
     )
     .await

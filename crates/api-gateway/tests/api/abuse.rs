@@ -43,7 +43,7 @@ const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// An ordinary request: known methods on known routes, a few 404s and 405s.
 fn ordinary(app: &TestApp, i: usize) -> reqwest::RequestBuilder {
     match i % 6 {
-        0 => app.http.get(app.url("/health/live")),
+        0 => app.http.get(app.url("/api/payment/providers")),
         1 => app
             .http
             .get(app.url("/api/payments/00000000-0000-0000-0000-000000000000")),

@@ -302,14 +302,17 @@ fn unknown_routes_and_methods() -> Vec<Probe> {
     ] {
         probes.push(Probe::new("wrong method", method, path).expect(405, "method_not_allowed"));
     }
-    probes.push(
-        Probe::new(
-            "wrong method on the health route",
-            Method::POST,
-            "/health/ready",
-        )
-        .expect(404, "not_found"),
-    );
+    // Health and metrics live on the ops port only: here they are unknown routes.
+    for (method, path) in [
+        (Method::POST, "/health/ready"),
+        (Method::GET, "/health/ready"),
+        (Method::GET, "/health/live"),
+        (Method::GET, "/metrics"),
+    ] {
+        probes.push(
+            Probe::new("ops route on the public port", method, path).expect(404, "not_found"),
+        );
+    }
     probes
 }
 

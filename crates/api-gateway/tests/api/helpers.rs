@@ -17,7 +17,10 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 pub const CRYPTO_SECRET: &str = "whsec_test_0123456789abcdef0123456789";
 
 pub struct TestApp {
+    /// The public port: webhooks and the API.
     pub addr: SocketAddr,
+    /// The ops port: `/health/*` and `/metrics`.
+    pub ops_addr: SocketAddr,
     pub db: TestDb,
     pub http: reqwest::Client,
     pub yookassa: sandbox::yookassa::Handle,
@@ -26,7 +29,7 @@ pub struct TestApp {
     /// On RabbitMQ (not the in-process bus): its queues are deleted when the app drops.
     on_rabbitmq: bool,
     shutdown: Shutdown,
-    _infra: Infra,
+    infra: Infra,
 }
 
 impl Drop for TestApp {
@@ -64,6 +67,7 @@ async fn spawn_on(db: TestDb, embedded: bool, overrides: &[(&str, &str)]) -> Tes
         ("AMQP_PREFIX", amqp_prefix.clone()),
         ("RUN_MIGRATIONS", "false".into()),
         ("GATEWAY_BIND", "127.0.0.1:0".into()),
+        ("GATEWAY_OPS_BIND", "127.0.0.1:0".into()),
         ("GATEWAY_WORKERS", "2".into()),
         ("API_SERVICE_TOKEN", SERVICE_TOKEN.into()),
         ("API_ADMIN_TOKEN", ADMIN_TOKEN.into()),
@@ -96,19 +100,30 @@ async fn spawn_on(db: TestDb, embedded: bool, overrides: &[(&str, &str)]) -> Tes
         .expect("gateway starts");
     TestApp {
         addr: gateway.addr,
+        ops_addr: gateway.ops_addr.expect("the gateway serves ops"),
         db,
         http: reqwest::Client::new(),
         yookassa,
         amqp_prefix,
         on_rabbitmq: !embedded,
         shutdown,
-        _infra: infra,
+        infra,
     }
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the ops port (`/health/*`, `/metrics`).
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops_addr)
+    }
+
+    /// How many rounds of readiness checks (database, broker) have run.
+    pub fn readiness_rounds(&self) -> u64 {
+        self.infra.readiness().rounds()
     }
 
     pub async fn post_yookassa(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -167,7 +182,7 @@ impl TestApp {
 
     pub async fn metrics(&self) -> String {
         self.http
-            .get(self.url("/metrics"))
+            .get(self.ops_url("/metrics"))
             .send()
             .await
             .unwrap()

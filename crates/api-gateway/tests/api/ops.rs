@@ -1,17 +1,105 @@
-//! Health, metrics, request ids and the OpenAPI document.
+//! Health, metrics (on the ops port only), request ids and the OpenAPI document.
 
-use crate::helpers::{sample, spawn_app};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::helpers::{TestApp, sample, spawn_app};
+
+/// `GET url` (on either port).
+async fn get(app: &TestApp, url: String) -> reqwest::Response {
+    app.http.get(url).send().await.unwrap()
+}
+
+/// Polls the ops port's `/health/ready` until it answers 200 (the first round of checks runs
+/// as the gateway starts); returns the body.
+async fn ready_body(app: &TestApp) -> serde_json::Value {
+    for _ in 0..100 {
+        let ready = get(app, app.ops_url("/health/ready")).await;
+        if ready.status() == 200 {
+            return ready.json().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/health/ready never answered 200");
+}
 
 #[tokio::test]
-async fn health_reports_database_and_broker() {
+async fn health_reports_database_and_broker_on_the_ops_port() {
     let app = spawn_app(&[]).await;
-    let live = app.http.get(app.url("/health/live")).send().await.unwrap();
+    assert_ne!(app.addr, app.ops_addr);
+    let live = get(&app, app.ops_url("/health/live")).await;
     assert_eq!(live.status(), 200);
-    let ready = app.http.get(app.url("/health/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: serde_json::Value = ready.json().await.unwrap();
+    let body = ready_body(&app).await;
+    assert_eq!(body["status"], "ok");
     assert_eq!(body["checks"]["database"], "ok");
     assert_eq!(body["checks"]["broker"], "ok");
+    let metrics = get(&app, app.ops_url("/metrics")).await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(
+        sample(&text, "service_readiness_check_up", &["check=\"database\""]) >= 1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_public_port_has_no_health_or_metrics() {
+    let app = spawn_app(&[]).await;
+    let unknown: serde_json::Value = get(&app, app.url("/no/such/route"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/metrics",
+        "/health/live",
+        "/health/ready",
+        "/health",
+        "/metrics/",
+    ] {
+        let response = get(&app, app.url(path)).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body, unknown, "{path} answers like any unknown route");
+    }
+    // And the ops port serves nothing else.
+    let webhook = app
+        .http
+        .post(app.ops_url("/webhook/payment/yookassa"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 404);
+}
+
+#[tokio::test]
+async fn a_burst_of_readiness_probes_is_answered_from_the_cache() {
+    let app = spawn_app(&[]).await;
+    ready_body(&app).await;
+    let rounds_before = app.readiness_rounds();
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures::stream::iter(0..1000)
+        .map(|_| async {
+            let response = get(&app, app.ops_url("/health/ready")).await;
+            let status = response.status().as_u16();
+            let _ = response.bytes().await;
+            status
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let rounds = app.readiness_rounds() - rounds_before;
+    let elapsed = started.elapsed();
+    println!("1,000 /health/ready probes in {elapsed:?}: {rounds} rounds of checks");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // One round every 2 s, whatever the number of probes (plus one for a round under way).
+    let allowed = elapsed.as_secs() / 2 + 2;
+    assert!(
+        rounds <= allowed,
+        "1,000 probes in {elapsed:?} ran {rounds} rounds of checks (allowed {allowed})"
+    );
 }
 
 #[tokio::test]
@@ -27,7 +115,7 @@ async fn requests_are_counted_by_route_and_status_and_carry_an_id() {
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["x-request-id"], "req-abc-123");
     // Without one, the gateway makes one.
-    let response = app.http.get(app.url("/health/live")).send().await.unwrap();
+    let response = get(&app, app.url("/api/openapi.json")).await;
     assert!(!response.headers()["x-request-id"].is_empty());
     let missing = app.http.get(app.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -80,9 +168,6 @@ async fn openapi_document_describes_every_route() {
         ("/api/payments/{id}/refund", "post"),
         ("/api/stats", "get"),
         ("/api/openapi.json", "get"),
-        ("/health/live", "get"),
-        ("/health/ready", "get"),
-        ("/metrics", "get"),
     ];
     assert_eq!(paths.len(), expected.len());
     for (path, method) in expected {

@@ -22,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("acp-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let gateway = free_addr()?;
+    // Health and metrics of the whole process, off the public port.
+    let ops = free_addr()?;
 
     let tg = telegram::spawn(telegram::Config::default()).await?;
     let kassa = yookassa::spawn(yookassa::Config {
@@ -53,11 +55,15 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("GATEWAY_BIND", gateway.clone()),
         ("GATEWAY_URL", format!("http://{gateway}")),
-        ("WORKER_BIND", "127.0.0.1:0".into()),
-        ("MARZBAN_SYNC_BIND", "127.0.0.1:0".into()),
-        ("BOT_BIND", "127.0.0.1:0".into()),
-        ("API_SERVICE_TOKEN", "demo-service-token-0123456789abcdef".into()),
-        ("API_ADMIN_TOKEN", "demo-admin-token-0123456789abcdef".into()),
+        ("OPS_BIND", ops.clone()),
+        (
+            "API_SERVICE_TOKEN",
+            "demo-service-token-0123456789abcdef".into(),
+        ),
+        (
+            "API_ADMIN_TOKEN",
+            "demo-admin-token-0123456789abcdef".into(),
+        ),
         ("YOOKASSA_SHOP_ID", shop.shop_id.clone()),
         ("YOOKASSA_SECRET_KEY", shop.secret_key.clone()),
         ("YOOKASSA_TEST_MODE", "true".into()),
@@ -85,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         .context("starting target/debug/standalone (build it: cargo build --workspace --bins)")?;
     let mut ready = false;
     for _ in 0..300 {
-        if let Ok((200, _)) = service_kit::testing::http_get(&gateway, "/health/ready").await {
+        if let Ok((200, _)) = service_kit::testing::http_get(&ops, "/health/ready").await {
             ready = true;
             break;
         }
