@@ -150,19 +150,9 @@ async fn providers(state: web::Data<AppState>) -> HttpResponse {
 
 // ---- POST /api/payments ----------------------------------------------------------------------
 
-/// Marks, in `payments.metadata`, a payment whose creation has not finished: the intent row is
-/// stored before the provider is called and loses the mark when the provider's answer is
-/// stored. Reconciliation expires a row still marked [`CREATION_IN_PROGRESS`] (status
-/// `pending`, no `provider_payment_id`) once [`CREATION_WINDOW`] has passed.
-pub const META_CREATION: &str = "gateway_creation";
-/// [`META_CREATION`] while the provider has not answered (or its answer was lost).
-pub const CREATION_IN_PROGRESS: &str = "in_progress";
-/// [`META_CREATION`] of a row the provider refused (status `failed`; the refusal is the key's
-/// stored answer).
-pub const CREATION_REFUSED: &str = "refused";
-/// How long a request with the same `Idempotency-Key` may finish a half-made payment; the
-/// intent row's `next_check_at` is `created_at` + this, so reconciliation looks at it then.
-pub const CREATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+pub use domain::entities::payments::{
+    CREATION_IN_PROGRESS, CREATION_REFUSED, CREATION_WINDOW, META_CREATION,
+};
 
 fn creation_window() -> chrono::Duration {
     chrono::Duration::from_std(CREATION_WINDOW).unwrap_or(chrono::Duration::MAX)

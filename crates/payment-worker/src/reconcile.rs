@@ -8,12 +8,17 @@
 //! each payment's status source is asked; the answer is applied like a notification's (same
 //! conditional UPDATE, outbox event and log row) and the next check is scheduled.
 //!
+//! A payment whose creation never finished (the gateway stored its intent, then the provider
+//! call never answered: no provider payment id, so the payer never saw a way to pay) is
+//! **expired** once the gateway's creation window has passed — checked again under the row's
+//! lock, so a request that finished it meanwhile wins — and its crypto invoice, if it has one,
+//! frees its amount. It is never looked up: there is nothing to look up with.
+//!
 //! At the deadline (the payment's expiry, or the default window, plus the grace period):
-//! - a payment that nobody but us can complete any more is **expired** (`pending → expired`,
-//!   `payment.failed` with reason `expired`): a Telegram payment its source still calls
-//!   pending (the bot's pre-checkout refuses an expired invoice, so no payment can start after
-//!   the expiry, and the grace period covers one that started just before it), and a payment
-//!   whose creation never finished (no provider payment id: the payer never saw a way to pay);
+//! - a Telegram payment its source still calls pending is **expired** (`pending → expired`,
+//!   `payment.failed` with reason `expired`): the bot's pre-checkout refuses an expired
+//!   invoice, so no payment can start after the expiry, and the grace period covers one that
+//!   started just before it;
 //! - any other payment the provider still calls `pending` stays pending and polling stops
 //!   (`next_check_at = NULL`, a `payment.reconcile_exhausted` log row): that provider can still
 //!   complete it on its own (YooKassa cancels unpaid payments itself), and its late
@@ -23,9 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::PaymentStatus;
-use domain::entities::payments;
+use domain::entities::{crypto_invoices, payments};
 use domain::money::Money;
+use domain::{CryptoInvoiceStatus, PaymentStatus};
 use payment_core::{ProviderError, ProviderId, ProviderPayment};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
@@ -185,6 +190,9 @@ impl Reconciler {
     async fn check(&self, payment: payments::Model) -> Result<&'static str, DbErr> {
         let attempt = payment.check_attempts + 1;
         let trigger = Trigger::Reconciliation { attempt };
+        if payment.is_half_made() {
+            return self.half_made(payment).await;
+        }
         let Some(source) = self.sources.get(&payment.provider) else {
             tracing::debug!(payment_id = %payment.id, provider = %payment.provider, "no status source for this provider; rescheduled");
             let tx = self.db.begin().await?;
@@ -269,6 +277,51 @@ impl Reconciler {
         Ok("exhausted")
     }
 
+    /// A payment whose creation never finished: expired once the creation window has passed,
+    /// else looked at again when it has.
+    async fn half_made(&self, payment: payments::Model) -> Result<&'static str, DbErr> {
+        use payments::Column as P;
+        let window_ends = payment.created_at + chrono_duration(payments::CREATION_WINDOW);
+        let tx = self.db.begin().await?;
+        let outcome = if Utc::now() < window_ends {
+            payments::Entity::update_many()
+                .col_expr(P::NextCheckAt, Expr::value(Some(window_ends)))
+                .filter(P::Id.eq(payment.id))
+                .filter(P::Status.eq(PaymentStatus::Pending))
+                .exec(&tx)
+                .await?;
+            "pending"
+        } else {
+            // The gateway may have finished it since the claim: decide on the locked row.
+            let current = payments::Entity::find_by_id(payment.id)
+                .lock_exclusive()
+                .one(&tx)
+                .await?;
+            match current {
+                Some(current) if current.is_half_made() => {
+                    let outcome = self.expire(&tx, &current).await?;
+                    crypto_invoices::Entity::update_many()
+                        .col_expr(
+                            crypto_invoices::Column::Status,
+                            Expr::value(CryptoInvoiceStatus::Expired),
+                        )
+                        .col_expr(crypto_invoices::Column::UpdatedAt, Expr::value(Utc::now()))
+                        .filter(crypto_invoices::Column::PaymentId.eq(payment.id))
+                        .filter(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
+                        .filter(crypto_invoices::Column::ReceivedMinor.is_null())
+                        .exec(&tx)
+                        .await?;
+                    outcome
+                }
+                // Finished after all: back on the normal schedule.
+                _ => "pending",
+            }
+        };
+        tx.commit().await?;
+        self.nudge.notify_one();
+        Ok(outcome)
+    }
+
     /// Expires a payment past its deadline (see the module docs).
     async fn expire<C: ConnectionTrait>(
         &self,
@@ -308,9 +361,7 @@ impl Reconciler {
 /// Whether a payment still pending at its deadline (after a check whose outcome was
 /// `outcome`) is expired rather than left pending: see the module docs.
 fn expires_at_deadline(payment: &payments::Model, outcome: &str) -> bool {
-    let never_created = payment.provider_payment_id.is_none();
-    let telegram_unpaid = payment.provider == ProviderId::Telegram.as_str() && outcome == "pending";
-    never_created || telegram_unpaid
+    payment.provider == ProviderId::Telegram.as_str() && outcome == "pending"
 }
 
 #[cfg(test)]

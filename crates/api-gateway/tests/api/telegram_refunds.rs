@@ -6,13 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use domain::entities::{payments, provider_notifications, refunds};
-use domain::money::Money;
 use domain::{PaymentStatus, RefundStatus};
-use payment_core::providers::telegram::transformers::{PaymentMessage, payment_message};
-use payment_core::{ProviderError, ProviderPayment};
-use payment_worker::{StatusSource, StatusSources};
 use sandbox::telegram::{self, TestUser};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -223,37 +218,6 @@ async fn stars_are_refunded_once_however_many_refunds_are_asked() {
     assert!(!rows[0].outside_provider);
 }
 
-/// The worker's status source for fiat Telegram payments, as far as this test needs it: the
-/// stored update (a `successful_payment`, or the gateway's `refunded_payment` notice).
-struct FromNotice;
-
-#[async_trait]
-impl StatusSource for FromNotice {
-    async fn current_status(
-        &self,
-        payment: &payments::Model,
-        notification: Option<&provider_notifications::Model>,
-    ) -> Result<ProviderPayment, ProviderError> {
-        let notice = notification.ok_or(ProviderError::Unsupported("reconciliation"))?;
-        let message =
-            payment_message(notice.body.as_bytes()).map_err(ProviderError::MalformedResponse)?;
-        let (status, refunded) = match message {
-            PaymentMessage::Successful(_) => (PaymentStatus::Succeeded, 0),
-            PaymentMessage::Refunded(r) => (PaymentStatus::Refunded, r.total_amount),
-        };
-        Ok(ProviderPayment {
-            provider_payment_id: payment.provider_payment_id.clone().unwrap_or_default(),
-            status,
-            amount: payment.amount(),
-            refunded: Money::new(refunded, payment.currency),
-            paid_at: None,
-            failure_reason: None,
-            confirmation: None,
-            test: false,
-        })
-    }
-}
-
 /// A fiat Telegram payment's refund: recorded as made outside Telegram, Telegram not called,
 /// the answer tells the admin to return the money in the provider's cabinet, and the worker
 /// emits `payment.refunded` (which makes marzban-sync revoke the access).
@@ -312,20 +276,25 @@ async fn a_fiat_telegram_refund_is_recorded_as_made_outside_telegram() {
     assert_eq!(again.json::<Value>().await.unwrap(), view);
 
     // The worker applies the notice like any other: `payment.refunded`.
+    // The worker with its real Telegram status source (the stored update is the proof).
+    let api_url = tg.api_url();
     let settings = payment_worker::ServiceSettings::load(&Source::map([
         ("WORKER_BIND", "127.0.0.1:0"),
         ("RECONCILE_ENABLED", "off"),
+        ("TELEGRAM_BOT_TOKEN", tg.token()),
+        ("TELEGRAM_API_URL", api_url.as_str()),
+        ("TELEGRAM_PAYMENT_PROVIDER_TOKEN", PROVIDER_TOKEN),
     ]))
     .unwrap();
     let infra = connect_beside(&app, "telegram-refund-worker").await;
     let shutdown = Shutdown::new();
-    let tasks = payment_worker::Worker::new(
+    let tasks = payment_worker::Worker::from_settings(
         &settings,
-        StatusSources::default().with("telegram", FromNotice),
         infra.db.clone(),
         Arc::clone(&infra.bus),
         infra.outbox_nudge.clone(),
     )
+    .expect("worker")
     .spawn(shutdown.clone());
     let mut refunded = Vec::new();
     for _ in 0..200 {

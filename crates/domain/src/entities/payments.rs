@@ -9,6 +9,20 @@ use crate::ids::PaymentId;
 use crate::money::{Currency, Money};
 use crate::status::PaymentStatus;
 
+/// Marks, in `metadata`, a payment whose creation has not finished: the gateway stores the
+/// row (its intent) before calling the provider, and the mark goes when the provider's answer
+/// is stored. A row still marked [`CREATION_IN_PROGRESS`] — `pending`, no
+/// `provider_payment_id` — once [`CREATION_WINDOW`] has passed was never shown to a payer:
+/// reconciliation expires it.
+pub const META_CREATION: &str = "gateway_creation";
+/// [`META_CREATION`] while the provider has not answered (or its answer was lost).
+pub const CREATION_IN_PROGRESS: &str = "in_progress";
+/// [`META_CREATION`] of a row the provider refused (status `failed`; the refusal is the key's
+/// stored answer).
+pub const CREATION_REFUSED: &str = "refused";
+/// How long a request with the same `Idempotency-Key` may finish a half-made payment.
+pub const CREATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "payments")]
 pub struct Model {
@@ -60,6 +74,11 @@ impl Model {
 
     pub fn refunded(&self) -> Money {
         Money::new(self.refunded_minor, self.currency)
+    }
+
+    /// Whether the payment's creation never finished (see [`META_CREATION`]).
+    pub fn is_half_made(&self) -> bool {
+        self.status == PaymentStatus::Pending && self.provider_payment_id.is_none()
     }
 }
 

@@ -212,7 +212,8 @@ async fn an_unpaid_telegram_invoice_expires_at_its_deadline() {
 }
 
 #[tokio::test]
-async fn a_payment_whose_creation_never_finished_expires_and_a_yookassa_one_stays_pending() {
+async fn a_payment_whose_creation_never_finished_expires_after_its_window_and_a_yookassa_one_stays_pending()
+ {
     let env = env().await;
     let db = &env.db.conn;
     // No provider payment id: the provider call never answered, the payer never saw a link.
@@ -225,6 +226,16 @@ async fn a_payment_whose_creation_never_finished_expires_and_a_yookassa_one_stay
     )
     .await;
     make_due(db, &half_made, true).await;
+    // One still inside the gateway's creation window: a repeat of its key may finish it.
+    let fresh = insert_payment(
+        db,
+        Uuid::now_v7(),
+        Money::new(PRICE, Currency::Rub),
+        None,
+        |_| {},
+    )
+    .await;
+    make_due(db, &fresh, false).await;
     // A YooKassa payment YooKassa still calls pending: YooKassa can still complete it.
     let pending = payment(&env).await;
     make_due(db, &pending, true).await;
@@ -246,6 +257,26 @@ async fn a_payment_whose_creation_never_finished_expires_and_a_yookassa_one_stay
     assert_eq!(
         reload(db, half_made.id).await.status,
         PaymentStatus::Expired
+    );
+    assert_eq!(events(db, "payment.failed", half_made.id).await.len(), 1);
+    let fresh_after = reload(db, fresh.id).await;
+    assert_eq!(fresh_after.status, PaymentStatus::Pending);
+    assert_eq!(
+        fresh_after.next_check_at.map(|t| t.timestamp()),
+        Some((fresh.created_at + chrono::Duration::minutes(5)).timestamp()),
+        "looked at again when its creation window ends"
+    );
+    let asked: Vec<_> = env
+        .shop
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        asked.len(),
+        1,
+        "only the YooKassa payment is looked up: {asked:?}"
     );
     let pending = reload(db, pending.id).await;
     assert_eq!(pending.status, PaymentStatus::Pending);
