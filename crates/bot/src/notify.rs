@@ -31,7 +31,7 @@
 //! event this process already sent (its marker's commit failed, or is not visible yet) sends
 //! nothing and lets the marker commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -336,13 +336,25 @@ impl Notifier {
 /// a retry after a failed commit writes the marker without sending again.
 const REMEMBER_SENT: Duration = Duration::from_secs(3600);
 
+/// At most this many sent events are remembered (the oldest are forgotten first), so a burst
+/// of notifications cannot grow the process without bound.
+const REMEMBER_AT_MOST: usize = 100_000;
+
 /// What this process did with recent events (see the module docs).
 #[derive(Default)]
-struct Recent(Mutex<HashMap<Uuid, Step>>);
+struct Recent(Mutex<RecentSteps>);
+
+/// The steps by event, and the sent events oldest first, so forgetting expired ones costs
+/// only the ones forgotten (not a scan of every remembered event per message).
+#[derive(Default)]
+struct RecentSteps {
+    steps: HashMap<Uuid, Step>,
+    sent_order: VecDeque<(Instant, Uuid)>,
+}
 
 enum Step {
     Sending,
-    Sent(Instant),
+    Sent,
 }
 
 enum Begin<'a> {
@@ -354,22 +366,33 @@ enum Begin<'a> {
     Send(Claim<'a>),
 }
 
+impl RecentSteps {
+    fn forget_old(&mut self) {
+        while let Some((at, event_id)) = self.sent_order.front().copied() {
+            if at.elapsed() < REMEMBER_SENT && self.sent_order.len() <= REMEMBER_AT_MOST {
+                break;
+            }
+            self.sent_order.pop_front();
+            if matches!(self.steps.get(&event_id), Some(Step::Sent)) {
+                self.steps.remove(&event_id);
+            }
+        }
+    }
+}
+
 impl Recent {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Step>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentSteps> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn begin(&self, event_id: Uuid) -> Begin<'_> {
-        let mut steps = self.lock();
-        steps.retain(|_, step| match step {
-            Step::Sending => true,
-            Step::Sent(at) => at.elapsed() < REMEMBER_SENT,
-        });
-        match steps.get(&event_id) {
+        let mut recent = self.lock();
+        recent.forget_old();
+        match recent.steps.get(&event_id) {
             Some(Step::Sending) => Begin::Busy,
-            Some(Step::Sent(_)) => Begin::Sent,
+            Some(Step::Sent) => Begin::Sent,
             None => {
-                steps.insert(event_id, Step::Sending);
+                recent.steps.insert(event_id, Step::Sending);
                 Begin::Send(Claim {
                     recent: self,
                     event_id,
@@ -396,11 +419,12 @@ impl Claim<'_> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut steps = self.recent.lock();
+        let mut recent = self.recent.lock();
         if self.sent {
-            steps.insert(self.event_id, Step::Sent(Instant::now()));
+            recent.steps.insert(self.event_id, Step::Sent);
+            recent.sent_order.push_back((Instant::now(), self.event_id));
         } else {
-            steps.remove(&self.event_id);
+            recent.steps.remove(&self.event_id);
         }
     }
 }
@@ -420,6 +444,27 @@ mod tests {
         claim.sent();
         assert!(matches!(recent.begin(event), Begin::Sent));
         assert!(matches!(recent.begin(Uuid::now_v7()), Begin::Send(_)));
+    }
+
+    #[test]
+    fn sent_events_are_remembered_up_to_a_bound_oldest_forgotten_first() {
+        let recent = Recent::default();
+        let first = Uuid::now_v7();
+        let send = |event| match recent.begin(event) {
+            Begin::Send(claim) => claim.sent(),
+            _ => panic!("a new event is sent"),
+        };
+        send(first);
+        for _ in 0..REMEMBER_AT_MOST {
+            send(Uuid::now_v7());
+        }
+        // One over the bound: the oldest went first, the newest are still known.
+        let newest = Uuid::now_v7();
+        send(newest);
+        assert!(matches!(recent.begin(newest), Begin::Sent));
+        assert!(matches!(recent.begin(first), Begin::Send(_)));
+        let kept = recent.lock().steps.len();
+        assert!(kept <= REMEMBER_AT_MOST + 2, "{kept} remembered");
     }
 
     #[test]
