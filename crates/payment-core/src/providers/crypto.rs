@@ -1,7 +1,7 @@
 //! USDT on TRON (TRC20), verified on chain by our own watcher — no intermediary.
 //!
 //! One shared wallet receives every payment, so each invoice asks for a unique amount: the
-//! price plus a tag of 1..=999 micro-USDT, reserved among the wallet's open invoices by a
+//! price plus a tag of 1..=[`MAX_TAG`] micro-USDT, reserved among the wallet's open invoices by a
 //! partial unique index (see [`CryptoProvider::reserve_invoice`]). The chain watcher
 //! ([`watcher::ChainWatcher`]) reads TronGrid's confirmed TRC20 history of the wallet and
 //! matches transfers to invoices ([`matcher`]: an exact amount completes its own invoice; a
@@ -53,8 +53,12 @@ pub const DEFAULT_API_URL: &str = "https://api.trongrid.io";
 pub const USDT_MAINNET: &str = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t";
 /// The only network supported so far.
 pub const NETWORK_TRC20: &str = "TRC20";
-/// Tags are 1..=MAX_TAG micro-USDT.
-pub const MAX_TAG: i64 = 999;
+/// Tags are 1..=MAX_TAG micro-USDT: at most 0.009999 USDT above the price, so tariffs priced
+/// in whole cents never share an amount, and 9,999 invoices of one price can be open at once
+/// (with the gateway's cap of open payments per customer, `CHECKOUT_MAX_OPEN_PAYMENTS`, no
+/// customer can hold more than that many of them). The matcher's tolerance for a dropped
+/// tag is the same `MAX_TAG`.
+pub const MAX_TAG: i64 = 9_999;
 
 static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
     id: ProviderId::Crypto,

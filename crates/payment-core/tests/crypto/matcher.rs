@@ -15,9 +15,14 @@ use proptest::prelude::*;
 
 const TTL_MINUTES: i64 = 30;
 const LATE_MINUTES: i64 = 60;
-/// Prices close enough that tag ranges overlap (2.000000 and 2.000500), one tag apart
-/// (2.001000), and far away.
-const PRICES: [i64; 4] = [2_000_000, 2_000_500, 2_001_000, 5_000_000];
+/// Prices close enough that tag ranges overlap (half a tag range apart), one tag range apart
+/// (a cent, with `MAX_TAG` = 9,999), and far away.
+const PRICES: [i64; 4] = [
+    2_000_000,
+    2_000_000 + (MAX_TAG + 1) / 2,
+    2_000_000 + MAX_TAG + 1,
+    5_000_000,
+];
 const SPAMMER: &str = "TSpammer";
 const OWNER: &str = "TWalletOwner";
 

@@ -1,11 +1,14 @@
 //! Invoices: a unique amount per open invoice, and the payment status they imply.
 //!
-//! The amount is `price + tag`, the tag being 1..=999 micro-USDT (at most 0.000999 USDT
-//! more than the price). `(network, address, expected_minor)` is unique among open invoices
-//! (a partial unique index), so two open invoices of one wallet never ask for the same
-//! amount and a transfer of exactly that amount names its invoice. An invoice stays `open`
-//! until its late window has passed, so its amount is not handed to a new invoice while a
-//! late transfer can still arrive. A transfer that is not exact is credited only within a
+//! The amount is `price + tag`, the tag being 1..=[`MAX_TAG`] (9,999) micro-USDT (at most
+//! 0.009999 USDT more than the price). `(network, address, expected_minor)` is unique among
+//! open invoices (a partial unique index), so two open invoices of one wallet never ask for
+//! the same amount and a transfer of exactly that amount names its invoice. A tag is free
+//! again as soon as its invoice leaves `open`: paid (or overpaid), ended by the chain
+//! watcher once its late window has passed (`expired`, `underpaid`), or closed with its
+//! payment when the payment's creation was refused or never finished ([`close_unpaid`]).
+//! An unpaid invoice stays `open` through its late window, so its amount is not handed to a
+//! new invoice while a late transfer can still arrive. A transfer that is not exact is credited only within a
 //! tag below one invoice's amount, and only when no other recent invoice (in any status) asks
 //! within a tag of it (see [`super::matcher`]).
 
@@ -13,6 +16,7 @@ use chrono::{DateTime, Utc};
 use domain::entities::crypto_invoices;
 use domain::money::{Currency, Money};
 use domain::{CryptoInvoiceStatus, PaymentId, PaymentStatus};
+use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement, Value};
 use uuid::Uuid;
 
@@ -74,8 +78,8 @@ impl ReservedInvoice {
 pub enum InvoiceError {
     #[error(transparent)]
     Quote(#[from] QuoteError),
-    /// All 999 tags of this price are taken by open invoices.
-    #[error("no free tag for price {0}: 999 open invoices already ask for it")]
+    /// All [`MAX_TAG`] tags of this price are taken by open invoices.
+    #[error("no free tag for price {0}: {MAX_TAG} open invoices already ask for it")]
     NoFreeTag(Money),
     #[error("could not reserve an amount after {0} attempts (contention)")]
     Contended(u32),
@@ -90,7 +94,7 @@ impl CryptoProvider {
     /// the caller's transaction.
     ///
     /// - `price` is USDT, or RUB converted at `CRYPTO_RUB_PER_USDT` (see [`Self::quote`] for
-    ///   tariffs); the amount asked is `price + tag`, the tag 1..=999 micro-USDT, chosen at
+    ///   tariffs); the amount asked is `price + tag`, the tag 1..=[`MAX_TAG`] micro-USDT, chosen at
     ///   random among the tags no open invoice of this wallet uses (random, so concurrent
     ///   reservations rarely pick the same one; a collision is retried with another tag).
     /// - The `payments` row must already exist in this transaction (foreign key). Store
@@ -123,7 +127,7 @@ impl CryptoProvider {
             if let Some(existing) = find(conn, payment_id).await? {
                 return Ok(ReservedInvoice::from_model(&existing));
             }
-            let used: Vec<i64> = conn
+            let used: std::collections::HashSet<i64> = conn
                 .query_all_raw(Statement::from_sql_and_values(
                     backend,
                     "SELECT expected_minor FROM crypto_invoices \
@@ -194,6 +198,28 @@ async fn find<C: ConnectionTrait>(
         .filter(crypto_invoices::Column::PaymentId.eq(payment_id.into_inner()))
         .one(conn)
         .await
+}
+
+/// Closes the open invoice of `payment_id` that has received nothing, as `status`
+/// (`expired` or `canceled`), in the caller's transaction: its tag is free at once. For a
+/// payment that ended before anyone could pay it (creation refused or never finished). An
+/// invoice that received something is left to the chain watcher. Returns whether one was
+/// closed.
+pub async fn close_unpaid<C: ConnectionTrait>(
+    conn: &C,
+    payment_id: PaymentId,
+    status: CryptoInvoiceStatus,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let closed = crypto_invoices::Entity::update_many()
+        .col_expr(crypto_invoices::Column::Status, Expr::value(status))
+        .col_expr(crypto_invoices::Column::UpdatedAt, Expr::value(now))
+        .filter(crypto_invoices::Column::PaymentId.eq(payment_id.into_inner()))
+        .filter(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
+        .filter(crypto_invoices::Column::ReceivedMinor.is_null())
+        .exec(conn)
+        .await?;
+    Ok(closed.rows_affected > 0)
 }
 
 /// A uniform index below `len`, from the OS-seeded randomness of a v4 UUID.
