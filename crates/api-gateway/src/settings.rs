@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use domain::env::EnvVar;
 use payment_core::{IpAllowList, PaymentSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -18,6 +19,29 @@ pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default `CRYPTO_WEBHOOK_TOLERANCE_SECS`: how far a signed timestamp may be from our clock.
 pub const DEFAULT_SIGNATURE_TOLERANCE_SECS: u64 = 300;
+
+/// The gateway's own variables ([`env_vars`] adds the common and the provider ones).
+pub const VARS: &[EnvVar] = &[
+    EnvVar::default("GATEWAY_BIND", DEFAULT_BIND),
+    EnvVar::default("GATEWAY_OPS_BIND", DEFAULT_OPS_BIND),
+    EnvVar::default("GATEWAY_WORKERS", "0"),
+    EnvVar::default("GATEWAY_MAX_BODY_BYTES", "65536"),
+    EnvVar::optional("API_SERVICE_TOKEN"),
+    EnvVar::optional("API_ADMIN_TOKEN"),
+    EnvVar::optional("CRYPTO_WEBHOOK_SECRET"),
+    EnvVar::default("CRYPTO_WEBHOOK_TOLERANCE_SECS", "300"),
+    EnvVar::optional("TRUSTED_PROXIES"),
+    EnvVar::optional("TARIFFS_FILE"),
+];
+
+/// Every variable the `api-gateway` binary reads.
+pub fn env_vars() -> Vec<EnvVar> {
+    domain::env::join(&[
+        service_kit::settings::COMMON_VARS,
+        payment_core::settings::VARS,
+        VARS,
+    ])
+}
 
 /// The gateway's own settings. Deserialised from the whole environment (see
 /// [`service_kit::settings::Source::load`]); every field names its variable.

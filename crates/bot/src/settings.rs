@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use domain::env::EnvVar;
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_kit::settings::{Vars, invalid};
@@ -18,6 +19,39 @@ pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8080";
 pub const DEFAULT_POLL_TIMEOUT_SECS: u32 = 25;
 pub const DEFAULT_GATEWAY_TIMEOUT_MS: u64 = 15_000;
 pub const DEFAULT_WEBHOOK_BIND: &str = "0.0.0.0:8088";
+
+/// The bot's own variables ([`env_vars`] adds the common ones). `TELEGRAM_BOT_TOKEN` and
+/// `API_SERVICE_TOKEN` are optional here because the standalone binary runs without a bot; the
+/// separate binary requires them ([`env_vars`]).
+pub const VARS: &[EnvVar] = &[
+    EnvVar::default("BOT_OPS_BIND", DEFAULT_OPS_BIND),
+    EnvVar::optional("BOT_BIND"),
+    EnvVar::optional("TELEGRAM_BOT_TOKEN"),
+    EnvVar::default("TELEGRAM_API_URL", DEFAULT_API_URL),
+    EnvVar::optional("TELEGRAM_PAYMENT_PROVIDER_TOKEN"),
+    EnvVar::optional("ADMIN_TELEGRAM_IDS"),
+    EnvVar::default("GATEWAY_URL", DEFAULT_GATEWAY_URL),
+    EnvVar::optional("API_SERVICE_TOKEN"),
+    EnvVar::optional("API_ADMIN_TOKEN"),
+    EnvVar::default("TELEGRAM_POLL_TIMEOUT_SECS", "25"),
+    EnvVar::default("GATEWAY_TIMEOUT_MS", "15000"),
+    EnvVar::optional("TELEGRAM_WEBHOOK_URL"),
+    EnvVar::optional("TELEGRAM_WEBHOOK_SECRET"),
+    EnvVar::default("TELEGRAM_WEBHOOK_BIND", DEFAULT_WEBHOOK_BIND),
+];
+
+/// Every variable the `bot` binary reads; it refuses to start without its token and the
+/// gateway's service token.
+pub fn env_vars() -> Vec<EnvVar> {
+    domain::env::join(&[
+        service_kit::settings::COMMON_VARS,
+        VARS,
+        &[
+            EnvVar::required("TELEGRAM_BOT_TOKEN"),
+            EnvVar::required("API_SERVICE_TOKEN"),
+        ],
+    ])
+}
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]

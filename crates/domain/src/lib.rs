@@ -2,6 +2,7 @@
 
 pub mod analytics;
 pub mod entities;
+pub mod env;
 pub mod ids;
 pub mod migration;
 pub mod money;

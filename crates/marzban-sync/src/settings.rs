@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use domain::env::EnvVar;
 use messaging::RetryPolicy;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -18,6 +19,39 @@ pub const DEFAULT_DRIFT_CHECK_SECS: u64 = 3600;
 /// Deliveries handled at once. Each holds a database connection (and its subscription's row
 /// lock) while it waits for the panel, so keep it well under the pool size.
 pub const DEFAULT_PREFETCH: u16 = 4;
+
+/// The service's own variables ([`env_vars`] adds the common ones). `MARZBAN_URL` is
+/// optional here because the standalone binary runs without a panel; the separate binary
+/// requires it ([`env_vars`]).
+pub const VARS: &[EnvVar] = &[
+    EnvVar::default("MARZBAN_SYNC_OPS_BIND", DEFAULT_OPS_BIND),
+    EnvVar::optional("MARZBAN_SYNC_BIND"),
+    EnvVar::optional("MARZBAN_URL"),
+    EnvVar::optional("MARZBAN_USERNAME"),
+    EnvVar::optional("MARZBAN_PASSWORD"),
+    EnvVar::default("MARZBAN_TIMEOUT_SECS", "10"),
+    EnvVar::default("MARZBAN_PROXIES", r#"{"vless":{}}"#),
+    EnvVar::optional("MARZBAN_INBOUNDS"),
+    EnvVar::default("MARZBAN_DRIFT_CHECK_SECS", "3600"),
+    EnvVar::default(
+        "MARZBAN_SYNC_RETRY_DELAYS_MS",
+        "1000,5000,30000,120000,600000",
+    ),
+    EnvVar::default("MARZBAN_SYNC_PREFETCH", "4"),
+];
+
+/// Every variable the `marzban-sync` binary reads; it refuses to start without the panel.
+pub fn env_vars() -> Vec<EnvVar> {
+    domain::env::join(&[
+        service_kit::settings::COMMON_VARS,
+        VARS,
+        &[
+            EnvVar::required("MARZBAN_URL"),
+            EnvVar::required("MARZBAN_USERNAME"),
+            EnvVar::required("MARZBAN_PASSWORD"),
+        ],
+    ])
+}
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,8 @@
 
 use std::str::FromStr;
 
+use domain::env::EnvVar;
+
 use crate::error::SettingsError;
 use crate::providers::crypto::CryptoSettings;
 use crate::providers::telegram::TelegramSettings;
@@ -32,6 +34,55 @@ impl PaymentSettings {
         })
     }
 }
+
+/// Every variable of the providers, read by each binary that loads [`PaymentSettings`]. A
+/// provider is on when its first variable here is set (YooKassa: shop id and secret key).
+pub const VARS: &[EnvVar] = &[
+    EnvVar::optional("YOOKASSA_SHOP_ID"),
+    EnvVar::optional("YOOKASSA_SECRET_KEY"),
+    EnvVar::default("YOOKASSA_TEST_MODE", "false"),
+    EnvVar::default("YOOKASSA_API_URL", "https://api.yookassa.ru/v3"),
+    EnvVar::default("YOOKASSA_RETURN_URL", "https://t.me/"),
+    EnvVar::default(
+        "YOOKASSA_ALLOWED_IPS",
+        "185.71.76.0/27,185.71.77.0/27,77.75.153.0/25,77.75.156.11,77.75.156.35,77.75.154.128/25,2a02:5180::/32",
+    ),
+    EnvVar::optional("TRUSTED_PROXIES"),
+    EnvVar::default("YOOKASSA_MAX_ATTEMPTS", "4"),
+    EnvVar::default("YOOKASSA_RETRY_INITIAL_MS", "500"),
+    EnvVar::default("YOOKASSA_RETRY_MAX_MS", "8000"),
+    EnvVar::default("YOOKASSA_TIMEOUT_MS", "35000"),
+    EnvVar::optional("YOOKASSA_RECEIPT_EMAIL"),
+    EnvVar::optional("YOOKASSA_RECEIPT_PHONE"),
+    EnvVar::default("YOOKASSA_RECEIPT_VAT_CODE", "1"),
+    EnvVar::optional("YOOKASSA_RECEIPT_TAX_SYSTEM_CODE"),
+    EnvVar::default("YOOKASSA_RECEIPT_PAYMENT_SUBJECT", "service"),
+    EnvVar::default("YOOKASSA_RECEIPT_PAYMENT_MODE", "full_payment"),
+    EnvVar::optional("CRYPTO_WALLET_ADDRESS"),
+    EnvVar::default("CRYPTO_NETWORK", "TRC20"),
+    EnvVar::default("TRONGRID_API_URL", "https://api.trongrid.io"),
+    EnvVar::optional("TRONGRID_API_KEY"),
+    EnvVar::default("CRYPTO_USDT_CONTRACT", "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"),
+    EnvVar::default("CRYPTO_INVOICE_TTL_MINUTES", "30"),
+    EnvVar::default("CRYPTO_LATE_WINDOW_MINUTES", "60"),
+    EnvVar::default("CRYPTO_LATE_POLICY", "complete"),
+    EnvVar::optional("CRYPTO_RUB_PER_USDT"),
+    EnvVar::default("CRYPTO_POLL_INTERVAL_SECONDS", "15"),
+    EnvVar::default("CRYPTO_POLL_PAGE_SIZE", "200"),
+    EnvVar::default("CRYPTO_POLL_MAX_PAGES", "25"),
+    EnvVar::default("CRYPTO_CURSOR_SKEW_SECONDS", "300"),
+    EnvVar::default("TRONGRID_MAX_ATTEMPTS", "3"),
+    EnvVar::default("TRONGRID_RETRY_INITIAL_MS", "1000"),
+    EnvVar::default("TRONGRID_RETRY_MAX_MS", "10000"),
+    EnvVar::default("TRONGRID_TIMEOUT_MS", "15000"),
+    EnvVar::optional("TELEGRAM_BOT_TOKEN"),
+    EnvVar::default("TELEGRAM_PAYMENTS_ENABLED", "true"),
+    EnvVar::default("TELEGRAM_API_URL", "https://api.telegram.org"),
+    EnvVar::optional("TELEGRAM_PAYMENT_PROVIDER_TOKEN"),
+    EnvVar::default("TELEGRAM_TIMEOUT_MS", "10000"),
+    EnvVar::default("TELEGRAM_STAR_SCAN_PAGES", "50"),
+    EnvVar::default("TELEGRAM_INVOICE_TTL_MINUTES", "60"),
+];
 
 /// Typed access to settings variables.
 pub(crate) struct Env<'a> {

@@ -18,8 +18,37 @@ use serde::Deserialize;
 use service_kit::SettingsError;
 use service_kit::settings::{Source, parse_bool};
 
+use domain::env::EnvVar;
+
 /// Default of `WORKER_OPS_BIND`.
 pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9081";
+
+/// The worker's own variables ([`env_vars`] adds the common and the provider ones).
+pub const VARS: &[EnvVar] = &[
+    EnvVar::default("WORKER_OPS_BIND", DEFAULT_OPS_BIND),
+    EnvVar::optional("WORKER_BIND"),
+    EnvVar::default("WORKER_PREFETCH", "8"),
+    EnvVar::default("WORKER_RETRY_DELAYS_MS", "1000,5000,30000,120000,600000"),
+    EnvVar::default("RECONCILE_ENABLED", "true"),
+    EnvVar::default("RECONCILE_POLL_MS", "10000"),
+    EnvVar::default("RECONCILE_BATCH_SIZE", "50"),
+    EnvVar::default("RECONCILE_FIRST_CHECK_SECS", "60"),
+    EnvVar::default("RECONCILE_FAST_INTERVAL_SECS", "300"),
+    EnvVar::default("RECONCILE_FAST_PHASE_SECS", "3600"),
+    EnvVar::default("RECONCILE_SLOW_INTERVAL_SECS", "3600"),
+    EnvVar::default("RECONCILE_GRACE_SECS", "3600"),
+    EnvVar::default("RECONCILE_DEFAULT_WINDOW_SECS", "86400"),
+    EnvVar::default("RECONCILE_LEASE_SECS", "300"),
+];
+
+/// Every variable the `payment-worker` binary reads.
+pub fn env_vars() -> Vec<EnvVar> {
+    domain::env::join(&[
+        service_kit::settings::COMMON_VARS,
+        payment_core::settings::VARS,
+        VARS,
+    ])
+}
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +235,7 @@ struct Vars<'a> {
 
 impl Vars<'_> {
     fn get(&self, name: &str) -> Option<String> {
+        service_kit::settings::note_read(name);
         (self.lookup)(name)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())

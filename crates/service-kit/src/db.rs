@@ -30,6 +30,16 @@ pub async fn connect(settings: &CommonSettings) -> Result<DatabaseConnection, Db
     Ok(conn)
 }
 
+/// Applies pending migrations whatever `RUN_MIGRATIONS` says, then closes the connection: the
+/// one-shot step (`api-gateway --migrate-only`) the services wait for in docker-compose.yml.
+pub async fn migrate_only(settings: &CommonSettings) -> Result<(), DbErr> {
+    let mut settings = settings.clone();
+    settings.run_migrations = true;
+    let conn = connect(&settings).await?;
+    tracing::info!("migrations applied");
+    conn.close().await
+}
+
 /// `sqlite://data/acp.db?mode=rwc` needs `data/` to exist.
 fn ensure_sqlite_dir(url: &str) {
     let Some(rest) = url.strip_prefix("sqlite://") else {

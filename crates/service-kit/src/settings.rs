@@ -4,8 +4,10 @@
 //! from the same flat environment (`DATABASE_URL`, `GATEWAY_BIND`, …). An error names the
 //! variable to fix, in the spelling the operator writes it.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 
+use domain::env::EnvVar;
 use messaging::redact::Redacted;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -140,6 +142,7 @@ impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Vars {
 impl Vars {
     /// The trimmed value of `name`, if set and not blank.
     pub fn get(&self, name: &str) -> Option<&str> {
+        note_read(name);
         self.vars
             .get(&name.to_ascii_lowercase())
             .map(|v| v.trim())
@@ -225,6 +228,43 @@ pub fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
     format!("setting {name} is invalid: {reason}")
 }
 
+thread_local! {
+    static READS: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `load` and returns, with its result, the names of the variables the settings code
+/// asked for meanwhile on this thread (through [`Vars::get`] or [`note_read`]): how the tests
+/// in `crates/deploy-check` prove each binary's `env_vars()` list complete.
+pub fn record_reads<T>(load: impl FnOnce() -> T) -> (T, BTreeSet<String>) {
+    let outer = READS.with(|reads| reads.replace(Some(BTreeSet::new())));
+    let value = load();
+    let names = READS.with(|reads| reads.replace(outer)).unwrap_or_default();
+    (value, names)
+}
+
+/// Notes that settings code read `name` (for [`record_reads`]); a settings reader that does
+/// not go through [`Vars`] calls it.
+pub fn note_read(name: &str) {
+    READS.with(|reads| {
+        if let Some(names) = reads.borrow_mut().as_mut() {
+            names.insert(name.to_ascii_uppercase());
+        }
+    });
+}
+
+/// The variables of [`CommonSettings`], read by every binary. `AMQP_URL` is required by the
+/// separate services (the standalone binary runs on the in-process bus).
+pub const COMMON_VARS: &[EnvVar] = &[
+    EnvVar::required("DATABASE_URL"),
+    EnvVar::required("AMQP_URL"),
+    EnvVar::default("AMQP_PREFIX", "acp"),
+    EnvVar::default("AMQP_QUEUE_TYPE", "quorum"),
+    EnvVar::default("RUST_LOG", "info"),
+    EnvVar::default("LOG_FORMAT", "pretty"),
+    EnvVar::default("LOG_DIR", "logs"),
+    EnvVar::default("RUN_MIGRATIONS", "true"),
+];
+
 /// Output format of the log lines on stdout. Files under `LOG_DIR` are always JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -257,6 +297,11 @@ pub struct CommonSettings {
     /// Apply pending migrations at start-up (on by default; turn off when a release job does it).
     #[serde(default = "default_true", deserialize_with = "de_bool")]
     pub run_migrations: bool,
+    /// Process-wide limits on calls to outside services (`TELEGRAM_API_LIMIT`,
+    /// `YOOKASSA_API_LIMIT`, `TRONGRID_API_LIMIT`), read by [`load_common`]; applied by
+    /// [`crate::runtime::run_service`] and the standalone binary.
+    #[serde(skip)]
+    pub outbound: ratelimit::OutboundLimits,
 }
 
 impl std::fmt::Debug for CommonSettings {
@@ -270,6 +315,7 @@ impl std::fmt::Debug for CommonSettings {
             .field("log_format", &self.log_format)
             .field("rust_log", &self.rust_log)
             .field("run_migrations", &self.run_migrations)
+            .field("outbound", &self.outbound)
             .finish()
     }
 }
@@ -337,9 +383,33 @@ pub fn load_common_with_defaults(
     source: &Source,
     defaults: &[(&str, &str)],
 ) -> Result<CommonSettings, SettingsError> {
-    let common: CommonSettings = source.load_with_defaults(defaults)?;
+    let mut common: CommonSettings = source.load_with_defaults(defaults)?;
     common.validate()?;
+    let vars: Vars = source.load()?;
+    common.outbound = outbound_limits(&vars).map_err(SettingsError::Other)?;
     Ok(common)
+}
+
+/// Defaults of the outside-call limits: Telegram allows a bot about 30 messages a second.
+pub const DEFAULT_TELEGRAM_API_LIMIT: ratelimit::Rate = ratelimit::Rate::per_second(30, 30);
+/// YooKassa publishes no figure; a ceiling well above what one shop needs.
+pub const DEFAULT_YOOKASSA_API_LIMIT: ratelimit::Rate = ratelimit::Rate::per_second(50, 50);
+/// TronGrid allows about 15 requests a second with an API key.
+pub const DEFAULT_TRONGRID_API_LIMIT: ratelimit::Rate = ratelimit::Rate::per_second(10, 10);
+
+/// `TELEGRAM_API_LIMIT`, `YOOKASSA_API_LIMIT`, `TRONGRID_API_LIMIT`: `N/s burst M`, `N/min`,
+/// or `off`.
+pub fn outbound_limits(vars: &Vars) -> Result<ratelimit::OutboundLimits, String> {
+    let limit = |name: &str, default: ratelimit::Rate| -> Result<Option<ratelimit::Rate>, String> {
+        Ok(vars
+            .parse::<ratelimit::Setting>(name)?
+            .map_or(Some(default), |s| s.0))
+    };
+    Ok(ratelimit::OutboundLimits {
+        telegram: limit("TELEGRAM_API_LIMIT", DEFAULT_TELEGRAM_API_LIMIT)?,
+        yookassa: limit("YOOKASSA_API_LIMIT", DEFAULT_YOOKASSA_API_LIMIT)?,
+        trongrid: limit("TRONGRID_API_LIMIT", DEFAULT_TRONGRID_API_LIMIT)?,
+    })
 }
 
 fn default_amqp_prefix() -> String {

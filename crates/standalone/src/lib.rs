@@ -1,5 +1,6 @@
 //! All four services in one process on SQLite and the in-process bus (see `main.rs`).
 
+use domain::env::EnvVar;
 use service_kit::ops;
 use service_kit::runtime::Infra;
 use service_kit::settings::{Source, Vars, load_common_with_defaults};
@@ -9,6 +10,38 @@ use service_kit::{CommonSettings, SettingsError, Shutdown};
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/acp.db?mode=rwc";
 /// Default `OPS_BIND`: health and metrics of all four services, on one address.
 pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9080";
+
+/// The services' own ops addresses (and their older names): the standalone binary serves one
+/// `OPS_BIND` instead and ignores these (its settings code still passes over them), and it
+/// runs on the in-process bus, so `AMQP_URL` is ignored too.
+pub const IGNORED_VARS: &[&str] = &[
+    "AMQP_URL",
+    "GATEWAY_OPS_BIND",
+    "WORKER_OPS_BIND",
+    "WORKER_BIND",
+    "MARZBAN_SYNC_OPS_BIND",
+    "MARZBAN_SYNC_BIND",
+    "BOT_OPS_BIND",
+    "BOT_BIND",
+];
+
+/// Every variable the standalone binary reads: those of the four services (none required:
+/// a service without its settings stays off), SQLite by default, one `OPS_BIND`.
+pub fn env_vars() -> Vec<EnvVar> {
+    domain::env::join(&[
+        &api_gateway::settings::env_vars(),
+        payment_worker::settings::VARS,
+        marzban_sync::settings::VARS,
+        bot::settings::VARS,
+        &[
+            EnvVar::default("DATABASE_URL", DEFAULT_DATABASE_URL),
+            EnvVar::default("OPS_BIND", DEFAULT_OPS_BIND),
+        ],
+    ])
+    .into_iter()
+    .filter(|var| !IGNORED_VARS.contains(&var.name))
+    .collect()
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -51,6 +84,7 @@ impl Settings {
 
 /// Starts the four services on one embedded infrastructure and runs until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
+    settings.common.outbound.apply();
     let infra = Infra::embedded("standalone", &settings.common).await?;
     let ops = ops::serve_ops(&settings.ops_bind, infra.readiness(), shutdown.clone())?;
     let servers = [

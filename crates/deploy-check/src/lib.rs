@@ -1,0 +1,1 @@
+//! Tests only (see `tests/`): the deployment files checked against the settings code.
