@@ -38,6 +38,12 @@ pub enum ApiError {
          repeat its request with Idempotency-Key {key} to settle it, then ask again"
     )]
     RefundInProgress { refund_id: uuid::Uuid, key: String },
+    /// The customer holds as many open payments as allowed (`CHECKOUT_MAX_OPEN_PAYMENTS`).
+    #[error(
+        "this customer already has {limit} open payments; pay or let one of them expire \
+         before starting another"
+    )]
+    TooManyOpenPayments { limit: u32 },
     #[error("{0}")]
     Unprocessable(String),
     #[error("the payment provider rejected the request: {0}")]
@@ -70,6 +76,7 @@ impl ApiError {
             ApiError::InFlight => "request_in_flight",
             ApiError::IdempotencyMismatch => "idempotency_key_reused",
             ApiError::RefundInProgress { .. } => "refund_in_progress",
+            ApiError::TooManyOpenPayments { .. } => "too_many_open_payments",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::ProviderRejected(_) => "provider_rejected",
             ApiError::ProviderUnavailable(_) => "provider_unavailable",
@@ -94,9 +101,10 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::InFlight | ApiError::RefundInProgress { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::Conflict(_)
+            | ApiError::InFlight
+            | ApiError::RefundInProgress { .. }
+            | ApiError::TooManyOpenPayments { .. } => StatusCode::CONFLICT,
             ApiError::IdempotencyMismatch | ApiError::Unprocessable(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

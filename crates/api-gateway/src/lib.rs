@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod checkout;
 pub mod error;
 pub mod observability;
 pub mod payments;
@@ -107,6 +108,7 @@ pub async fn start(
         crypto_tolerance_secs: settings.crypto_webhook_tolerance_secs,
         max_body_bytes: settings.max_body_bytes,
         in_flight: InFlight::default(),
+        checkout: settings.checkout,
     });
     let workers = match settings.gateway_workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),

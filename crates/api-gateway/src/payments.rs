@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::auth::Role;
 use crate::body::{parse_json, read_limited, require_json};
+use crate::checkout;
 use crate::error::ApiError;
 use crate::state::AppState;
 use service_kit::inbox::{self, Notice};
@@ -35,6 +36,9 @@ use service_kit::inbox::{self, Notice};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set on a replayed answer.
 pub const REPLAYED: &str = "idempotent-replayed";
+/// Set (`true`) when a press answers with the customer's open checkout of the same tariff,
+/// provider and currency instead of a new payment (see [`crate::checkout`]).
+pub const CHECKOUT_REUSED: &str = "checkout-reused";
 /// Where the stored answer of an idempotent create lives in `payments.metadata`.
 const META_IDEMPOTENCY: &str = "gateway_idempotency";
 
@@ -239,9 +243,13 @@ async fn create(
     let intent = match request.existing().await? {
         Some(row) => request.resume(row).await?,
         None => match request.record_intent().await? {
-            Some(intent) => Resumed::Unfinished(Box::new(intent)),
+            Recorded::New(intent) => Resumed::Unfinished(Box::new(intent)),
+            Recorded::Reuse(intent) if intent.payment.is_half_made() => {
+                Resumed::Unfinished(Box::new(intent))
+            }
+            Recorded::Reuse(intent) => Resumed::Replay(reused(&intent)?),
             // Another replica stored the key a moment ago: continue from its row.
-            None => {
+            Recorded::KeyTaken => {
                 let row = request.existing().await?.ok_or(ApiError::InFlight)?;
                 request.resume(row).await?
             }
@@ -280,6 +288,22 @@ struct Intent {
     payment: payments::Model,
     telegram_id: TelegramUserId,
     tariff: tariffs::Model,
+    /// The request hash stored with the row (that of the key that made it): the answer is
+    /// stored for that key, whichever press finishes the row.
+    request_hash: String,
+    /// Found as the customer's open checkout by a press with another key.
+    reused: bool,
+}
+
+/// What transaction 1 did.
+enum Recorded {
+    /// A new intent row.
+    New(Intent),
+    /// The customer's open checkout of the same tariff, provider and currency (half-made or
+    /// finished); nothing new was stored.
+    Reuse(Intent),
+    /// Another request stored this key first.
+    KeyTaken,
 }
 
 /// Why the provider call gave no payment.
@@ -337,6 +361,8 @@ impl Create<'_> {
             payment: row,
             telegram_id,
             tariff,
+            request_hash: self.request_hash.to_owned(),
+            reused: false,
         })))
     }
 
@@ -395,13 +421,47 @@ impl Create<'_> {
         Ok((telegram_id, provider_id, tariff, amount))
     }
 
-    /// Transaction 1: upserts the user and stores the payment row as an intent (and, for
-    /// crypto, reserves its invoice). `None` when another request stored the key first.
-    async fn record_intent(&self) -> Result<Option<Intent>, ApiError> {
+    /// Transaction 1: upserts the user, locks it, and answers with the customer's open
+    /// checkout of the same tariff, provider and currency if there is one; otherwise checks
+    /// the cap on open payments and stores the payment row as an intent (and, for crypto,
+    /// reserves its invoice). See [`crate::checkout`].
+    async fn record_intent(&self) -> Result<Recorded, ApiError> {
         let (telegram_id, provider_id, tariff, amount) = self.validate().await?;
         let now = Utc::now().trunc_subsecs(6);
         let txn = service_kit::db::begin_write(&self.state.db).await?;
         let user_id = upsert_user(&txn, telegram_id, self.body).await?;
+        let policy = &self.state.checkout;
+        policy.lock_user(&txn, user_id).await?;
+        let wanted = checkout::Wanted {
+            user_id,
+            tariff_id: tariff.id,
+            provider: provider_id,
+            price: &amount,
+        };
+        if let Some(open) = policy.find_reusable(&txn, &wanted, now).await? {
+            txn.commit().await?;
+            tracing::info!(payment_id = %open.id, telegram_id = %telegram_id, "a press answered with the customer's open checkout");
+            let request_hash = open
+                .metadata
+                .get(META_IDEMPOTENCY)
+                .and_then(|m| m.get("request_hash"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            return Ok(Recorded::Reuse(Intent {
+                payment: open,
+                telegram_id,
+                tariff,
+                request_hash,
+                reused: true,
+            }));
+        }
+        let open = policy.count_open(&txn, user_id, now).await?;
+        if open >= u64::from(policy.max_open) {
+            return Err(ApiError::TooManyOpenPayments {
+                limit: policy.max_open,
+            });
+        }
         let mut payment = payments::Model {
             id: PaymentId::new().into_inner(),
             user_id,
@@ -435,7 +495,7 @@ impl Create<'_> {
             .await
         {
             return match error.sql_err() {
-                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(None),
+                Some(SqlErr::UniqueConstraintViolation(_)) => Ok(Recorded::KeyTaken),
                 _ => Err(ApiError::internal(error)),
             };
         }
@@ -459,15 +519,17 @@ impl Create<'_> {
         match txn.commit().await {
             Ok(()) => {}
             Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                return Ok(None);
+                return Ok(Recorded::KeyTaken);
             }
             Err(error) => return Err(ApiError::internal(error)),
         }
         tracing::debug!(payment_id = %payment.id, "payment intent stored");
-        Ok(Some(Intent {
+        Ok(Recorded::New(Intent {
             payment,
             telegram_id,
             tariff,
+            request_hash: self.request_hash.to_owned(),
+            reused: false,
         }))
     }
 
@@ -602,7 +664,7 @@ impl Create<'_> {
         ))
         .map_err(ApiError::internal)?;
         model.metadata[META_IDEMPOTENCY] = serde_json::json!({
-            "request_hash": self.request_hash,
+            "request_hash": intent.request_hash,
             "status": 201,
             "response": response,
         });
@@ -625,6 +687,9 @@ impl Create<'_> {
         if stored.rows_affected == 0 {
             // Finished by another request (or expired meanwhile): answer with what is stored.
             drop(txn);
+            if intent.reused {
+                return self.reused_after_race(intent).await;
+            }
             let row = self.existing().await?.ok_or(ApiError::InFlight)?;
             return match self.resume(row).await? {
                 Resumed::Replay(response) => Ok(response),
@@ -673,10 +738,38 @@ impl Create<'_> {
             "payment created"
         );
         self.state.outbox_nudge.notify_one();
+        if intent.reused {
+            return reused(&Intent {
+                payment: model,
+                telegram_id: intent.telegram_id,
+                tariff: intent.tariff.clone(),
+                request_hash: intent.request_hash.clone(),
+                reused: true,
+            });
+        }
         Ok(HttpResponse::Created()
             .content_type("application/json")
             .insert_header((header::LOCATION, format!("/api/payments/{payment_id}")))
             .body(response))
+    }
+
+    /// A reused half-made checkout that the press which made it (or another) finished
+    /// first: answers with the row as it is now, if finished.
+    async fn reused_after_race(&self, intent: &Intent) -> Result<HttpResponse, ApiError> {
+        let row = payments::Entity::find_by_id(intent.payment.id)
+            .one(&self.state.db)
+            .await?
+            .ok_or(ApiError::InFlight)?;
+        if row.status != PaymentStatus::Pending || row.provider_payment_id.is_none() {
+            return Err(ApiError::InFlight);
+        }
+        reused(&Intent {
+            payment: row,
+            telegram_id: intent.telegram_id,
+            tariff: intent.tariff.clone(),
+            request_hash: intent.request_hash.clone(),
+            reused: true,
+        })
     }
 
     /// Marks the intent row `failed` with the provider's refusal as the key's stored answer,
@@ -688,7 +781,7 @@ impl Create<'_> {
         let metadata = serde_json::json!({
             META_CREATION: CREATION_REFUSED,
             META_IDEMPOTENCY: {
-                "request_hash": self.request_hash,
+                "request_hash": intent.request_hash,
                 "status": actix_web::ResponseError::status_code(&error).as_u16(),
                 "response": body.to_string(),
             },
@@ -709,6 +802,14 @@ impl Create<'_> {
                 .exec(&txn)
                 .await?;
             if updated.rows_affected == 1 {
+                // Nobody can pay a refused payment: its USDT tag is free at once.
+                payment_core::providers::crypto::invoice::close_unpaid(
+                    &txn,
+                    payment.payment_id(),
+                    domain::CryptoInvoiceStatus::Canceled,
+                    now,
+                )
+                .await?;
                 let failed = payments::Model {
                     status: PaymentStatus::Failed,
                     ..payment.clone()
@@ -733,6 +834,23 @@ impl Create<'_> {
         }
         error
     }
+}
+
+/// The answer to a press that found the customer's open, finished checkout: the payment as
+/// it is now (200, [`CHECKOUT_REUSED`]).
+fn reused(intent: &Intent) -> Result<HttpResponse, ApiError> {
+    let view = PaymentView::new(
+        &intent.payment,
+        intent.telegram_id.into_inner(),
+        intent.tariff.code.clone(),
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((CHECKOUT_REUSED, "true"))
+        .insert_header((
+            header::LOCATION,
+            format!("/api/payments/{}", intent.payment.id),
+        ))
+        .json(view))
 }
 
 /// The intent row `id` while its creation is unfinished: the condition of the UPDATE that

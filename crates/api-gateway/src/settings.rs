@@ -9,6 +9,8 @@ use domain::env::EnvVar;
 use payment_core::{IpAllowList, PaymentSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::checkout::CheckoutPolicy;
 use service_kit::settings::Vars;
 
 /// Default `GATEWAY_BIND`: the public port (webhooks and the API only).
@@ -32,6 +34,8 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("CRYPTO_WEBHOOK_TOLERANCE_SECS", "300"),
     EnvVar::optional("TRUSTED_PROXIES"),
     EnvVar::optional("TARIFFS_FILE"),
+    EnvVar::default("CHECKOUT_REUSE_MINUTES", "30"),
+    EnvVar::default("CHECKOUT_MAX_OPEN_PAYMENTS", "5"),
 ];
 
 /// Every variable the `api-gateway` binary reads.
@@ -76,6 +80,9 @@ pub struct GatewaySettings {
     /// Provider settings (`YOOKASSA_SHOP_ID`, `YOOKASSA_SECRET_KEY`, `YOOKASSA_API_URL`,
     /// `YOOKASSA_ALLOWED_IPS`, …); a provider is enabled by the presence of its settings.
     pub payments: PaymentSettings,
+    /// `CHECKOUT_REUSE_MINUTES` (default 30) and `CHECKOUT_MAX_OPEN_PAYMENTS` (default 5): see
+    /// [`crate::checkout`].
+    pub checkout: CheckoutPolicy,
 }
 
 impl Default for GatewaySettings {
@@ -92,6 +99,7 @@ impl Default for GatewaySettings {
             trusted_proxies: IpAllowList::default(),
             tariffs_file: None,
             payments: PaymentSettings::default(),
+            checkout: CheckoutPolicy::default(),
         }
     }
 }
@@ -136,8 +144,34 @@ impl TryFrom<Vars> for GatewaySettings {
             trusted_proxies: raw.parse("TRUSTED_PROXIES")?.unwrap_or_default(),
             tariffs_file: raw.get("TARIFFS_FILE").map(PathBuf::from),
             payments,
+            checkout: checkout_policy(&raw)?,
         })
     }
+}
+
+/// `CHECKOUT_REUSE_MINUTES` and `CHECKOUT_MAX_OPEN_PAYMENTS`, both at least 1.
+fn checkout_policy(raw: &Vars) -> Result<CheckoutPolicy, String> {
+    let defaults = CheckoutPolicy::default();
+    let minutes = raw
+        .parse::<u64>("CHECKOUT_REUSE_MINUTES")?
+        .unwrap_or(defaults.reuse_window.as_secs() / 60);
+    if minutes == 0 {
+        return Err(service_kit::settings::invalid(
+            "CHECKOUT_REUSE_MINUTES",
+            "must be at least 1 (a second press must find the first checkout)",
+        ));
+    }
+    let max_open = raw.parse_or("CHECKOUT_MAX_OPEN_PAYMENTS", defaults.max_open)?;
+    if max_open == 0 {
+        return Err(service_kit::settings::invalid(
+            "CHECKOUT_MAX_OPEN_PAYMENTS",
+            "must be at least 1",
+        ));
+    }
+    Ok(CheckoutPolicy {
+        reuse_window: std::time::Duration::from_secs(minutes.saturating_mul(60)),
+        max_open,
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use tokio::sync::Notify;
 
 use crate::auth::Tokens;
+use crate::checkout::CheckoutPolicy;
 use service_kit::inbox::Inbox;
 
 pub struct AppState {
@@ -28,6 +29,8 @@ pub struct AppState {
     pub crypto_tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub in_flight: InFlight,
+    /// One open checkout per customer, tariff, provider and currency; the cap on open ones.
+    pub checkout: CheckoutPolicy,
 }
 
 /// Idempotency keys being processed by this process: a second request with a key in hand

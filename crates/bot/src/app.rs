@@ -522,6 +522,24 @@ impl App {
         let payment = match self.gateway.create_payment(&body, &key).await {
             Ok(payment) => payment,
             Err(GatewayError::InFlight) => return Some(t.payment_busy),
+            Err(GatewayError::Rejected {
+                status: 409,
+                message,
+            }) if message.contains("too_many_open_payments") => {
+                tracing::info!(
+                    user,
+                    code,
+                    provider,
+                    "payment refused: too many open payments"
+                );
+                self.send(
+                    click.chat,
+                    t.too_many_open_payments.to_owned(),
+                    Some(Self::back(t)),
+                )
+                .await;
+                return Some(t.too_many_open_payments);
+            }
             Err(error) => {
                 tracing::warn!(%error, user, code, provider, "payment not created");
                 self.send(

@@ -551,8 +551,12 @@ async fn crypto_checkout_reserves_a_unique_amount() {
         .map(|p| p["amount"]["minor"].as_i64().unwrap())
         .collect();
     for amount in &amounts {
-        // 2.50 USDT plus a tag of 1..=999 micro-USDT.
-        assert!((2_500_001..=2_500_999).contains(amount), "{amount}");
+        // 2.50 USDT plus a tag of 1..=MAX_TAG micro-USDT.
+        let tag = amount - 2_500_000;
+        assert!(
+            (1..=payment_core::providers::crypto::MAX_TAG).contains(&tag),
+            "{amount}"
+        );
     }
     assert_ne!(
         amounts[0], amounts[1],

@@ -26,6 +26,8 @@ pub static TEXTS: Texts = Texts {
     invoice_sent: "Invoice sent",
     payment_busy: "Your payment is being created, one moment please.",
     payment_unavailable: "Could not create the payment. Please try again in a minute.",
+    too_many_open_payments: "You already have several unpaid payments. Please pay one of them, \
+                             or wait until they expire, before starting a new one.",
     precheckout_unknown: "We do not know this invoice. Please create a new one from the menu.",
     precheckout_not_pending: "This invoice is already paid or closed. Please create a new one from the menu.",
     precheckout_mismatch: "The invoice amount does not match the order. Please create a new invoice from the menu.",

@@ -67,6 +67,8 @@ pub struct Texts {
     pub invoice_sent: &'static str,
     pub payment_busy: &'static str,
     pub payment_unavailable: &'static str,
+    /// The customer holds as many open payments as the gateway allows.
+    pub too_many_open_payments: &'static str,
     pub precheckout_unknown: &'static str,
     pub precheckout_not_pending: &'static str,
     pub precheckout_mismatch: &'static str,

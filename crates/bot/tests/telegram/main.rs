@@ -2,6 +2,7 @@
 
 mod admin;
 mod card;
+mod checkout_cap;
 mod helpers;
 mod notify;
 

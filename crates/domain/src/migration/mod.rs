@@ -35,4 +35,5 @@ migrations![
     m20261129_000004_queue_indexes,
     m20261206_000010_crypto_invoice_amount_index,
     m20261206_000020_one_pending_refund,
+    m20261206_000120_open_checkouts,
 ];

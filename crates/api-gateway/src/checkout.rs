@@ -1,0 +1,182 @@
+//! One open checkout per customer, tariff, provider and currency, and a cap on a customer's
+//! open payments (issue 18).
+//!
+//! A button press arrives with a new `Idempotency-Key` each time, so the key alone cannot stop
+//! a customer (or a script) from opening a payment per press: each one a real YooKassa
+//! payment, a USDT tag held for the invoice and its late window. So before a new intent is
+//! stored, the intent transaction
+//!
+//! 1. locks the customer's `users` row (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's write
+//!    transaction is exclusive already), so two presses of one customer — on any replica —
+//!    decide one after the other, and presses of different customers never wait on each
+//!    other;
+//! 2. looks for a **reusable** checkout of the same tariff, provider and currency at the
+//!    current price: `pending`, and either still being created (within the creation window),
+//!    or finished and not expired — `expires_at` at least [`REUSE_MARGIN`] away, or for a
+//!    payment without an expiry (a YooKassa redirect) created within
+//!    `CHECKOUT_REUSE_MINUTES`. A press finds it and answers with the same payment and
+//!    confirmation (same YooKassa link, same USDT amount, same Telegram invoice payload);
+//! 3. otherwise counts the customer's **open** payments: `pending` and still reusable by the
+//!    rule above, or still being created (a half-made row counts until reconciliation
+//!    expires it), or holding an open crypto invoice (its tag stays reserved through the late
+//!    window). At `CHECKOUT_MAX_OPEN_PAYMENTS` the press is refused with
+//!    409 `too_many_open_payments`, else the new intent is stored.
+//!
+//! Why a row lock and not a partial unique index: "open" depends on the clock (`expires_at`
+//! against now), which an index predicate cannot express (it must be immutable), and the cap
+//! counts rows, which no unique index can. The lock is held for the few milliseconds of the
+//! intent transaction, never across the provider call.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::PaymentStatus;
+use domain::entities::{crypto_invoices, payments, users};
+use domain::money::Money;
+use payment_core::ProviderId;
+use payment_core::providers::crypto::MAX_TAG;
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{PaginatorTrait, QueryOrder, QuerySelect};
+
+/// Default `CHECKOUT_REUSE_MINUTES`.
+pub const DEFAULT_REUSE_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// Default `CHECKOUT_MAX_OPEN_PAYMENTS`.
+pub const DEFAULT_MAX_OPEN: u32 = 5;
+/// A checkout that expires sooner than this is not handed out again: the payer would have
+/// too little time to pay it (a new one is made instead, counted against the cap).
+pub const REUSE_MARGIN: Duration = Duration::from_secs(2 * 60);
+
+/// How presses of one customer share checkouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckoutPolicy {
+    /// `CHECKOUT_REUSE_MINUTES` (default 30): how long a payment without an expiry of its own
+    /// (a YooKassa redirect) is handed out again to the same customer, tariff and currency.
+    pub reuse_window: Duration,
+    /// `CHECKOUT_MAX_OPEN_PAYMENTS` (default 5): open payments one customer may hold in all.
+    pub max_open: u32,
+}
+
+impl Default for CheckoutPolicy {
+    fn default() -> Self {
+        Self {
+            reuse_window: DEFAULT_REUSE_WINDOW,
+            max_open: DEFAULT_MAX_OPEN,
+        }
+    }
+}
+
+/// What a new checkout is for.
+pub struct Wanted<'a> {
+    pub user_id: i64,
+    pub tariff_id: i64,
+    pub provider: ProviderId,
+    /// The price just quoted (for crypto: without the tag).
+    pub price: &'a Money,
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl CheckoutPolicy {
+    /// Locks the customer's row for the rest of the transaction (see the module docs).
+    pub async fn lock_user<C: ConnectionTrait>(&self, txn: &C, user_id: i64) -> Result<(), DbErr> {
+        users::Entity::find_by_id(user_id)
+            .lock_exclusive()
+            .one(txn)
+            .await?;
+        Ok(())
+    }
+
+    /// Payments that may be handed out again, at `now`: pending and being created, or
+    /// finished and not (nearly) expired.
+    fn reusable(&self, now: DateTime<Utc>) -> Condition {
+        use payments::Column as P;
+        let creation_window = chrono(payments::CREATION_WINDOW);
+        Condition::all()
+            .add(P::Status.eq(PaymentStatus::Pending))
+            .add(
+                Condition::any()
+                    .add(
+                        Condition::all()
+                            .add(P::ProviderPaymentId.is_null())
+                            .add(P::CreatedAt.gt(now - creation_window)),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(P::ProviderPaymentId.is_not_null())
+                            .add(P::ExpiresAt.gt(now + chrono(REUSE_MARGIN))),
+                    )
+                    .add(
+                        Condition::all()
+                            .add(P::ProviderPaymentId.is_not_null())
+                            .add(P::ExpiresAt.is_null())
+                            .add(P::CreatedAt.gt(now - chrono(self.reuse_window))),
+                    ),
+            )
+    }
+
+    /// The customer's checkout of this tariff, provider and currency that a press answers
+    /// with, if any (the newest).
+    pub async fn find_reusable<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        wanted: &Wanted<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<payments::Model>, DbErr> {
+        use payments::Column as P;
+        let rows = payments::Entity::find()
+            .filter(P::UserId.eq(wanted.user_id))
+            .filter(P::TariffId.eq(wanted.tariff_id))
+            .filter(P::Provider.eq(wanted.provider.as_str()))
+            .filter(P::Currency.eq(wanted.price.currency()))
+            .filter(self.reusable(now))
+            .order_by_desc(P::CreatedAt)
+            .all(txn)
+            .await?;
+        // Only at today's price: a repriced tariff gets a new payment.
+        Ok(rows.into_iter().find(|row| at_price(row, wanted)))
+    }
+
+    /// How many payments the customer holds open (see the module docs).
+    pub async fn count_open<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, DbErr> {
+        use payments::Column as P;
+        let open_invoice = Query::select()
+            .expr(Expr::value(1))
+            .from(crypto_invoices::Entity)
+            .and_where(
+                Expr::col((crypto_invoices::Entity, crypto_invoices::Column::PaymentId))
+                    .equals((payments::Entity, P::Id)),
+            )
+            .and_where(crypto_invoices::Column::Status.eq(domain::CryptoInvoiceStatus::Open))
+            .to_owned();
+        payments::Entity::find()
+            .filter(P::UserId.eq(user_id))
+            .filter(P::Status.eq(PaymentStatus::Pending))
+            .filter(
+                Condition::any()
+                    .add(self.reusable(now))
+                    .add(P::ProviderPaymentId.is_null())
+                    .add(Expr::exists(open_invoice)),
+            )
+            .count(txn)
+            .await
+    }
+}
+
+/// Whether `row` asks what `wanted` would ask now: the same amount, or for crypto the same
+/// price plus a tag.
+fn at_price(row: &payments::Model, wanted: &Wanted<'_>) -> bool {
+    let price = wanted.price.minor();
+    if wanted.provider == ProviderId::Crypto {
+        (1..=MAX_TAG).contains(&(row.amount_minor - price))
+    } else {
+        row.amount_minor == price
+    }
+}
