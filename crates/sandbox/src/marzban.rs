@@ -4,9 +4,12 @@
 //! `GET /api/admin`, `POST /api/user`, `GET|PUT|DELETE /api/user/{username}`,
 //! `POST /api/user/{username}/reset`, `POST /api/user/{username}/revoke_sub`, `GET /api/users` —
 //! and the subscription endpoints `GET /sub/{token}/` and `GET /sub/{token}/info`, with the
-//! panel's quirks: 200 on create, 409 on duplicates, case-sensitive names, 422 as
-//! `{"detail": {"field": "message"}}`, no inbounds when a create omits `inbounds`, a new VLESS
-//! UUID whenever a `PUT` carries `proxies`, and the status rules of `PUT`/reset.
+//! panel's quirks: 200 on create, 409 on duplicates, case-sensitive names (SQLite) or
+//! case-insensitive ones (MySQL, [`Usernames`]), `search` as SQL `ILIKE '%…%'`, 422 as
+//! `{"detail": {"field": "message"}}`, no inbounds when a create omits `inbounds`, a `PUT` with
+//! `proxies` keeping the ids it is given and generating them for protocols sent without one
+//! (so `{"vless": {}}` is a new VLESS UUID) and deleting the protocols it does not name, and the
+//! status rules of `PUT`/reset.
 //!
 //! Tests script faults ([`Fault`], [`Emulator::set_down`], [`Handle::disconnect`]), slow the
 //! panel down ([`Emulator::set_latency`]), revoke tokens, count requests per route ([`route`]) and read the stored users, through
@@ -71,6 +74,21 @@ impl Inbound {
     }
 }
 
+/// How the panel's database compares usernames. Marzban 0.8.4's model says `NOCASE`, but
+/// what a running panel does depends on its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Usernames {
+    /// SQLite, as observed (§4b): `ix_users_username` is case-sensitive, so `tg_1` and `TG_1`
+    /// are two users, `GET /api/user/tg_1` is 404 while only `TG_1` exists, and creating
+    /// `tg_1` then makes a second user.
+    #[default]
+    CaseSensitive,
+    /// MySQL/MariaDB with a case-insensitive collation: every look-up by name finds `TG_1`
+    /// for `tg_1` (answering with the stored spelling), and creating `tg_1` answers 409.
+    CaseInsensitive,
+}
+
 /// Emulator settings; `Config::default()` suits tests.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -88,6 +106,8 @@ pub struct Config {
     /// Host written into the `links`.
     pub link_host: String,
     pub workers: usize,
+    /// Case-sensitive (SQLite, the default) or case-insensitive (MySQL) usernames.
+    pub usernames: Usernames,
 }
 
 impl Default for Config {
@@ -105,6 +125,7 @@ impl Default for Config {
             token_ttl: Duration::from_secs(24 * 3600),
             link_host: "vpn.example.com".to_owned(),
             workers: 2,
+            usernames: Usernames::default(),
         }
     }
 }
@@ -255,7 +276,8 @@ struct State {
     users: HashMap<String, UserState>,
     /// Issued admin tokens and when they expire.
     tokens: HashMap<String, Instant>,
-    faults: VecDeque<Fault>,
+    /// Scripted faults, each for any route (`None`) or one [`route`].
+    faults: VecDeque<(Option<String>, Fault)>,
     down: bool,
     /// Added before every `/api` request is handled ([`Emulator::set_latency`]).
     latency: Duration,
@@ -285,6 +307,29 @@ impl State {
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// The stored spelling of the user `name` names: the exact name, or with
+    /// [`Usernames::CaseInsensitive`] any spelling of it (the oldest such user).
+    fn resolve(&self, name: &str, usernames: Usernames) -> Option<String> {
+        if self.users.contains_key(name) {
+            return Some(name.to_owned());
+        }
+        match usernames {
+            Usernames::CaseSensitive => None,
+            Usernames::CaseInsensitive => self
+                .users
+                .values()
+                .filter(|u| u.username.eq_ignore_ascii_case(name))
+                .min_by_key(|u| u.seq)
+                .map(|u| u.username.clone()),
+        }
+    }
+
+    /// [`State::resolve`], or `name` itself when no user has it (the look-up then answers 404).
+    fn stored(&self, name: &str, config: &Config) -> String {
+        self.resolve(name, config.usernames)
+            .unwrap_or_else(|| name.to_owned())
     }
 }
 
@@ -357,11 +402,22 @@ impl Emulator {
             .service(web::scope("/sandbox/marzban").configure(control::routes));
     }
 
-    /// The next `times` `/api` requests meet `fault`.
+    /// The next `times` `/api` requests meet `fault` — except `GET /api/admin`, which services
+    /// call as a readiness probe at times of their own; fault it with
+    /// [`Emulator::push_fault_on`].
     pub fn push_fault(&self, fault: Fault, times: usize) {
         self.state()
             .faults
-            .extend(std::iter::repeat_n(fault, times));
+            .extend(std::iter::repeat_n((None, fault), times));
+    }
+
+    /// The next `times` requests to `route` (one of [`route`]) meet `fault`; other routes
+    /// pass by. Queued with the [`Emulator::push_fault`] ones: a request meets the first
+    /// queued fault that applies to it.
+    pub fn push_fault_on(&self, route: &str, fault: Fault, times: usize) {
+        self.state()
+            .faults
+            .extend(std::iter::repeat_n((Some(route.to_owned()), fault), times));
     }
 
     pub fn clear_faults(&self) {
@@ -415,9 +471,54 @@ impl Emulator {
         self.state().requests.clear();
     }
 
-    /// A user's full stored state (names are case-sensitive).
+    /// A user's full stored state (names compared as [`Config::usernames`] says).
     pub fn user(&self, username: &str) -> Option<UserState> {
-        self.state().users.get(username).cloned()
+        let state = self.state();
+        let name = state.stored(username, self.config());
+        state.users.get(&name).cloned()
+    }
+
+    /// Adds a user as if the panel had it before we came (an admin or another bot made it),
+    /// under exactly this spelling and with these proxies (ids kept), every inbound of each
+    /// protocol, active until `expire`. Replaces a user of exactly this name.
+    pub fn insert_user(
+        &self,
+        username: &str,
+        proxies: BTreeMap<String, ProxySettings>,
+        expire: Option<i64>,
+    ) {
+        let config = self.config().clone();
+        let mut state = self.state();
+        let seq = state.next_seq();
+        let created_at = Utc::now().naive_utc();
+        let inbounds = proxies
+            .keys()
+            .map(|protocol| (protocol.clone(), api::all_tags(&config, protocol)))
+            .collect();
+        state.users.insert(
+            username.to_owned(),
+            UserState {
+                username: username.to_owned(),
+                status: UserStatus::Active,
+                expire,
+                data_limit: None,
+                data_limit_reset_strategy: "no_reset".to_owned(),
+                used_traffic: 0,
+                lifetime_used_traffic: 0,
+                created_at,
+                proxies,
+                inbounds,
+                note: None,
+                on_hold_expire_duration: None,
+                on_hold_timeout: None,
+                auto_delete_in_days: None,
+                next_plan: None,
+                sub_updated_at: None,
+                sub_last_user_agent: None,
+                sub_revoked_at: created_at,
+                seq,
+            },
+        );
     }
 
     /// Every user, in creation order.
@@ -434,9 +535,10 @@ impl Emulator {
     /// Sets a user's traffic as if Xray had reported it; the review then applies `limited`.
     pub fn set_used_traffic(&self, username: &str, bytes: i64) -> Result<(), ControlError> {
         let mut state = self.state();
+        let name = state.stored(username, self.config());
         let user = state
             .users
-            .get_mut(username)
+            .get_mut(&name)
             .ok_or_else(|| ControlError::NotFound(username.to_owned()))?;
         user.lifetime_used_traffic += (bytes - user.used_traffic).max(0);
         user.used_traffic = bytes;
@@ -447,9 +549,10 @@ impl Emulator {
     /// Forces a status, e.g. `limited` or `disabled`, as the panel or an admin would.
     pub fn set_status(&self, username: &str, status: UserStatus) -> Result<(), ControlError> {
         let mut state = self.state();
+        let name = state.stored(username, self.config());
         let user = state
             .users
-            .get_mut(username)
+            .get_mut(&name)
             .ok_or_else(|| ControlError::NotFound(username.to_owned()))?;
         user.status = status;
         Ok(())
@@ -462,9 +565,10 @@ impl Emulator {
         edit: F,
     ) -> Result<(), ControlError> {
         let mut state = self.state();
+        let name = state.stored(username, self.config());
         let user = state
             .users
-            .get_mut(username)
+            .get_mut(&name)
             .ok_or_else(|| ControlError::NotFound(username.to_owned()))?;
         edit(user);
         Ok(())
@@ -493,7 +597,16 @@ impl Emulator {
             let down = state.down;
             let latency = if api { state.latency } else { Duration::ZERO };
             let fault = if api && !down {
-                state.faults.pop_front()
+                let applies = |target: &Option<String>| match target {
+                    Some(target) => target == route,
+                    None => route != route::ADMIN,
+                };
+                state
+                    .faults
+                    .iter()
+                    .position(|(target, _)| applies(target))
+                    .and_then(|index| state.faults.remove(index))
+                    .map(|(_, fault)| fault)
             } else {
                 None
             };
@@ -730,8 +843,8 @@ mod http {
         req: HttpRequest,
         name: web::Path<String>,
     ) -> HttpResponse {
-        emu.serve(&req, route::DELETE_USER, None, |state, _, _| {
-            api::delete_user(state, &req, &name)
+        emu.serve(&req, route::DELETE_USER, None, |state, config, _| {
+            api::delete_user(state, config, &req, &name)
         })
         .await
     }
@@ -980,7 +1093,7 @@ mod api {
         if let Some(response) = proxies.as_ref().and_then(|p| disabled_protocol(p, config)) {
             return response;
         }
-        if state.users.contains_key(&username) {
+        if state.resolve(&username, config.usernames).is_some() {
             return detail(StatusCode::CONFLICT, "User already exists");
         }
         let Some(proxies) = proxies else {
@@ -1026,7 +1139,8 @@ mod api {
         if let Some(response) = refuse(state, req) {
             return response;
         }
-        user_response(state, config, name, now)
+        let name = state.stored(name, config);
+        user_response(state, config, &name, now)
     }
 
     pub(super) fn modify_user(
@@ -1040,6 +1154,7 @@ mod api {
         if let Some(response) = refuse(state, req) {
             return response;
         }
+        let name = &state.stored(name, config);
         if !state.users.contains_key(name) {
             return user_not_found();
         }
@@ -1162,11 +1277,17 @@ mod api {
         user_response(state, config, name, now)
     }
 
-    pub(super) fn delete_user(state: &mut State, req: &HttpRequest, name: &str) -> HttpResponse {
+    pub(super) fn delete_user(
+        state: &mut State,
+        config: &Config,
+        req: &HttpRequest,
+        name: &str,
+    ) -> HttpResponse {
         if let Some(response) = refuse(state, req) {
             return response;
         }
-        match state.users.remove(name) {
+        let name = state.stored(name, config);
+        match state.users.remove(&name) {
             Some(_) => detail(StatusCode::OK, "User successfully deleted"),
             None => user_not_found(),
         }
@@ -1182,6 +1303,7 @@ mod api {
         if let Some(response) = refuse(state, req) {
             return response;
         }
+        let name = &state.stored(name, config);
         let Some(user) = state.users.get_mut(name) else {
             return user_not_found();
         };
@@ -1205,6 +1327,7 @@ mod api {
         if let Some(response) = refuse(state, req) {
             return response;
         }
+        let name = &state.stored(name, config);
         let Some(user) = state.users.get_mut(name) else {
             return user_not_found();
         };
@@ -1254,7 +1377,8 @@ mod api {
                 .collect()
         };
         let usernames = params("username");
-        let search = params("search").last().map(|s| s.to_lowercase());
+        // SQLAlchemy's `ilike(f"%{search}%")`: `_` and `%` in the search are wildcards.
+        let search = params("search").last().map(|s| format!("%{s}%"));
         let status = match params("status").last() {
             None => None,
             Some(s) => match UserStatus::parse(s) {
@@ -1296,13 +1420,16 @@ mod api {
         let mut users: Vec<&UserState> = state
             .users
             .values()
-            .filter(|u| usernames.is_empty() || usernames.contains(&u.username.as_str()))
+            .filter(|u| {
+                usernames.is_empty()
+                    || usernames.iter().any(|name| match config.usernames {
+                        Usernames::CaseSensitive => u.username == *name,
+                        Usernames::CaseInsensitive => u.username.eq_ignore_ascii_case(name),
+                    })
+            })
             .filter(|u| {
                 search.as_ref().is_none_or(|s| {
-                    u.username.to_lowercase().contains(s)
-                        || u.note
-                            .as_ref()
-                            .is_some_and(|n| n.to_lowercase().contains(s))
+                    ilike(&u.username, s) || u.note.as_ref().is_some_and(|n| ilike(n, s))
                 })
             })
             .filter(|u| status.is_none_or(|s| u.status == s))
@@ -1851,7 +1978,7 @@ mod api {
         inbounds
     }
 
-    fn all_tags(config: &Config, protocol: &str) -> Vec<String> {
+    pub(super) fn all_tags(config: &Config, protocol: &str) -> Vec<String> {
         config
             .inbounds
             .iter()
@@ -1877,6 +2004,30 @@ mod api {
     fn user_not_found() -> HttpResponse {
         detail(StatusCode::NOT_FOUND, "User not found")
     }
+}
+
+/// SQL `ILIKE`: `%` matches any run of characters, `_` any one; case-insensitive.
+fn ilike(text: &str, pattern: &str) -> bool {
+    let text: Vec<char> = text.to_lowercase().chars().collect();
+    let pattern: Vec<char> = pattern.to_lowercase().chars().collect();
+    // matches[j]: the text read so far matches pattern[..j].
+    let mut matches = vec![false; pattern.len() + 1];
+    matches[0] = true;
+    for j in 1..=pattern.len() {
+        matches[j] = matches[j - 1] && pattern[j - 1] == '%';
+    }
+    for c in text {
+        let mut next = vec![false; pattern.len() + 1];
+        for j in 1..=pattern.len() {
+            next[j] = match pattern[j - 1] {
+                '%' => next[j - 1] || matches[j],
+                '_' => matches[j - 1],
+                p => matches[j - 1] && p == c,
+            };
+        }
+        matches = next;
+    }
+    matches[pattern.len()]
 }
 
 fn detail(status: StatusCode, text: &str) -> HttpResponse {
@@ -1915,6 +2066,9 @@ mod control {
         fault: Fault,
         #[serde(default = "one")]
         times: usize,
+        /// Only requests to this route (one of [`route`]) meet it.
+        #[serde(default)]
+        route: Option<String>,
     }
 
     fn one() -> usize {
@@ -1922,8 +2076,15 @@ mod control {
     }
 
     async fn push_fault(emu: Emu, body: web::Json<FaultRequest>) -> HttpResponse {
-        let FaultRequest { fault, times } = body.into_inner();
-        emu.push_fault(fault, times);
+        let FaultRequest {
+            fault,
+            times,
+            route,
+        } = body.into_inner();
+        match route {
+            Some(route) => emu.push_fault_on(&route, fault, times),
+            None => emu.push_fault(fault, times),
+        }
         HttpResponse::NoContent().finish()
     }
 
@@ -2014,6 +2175,17 @@ mod control {
 #[cfg(test)]
 mod tests {
     use super::api::valid_username;
+    use super::ilike;
+
+    #[test]
+    fn search_is_sql_ilike() {
+        assert!(ilike("TG_900004", "%tg_900004%"));
+        assert!(ilike("tgx900004", "%tg_900004%"), "_ is any one character");
+        assert!(ilike("old tg_1 user", "%TG_1%"));
+        assert!(!ilike("tg_90000", "%tg_900004%"));
+        assert!(ilike("anything", "%%"));
+        assert!(!ilike("", "%_%"));
+    }
 
     #[test]
     fn usernames_follow_marzbans_regex() {

@@ -711,3 +711,155 @@ async fn latency_delays_every_request_and_slow_work_lands_after_a_later_request(
     let users: Vec<String> = emu.users().into_iter().map(|u| u.username).collect();
     assert_eq!(users, ["slow_panel", "second_in", "first_in"]);
 }
+
+/// Marzban 0.8.4 on SQLite (the default): names are case-sensitive, so a look-up in another
+/// case misses and a create in another case makes a second user; `search` finds both.
+#[tokio::test]
+async fn sqlite_usernames_are_case_sensitive_and_search_is_ilike() {
+    let emu = spawn().await;
+    let token = login(&emu).await;
+    assert_eq!(
+        create(&emu, &token, create_body("TG_900004")).await.0,
+        StatusCode::OK
+    );
+    let get = |path: &'static str| call(&emu, &token, reqwest::Method::GET, path, None);
+    assert_eq!(get("/api/user/tg_900004").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get("/api/user/TG_900004").await.0, StatusCode::OK);
+    // `_` is a LIKE wildcard: the search also finds a look-alike.
+    create(&emu, &token, create_body("tgX900004")).await;
+    let (status, found) = get("/api/users?search=tg_900004").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = found["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["TG_900004", "tgX900004"]);
+
+    assert_eq!(
+        create(&emu, &token, create_body("tg_900004")).await.0,
+        StatusCode::OK,
+        "a second user"
+    );
+    assert_eq!(emu.users().len(), 3);
+}
+
+/// The same panel on MySQL with a case-insensitive collation: every look-up finds the stored
+/// spelling and a create in another case is a duplicate.
+#[tokio::test]
+async fn mysql_usernames_are_case_insensitive() {
+    let emu = marzban::spawn(Config {
+        usernames: marzban::Usernames::CaseInsensitive,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let token = login(&emu).await;
+    create(&emu, &token, create_body("TG_900004")).await;
+    let (status, user) = call(
+        &emu,
+        &token,
+        reqwest::Method::GET,
+        "/api/user/tg_900004",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["username"], "TG_900004", "the stored spelling");
+    let (status, body) = create(&emu, &token, create_body("tg_900004")).await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::CONFLICT,
+            json!({"detail": "User already exists"})
+        )
+    );
+    let (status, user) = call(
+        &emu,
+        &token,
+        reqwest::Method::PUT,
+        "/api/user/Tg_900004",
+        Some(json!({"expire": future(60)})),
+    )
+    .await;
+    assert_eq!(
+        (status, user["expire"].clone()),
+        (StatusCode::OK, json!(future(60)))
+    );
+    assert_eq!(emu.users().len(), 1);
+    assert!(emu.user("tg_900004").is_some());
+}
+
+/// A `PUT` with `proxies` keeps the ids it is given, generates one only for a protocol sent
+/// without it, and deletes the protocols it does not name.
+#[tokio::test]
+async fn put_with_proxies_keeps_the_given_ids() {
+    let emu = spawn().await;
+    let token = login(&emu).await;
+    let mut body = create_body("tg_3");
+    body["proxies"] = json!({"vmess": {}});
+    body["inbounds"] = json!({"vmess": []});
+    create(&emu, &token, body).await;
+    let vmess = emu.user("tg_3").unwrap().proxies["vmess"]["id"].clone();
+
+    let (status, user) = call(
+        &emu,
+        &token,
+        reqwest::Method::PUT,
+        "/api/user/tg_3",
+        Some(json!({"proxies": {"vmess": {"id": vmess}, "vless": {"flow": "xtls-rprx-vision"}}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["proxies"]["vmess"]["id"], vmess, "the given id kept");
+    let vless = user["proxies"]["vless"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        user["inbounds"]["vless"],
+        json!(["VLESS TCP REALITY", "VLESS GRPC REALITY"])
+    );
+    assert_eq!(user["inbounds"]["vmess"], json!(["VMess TCP"]));
+    assert_eq!(user["links"].as_array().unwrap().len(), 3);
+
+    call(
+        &emu,
+        &token,
+        reqwest::Method::PUT,
+        "/api/user/tg_3",
+        Some(json!({"proxies": {"vless": {"id": vless}}})),
+    )
+    .await;
+    let stored = emu.user("tg_3").unwrap();
+    assert_eq!(stored.vless_id(), Some(vless.as_str()));
+    assert!(!stored.proxies.contains_key("vmess"), "not named, deleted");
+}
+
+/// A fault aimed at one route lets the others pass, and untargeted faults pass readiness
+/// probes (`GET /api/admin`) by.
+#[tokio::test]
+async fn faults_can_aim_at_one_route_and_spare_readiness_probes() {
+    let emu = spawn().await;
+    let token = login(&emu).await;
+    emu.push_fault_on(route::CREATE_USER, Fault::InternalError, 1);
+    emu.push_fault(Fault::Status { status: 503 }, 1);
+    let get = |path: &'static str| call(&emu, &token, reqwest::Method::GET, path, None);
+    assert_eq!(
+        get("/api/admin").await.0,
+        StatusCode::OK,
+        "the probe passes"
+    );
+    assert_eq!(
+        get("/api/users").await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the untargeted fault"
+    );
+    assert_eq!(get("/api/users").await.0, StatusCode::OK);
+    assert_eq!(
+        create(&emu, &token, create_body("tg_4")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        create(&emu, &token, create_body("tg_4")).await.0,
+        StatusCode::OK
+    );
+}
