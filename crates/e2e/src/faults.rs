@@ -9,7 +9,9 @@
 //! - every unpaid one is still `pending`, every declined one `failed`/`canceled`/`expired`;
 //! - no payment is granted twice, each user's ledger adds up to the days they paid for, and
 //!   the panel's expiry equals the ledger's;
-//! - the parking queues hold only the one message the run parks on purpose.
+//! - the parking queues hold only the one message the run parks on purpose;
+//! - a `payment.completed` parked on purpose at marzban-sync (twice, one message id) and
+//!   replayed with `acpctl parked replay` is applied exactly once.
 //!
 //! The shared PostgreSQL and RabbitMQ keep running for everyone else: a broker outage is the
 //! services' AMQP connections cut at a [`TcpProxy`] (the broker "restarts" as they see it),
@@ -337,6 +339,7 @@ async fn drive(
     let stopped = Instant::now();
 
     park_on_purpose(&cluster.prefix).await?;
+    replay_with_acpctl(&cluster.prefix, &cluster.db.conn).await?;
     report.settled_after = settle(&cluster.db.conn, &sandbox, &created, plan.settle_within)
         .await?
         .then(|| stopped.elapsed().as_secs_f64());
@@ -606,6 +609,92 @@ async fn park_on_purpose(prefix: &str) -> anyhow::Result<()> {
         body: b"not an envelope".to_vec(),
     })
     .await?;
+    bus.close().await;
+    Ok(())
+}
+
+/// A `payment.completed` of the run, announced again under a new event id, parked twice at
+/// marzban-sync on purpose (as after a panel outage longer than its retries); then the operator
+/// replays it with `acpctl parked replay --all --queue marzban-sync`. Both copies keep their
+/// message id, so marzban-sync applies it exactly once (one `processed_messages` row, the
+/// second copy a duplicate) and the ledger checks that follow find no second grant.
+async fn replay_with_acpctl(prefix: &str, db: &DatabaseConnection) -> anyhow::Result<()> {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+
+    let sql = "SELECT envelope FROM outbox WHERE routing_key = 'payment.completed' LIMIT 1";
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?
+        .context("the run completed a payment")?;
+    let mut envelope: Value = serde_json::from_str(&row.try_get::<String>("", "envelope")?)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    envelope["event_id"] = json!(id);
+    let bus = bus(prefix).await?;
+    let consumer = messaging::topology::consumers::MARZBAN_SYNC;
+    let channel = bus.channel().await?;
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    for _ in 0..2 {
+        let mut headers = FieldTable::default();
+        headers.insert("x-acp-routing-key".into(), text("payment.completed"));
+        headers.insert("x-acp-error".into(), text("parked on purpose"));
+        channel
+            .basic_publish(
+                "".into(),
+                bus.names().parking_queue(consumer).as_str().into(),
+                BasicPublishOptions::default(),
+                envelope.to_string().as_bytes(),
+                lapin::BasicProperties::default()
+                    .with_message_id(id.as_str().into())
+                    .with_headers(headers)
+                    .with_delivery_mode(2),
+            )
+            .await?;
+    }
+    channel.close(200, "done".into()).await.ok();
+    while bus.parking_count(consumer).await? < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let output = tokio::process::Command::new(crate::cluster::bin_dir().join("acpctl"))
+        .args(["parked", "replay", "--all", "--queue", consumer, "--json"])
+        .env("AMQP_URL", testkit::amqp_url())
+        .env("AMQP_PREFIX", prefix)
+        .env("AMQP_QUEUE_TYPE", "classic")
+        .output()
+        .await
+        .context("acpctl runs (cargo build --workspace --bins)")?;
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    if !output.status.success() || answer["total"] != 2 {
+        bail!(
+            "acpctl parked replay: {:?} {answer} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let applied = format!(
+        "SELECT COUNT(*) AS n FROM processed_messages WHERE consumer = '{consumer}' \
+         AND message_id = '{id}'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                applied.clone(),
+            ))
+            .await?
+            .context("count")?
+            .try_get("", "n")?;
+        let waiting = bus.queue_count(consumer).await?.unwrap_or(0);
+        if n == 1 && waiting == 0 {
+            break;
+        }
+        if n > 1 || Instant::now() > deadline {
+            bail!("the replayed message was applied {n} times ({waiting} still queued)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bus.close().await;
     Ok(())
 }

@@ -253,6 +253,65 @@ async fn repair(
     }
 }
 
+/// A subscription whose panel user differs from the ledger: what [`check_drift`] would repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub subscription_id: i64,
+    pub username: String,
+    /// How the panel differs (`expire … -> …`, `status … -> …`), or that the user is missing.
+    pub differences: Vec<String>,
+}
+
+/// Compares every subscription with its panel user and changes nothing (the operator's
+/// `acpctl drift check`); returns how many were compared and the ones that differ. Stops at
+/// the first sign that the panel is unavailable, like [`check_drift`].
+pub async fn find_drift(
+    db: &DatabaseConnection,
+    client: &MarzbanClient,
+) -> Result<(u64, Vec<Drift>), DriftError> {
+    let now = ledger::whole_seconds(Utc::now());
+    let mut found = Vec::new();
+    let mut checked = 0;
+    let mut after = 0_i64;
+    loop {
+        let page = subscriptions::Entity::find()
+            .filter(subscriptions::Column::Id.gt(after))
+            .order_by_asc(subscriptions::Column::Id)
+            .limit(PAGE)
+            .all(db)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for subscription in page {
+            let differences = match username(&subscription) {
+                Ok(name) => {
+                    let desired =
+                        Desired::new(name, subscription.expires_at, subscription.data_limit_bytes);
+                    let user = client
+                        .get_user(&desired.username)
+                        .await
+                        .map_err(|source| DriftError::Panel { checked, source })?;
+                    match panel::plan_repair(&desired, user.as_ref(), now) {
+                        Repair::None => Vec::new(),
+                        Repair::Create => vec!["paid user missing on the panel".to_owned()],
+                        Repair::Modify { differences, .. } => differences,
+                    }
+                }
+                Err(error) => vec![error.to_string()],
+            };
+            checked += 1;
+            if !differences.is_empty() {
+                found.push(Drift {
+                    subscription_id: subscription.id,
+                    username: subscription.marzban_username,
+                    differences,
+                });
+            }
+        }
+    }
+    Ok((checked, found))
+}
+
 /// Runs [`check_drift`] every `interval` until `shutdown` (the first pass after one interval).
 pub fn spawn_periodic(
     db: DatabaseConnection,

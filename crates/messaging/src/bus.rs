@@ -257,6 +257,16 @@ pub trait DeliverySource: Send + Sync + 'static {
     /// Moves up to `limit` (all, if `None`) parked messages back to the consumer's queue with
     /// a fresh attempt count; returns how many were moved.
     async fn replay_parked(&self, consumer: &str, limit: Option<u64>) -> Result<u64, BusError>;
+
+    /// Moves the parked message whose `message_id` is `message_id` back to the consumer's
+    /// queue, like [`DeliverySource::replay_parked`]: the copy keeps the original message id
+    /// (so the consumer's idempotency still recognises it) and the parked one is removed only
+    /// after the copy is confirmed. `false` when no parked message has that id.
+    async fn replay_parked_message(
+        &self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError>;
 }
 
 /// A complete bus: both sides plus a readiness probe.

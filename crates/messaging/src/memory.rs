@@ -320,6 +320,29 @@ impl DeliverySource for InProcessBus {
         }
         Ok(moved)
     }
+
+    async fn replay_parked_message(
+        &self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        let queue = self.queue(consumer)?;
+        let found = {
+            let mut parked = lock(&queue.parking);
+            parked
+                .iter()
+                .position(|p| p.message.message_id.as_deref() == Some(message_id))
+                .map(|at| parked.remove(at))
+        };
+        let Some(parked) = found else {
+            return Ok(false);
+        };
+        let mut message = parked.message;
+        message.failed_attempts = 0;
+        message.redelivered = false;
+        self.enqueue(&queue, message)?;
+        Ok(true)
+    }
 }
 
 #[async_trait]

@@ -748,25 +748,71 @@ impl DeliverySource for RabbitBus {
             if header_string(headers, HEADER_REPLAY).as_deref() == Some(run.as_str()) {
                 break;
             }
-            let delivery = got.delivery;
-            let message = message_from(&delivery);
-            let properties = republish_properties(
-                &delivery.properties,
-                &message,
-                &[
-                    (HEADER_ATTEMPT, AMQPValue::LongLongInt(0)),
-                    (HEADER_REPLAY, long_string(&run)),
-                ],
-            );
-            if let Err(err) = self.send_to_queue(&queue, &message.body, properties).await {
+            if let Err(err) = self.unpark(&queue, got.delivery, &run).await {
                 close(channel).await;
-                return Err(err.into());
+                return Err(err);
             }
-            delivery.acker.ack(BasicAckOptions::default()).await?;
             moved += 1;
         }
         close(channel).await;
         Ok(moved)
+    }
+
+    async fn replay_parked_message(
+        &self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        let names = &self.inner.names;
+        let parking = names.parking_queue(consumer);
+        let queue = names.queue(consumer);
+        let run = uuid::Uuid::now_v7().to_string();
+        let channel = self.channel().await?;
+        // The messages looked at on the way stay unacknowledged on this channel, so each is
+        // seen once; closing the channel returns them to the parking queue.
+        let mut found = false;
+        while let Some(got) = channel
+            .basic_get(parking.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            let id = got.delivery.properties.message_id().as_ref();
+            if id.map(|id| id.as_str()) == Some(message_id) {
+                if let Err(err) = self.unpark(&queue, got.delivery, &run).await {
+                    close(channel).await;
+                    return Err(err);
+                }
+                found = true;
+                break;
+            }
+        }
+        close(channel).await;
+        Ok(found)
+    }
+}
+
+impl RabbitBus {
+    /// Copies a parked delivery into `queue` with a fresh attempt count, tagged with the replay
+    /// run, keeping its message id and headers; acknowledges (removes) the parked one only
+    /// after the broker confirmed the copy. On failure the parked one stays (the caller closes
+    /// the channel, which returns it).
+    async fn unpark(
+        &self,
+        queue: &str,
+        delivery: lapin::message::Delivery,
+        run: &str,
+    ) -> Result<(), BusError> {
+        let message = message_from(&delivery);
+        let properties = republish_properties(
+            &delivery.properties,
+            &message,
+            &[
+                (HEADER_ATTEMPT, AMQPValue::LongLongInt(0)),
+                (HEADER_REPLAY, long_string(run)),
+            ],
+        );
+        self.send_to_queue(queue, &message.body, properties).await?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
 }
 

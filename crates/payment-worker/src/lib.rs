@@ -57,6 +57,18 @@ pub fn consumer_spec(settings: &ServiceSettings) -> ConsumerSpec {
         .with_retry(settings.consumer.retry_policy())
 }
 
+/// The status sources of the providers enabled in `settings` (the crypto provider answers
+/// from its invoice rows, through `db`).
+pub fn status_sources(
+    settings: &ServiceSettings,
+    db: &DatabaseConnection,
+) -> Result<StatusSources, payment_core::SettingsError> {
+    let mut payments = settings.payments.clone();
+    payments.crypto = payments.crypto.map(|c| c.with_database(db.clone()));
+    let service = PaymentService::from_settings(&payments)?;
+    Ok(StatusSources::from_payment_service(service, db))
+}
+
 /// The worker's parts on one database and bus: the notification consumer, the
 /// reconciliation loop and, with crypto enabled, the chain-watch loop.
 pub struct Worker {
@@ -111,11 +123,7 @@ impl Worker {
         bus: Arc<dyn Bus>,
         outbox_nudge: Arc<Notify>,
     ) -> Result<Self, payment_core::SettingsError> {
-        let mut payments = settings.payments.clone();
-        // The crypto provider answers from its invoice rows, through our pool.
-        payments.crypto = payments.crypto.map(|c| c.with_database(db.clone()));
-        let service = PaymentService::from_settings(&payments)?;
-        let mut sources = StatusSources::from_payment_service(service, &db);
+        let mut sources = status_sources(settings, &db)?;
         let watcher = match &settings.payments.crypto {
             Some(crypto) => Some(ChainWatcher::new(crypto.clone()).map_err(|e| {
                 payment_core::SettingsError::Invalid {

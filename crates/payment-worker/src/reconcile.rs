@@ -150,6 +150,24 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// Checks one payment now, whatever its schedule (the operator's `acpctl reconcile`): asks
+    /// its provider and applies the answer exactly like a scheduled check (the same conditional
+    /// UPDATE, event and log row; a payment still pending is rescheduled). Returns the outcome
+    /// (`applied`, `pending`, `duplicate`, `stale`, `flagged`, `no_source`, …), `None` when
+    /// there is no such payment.
+    pub async fn check_now(&self, payment_id: uuid::Uuid) -> Result<Option<&'static str>, DbErr> {
+        let Some(payment) = payments::Entity::find_by_id(payment_id)
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let provider = payment.provider.clone();
+        let outcome = self.check(payment).await?;
+        metric::reconcile_check(&provider, outcome);
+        Ok(Some(outcome))
+    }
+
     /// Takes up to `batch_size` due pending payments and leases them.
     async fn claim(&self, now: DateTime<Utc>) -> Result<Vec<payments::Model>, DbErr> {
         use payments::Column as P;
