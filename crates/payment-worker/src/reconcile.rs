@@ -28,9 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::entities::{crypto_invoices, payments};
+use domain::entities::payments;
 use domain::money::Money;
 use domain::{CryptoInvoiceStatus, PaymentStatus};
+use payment_core::providers::crypto::invoice;
 use payment_core::{ProviderError, ProviderId, ProviderPayment};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
@@ -318,17 +319,13 @@ impl Reconciler {
             match current {
                 Some(current) if current.is_half_made() => {
                     let outcome = self.expire(&tx, &current).await?;
-                    crypto_invoices::Entity::update_many()
-                        .col_expr(
-                            crypto_invoices::Column::Status,
-                            Expr::value(CryptoInvoiceStatus::Expired),
-                        )
-                        .col_expr(crypto_invoices::Column::UpdatedAt, Expr::value(Utc::now()))
-                        .filter(crypto_invoices::Column::PaymentId.eq(payment.id))
-                        .filter(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
-                        .filter(crypto_invoices::Column::ReceivedMinor.is_null())
-                        .exec(&tx)
-                        .await?;
+                    invoice::close_unpaid(
+                        &tx,
+                        current.payment_id(),
+                        CryptoInvoiceStatus::Expired,
+                        Utc::now(),
+                    )
+                    .await?;
                     outcome
                 }
                 // Finished after all: back on the normal schedule.
