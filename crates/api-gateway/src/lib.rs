@@ -69,7 +69,8 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> std::io::Result<Gateway> {
     let payments =
-        PaymentService::from_settings(&settings.payments).map_err(std::io::Error::other)?;
+        PaymentService::from_settings(&settings.payments.clone().with_database(&infra.db))
+            .map_err(std::io::Error::other)?;
     // The gateway's own handle on the crypto provider: checkout reserves invoices through it.
     let crypto = match &settings.payments.crypto {
         Some(crypto) => Some(Arc::new(

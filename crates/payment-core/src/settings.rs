@@ -33,6 +33,15 @@ impl PaymentSettings {
             telegram: TelegramSettings::from_env(&env)?,
         })
     }
+
+    /// Lets the providers that keep state of their own use `db`: the crypto provider answers
+    /// from its invoice rows, the Telegram provider records the Star transactions it read.
+    #[must_use]
+    pub fn with_database(mut self, db: &sea_orm::DatabaseConnection) -> Self {
+        self.crypto = self.crypto.map(|c| c.with_database(db.clone()));
+        self.telegram = self.telegram.map(|t| t.with_database(db.clone()));
+        self
+    }
 }
 
 /// Every variable of the providers, read by each binary that loads [`PaymentSettings`]. A

@@ -58,13 +58,12 @@ pub fn consumer_spec(settings: &ServiceSettings) -> ConsumerSpec {
 }
 
 /// The status sources of the providers enabled in `settings` (the crypto provider answers
-/// from its invoice rows, through `db`).
+/// from its invoice rows and the Telegram provider records Star transactions, through `db`).
 pub fn status_sources(
     settings: &ServiceSettings,
     db: &DatabaseConnection,
 ) -> Result<StatusSources, payment_core::SettingsError> {
-    let mut payments = settings.payments.clone();
-    payments.crypto = payments.crypto.map(|c| c.with_database(db.clone()));
+    let payments = settings.payments.clone().with_database(db);
     let service = PaymentService::from_settings(&payments)?;
     Ok(StatusSources::from_payment_service(service, db))
 }

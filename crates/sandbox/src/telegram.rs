@@ -587,6 +587,35 @@ impl Emulator {
         }
     }
 
+    /// A Star payment `user` made earlier, for seeding a bot's transaction history (a live
+    /// payment goes through [`Handle::pay_invoice`], with its pre-checkout query): appended
+    /// to `getStarTransactions` and to the charges. Returns its charge id.
+    pub fn record_star_payment(&self, user: &TestUser, payload: &str, amount: i64) -> String {
+        let mut state = lock(&self.shared.state);
+        state.users.insert(user.id, user.clone());
+        let charge_id = Shared::next_id(&mut state, "stx");
+        state.star_transactions.push(json!({
+            "id": charge_id,
+            "amount": amount,
+            "date": chrono::Utc::now().timestamp(),
+            "source": {
+                "type": "user",
+                "transaction_type": "invoice_payment",
+                "user": user.to_json(),
+                "invoice_payload": payload,
+            },
+        }));
+        state.charges.push(Charge {
+            user_id: user.id,
+            telegram_payment_charge_id: charge_id.clone(),
+            currency: "XTR".to_owned(),
+            total_amount: amount,
+            invoice_payload: payload.to_owned(),
+            refunded: false,
+        });
+        charge_id
+    }
+
     /// Everything the bot sent to `chat`, oldest first.
     pub fn messages(&self, chat: i64) -> Vec<SentMessage> {
         lock(&self.shared.state)

@@ -36,4 +36,5 @@ migrations![
     m20261206_000010_crypto_invoice_amount_index,
     m20261206_000020_one_pending_refund,
     m20261206_000120_open_checkouts,
+    m20261206_000300_star_transactions,
 ];

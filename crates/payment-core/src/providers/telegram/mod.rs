@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -36,6 +37,7 @@ use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
     ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
 };
+use crate::providers::crypto::AttachedDatabase;
 use crate::settings::Env;
 use crate::webhook::{WebhookNotification, WebhookRequest, WebhookSubject};
 use transformers::{PaymentMessage, StarTransactions, TransactionPartner};
@@ -68,6 +70,9 @@ pub struct TelegramSettings {
     /// `TELEGRAM_INVOICE_TTL_MINUTES` (default 60): how long after its creation a payment may
     /// be paid; the pre-checkout answer refuses it afterwards.
     pub invoice_ttl: Duration,
+    /// Where Star transactions already read are recorded (see
+    /// [`TelegramSettings::with_database`]); not from the environment.
+    pub database: Option<AttachedDatabase>,
 }
 
 impl TelegramSettings {
@@ -79,7 +84,16 @@ impl TelegramSettings {
             timeout: Duration::from_secs(10),
             scan_pages: DEFAULT_SCAN_PAGES,
             invoice_ttl: DEFAULT_INVOICE_TTL,
+            database: None,
         }
+    }
+
+    /// Star payments are then found incrementally: each look-up reads only the transactions
+    /// added since the last one and records them in `db` (tables `star_transactions`,
+    /// `star_scan_cursors`). Without a database each look-up pages from the newest end.
+    pub fn with_database(mut self, db: DatabaseConnection) -> Self {
+        self.database = Some(AttachedDatabase(db));
+        self
     }
 
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Option<Self>, SettingsError> {
@@ -267,9 +281,64 @@ impl TelegramProvider {
     }
 
     /// Finds the Star payment whose invoice payload is `payload` (and whether it was
-    /// refunded). Searches newest first — a payment being checked is recent — through at most
-    /// `scan_pages` pages of 100; a refund is newer than its payment, so it is seen first.
+    /// refunded): from the recorded transactions after reading the new ones when a database is
+    /// attached ([`TelegramSettings::with_database`]), else by a scan from the newest end.
     pub async fn find_star_payment(
+        &self,
+        payload: &str,
+    ) -> Result<Option<StarPayment>, ProviderError> {
+        match &self.settings.database {
+            Some(AttachedDatabase(db)) => {
+                let ledger = StarLedger {
+                    db,
+                    bot: self.bot_id(),
+                };
+                let cursor = ledger.cursor().await.map_err(database_unknown)?;
+                let start = match cursor {
+                    Some(scanned) => scanned,
+                    // First use: the newest `scan_pages` pages, as the scan would read.
+                    None => (self.star_count().await? - PAGE * i64::from(self.settings.scan_pages))
+                        .max(0),
+                };
+                self.read_new_star_transactions(&ledger, start).await?;
+                ledger.find(payload).await.map_err(database_unknown)
+            }
+            None => self.scan_star_payments(payload).await,
+        }
+    }
+
+    /// The bot's id (the token's part before `:`), which keys its scan cursor.
+    fn bot_id(&self) -> String {
+        let token = self.settings.bot_token.expose_secret();
+        token.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    /// Reads the transactions from offset `start` to the end of the list, recording each and
+    /// moving the cursor after every page (a later look-up, here or in another process,
+    /// continues from there; recording a transaction twice changes nothing).
+    async fn read_new_star_transactions(
+        &self,
+        ledger: &StarLedger<'_>,
+        start: i64,
+    ) -> Result<(), ProviderError> {
+        let mut offset = start;
+        loop {
+            let page = self.star_page(offset, PAGE).await?;
+            let read = i64::try_from(page.transactions.len()).unwrap_or(PAGE);
+            for tx in page.transactions {
+                ledger.record(tx).await.map_err(database_unknown)?;
+            }
+            offset += read;
+            ledger.advance(offset).await.map_err(database_unknown)?;
+            if read < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Searches newest first — a payment being checked is recent — through at most
+    /// `scan_pages` pages of 100; a refund is newer than its payment, so it is seen first.
+    async fn scan_star_payments(
         &self,
         payload: &str,
     ) -> Result<Option<StarPayment>, ProviderError> {
@@ -478,6 +547,114 @@ impl PaymentProvider for TelegramProvider {
             }
             Err(error) => Err(error),
         }
+    }
+}
+
+/// The bot's Star transactions as read so far (tables `star_transactions`,
+/// `star_scan_cursors`): payments by invoice payload, a refund as a flag on the payment it
+/// returns (it carries the payment's id).
+struct StarLedger<'a> {
+    db: &'a DatabaseConnection,
+    bot: String,
+}
+
+impl StarLedger<'_> {
+    async fn cursor(&self) -> Result<Option<i64>, DbErr> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                "SELECT scanned FROM star_scan_cursors WHERE bot = $1",
+                [self.bot.clone().into()],
+            ))
+            .await?;
+        row.map(|r| r.try_get::<i64>("", "scanned")).transpose()
+    }
+
+    /// Moves the cursor forward to `scanned` (never back: a slower concurrent reader does not
+    /// undo a faster one).
+    async fn advance(&self, scanned: i64) -> Result<(), DbErr> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                "INSERT INTO star_scan_cursors (bot, scanned) VALUES ($1, $2) \
+                 ON CONFLICT (bot) DO UPDATE SET scanned = CASE \
+                 WHEN excluded.scanned > star_scan_cursors.scanned THEN excluded.scanned \
+                 ELSE star_scan_cursors.scanned END",
+                [self.bot.clone().into(), scanned.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn record(&self, tx: transformers::StarTransaction) -> Result<(), DbErr> {
+        let backend = self.db.get_database_backend();
+        let statement = if matches!(tx.receiver, Some(TransactionPartner::User { .. })) {
+            // A refund: the payment it returns carries the same id.
+            Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO star_transactions (id, amount, refunded) VALUES ($1, $2, TRUE) \
+                 ON CONFLICT (id) DO UPDATE SET refunded = TRUE",
+                [tx.id.into(), tx.amount.into()],
+            )
+        } else if let Some(TransactionPartner::User {
+            user,
+            invoice_payload: Some(payload),
+        }) = tx.source
+        {
+            Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO star_transactions (id, invoice_payload, user_id, amount, paid_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                 invoice_payload = excluded.invoice_payload, user_id = excluded.user_id, \
+                 amount = excluded.amount, paid_at = excluded.paid_at",
+                [
+                    tx.id.into(),
+                    payload.into(),
+                    user.id.into(),
+                    tx.amount.into(),
+                    tx.date.into(),
+                ],
+            )
+        } else {
+            // Not a payment of ours (Fragment, ads, …).
+            return Ok(());
+        };
+        self.db.execute_raw(statement).await?;
+        Ok(())
+    }
+
+    async fn find(&self, payload: &str) -> Result<Option<StarPayment>, DbErr> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                "SELECT id, user_id, amount, paid_at, refunded FROM star_transactions \
+                 WHERE invoice_payload = $1 ORDER BY paid_at DESC LIMIT 1",
+                [payload.into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let paid_at: Option<i64> = row.try_get("", "paid_at")?;
+        Ok(Some(StarPayment {
+            telegram_payment_charge_id: row.try_get("", "id")?,
+            user_id: row
+                .try_get::<Option<i64>>("", "user_id")?
+                .unwrap_or_default(),
+            amount: row.try_get("", "amount")?,
+            paid_at: paid_at.and_then(|secs| Utc.timestamp_opt(secs, 0).single()),
+            refunded: row.try_get("", "refunded")?,
+        }))
+    }
+}
+
+/// A database error while reading what Telegram told us: no answer yet, ask again.
+fn database_unknown(error: DbErr) -> ProviderError {
+    ProviderError::ResultUnknown {
+        attempts: 1,
+        last: TransientFailure::Connection(format!("database: {error}")),
     }
 }
 
