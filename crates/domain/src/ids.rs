@@ -224,6 +224,18 @@ impl MarzbanUsername {
         }
     }
 
+    /// The spelling an existing panel user already has, e.g. `TG_900004` for our `tg_900004`
+    /// (adopted users keep their name): 3 to 32 ASCII letters, digits or `_`, case kept.
+    pub fn adopted(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        let valid_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        if (3..=32).contains(&s.len()) && s.bytes().all(valid_char) {
+            Ok(MarzbanUsername(s))
+        } else {
+            Err(IdError::MarzbanUsername(s))
+        }
+    }
+
     /// The panel user for a Telegram user: `tg_<id>`. Deterministic, so a retried
     /// activation finds the same panel user instead of creating a second one.
     pub fn from_telegram_id(id: TelegramUserId) -> Self {
@@ -330,6 +342,11 @@ mod tests {
         assert!(MarzbanUsername::parse("a".repeat(33)).is_err());
         assert!(MarzbanUsername::parse("Upper").is_err());
         assert!(MarzbanUsername::parse("dash-ed").is_err());
+        assert_eq!(
+            MarzbanUsername::adopted("TG_900004").map(MarzbanUsername::into_inner),
+            Ok("TG_900004".to_owned())
+        );
+        assert!(MarzbanUsername::adopted("dash-ed").is_err());
         let id = TelegramUserId::parse(123_456).unwrap();
         assert_eq!(MarzbanUsername::from_telegram_id(id).as_str(), "tg_123456");
     }

@@ -24,23 +24,57 @@ pub struct Entry {
     pub granted_at: DateTime<Utc>,
     pub days_granted: i32,
     pub days_revoked: i32,
+    /// An opening balance (`kind` = `opening_balance`): the expiry the panel user already had
+    /// when we adopted it (`expires_at_after`), exact to the second. Its days are only a
+    /// rounded record; the replay starts from this instant.
+    pub carried_until: Option<DateTime<Utc>>,
 }
 
 impl Entry {
+    /// A paid (or otherwise granted) number of days.
+    pub fn grant(granted_at: DateTime<Utc>, days_granted: i32, days_revoked: i32) -> Self {
+        Self {
+            granted_at,
+            days_granted,
+            days_revoked,
+            carried_until: None,
+        }
+    }
+
     fn net_days(&self) -> i32 {
         (self.days_granted - self.days_revoked).max(0)
     }
 }
 
-/// The expiry the grants produce, replayed in order with [`extend`]; `None` without grants.
+/// The expiry the grants produce: from the opening balance, if any (whatever its place in the
+/// ledger: the panel's time was the customer's before anything we sold), then every other
+/// grant in order with [`extend`]; `None` without entries.
 ///
 /// A grant's `expires_at_after` is exactly this replay up to that grant (it is computed with
 /// the same `now` that is stored as `created_at`), so revoking days and replaying yields the
-/// expiry the customer would have had without them.
+/// expiry the customer would have had without them — and a refund never reaches into the
+/// opening balance, which no payment bought.
 pub fn replay(entries: &[Entry]) -> Option<DateTime<Utc>> {
-    entries.iter().fold(None, |expiry, entry| {
-        Some(extend(expiry, entry.granted_at, entry.net_days()))
-    })
+    let opening = entries.iter().filter_map(|e| e.carried_until).max();
+    entries
+        .iter()
+        .filter(|e| e.carried_until.is_none())
+        .fold(opening, |expiry, entry| {
+            Some(extend(expiry, entry.granted_at, entry.net_days()))
+        })
+}
+
+/// The opening balance of a panel user whose time runs until `expire` (Unix seconds), adopted
+/// at `now`: its expiry and its remaining whole days (rounded, for the record); `None` when
+/// nothing is left (or the user never expires, which no number of days can carry).
+pub fn opening_balance(expire: Option<i64>, now: DateTime<Utc>) -> Option<(DateTime<Utc>, i32)> {
+    let until = DateTime::from_timestamp(expire?, 0)?;
+    if until <= now {
+        return None;
+    }
+    let seconds = (until - now).num_seconds();
+    let days = i32::try_from((seconds + 43_200) / 86_400).unwrap_or(i32::MAX);
+    Some((until, days))
 }
 
 /// Days of a `days_granted` grant to take back once `total_refunded_minor` of
@@ -78,16 +112,8 @@ mod tests {
 
     #[test]
     fn replay_matches_the_forward_computation_and_drops_revoked_days() {
-        let first = Entry {
-            granted_at: at(0),
-            days_granted: 30,
-            days_revoked: 0,
-        };
-        let second = Entry {
-            granted_at: at(10),
-            days_granted: 30,
-            days_revoked: 0,
-        };
+        let first = Entry::grant(at(0), 30, 0);
+        let second = Entry::grant(at(10), 30, 0);
         assert_eq!(replay(&[]), None);
         assert_eq!(replay(&[first, second]), Some(at(60)));
 
@@ -104,6 +130,38 @@ mod tests {
         };
         assert_eq!(replay(&[first_refunded, second]), Some(at(40)));
         assert_eq!(replay(&[first_refunded]), Some(at(0)), "nothing left");
+    }
+
+    #[test]
+    fn the_opening_balance_comes_first_and_no_refund_takes_it() {
+        let opening = Entry {
+            carried_until: Some(at(5)),
+            ..Entry::grant(at(1), 4, 0)
+        };
+        let paid = Entry::grant(at(0), 30, 0);
+        // Recorded after the payment's grant, replayed before it: 5 days left + 30 paid.
+        assert_eq!(replay(&[paid, opening]), Some(at(35)));
+        let refunded = Entry {
+            days_revoked: 30,
+            ..paid
+        };
+        assert_eq!(replay(&[refunded, opening]), Some(at(5)), "the 5 days stay");
+        assert_eq!(replay(&[opening]), Some(at(5)));
+    }
+
+    #[test]
+    fn opening_balance_is_the_time_left_on_the_panel() {
+        let now = at(0);
+        let in_5_days = at(5).timestamp();
+        assert_eq!(opening_balance(Some(in_5_days), now), Some((at(5), 5)));
+        assert_eq!(
+            opening_balance(Some(in_5_days - 3_600), now).map(|b| b.1),
+            Some(5),
+            "rounded"
+        );
+        assert_eq!(opening_balance(Some(at(-1).timestamp()), now), None);
+        assert_eq!(opening_balance(Some(now.timestamp()), now), None);
+        assert_eq!(opening_balance(None, now), None, "never expires");
     }
 
     #[test]

@@ -82,12 +82,17 @@ pub async fn start(
     infra: &Infra,
     shutdown: Shutdown,
 ) -> anyhow::Result<Service> {
-    let ops = ops::serve_ops_on(
-        settings.ops_bind.as_deref(),
-        infra.readiness(),
-        shutdown.clone(),
-    )?;
-    let Some(marzban) = &settings.marzban else {
+    let client = settings
+        .marzban
+        .as_ref()
+        .map(|marzban| MarzbanClient::new(marzban.clone()))
+        .transpose()?;
+    let readiness = match &client {
+        Some(client) => with_panel_check(infra.readiness(), client),
+        None => infra.readiness(),
+    };
+    let ops = ops::serve_ops_on(settings.ops_bind.as_deref(), readiness, shutdown.clone())?;
+    let (Some(marzban), Some(client)) = (&settings.marzban, client) else {
         tracing::warn!("{SERVICE}: MARZBAN_URL is not set; payments are not provisioned");
         let stopped = shutdown.clone();
         return Ok(Service {
@@ -99,9 +104,9 @@ pub async fn start(
             consumer_stats: None,
         });
     };
-    let client = MarzbanClient::new(marzban.clone())?;
-    // A start-up check only: a panel that is down now is retried message by message.
-    match client.login().await {
+    // A start-up check only: a panel that is down now is retried message by message. (One
+    // login, shared with the readiness check's first round.)
+    match client.check_credentials().await {
         Ok(()) => tracing::info!(panel = %marzban.base_url, "logged in to Marzban"),
         Err(error) => {
             tracing::warn!(panel = %marzban.base_url, %error, "cannot log in to Marzban yet")
@@ -114,7 +119,8 @@ pub async fn start(
         ..RunnerConfig::default()
     };
     let runner = ConsumerRunner::new(
-        SubscriptionSync::new(client.clone(), infra.db.clone()),
+        SubscriptionSync::new(client.clone(), infra.db.clone())
+            .adopt_remaining(settings.adopt_remaining),
         infra.db.clone(),
         infra.bus.clone(),
         config,
@@ -146,6 +152,23 @@ pub async fn start(
         server,
         consumer_spec: Some(consumer_spec),
         consumer_stats: Some(consumer_stats),
+    })
+}
+
+/// `readiness` plus the check `marzban`: the panel answers `GET /api/admin` with our
+/// credentials (a wrong `MARZBAN_PASSWORD` is not ready), run at most every
+/// [`ops::OUTSIDE_CHECK_INTERVAL`]; its state is also the gauge
+/// `service_readiness_check_up{check="marzban"}`.
+pub fn with_panel_check(readiness: ops::Readiness, client: &MarzbanClient) -> ops::Readiness {
+    let client = client.clone();
+    readiness.with_every("marzban", ops::OUTSIDE_CHECK_INTERVAL, move || {
+        let client = client.clone();
+        Box::pin(async move {
+            client
+                .check_credentials()
+                .await
+                .map_err(|error| error.to_string())
+        })
     })
 }
 

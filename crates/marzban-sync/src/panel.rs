@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::marzban::{
-    CreateUser, MarzbanClient, MarzbanError, MarzbanUsername, ModifyStatus, ModifyUser,
+    CreateUser, Inbounds, MarzbanClient, MarzbanError, MarzbanUsername, ModifyStatus, ModifyUser,
     UserResponse, UserStatus,
 };
 
@@ -100,7 +100,44 @@ pub async fn shorten(
     }
 }
 
-async fn create(
+/// Brings a panel user we did not create (found by [`MarzbanClient::find_user`]; `desired`
+/// carries its spelling) to `desired`. First the protocols of `MARZBAN_PROXIES` it lacks are
+/// added: the `PUT` carries every proxy it has, with its id, plus the missing ones, so the keys
+/// the customer already uses survive and only the new protocols get new ones (with the
+/// inbounds `MARZBAN_INBOUNDS` names for them, else every inbound). Then as [`activate`] for a
+/// known user. A retry looks the user up again and adds only what is still missing.
+pub async fn adopt(
+    client: &MarzbanClient,
+    desired: &Desired,
+    found: &UserResponse,
+    note: &str,
+) -> Result<UserResponse, MarzbanError> {
+    let settings = client.settings();
+    let missing: Vec<&String> = settings
+        .proxies
+        .keys()
+        .filter(|protocol| !found.proxies.contains_key(*protocol))
+        .collect();
+    if !missing.is_empty() {
+        let mut proxies = found.proxies.clone();
+        let mut inbounds = Inbounds::new();
+        for protocol in &missing {
+            proxies.insert((*protocol).clone(), settings.proxies[*protocol].clone());
+            if let Some(tags) = settings.inbounds.get(*protocol).filter(|t| !t.is_empty()) {
+                inbounds.insert((*protocol).clone(), tags.clone());
+            }
+        }
+        tracing::info!(username = %desired.username, ?missing, kept = ?found.proxies.keys().collect::<Vec<_>>(), "adopted user lacks protocols; adding them, keeping its keys");
+        client
+            .set_proxies(&desired.username, &proxies, &inbounds)
+            .await?;
+    }
+    activate(client, desired, true, note).await
+}
+
+/// `POST /api/user` of `desired` with the configured proxies and inbounds; an existing user
+/// is [`MarzbanError::Conflict`].
+pub async fn create(
     client: &MarzbanClient,
     desired: &Desired,
     note: &str,

@@ -38,6 +38,7 @@ pub const VARS: &[EnvVar] = &[
         "1000,5000,30000,120000,600000",
     ),
     EnvVar::default("MARZBAN_SYNC_PREFETCH", "4"),
+    EnvVar::default("MARZBAN_ADOPT_REMAINING", "true"),
 ];
 
 /// Every variable the `marzban-sync` binary reads; it refuses to start without the panel.
@@ -73,6 +74,9 @@ pub struct ServiceSettings {
     pub retry: RetryPolicy,
     /// `MARZBAN_SYNC_PREFETCH` (default 4): deliveries handled at once.
     pub prefetch: u16,
+    /// `MARZBAN_ADOPT_REMAINING` (default on): an existing panel user we adopt keeps the time
+    /// it had left, as an opening balance in the ledger.
+    pub adopt_remaining: bool,
 }
 
 impl ServiceSettings {
@@ -129,6 +133,11 @@ impl TryFrom<Vars> for ServiceSettings {
         if prefetch == 0 {
             return Err(invalid("MARZBAN_SYNC_PREFETCH", "must be positive"));
         }
+        let adopt_remaining = match raw.get("MARZBAN_ADOPT_REMAINING") {
+            None => true,
+            Some(value) => service_kit::settings::parse_bool(value)
+                .ok_or_else(|| invalid("MARZBAN_ADOPT_REMAINING", "must be true or false"))?,
+        };
         Ok(Self {
             ops_bind: Some(
                 raw.first_of(&["MARZBAN_SYNC_OPS_BIND", "MARZBAN_SYNC_BIND"])
@@ -139,6 +148,7 @@ impl TryFrom<Vars> for ServiceSettings {
             drift_check_interval: (drift_secs > 0).then(|| Duration::from_secs(drift_secs)),
             retry,
             prefetch,
+            adopt_remaining,
         })
     }
 }
@@ -183,6 +193,14 @@ mod tests {
         assert_eq!(s.drift_check_interval, Some(Duration::from_secs(3600)));
         assert_eq!(s.retry, RetryPolicy::default());
         assert_eq!(s.prefetch, DEFAULT_PREFETCH);
+        assert!(s.adopt_remaining);
+        assert!(
+            !load(&[("MARZBAN_ADOPT_REMAINING", "false")])
+                .unwrap()
+                .adopt_remaining
+        );
+        let error = load(&[("MARZBAN_ADOPT_REMAINING", "sometimes")]).unwrap_err();
+        assert!(error.contains("MARZBAN_ADOPT_REMAINING"), "{error}");
 
         let s = load(&PANEL).unwrap();
         let m = s.marzban.unwrap();

@@ -10,8 +10,14 @@
 //!    nothing — replay the ledger into the desired panel state (an absolute expiry and the
 //!    data limit), store it on the subscription row as its intent, and commit.
 //! 2. Still in `prepare`, with no transaction open and no row locked: bring the panel to that
-//!    state (create, adopt on 409, modify, reset, as [`panel::activate`] and
-//!    [`panel::shorten`] do). Absolute values, so repeating the call is harmless.
+//!    state (modify, reset, as [`panel::activate`] and [`panel::shorten`] do). Absolute
+//!    values, so repeating the call is harmless. Until the panel has confirmed the user once,
+//!    it is first looked for in any letter case ([`MarzbanClient::find_user`]); what was found
+//!    is recorded in a short transaction — the panel's spelling of the name, and once per
+//!    subscription the *adoption decision*: an opening-balance grant carrying the time the
+//!    user had left, or nothing when there was no user (so a user we create ourselves is never
+//!    mistaken for one we adopt) — then it is adopted ([`panel::adopt`]: missing protocols
+//!    added, existing keys kept) or created; a create that meets 409 looks again.
 //! 3. [`Handler::handle`], in the runner's transaction (the one that inserts the
 //!    `processed_messages` marker): lock the subscription row and replay the ledger again. If
 //!    the desired state is no longer what step 2 sent — another payment or refund of the same
@@ -72,6 +78,14 @@ pub const METRIC_REVOCATIONS: &str = "marzban_sync_revocations_total";
 
 /// `subscription_grants.kind` of a paid grant.
 pub const KIND_PURCHASE: &str = "purchase";
+/// `subscription_grants.kind` of the time an adopted panel user had left (at most one per
+/// subscription: unique index `uq_subscription_grants_opening_balance`).
+pub const KIND_OPENING_BALANCE: &str = "opening_balance";
+
+/// `processed_messages.consumer` of the adoption decisions: one row per subscription
+/// (`subscription:<id>`), written when the panel was first looked at for it, in the
+/// transaction that writes its opening balance, if any.
+pub const ADOPTED: &str = "marzban-sync:adopted";
 
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +142,8 @@ pub struct SubscriptionSync {
     client: MarzbanClient,
     db: DatabaseConnection,
     turns: Arc<Vec<Arc<Mutex<()>>>>,
+    /// `MARZBAN_ADOPT_REMAINING`: carry an adopted user's remaining time into the ledger.
+    adopt_remaining: bool,
 }
 
 impl std::fmt::Debug for SubscriptionSync {
@@ -181,6 +197,7 @@ impl Announcement {
 }
 
 /// Step 1's outcome: the state to send, or nothing to do.
+#[derive(Debug)]
 struct Intent {
     subscription_id: i64,
     telegram_id: i64,
@@ -190,12 +207,23 @@ struct Intent {
 }
 
 impl SubscriptionSync {
+    /// The handler; an adopted user's remaining time is kept (see
+    /// [`SubscriptionSync::adopt_remaining`]).
     pub fn new(client: MarzbanClient, db: DatabaseConnection) -> Self {
         Self {
             client,
             db,
             turns: Arc::new((0..TURNS).map(|_| Arc::new(Mutex::new(()))).collect()),
+            adopt_remaining: true,
         }
+    }
+
+    /// `MARZBAN_ADOPT_REMAINING` (default on): whether adopting a panel user that still has
+    /// time writes that time into the ledger as an opening balance, so the new expiry is the
+    /// old one plus the paid days. Off: the ledger starts at the first payment.
+    pub fn adopt_remaining(mut self, on: bool) -> Self {
+        self.adopt_remaining = on;
+        self
     }
 
     /// Waits for `user_id`'s turn in this process.
@@ -211,13 +239,16 @@ impl SubscriptionSync {
         let tx = service_kit::db::begin_write(&self.db).await?;
         let intent = record_grant(&tx, event).await?;
         tx.commit().await?;
-        let Some(intent) = intent else {
+        let Some(mut intent) = intent else {
             return Ok(Step::Nothing);
         };
         let note = format!("telegram {}", intent.telegram_id);
-        let user =
-            panel::activate(&self.client, &intent.desired, intent.known_on_panel, &note).await;
-        let user = self.sent(intent.subscription_id, user).await?;
+        let user = if intent.known_on_panel {
+            let user = panel::activate(&self.client, &intent.desired, true, &note).await;
+            self.sent(intent.subscription_id, user).await?
+        } else {
+            self.first_push(&mut intent, &note).await?
+        };
         Ok(Step::Synced(Box::new(Synced {
             announcement: Announcement::Activated,
             payment_id,
@@ -249,6 +280,34 @@ impl SubscriptionSync {
             sent: intent.desired,
             user,
         })))
+    }
+
+    /// Step 2 for a user the panel has not confirmed yet: look for it in any letter case,
+    /// record what was found (the spelling, the adoption decision and opening balance, the new
+    /// intent), then adopt it or create it. A create that meets 409 (someone created the user
+    /// after our look-up) looks again, once.
+    async fn first_push(&self, intent: &mut Intent, note: &str) -> Result<UserResponse, SyncError> {
+        let id = intent.subscription_id;
+        let mut looked_again = false;
+        loop {
+            let found = self
+                .sent(id, self.client.find_user(&intent.desired.username).await)
+                .await?;
+            let tx = service_kit::db::begin_write(&self.db).await?;
+            *intent = record_adoption(&tx, intent, found.as_ref(), self.adopt_remaining).await?;
+            tx.commit().await?;
+            let answer = match &found {
+                Some(user) => panel::adopt(&self.client, &intent.desired, user, note).await,
+                None => panel::create(&self.client, &intent.desired, note).await,
+            };
+            match answer {
+                Err(MarzbanError::Conflict { .. }) if found.is_none() && !looked_again => {
+                    tracing::info!(username = %intent.desired.username, "the user appeared on the panel after our look-up; looking again");
+                    looked_again = true;
+                }
+                answer => return self.sent(id, answer).await,
+            }
+        }
     }
 
     /// The panel's answer; a failure is also noted on the subscription (`sync_error`, best
@@ -478,6 +537,112 @@ async fn record_revocation(
     Ok(Some((intent, revoke)))
 }
 
+/// What the first look at the panel found, recorded under the subscription's row lock:
+///
+/// - the panel's spelling of the user's name (a panel on SQLite may have `TG_1` for our
+///   `tg_1`; every later call must use it);
+/// - once per subscription, the adoption decision (`processed_messages` under [`ADOPTED`]):
+///   with `adopt_remaining`, a found user's remaining time becomes an opening-balance grant
+///   ([`KIND_OPENING_BALANCE`]). Recorded also when nothing was found, so that a user we then
+///   create — and find again on a retry whose create answer was lost — is never counted as
+///   time the customer brought;
+///
+/// and the intent replayed again. Returns the new intent.
+async fn record_adoption(
+    tx: &DatabaseTransaction,
+    intent: &Intent,
+    found: Option<&UserResponse>,
+    adopt_remaining: bool,
+) -> Result<Intent, SyncError> {
+    let subscription = subscriptions::Entity::find_by_id(intent.subscription_id)
+        .lock_exclusive()
+        .one(tx)
+        .await?
+        .ok_or_else(|| {
+            SyncError::Invalid(format!("subscription {} vanished", intent.subscription_id))
+        })?;
+    let now = ledger::whole_seconds(Utc::now());
+    let mut subscription = subscription;
+    if let Some(user) = found
+        && user.username != subscription.marzban_username
+    {
+        match MarzbanUsername::adopted(user.username.as_str()) {
+            Ok(name) => {
+                tracing::info!(subscription_id = subscription.id, ours = %subscription.marzban_username, panel = %name, "adopting the panel's spelling of the user");
+                let mut row: subscriptions::ActiveModel = subscription.into();
+                row.marzban_username = Set(name.into_inner());
+                row.updated_at = Set(now);
+                subscription = row.update(tx).await?;
+            }
+            Err(error) => {
+                tracing::warn!(subscription_id = subscription.id, %error, "keeping our spelling of the user")
+            }
+        }
+    }
+    let decision = format!("subscription:{}", subscription.id);
+    if !is_marked(tx, ADOPTED, &decision).await? {
+        mark(tx, ADOPTED, &decision).await?;
+        let balance = found
+            .filter(|_| adopt_remaining)
+            // A user already at exactly the ledger's expiry is one we created (a create whose
+            // answer was lost before this decision existed): its time is ours.
+            .filter(|user| user.expire != Some(intent.desired.expire))
+            .and_then(|user| ledger::opening_balance(user.expire, now));
+        match balance {
+            Some((until, days)) => {
+                subscription_grants::ActiveModel {
+                    id: NotSet,
+                    subscription_id: Set(subscription.id),
+                    payment_id: Set(None),
+                    kind: Set(KIND_OPENING_BALANCE.to_owned()),
+                    days_granted: Set(days),
+                    days_revoked: Set(0),
+                    expires_at_after: Set(until),
+                    created_at: Set(now),
+                    revoked_at: Set(None),
+                }
+                .insert(tx)
+                .await?;
+                restate_grants(tx, subscription.id).await?;
+                tracing::info!(subscription_id = subscription.id, username = %subscription.marzban_username, until = %until, days, "adopted a panel user; its remaining time is the opening balance");
+            }
+            None => {
+                tracing::info!(subscription_id = subscription.id, username = %subscription.marzban_username, found = found.is_some(), "adoption decided: no opening balance");
+            }
+        }
+    }
+    let data_limit = intent.desired.data_limit;
+    write_intent(tx, subscription, intent.telegram_id, data_limit).await
+}
+
+/// Rewrites every grant's `expires_at_after` to the replay up to it, after an opening balance
+/// was put in front of grants written before it.
+async fn restate_grants(tx: &DatabaseTransaction, subscription_id: i64) -> Result<(), DbErr> {
+    let grants = grants_of(tx, subscription_id).await?;
+    let entries: Vec<Entry> = grants.iter().map(entry).collect();
+    let opening: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.carried_until.is_some())
+        .copied()
+        .collect();
+    let mut so_far = opening;
+    for (grant, entry) in grants.into_iter().zip(entries) {
+        if entry.carried_until.is_some() {
+            continue;
+        }
+        so_far.push(entry);
+        let Some(after) = ledger::replay(&so_far) else {
+            continue;
+        };
+        if grant.expires_at_after != after {
+            let mut row: subscription_grants::ActiveModel = grant.into();
+            row.expires_at_after = Set(after);
+            row.update(tx).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Replays the ledger into the desired panel state and stores it on the subscription row
 /// (`expires_at`, `data_limit_bytes`), which the drift check repairs the panel to.
 async fn write_intent(
@@ -525,32 +690,52 @@ async fn ledger_desired(
 /// The subscription's ledger in insertion order, which the subscription lock makes the order
 /// of the grants.
 async fn entries(conn: &impl ConnectionTrait, subscription_id: i64) -> Result<Vec<Entry>, DbErr> {
-    Ok(subscription_grants::Entity::find()
-        .filter(subscription_grants::Column::SubscriptionId.eq(subscription_id))
-        .order_by_asc(subscription_grants::Column::Id)
-        .all(conn)
+    Ok(grants_of(conn, subscription_id)
         .await?
-        .into_iter()
-        .map(|g| Entry {
-            granted_at: g.created_at,
-            days_granted: g.days_granted,
-            days_revoked: g.days_revoked,
-        })
+        .iter()
+        .map(entry)
         .collect())
 }
 
+async fn grants_of(
+    conn: &impl ConnectionTrait,
+    subscription_id: i64,
+) -> Result<Vec<subscription_grants::Model>, DbErr> {
+    subscription_grants::Entity::find()
+        .filter(subscription_grants::Column::SubscriptionId.eq(subscription_id))
+        .order_by_asc(subscription_grants::Column::Id)
+        .all(conn)
+        .await
+}
+
+fn entry(grant: &subscription_grants::Model) -> Entry {
+    Entry {
+        carried_until: (grant.kind == KIND_OPENING_BALANCE).then_some(grant.expires_at_after),
+        ..Entry::grant(grant.created_at, grant.days_granted, grant.days_revoked)
+    }
+}
+
 async fn is_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, DbErr> {
+    is_marked(conn, ANNOUNCED, key).await
+}
+
+async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<(), DbErr> {
+    mark(conn, ANNOUNCED, key).await
+}
+
+/// Whether `processed_messages` holds `(consumer, key)`.
+async fn is_marked(conn: &impl ConnectionTrait, consumer: &str, key: &str) -> Result<bool, DbErr> {
     Ok(
-        processed_messages::Entity::find_by_id((ANNOUNCED.to_owned(), key.to_owned()))
+        processed_messages::Entity::find_by_id((consumer.to_owned(), key.to_owned()))
             .one(conn)
             .await?
             .is_some(),
     )
 }
 
-async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<(), DbErr> {
+async fn mark(conn: &impl ConnectionTrait, consumer: &str, key: &str) -> Result<(), DbErr> {
     processed_messages::Entity::insert(processed_messages::ActiveModel {
-        consumer: Set(ANNOUNCED.to_owned()),
+        consumer: Set(consumer.to_owned()),
         message_id: Set(key.to_owned()),
         processed_at: Set(Utc::now()),
     })
@@ -686,8 +871,9 @@ async fn find_grant(
         .await
 }
 
+/// The subscription's panel user: ours (`tg_<id>`) or the spelling of an adopted one.
 pub(crate) fn username(subscription: &subscriptions::Model) -> Result<MarzbanUsername, SyncError> {
-    MarzbanUsername::parse(subscription.marzban_username.as_str()).map_err(|e| {
+    MarzbanUsername::adopted(subscription.marzban_username.as_str()).map_err(|e| {
         SyncError::Invalid(format!(
             "subscription {}: marzban username: {e}",
             subscription.id

@@ -82,13 +82,18 @@ impl Harness {
     }
 
     async fn start(mode: Mode, tag: &str) -> Self {
+        Self::start_with(mode, tag, emulator::Config::default(), "admin-password").await
+    }
+
+    /// The service against an emulator with `config`, logging in with `password`.
+    async fn start_with(mode: Mode, tag: &str, config: emulator::Config, password: &str) -> Self {
         // `RUST_LOG=marzban_sync=debug cargo test ...` shows what the service did.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let db = TestDb::new().await;
-        let emu = emulator::spawn(emulator::Config::default()).await.unwrap();
+        let emu = emulator::spawn(config).await.unwrap();
         let prefix = testkit::unique_prefix(tag);
         let amqp = testkit::amqp_url();
         let common = load_common(&Source::map([
@@ -140,10 +145,10 @@ impl Harness {
             }
         });
 
-        let settings = settings(&emu);
-        let client = MarzbanClient::new(settings.marzban.clone().unwrap()).unwrap();
+        let service_settings = settings_with(&emu, password);
+        let client = MarzbanClient::new(settings(&emu).marzban.clone().unwrap()).unwrap();
         let shutdown = CancellationToken::new();
-        let service = marzban_sync::start(&settings, &infra, shutdown.clone())
+        let service = marzban_sync::start(&service_settings, &infra, shutdown.clone())
             .await
             .unwrap();
         Self {
@@ -375,11 +380,15 @@ impl Harness {
 }
 
 fn settings(emu: &emulator::Handle) -> ServiceSettings {
+    settings_with(emu, "admin-password")
+}
+
+fn settings_with(emu: &emulator::Handle, password: &str) -> ServiceSettings {
     let vars = [
         ("MARZBAN_SYNC_BIND", "127.0.0.1:0"),
         ("MARZBAN_URL", emu.base_url.as_str()),
         ("MARZBAN_USERNAME", "admin"),
-        ("MARZBAN_PASSWORD", "admin-password"),
+        ("MARZBAN_PASSWORD", password),
         (
             "MARZBAN_PROXIES",
             r#"{"vless": {"flow": "xtls-rprx-vision"}}"#,
@@ -609,7 +618,8 @@ async fn panel_down_for_several_retries_then_activated_once(mut h: Harness) {
 
     h.emu.set_down(true);
     h.publish(&completed(&paid)).await;
-    wait_until(|| async { h.emu.count(route::CREATE_USER) >= 3 }).await;
+    // Each attempt first looks for the user (a first payment), and gets no further.
+    wait_until(|| async { h.emu.count(route::LIST_USERS) >= 3 }).await;
     // The grant is committed before the panel is called; the panel is behind and nothing is
     // announced until it answers.
     let grants = h.grants().await;
@@ -657,12 +667,16 @@ async fn panel_that_applies_but_answers_500_is_not_applied_twice(mut h: Harness)
     let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
     let first = h.pay(user, &month).await;
 
-    // The create happens but we see a 500: the retry finds the user (409) and adopts it.
-    h.emu.push_fault(Fault::InternalErrorAfterProcessing, 1);
+    // The create happens but we see a 500: the retry finds the user and brings it to the
+    // ledger, without taking its time for an opening balance (it is the time we sent).
+    h.emu
+        .push_fault_on(route::CREATE_USER, Fault::InternalErrorAfterProcessing, 1);
     h.publish(&completed(&first)).await;
     let activated = h.activated().await.subscription;
     let key = h.emu.vless_id("tg_100004").unwrap();
-    assert_eq!(h.emu.count(route::CREATE_USER), 2);
+    assert_eq!(h.emu.count(route::CREATE_USER), 1);
+    assert_eq!(h.grants().await.len(), 1, "no opening balance");
+    assert!(close_to(activated.expires_at, Utc::now() + days(30)));
     assert_eq!(h.emu.users().len(), 1);
     assert_eq!(h.stats().retried(), 1);
 
@@ -787,12 +801,16 @@ async fn existing_panel_user_is_adopted_not_duplicated(mut h: Harness) {
     h.publish(&completed(&paid)).await;
     let activated = h.activated().await.subscription;
     assert_eq!(h.emu.users().len(), 1, "adopted, not duplicated");
+    assert_eq!(h.emu.count(route::CREATE_USER), 1, "the test's own");
     let panel = h.panel_user(100_007);
     assert_eq!(panel.vless_id(), Some(key.as_str()), "the key is kept");
     assert_eq!(panel.status, UserStatus::Active, "paid, so active again");
-    // The ledger decides the expiry, not what the panel had.
+    // The ledger decides the expiry: the 3 days it had (its opening balance) + 30 paid.
     assert_eq!(panel.expire, Some(activated.expires_at.timestamp()));
-    assert!(close_to(activated.expires_at, Utc::now() + days(30)));
+    assert_eq!(
+        activated.expires_at.timestamp(),
+        existing.expire + 30 * 86_400
+    );
     assert_eq!(panel.data_limit, Some(100 * GIB));
     h.finish().await;
 }
@@ -875,6 +893,292 @@ async fn drift_check_repairs_a_panel_user_edited_by_hand(mut h: Harness) {
     h.finish().await;
 }
 
+/// A panel user someone else made, with `proxies` (ids kept) and `days_left`.
+fn existing_user(
+    h: &Harness,
+    name: &str,
+    proxies: serde_json::Value,
+    days_left: i64,
+) -> DateTime<Utc> {
+    let expire = ledger_seconds(Utc::now() + days(days_left));
+    let serde_json::Value::Object(proxies) = proxies else {
+        panic!("proxies must be an object")
+    };
+    let proxies = proxies
+        .into_iter()
+        .map(|(protocol, settings)| {
+            let serde_json::Value::Object(settings) = settings else {
+                panic!("settings must be an object")
+            };
+            (protocol, settings)
+        })
+        .collect();
+    h.emu.insert_user(name, proxies, Some(expire.timestamp()));
+    expire
+}
+
+fn ledger_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+}
+
+/// Issue 20 case 1: the customer's panel user is `TG_<id>` while we look for `tg_<id>`. On
+/// SQLite a `GET` of our spelling is 404 and a create would make a second user; on MySQL the
+/// create is a 409. Either way it is found first, adopted under its own spelling, and extended.
+async fn a_panel_user_differing_in_case_is_adopted_not_duplicated(mut h: Harness) {
+    let user = h.user(900_004).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let key = "0b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3";
+    let before = existing_user(
+        &h,
+        "TG_900004",
+        serde_json::json!({"vless": {"id": key}}),
+        5,
+    );
+
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    let activated = h.activated().await.subscription;
+    assert_eq!(h.emu.users().len(), 1, "adopted, not duplicated");
+    assert_eq!(h.emu.count(route::CREATE_USER), 0);
+    assert_eq!(activated.marzban_username, "TG_900004");
+    assert_eq!(h.subscription(user).await.marzban_username, "TG_900004");
+    let panel = h.emu.user("TG_900004").unwrap();
+    assert_eq!(panel.username, "TG_900004");
+    assert_eq!(panel.vless_id(), Some(key));
+    assert_eq!(activated.expires_at, before + days(30));
+    assert_eq!(panel.expire, Some(activated.expires_at.timestamp()));
+
+    // Later payments and the drift check use the panel's spelling.
+    let second = h.pay(user, &month).await;
+    h.publish(&completed(&second)).await;
+    let extended = h.activated().await.subscription;
+    assert_eq!(extended.expires_at, before + days(60));
+    let report = marzban_sync::check_drift(&h.db.conn, &h.client)
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.repaired), (1, 0));
+    assert_eq!(h.emu.users().len(), 1);
+    h.finish().await;
+}
+
+/// Case 1 with the 409 kept handled: the user appears on a case-insensitive (MySQL) panel
+/// between our look-up and our create; the create's 409 makes us look again and adopt it.
+/// (The adoption decision was taken when nothing was found: no opening balance then.)
+async fn a_user_created_after_the_look_up_is_adopted_on_409(mut h: Harness) {
+    let user = h.user(900_005).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+    h.emu.push_fault_on(
+        route::LIST_USERS,
+        Fault::slow_answer(Duration::from_millis(1_500)),
+        1,
+    );
+    h.publish(&completed(&paid)).await;
+    wait_until(|| async { h.emu.count(route::LIST_USERS) == 1 }).await;
+    // The search has been answered inside the panel by now; its answer is on its way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = "1b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3";
+    existing_user(
+        &h,
+        "Tg_900005",
+        serde_json::json!({"vless": {"id": key}}),
+        5,
+    );
+
+    let activated = h.activated().await.subscription;
+    let creates = h.emu.requests_to(route::CREATE_USER);
+    assert_eq!(creates.len(), 1);
+    assert_eq!(creates[0].status, Some(409));
+    assert_eq!(h.emu.users().len(), 1);
+    assert_eq!(activated.marzban_username, "Tg_900005");
+    assert_eq!(h.emu.vless_id("Tg_900005").as_deref(), Some(key));
+    assert!(close_to(activated.expires_at, Utc::now() + days(30)));
+    assert_eq!(
+        h.emu.user("Tg_900005").unwrap().expire,
+        Some(activated.expires_at.timestamp())
+    );
+    h.finish().await;
+}
+
+/// Case 2: a VMess-only user pays; VLESS is added (with `MARZBAN_INBOUNDS`' inbound) by a
+/// `PUT` that carries the VMess proxy with its id, so the old key keeps working.
+async fn an_adopted_vmess_user_gets_vless_and_keeps_its_vmess_id(mut h: Harness) {
+    let user = h.user(900_006).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let vmess = "2b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3";
+    existing_user(
+        &h,
+        "tg_900006",
+        serde_json::json!({"vmess": {"id": vmess}}),
+        5,
+    );
+
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    h.activated().await;
+    let panel = h.panel_user(900_006);
+    assert_eq!(panel.proxies["vmess"]["id"], vmess, "the VMess key is kept");
+    let vless = panel.vless_id().expect("a VLESS key").to_owned();
+    assert_eq!(panel.proxies["vless"]["flow"], "xtls-rprx-vision");
+    assert_eq!(panel.inbounds["vless"], ["VLESS TCP REALITY"]);
+    assert_eq!(panel.inbounds["vmess"], ["VMess TCP"]);
+    let with_proxies: Vec<_> = h
+        .emu
+        .requests_to(route::MODIFY_USER)
+        .into_iter()
+        .filter(|r| r.body.as_ref().unwrap().get("proxies").is_some())
+        .collect();
+    assert_eq!(with_proxies.len(), 1);
+    assert_eq!(
+        with_proxies[0].body.as_ref().unwrap()["proxies"]["vmess"]["id"],
+        vmess
+    );
+
+    // The next payment only extends: both keys stay.
+    let second = h.pay(user, &month).await;
+    h.publish(&completed(&second)).await;
+    h.activated().await;
+    let panel = h.panel_user(900_006);
+    assert_eq!(panel.proxies["vmess"]["id"], vmess);
+    assert_eq!(panel.vless_id(), Some(vless.as_str()));
+    assert_eq!(
+        h.emu
+            .requests_to(route::MODIFY_USER)
+            .iter()
+            .filter(|r| r.body.as_ref().unwrap().get("proxies").is_some())
+            .count(),
+        1
+    );
+    h.finish().await;
+}
+
+/// Case 3: an adopted user with 5 days left gets 5 + 30, and a full refund takes the 30 days
+/// back but not the 5 we never sold. The opening balance is written once.
+async fn adoption_keeps_the_panel_remaining_days_and_a_refund_does_not_take_them(mut h: Harness) {
+    let user = h.user(900_007).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let before = existing_user(
+        &h,
+        "tg_900007",
+        serde_json::json!({"vless": {"id": "3b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"}}),
+        5,
+    );
+    let key = h.emu.vless_id("tg_900007").unwrap();
+
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    h.publish(&completed(&paid)).await;
+    let activated = h.activated().await.subscription;
+    assert_eq!(activated.expires_at, before + days(30));
+    h.settled(2).await;
+    h.assert_no_more_events().await;
+    let grants = h.grants().await;
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    let opening = grants.iter().find(|g| g.kind == "opening_balance").unwrap();
+    assert_eq!(
+        (
+            opening.payment_id,
+            opening.days_granted,
+            opening.expires_at_after
+        ),
+        (None, 5, before)
+    );
+    let purchase = grants.iter().find(|g| g.kind == "purchase").unwrap();
+    assert_eq!(purchase.expires_at_after, before + days(30), "restated");
+
+    h.publish(&refunded(&paid, 19_900, 19_900)).await;
+    let revoked: SubscriptionRevoked = h.next_event().await.decode().unwrap();
+    assert_eq!(revoked.subscription.expires_at, before, "the 5 days stay");
+    let panel = h.panel_user(900_007);
+    assert_eq!(panel.expire, Some(before.timestamp()));
+    assert_eq!(panel.status, UserStatus::Active, "time left, still active");
+    assert_eq!(panel.vless_id(), Some(key.as_str()));
+
+    // A new payment stacks on what is left, and no second opening balance appears.
+    let again = h.pay(user, &month).await;
+    h.publish(&completed(&again)).await;
+    let extended = h.activated().await.subscription;
+    assert_eq!(extended.expires_at, before + days(30));
+    let grants = h.grants().await;
+    assert_eq!(
+        grants
+            .iter()
+            .filter(|g| g.kind == "opening_balance")
+            .count(),
+        1
+    );
+    h.finish().await;
+}
+
+/// Case 4: with a wrong `MARZBAN_PASSWORD` the panel refuses every call, so marzban-sync is
+/// not ready (`"marzban": "down"`, and the gauge says 0); with the right one it is.
+async fn a_wrong_panel_password_makes_marzban_sync_not_ready(mode: Mode) {
+    for (password, status, state) in [("wrong", 503, "down"), ("admin-password", 200, "ok")] {
+        let h = Harness::start_with(mode, "ms-ready", emulator::Config::default(), password).await;
+        let addr = h.service.as_ref().unwrap().server.addr.unwrap().to_string();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let last = loop {
+            let (got, body) = service_kit::testing::http_get(&addr, "/health/ready")
+                .await
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if got == status && json["checks"]["marzban"] == state {
+                break body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{got} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            last.contains(r#""database":"ok""#) && !last.contains("password"),
+            "{last}"
+        );
+        let (_, metrics) = service_kit::testing::http_get(&addr, "/metrics")
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("service_readiness_check_up{check=\"marzban\"}"),
+            "{metrics}"
+        );
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_panel_password_makes_marzban_sync_not_ready_on_rabbitmq() {
+    a_wrong_panel_password_makes_marzban_sync_not_ready(Mode::Rabbit).await;
+}
+
+async fn with_usernames(usernames: emulator::Usernames, tag: &str) -> Harness {
+    let config = emulator::Config {
+        usernames,
+        ..emulator::Config::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Harness::start_with(Mode::Rabbit, tag, config, "admin-password"),
+    )
+    .await
+    .expect("the service did not start within 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panel_user_differing_in_case_is_adopted_not_duplicated_on_sqlite() {
+    let h = with_usernames(emulator::Usernames::CaseSensitive, "ms-case-sqlite").await;
+    a_panel_user_differing_in_case_is_adopted_not_duplicated(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panel_user_differing_in_case_is_adopted_not_duplicated_on_mysql() {
+    let h = with_usernames(emulator::Usernames::CaseInsensitive, "ms-case-mysql").await;
+    a_panel_user_differing_in_case_is_adopted_not_duplicated(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_created_after_the_look_up_is_adopted_on_409_on_mysql() {
+    let h = with_usernames(emulator::Usernames::CaseInsensitive, "ms-409").await;
+    a_user_created_after_the_look_up_is_adopted_on_409(h).await;
+}
+
 /// Every scenario on RabbitMQ (as deployed) and on the in-process bus (single-process mode).
 macro_rules! on_both_buses {
     ($($scenario:ident => $tag:literal),* $(,)?) => {
@@ -912,6 +1216,8 @@ on_both_buses! {
     concurrent_payments_answered_out_of_order_converge_on_the_ledger => "ms-order",
     panel_failure_after_the_grant_resends_the_same_expiry_and_counts_the_days_once => "ms-resend",
     refund_before_its_grant_waits_for_it => "ms-early-refund",
+    an_adopted_vmess_user_gets_vless_and_keeps_its_vmess_id => "ms-vmess",
+    adoption_keeps_the_panel_remaining_days_and_a_refund_does_not_take_them => "ms-remaining",
 }
 
 async fn slow_panel_holds_no_transaction_and_no_row_lock(mut h: Harness) {

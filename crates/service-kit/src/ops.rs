@@ -25,8 +25,13 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// latest round, so a flood of probes costs no database or broker round trips.
 pub const READY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Gauge per readiness check (`check` = `database`, `broker`): 1 up, 0 down.
+/// Gauge per readiness check (`check` = `database`, `broker`, and the outside services a
+/// service depends on: `marzban`, `telegram`): 1 up, 0 down.
 pub const METRIC_CHECK_UP: &str = "service_readiness_check_up";
+
+/// How often a readiness check that calls an outside service ([`Readiness::with_every`]) runs
+/// at most; the rounds in between reuse its last outcome.
+pub const OUTSIDE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What `/health/ready` asks before answering 200: each named check must pass.
 #[derive(Clone, Default)]
@@ -47,6 +52,36 @@ impl Readiness {
     {
         self.checks.push((name, Arc::new(check)));
         self
+    }
+
+    /// [`Readiness::with`] for a check that calls an outside service (the panel, Telegram): it
+    /// runs at most once per `every`, and the rounds in between answer its last outcome. A run
+    /// that does not finish in time counts as down until the next one.
+    pub fn with_every<F>(self, name: &'static str, every: Duration, check: F) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        type Last = Option<(Instant, Result<(), String>)>;
+        let last: Arc<tokio::sync::Mutex<Last>> = Arc::default();
+        let check = Arc::new(check);
+        self.with(name, move || {
+            let (last, check) = (last.clone(), check.clone());
+            Box::pin(async move {
+                let mut last = last.lock().await;
+                if let Some((at, outcome)) = last.as_ref()
+                    && at.elapsed() < every
+                {
+                    return outcome.clone();
+                }
+                // Stands if this run is cut off by the round's timeout.
+                *last = Some((Instant::now(), Err("no answer".to_owned())));
+                let outcome = check().await;
+                if let Some((_, stored)) = last.as_mut() {
+                    *stored = outcome.clone();
+                }
+                outcome
+            })
+        })
     }
 
     /// The database answers a ping.
@@ -87,6 +122,8 @@ impl Readiness {
     /// most one round is ever in flight) — until `shutdown`; the returned cache holds the
     /// latest result. A check that changes state is logged with its error text.
     pub fn spawn_cached(self, interval: Duration, shutdown: Shutdown) -> CachedReadiness {
+        // The recorder first, or the first round's gauges would go nowhere.
+        metrics_handle();
         let (latest, receiver) = watch::channel(None);
         tokio::spawn(async move {
             let checking = async {
@@ -485,6 +522,30 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 1);
         assert!(readiness.rounds() <= 5, "{}", readiness.rounds());
         shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_outside_check_runs_at_most_once_per_interval() {
+        let runs = Arc::new(AtomicU64::new(0));
+        let error = Arc::new(Mutex::new(Some("refused".to_owned())));
+        let readiness = Readiness::new().with_every(
+            "panel",
+            Duration::from_millis(300),
+            counted(runs.clone(), error.clone()),
+        );
+        for _ in 0..5 {
+            assert!(!readiness.report().await.0);
+        }
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            1,
+            "the cached outcome answered"
+        );
+        *error.lock().unwrap() = None;
+        assert!(!readiness.report().await.0, "still the cached outcome");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(readiness.report().await.0);
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

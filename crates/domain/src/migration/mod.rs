@@ -36,5 +36,6 @@ migrations![
     m20261206_000010_crypto_invoice_amount_index,
     m20261206_000020_one_pending_refund,
     m20261206_000120_open_checkouts,
+    m20261206_000200_opening_balance_grant,
     m20261206_000300_star_transactions,
 ];

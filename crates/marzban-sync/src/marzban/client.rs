@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::types::{
-    CreateUser, CreateUserBody, Inbounds, ModifyUser, ModifyUserBody, Proxies, TokenResponse,
-    UserResponse,
+    CreateUser, CreateUserBody, Inbounds, ModifyUser, ModifyUserBody, Proxies, SetProxiesBody,
+    TokenResponse, UserList, UserResponse,
 };
 
 /// How to reach and use the panel.
@@ -221,6 +221,73 @@ impl MarzbanClient {
             Err(MarzbanError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /api/admin`: the panel answers and accepts our credentials (a readiness check;
+    /// logs in first when no token is cached, and again once if the token is refused).
+    pub async fn check_credentials(&self) -> Result<(), MarzbanError> {
+        self.call("admin", Method::GET, "/admin", |r| r).await?;
+        Ok(())
+    }
+
+    /// `GET /api/users?search=…`: the users whose name or note contains `text` as SQL `ILIKE`
+    /// sees it — in any letter case, with `_` matching any one character.
+    pub async fn search_users(&self, text: &str) -> Result<Vec<UserResponse>, MarzbanError> {
+        let response = self
+            .call("search_users", Method::GET, "/users", |r| {
+                r.query(&[("search", text)])
+            })
+            .await?;
+        Ok(decode::<UserList>(response).await?.users)
+    }
+
+    /// The panel user `username` names in any letter case: [`MarzbanClient::search_users`],
+    /// then an exact case-insensitive match. Marzban 0.8.4 on SQLite compares names
+    /// case-sensitively (`GET /api/user/tg_1` misses an existing `TG_1`, and a create of
+    /// `tg_1` makes a second user), so this is how an existing user is found before creating
+    /// one. When the panel has several spellings, the exact one wins, else the first listed.
+    pub async fn find_user(
+        &self,
+        username: &MarzbanUsername,
+    ) -> Result<Option<UserResponse>, MarzbanError> {
+        let name = username.as_str();
+        let mut matches: Vec<UserResponse> = self
+            .search_users(name)
+            .await?
+            .into_iter()
+            .filter(|u| u.username.eq_ignore_ascii_case(name))
+            .collect();
+        let exact = matches.iter().position(|u| u.username == name);
+        Ok(match exact {
+            Some(index) => Some(matches.swap_remove(index)),
+            None => matches.into_iter().next(),
+        })
+    }
+
+    /// `PUT /api/user/{username}` with `proxies` (and `inbounds` for added protocols that
+    /// must not get every inbound). Marzban keeps the ids and passwords it is given, generates
+    /// them for a protocol sent without, and **deletes every protocol not in `proxies`**: pass
+    /// all the user's proxies as the panel returned them, plus the new ones.
+    pub async fn set_proxies(
+        &self,
+        username: &MarzbanUsername,
+        proxies: &Proxies,
+        inbounds: &Inbounds,
+    ) -> Result<UserResponse, MarzbanError> {
+        if proxies.is_empty() {
+            return Err(MarzbanError::InvalidInput(
+                "a user needs at least one protocol".to_owned(),
+            ));
+        }
+        let body = SetProxiesBody {
+            proxies,
+            inbounds: (!inbounds.is_empty()).then_some(inbounds),
+        };
+        let path = format!("/user/{username}");
+        let response = self
+            .call("set_proxies", Method::PUT, &path, |r| r.json(&body))
+            .await?;
+        decode(response).await
     }
 
     /// `POST /api/user` with the configured `proxies` and `inbounds`. An existing user is

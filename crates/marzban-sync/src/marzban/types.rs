@@ -137,6 +137,22 @@ pub(crate) struct ModifyUserBody {
     pub status: Option<ModifyStatus>,
 }
 
+/// Body of a `PUT /api/user/{username}` that changes the protocols: every protocol the user
+/// is to keep, with its settings (ids included, so its keys survive), and the inbounds of
+/// added protocols that must not get every inbound.
+#[derive(Debug, Serialize)]
+pub(crate) struct SetProxiesBody<'a> {
+    pub proxies: &'a Proxies,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbounds: Option<&'a Inbounds>,
+}
+
+/// `GET /api/users` (only the users; `total` is not needed).
+#[derive(Debug, Deserialize)]
+pub(crate) struct UserList {
+    pub users: Vec<UserResponse>,
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenResponse {
     pub access_token: String,
