@@ -92,11 +92,11 @@ pub async fn start(
     infra: &Infra,
     shutdown: Shutdown,
 ) -> anyhow::Result<Service> {
-    let ops = ops::serve_ops_on(
-        settings.ops_bind.as_deref(),
-        infra.readiness(),
-        shutdown.clone(),
-    )?;
+    let readiness = match &settings.telegram {
+        Some(bot) => with_telegram_check(infra.readiness(), telegram_client(bot)),
+        None => infra.readiness(),
+    };
+    let ops = ops::serve_ops_on(settings.ops_bind.as_deref(), readiness, shutdown.clone())?;
     let Some(bot) = &settings.telegram else {
         tracing::warn!("{SERVICE}: TELEGRAM_BOT_TOKEN is not set; the bot is off");
         let stopped = shutdown.clone();
@@ -165,6 +165,28 @@ pub async fn start(
         poller: poller_abort,
         webhook_addr,
         consumer_stats: Some(consumer_stats),
+    })
+}
+
+/// `readiness` plus the check `telegram`: the Bot API answers `getMe` for our token (a revoked
+/// or wrong `TELEGRAM_BOT_TOKEN` is not ready), run at most every
+/// [`ops::OUTSIDE_CHECK_INTERVAL`]; its state is also the gauge
+/// `service_readiness_check_up{check="telegram"}`. The logged error never carries the token
+/// (it is part of the request URL).
+pub fn with_telegram_check(readiness: ops::Readiness, api: Api) -> ops::Readiness {
+    use frankenstein::AsyncTelegramApi;
+    readiness.with_every("telegram", ops::OUTSIDE_CHECK_INTERVAL, move || {
+        let api = api.clone();
+        Box::pin(async move {
+            match api.get_me().await {
+                Ok(_) => Ok(()),
+                Err(frankenstein::Error::Api(error)) => Err(format!(
+                    "getMe answered {}: {}",
+                    error.error_code, error.description
+                )),
+                Err(_) => Err("cannot reach the Bot API".to_owned()),
+            }
+        })
     })
 }
 

@@ -131,6 +131,12 @@ impl World {
         self.bot = Some((service, shutdown));
     }
 
+    /// The bot's ops address (`/health/ready`, `/metrics`).
+    pub fn bot_ops_addr(&self) -> std::net::SocketAddr {
+        let (service, _) = self.bot.as_ref().expect("the bot runs");
+        service.server.addr.expect("an ops address")
+    }
+
     /// Stops the bot's poller as a crash would: no graceful last confirmation of updates.
     pub fn kill_bot(&mut self) {
         if let Some((service, shutdown)) = self.bot.take() {
