@@ -463,7 +463,7 @@ impl PanelAccess {
                 "(MARZBAN_URL not set)",
             );
         };
-        let username = match MarzbanUsername::parse(subscription.marzban_username.clone()) {
+        let username = match MarzbanUsername::adopted(subscription.marzban_username.clone()) {
             Ok(name) => name,
             Err(error) => {
                 return PanelState::note(

@@ -96,12 +96,15 @@ async fn four_customers_pay_with_yookassa_stars_usdt_and_a_card_in_telegram_and_
 const USERS: i64 = 50;
 const PAYMENTS_PER_USER: i64 = 4;
 
-/// (tariff, days) of a user's `n`-th payment.
+/// (tariff, days) of a user's `n`-th payment: four tariffs, so a user's four checkouts at the
+/// same time are four payments (a second press for the same tariff and provider returns the
+/// open checkout instead).
 fn tariff(n: i64) -> (&'static str, i64) {
-    if n % 2 == 0 {
-        ("month_1", 30)
-    } else {
-        ("month_3", 90)
+    match n % 4 {
+        0 => ("month_1", 30),
+        1 => ("month_3", 90),
+        2 => ("month_6", 180),
+        _ => ("month_12", 365),
     }
 }
 
