@@ -16,8 +16,9 @@ use super::types::{
     TokenResponse, UserList, UserResponse,
 };
 
-/// How to reach and use the panel.
-#[derive(Debug, Clone)]
+/// How to reach and use the panel. `Debug` masks a password written into `MARZBAN_URL`
+/// (`https://user:pass@panel…`); the admin password itself is a secret.
+#[derive(Clone)]
 pub struct MarzbanSettings {
     /// Panel URL, e.g. `https://panel.example.com` (`MARZBAN_URL`); the API is under `/api`.
     pub base_url: String,
@@ -32,6 +33,19 @@ pub struct MarzbanSettings {
     /// `inbounds` of every create (`MARZBAN_INBOUNDS`); always sent, because a create without
     /// it gives the user no inbound at all (§4b).
     pub inbounds: Inbounds,
+}
+
+impl std::fmt::Debug for MarzbanSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarzbanSettings")
+            .field("base_url", &messaging::redact::redact_url(&self.base_url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("timeout", &self.timeout)
+            .field("proxies", &self.proxies)
+            .field("inbounds", &self.inbounds)
+            .finish()
+    }
 }
 
 impl MarzbanSettings {
@@ -590,6 +604,19 @@ async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, MarzbanErr
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn debug_masks_the_passwords() {
+        let settings = MarzbanSettings::new(
+            "https://ops:url-secret@panel.example.com",
+            "admin",
+            SecretString::from("admin-secret"),
+        );
+        let printed = format!("{settings:?}");
+        assert!(printed.contains("panel.example.com"), "{printed}");
+        assert!(!printed.contains("url-secret"), "{printed}");
+        assert!(!printed.contains("admin-secret"), "{printed}");
+    }
 
     #[test]
     fn marzban_422_object_becomes_the_field_map() {
