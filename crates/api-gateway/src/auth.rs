@@ -48,6 +48,12 @@ impl Tokens {
         }
         matched.ok_or(ApiError::Unauthorized)
     }
+
+    /// Whether the request carries the service or the admin token (for picking its rate
+    /// limit; the route still checks the role it needs). No bearer header: `false` at once.
+    pub fn presented_valid(&self, req: &HttpRequest) -> bool {
+        bearer(req).is_some() && self.check(req, &[Role::Service, Role::Admin]).is_ok()
+    }
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {

@@ -52,6 +52,9 @@ pub enum ApiError {
     ProviderUnavailable(String),
     #[error("{0} is not configured on this gateway")]
     NotConfigured(&'static str),
+    /// Over a rate limit (issue 18): 429 with `Retry-After`.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::ProviderRejected(_) => "provider_rejected",
             ApiError::ProviderUnavailable(_) => "provider_unavailable",
             ApiError::NotConfigured(_) => "not_configured",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -111,6 +115,7 @@ impl ResponseError for ApiError {
             ApiError::ProviderRejected(_) => StatusCode::BAD_GATEWAY,
             ApiError::ProviderUnavailable(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +133,11 @@ impl ResponseError for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
     }

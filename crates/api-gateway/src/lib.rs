@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod checkout;
 pub mod error;
+pub mod limits;
 pub mod observability;
 pub mod payments;
 pub mod settings;
@@ -92,6 +93,9 @@ pub async fn start(
         providers = ?enabled,
         tariffs = tariffs.len(),
         crypto_webhook = settings.crypto_webhook_secret.is_some(),
+        webhook_limit = ?settings.webhook_limit.map(|r| r.to_string()),
+        api_limit = ?settings.api_limit.map(|r| r.to_string()),
+        api_token_limit = ?settings.api_token_limit.map(|r| r.to_string()),
         "api-gateway configured"
     );
     let state = web::Data::new(AppState {
@@ -109,6 +113,7 @@ pub async fn start(
         crypto_tolerance_secs: settings.crypto_webhook_tolerance_secs,
         max_body_bytes: settings.max_body_bytes,
         in_flight: InFlight::default(),
+        limits: limits::Limits::new(settings),
         checkout: settings.checkout,
     });
     let workers = match settings.gateway_workers {
@@ -124,6 +129,8 @@ pub async fn start(
     let ops_addr = ops.as_ref().and_then(|ops| ops.addr);
     let (addr, public) = ops::serve(&settings.gateway_bind, workers, shutdown, move || {
         App::new()
+            // Outermost first: observe (ids, logs, metrics) sees every answer, 429s included.
+            .wrap(from_fn(limits::limit))
             .wrap(from_fn(observability::observe))
             .app_data(state.clone())
             .configure(webhooks::configure)

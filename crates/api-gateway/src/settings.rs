@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use domain::env::EnvVar;
 use payment_core::{IpAllowList, PaymentSettings};
+use ratelimit::{Rate, Setting};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -21,6 +22,17 @@ pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default `CRYPTO_WEBHOOK_TOLERANCE_SECS`: how far a signed timestamp may be from our clock.
 pub const DEFAULT_SIGNATURE_TOLERANCE_SECS: u64 = 300;
+/// Default `GATEWAY_WEBHOOK_LIMIT`: webhook requests that fail the source or signature check,
+/// per client address.
+pub const DEFAULT_WEBHOOK_LIMIT: Rate = Rate::per_second(5, 20);
+/// Default `GATEWAY_API_LIMIT`: requests without a valid bearer token (the API, unknown
+/// routes), per client address.
+pub const DEFAULT_API_LIMIT: Rate = Rate::per_second(10, 20);
+/// Default `GATEWAY_API_TOKEN_LIMIT`: requests with a valid service or admin token, per client
+/// address — the bot's checkouts for all its users come from one address.
+pub const DEFAULT_API_TOKEN_LIMIT: Rate = Rate::per_second(200, 400);
+/// Default `GATEWAY_LIMIT_KEYS`: client addresses each limit keeps a budget for.
+pub const DEFAULT_LIMIT_KEYS: usize = 50_000;
 
 /// The gateway's own variables ([`env_vars`] adds the common and the provider ones).
 pub const VARS: &[EnvVar] = &[
@@ -34,6 +46,10 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("CRYPTO_WEBHOOK_TOLERANCE_SECS", "300"),
     EnvVar::optional("TRUSTED_PROXIES"),
     EnvVar::optional("TARIFFS_FILE"),
+    EnvVar::default("GATEWAY_WEBHOOK_LIMIT", "5/s,burst=20"),
+    EnvVar::default("GATEWAY_API_LIMIT", "10/s,burst=20"),
+    EnvVar::default("GATEWAY_API_TOKEN_LIMIT", "200/s,burst=400"),
+    EnvVar::default("GATEWAY_LIMIT_KEYS", "50000"),
     EnvVar::default("CHECKOUT_REUSE_MINUTES", "30"),
     EnvVar::default("CHECKOUT_MAX_OPEN_PAYMENTS", "5"),
 ];
@@ -77,6 +93,18 @@ pub struct GatewaySettings {
     /// `TARIFFS_FILE`: the tariffs upserted at start-up; unset = the built-in default, which
     /// is `config/tariffs.toml` of the repository.
     pub tariffs_file: Option<PathBuf>,
+    /// `GATEWAY_WEBHOOK_LIMIT` (default `5/s,burst=20`; `off`): unverified webhook requests
+    /// per client address — only requests that fail the source or signature check count.
+    pub webhook_limit: Option<Rate>,
+    /// `GATEWAY_API_LIMIT` (default `10/s,burst=20`; `off`): requests without a valid token per
+    /// client address.
+    pub api_limit: Option<Rate>,
+    /// `GATEWAY_API_TOKEN_LIMIT` (default `200/s,burst=400`; `off`): requests with a valid
+    /// token per client address.
+    pub api_token_limit: Option<Rate>,
+    /// `GATEWAY_LIMIT_KEYS` (default 50000): the most client addresses each limit tracks;
+    /// further addresses share one overflow budget.
+    pub limit_keys: usize,
     /// Provider settings (`YOOKASSA_SHOP_ID`, `YOOKASSA_SECRET_KEY`, `YOOKASSA_API_URL`,
     /// `YOOKASSA_ALLOWED_IPS`, …); a provider is enabled by the presence of its settings.
     pub payments: PaymentSettings,
@@ -98,6 +126,10 @@ impl Default for GatewaySettings {
             crypto_webhook_tolerance_secs: DEFAULT_SIGNATURE_TOLERANCE_SECS,
             trusted_proxies: IpAllowList::default(),
             tariffs_file: None,
+            webhook_limit: Some(DEFAULT_WEBHOOK_LIMIT),
+            api_limit: Some(DEFAULT_API_LIMIT),
+            api_token_limit: Some(DEFAULT_API_TOKEN_LIMIT),
+            limit_keys: DEFAULT_LIMIT_KEYS,
             payments: PaymentSettings::default(),
             checkout: CheckoutPolicy::default(),
         }
@@ -128,6 +160,18 @@ impl TryFrom<Vars> for GatewaySettings {
                 "must differ from GATEWAY_BIND (health and metrics stay off the public port)",
             ));
         }
+        let limit = |name: &str, default: Rate| -> Result<Option<Rate>, String> {
+            Ok(raw.parse::<Setting>(name)?.map_or(Some(default), |s| s.0))
+        };
+        let limit_keys = raw
+            .parse::<usize>("GATEWAY_LIMIT_KEYS")?
+            .unwrap_or(DEFAULT_LIMIT_KEYS);
+        if limit_keys == 0 {
+            return Err(service_kit::settings::invalid(
+                "GATEWAY_LIMIT_KEYS",
+                "must be positive",
+            ));
+        }
         // Equal tokens would give the bot's token the admin's refunds.
         raw.distinct("API_SERVICE_TOKEN", "API_ADMIN_TOKEN")?;
         Ok(Self {
@@ -143,6 +187,10 @@ impl TryFrom<Vars> for GatewaySettings {
                 .unwrap_or(defaults.crypto_webhook_tolerance_secs),
             trusted_proxies: raw.parse("TRUSTED_PROXIES")?.unwrap_or_default(),
             tariffs_file: raw.get("TARIFFS_FILE").map(PathBuf::from),
+            webhook_limit: limit("GATEWAY_WEBHOOK_LIMIT", DEFAULT_WEBHOOK_LIMIT)?,
+            api_limit: limit("GATEWAY_API_LIMIT", DEFAULT_API_LIMIT)?,
+            api_token_limit: limit("GATEWAY_API_TOKEN_LIMIT", DEFAULT_API_TOKEN_LIMIT)?,
+            limit_keys,
             payments,
             checkout: checkout_policy(&raw)?,
         })
@@ -190,6 +238,34 @@ mod tests {
         assert!(s.api_service_token.is_none());
         assert!(s.payments.yookassa.is_none());
         assert_eq!(s.crypto_webhook_tolerance_secs, 300);
+        assert_eq!(s.webhook_limit, Some(DEFAULT_WEBHOOK_LIMIT));
+        assert_eq!(s.api_limit, Some(DEFAULT_API_LIMIT));
+        assert_eq!(s.api_token_limit, Some(DEFAULT_API_TOKEN_LIMIT));
+        assert_eq!(s.limit_keys, DEFAULT_LIMIT_KEYS);
+    }
+
+    #[test]
+    fn limits_are_read_and_can_be_turned_off() {
+        let s: GatewaySettings = Source::map([
+            ("GATEWAY_WEBHOOK_LIMIT", "2/s,burst=4"),
+            ("GATEWAY_API_LIMIT", "off"),
+            ("GATEWAY_API_TOKEN_LIMIT", "600/min"),
+            ("GATEWAY_LIMIT_KEYS", "10"),
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(s.webhook_limit, Some(Rate::per_second(2, 4)));
+        assert_eq!(s.api_limit, None);
+        assert_eq!(s.api_token_limit, Some(Rate::per_minute(600, 600)));
+        assert_eq!(s.limit_keys, 10);
+        let err = Source::map([("GATEWAY_API_LIMIT", "fast")])
+            .load::<GatewaySettings>()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("setting GATEWAY_API_LIMIT is invalid"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct AppState {
     pub crypto_tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub in_flight: InFlight,
+    /// The per-address rate limits ([`crate::limits`]).
+    pub limits: crate::limits::Limits,
     /// One open checkout per customer, tariff, provider and currency; the cap on open ones.
     pub checkout: CheckoutPolicy,
 }

@@ -83,7 +83,10 @@ async fn yookassa(
         body: &body,
     };
     let notification = match provider.receive_webhook(&request).await {
-        Ok(notification) => notification,
+        Ok(notification) => {
+            crate::limits::mark_verified(&req);
+            notification
+        }
         Err(WebhookError::ForbiddenSource(client)) => {
             webhook_verdict(PROVIDER, "forbidden");
             tracing::warn!(%peer, %client, provider = PROVIDER, "webhook from outside the allow-list refused");
@@ -96,6 +99,8 @@ async fn yookassa(
             )));
         }
         Err(WebhookError::MalformedBody(reason)) => {
+            // From the allow-list: a bad body, not unverified traffic.
+            crate::limits::mark_verified(&req);
             webhook_verdict(PROVIDER, "malformed");
             return Err(ApiError::InvalidJson(reason));
         }
@@ -189,6 +194,7 @@ async fn crypto(
         tracing::warn!(%peer, %error, provider = PROVIDER, "crypto notice refused");
         return Err(ApiError::BadSignature(error.to_string()));
     }
+    crate::limits::mark_verified(&req);
     refuse_declared_non_json(&req).inspect_err(|_| webhook_verdict(PROVIDER, "malformed"))?;
     let notice: CryptoNotice = parse_json(&body).inspect_err(|_| {
         webhook_verdict(PROVIDER, "malformed");

@@ -217,6 +217,8 @@ async fn send(api: &Api, chat: i64, html: String) {
         .text(html)
         .parse_mode(ParseMode::Html)
         .build();
+    // Telegram allows a bot about 30 messages a second: wait for a slot (TELEGRAM_API_LIMIT).
+    ratelimit::TELEGRAM.wait().await;
     if let Err(error) = api.send_message(&params).await {
         tracing::warn!(chat, %error, "sendMessage failed");
     }

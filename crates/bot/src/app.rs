@@ -49,6 +49,8 @@ pub struct App {
     provider_token: Option<SecretString>,
     /// Stores payment messages (group commit, shared with the gateway's webhooks).
     inbox: Inbox,
+    /// Per-user limits on commands and button presses ([`crate::limits`]).
+    limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for App {
@@ -126,6 +128,8 @@ async fn send_message(api: &Api, chat: i64, text: String, markup: Option<InlineK
         .text(text)
         .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
         .build();
+    // Telegram allows a bot about 30 messages a second: wait for a slot (TELEGRAM_API_LIMIT).
+    ratelimit::TELEGRAM.wait().await;
     if let Err(error) = api.send_message(&params).await {
         tracing::warn!(chat, %error, "sendMessage failed");
     }
@@ -155,7 +159,14 @@ impl App {
             gateway,
             admins,
             provider_token,
+            limits: crate::limits::Limits::default(),
         }
+    }
+
+    /// The same app with these per-user limits (the settings' instead of the defaults).
+    pub fn with_limits(mut self, limits: crate::limits::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn is_admin(&self, user: i64) -> bool {
@@ -245,6 +256,16 @@ impl App {
         };
         let chat = message.chat.id;
         let t = lang_of(from).texts();
+        let decision = self.limits.user.check(&user_id(from));
+        if !decision.is_allowed() {
+            // Said once in a while, not once per message: a flood of commands must not turn
+            // into a flood of answers.
+            if self.limits.may_notify(user_id(from)) {
+                let text = crate::limits::refusal(t.rate_limited, decision);
+                self.send(chat, text, None).await;
+            }
+            return;
+        }
         let admin = self.is_admin(user_id(from));
         let text = message.text.as_deref().unwrap_or_default();
         match command(text) {
@@ -335,6 +356,17 @@ impl App {
         };
         let data = query.data.as_deref().unwrap_or_default();
         let parts: Vec<&str> = data.split(':').collect();
+        // A press over the user's limit, or a Pay press over the checkout limit, is answered
+        // with a toast and does nothing.
+        let mut decision = self.limits.user.check(&user);
+        if decision.is_allowed() && parts.first() == Some(&"p") {
+            decision = self.limits.checkout.check(&user);
+        }
+        if !decision.is_allowed() {
+            let text = crate::limits::refusal(t.rate_limited, decision);
+            self.answer_callback(&query.id, Some(&text)).await;
+            return;
+        }
         let answer: Option<&str> = match parts.as_slice() {
             ["menu"] => {
                 self.main_menu(click.chat, from).await;
@@ -676,6 +708,7 @@ impl App {
                 LabeledPrice::builder().label(title).amount(total).build(),
             ])
             .build();
+        ratelimit::TELEGRAM.wait().await;
         match self.api.send_invoice(&params).await {
             Ok(_) => Some(t.invoice_sent),
             Err(error) => {

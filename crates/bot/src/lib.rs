@@ -4,6 +4,7 @@ pub mod admin;
 pub mod app;
 pub mod chart;
 pub mod gateway;
+pub mod limits;
 pub mod notify;
 pub mod png;
 pub mod poller;
@@ -117,14 +118,17 @@ pub async fn start(
         bot.admin_token.clone(),
         bot.gateway_timeout,
     )?;
-    let app = Arc::new(App::new(
-        api.clone(),
-        infra.db.clone(),
-        gateway,
-        bot.admin_ids.clone(),
-        bot.provider_token.clone(),
-        infra.outbox_nudge.clone(),
-    ));
+    let app = Arc::new(
+        App::new(
+            api.clone(),
+            infra.db.clone(),
+            gateway,
+            bot.admin_ids.clone(),
+            bot.provider_token.clone(),
+            infra.outbox_nudge.clone(),
+        )
+        .with_limits(limits::Limits::new(&bot.limits)),
+    );
 
     let runner = ConsumerRunner::new(
         Notifier::new(api, infra.db.clone()),

@@ -104,6 +104,7 @@ impl Notifier {
             .text(text)
             .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
             .build();
+        ratelimit::TELEGRAM.wait().await;
         self.api.send_message(&params).await.map(|_| ())
     }
 }

@@ -95,6 +95,8 @@ pub async fn send_photo(
         .file_name(file_name.to_owned())
         .mime_str("image/png")?;
     form = form.part("photo", part);
+    // Telegram allows a bot about 30 messages a second: wait for a slot (TELEGRAM_API_LIMIT).
+    ratelimit::TELEGRAM.wait().await;
     let response = api
         .client
         .post(format!("{}/sendPhoto", api.api_url))

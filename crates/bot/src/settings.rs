@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use domain::env::EnvVar;
+use ratelimit::{Rate, Setting};
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_kit::settings::{Vars, invalid};
@@ -19,6 +20,13 @@ pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8080";
 pub const DEFAULT_POLL_TIMEOUT_SECS: u32 = 25;
 pub const DEFAULT_GATEWAY_TIMEOUT_MS: u64 = 15_000;
 pub const DEFAULT_WEBHOOK_BIND: &str = "0.0.0.0:8088";
+/// Default `BOT_USER_LIMIT`: commands and button presses per Telegram user.
+pub const DEFAULT_USER_LIMIT: Rate = Rate::per_minute(60, 30);
+/// Default `BOT_CHECKOUT_LIMIT`: presses of a Pay button (each makes or shows a payment) per
+/// Telegram user.
+pub const DEFAULT_CHECKOUT_LIMIT: Rate = Rate::per_minute(10, 10);
+/// Default `BOT_LIMIT_USERS`: users each limit keeps a budget for.
+pub const DEFAULT_LIMIT_USERS: usize = 100_000;
 
 /// The bot's own variables ([`env_vars`] adds the common ones). `TELEGRAM_BOT_TOKEN` and
 /// `API_SERVICE_TOKEN` are optional here because the standalone binary runs without a bot; the
@@ -38,6 +46,9 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::optional("TELEGRAM_WEBHOOK_URL"),
     EnvVar::optional("TELEGRAM_WEBHOOK_SECRET"),
     EnvVar::default("TELEGRAM_WEBHOOK_BIND", DEFAULT_WEBHOOK_BIND),
+    EnvVar::default("BOT_USER_LIMIT", "60/min,burst=30"),
+    EnvVar::default("BOT_CHECKOUT_LIMIT", "10/min,burst=10"),
+    EnvVar::default("BOT_LIMIT_USERS", "100000"),
 ];
 
 /// Every variable the `bot` binary reads; it refuses to start without its token and the
@@ -89,6 +100,9 @@ pub struct BotSettings {
     pub gateway_timeout: Duration,
     /// Webhook mode when `TELEGRAM_WEBHOOK_URL` is set; long polling otherwise.
     pub webhook: Option<WebhookSettings>,
+    /// `BOT_USER_LIMIT` (default `60/min,burst=30`; `off`), `BOT_CHECKOUT_LIMIT` (default
+    /// `10/min,burst=10`; `off`) and `BOT_LIMIT_USERS` (default 100000): see [`crate::limits`].
+    pub limits: crate::limits::LimitSettings,
 }
 
 impl ServiceSettings {
@@ -143,7 +157,23 @@ fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
         poll_timeout_secs,
         gateway_timeout: Duration::from_millis(gateway_ms),
         webhook: webhook(vars)?,
+        limits: limits(vars)?,
     }))
+}
+
+fn limits(vars: &Vars) -> Result<crate::limits::LimitSettings, String> {
+    let limit = |name: &str, default: Rate| -> Result<Option<Rate>, String> {
+        Ok(vars.parse::<Setting>(name)?.map_or(Some(default), |s| s.0))
+    };
+    let users = vars.parse_or("BOT_LIMIT_USERS", DEFAULT_LIMIT_USERS)?;
+    if users == 0 {
+        return Err(invalid("BOT_LIMIT_USERS", "must be positive"));
+    }
+    Ok(crate::limits::LimitSettings {
+        user: limit("BOT_USER_LIMIT", DEFAULT_USER_LIMIT)?,
+        checkout: limit("BOT_CHECKOUT_LIMIT", DEFAULT_CHECKOUT_LIMIT)?,
+        users,
+    })
 }
 
 fn webhook(vars: &Vars) -> Result<Option<WebhookSettings>, String> {

@@ -10,7 +10,9 @@
 //! `burst`, `ingest-spike`, `ingest-burst` (the spike and the burst with the consumers paused
 //! while the webhooks are sent: the gateway's own figures), `duplicate-storm`, `pre-checkout`,
 //! `slow-yookassa` (YooKassa answering after 10 s with 50 checkouts in flight while webhooks
-//! arrive, next to the same webhooks with YooKassa quick).
+//! arrive, next to the same webhooks with YooKassa quick), `flood` (10,000 unverified requests/s
+//! at the gateway while YooKassa's notifications arrive at 50/s, next to the same webhooks
+//! without the flood).
 //! Writes `bench/results/<date>.json` and `.md` (`BENCH_OUT` changes the directory).
 
 mod limits;
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use scenario::Settings;
 
-const STANDARD: [&str; 10] = [
+const STANDARD: [&str; 11] = [
     "limits",
     "steady-50",
     "steady-200",
@@ -35,6 +37,7 @@ const STANDARD: [&str; 10] = [
     "duplicate-storm",
     "pre-checkout",
     "slow-yookassa",
+    "flood",
 ];
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -103,6 +106,15 @@ async fn main() -> anyhow::Result<()> {
                     Duration::from_millis(env("BENCH_SLOW_LATENCY_MS", 10_000)),
                     env("BENCH_SLOW_CHECKOUTS", 50),
                     env("BENCH_SLOW_RATE", 100.0),
+                )
+                .await?
+            }
+            "flood" => {
+                scenario::run_flood(
+                    &settings,
+                    name,
+                    env("BENCH_FLOOD_JUNK_RATE", 10_000.0),
+                    env("BENCH_FLOOD_RATE", 50.0),
                 )
                 .await?
             }

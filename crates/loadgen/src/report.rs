@@ -248,6 +248,32 @@ impl Run {
                 .join("; ")
         );
         for s in &self.scenarios {
+            if let (Some(baseline), Some(flood)) = (s.ack_ms_baseline, &s.flood) {
+                let _ = writeln!(
+                    out,
+                    "\n{}: webhook ack ms p50 / p95 / p99 under the flood {} (max {}), without it {} \
+                     (max {}); junk offered {:.0}/s for {:.1} s, answered {} ({:.0}/s): 403 {}, \
+                     401 {}, 429 {}, other {}; gateway RSS {:.1} MiB before the flood, {:.1} after, \
+                     peak {:.1}.",
+                    s.name,
+                    Latency::triple(s.ack_ms),
+                    s.ack_ms.map_or("–".into(), |a| ms(a.max)),
+                    Latency::triple(Some(baseline)),
+                    ms(baseline.max),
+                    flood.offered_per_s,
+                    flood.seconds,
+                    flood.sent,
+                    flood.sent_per_s,
+                    flood.forbidden_403,
+                    flood.bad_signature_401,
+                    flood.limited_429,
+                    flood.other,
+                    flood.gateway_rss_before_mib,
+                    flood.gateway_rss_after_mib,
+                    flood.gateway_peak_rss_mib,
+                );
+                continue;
+            }
             if let Some(baseline) = s.ack_ms_baseline {
                 let (done, failed) = s.slow_checkouts.unwrap_or_default();
                 let _ = writeln!(

@@ -82,6 +82,8 @@ pub struct Outcome {
     pub ack_ms_baseline: Option<Latency>,
     /// Checkouts that waited for the slow YooKassa: finished (201) and failed.
     pub slow_checkouts: Option<(u64, u64)>,
+    /// The junk of the `flood` scenario and the gateway's memory around it.
+    pub flood: Option<Flood>,
     /// Webhook sent → activation message received by the Telegram emulator.
     pub e2e_ms: Option<Latency>,
     /// `pre_checkout_query` sent → answered, as the Telegram emulator timed it.
@@ -106,6 +108,26 @@ pub struct Outcome {
     pub cpu: CpuSplit,
     /// `/proc/loadavg` when the scenario ended (other work on the machine shows here).
     pub load_average: String,
+}
+
+/// What the `flood` scenario threw at the gateway, how it answered, and its memory.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Flood {
+    /// Junk requests planned per second and for how long.
+    pub offered_per_s: f64,
+    pub seconds: f64,
+    /// Junk requests answered, and per second of the flood.
+    pub sent: u64,
+    pub sent_per_s: f64,
+    pub forbidden_403: u64,
+    pub bad_signature_401: u64,
+    pub limited_429: u64,
+    /// Any other answer, or no answer.
+    pub other: u64,
+    /// Gateway RSS just before the flood, just after it, and its peak (`VmHWM`) so far (MiB).
+    pub gateway_rss_before_mib: f64,
+    pub gateway_rss_after_mib: f64,
+    pub gateway_peak_rss_mib: f64,
 }
 
 /// PostgreSQL's counters for the cluster's database (`pg_stat_database`).
@@ -199,6 +221,14 @@ impl Ctx {
                 ("RUST_LOG".into(), settings.log.clone()),
                 // Empty: the emulator's notifier is off; the load generator notifies.
                 ("SANDBOX_YOOKASSA_WEBHOOK_URL".into(), String::new()),
+                // The outside services are emulators here, and the load generator plays the
+                // bot and a thousand users from one address: the limits on outside calls and
+                // on the service token's address would measure themselves, not the pipeline.
+                // The gateway's limits on unverified traffic stay at their defaults.
+                ("TELEGRAM_API_LIMIT".into(), "off".into()),
+                ("YOOKASSA_API_LIMIT".into(), "off".into()),
+                ("TRONGRID_API_LIMIT".into(), "off".into()),
+                ("GATEWAY_API_TOKEN_LIMIT".into(), "off".into()),
             ]
             .into_iter()
             .chain(env)
@@ -487,9 +517,16 @@ async fn pause_consumers(ctx: &Ctx, pause: bool) {
     }
 }
 
-/// `count` payments created and paid (not timed): each user's notification body, and the
-/// create latencies and errors into `sent`.
-async fn prepare(ctx: &Arc<Ctx>, count: usize, sent: &mut Sent) -> Vec<(i64, String)> {
+/// `count` payments created and paid (not timed), for the users from `first_user` on: each
+/// user's notification body, and the create latencies and errors into `sent`. A second batch
+/// must start at other users: the gateway hands a user's open checkout of the same tariff out
+/// again (issue 18), and it is paid already.
+async fn prepare(
+    ctx: &Arc<Ctx>,
+    count: usize,
+    first_user: usize,
+    sent: &mut Sent,
+) -> Vec<(i64, String)> {
     let progress = Progress::start(format!("  creating and paying {count} payments first"));
     let made = Arc::new(AtomicU64::new(0));
     let ticker = progress.follow(made.clone(), Some(count as u64));
@@ -497,7 +534,7 @@ async fn prepare(ctx: &Arc<Ctx>, count: usize, sent: &mut Sent) -> Vec<(i64, Str
         .map(|i| {
             let (ctx, made) = (ctx.clone(), made.clone());
             async move {
-                let user = ctx.users[i % ctx.users.len()].id;
+                let user = ctx.users[(first_user + i) % ctx.users.len()].id;
                 let (body, create_ms) = ctx.create_and_pay(user).await?;
                 made.fetch_add(1, Ordering::Relaxed);
                 Ok((user, body, create_ms))
@@ -609,7 +646,7 @@ async fn burst(
         gateway_alone,
         ..Sent::default()
     };
-    let bodies = prepare(ctx, count, &mut sent).await;
+    let bodies = prepare(ctx, count, 0, &mut sent).await;
     // Only the webhooks count from here.
     if let Err(error) = ctx.mark().await {
         tracing_error(&error);
@@ -749,6 +786,7 @@ async fn finish(
         ack_ms: Latency::of(sent.acks.clone()),
         ack_ms_baseline: None,
         slow_checkouts: None,
+        flood: None,
         e2e_ms: if sent.gateway_alone {
             None
         } else {
@@ -929,10 +967,11 @@ pub async fn run_slow_yookassa(
     let count = ((rate * settings.seconds).round() as usize).max(1);
     // YooKassa's own limit: it answers within ~30 s or with a 500.
     let env = vec![("YOOKASSA_TIMEOUT_MS".to_owned(), "35000".to_owned())];
-    let ctx = Arc::new(Ctx::start_with(settings, settings.users.min(2 * count), env).await?);
+    // One user per payment: a user's open checkout of the tariff would be handed out again.
+    let ctx = Arc::new(Ctx::start_with(settings, 2 * count, env).await?);
     let mut baseline = Sent::default();
-    let quick = prepare(&ctx, count, &mut baseline).await;
-    let slow = prepare(&ctx, count, &mut baseline).await;
+    let quick = prepare(&ctx, count, 0, &mut baseline).await;
+    let slow = prepare(&ctx, count, count, &mut baseline).await;
     ctx.mark().await?;
     eprintln!("  YooKassa answering at once:");
     send_webhooks(&ctx, settings, quick, Some(rate), &mut baseline).await;
@@ -999,5 +1038,168 @@ pub async fn run_slow_yookassa(
     let mut outcome = finish(ctx, settings, name, offered, sent).await?;
     outcome.ack_ms_baseline = Latency::of(baseline.acks);
     outcome.slow_checkouts = Some((done, failed));
+    Ok(outcome)
+}
+
+/// The gateway's RSS and peak RSS now (MiB).
+fn gateway_rss(ctx: &Ctx) -> (f64, f64) {
+    let usage = ctx.cluster.gateway.usage().unwrap_or_default();
+    (
+        usage.rss_kib as f64 / 1024.0,
+        usage.peak_rss_kib as f64 / 1024.0,
+    )
+}
+
+/// Unverified junk at `junk_rate`/s from loopback while YooKassa's notifications keep arriving
+/// at `rate`/s from its allow-listed address: half of the junk forbidden YooKassa
+/// notifications (a real body from the wrong address), half forged crypto notices; every tenth
+/// from a fresh address behind our "proxy" (the load generator's 127.0.0.1 is a trusted
+/// proxy here), so the limit tables see new keys all the time. The same number of webhooks is
+/// first sent without the flood, in the same cluster: the baseline next to it. Every
+/// legitimate webhook must be acknowledged and its payment activated once; the gateway keeps
+/// its default limits (`GATEWAY_WEBHOOK_LIMIT` 5/s,burst=20 per address).
+pub async fn run_flood(
+    settings: &Settings,
+    name: &str,
+    junk_rate: f64,
+    rate: f64,
+) -> anyhow::Result<Outcome> {
+    let count = ((rate * settings.seconds).round() as usize).max(1);
+    let env = vec![("TRUSTED_PROXIES".to_owned(), "127.0.0.1/32".to_owned())];
+    // One user per payment: a user's open checkout of the tariff would be handed out again.
+    let ctx = Arc::new(Ctx::start_with(settings, 2 * count, env).await?);
+    let mut baseline = Sent::default();
+    let quiet = prepare(&ctx, count, 0, &mut baseline).await;
+    let flooded = prepare(&ctx, count, count, &mut baseline).await;
+    ctx.mark().await?;
+    eprintln!("  no flood:");
+    send_webhooks(&ctx, settings, quiet, Some(rate), &mut baseline).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_before, _) = gateway_rss(&ctx);
+
+    // The flood: open loop at `junk_rate`, at most `concurrency` in flight, for as long as
+    // the legitimate webhooks take; what a saturated machine cannot send in time is dropped.
+    let junk_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(settings.concurrency)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let gateway = ctx.cluster.gateway.addr.clone();
+    let yookassa_url = format!("http://{gateway}/webhook/payment/yookassa");
+    let crypto_url = format!("http://{gateway}/webhook/payment/crypto");
+    let forbidden = serde_json::json!({
+        "type": "notification",
+        "event": "payment.succeeded",
+        "object": {"id": uuid::Uuid::new_v4().to_string(), "status": "succeeded", "paid": true,
+                   "amount": {"value": "199.00", "currency": "RUB"}},
+    })
+    .to_string();
+    let forged = format!("t={},v1={}", chrono::Utc::now().timestamp(), "0".repeat(64));
+    let statuses: Arc<[AtomicU64; 5]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_started = Instant::now();
+    // On a thread and runtime of its own: the flood's thousands of tasks a second must not
+    // delay the legitimate sender's timers and tasks in this process (which would count as
+    // acknowledgement time); the two still share the machine's cores with everything else.
+    let flood = {
+        let (statuses, stop) = (statuses.clone(), stop.clone());
+        let concurrency = settings.concurrency;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let work = async move {
+            let slots = Arc::new(Semaphore::new(concurrency));
+            let mut i: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let due = flood_started + Duration::from_secs_f64(i as f64 / junk_rate);
+                tokio::time::sleep_until(due.into()).await;
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let request = if i.is_multiple_of(2) {
+                    junk_client.post(&yookassa_url).body(forbidden.clone())
+                } else {
+                    junk_client
+                        .post(&crypto_url)
+                        .header("X-Signature", forged.clone())
+                        .body("{}")
+                };
+                let mut request = request.header("content-type", "application/json");
+                if i.is_multiple_of(10) {
+                    let fresh = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                    request = request.header("X-Forwarded-For", fresh);
+                }
+                let statuses = statuses.clone();
+                tokio::spawn(async move {
+                    let slot = match request.send().await {
+                        Ok(response) => {
+                            let slot = match response.status().as_u16() {
+                                403 => 0,
+                                401 => 1,
+                                429 => 2,
+                                _ => 3,
+                            };
+                            let _ = response.bytes().await;
+                            slot
+                        }
+                        Err(_) => 3,
+                    };
+                    statuses[slot].fetch_add(1, Ordering::Relaxed);
+                    statuses[4].fetch_add(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+                i += 1;
+            }
+            // The last ones in flight.
+            let _ = slots.acquire_many(concurrency as u32).await;
+        };
+        std::thread::spawn(move || runtime.block_on(work))
+    };
+    // The flood at full speed before the first legitimate webhook.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!("  under a flood of {junk_rate:.0} unverified requests/s:");
+    let mut sent = Sent::default();
+    send_webhooks(&ctx, settings, flooded, Some(rate), &mut sent).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || flood.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
+    let flood_seconds = flood_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_after, peak) = gateway_rss(&ctx);
+    let n = |slot: usize| statuses[slot].load(Ordering::Relaxed);
+    let figures = Flood {
+        offered_per_s: junk_rate,
+        seconds: flood_seconds,
+        sent: n(4),
+        sent_per_s: n(4) as f64 / flood_seconds,
+        forbidden_403: n(0),
+        bad_signature_401: n(1),
+        limited_429: n(2),
+        other: n(3),
+        gateway_rss_before_mib: rss_before,
+        gateway_rss_after_mib: rss_after,
+        gateway_peak_rss_mib: peak,
+    };
+    eprintln!(
+        "  junk: {} answered ({:.0}/s): 403 {}, 401 {}, 429 {}, other {}; gateway RSS {:.1} -> {:.1} MiB",
+        figures.sent,
+        figures.sent_per_s,
+        figures.forbidden_403,
+        figures.bad_signature_401,
+        figures.limited_429,
+        figures.other,
+        rss_before,
+        rss_after
+    );
+    sent.errors += baseline.errors;
+    sent.paid.extend(baseline.paid);
+    sent.webhooks += baseline.webhooks;
+    let offered = format!(
+        "{count} webhooks at {rate}/s under {junk_rate:.0} unverified requests/s (and {count} without)"
+    );
+    let mut outcome = finish(ctx, settings, name, offered, sent).await?;
+    outcome.ack_ms_baseline = Latency::of(baseline.acks);
+    outcome.flood = Some(figures);
     Ok(outcome)
 }

@@ -130,6 +130,7 @@ pub async fn run_service<F>(
 where
     F: AsyncFnOnce(&Infra, Shutdown) -> anyhow::Result<RunningServer>,
 {
+    common.outbound().apply();
     let Some(infra) = Infra::connect_patiently(service, common, &shutdown).await else {
         tracing::info!(
             service,

@@ -263,6 +263,9 @@ pub const COMMON_VARS: &[EnvVar] = &[
     EnvVar::default("LOG_FORMAT", "pretty"),
     EnvVar::default("LOG_DIR", "logs"),
     EnvVar::default("RUN_MIGRATIONS", "true"),
+    EnvVar::default("TELEGRAM_API_LIMIT", "30/s,burst=30"),
+    EnvVar::default("YOOKASSA_API_LIMIT", "50/s,burst=50"),
+    EnvVar::default("TRONGRID_API_LIMIT", "10/s,burst=10"),
 ];
 
 /// Output format of the log lines on stdout. Files under `LOG_DIR` are always JSON.
@@ -297,11 +300,16 @@ pub struct CommonSettings {
     /// Apply pending migrations at start-up (on by default; turn off when a release job does it).
     #[serde(default = "default_true", deserialize_with = "de_bool")]
     pub run_migrations: bool,
-    /// Process-wide limits on calls to outside services (`TELEGRAM_API_LIMIT`,
-    /// `YOOKASSA_API_LIMIT`, `TRONGRID_API_LIMIT`), read by [`load_common`]; applied by
-    /// [`crate::runtime::run_service`] and the standalone binary.
-    #[serde(skip)]
-    pub outbound: ratelimit::OutboundLimits,
+    /// `TELEGRAM_API_LIMIT` (default `30/s,burst=30`; `off`): the process's Telegram Bot API
+    /// calls ([`CommonSettings::outbound`]).
+    #[serde(default)]
+    pub telegram_api_limit: Option<String>,
+    /// `YOOKASSA_API_LIMIT` (default `50/s,burst=50`; `off`): the process's YooKassa calls.
+    #[serde(default)]
+    pub yookassa_api_limit: Option<String>,
+    /// `TRONGRID_API_LIMIT` (default `10/s,burst=10`; `off`): the process's TronGrid calls.
+    #[serde(default)]
+    pub trongrid_api_limit: Option<String>,
 }
 
 impl std::fmt::Debug for CommonSettings {
@@ -315,12 +323,50 @@ impl std::fmt::Debug for CommonSettings {
             .field("log_format", &self.log_format)
             .field("rust_log", &self.rust_log)
             .field("run_migrations", &self.run_migrations)
-            .field("outbound", &self.outbound)
+            // Resolved: a limit written as its default prints as the default.
+            .field("outbound", &self.outbound())
             .finish()
     }
 }
 
 impl CommonSettings {
+    /// The process-wide limits on calls to outside services; applied (once per process) by
+    /// [`crate::runtime::run_service`] and the standalone binary.
+    pub fn outbound(&self) -> ratelimit::OutboundLimits {
+        self.try_outbound().unwrap_or_default()
+    }
+
+    fn try_outbound(&self) -> Result<ratelimit::OutboundLimits, SettingsError> {
+        let limit = |name: &str, raw: &Option<String>, default: ratelimit::Rate| match raw
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => Ok(Some(default)),
+            Some(raw) => raw
+                .parse::<ratelimit::Setting>()
+                .map(|s| s.0)
+                .map_err(|e| SettingsError::invalid(name, e.to_string())),
+        };
+        Ok(ratelimit::OutboundLimits {
+            telegram: limit(
+                "TELEGRAM_API_LIMIT",
+                &self.telegram_api_limit,
+                DEFAULT_TELEGRAM_API_LIMIT,
+            )?,
+            yookassa: limit(
+                "YOOKASSA_API_LIMIT",
+                &self.yookassa_api_limit,
+                DEFAULT_YOOKASSA_API_LIMIT,
+            )?,
+            trongrid: limit(
+                "TRONGRID_API_LIMIT",
+                &self.trongrid_api_limit,
+                DEFAULT_TRONGRID_API_LIMIT,
+            )?,
+        })
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
         let url = self.database_url.as_str();
         if !(url.starts_with("postgres://")
@@ -383,10 +429,9 @@ pub fn load_common_with_defaults(
     source: &Source,
     defaults: &[(&str, &str)],
 ) -> Result<CommonSettings, SettingsError> {
-    let mut common: CommonSettings = source.load_with_defaults(defaults)?;
+    let common: CommonSettings = source.load_with_defaults(defaults)?;
     common.validate()?;
-    let vars: Vars = source.load()?;
-    common.outbound = outbound_limits(&vars).map_err(SettingsError::Other)?;
+    common.try_outbound()?;
     Ok(common)
 }
 
@@ -396,21 +441,6 @@ pub const DEFAULT_TELEGRAM_API_LIMIT: ratelimit::Rate = ratelimit::Rate::per_sec
 pub const DEFAULT_YOOKASSA_API_LIMIT: ratelimit::Rate = ratelimit::Rate::per_second(50, 50);
 /// TronGrid allows about 15 requests a second with an API key.
 pub const DEFAULT_TRONGRID_API_LIMIT: ratelimit::Rate = ratelimit::Rate::per_second(10, 10);
-
-/// `TELEGRAM_API_LIMIT`, `YOOKASSA_API_LIMIT`, `TRONGRID_API_LIMIT`: `N/s burst M`, `N/min`,
-/// or `off`.
-pub fn outbound_limits(vars: &Vars) -> Result<ratelimit::OutboundLimits, String> {
-    let limit = |name: &str, default: ratelimit::Rate| -> Result<Option<ratelimit::Rate>, String> {
-        Ok(vars
-            .parse::<ratelimit::Setting>(name)?
-            .map_or(Some(default), |s| s.0))
-    };
-    Ok(ratelimit::OutboundLimits {
-        telegram: limit("TELEGRAM_API_LIMIT", DEFAULT_TELEGRAM_API_LIMIT)?,
-        yookassa: limit("YOOKASSA_API_LIMIT", DEFAULT_YOOKASSA_API_LIMIT)?,
-        trongrid: limit("TRONGRID_API_LIMIT", DEFAULT_TRONGRID_API_LIMIT)?,
-    })
-}
 
 fn default_amqp_prefix() -> String {
     "acp".to_owned()
@@ -462,6 +492,34 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.amqp_url.is_none());
         assert!(s.require_amqp_url().is_err());
+    }
+
+    #[test]
+    fn outside_call_limits() {
+        let s = load_common(&Source::map([("DATABASE_URL", "sqlite://data/x.db")])).unwrap();
+        let limits = s.outbound();
+        assert_eq!(limits.telegram, Some(DEFAULT_TELEGRAM_API_LIMIT));
+        assert_eq!(limits.yookassa, Some(DEFAULT_YOOKASSA_API_LIMIT));
+        assert_eq!(limits.trongrid, Some(DEFAULT_TRONGRID_API_LIMIT));
+        let s = load_common(&Source::map([
+            ("DATABASE_URL", "sqlite://data/x.db"),
+            ("TELEGRAM_API_LIMIT", "20/s,burst=5"),
+            ("YOOKASSA_API_LIMIT", "off"),
+        ]))
+        .unwrap();
+        let limits = s.outbound();
+        assert_eq!(limits.telegram, Some(ratelimit::Rate::per_second(20, 5)));
+        assert_eq!(limits.yookassa, None);
+        let err = load_common(&Source::map([
+            ("DATABASE_URL", "sqlite://data/x.db"),
+            ("TRONGRID_API_LIMIT", "lots"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("setting TRONGRID_API_LIMIT is invalid"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ async fn a_payment_event_is_a_row_and_a_json_line_under_log_dir() {
         log_format: LogFormat::Json,
         rust_log: "info".into(),
         run_migrations: false,
+        telegram_api_limit: None,
+        yookassa_api_limit: None,
+        trongrid_api_limit: None,
     };
     let guard = service_kit::telemetry::init("payment-log-test", &settings);
 

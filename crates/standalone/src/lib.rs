@@ -84,7 +84,7 @@ impl Settings {
 
 /// Starts the four services on one embedded infrastructure and runs until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
-    settings.common.outbound.apply();
+    settings.common.outbound().apply();
     let infra = Infra::embedded("standalone", &settings.common).await?;
     let ops = ops::serve_ops(&settings.ops_bind, infra.readiness(), shutdown.clone())?;
     let servers = [

@@ -9,6 +9,7 @@ mod embedded;
 mod helpers;
 mod ops;
 mod payments;
+mod rate_limits;
 mod refunds;
 mod slow_provider;
 mod stats;

@@ -58,4 +58,5 @@ pub static TEXTS: Texts = Texts {
     refund_outside: "Refund of payment {id} recorded and the access revoked. Telegram does not return card payments: return {amount} to the payer in the payment provider's cabinet.",
     refund_failed: "Refund failed: {reason}",
     refund_disabled: "Refunds are off: API_ADMIN_TOKEN is not set.",
+    rate_limited: "Too many requests. Please try again in {secs} s.",
 };

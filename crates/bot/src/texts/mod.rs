@@ -113,6 +113,8 @@ pub struct Texts {
     /// `{reason}`.
     pub refund_failed: &'static str,
     pub refund_disabled: &'static str,
+    /// Over the per-user rate limit: `{secs}`.
+    pub rate_limited: &'static str,
 }
 
 /// Replaces each `{name}` of `template` with its value.

@@ -58,4 +58,5 @@ pub static TEXTS: Texts = Texts {
     refund_outside: "Возврат по платежу {id} записан, доступ отозван. Telegram не возвращает деньги за оплату картой: верните {amount} покупателю в личном кабинете платёжного провайдера.",
     refund_failed: "Возврат не выполнен: {reason}",
     refund_disabled: "Возвраты выключены: не задан API_ADMIN_TOKEN.",
+    rate_limited: "Слишком много запросов. Попробуйте снова через {secs} с.",
 };

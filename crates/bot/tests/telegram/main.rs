@@ -5,6 +5,7 @@ mod card;
 mod checkout_cap;
 mod helpers;
 mod notify;
+mod rate_limits;
 mod readiness;
 
 use std::time::{Duration, Instant};

@@ -527,6 +527,9 @@ impl YooKassaProvider {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
+        // Every YooKassa call of the process shares one budget (YOOKASSA_API_LIMIT): our own
+        // reconciliation can never exceed it; a call waits for its slot.
+        ratelimit::YOOKASSA.wait().await;
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => return transport_failure(&e),

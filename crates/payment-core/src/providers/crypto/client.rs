@@ -232,6 +232,8 @@ impl TronGridClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Attempt {
+        // One budget for every TronGrid call of the process (TRONGRID_API_LIMIT).
+        ratelimit::TRONGRID.wait().await;
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {

@@ -198,6 +198,8 @@ impl TelegramProvider {
             self.settings.bot_token.expose_secret()
         );
         let unknown = |last| ProviderError::ResultUnknown { attempts: 1, last };
+        // One budget for the process's Telegram calls (TELEGRAM_API_LIMIT).
+        ratelimit::TELEGRAM.wait().await;
         let response = self
             .http
             .post(url)
