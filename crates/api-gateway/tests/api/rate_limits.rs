@@ -342,8 +342,9 @@ fn a_flood_of_junk_leaves_every_legitimate_webhook_stored_and_memory_bounded() {
 /// crypto notices from one address, and every tenth from a fresh address behind our
 /// "proxy" — while YooKassa's notifications arrive at 50/s from its allow-listed address.
 /// Asserts correctness only: every legitimate notification acknowledged 200 and stored, every
-/// junk request answered 403, 401 or 429, RSS growth bounded. (The load generator's `flood`
-/// scenario measures the acknowledgement times.)
+/// junk request answered 403, 401 or 429, RSS growth bounded (under 10 MiB, the test's own 64
+/// client connections included). The load generator's `flood` scenario measures the
+/// acknowledgement times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by a_flood_of_junk_leaves_every_legitimate_webhook_stored_and_memory_bounded"]
 async fn flood_probe() {
@@ -354,7 +355,7 @@ async fn flood_probe() {
     const LEGIT_RATE: u64 = 50;
     const FLOOD: Duration = Duration::from_millis(2500);
     const MAX_FLOOD: Duration = Duration::from_secs(10);
-    const IN_FLIGHT: usize = 256;
+    const IN_FLIGHT: usize = 64;
     let app = Arc::new(
         spawn_app(&[
             ("GATEWAY_WEBHOOK_LIMIT", "5/s,burst=20"),
@@ -501,5 +502,5 @@ async fn flood_probe() {
         legit_statuses.len() as u64 + 1,
         "every legitimate notification stored (and the warm-up's)"
     );
-    assert!(growth < 16 * 1024, "RSS grew by {growth} KiB");
+    assert!(growth < 10 * 1024, "RSS grew by {growth} KiB");
 }
