@@ -113,12 +113,14 @@ pub async fn observe<B: MessageBody + 'static>(
     metrics::histogram!(METRIC_LATENCY, "route" => route.clone(), "method" => method)
         .record(elapsed.as_secs_f64());
     span.in_scope(|| {
-        tracing::info!(
-            %route,
-            status,
-            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        );
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        if status == 429 {
+            // A flood's refusals are counted in the metrics; a log line each would turn
+            // thousands of junk requests a second into as many lines (issue 18).
+            tracing::debug!(%route, status, elapsed_ms, "request finished");
+        } else {
+            tracing::info!(%route, status, elapsed_ms, "request finished");
+        }
     });
     result.map(|mut response| {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
