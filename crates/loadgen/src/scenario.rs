@@ -851,7 +851,9 @@ pub async fn run_burst(
     gateway_alone: bool,
 ) -> anyhow::Result<Outcome> {
     let count = settings.spike;
-    let ctx = Ctx::start(settings, settings.users.min(count)).await?;
+    // One user per payment: all are made before any webhook, and a user's open checkout of
+    // the tariff would be handed out again (issue 18).
+    let ctx = Ctx::start(settings, count).await?;
     let ctx = Arc::new(ctx);
     let sent = burst(&ctx, settings, count, rate, gateway_alone).await;
     let alone = if gateway_alone { ", gateway alone" } else { "" };
