@@ -107,24 +107,7 @@ async fn send_all(
 /// (A fork-per-test crate would do the same with more machinery; this is one `Command`.)
 #[test]
 fn junk_requests_leave_memory_and_metrics_bounded() {
-    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "abuse::memory_probe",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(PROBE_ENV, "1")
-        .output()
-        .expect("child test runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "memory probe failed:\n{stdout}\n{stderr}"
-    );
+    crate::helpers::run_alone("abuse::memory_probe", PROBE_ENV);
 }
 
 /// The measurement itself; only meaningful alone in its process (see above).

@@ -249,3 +249,27 @@ pub async fn connect_beside(app: &TestApp, name: &'static str) -> Infra {
     .expect("settings");
     Infra::connect(name, &common).await.expect("infra connects")
 }
+
+/// Runs the ignored test `name` of this binary in a process of its own, with `flag` set so it
+/// does its work (a measurement of memory is only meaningful without the other tests running
+/// beside it), and fails when it fails.
+pub fn run_alone(name: &str, flag: &str) {
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(flag, "1")
+        .output()
+        .expect("child test runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} failed:\n{stdout}\n{stderr}"
+    );
+}

@@ -318,24 +318,7 @@ fn rss_kib() -> u64 {
 /// per-process figure; the other tests of this binary run in parallel in this one).
 #[test]
 fn a_flood_of_junk_leaves_every_legitimate_webhook_stored_and_memory_bounded() {
-    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "rate_limits::flood_probe",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(FLOOD_ENV, "1")
-        .output()
-        .expect("child test runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "flood probe failed:\n{stdout}\n{stderr}"
-    );
+    crate::helpers::run_alone("rate_limits::flood_probe", FLOOD_ENV);
 }
 
 /// Junk at 10,000/s for 2.5 s from loopback — forbidden YooKassa notifications and forged
