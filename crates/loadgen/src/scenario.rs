@@ -28,6 +28,9 @@ use crate::machine::{self, CpuSplit};
 use crate::progress::Progress;
 use crate::stats::{Latency, now_us};
 
+/// The tariffs of `config/tariffs.toml`, which the steady scenarios take turns at per user.
+const TARIFFS: [&str; 4] = ["month_1", "month_3", "month_6", "month_12"];
+
 /// Settings of a run (environment variables, see the README).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -336,17 +339,11 @@ impl Ctx {
 
     /// Creates a payment through the gateway and pays it on the emulator; returns the
     /// notification body and the create latency (ms).
-    async fn create_and_pay(&self, user: i64) -> anyhow::Result<(String, f64)> {
+    async fn create_and_pay(&self, user: i64, tariff: &str) -> anyhow::Result<(String, f64)> {
         let started = Instant::now();
         let key = uuid::Uuid::new_v4().to_string();
-        let created = create_payment(
-            &self.http,
-            &self.cluster.gateway.addr,
-            user,
-            "month_1",
-            &key,
-        )
-        .await?;
+        let created =
+            create_payment(&self.http, &self.cluster.gateway.addr, user, tariff, &key).await?;
         let create_ms = started.elapsed().as_secs_f64() * 1000.0;
         let object = self
             .sandbox
@@ -447,8 +444,11 @@ async fn steady(ctx: &Arc<Ctx>, settings: &Settings, rate: f64, copies: usize) -
         };
         let (ctx, live) = (ctx.clone(), live.clone());
         let user = ctx.users[i as usize % ctx.users.len()].id;
+        // A user's next payment is for the next tariff: the gateway hands a second checkout of
+        // the same tariff the open one, so the same tariff comes back only every fourth round.
+        let tariff = TARIFFS[(i as usize / ctx.users.len()) % TARIFFS.len()];
         tasks.push(tokio::spawn(async move {
-            let result = match ctx.create_and_pay(user).await {
+            let result = match ctx.create_and_pay(user, tariff).await {
                 Ok((body, create_ms)) => {
                     live.sent.fetch_add(1, Ordering::Relaxed);
                     let sent_us = now_us();
@@ -535,7 +535,7 @@ async fn prepare(
             let (ctx, made) = (ctx.clone(), made.clone());
             async move {
                 let user = ctx.users[(first_user + i) % ctx.users.len()].id;
-                let (body, create_ms) = ctx.create_and_pay(user).await?;
+                let (body, create_ms) = ctx.create_and_pay(user, TARIFFS[0]).await?;
                 made.fetch_add(1, Ordering::Relaxed);
                 Ok((user, body, create_ms))
             }
