@@ -449,18 +449,20 @@ fn sink() -> messaging::ConsumerSpec {
 /// on the prefix stopped), so test runs do not pile queues up on the broker.
 pub async fn delete_topology(prefix: &str) {
     let url = testkit::amqp_url();
+    // The sink first: connecting declares the events exchange, which the system clean-up
+    // below deletes last (the other way round left one exchange per test on the broker).
+    let bus = messaging::RabbitBus::connect(messaging::RabbitConfig::new(url.as_str(), prefix))
+        .await
+        .expect("broker");
+    bus.delete_consumer(&sink()).await.expect("delete the sink");
+    bus.close().await;
     service_kit::testing::delete_system_topology_with(
         &url,
         prefix,
         &[messaging::RetryPolicy::from_millis([200, 400, 800, 1600])],
     )
     .await
-    .expect("delete the system queues");
-    let bus = messaging::RabbitBus::connect(messaging::RabbitConfig::new(url.as_str(), prefix))
-        .await
-        .expect("broker");
-    bus.delete_consumer(&sink()).await.expect("delete the sink");
-    bus.close().await;
+    .expect("delete the system queues and the exchange");
 }
 
 impl RunningWorker {
