@@ -95,25 +95,8 @@ async fn a_stars_purchase_ends_with_the_activation_link() {
 async fn a_double_tap_on_pay_creates_one_payment() {
     let w = world().await;
     let user = TestUser::new(5_000_002, "Bob", "en");
-    let start = w.tg.send_text(&user, "/start");
-    let menu = w
-        .wait_new(user.id, start, |m| {
-            m.callback_data().contains(&"buy".into())
-        })
-        .await;
-    w.tg.press(&user, menu.message_id, "buy").unwrap();
-    let tariffs = w
-        .wait_new(user.id, menu.message_id, |m| {
-            m.callback_data().contains(&"t:month_1".into())
-        })
-        .await;
-    w.tg.press(&user, tariffs.message_id, "t:month_1").unwrap();
     let data = "p:month_1:telegram:XTR";
-    let providers = w
-        .wait_new(user.id, tariffs.message_id, |m| {
-            m.callback_data().contains(&data.into())
-        })
-        .await;
+    let providers = w.providers_menu(&user, "month_1", data).await;
     assert!(
         providers.text.unwrap().contains("Choose how to pay"),
         "English"

@@ -26,23 +26,8 @@ async fn presses_and_commands_over_the_user_limit_get_a_polite_answer_and_do_not
     let w = world_with(&[("BOT_USER_LIMIT", "1/min,burst=3".into())]).await;
     let user = TestUser::new(5_100_001, "Lena", "en");
     // 1: /start, 2: Buy, 3: the tariff — within the burst.
-    let start = w.tg.send_text(&user, "/start");
-    let menu = w
-        .wait_new(user.id, start, |m| {
-            m.callback_data().contains(&"buy".into())
-        })
-        .await;
-    w.tg.press(&user, menu.message_id, "buy").unwrap();
-    let tariffs = w
-        .wait_new(user.id, menu.message_id, |m| {
-            m.callback_data().contains(&"t:month_1".into())
-        })
-        .await;
-    w.tg.press(&user, tariffs.message_id, "t:month_1").unwrap();
     let providers = w
-        .wait_new(user.id, tariffs.message_id, |m| {
-            m.callback_data().contains(&"p:month_1:telegram:XTR".into())
-        })
+        .providers_menu(&user, "month_1", "p:month_1:telegram:XTR")
         .await;
     let sent_before = w.tg.messages(user.id).len();
 
