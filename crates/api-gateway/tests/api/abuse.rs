@@ -14,16 +14,6 @@ const PROBE_ENV: &str = "ACP_ABUSE_MEMORY_PROBE";
 /// Requests in flight at once.
 const CONCURRENCY: usize = 16;
 
-/// Resident set size of this process, from `/proc/self/status` (`VmRSS`, in KiB).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 /// `n` random characters from `alphabet` (the randomness of v4 UUIDs: no extra dependency).
 fn random(alphabet: &[u8], n: usize) -> String {
     let mut out = String::with_capacity(n);
@@ -121,11 +111,11 @@ async fn memory_probe() {
     // Warm-up: allocator arenas, connection pools and every route's first use.
     send_all(&app, 3000, ordinary).await;
     let _ = app.metrics().await;
-    let before = rss_kib();
+    let before = crate::helpers::rss_kib();
     let started = Instant::now();
     send_all(&app, 20_000, junk).await;
     let metrics = app.metrics().await;
-    let after = rss_kib();
+    let after = crate::helpers::rss_kib();
     let growth = after.saturating_sub(before);
     println!(
         "20,000 junk requests in {:.1} s: RSS {before} KiB -> {after} KiB (+{growth} KiB), \

@@ -273,3 +273,13 @@ pub fn run_alone(name: &str, flag: &str) {
         "{name} failed:\n{stdout}\n{stderr}"
     );
 }
+
+/// Resident set size of this process, from `/proc/self/status` (`VmRSS`, in KiB).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}

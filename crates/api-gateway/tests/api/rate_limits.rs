@@ -304,16 +304,6 @@ async fn new_addresses_beyond_the_table_share_one_budget() {
 /// Set in the child process that runs [`flood_probe`] alone.
 const FLOOD_ENV: &str = "ACP_FLOOD_PROBE";
 
-/// Resident set size of this process (`VmRSS`, KiB).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 /// Runs [`flood_probe`] in a child process of this test binary, alone (resident memory is a
 /// per-process figure; the other tests of this binary run in parallel in this one).
 #[test]
@@ -394,7 +384,7 @@ async fn flood_probe() {
     let body = payment_notification("payment.succeeded", &random_provider_id(), "succeeded");
     assert_eq!(post_yookassa(&app, &yookassa, &body).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib();
+    let before = crate::helpers::rss_kib();
 
     let statuses: Arc<[AtomicU64; 600]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
     let started = Instant::now();
@@ -453,7 +443,7 @@ async fn flood_probe() {
     flood.await.unwrap();
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_kib();
+    let after = crate::helpers::rss_kib();
 
     let count = |status: usize| statuses[status].load(Ordering::Relaxed);
     let junk_sent: u64 = statuses.iter().map(|s| s.load(Ordering::Relaxed)).sum();
