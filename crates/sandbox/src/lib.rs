@@ -3,6 +3,7 @@
 //! Each emulator is a library module that tests start in-process (bind port 0, get the base
 //! URL back) and that the `sandbox` binary serves for demos.
 
+pub mod cryptobot;
 pub mod form;
 pub mod marzban;
 pub mod server;

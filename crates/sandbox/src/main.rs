@@ -1,7 +1,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
-use sandbox::{marzban, telegram, tron, yookassa};
+use sandbox::{cryptobot, marzban, telegram, tron, yookassa};
 
 /// Local emulators for the payment system's outside services.
 #[derive(Debug, Parser)]
@@ -59,6 +59,21 @@ struct Cli {
         hide_env_values = true
     )]
     telegram_bot_token: String,
+    /// Where the Crypto Pay (CryptoBot) emulator listens (`CRYPTOBOT_API_URL` = this + `/api`);
+    /// by default a free port (printed), so clusters started side by side never collide.
+    #[arg(long, env = "SANDBOX_CRYPTOBOT_BIND", default_value = "127.0.0.1:0")]
+    cryptobot_bind: SocketAddr,
+    /// The app token the Crypto Pay emulator accepts and signs its webhooks with.
+    #[arg(
+        long,
+        env = "CRYPTOBOT_API_TOKEN",
+        default_value = cryptobot::SANDBOX_TOKEN,
+        hide_env_values = true
+    )]
+    cryptobot_api_token: String,
+    /// Where `invoice_paid` updates are POSTed, e.g. http://127.0.0.1:8080/webhook/payment/cryptobot
+    #[arg(long, env = "SANDBOX_CRYPTOBOT_WEBHOOK_URL")]
+    cryptobot_webhook_url: Option<String>,
 }
 
 #[tokio::main]
@@ -104,10 +119,19 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     println!("Telegram Bot API emulator: {}", telegram.api_url());
+    let cryptobot = cryptobot::spawn(cryptobot::Config {
+        bind: cli.cryptobot_bind,
+        token: cli.cryptobot_api_token,
+        webhook_url: cli.cryptobot_webhook_url.filter(|url| !url.is_empty()),
+        ..cryptobot::Config::default()
+    })
+    .await?;
+    println!("Crypto Pay emulator: {}", cryptobot.api_url());
     tokio::signal::ctrl_c().await?;
     telegram.stop().await;
     handle.stop().await;
     panel.stop().await;
     chain.stop().await;
+    cryptobot.stop().await;
     Ok(())
 }
