@@ -155,6 +155,63 @@ async fn unverified_webhooks_over_the_budget_get_429_and_others_pass() {
     );
 }
 
+/// Sends one raw HTTP/1.1 POST on `stream` and reads its whole answer; returns the head.
+async fn raw_post(stream: &mut tokio::net::TcpStream, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before a whole answer: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return head;
+            }
+        }
+    }
+}
+
+/// A penalized address's 429 reads and drops a small body and keeps the connection open, so
+/// a flood from one address does not become a new connection per request (the `flood`
+/// scenario's accept-and-close churn); every answer is still a 429 with `Retry-After`.
+#[tokio::test]
+async fn a_penalized_address_keeps_its_connection() {
+    let app = spawn_app(&webhook_limits("1/min,burst=1")).await;
+    let body = payment_notification("payment.succeeded", &random_provider_id(), "succeeded");
+    assert_eq!(post_yookassa(&app, &app.http, &body).await.status(), 403);
+    assert_limited(post_yookassa(&app, &app.http, &body).await).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    for path in [
+        "/webhook/payment/yookassa",
+        "/webhook/payment/crypto",
+        "/webhook/payment/yookassa",
+    ] {
+        let head = raw_post(&mut stream, path, &body)
+            .await
+            .to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 429"), "{head}");
+        assert!(head.contains("retry-after:"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+}
+
 /// What passes verification never spends the budget: allow-listed YooKassa notifications
 /// (also a malformed one: the source is YooKassa's) and validly signed crypto notices.
 #[tokio::test]
