@@ -88,9 +88,9 @@ async fn reconcile_on(
     key: &str,
 ) -> Result<Output, CtlError> {
     let before = find_payment(db, key).await?;
-    let sources = payment_worker::status_sources(settings, db)
+    let providers = payment_worker::payment_service(settings, db)
         .map_err(|error| CtlError::Usage(error.to_string()))?;
-    if sources.get(&before.provider).is_none() {
+    if providers.provider_named(&before.provider).is_none() {
         return Err(CtlError::Failed(format!(
             "payment {}: provider `{}` is not configured here (give acpctl the provider \
              settings the worker has, e.g. YOOKASSA_SHOP_ID and YOOKASSA_SECRET_KEY)",
@@ -99,7 +99,7 @@ async fn reconcile_on(
     }
     let reconciler = Reconciler::new(
         db.clone(),
-        Arc::new(sources),
+        Arc::new(providers),
         settings.reconcile.clone(),
         Arc::new(Notify::new()),
     );
