@@ -4,6 +4,7 @@ pub mod error;
 mod ids;
 pub mod provider;
 pub mod providers;
+pub mod retry;
 pub mod service;
 pub mod settings;
 pub mod webhook;
@@ -14,11 +15,11 @@ pub use error::{
     TransientFailure, WebhookError,
 };
 pub use ids::{PaymentMethod, ProviderId, UnknownProvider};
-pub use outbound::HttpRetry;
 pub use provider::{
-    CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest, RefundRoute, StatusQuery,
+    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
 };
+pub use retry::RetryPolicy;
 pub use service::PaymentService;
 pub use settings::PaymentSettings;
 pub use webhook::{

@@ -18,7 +18,6 @@
 //! ```
 
 mod client;
-mod panel;
 mod types;
 
 pub use client::{MarzbanClient, MarzbanError, MarzbanSettings};

@@ -12,6 +12,7 @@ use crate::provider::PaymentProvider;
 use crate::settings::PaymentSettings;
 
 pub mod crypto;
+pub mod cryptobot;
 pub mod telegram;
 pub mod yookassa;
 

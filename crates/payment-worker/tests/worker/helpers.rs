@@ -15,11 +15,10 @@ use messaging::events::ProviderNotificationReceived;
 use messaging::{Envelope, Handler, HandlerError};
 use payment_core::providers::yookassa::YooKassaSettings;
 use payment_core::{
-    CreatePaymentRequest, CreatedPayment, HttpRetry, PaymentProvider, PaymentRef, PaymentService,
-    PaymentSettings, ProviderDescriptor, ProviderError, ProviderId, ProviderPayment, StatusQuery,
-    WebhookError, WebhookNotification, WebhookRequest,
+    CreatePaymentRequest, PaymentService, PaymentSettings, ProviderError, ProviderId,
+    ProviderPayment, RetryPolicy,
 };
-use payment_worker::{NotificationHandler, ServiceSettings};
+use payment_worker::{NotificationHandler, ServiceSettings, StatusSource, StatusSources};
 use sandbox::yookassa::{self, Config, Handle};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, DatabaseConnection,
@@ -68,7 +67,7 @@ pub fn yookassa_settings(shop: &Handle) -> YooKassaSettings {
     let mut s = YooKassaSettings::new("100500", "test_sandbox_secret");
     s.api_url = shop.api_url();
     s.test_mode = true;
-    s.retry = HttpRetry {
+    s.retry = RetryPolicy {
         max_attempts: 2,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
@@ -322,8 +321,14 @@ pub fn handler_for(env: &Env) -> NotificationHandler {
         ..PaymentSettings::default()
     })
     .expect("service");
-    // YooKassa only: no provider here reads the database.
-    NotificationHandler::new(Arc::new(service), env.db.conn.clone())
+    // YooKassa only: no source here reads the database.
+    NotificationHandler::new(
+        Arc::new(StatusSources::from_payment_service(
+            service,
+            &DatabaseConnection::default(),
+        )),
+        env.db.conn.clone(),
+    )
 }
 
 pub async fn reload(db: &DatabaseConnection, id: Uuid) -> payments::Model {
@@ -476,8 +481,8 @@ impl RunningWorker {
     }
 }
 
-/// A provider standing in for YooKassa whose status look-ups answer what the test says (for
-/// sequences YooKassa would never produce, like `pending` after `succeeded`).
+/// A status source that answers what the test says (for sequences YooKassa would never
+/// produce, like `pending` after `succeeded`).
 #[derive(Clone, Default)]
 pub struct Scripted {
     answers: Arc<Mutex<VecDeque<Result<ProviderPayment, ProviderError>>>>,
@@ -510,22 +515,12 @@ pub fn answer(payment: &payments::Model, status: PaymentStatus, refunded: i64) -
     }
 }
 
-static SCRIPTED: ProviderDescriptor = ProviderDescriptor {
-    id: ProviderId::YooKassa,
-    title: "Scripted",
-    currencies: &[Currency::Rub],
-    supports_refunds: false,
-};
-
 #[async_trait]
-impl PaymentProvider for Scripted {
-    fn descriptor(&self) -> &ProviderDescriptor {
-        &SCRIPTED
-    }
-
+impl StatusSource for Scripted {
     async fn current_status(
         &self,
-        _query: StatusQuery<'_>,
+        _payment: &payments::Model,
+        _notification: Option<&provider_notifications::Model>,
     ) -> Result<ProviderPayment, ProviderError> {
         self.answers
             .lock()
@@ -533,35 +528,11 @@ impl PaymentProvider for Scripted {
             .pop_front()
             .unwrap_or_else(|| Err(ProviderError::InvalidRequest("no scripted answer".into())))
     }
-
-    async fn create_payment(
-        &self,
-        _request: &CreatePaymentRequest,
-    ) -> Result<CreatedPayment, ProviderError> {
-        Err(ProviderError::Unsupported("create_payment"))
-    }
-
-    async fn get_payment_status(
-        &self,
-        _payment: &PaymentRef,
-    ) -> Result<ProviderPayment, ProviderError> {
-        Err(ProviderError::Unsupported("get_payment_status"))
-    }
-
-    async fn verify_webhook(&self, _request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
-        Err(WebhookError::MalformedBody("scripted".into()))
-    }
-
-    async fn process_webhook(&self, _body: &[u8]) -> Result<WebhookNotification, WebhookError> {
-        Err(WebhookError::MalformedBody("scripted".into()))
-    }
 }
 
 pub fn scripted_handler(script: &Scripted, db: &DatabaseConnection) -> NotificationHandler {
     NotificationHandler::new(
-        Arc::new(PaymentService::from_providers([
-            Arc::new(script.clone()) as Arc<dyn PaymentProvider>
-        ])),
+        Arc::new(StatusSources::default().with("yookassa", script.clone())),
         db.clone(),
     )
 }

@@ -439,7 +439,10 @@ async fn notifications_and_reconciliation_work_on_sqlite() {
         .unwrap();
     let reconciler = payment_worker::Reconciler::new(
         db.clone(),
-        std::sync::Arc::new(env.service.clone()),
+        std::sync::Arc::new(payment_worker::StatusSources::from_payment_service(
+            env.service.clone(),
+            db,
+        )),
         payment_worker::ReconcileSettings::default(),
         std::sync::Arc::new(tokio::sync::Notify::new()),
     );

@@ -10,7 +10,7 @@ use domain::entities::{payments, users};
 use domain::money::{Currency, Money};
 use payment_core::providers::telegram::TelegramSettings;
 use payment_core::{PaymentService, PaymentSettings};
-use payment_worker::{NotificationHandler, ReconcileSettings, Reconciler};
+use payment_worker::{NotificationHandler, ReconcileSettings, Reconciler, StatusSources};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::Notify;
@@ -20,15 +20,16 @@ use crate::helpers::*;
 
 /// Telegram Payments with a provider token. The Bot API URL points nowhere: a card payment's
 /// status must come from the stored update, never from a call.
-fn telegram_sources(db: &DatabaseConnection) -> PaymentService {
+fn telegram_sources(db: &DatabaseConnection) -> StatusSources {
     let mut telegram = TelegramSettings::new("1:test");
     telegram.api_url = "http://127.0.0.1:9".into();
     telegram.provider_token = Some("381764678:TEST:100500".to_owned().into());
-    PaymentService::from_settings(&PaymentSettings {
-        telegram: Some(telegram.with_database(db.clone())),
+    let service = PaymentService::from_settings(&PaymentSettings {
+        telegram: Some(telegram),
         ..PaymentSettings::default()
     })
-    .expect("service")
+    .expect("service");
+    StatusSources::from_payment_service(service, db)
 }
 
 /// A pending RUB payment made inside Telegram, and its payer's Telegram id.
@@ -246,7 +247,7 @@ async fn a_payment_whose_creation_never_finished_expires_after_its_window_and_a_
     .unwrap();
     Reconciler::new(
         db.clone(),
-        Arc::new(service),
+        Arc::new(StatusSources::from_payment_service(service, db)),
         ReconcileSettings::default(),
         Arc::new(Notify::new()),
     )
