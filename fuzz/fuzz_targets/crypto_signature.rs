@@ -3,7 +3,7 @@
 //! we produce must verify.
 #![no_main]
 
-use api_gateway::signature::{sign, verify};
+use payment_core::providers::crypto::signature::{sign, verify};
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: &[u8] = b"whsec_fuzz";

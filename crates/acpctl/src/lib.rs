@@ -17,7 +17,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The operator's command for Anomaly Connect Payments. Settings come from the environment
 /// and `.env`, the same variables the services read (`DATABASE_URL`, `AMQP_URL`,
-/// `AMQP_PREFIX`, `MARZBAN_*`, `YOOKASSA_*`, …). Exit status: 0 success, 1 failure, 2 bad
+/// `AMQP_PREFIX`, `PANEL_*`, `MARZBAN_*`, `YOOKASSA_*`, …). Exit status: 0 success, 1 failure, 2 bad
 /// usage or settings.
 #[derive(Debug, Parser)]
 #[command(name = "acpctl", version)]
@@ -40,9 +40,12 @@ pub enum Command {
     /// Users.
     #[command(subcommand)]
     User(UserCommand),
-    /// The ledger against the Marzban panel.
+    /// The ledger against the panel (`PANEL_KIND`: Marzban, PasarGuard or Remnawave).
     #[command(subcommand)]
     Drift(DriftCommand),
+    /// The panel itself: its settings, and moving the ledger onto a new one.
+    #[command(subcommand)]
+    Panel(PanelCommand),
     /// Re-fetch a payment from its provider now and apply the answer.
     Reconcile {
         /// Our payment id (UUID) or the provider's payment id.
@@ -118,6 +121,18 @@ pub enum DriftCommand {
     Repair,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PanelCommand {
+    /// The panel answers and accepts the settings (credentials, token scope, squads or
+    /// groups): the service's readiness check, once (exit 1 with the setting to fix).
+    Check,
+    /// After switching `PANEL_KIND`/`PANEL_URL` to a new panel: make every subscription with
+    /// paid time exist there with the ledger's expiry (adopting a user the panel already has
+    /// under its name, creating the others) and record the new subscription links. Safe to
+    /// run again; nothing is extended twice.
+    Migrate,
+}
+
 /// Why a command did not succeed; the message is one line for stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -174,6 +189,7 @@ pub async fn run(cli: &Cli, source: &Source) -> Result<Output, CtlError> {
         Command::Payment(PaymentCommand::Show { payment }) => show::payment(source, payment).await,
         Command::User(UserCommand::Show { telegram_id }) => show::user(source, telegram_id).await,
         Command::Drift(command) => provision::drift(source, command).await,
+        Command::Panel(command) => provision::panel(source, command).await,
         Command::Reconcile { payment } => provision::reconcile(source, payment).await,
     }
 }
@@ -264,6 +280,12 @@ mod tests {
         assert!(Cli::try_parse_from(["acpctl", "parked", "replay"]).is_err());
         assert!(Cli::try_parse_from(["acpctl", "parked", "replay", "x", "--all"]).is_err());
         assert!(Cli::try_parse_from(["acpctl", "drift", "fix"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["acpctl", "panel", "migrate"])
+                .unwrap()
+                .command,
+            Command::Panel(PanelCommand::Migrate)
+        ));
     }
 
     #[test]

@@ -12,12 +12,12 @@ use service_kit::settings::Source;
 use tokio::sync::Notify;
 
 use crate::show::{PanelAccess, find_payment, payment_key};
-use crate::{CtlError, DriftCommand, Output, connect_db, db_failed};
+use crate::{CtlError, DriftCommand, Output, PanelCommand, connect_db, db_failed};
 
 pub async fn drift(source: &Source, command: &DriftCommand) -> Result<Output, CtlError> {
     let panel = PanelAccess::load(source)?;
     let Some(client) = panel.client() else {
-        return Err(CtlError::Usage("setting MARZBAN_URL is missing".to_owned()));
+        return Err(CtlError::Usage("setting PANEL_URL is missing".to_owned()));
     };
     let db = connect_db(source).await?;
     let result = match command {
@@ -67,10 +67,63 @@ pub async fn drift(source: &Source, command: &DriftCommand) -> Result<Output, Ct
         }),
     };
     db.close().await.ok();
-    result.map_err(|error| match error {
+    result.map_err(drift_failed)
+}
+
+fn drift_failed(error: DriftError) -> CtlError {
+    match error {
         DriftError::Db(error) => db_failed(error),
         panel @ DriftError::Panel { .. } => CtlError::Failed(panel.to_string()),
-    })
+    }
+}
+
+/// `acpctl panel check | migrate`.
+pub async fn panel(source: &Source, command: &PanelCommand) -> Result<Output, CtlError> {
+    let panel = PanelAccess::load(source)?;
+    let Some(client) = panel.client() else {
+        return Err(CtlError::Usage("setting PANEL_URL is missing".to_owned()));
+    };
+    let kind = client.kind();
+    match command {
+        PanelCommand::Check => match client.check().await {
+            Ok(()) => Ok(Output::new(
+                json!({"panel": kind.as_str(), "ready": true}),
+                format!("panel {kind}: ready\n"),
+            )),
+            Err(error) => Ok(Output {
+                ok: false,
+                ..Output::new(
+                    json!({"panel": kind.as_str(), "ready": false, "error": error.to_string()}),
+                    format!("panel {kind}: not ready: {error}\n"),
+                )
+            }),
+        },
+        PanelCommand::Migrate => {
+            // Refuse a panel that is not configured right before touching anything.
+            client
+                .check()
+                .await
+                .map_err(|error| CtlError::Failed(format!("panel {kind}: {error}")))?;
+            let db = connect_db(source).await?;
+            let result = drift::migrate(&db, client).await;
+            db.close().await.ok();
+            let report = result.map_err(drift_failed)?;
+            let json = json!({
+                "panel": kind.as_str(),
+                "checked": report.checked,
+                "moved": report.repaired,
+                "failed": report.failed,
+            });
+            let text = format!(
+                "panel migrate ({kind}): checked={} moved={} failed={}\n",
+                report.checked, report.repaired, report.failed
+            );
+            Ok(Output {
+                ok: report.failed == 0,
+                ..Output::new(json, text)
+            })
+        }
+    }
 }
 
 pub async fn reconcile(source: &Source, key: &str) -> Result<Output, CtlError> {
@@ -88,9 +141,9 @@ async fn reconcile_on(
     key: &str,
 ) -> Result<Output, CtlError> {
     let before = find_payment(db, key).await?;
-    let sources = payment_worker::status_sources(settings, db)
+    let providers = payment_worker::payment_service(settings, db)
         .map_err(|error| CtlError::Usage(error.to_string()))?;
-    if sources.get(&before.provider).is_none() {
+    if providers.provider_named(&before.provider).is_none() {
         return Err(CtlError::Failed(format!(
             "payment {}: provider `{}` is not configured here (give acpctl the provider \
              settings the worker has, e.g. YOOKASSA_SHOP_ID and YOOKASSA_SECRET_KEY)",
@@ -99,7 +152,7 @@ async fn reconcile_on(
     }
     let reconciler = Reconciler::new(
         db.clone(),
-        Arc::new(sources),
+        Arc::new(providers),
         settings.reconcile.clone(),
         Arc::new(Notify::new()),
     );

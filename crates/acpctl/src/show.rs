@@ -7,8 +7,11 @@ use domain::entities::{
     outbox, payments, processed_messages, provider_notifications, subscription_grants,
     subscriptions, system_logs, users,
 };
-use marzban_sync::marzban::{MarzbanClient, MarzbanUsername, UserResponse};
+use std::sync::Arc;
+
+use marzban_sync::Panel;
 use marzban_sync::panel::{self, Desired, Repair};
+use marzban_sync::panel::{MarzbanUsername, PanelUser};
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 use service_kit::settings::Source;
@@ -392,7 +395,7 @@ async fn user_on(
                 "  {:<12}{:<28}{}\n",
                 "", "ledger (intent)", "panel"
             ));
-            let panel_value = |f: &dyn Fn(&UserResponse) -> String| {
+            let panel_value = |f: &dyn Fn(&PanelUser) -> String| {
                 panel_user.map_or_else(|| panel_state.absent.clone(), f)
             };
             text.push_str(&format!(
@@ -434,21 +437,21 @@ async fn user_on(
     Ok(Output::new(json, text))
 }
 
-/// The panel client, when `MARZBAN_URL` is set.
-pub struct PanelAccess(Option<MarzbanClient>);
+/// The panel client (`PANEL_KIND`), when its URL is set.
+pub struct PanelAccess(Option<Arc<dyn Panel>>);
 
 impl PanelAccess {
     pub fn load(source: &Source) -> Result<Self, CtlError> {
         let settings: marzban_sync::ServiceSettings = source.load()?;
         let client = settings
-            .marzban
-            .map(|m| MarzbanClient::new(m).map_err(|e| CtlError::Usage(e.to_string())))
+            .panel
+            .map(|p| p.connect().map_err(|e| CtlError::Usage(e.to_string())))
             .transpose()?;
         Ok(Self(client))
     }
 
-    pub fn client(&self) -> Option<&MarzbanClient> {
-        self.0.as_ref()
+    pub fn client(&self) -> Option<&dyn Panel> {
+        self.0.as_deref()
     }
 
     /// The panel user of `subscription`, compared with its intent. A panel that does not
@@ -459,8 +462,8 @@ impl PanelAccess {
         };
         let Some(client) = &self.0 else {
             return PanelState::note(
-                json!({"state": "not configured", "note": "MARZBAN_URL is not set"}),
-                "(MARZBAN_URL not set)",
+                json!({"state": "not configured", "note": "PANEL_URL is not set"}),
+                "(PANEL_URL not set)",
             );
         };
         let username = match MarzbanUsername::adopted(subscription.marzban_username.clone()) {
@@ -538,7 +541,7 @@ struct PanelState {
     text: String,
     /// What the side-by-side view shows when there is no panel user to show.
     absent: String,
-    user: Option<UserResponse>,
+    user: Option<PanelUser>,
     /// `None` when the panel could not be compared.
     differences: Option<Vec<String>>,
 }

@@ -495,7 +495,7 @@ async fn reconcile_show_and_drift_on_postgres_with_the_emulators() {
     refused(
         &acpctl(&no_panel, &["drift", "check"]).await,
         2,
-        "MARZBAN_URL is missing",
+        "PANEL_URL is missing",
     );
     let no_provider: Vec<_> = env
         .iter()

@@ -8,18 +8,15 @@ pub mod limits;
 pub mod observability;
 pub mod payments;
 pub mod settings;
-pub mod signature;
 pub mod state;
 pub mod stats;
 pub mod tariffs;
 pub mod webhooks;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, web};
-use payment_core::providers::crypto::CryptoProvider;
 use payment_core::{ClientIpResolver, PaymentService};
 use service_kit::ops::{self, RunningServer};
 use service_kit::runtime::{self, Infra};
@@ -72,14 +69,6 @@ pub async fn start(
     let payments =
         PaymentService::from_settings(&settings.payments.clone().with_database(&infra.db))
             .map_err(std::io::Error::other)?;
-    // The gateway's own handle on the crypto provider: checkout reserves invoices through it.
-    let crypto = match &settings.payments.crypto {
-        Some(crypto) => Some(Arc::new(
-            CryptoProvider::new(crypto.clone().with_database(infra.db.clone()))
-                .map_err(std::io::Error::other)?,
-        )),
-        None => None,
-    };
     let tariffs = tariffs::load(settings.tariffs_file.as_deref()).map_err(std::io::Error::other)?;
     tariffs::upsert(&infra.db, &tariffs)
         .await
@@ -101,7 +90,6 @@ pub async fn start(
     let state = web::Data::new(AppState {
         db: infra.db.clone(),
         payments,
-        crypto,
         outbox_nudge: infra.outbox_nudge.clone(),
         inbox: service_kit::inbox::Inbox::start(infra.db.clone(), infra.outbox_nudge.clone()),
         tokens: Tokens {
@@ -109,8 +97,6 @@ pub async fn start(
             admin: settings.api_admin_token.clone(),
         },
         resolver: ClientIpResolver::new(settings.trusted_proxies.clone()),
-        crypto_secret: settings.crypto_webhook_secret.clone(),
-        crypto_tolerance_secs: settings.crypto_webhook_tolerance_secs,
         max_body_bytes: settings.max_body_bytes,
         in_flight: InFlight::default(),
         limits: limits::Limits::new(settings),

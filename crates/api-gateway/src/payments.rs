@@ -11,10 +11,9 @@ use domain::money::{Currency, Money};
 use domain::{IdempotencyKey, PaymentId, PaymentStatus, RefundStatus, TelegramUserId};
 use messaging::events::{PaymentCreated, PaymentSnapshot};
 use messaging::{Envelope, Event};
-use payment_core::providers::crypto::{CryptoProvider, InvoiceError, ReservedInvoice};
 use payment_core::{
-    CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef, ProviderError, ProviderId,
-    ProviderRefund, RefundRequest,
+    CheckoutError, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderError, ProviderId, ProviderRefund, RefundRequest, RefundRoute,
 };
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -125,17 +124,12 @@ struct ProviderView {
 async fn providers(state: web::Data<AppState>) -> HttpResponse {
     let list: Vec<ProviderView> = state
         .payments
-        .descriptors()
-        .into_iter()
-        .map(|d| {
+        .providers()
+        .map(|provider| {
+            let d = provider.descriptor();
             let mut capabilities = vec!["payments"];
             // Only providers that notify this gateway over HTTP (Telegram talks to the bot).
-            let webhooks = match d.id {
-                ProviderId::YooKassa => true,
-                ProviderId::Crypto => state.crypto_secret.is_some(),
-                ProviderId::Telegram => false,
-            };
-            if webhooks {
+            if provider.accepts_webhooks() {
                 capabilities.push("webhooks");
             }
             if d.supports_refunds {
@@ -376,12 +370,12 @@ impl Create<'_> {
             .map_err(|e| ApiError::Unprocessable(format!("telegram_id: {e}")))?;
         let provider_id = ProviderId::from_str(&body.provider)
             .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-        let descriptor = self
+        let provider = self
             .state
             .payments
             .provider(provider_id)
-            .map_err(|e| ApiError::Unprocessable(e.to_string()))?
-            .descriptor();
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+        let descriptor = provider.descriptor();
         let tariff = tariffs::Entity::find()
             .filter(tariffs::Column::Code.eq(body.tariff_code.as_str()))
             .filter(tariffs::Column::Active.eq(true))
@@ -402,22 +396,9 @@ impl Create<'_> {
             }
             None => descriptor.currencies,
         };
-        let amount = match (provider_id, &self.state.crypto) {
-            // USDT price, or the RUB price at the configured rate; the tag comes with the
-            // invoice.
-            (ProviderId::Crypto, Some(crypto)) => crypto
-                .quote(&tariff)
-                .map_err(|e| ApiError::Unprocessable(e.to_string()))?,
-            _ => currencies
-                .iter()
-                .find_map(|c| tariff.price(*c))
-                .ok_or_else(|| {
-                    ApiError::Unprocessable(format!(
-                        "tariff {} has no price in a currency {provider_id} charges in",
-                        tariff.code
-                    ))
-                })?,
-        };
+        let amount = provider
+            .quote(&tariff, currencies)
+            .map_err(ApiError::Unprocessable)?;
         Ok((telegram_id, provider_id, tariff, amount))
     }
 
@@ -499,14 +480,19 @@ impl Create<'_> {
                 _ => Err(ApiError::internal(error)),
             };
         }
-        if provider_id == ProviderId::Crypto {
-            // The row goes in first: the invoice refers to it. The payer is asked for the
-            // invoice's unique amount (price + tag).
-            let invoice = self
-                .reserve_crypto(&txn, payment.payment_id(), amount)
-                .await?;
-            payment.amount_minor = invoice.amount.minor();
-            payment.currency = invoice.amount.currency();
+        // The row goes in first: what the provider reserves may refer to it (crypto: the
+        // invoice's unique amount, price + tag, is what the payer is asked for).
+        let asked = self
+            .state
+            .payments
+            .provider(provider_id)
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?
+            .reserve_checkout(&txn, payment.payment_id(), amount)
+            .await
+            .map_err(checkout_error)?;
+        if asked != amount {
+            payment.amount_minor = asked.minor();
+            payment.currency = asked.currency();
             payments::ActiveModel {
                 id: Set(payment.id),
                 amount_minor: Set(payment.amount_minor),
@@ -533,26 +519,14 @@ impl Create<'_> {
         }))
     }
 
-    /// Reserves (or finds, for the same payment) the crypto invoice: a unique amount.
-    async fn reserve_crypto<C: ConnectionTrait>(
+    /// The enabled provider a stored payment went through.
+    fn provider_of(
         &self,
-        conn: &C,
-        payment_id: PaymentId,
-        price: Money,
-    ) -> Result<ReservedInvoice, ApiError> {
-        let crypto = self
-            .state
-            .crypto
-            .as_ref()
-            .ok_or_else(|| ApiError::Unprocessable("crypto payments are not enabled".into()))?;
-        crypto
-            .reserve_invoice(conn, payment_id, price, Utc::now().trunc_subsecs(6))
-            .await
-            .map_err(|e| match e {
-                InvoiceError::Db(e) => ApiError::internal(e),
-                InvoiceError::Contended(_) => ApiError::InFlight,
-                other => ApiError::Unprocessable(other.to_string()),
-            })
+        payment: &payments::Model,
+    ) -> Result<&std::sync::Arc<dyn PaymentProvider>, ProviderError> {
+        let id = ProviderId::from_str(&payment.provider)
+            .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
+        self.state.payments.provider(id)
     }
 
     /// Asks the provider for the intent's payment, outside any transaction. The provider's
@@ -563,28 +537,11 @@ impl Create<'_> {
         let provider_id = ProviderId::from_str(&payment.provider)
             .map_err(|e| CallFailure::Refused(ApiError::Unprocessable(e.to_string())))?;
         let request = self.provider_request(intent);
-        let answer = if provider_id == ProviderId::Crypto {
-            let invoice = self
-                .reserve_crypto(&self.state.db, payment.payment_id(), payment.amount())
-                .await
-                .map_err(CallFailure::Unfinished)?;
-            let crypto = self.state.crypto.as_ref().ok_or_else(|| {
-                CallFailure::Refused(ApiError::Unprocessable(
-                    "crypto payments are not enabled".into(),
-                ))
-            })?;
-            crypto.create_payment(&request).await.map(|mut created| {
-                // The reserved invoice is what the payer must match, including its expiry.
-                created.confirmation = Some(CryptoProvider::confirmation(&invoice));
-                created.expires_at = Some(invoice.expires_at);
-                created
-            })
-        } else {
-            self.state
-                .payments
-                .create_payment(provider_id, &request)
-                .await
-        };
+        let answer = self
+            .state
+            .payments
+            .create_payment(provider_id, &request)
+            .await;
         let created = answer.map_err(|error| match error {
             e if e.is_result_unknown() => {
                 CallFailure::Unfinished(ApiError::ProviderUnavailable(format!(
@@ -802,14 +759,13 @@ impl Create<'_> {
                 .exec(&txn)
                 .await?;
             if updated.rows_affected == 1 {
-                // Nobody can pay a refused payment: its USDT tag is free at once.
-                payment_core::providers::crypto::invoice::close_unpaid(
-                    &txn,
-                    payment.payment_id(),
-                    domain::CryptoInvoiceStatus::Canceled,
-                    now,
-                )
-                .await?;
+                // Nobody can pay a refused payment: what its checkout reserved is free at once.
+                if let Ok(provider) = self.provider_of(payment) {
+                    provider
+                        .release_checkout(&txn, payment.payment_id(), now)
+                        .await
+                        .map_err(|e| DbErr::Custom(e.to_string()))?;
+                }
                 let failed = payments::Model {
                     status: PaymentStatus::Failed,
                     ..payment.clone()
@@ -940,6 +896,14 @@ async fn upsert_user(
         active.update(txn).await?;
     }
     Ok(user.id)
+}
+
+fn checkout_error(error: CheckoutError) -> ApiError {
+    match error {
+        CheckoutError::Database(e) => ApiError::internal(anyhow::anyhow!(e)),
+        CheckoutError::Contended(_) => ApiError::InFlight,
+        CheckoutError::Refused(reason) => ApiError::Unprocessable(reason),
+    }
 }
 
 fn provider_error(error: ProviderError) -> ApiError {
@@ -1132,7 +1096,16 @@ async fn refund(
         .map(Replayed::customize_replayed);
     }
     let (provider_id, provider_payment_id) = refund_target(&payment)?;
-    let outside = made_outside_provider(provider_id, &payment);
+    let route = state
+        .payments
+        .provider(provider_id)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?
+        .refund_route(&PaymentRef {
+            payment_id: payment.payment_id(),
+            provider_payment_id: provider_payment_id.clone(),
+            amount: payment.amount(),
+        });
+    let outside = route == RefundRoute::OutsideProvider;
     let (payment, record, already) =
         record_refund_intent(&state, payment.id, &body, key.as_ref(), outside).await?;
     if outside {
@@ -1147,11 +1120,6 @@ async fn refund(
         already,
     )
     .await
-}
-
-/// Fiat Telegram payments (a currency other than Stars): no Bot API method refunds them.
-fn made_outside_provider(provider_id: ProviderId, payment: &payments::Model) -> bool {
-    provider_id == ProviderId::Telegram && payment.currency != Currency::Xtr
 }
 
 /// A refund stored under the caller's key (`api:<key>`), or a key-less refund repeated with

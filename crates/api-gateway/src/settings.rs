@@ -174,6 +174,20 @@ impl TryFrom<Vars> for GatewaySettings {
         }
         // Equal tokens would give the bot's token the admin's refunds.
         raw.distinct("API_SERVICE_TOKEN", "API_ADMIN_TOKEN")?;
+        let crypto_webhook_secret = raw.strong_secret("CRYPTO_WEBHOOK_SECRET")?;
+        let crypto_webhook_tolerance_secs = raw
+            .parse("CRYPTO_WEBHOOK_TOLERANCE_SECS")?
+            .unwrap_or(defaults.crypto_webhook_tolerance_secs);
+        let mut payments = payments;
+        // The crypto provider verifies its own notices, with the gateway's secret.
+        if let Some(secret) = &crypto_webhook_secret {
+            payments.crypto = payments.crypto.map(|crypto| {
+                crypto.with_notice_key(payment_core::providers::crypto::NoticeKey {
+                    secret: secret.clone(),
+                    tolerance: std::time::Duration::from_secs(crypto_webhook_tolerance_secs),
+                })
+            });
+        }
         Ok(Self {
             gateway_bind,
             ops_bind: Some(ops_bind.to_owned()),
@@ -181,10 +195,8 @@ impl TryFrom<Vars> for GatewaySettings {
             max_body_bytes,
             api_service_token: raw.strong_secret("API_SERVICE_TOKEN")?,
             api_admin_token: raw.strong_secret("API_ADMIN_TOKEN")?,
-            crypto_webhook_secret: raw.strong_secret("CRYPTO_WEBHOOK_SECRET")?,
-            crypto_webhook_tolerance_secs: raw
-                .parse("CRYPTO_WEBHOOK_TOLERANCE_SECS")?
-                .unwrap_or(defaults.crypto_webhook_tolerance_secs),
+            crypto_webhook_secret,
+            crypto_webhook_tolerance_secs,
             trusted_proxies: raw.parse("TRUSTED_PROXIES")?.unwrap_or_default(),
             tariffs_file: raw.get("TARIFFS_FILE").map(PathBuf::from),
             webhook_limit: limit("GATEWAY_WEBHOOK_LIMIT", DEFAULT_WEBHOOK_LIMIT)?,

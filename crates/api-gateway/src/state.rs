@@ -3,10 +3,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use payment_core::providers::crypto::CryptoProvider;
 use payment_core::{ClientIpResolver, PaymentService};
 use sea_orm::DatabaseConnection;
-use secrecy::SecretString;
 use tokio::sync::Notify;
 
 use crate::auth::Tokens;
@@ -16,8 +14,6 @@ use service_kit::inbox::Inbox;
 pub struct AppState {
     pub db: DatabaseConnection,
     pub payments: PaymentService,
-    /// The crypto provider itself (when enabled): checkout reserves its invoices.
-    pub crypto: Option<Arc<CryptoProvider>>,
     /// Wakes the outbox relay after a commit that wrote outbox rows.
     pub outbox_nudge: Arc<Notify>,
     /// Writes webhook notices, committing them in groups.
@@ -25,8 +21,6 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Finds the client behind our trusted proxies (for logs and the inbox's `peer`).
     pub resolver: ClientIpResolver,
-    pub crypto_secret: Option<SecretString>,
-    pub crypto_tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub in_flight: InFlight,
     /// The per-address rate limits ([`crate::limits`]).

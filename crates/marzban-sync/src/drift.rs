@@ -10,6 +10,7 @@
 //! the same user committed), in which case its repair may have overtaken the newer state on
 //! the panel, so the subscription is checked again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -23,8 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger;
-use crate::marzban::{MarzbanClient, MarzbanError, UserResponse};
-use crate::panel::{self, Desired, Repair};
+use crate::panel::{self, Desired, Panel, PanelError, PanelUser, Repair};
 use crate::sync::{SyncError, save_sync, username};
 
 /// Counter: panel users changed or created by the drift check.
@@ -55,11 +55,11 @@ pub enum DriftError {
     #[error("database: {0}")]
     Db(#[from] DbErr),
     /// The panel is down or refuses our credentials; the rest waits for the next pass.
-    #[error("Marzban failed after {checked} subscriptions: {source}")]
+    #[error("the panel failed after {checked} subscriptions: {source}")]
     Panel {
         checked: u64,
         #[source]
-        source: MarzbanError,
+        source: PanelError,
     },
 }
 
@@ -72,7 +72,41 @@ enum Outcome {
 /// Checks every subscription once. Stops at the first sign that the panel is unavailable.
 pub async fn check_drift(
     db: &DatabaseConnection,
-    client: &MarzbanClient,
+    client: &dyn Panel,
+) -> Result<DriftReport, DriftError> {
+    pass(db, client, Mode::Repair).await
+}
+
+/// Moves the ledger onto a new panel, after `PANEL_KIND` (and `PANEL_URL`) changed: every
+/// subscription with paid time is made to exist on `client` with the ledger's expiry — a
+/// user the panel already has under the subscription's name (the panel's own migration
+/// tool, PasarGuard's in-place upgrade) is adopted as on Marzban (the access the settings
+/// name added, its keys kept), any other one is created — and a subscription without paid
+/// time is disabled there if it exists. Every subscription's status and subscription link
+/// are recorded from the new panel. Absolute values only, so a second run changes nothing
+/// and nothing is ever extended twice; the ledger is not touched (no opening balance: the
+/// time on the new panel is the time our ledger already counts). `repaired` counts the
+/// subscriptions moved.
+pub async fn migrate(
+    db: &DatabaseConnection,
+    client: &dyn Panel,
+) -> Result<DriftReport, DriftError> {
+    pass(db, client, Mode::Migrate).await
+}
+
+/// What a pass does to each subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Repair what differs ([`check_drift`]).
+    Repair,
+    /// Adopt or create everything ([`migrate`]).
+    Migrate,
+}
+
+async fn pass(
+    db: &DatabaseConnection,
+    client: &dyn Panel,
+    mode: Mode,
 ) -> Result<DriftReport, DriftError> {
     let mut report = DriftReport::default();
     let mut after = 0_i64;
@@ -89,7 +123,7 @@ pub async fn check_drift(
         let Some(&last) = ids.last() else { break };
         after = last;
         for id in ids {
-            match check_one(db, client, id).await {
+            match check_one(db, client, id, mode).await {
                 Ok(Outcome::InSync) => {}
                 Ok(Outcome::Repaired) => {
                     metrics::counter!(METRIC_REPAIRS).increment(1);
@@ -116,10 +150,12 @@ pub async fn check_drift(
         }
     }
     tracing::info!(
+        ?mode,
+        panel = %client.kind(),
         checked = report.checked,
         repaired = report.repaired,
         failed = report.failed,
-        "drift check done"
+        "drift pass done"
     );
     Ok(report)
 }
@@ -127,15 +163,16 @@ pub async fn check_drift(
 /// Checks and repairs one subscription; checks again while its intent moves on under it.
 async fn check_one(
     db: &DatabaseConnection,
-    client: &MarzbanClient,
+    client: &dyn Panel,
     id: i64,
+    mode: Mode,
 ) -> Result<Outcome, SyncError> {
     for _ in 1..ATTEMPTS {
-        if let Some(outcome) = check_once(db, client, id).await? {
+        if let Some(outcome) = check_once(db, client, id, mode).await? {
             return Ok(outcome);
         }
     }
-    Ok(check_once(db, client, id).await?.unwrap_or_else(|| {
+    Ok(check_once(db, client, id, mode).await?.unwrap_or_else(|| {
         tracing::warn!(
             subscription_id = id,
             "drift check: the subscription keeps changing; next pass"
@@ -148,8 +185,9 @@ async fn check_one(
 /// changed while the panel was repaired (check again).
 async fn check_once(
     db: &DatabaseConnection,
-    client: &MarzbanClient,
+    client: &dyn Panel,
     id: i64,
+    mode: Mode,
 ) -> Result<Option<Outcome>, SyncError> {
     let Some(subscription) = subscriptions::Entity::find_by_id(id).one(db).await? else {
         return Ok(Some(Outcome::InSync));
@@ -160,7 +198,10 @@ async fn check_once(
         subscription.expires_at,
         subscription.data_limit_bytes,
     );
-    let result = repair(client, &desired, now).await;
+    let result = match mode {
+        Mode::Repair => repair(client, &desired, now).await,
+        Mode::Migrate => move_to(client, &desired, now).await,
+    };
     match result {
         Ok(None) => Ok(Some(Outcome::InSync)),
         Ok(Some(user)) => {
@@ -176,7 +217,7 @@ async fn check_once(
                 );
                 return Ok(None);
             }
-            let url = user.as_ref().map(|u| client.subscription_url(u));
+            let url = user.as_ref().map(|u| u.subscription_url.clone());
             save_sync(
                 &tx,
                 current,
@@ -191,11 +232,7 @@ async fn check_once(
             Ok(Some(Outcome::Repaired))
         }
         // Nothing else will get through either: stop the pass.
-        Err(error)
-            if error.is_retryable() || matches!(error, MarzbanError::Unauthorized { .. }) =>
-        {
-            Err(error.into())
-        }
+        Err(error) if error.stops_everything() => Err(error.into()),
         Err(error) => {
             tracing::error!(username = %desired.username, %error, "drift repair failed");
             subscriptions::Entity::update_many()
@@ -229,10 +266,10 @@ fn desired_expiry(desired: &Desired) -> chrono::DateTime<Utc> {
 /// `Ok(None)`: nothing to do. `Ok(Some(user))`: repaired; `user` is the panel user afterwards
 /// (`None` if it is absent and should be).
 async fn repair(
-    client: &MarzbanClient,
+    client: &dyn Panel,
     desired: &Desired,
     now: chrono::DateTime<Utc>,
-) -> Result<Option<Option<UserResponse>>, MarzbanError> {
+) -> Result<Option<Option<PanelUser>>, PanelError> {
     let panel_user = client.get_user(&desired.username).await?;
     match panel::plan_repair(desired, panel_user.as_ref(), now) {
         Repair::None => Ok(None),
@@ -253,6 +290,30 @@ async fn repair(
     }
 }
 
+/// [`migrate`]'s step for one subscription: `Ok(Some(user))` with the user on the new panel
+/// (`None`: absent, and nothing to create), `Ok(None)` never (everything is recorded).
+async fn move_to(
+    client: &dyn Panel,
+    desired: &Desired,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<Option<PanelUser>>, PanelError> {
+    let note = "moved from the previous panel";
+    let found = client.find_user(&desired.username).await?;
+    let user = match (found, desired.is_paid_at(now)) {
+        (Some(_), true) => {
+            tracing::info!(username = %desired.username, expire = desired.expire, "migration: adopting the panel's user");
+            Some(panel::adopt(client, desired, note).await?)
+        }
+        (None, true) => {
+            tracing::info!(username = %desired.username, expire = desired.expire, "migration: creating the user");
+            Some(panel::activate(client, desired, false, note).await?)
+        }
+        (Some(_), false) => panel::shorten(client, desired, now).await?,
+        (None, false) => None,
+    };
+    Ok(Some(user))
+}
+
 /// A subscription whose panel user differs from the ledger: what [`check_drift`] would repair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drift {
@@ -267,7 +328,7 @@ pub struct Drift {
 /// the first sign that the panel is unavailable, like [`check_drift`].
 pub async fn find_drift(
     db: &DatabaseConnection,
-    client: &MarzbanClient,
+    client: &dyn Panel,
 ) -> Result<(u64, Vec<Drift>), DriftError> {
     let now = ledger::whole_seconds(Utc::now());
     let mut found = Vec::new();
@@ -315,7 +376,7 @@ pub async fn find_drift(
 /// Runs [`check_drift`] every `interval` until `shutdown` (the first pass after one interval).
 pub fn spawn_periodic(
     db: DatabaseConnection,
-    client: MarzbanClient,
+    client: Arc<dyn Panel>,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -326,7 +387,7 @@ pub fn spawn_periodic(
                 () = tokio::time::sleep(interval) => {}
             }
             // A pass is not interrupted half-way: each subscription is its own short transaction.
-            if let Err(error) = check_drift(&db, &client).await {
+            if let Err(error) = check_drift(&db, client.as_ref()).await {
                 tracing::warn!(%error, "drift check stopped early; next pass in {interval:?}");
             }
         }

@@ -1,9 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub mod drift;
+pub mod http;
 pub mod ledger;
 pub mod marzban;
 pub mod panel;
+pub mod pasarguard;
+pub mod remnawave;
 pub mod settings;
 pub mod sync;
 
@@ -19,7 +22,7 @@ pub use drift::{DriftReport, check_drift};
 pub use settings::ServiceSettings;
 pub use sync::{CONSUMER, SubscriptionSync};
 
-use crate::marzban::{MarzbanClient, MarzbanSettings};
+pub use crate::panel::{Panel, PanelKind, PanelSettings};
 
 pub const SERVICE: &str = "marzban-sync";
 
@@ -32,12 +35,13 @@ pub struct Settings {
 
 impl Settings {
     /// Loads and validates everything; the separate binary exists to provision the panel, so
-    /// `MARZBAN_URL` (with `MARZBAN_USERNAME` and `MARZBAN_PASSWORD`) is required here.
+    /// the panel URL (`PANEL_URL`, or `MARZBAN_URL` for Marzban) and its credentials are
+    /// required here.
     pub fn load(source: &Source) -> Result<Self, SettingsError> {
         let service: ServiceSettings = source.load()?;
-        if service.marzban.is_none() {
+        if service.panel.is_none() {
             return Err(SettingsError::Missing {
-                name: "MARZBAN_URL".to_owned(),
+                name: "PANEL_URL (MARZBAN_URL for Marzban)".to_owned(),
             });
         }
         Ok(Self {
@@ -46,11 +50,11 @@ impl Settings {
         })
     }
 
-    fn marzban(&self) -> anyhow::Result<&MarzbanSettings> {
+    fn panel(&self) -> anyhow::Result<&PanelSettings> {
         self.service
-            .marzban
+            .panel
             .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("setting MARZBAN_URL is missing"))
+            .ok_or_else(|| anyhow::anyhow!("setting PANEL_URL is missing"))
     }
 }
 
@@ -59,7 +63,7 @@ pub struct Service {
     /// The ops server's address (none in the standalone binary, which serves ops once) and a
     /// task that ends once the ops server, the consumer and the drift job have stopped.
     pub server: RunningServer,
-    /// The consumer's topology, when provisioning runs (`MARZBAN_URL` set).
+    /// The consumer's topology, when provisioning runs (a panel URL set).
     pub consumer_spec: Option<ConsumerSpec>,
     /// The consumer's live counters, when provisioning runs.
     pub consumer_stats: Option<Arc<ConsumerStats>>,
@@ -76,24 +80,24 @@ impl std::fmt::Debug for Service {
 
 /// Starts the service on the given infrastructure: its ops server (unless the process serves
 /// ops once), the consumer of `payment.completed`/`payment.refunded` and the periodic drift
-/// check. Without Marzban settings (possible only in the single-process mode) nothing runs.
+/// check. Without panel settings (possible only in the single-process mode) nothing runs.
 pub async fn start(
     settings: &ServiceSettings,
     infra: &Infra,
     shutdown: Shutdown,
 ) -> anyhow::Result<Service> {
-    let client = settings
-        .marzban
+    let panel = settings
+        .panel
         .as_ref()
-        .map(|marzban| MarzbanClient::new(marzban.clone()))
+        .map(|panel| panel.connect().map(|client| (panel, client)))
         .transpose()?;
-    let readiness = match &client {
-        Some(client) => with_panel_check(infra.readiness(), client),
+    let readiness = match &panel {
+        Some((_, client)) => with_panel_check(infra.readiness(), client.clone()),
         None => infra.readiness(),
     };
     let ops = ops::serve_ops_on(settings.ops_bind.as_deref(), readiness, shutdown.clone())?;
-    let (Some(marzban), Some(client)) = (&settings.marzban, client) else {
-        tracing::warn!("{SERVICE}: MARZBAN_URL is not set; payments are not provisioned");
+    let Some((panel_settings, client)) = panel else {
+        tracing::warn!("{SERVICE}: PANEL_URL is not set; payments are not provisioned");
         let stopped = shutdown.clone();
         return Ok(Service {
             server: ops::beside_ops(ops, async move {
@@ -104,12 +108,14 @@ pub async fn start(
             consumer_stats: None,
         });
     };
-    // A start-up check only: a panel that is down now is retried message by message. (One
-    // login, shared with the readiness check's first round.)
-    match client.check_credentials().await {
-        Ok(()) => tracing::info!(panel = %marzban.base_url, "logged in to Marzban"),
+    // A start-up check only: a panel that is down now is retried message by message, and a
+    // misconfiguration keeps the service not ready. (Shared with the readiness check's first
+    // round: one login.)
+    let (kind, url) = (panel_settings.kind(), panel_settings.url());
+    match client.check().await {
+        Ok(()) => tracing::info!(panel = %url, %kind, "the panel accepts our settings"),
         Err(error) => {
-            tracing::warn!(panel = %marzban.base_url, %error, "cannot log in to Marzban yet")
+            tracing::warn!(panel = %url, %kind, %error, "the panel does not accept our settings yet")
         }
     }
 
@@ -155,21 +161,20 @@ pub async fn start(
     })
 }
 
-/// `readiness` plus the check `marzban`: the panel answers `GET /api/admin` with our
-/// credentials (a wrong `MARZBAN_PASSWORD` is not ready), run at most every
-/// [`ops::OUTSIDE_CHECK_INTERVAL`]; its state is also the gauge
-/// `service_readiness_check_up{check="marzban"}`.
-pub fn with_panel_check(readiness: ops::Readiness, client: &MarzbanClient) -> ops::Readiness {
-    let client = client.clone();
-    readiness.with_every("marzban", ops::OUTSIDE_CHECK_INTERVAL, move || {
-        let client = client.clone();
-        Box::pin(async move {
-            client
-                .check_credentials()
-                .await
-                .map_err(|error| error.to_string())
-        })
-    })
+/// `readiness` plus the panel's check, named after `PANEL_KIND` (`marzban`, `pasarguard`,
+/// `remnawave`): the panel answers and accepts our credentials, and what the settings name
+/// exists ([`Panel::check`]; a wrong `MARZBAN_PASSWORD`, an expired Remnawave token or a
+/// missing squad is not ready), run at most every [`ops::OUTSIDE_CHECK_INTERVAL`]; its state
+/// is also the gauge `service_readiness_check_up{check="<kind>"}`.
+pub fn with_panel_check(readiness: ops::Readiness, panel: Arc<dyn Panel>) -> ops::Readiness {
+    readiness.with_every(
+        panel.kind().as_str(),
+        ops::OUTSIDE_CHECK_INTERVAL,
+        move || {
+            let panel = panel.clone();
+            Box::pin(async move { panel.check().await.map_err(|error| error.to_string()) })
+        },
+    )
 }
 
 /// Runs the service as its own process until `shutdown`.
@@ -187,8 +192,8 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> anyhow::Result<()> {
 /// panel.
 pub async fn check_drift_once(settings: &Settings) -> anyhow::Result<DriftReport> {
     let db = service_kit::db::connect(&settings.common).await?;
-    let client = MarzbanClient::new(settings.marzban()?.clone())?;
-    let report = check_drift(&db, &client).await;
+    let client = settings.panel()?.connect()?;
+    let report = check_drift(&db, client.as_ref()).await;
     db.close().await.ok();
     Ok(report?)
 }
@@ -204,7 +209,7 @@ pub enum Command {
     Help,
 }
 
-pub const USAGE: &str = "usage: marzban-sync [--check-drift]\n\n  (no argument)   consume payment events and provision the Marzban panel\n  --check-drift   compare every subscription with the panel, repair the panel, exit\n\nSettings come from the environment and .env (see the crate README).";
+pub const USAGE: &str = "usage: marzban-sync [--check-drift]\n\n  (no argument)   consume payment events and provision the panel (PANEL_KIND)\n  --check-drift   compare every subscription with the panel, repair the panel, exit\n\nSettings come from the environment and .env (see the crate README).";
 
 impl Command {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
@@ -240,6 +245,9 @@ mod tests {
     fn the_service_requires_the_panel() {
         let error =
             Settings::load(&Source::map([("DATABASE_URL", "sqlite::memory:")])).unwrap_err();
-        assert_eq!(error.to_string(), "setting MARZBAN_URL is missing");
+        assert_eq!(
+            error.to_string(),
+            "setting PANEL_URL (MARZBAN_URL for Marzban) is missing"
+        );
     }
 }

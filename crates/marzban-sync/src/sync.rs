@@ -12,7 +12,7 @@
 //! 2. Still in `prepare`, with no transaction open and no row locked: bring the panel to that
 //!    state (modify, reset, as [`panel::activate`] and [`panel::shorten`] do). Absolute
 //!    values, so repeating the call is harmless. Until the panel has confirmed the user once,
-//!    it is first looked for in any letter case ([`MarzbanClient::find_user`]); what was found
+//!    it is first looked for as the panel may spell it ([`Panel::find_user`]); what was found
 //!    is recorded in a short transaction — the panel's spelling of the name, and once per
 //!    subscription the *adoption decision*: an opening-balance grant carrying the time the
 //!    user had left, or nothing when there was no user (so a user we create ourselves is never
@@ -65,8 +65,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::ledger::{self, Entry};
-use crate::marzban::{MarzbanClient, MarzbanError, UserResponse};
-use crate::panel::{self, Desired};
+use crate::panel::{self, Desired, Panel, PanelError, PanelUser};
 
 /// The consumer name: queue `<prefix>.marzban-sync` and the `processed_messages` key.
 pub const CONSUMER: &str = "marzban-sync";
@@ -94,8 +93,8 @@ pub enum SyncError {
     Db(#[from] DbErr),
     #[error("outbox: {0}")]
     Outbox(#[from] OutboxError),
-    #[error("Marzban: {0}")]
-    Panel(#[from] MarzbanError),
+    #[error("panel: {0}")]
+    Panel(#[from] PanelError),
     /// The event cannot be applied now but may be later (e.g. a refund before its grant).
     #[error("{0}")]
     NotYet(String),
@@ -115,9 +114,7 @@ impl From<SyncError> for HandlerError {
             | SyncError::NotYet(_)
             | SyncError::Overtaken(_) => false,
             // Refused credentials may be a panel restart or a fix on its way: retry, then park.
-            SyncError::Panel(e) => {
-                !(e.is_retryable() || matches!(e, MarzbanError::Unauthorized { .. }))
-            }
+            SyncError::Panel(e) => !e.stops_everything(),
             SyncError::Invalid(_) => true,
         };
         if permanent {
@@ -139,7 +136,7 @@ const TURNS: usize = 64;
 /// The `marzban-sync` [`Handler`].
 #[derive(Clone)]
 pub struct SubscriptionSync {
-    client: MarzbanClient,
+    client: Arc<dyn Panel>,
     db: DatabaseConnection,
     turns: Arc<Vec<Arc<Mutex<()>>>>,
     /// `MARZBAN_ADOPT_REMAINING`: carry an adopted user's remaining time into the ledger.
@@ -178,7 +175,7 @@ struct Synced {
     /// The desired state sent to the panel.
     sent: Desired,
     /// The panel user as it answered; `None`: not on the panel (after a refund).
-    user: Option<UserResponse>,
+    user: Option<PanelUser>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +206,7 @@ struct Intent {
 impl SubscriptionSync {
     /// The handler; an adopted user's remaining time is kept (see
     /// [`SubscriptionSync::adopt_remaining`]).
-    pub fn new(client: MarzbanClient, db: DatabaseConnection) -> Self {
+    pub fn new(client: Arc<dyn Panel>, db: DatabaseConnection) -> Self {
         Self {
             client,
             db,
@@ -244,7 +241,7 @@ impl SubscriptionSync {
         };
         let note = format!("telegram {}", intent.telegram_id);
         let user = if intent.known_on_panel {
-            let user = panel::activate(&self.client, &intent.desired, true, &note).await;
+            let user = panel::activate(self.client.as_ref(), &intent.desired, true, &note).await;
             self.sent(intent.subscription_id, user).await?
         } else {
             self.first_push(&mut intent, &note).await?
@@ -270,7 +267,7 @@ impl SubscriptionSync {
             return Ok(Step::Nothing);
         };
         let now = ledger::whole_seconds(Utc::now());
-        let user = panel::shorten(&self.client, &intent.desired, now).await;
+        let user = panel::shorten(self.client.as_ref(), &intent.desired, now).await;
         let user = self.sent(intent.subscription_id, user).await?;
         Ok(Step::Synced(Box::new(Synced {
             announcement: Announcement::Revoked { days_revoked },
@@ -286,7 +283,7 @@ impl SubscriptionSync {
     /// record what was found (the spelling, the adoption decision and opening balance, the new
     /// intent), then adopt it or create it. A create that meets 409 (someone created the user
     /// after our look-up) looks again, once.
-    async fn first_push(&self, intent: &mut Intent, note: &str) -> Result<UserResponse, SyncError> {
+    async fn first_push(&self, intent: &mut Intent, note: &str) -> Result<PanelUser, SyncError> {
         let id = intent.subscription_id;
         let mut looked_again = false;
         loop {
@@ -297,11 +294,11 @@ impl SubscriptionSync {
             *intent = record_adoption(&tx, intent, found.as_ref(), self.adopt_remaining).await?;
             tx.commit().await?;
             let answer = match &found {
-                Some(user) => panel::adopt(&self.client, &intent.desired, user, note).await,
-                None => panel::create(&self.client, &intent.desired, note).await,
+                Some(_) => panel::adopt(self.client.as_ref(), &intent.desired, note).await,
+                None => self.client.create_user(&intent.desired, note).await,
             };
             match answer {
-                Err(MarzbanError::Conflict { .. }) if found.is_none() && !looked_again => {
+                Err(PanelError::Conflict { .. }) if found.is_none() && !looked_again => {
                     tracing::info!(username = %intent.desired.username, "the user appeared on the panel after our look-up; looking again");
                     looked_again = true;
                 }
@@ -315,7 +312,7 @@ impl SubscriptionSync {
     async fn sent<T>(
         &self,
         subscription_id: i64,
-        answer: Result<T, MarzbanError>,
+        answer: Result<T, PanelError>,
     ) -> Result<T, SyncError> {
         match answer {
             Ok(answer) => Ok(answer),
@@ -377,7 +374,7 @@ impl SubscriptionSync {
         let expires_at = expiry_of(&desired);
         let url = user
             .as_ref()
-            .map(|u| self.client.subscription_url(u))
+            .map(|u| u.subscription_url.clone())
             .or_else(|| subscription.subscription_url.clone())
             .unwrap_or_default();
         let change = change(telegram_id, payment_id, &desired, expires_at, url.clone());
@@ -551,7 +548,7 @@ async fn record_revocation(
 async fn record_adoption(
     tx: &DatabaseTransaction,
     intent: &Intent,
-    found: Option<&UserResponse>,
+    found: Option<&PanelUser>,
     adopt_remaining: bool,
 ) -> Result<Intent, SyncError> {
     let subscription = subscriptions::Entity::find_by_id(intent.subscription_id)
@@ -887,7 +884,7 @@ pub(crate) async fn save_sync(
     subscription: subscriptions::Model,
     expires_at: DateTime<Utc>,
     data_limit: Option<i64>,
-    user: Option<&UserResponse>,
+    user: Option<&PanelUser>,
     subscription_url: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {

@@ -81,5 +81,8 @@ async fn missing_panel_settings_are_named() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("MARZBAN_URL"), "{stderr}");
+    assert!(
+        stderr.contains("PANEL_URL") && stderr.contains("MARZBAN_URL"),
+        "{stderr}"
+    );
 }

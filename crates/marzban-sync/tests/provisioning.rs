@@ -146,7 +146,7 @@ impl Harness {
         });
 
         let service_settings = settings_with(&emu, password);
-        let client = MarzbanClient::new(settings(&emu).marzban.clone().unwrap()).unwrap();
+        let client = MarzbanClient::new(marzban_settings(&emu)).unwrap();
         let shutdown = CancellationToken::new();
         let service = marzban_sync::start(&service_settings, &infra, shutdown.clone())
             .await
@@ -317,9 +317,9 @@ impl Harness {
     /// A second copy of the consumer's handler, as another marzban-sync process would run it
     /// (its own panel client, logged in, and its own in-memory turns).
     async fn other_process(&self) -> SubscriptionSync {
-        let client = MarzbanClient::new(settings(&self.emu).marzban.clone().unwrap()).unwrap();
+        let client = MarzbanClient::new(marzban_settings(&self.emu)).unwrap();
         client.login().await.unwrap();
-        SubscriptionSync::new(client, self.db.conn.clone())
+        SubscriptionSync::new(std::sync::Arc::new(client), self.db.conn.clone())
     }
 
     /// What the consumer runner does with a prepared message: `handle` in a transaction,
@@ -379,8 +379,11 @@ impl Harness {
     }
 }
 
-fn settings(emu: &emulator::Handle) -> ServiceSettings {
-    settings_with(emu, "admin-password")
+fn marzban_settings(emu: &emulator::Handle) -> marzban_sync::marzban::MarzbanSettings {
+    match settings_with(emu, "admin-password").panel {
+        Some(marzban_sync::PanelSettings::Marzban(settings)) => settings,
+        other => panic!("not Marzban: {other:?}"),
+    }
 }
 
 fn settings_with(emu: &emulator::Handle, password: &str) -> ServiceSettings {

@@ -1,6 +1,5 @@
 //! Errors of provider calls, refund pre-checks and webhook verification.
 
-use std::fmt;
 use std::net::IpAddr;
 
 use domain::money::{Currency, Money};
@@ -58,32 +57,8 @@ impl ProviderError {
     }
 }
 
-/// A retryable answer (or lack of one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransientFailure {
-    /// HTTP 5xx: YooKassa's "result unknown".
-    ServerError(u16),
-    /// HTTP 202: still processing.
-    Processing,
-    /// HTTP 429.
-    RateLimited,
-    /// No answer within the request timeout.
-    Timeout,
-    /// The connection failed or broke.
-    Connection(String),
-}
-
-impl fmt::Display for TransientFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransientFailure::ServerError(status) => write!(f, "HTTP {status}"),
-            TransientFailure::Processing => f.write_str("HTTP 202 (processing)"),
-            TransientFailure::RateLimited => f.write_str("HTTP 429 (rate limited)"),
-            TransientFailure::Timeout => f.write_str("timeout"),
-            TransientFailure::Connection(e) => write!(f, "connection: {e}"),
-        }
-    }
-}
+/// A retryable answer (or lack of one): the transport's vocabulary.
+pub use outbound::TransientFailure;
 
 /// The error code of a provider's error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -160,6 +135,12 @@ pub enum WebhookError {
     /// The body is not the provider's notification format.
     #[error("malformed notification: {0}")]
     MalformedBody(String),
+    /// The signature is missing, malformed or does not match the body.
+    #[error("{0}")]
+    BadSignature(String),
+    /// The signature matches but its timestamp is outside the tolerance (a replay).
+    #[error("{0}")]
+    ExpiredSignature(String),
 }
 
 /// A setting is missing or unreadable.

@@ -4,7 +4,6 @@ pub mod error;
 mod ids;
 pub mod provider;
 pub mod providers;
-pub mod retry;
 pub mod service;
 pub mod settings;
 pub mod webhook;
@@ -15,11 +14,11 @@ pub use error::{
     TransientFailure, WebhookError,
 };
 pub use ids::{PaymentMethod, ProviderId, UnknownProvider};
+pub use outbound::HttpRetry;
 pub use provider::{
-    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
+    CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest, RefundRoute, StatusQuery,
 };
-pub use retry::RetryPolicy;
 pub use service::PaymentService;
 pub use settings::PaymentSettings;
 pub use webhook::{

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use domain::entities::tariffs;
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
+use sea_orm::DatabaseTransaction;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -114,14 +116,155 @@ pub struct ProviderRefund {
     pub amount: Money,
 }
 
+/// How a refund of a payment is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundRoute {
+    /// Through the provider's refund call ([`PaymentProvider::refund`]).
+    Provider,
+    /// Nobody can be asked (e.g. a fiat Telegram payment: no Bot API method refunds it): the
+    /// refund is recorded as made outside the provider and the money returned by hand.
+    OutsideProvider,
+}
+
+/// Why a checkout could not reserve what its provider needs ([`PaymentProvider::reserve_checkout`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckoutError {
+    /// The database failed; nothing was reserved.
+    #[error("database: {0}")]
+    Database(String),
+    /// Another checkout holds what this one needs right now; try again.
+    #[error("{0}")]
+    Contended(String),
+    /// This checkout cannot be made (a clear reason for the caller).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the worker knows of a payment when it asks its provider for the current status.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusQuery<'a> {
+    pub payment: &'a domain::entities::payments::Model,
+    /// The stored notification that triggered the check; `None` for reconciliation.
+    pub notification: Option<&'a domain::entities::provider_notifications::Model>,
+}
+
+impl StatusQuery<'_> {
+    /// Our record as a [`PaymentRef`]: the provider's id from the payment, else from the
+    /// notification (a payment whose creation answer was lost has none yet; the fetch checks
+    /// that the object carries our payment id).
+    pub fn reference(&self) -> Result<PaymentRef, ProviderError> {
+        let provider_payment_id = self
+            .payment
+            .provider_payment_id
+            .clone()
+            .or_else(|| {
+                self.notification
+                    .and_then(|n| n.provider_payment_id.clone())
+            })
+            .ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "payment {} has no provider payment id to look up",
+                    self.payment.id
+                ))
+            })?;
+        Ok(PaymentRef {
+            payment_id: self.payment.payment_id(),
+            provider_payment_id,
+            amount: self.payment.amount(),
+        })
+    }
+}
+
 /// One payment provider. Implementations live in `providers/<name>.rs`; the registry in
 /// `providers/mod.rs` builds them from [`crate::PaymentSettings`].
+///
+/// Everything provider-specific is answered here, so the gateway and the worker never match
+/// on a provider: its webhook (verify + parse), its checkout (price, reservation, release), its
+/// refund route and its status look-up.
 #[async_trait]
 pub trait PaymentProvider: Send + Sync {
     fn descriptor(&self) -> &ProviderDescriptor;
 
     fn id(&self) -> ProviderId {
         self.descriptor().id
+    }
+
+    /// Whether `POST /webhook/payment/{id}` is open for this provider (YooKassa: always; crypto:
+    /// with its notice secret; Telegram: never, its updates reach the bot).
+    fn accepts_webhooks(&self) -> bool {
+        false
+    }
+
+    /// What `tariff` costs through this provider, in one of `currencies` (those it charges in,
+    /// narrowed by the caller's choice). By default the tariff's price in the first of them it
+    /// has; the error is a sentence for the customer.
+    fn quote(&self, tariff: &tariffs::Model, currencies: &[Currency]) -> Result<Money, String> {
+        currencies
+            .iter()
+            .find_map(|c| tariff.price(*c))
+            .ok_or_else(|| {
+                format!(
+                    "tariff {} has no price in a currency {} charges in",
+                    tariff.code,
+                    self.id()
+                )
+            })
+    }
+
+    /// Inside the payment-creation transaction, once the payment row is written: reserves what
+    /// the checkout needs and returns the amount the payer is asked for (by default `price`).
+    /// Crypto reserves its invoice's unique amount here.
+    async fn reserve_checkout(
+        &self,
+        txn: &DatabaseTransaction,
+        payment_id: PaymentId,
+        price: Money,
+    ) -> Result<Money, CheckoutError> {
+        let _ = (txn, payment_id);
+        Ok(price)
+    }
+
+    /// In the transaction that marks a checkout refused: frees what
+    /// [`PaymentProvider::reserve_checkout`] reserved (nothing by default).
+    async fn release_checkout(
+        &self,
+        txn: &DatabaseTransaction,
+        payment_id: PaymentId,
+        now: DateTime<Utc>,
+    ) -> Result<(), CheckoutError> {
+        let _ = (txn, payment_id, now);
+        Ok(())
+    }
+
+    /// How a refund of `payment` is made (by default through [`PaymentProvider::refund`]).
+    fn refund_route(&self, payment: &PaymentRef) -> RefundRoute {
+        let _ = payment;
+        RefundRoute::Provider
+    }
+
+    /// The provider's current view of one of our payments, for the worker and reconciliation.
+    /// By default a fresh [`PaymentProvider::get_payment_status`]. Errors use the provider
+    /// vocabulary: a [`ProviderError::is_result_unknown`] error keeps the payment as it is and
+    /// is retried; [`ProviderError::Mismatch`] flags it.
+    async fn current_status(
+        &self,
+        query: StatusQuery<'_>,
+    ) -> Result<ProviderPayment, ProviderError> {
+        self.get_payment_status(&query.reference()?).await
+    }
+
+    /// Whether a payment this provider still calls pending at the end of reconciliation is
+    /// expired rather than left pending (Telegram: nothing arrives after an invoice is
+    /// abandoned). By default it stays pending for an admin.
+    fn expires_pending_at_deadline(&self) -> bool {
+        false
+    }
+
+    /// Whether this provider's notifications are checked by its own loop rather than by a
+    /// status look-up (the crypto chain watcher asks the chain about a notice's transaction):
+    /// the worker's consumer then leaves their inbox rows open and wakes that loop.
+    fn checks_own_notices(&self) -> bool {
+        false
     }
 
     /// Starts a payment. Safe to call again for the same `payment_id` (same idempotence key).

@@ -50,11 +50,33 @@ impl PaymentService {
         self.providers.get(&id).ok_or(ProviderError::NotEnabled(id))
     }
 
+    /// The enabled provider stored under `name` (`payments.provider`, the inbox's `provider`);
+    /// `None` for a name no enabled provider has.
+    pub fn provider_named(&self, name: &str) -> Option<&Arc<dyn PaymentProvider>> {
+        self.providers.get(&name.parse::<ProviderId>().ok()?)
+    }
+
+    /// Whether any enabled provider checks its own notifications in a loop of its own
+    /// ([`PaymentProvider::checks_own_notices`]).
+    pub fn checks_own_notices(&self, name: &str) -> bool {
+        self.provider_named(name)
+            .is_some_and(|p| p.checks_own_notices())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
     pub fn is_enabled(&self, id: ProviderId) -> bool {
         self.providers.contains_key(&id)
     }
 
-    /// The enabled providers, in `ProviderId` order (for `GET /api/payment/providers`).
+    /// The enabled providers, in `ProviderId` order.
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn PaymentProvider>> {
+        self.providers.values()
+    }
+
+    /// The enabled providers' descriptors, in `ProviderId` order.
     pub fn descriptors(&self) -> Vec<&ProviderDescriptor> {
         self.providers.values().map(|p| p.descriptor()).collect()
     }

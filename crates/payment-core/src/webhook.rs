@@ -217,7 +217,17 @@ impl WebhookNotification {
                 provider_payment_id,
                 ..
             } => Some(provider_payment_id),
-            WebhookSubject::Other { .. } => None,
+            WebhookSubject::Hint { .. } | WebhookSubject::Other { .. } => None,
+        }
+    }
+
+    /// Our payment id as the body claims it (unverified), if it names one.
+    pub fn claimed_payment_id(&self) -> Option<PaymentId> {
+        match &self.subject {
+            WebhookSubject::Payment { payment_id, .. } | WebhookSubject::Hint { payment_id } => {
+                *payment_id
+            }
+            _ => None,
         }
     }
 }
@@ -233,6 +243,11 @@ pub enum WebhookSubject {
     Refund {
         provider_refund_id: String,
         provider_payment_id: String,
+    },
+    /// A reason to look, about no provider object (a crypto notice: the worker asks the chain).
+    Hint {
+        /// Our payment, when the sender names it (unverified).
+        payment_id: Option<PaymentId>,
     },
     /// An event we do not act on (unknown or irrelevant); recorded and acknowledged.
     Other { object_id: Option<String> },

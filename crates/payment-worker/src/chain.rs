@@ -27,10 +27,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use domain::entities::{crypto_invoices, payments, provider_notifications};
-use payment_core::ProviderId;
 use payment_core::providers::crypto::{
     ChainWatcher, InvoiceOutcome, LatePolicy, NoticeCheck, OutcomeKind, OutcomeSink, WatchError,
 };
+use payment_core::{PaymentService, ProviderId};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
@@ -39,7 +39,7 @@ use sea_orm::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::sources::{StatusSources, disagreement, look_up};
+use crate::sources::{disagreement, look_up, provider_of};
 use crate::transition::{self, ApplyError, Shortfall, Trigger};
 
 /// Notices checked per pass of the loop (the rest wait for the next pass).
@@ -50,7 +50,7 @@ const NOTICES_PER_PASS: u64 = 50;
 pub struct ChainWatch {
     db: DatabaseConnection,
     watcher: Arc<ChainWatcher>,
-    sources: Arc<StatusSources>,
+    providers: Arc<PaymentService>,
     nudge: Arc<Notify>,
     notices: Arc<Notify>,
 }
@@ -61,14 +61,14 @@ impl ChainWatch {
     pub fn new(
         db: DatabaseConnection,
         watcher: ChainWatcher,
-        sources: Arc<StatusSources>,
+        providers: Arc<PaymentService>,
         nudge: Arc<Notify>,
         notices: Arc<Notify>,
     ) -> Self {
         Self {
             db,
             watcher: Arc::new(watcher.with_sink(Arc::new(Announcer))),
-            sources,
+            providers,
             nudge,
             notices,
         }
@@ -222,8 +222,8 @@ impl ChainWatch {
         else {
             return Err(ApplyError::PaymentNotFound(outcome.payment_id.into_inner()));
         };
-        let Some(source) = self.sources.get(&payment.provider) else {
-            tracing::warn!(payment_id = %payment.id, provider = %payment.provider, "no status source for the invoice's payment");
+        let Some(source) = provider_of(&self.providers, &payment) else {
+            tracing::warn!(payment_id = %payment.id, provider = %payment.provider, "the invoice's payment has a provider this worker does not have");
             return Ok("no_source");
         };
         let answer = look_up(source.as_ref(), &payment, None).await;

@@ -27,7 +27,6 @@ pub use chain::ChainWatch;
 pub use notifications::{CONSUMER, NotificationHandler};
 pub use reconcile::{ReconcileReport, Reconciler};
 pub use settings::{ConsumerSettings, ReconcileSettings, ServiceSettings};
-pub use sources::{StatusSource, StatusSources};
 
 pub const SERVICE: &str = "payment-worker";
 
@@ -50,22 +49,21 @@ impl Settings {
 /// (`bus.declare(&spec)`) before anything publishes notifications, so none is unroutable.
 pub fn consumer_spec(settings: &ServiceSettings) -> ConsumerSpec {
     let handler = NotificationHandler::new(
-        Arc::new(StatusSources::default()),
+        Arc::new(PaymentService::default()),
         DatabaseConnection::default(),
     );
     ConsumerSpec::new(handler.consumer(), handler.bindings())
         .with_retry(settings.consumer.retry_policy())
 }
 
-/// The status sources of the providers enabled in `settings` (the crypto provider answers
-/// from its invoice rows and the Telegram provider records Star transactions, through `db`).
-pub fn status_sources(
+/// The providers enabled in `settings`, the worker's status sources (the crypto provider
+/// answers from its invoice rows, the Telegram provider reads stored updates and records Star
+/// transactions, through `db`).
+pub fn payment_service(
     settings: &ServiceSettings,
     db: &DatabaseConnection,
-) -> Result<StatusSources, payment_core::SettingsError> {
-    let payments = settings.payments.clone().with_database(db);
-    let service = PaymentService::from_settings(&payments)?;
-    Ok(StatusSources::from_payment_service(service, db))
+) -> Result<PaymentService, payment_core::SettingsError> {
+    PaymentService::from_settings(&settings.payments.clone().with_database(db))
 }
 
 /// The worker's parts on one database and bus: the notification consumer, the
@@ -75,7 +73,9 @@ pub struct Worker {
     reconciler: Option<Reconciler>,
     chain: Option<ChainWatch>,
     db: DatabaseConnection,
-    sources: Arc<StatusSources>,
+    providers: Arc<PaymentService>,
+    /// Wakes the chain-watch loop when a notice it checks waits.
+    own_notices: Arc<Notify>,
     nudge: Arc<Notify>,
 }
 
@@ -122,7 +122,7 @@ impl Worker {
         bus: Arc<dyn Bus>,
         outbox_nudge: Arc<Notify>,
     ) -> Result<Self, payment_core::SettingsError> {
-        let mut sources = status_sources(settings, &db)?;
+        let providers = payment_service(settings, &db)?;
         let watcher = match &settings.payments.crypto {
             Some(crypto) => Some(ChainWatcher::new(crypto.clone()).map_err(|e| {
                 payment_core::SettingsError::Invalid {
@@ -132,33 +132,37 @@ impl Worker {
             })?),
             None => None,
         };
-        if watcher.is_some() {
-            sources = sources.with_chain_notices(Arc::default());
-        }
-        let worker = Self::new(settings, sources, db, bus, outbox_nudge);
+        let own_notices = watcher.is_some().then(Arc::default);
+        let worker = Self::new(settings, providers, own_notices, db, bus, outbox_nudge);
         Ok(match watcher {
             Some(watcher) => worker.with_chain_watcher(watcher),
             None => worker,
         })
     }
 
-    /// A worker with explicit status sources (tests; providers without a `payment_core` API).
+    /// A worker over explicit providers (tests, or a caller with its own wiring); with
+    /// `own_notices`, the notices of providers that check their own are left to their loop.
     pub fn new(
         settings: &ServiceSettings,
-        sources: StatusSources,
+        providers: PaymentService,
+        own_notices: Option<Arc<Notify>>,
         db: DatabaseConnection,
         bus: Arc<dyn Bus>,
         outbox_nudge: Arc<Notify>,
     ) -> Self {
-        if sources.is_empty() {
+        if providers.is_empty() {
             tracing::warn!(
                 "no payment provider is configured: notifications will be parked and pending payments not reconciled"
             );
         }
-        let sources = Arc::new(sources);
+        let providers = Arc::new(providers);
+        let mut handler = NotificationHandler::new(providers.clone(), db.clone());
+        if let Some(wake) = &own_notices {
+            handler = handler.with_own_notices(wake.clone());
+        }
         let source: Arc<dyn DeliverySource> = bus;
         let runner = ConsumerRunner::new(
-            NotificationHandler::new(sources.clone(), db.clone()),
+            handler,
             db.clone(),
             source,
             RunnerConfig {
@@ -171,7 +175,7 @@ impl Worker {
         let reconciler = settings.reconcile.enabled.then(|| {
             Reconciler::new(
                 db.clone(),
-                sources.clone(),
+                providers.clone(),
                 settings.reconcile.clone(),
                 outbox_nudge.clone(),
             )
@@ -181,23 +185,22 @@ impl Worker {
             reconciler,
             chain: None,
             db,
-            sources,
+            providers,
+            own_notices: own_notices.unwrap_or_default(),
             nudge: outbox_nudge,
         }
     }
 
     /// Adds the chain-watch loop (crypto): its outcomes are applied through this worker's
-    /// status sources; it checks crypto notices when the sources send them its way
-    /// ([`StatusSources::with_chain_notices`]).
+    /// providers; it checks crypto notices when the consumer leaves them to it.
     #[must_use]
     pub fn with_chain_watcher(mut self, watcher: ChainWatcher) -> Self {
-        let notices = self.sources.chain_notices().cloned().unwrap_or_default();
         self.chain = Some(ChainWatch::new(
             self.db.clone(),
             watcher,
-            self.sources.clone(),
+            self.providers.clone(),
             self.nudge.clone(),
-            notices,
+            self.own_notices.clone(),
         ));
         self
     }

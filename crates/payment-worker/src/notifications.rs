@@ -43,16 +43,17 @@ use chrono::Utc;
 use domain::entities::{payments, provider_notifications};
 use messaging::events::ProviderNotificationReceived;
 use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
-use payment_core::{ProviderError, ProviderId, ProviderPayment, RejectionCode};
+use payment_core::{PaymentService, ProviderError, ProviderPayment, RejectionCode};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
     QueryFilter, QuerySelect,
 };
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::metric;
-use crate::sources::{StatusSources, disagreement, look_up};
+use crate::sources::{disagreement, look_up, provider_of};
 use crate::transition::{self, ApplyError, Trigger};
 
 /// The consumer name: queue `<prefix>.payment-worker`, `processed_messages.consumer`.
@@ -61,7 +62,10 @@ pub const CONSUMER: &str = "payment-worker";
 /// Applies provider notifications. See the module docs.
 #[derive(Debug, Clone)]
 pub struct NotificationHandler {
-    sources: Arc<StatusSources>,
+    providers: Arc<PaymentService>,
+    /// Wakes the loop of a provider that checks its own notices (the crypto chain watcher);
+    /// without it, such notices are looked up like any other.
+    own_notices: Option<Arc<Notify>>,
     /// For the reads before the look-up, outside the runner's transaction.
     db: DatabaseConnection,
 }
@@ -73,13 +77,25 @@ struct LookedUp {
 }
 
 impl NotificationHandler {
-    pub fn new(sources: Arc<StatusSources>, db: DatabaseConnection) -> Self {
-        Self { sources, db }
+    pub fn new(providers: Arc<PaymentService>, db: DatabaseConnection) -> Self {
+        Self {
+            providers,
+            own_notices: None,
+            db,
+        }
     }
 
-    /// A crypto notice left to the chain-watch loop.
-    fn for_chain_loop(&self, row: &provider_notifications::Model) -> bool {
-        row.provider == ProviderId::Crypto.as_str() && self.sources.chain_notices().is_some()
+    /// Leaves the notices of providers that check their own
+    /// ([`payment_core::PaymentProvider::checks_own_notices`]) to their loop, woken by `wake`.
+    #[must_use]
+    pub fn with_own_notices(mut self, wake: Arc<Notify>) -> Self {
+        self.own_notices = Some(wake);
+        self
+    }
+
+    /// A notice left to its provider's own loop (the crypto chain watcher).
+    fn for_own_loop(&self, row: &provider_notifications::Model) -> bool {
+        self.own_notices.is_some() && self.providers.checks_own_notices(&row.provider)
     }
 
     /// Steps 1–3 of the module docs: the look-up, with no transaction open.
@@ -93,7 +109,7 @@ impl NotificationHandler {
         else {
             return Err(not_in_inbox(event));
         };
-        if row.processed_at.is_some() || self.for_chain_loop(&row) {
+        if row.processed_at.is_some() || self.for_own_loop(&row) {
             return Ok(None);
         }
         // Nothing to ask about an unknown payment, another provider's payment or one without
@@ -101,10 +117,8 @@ impl NotificationHandler {
         let Some(payment) = find_payment(&self.db, &row, event).await? else {
             return Ok(None);
         };
-        let Some(source) = self
-            .sources
-            .get(&payment.provider)
-            .filter(|_| payment.provider == row.provider)
+        let Some(source) =
+            provider_of(&self.providers, &payment).filter(|_| payment.provider == row.provider)
         else {
             return Ok(None);
         };
@@ -138,10 +152,10 @@ impl NotificationHandler {
         if row.processed_at.is_some() {
             return Ok("already_processed");
         }
-        if self.for_chain_loop(&row)
-            && let Some(chain) = self.sources.chain_notices()
+        if self.for_own_loop(&row)
+            && let Some(wake) = &self.own_notices
         {
-            chain.notify_one();
+            wake.notify_one();
             return Ok("chain_check");
         }
 
@@ -153,10 +167,10 @@ impl NotificationHandler {
             tracing::warn!(notification_id = row.id, payment_id = %payment.id, notification_provider = %row.provider, payment_provider = %payment.provider, "notification from another provider than the payment's; ignored");
             return finish(tx, &row, Some(payment.id), "wrong_provider").await;
         }
-        if self.sources.get(&payment.provider).is_none() {
+        if provider_of(&self.providers, &payment).is_none() {
             // Parked, inbox row untouched: replay once a worker that knows the provider runs.
             return Err(HandlerError::permanent(format!(
-                "no status source for provider {:?} in this worker",
+                "provider {:?} is not enabled in this worker",
                 payment.provider
             )));
         }
@@ -233,22 +247,13 @@ async fn find_payment(
     row: &provider_notifications::Model,
     event: &ProviderNotificationReceived,
 ) -> Result<Option<payments::Model>, DbErr> {
-    if let Some(provider_payment_id) = &row.provider_payment_id {
-        let found = payments::Entity::find()
-            .filter(payments::Column::Provider.eq(row.provider.as_str()))
-            .filter(payments::Column::ProviderPaymentId.eq(provider_payment_id.as_str()))
-            .one(db)
-            .await?;
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    for id in [row.payment_id, event.payment_id].into_iter().flatten() {
-        if let Some(found) = payments::Entity::find_by_id(id).one(db).await? {
-            return Ok(Some(found));
-        }
-    }
-    Ok(None)
+    payments::find_notified(
+        db,
+        &row.provider,
+        row.provider_payment_id.as_deref(),
+        [row.payment_id, event.payment_id].into_iter().flatten(),
+    )
+    .await
 }
 
 /// Marks the inbox row processed with `outcome`.

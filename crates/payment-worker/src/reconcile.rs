@@ -32,7 +32,7 @@ use domain::entities::payments;
 use domain::money::Money;
 use domain::{CryptoInvoiceStatus, PaymentStatus};
 use payment_core::providers::crypto::invoice;
-use payment_core::{ProviderError, ProviderId, ProviderPayment};
+use payment_core::{PaymentService, ProviderError, ProviderPayment};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metric;
 use crate::settings::ReconcileSettings;
-use crate::sources::{StatusSources, disagreement, look_up};
+use crate::sources::{disagreement, look_up, provider_of};
 use crate::transition::{self, Applied, Trigger};
 
 /// When the next check of a still-pending payment is due; `None` when polling should stop.
@@ -86,7 +86,7 @@ pub struct ReconcileReport {
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     db: DatabaseConnection,
-    sources: Arc<StatusSources>,
+    providers: Arc<PaymentService>,
     settings: ReconcileSettings,
     nudge: Arc<Notify>,
 }
@@ -95,13 +95,13 @@ impl Reconciler {
     /// `nudge` wakes the outbox relay after a commit that wrote events.
     pub fn new(
         db: DatabaseConnection,
-        sources: Arc<StatusSources>,
+        providers: Arc<PaymentService>,
         settings: ReconcileSettings,
         nudge: Arc<Notify>,
     ) -> Self {
         Self {
             db,
-            sources,
+            providers,
             settings,
             nudge,
         }
@@ -212,8 +212,8 @@ impl Reconciler {
         if payment.is_half_made() {
             return self.half_made(payment).await;
         }
-        let Some(source) = self.sources.get(&payment.provider) else {
-            tracing::debug!(payment_id = %payment.id, provider = %payment.provider, "no status source for this provider; rescheduled");
+        let Some(source) = provider_of(&self.providers, &payment) else {
+            tracing::debug!(payment_id = %payment.id, provider = %payment.provider, "this worker does not have the payment's provider; rescheduled");
             let tx = self.db.begin().await?;
             let outcome = self.reschedule(&tx, &payment, "no_source").await?;
             tx.commit().await?;
@@ -279,7 +279,10 @@ impl Reconciler {
         if next.is_some() {
             return Ok(outcome);
         }
-        if expires_at_deadline(payment, outcome) {
+        if outcome == "pending"
+            && provider_of(&self.providers, payment)
+                .is_some_and(|p| p.expires_pending_at_deadline())
+        {
             return self.expire(tx, payment).await;
         }
         tracing::warn!(payment_id = %payment.id, provider = %payment.provider, "provider still says pending after the expiry and grace period; polling stops, the payment stays pending");
@@ -371,12 +374,6 @@ impl Reconciler {
             }
         }
     }
-}
-
-/// Whether a payment still pending at its deadline (after a check whose outcome was
-/// `outcome`) is expired rather than left pending: see the module docs.
-fn expires_at_deadline(payment: &payments::Model, outcome: &str) -> bool {
-    payment.provider == ProviderId::Telegram.as_str() && outcome == "pending"
 }
 
 #[cfg(test)]

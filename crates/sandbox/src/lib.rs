@@ -6,6 +6,9 @@
 pub mod cryptobot;
 pub mod form;
 pub mod marzban;
+pub mod panel_kit;
+pub mod pasarguard;
+pub mod remnawave;
 pub mod server;
 pub mod telegram;
 pub mod tron;

@@ -20,8 +20,8 @@ use messaging::Envelope;
 use messaging::events::ProviderNotificationReceived;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QuerySelect, TryInsertResult,
+    ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    TryInsertResult,
 };
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
@@ -261,29 +261,14 @@ async fn match_payment<C: ConnectionTrait>(
     conn: &C,
     notice: &Notice,
 ) -> Result<Option<Uuid>, InboxError> {
-    if let Some(provider_payment_id) = &notice.provider_payment_id {
-        let found: Option<Uuid> = payments::Entity::find()
-            .select_only()
-            .column(payments::Column::Id)
-            .filter(payments::Column::Provider.eq(notice.provider.as_str()))
-            .filter(payments::Column::ProviderPaymentId.eq(provider_payment_id.as_str()))
-            .into_tuple()
-            .one(conn)
-            .await?;
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    if let Some(claimed) = notice.claimed_payment_id {
-        let found: Option<Uuid> = payments::Entity::find_by_id(claimed)
-            .select_only()
-            .column(payments::Column::Id)
-            .into_tuple()
-            .one(conn)
-            .await?;
-        return Ok(found);
-    }
-    Ok(None)
+    let found = payments::find_notified(
+        conn,
+        &notice.provider,
+        notice.provider_payment_id.as_deref(),
+        notice.claimed_payment_id,
+    )
+    .await?;
+    Ok(found.map(|payment| payment.id))
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use api_gateway::signature;
 use domain::entities::provider_notifications;
+use payment_core::providers::crypto::signature;
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};

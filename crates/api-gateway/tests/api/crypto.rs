@@ -1,8 +1,8 @@
 //! `POST /webhook/payment/crypto`: HMAC-SHA256 over `"{t}.{raw body}"`, 5-minute tolerance.
 
-use api_gateway::signature;
 use messaging::Envelope;
 use messaging::events::ProviderNotificationReceived;
+use payment_core::providers::crypto::signature;
 
 use crate::helpers::{CRYPTO_SECRET, TestApp, sample, spawn_app};
 

@@ -71,6 +71,11 @@ async fn spawn_on(db: TestDb, embedded: bool, overrides: &[(&str, &str)]) -> Tes
         ("GATEWAY_WORKERS", "2".into()),
         ("API_SERVICE_TOKEN", SERVICE_TOKEN.into()),
         ("API_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        // The crypto provider verifies its own notices: on, with its notice secret.
+        (
+            "CRYPTO_WALLET_ADDRESS",
+            "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE".into(),
+        ),
         ("CRYPTO_WEBHOOK_SECRET", CRYPTO_SECRET.into()),
         ("YOOKASSA_SHOP_ID", "100500".into()),
         ("YOOKASSA_SECRET_KEY", "test_sandbox_secret".into()),

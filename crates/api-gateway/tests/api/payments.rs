@@ -20,18 +20,21 @@ fn creates(app: &crate::helpers::TestApp) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn providers_lists_the_enabled_ones() {
-    let app = spawn_app(&[]).await;
-    let body: serde_json::Value = app
-        .http
+async fn providers_of(app: &crate::helpers::TestApp) -> serde_json::Value {
+    app.http
         .get(app.url("/api/payment/providers"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn providers_lists_the_enabled_ones() {
+    let app = spawn_app(&[]).await;
+    let body = providers_of(&app).await;
     assert_eq!(
         body,
         serde_json::json!({"providers": [{
@@ -39,19 +42,29 @@ async fn providers_lists_the_enabled_ones() {
             "title": "YooKassa",
             "currencies": ["RUB"],
             "capabilities": ["payments", "webhooks", "refunds"]
+        }, {
+            "id": "crypto",
+            "title": "USDT (TRC20)",
+            "currencies": ["USDT"],
+            "capabilities": ["payments", "webhooks"]
         }]})
     );
 
-    let none = spawn_app(&[("YOOKASSA_SHOP_ID", ""), ("YOOKASSA_SECRET_KEY", "")]).await;
-    let body: serde_json::Value = none
-        .http
-        .get(none.url("/api/payment/providers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Without its notice secret the crypto provider takes payments but no webhooks.
+    let quiet = spawn_app(&[("CRYPTO_WEBHOOK_SECRET", "")]).await;
+    let body = providers_of(&quiet).await;
+    assert_eq!(
+        body["providers"][1]["capabilities"],
+        serde_json::json!(["payments"])
+    );
+
+    let none = spawn_app(&[
+        ("YOOKASSA_SHOP_ID", ""),
+        ("YOOKASSA_SECRET_KEY", ""),
+        ("CRYPTO_WALLET_ADDRESS", ""),
+    ])
+    .await;
+    let body = providers_of(&none).await;
     assert_eq!(body, serde_json::json!({"providers": []}));
 }
 

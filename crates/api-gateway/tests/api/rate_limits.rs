@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use api_gateway::signature;
 use futures::StreamExt;
+use payment_core::providers::crypto::signature;
 
 use crate::helpers::{
     CRYPTO_SECRET, SERVICE_TOKEN, TestApp, payment_notification, random_provider_id, sample,

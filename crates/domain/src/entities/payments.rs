@@ -135,3 +135,31 @@ impl Related<super::provider_notifications::Entity> for Entity {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// The one look-up of the payment a provider's notification is about: by the provider's id
+/// (`provider`, `provider_payment_id`, unique together) first, else by the first of our own
+/// `candidates` ids that exists (the id the body claims, or the one the inbox matched). Used by
+/// the inbox when it stores a notice and by the worker when it applies one.
+pub async fn find_notified<C: ConnectionTrait>(
+    conn: &C,
+    provider: &str,
+    provider_payment_id: Option<&str>,
+    candidates: impl IntoIterator<Item = Uuid>,
+) -> Result<Option<Model>, DbErr> {
+    if let Some(provider_payment_id) = provider_payment_id {
+        let found = Entity::find()
+            .filter(Column::Provider.eq(provider))
+            .filter(Column::ProviderPaymentId.eq(provider_payment_id))
+            .one(conn)
+            .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    for id in candidates {
+        if let Some(found) = Entity::find_by_id(id).one(conn).await? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}

@@ -4,7 +4,8 @@
 //! emulator — one pays with YooKassa, one with Telegram Stars, one with USDT — and an admin
 //! refunds the Stars payment. Prints a timeline (time since each customer's click) and the
 //! final state, and exits 0 when every step happened. `KEEP=1` keeps everything running until
-//! Ctrl-C.
+//! Ctrl-C. `PANEL=pasarguard` or `PANEL=remnawave` provisions that panel's emulator instead of
+//! Marzban's (`PANEL_KIND`).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use anyhow::{Context, bail};
 use e2e::cluster::{ADMIN_ID, NOTIFY_FROM, PROVIDER_TOKEN, SandboxUrls, WALLET, bin_dir};
 use e2e::customers::Script;
 use e2e::sandbox_client::SandboxClient;
-use sandbox::{marzban, telegram, tron, yookassa};
+use sandbox::{marzban, pasarguard, remnawave, telegram, tron, yookassa};
 use service_kit::testing::free_addr;
 use tokio::process::Command;
 
@@ -33,17 +34,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let chain = tron::spawn(tron::Config::default()).await?;
-    let panel = marzban::spawn(marzban::Config::default()).await?;
+    let panel = DemoPanel::spawn(&std::env::var("PANEL").unwrap_or_default()).await?;
     let shop = kassa.shop().context("the emulator has a shop")?.clone();
     println!(
-        "emulators: YooKassa {}, Telegram {}, TronGrid {}, Marzban {}",
+        "emulators: YooKassa {}, Telegram {}, TronGrid {}, {} {}",
         kassa.base_url(),
         tg.api_url(),
         chain.base_url,
-        panel.base_url
+        panel.name(),
+        panel.base_url()
     );
 
-    let env: Vec<(&str, String)> = vec![
+    let mut env: Vec<(&str, String)> = vec![
         (
             "DATABASE_URL",
             format!("sqlite://{}/acp.db?mode=rwc", work.display()),
@@ -79,11 +81,9 @@ async fn main() -> anyhow::Result<()> {
         ("CRYPTO_NETWORK", "TRC20".into()),
         ("TRONGRID_API_URL", chain.base_url.clone()),
         ("CRYPTO_POLL_INTERVAL_SECONDS", "1".into()),
-        ("MARZBAN_URL", panel.base_url.clone()),
-        ("MARZBAN_USERNAME", "admin".into()),
-        ("MARZBAN_PASSWORD", "admin-password".into()),
         ("RECONCILE_POLL_MS", "1000".into()),
     ];
+    env.extend(panel.env());
     let mut standalone = Command::new(bin_dir().join("standalone"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .kill_on_drop(true)
@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         yookassa: kassa.base_url(),
         telegram: tg.base_url(),
         tron: chain.base_url.clone(),
-        marzban: panel.base_url.clone(),
+        marzban: panel.base_url(),
     };
     let mut script = Script::new(SandboxClient::new(urls), true);
     script.started = started;
@@ -117,13 +117,8 @@ async fn main() -> anyhow::Result<()> {
     // Telegram; the admin refunds Boris.
     script.four_purchases_and_a_refund().await?;
     println!("\nadmin's /stats:\n{}", script.admin_stats().await?);
-    println!("\npanel users:");
-    for user in panel.users() {
-        println!(
-            "  {} status={:?} expire={:?}",
-            user.username, user.status, user.expire
-        );
-    }
+    println!("\n{} users:", panel.name());
+    panel.print_users();
     println!(
         "YooKassa payments: {}, Telegram charges: {} ({} in Stars, {} by card)",
         kassa.payments().len(),
@@ -156,4 +151,96 @@ async fn main() -> anyhow::Result<()> {
         bail!("standalone did not stop cleanly");
     }
     Ok(())
+}
+
+/// The panel emulator the demo provisions (`PANEL`).
+enum DemoPanel {
+    Marzban(marzban::Handle),
+    Pasarguard(pasarguard::Handle),
+    Remnawave(remnawave::Handle),
+}
+
+impl DemoPanel {
+    async fn spawn(kind: &str) -> anyhow::Result<Self> {
+        Ok(match kind {
+            "" | "marzban" => Self::Marzban(marzban::spawn(marzban::Config::default()).await?),
+            "pasarguard" => {
+                Self::Pasarguard(pasarguard::spawn(pasarguard::Config::default()).await?)
+            }
+            "remnawave" => Self::Remnawave(remnawave::spawn(remnawave::Config::default()).await?),
+            other => bail!("PANEL={other}: use marzban, pasarguard or remnawave"),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Marzban(_) => "Marzban",
+            Self::Pasarguard(_) => "PasarGuard",
+            Self::Remnawave(_) => "Remnawave",
+        }
+    }
+
+    fn base_url(&self) -> String {
+        match self {
+            Self::Marzban(p) => p.base_url.clone(),
+            Self::Pasarguard(p) => p.base_url.clone(),
+            Self::Remnawave(p) => p.base_url.clone(),
+        }
+    }
+
+    /// The standalone binary's panel settings.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let url = self.base_url();
+        match self {
+            Self::Marzban(_) => vec![
+                ("MARZBAN_URL", url),
+                ("MARZBAN_USERNAME", "admin".into()),
+                ("MARZBAN_PASSWORD", "admin-password".into()),
+            ],
+            Self::Pasarguard(_) => vec![
+                ("PANEL_KIND", "pasarguard".into()),
+                ("PANEL_URL", url),
+                ("PASARGUARD_API_KEY", pasarguard::DEFAULT_API_KEY.into()),
+                ("PASARGUARD_GROUP_IDS", "1".into()),
+            ],
+            Self::Remnawave(_) => vec![
+                ("PANEL_KIND", "remnawave".into()),
+                ("PANEL_URL", url),
+                ("REMNAWAVE_TOKEN", remnawave::DEFAULT_TOKEN.into()),
+                ("REMNAWAVE_SQUADS", remnawave::DEFAULT_SQUAD.into()),
+            ],
+        }
+    }
+
+    fn print_users(&self) {
+        match self {
+            Self::Marzban(p) => {
+                for u in p.users() {
+                    println!(
+                        "  {} status={:?} expire={:?}",
+                        u.username, u.status, u.expire
+                    );
+                }
+            }
+            Self::Pasarguard(p) => {
+                for u in p.users() {
+                    println!(
+                        "  {} status={:?} expire={:?}",
+                        u.username, u.status, u.expire
+                    );
+                }
+            }
+            Self::Remnawave(p) => {
+                for u in p.users() {
+                    println!(
+                        "  {} status={:?} expireAt={} squads={}",
+                        u.username,
+                        u.status,
+                        u.expire_at,
+                        u.active_internal_squads.len()
+                    );
+                }
+            }
+        }
+    }
 }

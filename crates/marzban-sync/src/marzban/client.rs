@@ -2,18 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use domain::ids::MarzbanUsername;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::Mutex;
+
+use crate::http;
+use crate::panel::PanelError;
 
 use super::types::{
     CreateUser, CreateUserBody, Inbounds, ModifyUser, ModifyUserBody, Proxies, SetProxiesBody,
-    TokenResponse, UserList, UserResponse,
+    UserList, UserResponse,
 };
 
 /// How to reach and use the panel. `Debug` masks a password written into `MARZBAN_URL`
@@ -68,11 +69,7 @@ impl MarzbanSettings {
     /// Refuses settings Marzban would reject or misread, naming the setting.
     pub fn validate(&self) -> Result<(), MarzbanError> {
         let invalid = |what: &str| Err(MarzbanError::InvalidInput(what.to_owned()));
-        let url = self.base_url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(['?', '#'])
-        {
-            return invalid("MARZBAN_URL must be an http(s):// URL without query or fragment");
-        }
+        http::check_url(&self.base_url, "PANEL_URL (or MARZBAN_URL)")?;
         if self.username.is_empty() {
             return invalid("MARZBAN_USERNAME is empty");
         }
@@ -111,69 +108,8 @@ impl MarzbanSettings {
     }
 }
 
-/// What went wrong talking to Marzban. Only [`MarzbanError::Unavailable`] is worth retrying
-/// as is; the others need a different request or an operator.
-#[derive(Debug, thiserror::Error)]
-pub enum MarzbanError {
-    /// Wrong admin credentials, or a fresh token was refused too.
-    #[error("Marzban refused our credentials: {detail}")]
-    Unauthorized { detail: String },
-    /// 404: the user (or the route) does not exist.
-    #[error("Marzban: not found: {detail}")]
-    NotFound { detail: String },
-    /// 409: the user already exists.
-    #[error("Marzban: conflict: {detail}")]
-    Conflict { detail: String },
-    /// 422, as field → message (Marzban's own `{"detail": {"field": "msg"}}`, or FastAPI's list).
-    #[error("Marzban rejected the request fields: {fields:?}")]
-    Validation { fields: BTreeMap<String, String> },
-    /// Any other 4xx, e.g. 400 "Protocol vless is disabled on your server" or 403.
-    #[error("Marzban rejected the request with {status}: {detail}")]
-    Rejected { status: u16, detail: String },
-    /// 5xx, 408, 429, connection failures and timeouts: try again later.
-    #[error("Marzban is unavailable: {reason}")]
-    Unavailable { status: Option<u16>, reason: String },
-    /// A 2xx answer we could not read.
-    #[error("cannot decode Marzban's answer: {0}")]
-    Decode(String),
-    /// Refused before sending: bad settings or arguments.
-    #[error("invalid Marzban request: {0}")]
-    InvalidInput(String),
-}
-
-/// Histogram `{operation}`: seconds a Marzban API call took (a re-login and resend included).
-pub const METRIC_CALL_SECONDS: &str = "marzban_sync_api_call_seconds";
-/// Counter `{operation, error}`: Marzban API calls that failed, by [`MarzbanError::kind`].
-pub const METRIC_CALL_ERRORS: &str = "marzban_sync_api_errors_total";
-
-impl MarzbanError {
-    /// A short stable name of the variant, for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Unauthorized { .. } => "unauthorized",
-            Self::NotFound { .. } => "not_found",
-            Self::Conflict { .. } => "conflict",
-            Self::Validation { .. } => "validation",
-            Self::Rejected { .. } => "rejected",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Decode(_) => "decode",
-            Self::InvalidInput(_) => "invalid_input",
-        }
-    }
-
-    /// Whether the same request may succeed later without any change.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
-    }
-}
-
-/// A cached bearer token; `generation` tells a caller that saw a 401 whether someone else has
-/// already logged in again since it read the token.
-#[derive(Clone)]
-struct Token {
-    value: SecretString,
-    generation: u64,
-}
+/// What went wrong talking to Marzban (the panel-neutral [`PanelError`]).
+pub type MarzbanError = PanelError;
 
 /// The Marzban admin API: form login, a cached bearer token renewed once on 401, typed errors.
 /// Cheap to clone; clones share the token.
@@ -181,7 +117,7 @@ struct Token {
 pub struct MarzbanClient {
     http: reqwest::Client,
     settings: Arc<MarzbanSettings>,
-    token: Arc<Mutex<Option<Token>>>,
+    login: http::AdminLogin,
 }
 
 impl std::fmt::Debug for MarzbanClient {
@@ -196,19 +132,16 @@ impl MarzbanClient {
     /// Validates the settings and builds the HTTP client; does not contact the panel.
     pub fn new(settings: MarzbanSettings) -> Result<Self, MarzbanError> {
         settings.validate()?;
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!(
-                "anomaly-connect-payments/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| MarzbanError::InvalidInput(format!("HTTP client: {e}")))?;
+        let http = http::client(settings.timeout)?;
+        let login = http::AdminLogin::new(
+            &settings.api_url(""),
+            &settings.username,
+            settings.password.clone(),
+        );
         Ok(Self {
             http,
             settings: Arc::new(settings),
-            token: Arc::new(Mutex::new(None)),
+            login,
         })
     }
 
@@ -218,9 +151,7 @@ impl MarzbanClient {
 
     /// Logs in now and caches the token (a start-up check of the credentials).
     pub async fn login(&self) -> Result<(), MarzbanError> {
-        let mut slot = self.token.lock().await;
-        let generation = slot.as_ref().map_or(0, |t| t.generation + 1);
-        *slot = Some(self.fetch_token(generation).await?);
+        self.login.login(&self.http).await?;
         Ok(())
     }
 
@@ -231,7 +162,7 @@ impl MarzbanClient {
     ) -> Result<Option<UserResponse>, MarzbanError> {
         let path = format!("/user/{username}");
         match self.call("get_user", Method::GET, &path, |r| r).await {
-            Ok(response) => decode(response).await.map(Some),
+            Ok(response) => http::decode(response).await.map(Some),
             Err(MarzbanError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -252,7 +183,7 @@ impl MarzbanClient {
                 r.query(&[("search", text)])
             })
             .await?;
-        Ok(decode::<UserList>(response).await?.users)
+        Ok(http::decode::<UserList>(response).await?.users)
     }
 
     /// The panel user `username` names in any letter case: [`MarzbanClient::search_users`],
@@ -301,7 +232,7 @@ impl MarzbanClient {
         let response = self
             .call("set_proxies", Method::PUT, &path, |r| r.json(&body))
             .await?;
-        decode(response).await
+        http::decode(response).await
     }
 
     /// `POST /api/user` with the configured `proxies` and `inbounds`. An existing user is
@@ -321,7 +252,7 @@ impl MarzbanClient {
         let response = self
             .call("create_user", Method::POST, "/user", |r| r.json(&body))
             .await?;
-        decode(response).await
+        http::decode(response).await
     }
 
     /// `PUT /api/user/{username}` with only `expire`, `data_limit` and the optional `status`:
@@ -341,7 +272,7 @@ impl MarzbanClient {
         let response = self
             .call("modify_user", Method::PUT, &path, |r| r.json(&body))
             .await?;
-        decode(response).await
+        http::decode(response).await
     }
 
     /// `POST /api/user/{username}/reset`: used traffic back to 0, a `limited` user active again.
@@ -351,7 +282,7 @@ impl MarzbanClient {
     ) -> Result<UserResponse, MarzbanError> {
         let path = format!("/user/{username}/reset");
         let response = self.call("reset_user", Method::POST, &path, |r| r).await?;
-        decode(response).await
+        http::decode(response).await
     }
 
     /// `DELETE /api/user/{username}`; a missing user is [`MarzbanError::NotFound`].
@@ -367,8 +298,7 @@ impl MarzbanClient {
         super::absolute_subscription_url(&self.settings.base_url, &user.subscription_url)
     }
 
-    /// [`MarzbanClient::call_once`], timed and counted by `operation` ([`METRIC_CALL_SECONDS`],
-    /// [`METRIC_CALL_ERRORS`]).
+    /// [`MarzbanClient::call_once`], timed and counted by `operation`.
     async fn call(
         &self,
         operation: &'static str,
@@ -376,15 +306,7 @@ impl MarzbanClient {
         path: &str,
         body: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, MarzbanError> {
-        let started = Instant::now();
-        let result = self.call_once(method, path, body).await;
-        metrics::histogram!(METRIC_CALL_SECONDS, "operation" => operation)
-            .record(started.elapsed().as_secs_f64());
-        if let Err(error) = &result {
-            metrics::counter!(METRIC_CALL_ERRORS, "operation" => operation, "error" => error.kind())
-                .increment(1);
-        }
-        result
+        http::timed(operation, self.call_once(method, path, body)).await
     }
 
     /// Sends an authenticated request; on 401 logs in again once and resends once.
@@ -395,75 +317,29 @@ impl MarzbanClient {
         body: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, MarzbanError> {
         let url = self.settings.api_url(path);
-        let token = self.token().await?;
+        let token = self.login.token(&self.http).await?;
         let response = self.send(&method, &url, &token, &body).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            return check(response).await;
+            return http::check_fastapi(response).await;
         }
         tracing::info!(%method, path, "Marzban token refused; logging in again");
-        let token = self.renew(token.generation).await?;
+        let token = self.login.renew(&self.http, token.generation).await?;
         let response = self.send(&method, &url, &token, &body).await?;
-        check(response).await
+        http::check_fastapi(response).await
     }
 
     async fn send(
         &self,
         method: &Method,
         url: &str,
-        token: &Token,
+        token: &http::Token,
         body: &impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, MarzbanError> {
         let request = self
             .http
             .request(method.clone(), url)
             .bearer_auth(token.value.expose_secret());
-        body(request).send().await.map_err(unreachable)
-    }
-
-    /// The cached token, logging in first if there is none. The lock is held during the login
-    /// so that concurrent callers wait for one login instead of each making their own.
-    async fn token(&self) -> Result<Token, MarzbanError> {
-        let mut slot = self.token.lock().await;
-        if let Some(token) = slot.as_ref() {
-            return Ok(token.clone());
-        }
-        let token = self.fetch_token(0).await?;
-        *slot = Some(token.clone());
-        Ok(token)
-    }
-
-    /// A token newer than the refused one: someone else's fresh login, or our own.
-    async fn renew(&self, refused: u64) -> Result<Token, MarzbanError> {
-        let mut slot = self.token.lock().await;
-        if let Some(token) = slot.as_ref().filter(|t| t.generation > refused) {
-            return Ok(token.clone());
-        }
-        *slot = None;
-        let token = self.fetch_token(refused + 1).await?;
-        *slot = Some(token.clone());
-        Ok(token)
-    }
-
-    /// `POST /api/admin/token`, form-encoded (Marzban answers JSON with 422).
-    async fn fetch_token(&self, generation: u64) -> Result<Token, MarzbanError> {
-        let form = [
-            ("grant_type", "password"),
-            ("username", self.settings.username.as_str()),
-            ("password", self.settings.password.expose_secret()),
-        ];
-        let response = self
-            .http
-            .post(self.settings.api_url("/admin/token"))
-            .form(&form)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let token: TokenResponse = decode(check(response).await?).await?;
-        tracing::debug!(generation, "logged in to Marzban");
-        Ok(Token {
-            value: SecretString::from(token.access_token),
-            generation,
-        })
+        body(request).send().await.map_err(http::unreachable)
     }
 }
 
@@ -488,122 +364,9 @@ fn data_limit(limit: Option<i64>) -> Result<i64, MarzbanError> {
     }
 }
 
-fn unreachable(error: reqwest::Error) -> MarzbanError {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    MarzbanError::Unavailable {
-        status: error.status().map(|s| s.as_u16()),
-        reason: format!("{kind}: {}", error_chain(&error)),
-    }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Passes 2xx through and turns everything else into a typed error.
-async fn check(response: Response) -> Result<Response, MarzbanError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let text = response.text().await.unwrap_or_default();
-    let body: Option<Value> = serde_json::from_str(&text).ok();
-    let detail = detail_text(body.as_ref(), &text);
-    Err(match status.as_u16() {
-        401 => MarzbanError::Unauthorized { detail },
-        404 => MarzbanError::NotFound { detail },
-        409 => MarzbanError::Conflict { detail },
-        422 => MarzbanError::Validation {
-            fields: validation_fields(body.as_ref(), &detail),
-        },
-        408 | 429 | 500..=599 => MarzbanError::Unavailable {
-            status: Some(status.as_u16()),
-            reason: format!("HTTP {status}: {detail}"),
-        },
-        code => MarzbanError::Rejected {
-            status: code,
-            detail,
-        },
-    })
-}
-
-/// `detail` when it is a string, the JSON of `detail` otherwise, else the (shortened) body.
-fn detail_text(body: Option<&Value>, text: &str) -> String {
-    match body.and_then(|b| b.get("detail")) {
-        Some(Value::String(detail)) => detail.clone(),
-        Some(detail) => detail.to_string(),
-        None => text.chars().take(300).collect(),
-    }
-}
-
-/// Marzban's 422 is `{"detail": {"field": "msg"}}`; FastAPI's own is a list of
-/// `{"loc": [..., "field"], "msg": ...}`. Both become field → message (the last `loc` element,
-/// as Marzban keys them); anything else lands under `"detail"`.
-pub(crate) fn validation_fields(body: Option<&Value>, fallback: &str) -> BTreeMap<String, String> {
-    let mut fields = BTreeMap::new();
-    match body.and_then(|b| b.get("detail")) {
-        Some(Value::Object(map)) => {
-            for (field, message) in map {
-                let message = match message {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                fields.insert(field.clone(), message);
-            }
-        }
-        Some(Value::Array(items)) => {
-            for item in items {
-                let field = match item
-                    .get("loc")
-                    .and_then(|l| l.as_array())
-                    .and_then(|l| l.last())
-                {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => "detail".to_owned(),
-                };
-                let message = item
-                    .get("msg")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| item.to_string(), str::to_owned);
-                fields
-                    .entry(field)
-                    .and_modify(|m: &mut String| {
-                        m.push_str("; ");
-                        m.push_str(&message);
-                    })
-                    .or_insert(message);
-            }
-        }
-        _ => {
-            fields.insert("detail".to_owned(), fallback.to_owned());
-        }
-    }
-    fields
-}
-
-async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, MarzbanError> {
-    let bytes = response.bytes().await.map_err(unreachable)?;
-    serde_json::from_slice(&bytes).map_err(|e| MarzbanError::Decode(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn debug_masks_the_passwords() {
@@ -616,34 +379,6 @@ mod tests {
         assert!(printed.contains("panel.example.com"), "{printed}");
         assert!(!printed.contains("url-secret"), "{printed}");
         assert!(!printed.contains("admin-secret"), "{printed}");
-    }
-
-    #[test]
-    fn marzban_422_object_becomes_the_field_map() {
-        let body =
-            json!({"detail": {"expire": "Input should be a valid integer", "username": "bad"}});
-        let fields = validation_fields(Some(&body), "");
-        assert_eq!(fields["expire"], "Input should be a valid integer");
-        assert_eq!(fields["username"], "bad");
-    }
-
-    #[test]
-    fn fastapi_422_list_becomes_the_field_map() {
-        let body = json!({"detail": [
-            {"loc": ["body", "expire"], "msg": "first", "type": "int_parsing"},
-            {"loc": ["body", "expire"], "msg": "second", "type": "x"},
-            {"loc": ["body", 0], "msg": "JSON decode error", "type": "json_invalid"}
-        ]});
-        let fields = validation_fields(Some(&body), "");
-        assert_eq!(fields["expire"], "first; second");
-        assert_eq!(fields["0"], "JSON decode error");
-    }
-
-    #[test]
-    fn string_422_is_kept_under_detail() {
-        let body = json!({"detail": "nope"});
-        let fields = validation_fields(Some(&body), "nope");
-        assert_eq!(fields["detail"], "nope");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! ```
 
 mod client;
+mod panel;
 mod types;
 
 pub use client::{MarzbanClient, MarzbanError, MarzbanSettings};

@@ -29,38 +29,7 @@ pub struct CreateUser {
     pub note: Option<String>,
 }
 
-/// A change to an existing panel user. Only these fields are ever sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModifyUser {
-    /// Absolute expiry, Unix seconds (UTC); must be positive.
-    pub expire: i64,
-    /// Traffic limit in bytes; `None` = unlimited (sent as 0).
-    pub data_limit: Option<i64>,
-    /// Sent only when set, e.g. to reactivate a `limited` or `disabled` user.
-    pub status: Option<ModifyStatus>,
-}
-
-/// The statuses `PUT /api/user/{username}` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModifyStatus {
-    Active,
-    Disabled,
-}
-
-/// A panel user's status as Marzban reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UserStatus {
-    Active,
-    Disabled,
-    Limited,
-    Expired,
-    OnHold,
-    /// A status a later Marzban added; treated as "not active" by callers.
-    #[serde(other)]
-    Unknown,
-}
+pub use crate::panel::{ModifyStatus, ModifyUser, UserStatus};
 
 /// `UserResponse` of create/GET/PUT/reset. Fields we do not act on are kept loosely typed so
 /// that a panel upgrade cannot make the whole answer undecodable.
@@ -151,9 +120,4 @@ pub(crate) struct SetProxiesBody<'a> {
 #[derive(Debug, Deserialize)]
 pub(crate) struct UserList {
     pub users: Vec<UserResponse>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct TokenResponse {
-    pub access_token: String,
 }

@@ -15,7 +15,9 @@ pub mod address;
 pub mod client;
 pub mod invoice;
 pub mod matcher;
+pub mod notice;
 pub mod rate;
+pub mod signature;
 pub mod transformers;
 pub mod watcher;
 
@@ -24,7 +26,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use domain::PaymentStatus;
 use domain::entities::tariffs;
 use domain::money::{Currency, Money};
@@ -34,6 +36,7 @@ use secrecy::SecretString;
 pub use self::address::{AddressError, TronAddress};
 pub use self::client::{TronGridClient, TronGridError};
 pub use self::invoice::{InvoiceError, ReservedInvoice};
+pub use self::notice::NoticeKey;
 pub use self::rate::{ConversionError, RubPerUsdt};
 pub use self::watcher::{
     ChainWatcher, InvoiceOutcome, NoticeCheck, OutcomeKind, OutcomeSink, PollOutcome, WatchError,
@@ -41,12 +44,12 @@ pub use self::watcher::{
 use crate::ProviderId;
 use crate::error::{ProviderError, SettingsError, WebhookError};
 use crate::provider::{
-    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
     ProviderDescriptor, ProviderPayment,
 };
-use crate::retry::RetryPolicy;
 use crate::settings::Env;
 use crate::webhook::{WebhookNotification, WebhookRequest};
+use outbound::HttpRetry;
 
 pub const DEFAULT_API_URL: &str = "https://api.trongrid.io";
 /// Tether USD on TRON mainnet (6 decimals).
@@ -134,10 +137,14 @@ pub struct CryptoSettings {
     pub cursor_skew: Duration,
     /// `TRONGRID_MAX_ATTEMPTS` (3), `TRONGRID_RETRY_INITIAL_MS` (1000),
     /// `TRONGRID_RETRY_MAX_MS` (10000), `TRONGRID_TIMEOUT_MS` (15000).
-    pub retry: RetryPolicy,
+    pub retry: HttpRetry,
     /// Where [`PaymentProvider::get_payment_status`] reads invoices; not from the
     /// environment — the worker attaches its pool with [`CryptoSettings::with_database`].
     pub database: Option<AttachedDatabase>,
+    /// The key of signed notices (`POST /webhook/payment/crypto`); `None` closes that route.
+    /// The gateway reads `CRYPTO_WEBHOOK_SECRET` (a strong secret) and attaches it with
+    /// [`CryptoSettings::with_notice_key`].
+    pub notice_key: Option<NoticeKey>,
 }
 
 impl CryptoSettings {
@@ -157,14 +164,22 @@ impl CryptoSettings {
             page_size: client::MAX_PAGE_SIZE,
             max_pages: 25,
             cursor_skew: Duration::from_secs(300),
-            retry: RetryPolicy {
+            retry: HttpRetry {
                 max_attempts: 3,
                 initial_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(15),
             },
             database: None,
+            notice_key: None,
         }
+    }
+
+    /// Opens the notice route, verified with `key`.
+    #[must_use]
+    pub fn with_notice_key(mut self, key: NoticeKey) -> Self {
+        self.notice_key = Some(key);
+        self
     }
 
     /// Lets `get_payment_status` read invoice rows through `db`.
@@ -358,9 +373,47 @@ impl PaymentProvider for CryptoProvider {
         &DESCRIPTOR
     }
 
+    fn accepts_webhooks(&self) -> bool {
+        self.settings.notice_key.is_some()
+    }
+
+    /// USDT price, or the RUB price at the configured rate; the tag comes with the invoice.
+    fn quote(&self, tariff: &tariffs::Model, _currencies: &[Currency]) -> Result<Money, String> {
+        CryptoProvider::quote(self, tariff).map_err(|e| e.to_string())
+    }
+
+    /// Reserves the invoice (the payment row is already written: the invoice refers to it);
+    /// the payer is asked for its unique amount (price + tag).
+    async fn reserve_checkout(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        payment_id: domain::PaymentId,
+        price: Money,
+    ) -> Result<Money, CheckoutError> {
+        let now = Utc::now().trunc_subsecs(6);
+        self.reserve_invoice(txn, payment_id, price, now)
+            .await
+            .map(|invoice| invoice.amount)
+            .map_err(checkout_error)
+    }
+
+    /// Nobody can pay a refused payment: its USDT tag is free at once.
+    async fn release_checkout(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        payment_id: domain::PaymentId,
+        now: DateTime<Utc>,
+    ) -> Result<(), CheckoutError> {
+        invoice::close_unpaid(txn, payment_id, domain::CryptoInvoiceStatus::Canceled, now)
+            .await
+            .map(|_| ())
+            .map_err(|e| CheckoutError::Database(e.to_string()))
+    }
+
     /// Nothing is sent anywhere: `request.amount` must already be the reserved invoice amount
-    /// (USDT, price + tag) from [`CryptoProvider::reserve_invoice`], which the caller does
-    /// in its payment-creation transaction.
+    /// (USDT, price + tag) from [`PaymentProvider::reserve_checkout`], which the caller does
+    /// in its payment-creation transaction. With a database attached the confirmation is the
+    /// reserved invoice's (its address, amount and expiry).
     async fn create_payment(
         &self,
         request: &CreatePaymentRequest,
@@ -370,6 +423,23 @@ impl PaymentProvider for CryptoProvider {
                 "a crypto payment is a positive USDT amount (the reserved invoice amount), got {}",
                 request.amount
             )));
+        }
+        if let Some(AttachedDatabase(db)) = &self.settings.database {
+            // The invoice reserved with the intent (found again for the same payment).
+            let now = Utc::now().trunc_subsecs(6);
+            let invoice = self
+                .reserve_invoice(db, request.payment_id, request.amount, now)
+                .await
+                .map_err(|e| match e {
+                    InvoiceError::Db(e) => ProviderError::ResultUnknown {
+                        attempts: 1,
+                        last: crate::error::TransientFailure::Connection(format!("database: {e}")),
+                    },
+                    other => ProviderError::InvalidRequest(other.to_string()),
+                })?;
+            let mut created = invoice.created_payment();
+            created.amount = request.amount;
+            return Ok(created);
         }
         let ttl = chrono::Duration::from_std(self.settings.invoice_ttl)
             .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
@@ -392,20 +462,30 @@ impl PaymentProvider for CryptoProvider {
         invoice::payment_status(self.database()?, &self.settings, payment).await
     }
 
-    /// Crypto notices are verified by the gateway (HMAC, `CRYPTO_WEBHOOK_SECRET`) and only
-    /// make the worker look at the chain ([`ChainWatcher::check_transaction`]).
+    /// A notice's `X-Signature` (HMAC-SHA256 over `"{t}.{raw body}"`, `CRYPTO_WEBHOOK_SECRET`).
     async fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
-        let _ = request;
-        Err(WebhookError::MalformedBody(
-            "crypto notices are handled by the gateway's /webhook/payment/crypto".into(),
-        ))
+        let key =
+            self.settings.notice_key.as_ref().ok_or_else(|| {
+                WebhookError::BadSignature("crypto notices are not enabled".into())
+            })?;
+        notice::verify(key, request)
     }
 
+    /// A notice only makes the worker look at the chain ([`ChainWatcher::check_transaction`]).
     async fn process_webhook(&self, body: &[u8]) -> Result<WebhookNotification, WebhookError> {
-        let _ = body;
-        Err(WebhookError::MalformedBody(
-            "crypto notices are handled by the gateway's /webhook/payment/crypto".into(),
-        ))
+        notice::parse(body)
+    }
+
+    fn checks_own_notices(&self) -> bool {
+        true
+    }
+}
+
+fn checkout_error(error: InvoiceError) -> CheckoutError {
+    match error {
+        InvoiceError::Db(e) => CheckoutError::Database(e.to_string()),
+        InvoiceError::Contended(_) => CheckoutError::Contended(error.to_string()),
+        other => CheckoutError::Refused(other.to_string()),
     }
 }
 

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus};
 use ipnet::IpNet;
+use outbound::{Classify, Exchange, HttpRetry, Transient, Transport, Verdict};
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -27,14 +28,12 @@ use self::transformers::{
 };
 use crate::ProviderId;
 use crate::error::{
-    Mismatch, ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError,
-    TransientFailure, WebhookError,
+    Mismatch, ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError, WebhookError,
 };
 use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
     ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
 };
-use crate::retry::RetryPolicy;
 use crate::settings::Env;
 use crate::webhook::{
     ClientIpResolver, IpAllowList, WebhookHeaders, WebhookNotification, WebhookRequest,
@@ -118,7 +117,7 @@ pub struct YooKassaSettings {
     pub trusted_proxies: IpAllowList,
     /// `YOOKASSA_MAX_ATTEMPTS`, `YOOKASSA_RETRY_INITIAL_MS`, `YOOKASSA_RETRY_MAX_MS`,
     /// `YOOKASSA_TIMEOUT_MS`.
-    pub retry: RetryPolicy,
+    pub retry: HttpRetry,
     /// `YOOKASSA_RECEIPT_*`; present when an email or phone is configured.
     pub receipt: Option<ReceiptSettings>,
 }
@@ -134,7 +133,7 @@ impl YooKassaSettings {
             return_url: DEFAULT_RETURN_URL.to_owned(),
             allowed_ips: published_networks(),
             trusted_proxies: IpAllowList::default(),
-            retry: RetryPolicy::default(),
+            retry: HttpRetry::default(),
             receipt: None,
         }
     }
@@ -302,7 +301,7 @@ impl YooKassaWebhookVerifier {
 /// The YooKassa client.
 pub struct YooKassaProvider {
     settings: YooKassaSettings,
-    http: reqwest::Client,
+    transport: Transport,
     verifier: YooKassaWebhookVerifier,
 }
 
@@ -314,24 +313,11 @@ impl std::fmt::Debug for YooKassaProvider {
     }
 }
 
-/// One HTTP exchange, classified.
-enum Attempt {
-    Done(Vec<u8>),
-    Transient(TransientFailure, Option<Duration>),
-    Final(ProviderError),
-}
-
 impl YooKassaProvider {
     pub fn new(settings: YooKassaSettings) -> Result<Self, SettingsError> {
-        let timeout = settings.retry.request_timeout;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!(
-                "anomaly-connect-payments/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
+        // Every YooKassa call of the process shares one budget (YOOKASSA_API_LIMIT): our own
+        // reconciliation can never exceed it; a call waits for its slot.
+        let transport = Transport::new("yookassa", settings.retry, Some(&ratelimit::YOOKASSA))
             .map_err(|e| SettingsError::Invalid {
                 var: "YOOKASSA_API_URL",
                 reason: format!("cannot build the HTTP client: {e}"),
@@ -339,7 +325,7 @@ impl YooKassaProvider {
         let verifier = YooKassaWebhookVerifier::from_settings(&settings);
         Ok(Self {
             settings,
-            http,
+            transport,
             verifier,
         })
     }
@@ -469,7 +455,8 @@ impl YooKassaProvider {
         })
     }
 
-    /// Sends one request, retrying 5xx/202/429/timeouts with the same body and key.
+    /// Sends one request through the transport: 5xx/202/429/timeouts are retried with the
+    /// same body and key ([`YooKassaAnswers`]).
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -478,93 +465,64 @@ impl YooKassaProvider {
         body: Option<Vec<u8>>,
     ) -> Result<T, ProviderError> {
         let url = format!("{}{path}", self.settings.api_url);
-        let policy = self.settings.retry;
-        let max_attempts = policy.max_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (failure, retry_after) = match self
-                .send(&method, &url, idempotence_key, body.as_deref())
-                .await
-            {
-                Attempt::Done(bytes) => {
-                    return serde_json::from_slice(&bytes).map_err(|e| {
-                        ProviderError::MalformedResponse(format!("{method} {path}: {e}"))
-                    });
+        let bytes = self
+            .transport
+            .send(&YooKassaAnswers, |http| {
+                let mut request = http.request(method.clone(), &url).basic_auth(
+                    &self.settings.shop_id,
+                    Some(self.settings.secret_key.expose_secret()),
+                );
+                if let Some(key) = idempotence_key {
+                    request = request.header("Idempotence-Key", key);
                 }
-                Attempt::Final(error) => return Err(error),
-                Attempt::Transient(failure, retry_after) => (failure, retry_after),
-            };
-            if attempt >= max_attempts {
-                tracing::warn!(%method, path, attempt, %failure, "yookassa: giving up, result unknown");
-                return Err(ProviderError::ResultUnknown {
-                    attempts: attempt,
-                    last: failure,
-                });
-            }
-            let pause = policy.backoff(attempt, &failure, retry_after);
-            tracing::info!(%method, path, attempt, %failure, ?pause, "yookassa: retrying with the same idempotence key");
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    async fn send(
-        &self,
-        method: &Method,
-        url: &str,
-        key: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> Attempt {
-        let mut request = self.http.request(method.clone(), url).basic_auth(
-            &self.settings.shop_id,
-            Some(self.settings.secret_key.expose_secret()),
-        );
-        if let Some(key) = key {
-            request = request.header("Idempotence-Key", key);
-        }
-        if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_vec());
-        }
-        // Every YooKassa call of the process shares one budget (YOOKASSA_API_LIMIT): our own
-        // reconciliation can never exceed it; a call waits for its slot.
-        ratelimit::YOOKASSA.wait().await;
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => return transport_failure(&e),
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| crate::retry::cap_asked_pause("YooKassa", Duration::from_secs(secs)));
-        let bytes = match response.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => return transport_failure(&e),
-        };
-        match status {
-            202 => Attempt::Transient(TransientFailure::Processing, retry_after),
-            200..=299 => Attempt::Done(bytes.to_vec()),
-            429 => Attempt::Transient(TransientFailure::RateLimited, retry_after),
-            500..=599 => Attempt::Transient(TransientFailure::ServerError(status), None),
-            _ => Attempt::Final(rejection(status, &bytes).into()),
-        }
+                if let Some(body) = &body {
+                    request = request
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone());
+                }
+                request
+            })
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::MalformedResponse(format!("{method} {path}: {e}")))
     }
 }
 
-fn transport_failure(e: &reqwest::Error) -> Attempt {
-    if e.is_builder() {
-        return Attempt::Final(ProviderError::Client(e.to_string()));
+/// YooKassa's answers for the transport: 2xx is done; 202 (processing), 429 (with its
+/// `Retry-After`, capped), 5xx and no answer are retried with the same key; any other status
+/// is a definite refusal with YooKassa's error body.
+struct YooKassaAnswers;
+
+impl Classify for YooKassaAnswers {
+    type Output = Vec<u8>;
+    type Error = ProviderError;
+
+    fn classify(&self, exchange: Exchange) -> Verdict<Vec<u8>, ProviderError> {
+        let answer = match exchange {
+            Exchange::Failed(e) if e.is_builder() => {
+                return Verdict::Fail(ProviderError::Client(e.to_string()));
+            }
+            Exchange::Failed(e) => return Verdict::Retry(Transient::from_wire(&e)),
+            Exchange::Answered(answer) => answer,
+        };
+        match answer.status {
+            202 | 429 | 500..=599 => {
+                let asked = answer
+                    .retry_after()
+                    .map(|asked| outbound::cap_asked_pause("YooKassa", asked));
+                Verdict::Retry(Transient::from_status(&answer).asking(asked))
+            }
+            200..=299 => Verdict::Done(answer.body),
+            status => Verdict::Fail(rejection(status, &answer.body).into()),
+        }
     }
-    let failure = if e.is_timeout() {
-        TransientFailure::Timeout
-    } else {
-        TransientFailure::Connection(e.to_string())
-    };
-    Attempt::Transient(failure, None)
+
+    fn exhausted(&self, attempts: u32, last: Transient) -> ProviderError {
+        ProviderError::ResultUnknown {
+            attempts,
+            last: last.failure,
+        }
+    }
 }
 
 fn rejection(status: u16, body: &[u8]) -> Rejection {
@@ -699,6 +657,11 @@ pub fn check_refund(request: &RefundRequest) -> Result<(), RefundRefusal> {
 impl PaymentProvider for YooKassaProvider {
     fn descriptor(&self) -> &ProviderDescriptor {
         &DESCRIPTOR
+    }
+
+    /// Notifications come from YooKassa's published networks (`YOOKASSA_ALLOWED_IPS`).
+    fn accepts_webhooks(&self) -> bool {
+        true
     }
 
     async fn create_payment(

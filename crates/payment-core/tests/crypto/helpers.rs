@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::entities::{crypto_invoices, payments, tariffs, users};
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus};
-use payment_core::RetryPolicy;
+use payment_core::HttpRetry;
 use payment_core::providers::crypto::{
     ChainWatcher, CryptoProvider, CryptoSettings, LatePolicy, ReservedInvoice, TronAddress,
 };
@@ -35,7 +35,7 @@ pub fn settings(api_url: &str) -> CryptoSettings {
     let mut s = CryptoSettings::new(TronAddress::parse(WALLET).expect("wallet"));
     s.api_url = api_url.to_owned();
     s.rub_per_usdt = Some("95.50".parse().expect("rate"));
-    s.retry = RetryPolicy {
+    s.retry = HttpRetry {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),

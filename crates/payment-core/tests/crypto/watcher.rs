@@ -849,8 +849,5 @@ async fn the_api_key_is_sent_and_a_refusal_is_not_retried() {
         message: "suspended for 86400s".to_owned(),
         retry_after: Duration::from_secs(86_400),
     }));
-    assert_eq!(
-        watcher.delay_after(&day),
-        payment_core::retry::MAX_ASKED_PAUSE
-    );
+    assert_eq!(watcher.delay_after(&day), outbound::MAX_ASKED_PAUSE);
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 use domain::PaymentId;
 use domain::money::{Currency, Money};
 use payment_core::providers::yookassa::{YooKassaProvider, YooKassaSettings};
-use payment_core::{CreatePaymentRequest, PaymentRef, RetryPolicy};
+use payment_core::{CreatePaymentRequest, HttpRetry, PaymentRef};
 use sandbox::yookassa::{self, Config, Handle};
 
 pub const SHOP_ID: &str = "100500";
@@ -14,8 +14,8 @@ pub fn rub(minor: i64) -> Money {
 }
 
 /// Fast retries so fault tests take milliseconds.
-pub fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
+pub fn fast_retry() -> HttpRetry {
+    HttpRetry {
         max_attempts: 4,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),

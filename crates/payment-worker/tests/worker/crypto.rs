@@ -11,7 +11,7 @@ use domain::entities::payments;
 use domain::money::{Currency, Money};
 use messaging::Event;
 use messaging::events::PaymentUnderpaid;
-use payment_core::RetryPolicy;
+use payment_core::HttpRetry;
 use payment_core::providers::crypto::{
     CryptoProvider, CryptoSettings, LatePolicy, ReservedInvoice, TronAddress,
 };
@@ -33,7 +33,7 @@ fn crypto_settings(chain: &tron::Handle) -> CryptoSettings {
     let mut s = CryptoSettings::new(TronAddress::parse(WALLET).expect("wallet"));
     s.api_url = chain.base_url.clone();
     s.poll_interval = Duration::from_millis(100);
-    s.retry = RetryPolicy {
+    s.retry = HttpRetry {
         max_attempts: 2,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),

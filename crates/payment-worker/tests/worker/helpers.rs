@@ -15,10 +15,11 @@ use messaging::events::ProviderNotificationReceived;
 use messaging::{Envelope, Handler, HandlerError};
 use payment_core::providers::yookassa::YooKassaSettings;
 use payment_core::{
-    CreatePaymentRequest, PaymentService, PaymentSettings, ProviderError, ProviderId,
-    ProviderPayment, RetryPolicy,
+    CreatePaymentRequest, CreatedPayment, HttpRetry, PaymentProvider, PaymentRef, PaymentService,
+    PaymentSettings, ProviderDescriptor, ProviderError, ProviderId, ProviderPayment, StatusQuery,
+    WebhookError, WebhookNotification, WebhookRequest,
 };
-use payment_worker::{NotificationHandler, ServiceSettings, StatusSource, StatusSources};
+use payment_worker::{NotificationHandler, ServiceSettings};
 use sandbox::yookassa::{self, Config, Handle};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, DatabaseConnection,
@@ -67,7 +68,7 @@ pub fn yookassa_settings(shop: &Handle) -> YooKassaSettings {
     let mut s = YooKassaSettings::new("100500", "test_sandbox_secret");
     s.api_url = shop.api_url();
     s.test_mode = true;
-    s.retry = RetryPolicy {
+    s.retry = HttpRetry {
         max_attempts: 2,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
@@ -321,14 +322,8 @@ pub fn handler_for(env: &Env) -> NotificationHandler {
         ..PaymentSettings::default()
     })
     .expect("service");
-    // YooKassa only: no source here reads the database.
-    NotificationHandler::new(
-        Arc::new(StatusSources::from_payment_service(
-            service,
-            &DatabaseConnection::default(),
-        )),
-        env.db.conn.clone(),
-    )
+    // YooKassa only: no provider here reads the database.
+    NotificationHandler::new(Arc::new(service), env.db.conn.clone())
 }
 
 pub async fn reload(db: &DatabaseConnection, id: Uuid) -> payments::Model {
@@ -481,8 +476,8 @@ impl RunningWorker {
     }
 }
 
-/// A status source that answers what the test says (for sequences YooKassa would never
-/// produce, like `pending` after `succeeded`).
+/// A provider standing in for YooKassa whose status look-ups answer what the test says (for
+/// sequences YooKassa would never produce, like `pending` after `succeeded`).
 #[derive(Clone, Default)]
 pub struct Scripted {
     answers: Arc<Mutex<VecDeque<Result<ProviderPayment, ProviderError>>>>,
@@ -515,12 +510,22 @@ pub fn answer(payment: &payments::Model, status: PaymentStatus, refunded: i64) -
     }
 }
 
+static SCRIPTED: ProviderDescriptor = ProviderDescriptor {
+    id: ProviderId::YooKassa,
+    title: "Scripted",
+    currencies: &[Currency::Rub],
+    supports_refunds: false,
+};
+
 #[async_trait]
-impl StatusSource for Scripted {
+impl PaymentProvider for Scripted {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        &SCRIPTED
+    }
+
     async fn current_status(
         &self,
-        _payment: &payments::Model,
-        _notification: Option<&provider_notifications::Model>,
+        _query: StatusQuery<'_>,
     ) -> Result<ProviderPayment, ProviderError> {
         self.answers
             .lock()
@@ -528,11 +533,35 @@ impl StatusSource for Scripted {
             .pop_front()
             .unwrap_or_else(|| Err(ProviderError::InvalidRequest("no scripted answer".into())))
     }
+
+    async fn create_payment(
+        &self,
+        _request: &CreatePaymentRequest,
+    ) -> Result<CreatedPayment, ProviderError> {
+        Err(ProviderError::Unsupported("create_payment"))
+    }
+
+    async fn get_payment_status(
+        &self,
+        _payment: &PaymentRef,
+    ) -> Result<ProviderPayment, ProviderError> {
+        Err(ProviderError::Unsupported("get_payment_status"))
+    }
+
+    async fn verify_webhook(&self, _request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
+        Err(WebhookError::MalformedBody("scripted".into()))
+    }
+
+    async fn process_webhook(&self, _body: &[u8]) -> Result<WebhookNotification, WebhookError> {
+        Err(WebhookError::MalformedBody("scripted".into()))
+    }
 }
 
 pub fn scripted_handler(script: &Scripted, db: &DatabaseConnection) -> NotificationHandler {
     NotificationHandler::new(
-        Arc::new(StatusSources::default().with("yookassa", script.clone())),
+        Arc::new(PaymentService::from_providers([
+            Arc::new(script.clone()) as Arc<dyn PaymentProvider>
+        ])),
         db.clone(),
     )
 }

@@ -439,10 +439,7 @@ async fn notifications_and_reconciliation_work_on_sqlite() {
         .unwrap();
     let reconciler = payment_worker::Reconciler::new(
         db.clone(),
-        std::sync::Arc::new(payment_worker::StatusSources::from_payment_service(
-            env.service.clone(),
-            db,
-        )),
+        std::sync::Arc::new(env.service.clone()),
         payment_worker::ReconcileSettings::default(),
         std::sync::Arc::new(tokio::sync::Notify::new()),
     );

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::PaymentStatus;
 use payment_core::{PaymentService, PaymentSettings};
-use payment_worker::{ReconcileSettings, Reconciler, StatusSources};
+use payment_worker::{ReconcileSettings, Reconciler};
 use sandbox::yookassa::Fault;
 use sea_orm::ActiveValue::Set;
 use tokio::sync::Notify;
@@ -24,7 +24,7 @@ fn reconciler(env: &Env, tweak: impl FnOnce(&mut ReconcileSettings)) -> Reconcil
     tweak(&mut settings);
     Reconciler::new(
         env.db.conn.clone(),
-        Arc::new(StatusSources::from_payment_service(service, &env.db.conn)),
+        Arc::new(service),
         settings,
         Arc::new(Notify::new()),
     )

@@ -10,7 +10,7 @@ use domain::entities::{payments, users};
 use domain::money::{Currency, Money};
 use payment_core::providers::telegram::TelegramSettings;
 use payment_core::{PaymentService, PaymentSettings};
-use payment_worker::{NotificationHandler, ReconcileSettings, Reconciler, StatusSources};
+use payment_worker::{NotificationHandler, ReconcileSettings, Reconciler};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::Notify;
@@ -20,16 +20,15 @@ use crate::helpers::*;
 
 /// Telegram Payments with a provider token. The Bot API URL points nowhere: a card payment's
 /// status must come from the stored update, never from a call.
-fn telegram_sources(db: &DatabaseConnection) -> StatusSources {
+fn telegram_sources(db: &DatabaseConnection) -> PaymentService {
     let mut telegram = TelegramSettings::new("1:test");
     telegram.api_url = "http://127.0.0.1:9".into();
     telegram.provider_token = Some("381764678:TEST:100500".to_owned().into());
-    let service = PaymentService::from_settings(&PaymentSettings {
-        telegram: Some(telegram),
+    PaymentService::from_settings(&PaymentSettings {
+        telegram: Some(telegram.with_database(db.clone())),
         ..PaymentSettings::default()
     })
-    .expect("service");
-    StatusSources::from_payment_service(service, db)
+    .expect("service")
 }
 
 /// A pending RUB payment made inside Telegram, and its payer's Telegram id.
@@ -247,7 +246,7 @@ async fn a_payment_whose_creation_never_finished_expires_after_its_window_and_a_
     .unwrap();
     Reconciler::new(
         db.clone(),
-        Arc::new(StatusSources::from_payment_service(service, db)),
+        Arc::new(service),
         ReconcileSettings::default(),
         Arc::new(Notify::new()),
     )

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
+use outbound::{Classify, Exchange, HttpRetry, Transient, Transport, Verdict};
 use reqwest::StatusCode;
-use reqwest::header::RETRY_AFTER;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::address::TronAddress;
 use super::transformers::{ErrorBody, TransactionInfo, Trc20Page, Trc20Transfer};
 use crate::error::TransientFailure;
-use crate::retry::RetryPolicy;
 
 /// The API key header.
 pub const API_KEY_HEADER: &str = "TRON-PRO-API-KEY";
@@ -77,20 +76,12 @@ pub struct History {
     pub pages: u32,
 }
 
-/// One HTTP exchange, classified.
-enum Attempt {
-    Done(Vec<u8>),
-    Transient(TransientFailure, Option<Duration>, Option<(u16, String)>),
-    Final(TronGridError),
-}
-
 /// TronGrid over HTTP.
 #[derive(Clone)]
 pub struct TronGridClient {
     base_url: String,
     api_key: Option<SecretString>,
-    retry: RetryPolicy,
-    http: reqwest::Client,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for TronGridClient {
@@ -106,22 +97,15 @@ impl TronGridClient {
     pub fn new(
         base_url: &str,
         api_key: Option<SecretString>,
-        retry: RetryPolicy,
+        retry: HttpRetry,
     ) -> Result<Self, TronGridError> {
-        let http = reqwest::Client::builder()
-            .timeout(retry.request_timeout)
-            .connect_timeout(retry.request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!(
-                "anomaly-connect-payments/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
+        // One budget for every TronGrid call of the process (TRONGRID_API_LIMIT).
+        let transport = Transport::new("trongrid", retry, Some(&ratelimit::TRONGRID))
             .map_err(|e| TronGridError::Client(e.to_string()))?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
-            retry,
-            http,
+            transport,
         })
     }
 
@@ -149,7 +133,7 @@ impl TronGridClient {
             if let Some(fp) = &fingerprint {
                 params.push(("fingerprint", fp.clone()));
             }
-            let page: Trc20Page = self.call(|| self.http.get(&url).query(&params)).await?;
+            let page: Trc20Page = self.call(|http| http.get(&url).query(&params)).await?;
             if !page.success {
                 return Err(TronGridError::Malformed("success is not true".into()));
             }
@@ -186,104 +170,91 @@ impl TronGridClient {
     ) -> Result<Option<TransactionInfo>, TronGridError> {
         let url = format!("{}/walletsolidity/gettransactioninfobyid", self.base_url);
         let body = serde_json::json!({ "value": tx_id });
-        let info: TransactionInfo = self.call(|| self.http.post(&url).json(&body)).await?;
+        let info: TransactionInfo = self.call(|http| http.post(&url).json(&body)).await?;
         Ok(info.id.is_some().then_some(info))
     }
 
     async fn call<T: DeserializeOwned>(
         &self,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<T, TronGridError> {
-        let attempts = self.retry.max_attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let mut request = build();
-            if let Some(key) = &self.api_key {
-                request = request.header(API_KEY_HEADER, key.expose_secret());
-            }
-            let (failure, asked, limited) = match self.send(request).await {
-                Attempt::Done(body) => {
-                    return serde_json::from_slice(&body)
-                        .map_err(|e| TronGridError::Malformed(e.to_string()));
+        let hook = TronGridAnswers {
+            retry: self.transport.retry(),
+        };
+        let body = self
+            .transport
+            .send(&hook, |http| {
+                let request = build(http);
+                match &self.api_key {
+                    Some(key) => request.header(API_KEY_HEADER, key.expose_secret()),
+                    None => request,
                 }
-                Attempt::Final(e) => return Err(e),
-                Attempt::Transient(failure, asked, limited) => (failure, asked, limited),
-            };
-            let pause = self.retry.backoff(attempt, &failure, asked);
-            if attempt >= attempts {
-                return Err(match limited {
-                    Some((status, message)) => TronGridError::RateLimited {
-                        status,
-                        message,
-                        // What TronGrid asked for (at most MAX_ASKED_PAUSE), not capped by
-                        // our backoff: the poller should honour it.
-                        retry_after: asked.unwrap_or(pause),
-                    },
-                    None => TronGridError::Unavailable {
-                        attempts,
-                        last: failure,
-                    },
-                });
-            }
-            tracing::debug!(attempt, %failure, ?pause, "TronGrid answer is transient, retrying");
-            tokio::time::sleep(pause).await;
-            attempt += 1;
-        }
+            })
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| TronGridError::Malformed(e.to_string()))
     }
+}
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Attempt {
-        // One budget for every TronGrid call of the process (TRONGRID_API_LIMIT).
-        ratelimit::TRONGRID.wait().await;
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return Attempt::Transient(TransientFailure::Timeout, None, None);
+/// TronGrid's answers for the transport: 2xx is done; its frequency-limit answers (with the
+/// pause it asks for), 5xx and no answer are retried; any other status is a refusal.
+struct TronGridAnswers {
+    retry: HttpRetry,
+}
+
+impl Classify for TronGridAnswers {
+    type Output = Vec<u8>;
+    type Error = TronGridError;
+
+    fn classify(&self, exchange: Exchange) -> Verdict<Vec<u8>, TronGridError> {
+        let answer = match exchange {
+            Exchange::Failed(e) if e.is_builder() => {
+                return Verdict::Fail(TronGridError::Client(e.to_string()));
             }
-            Err(e) if e.is_builder() => {
-                return Attempt::Final(TronGridError::Client(e.to_string()));
-            }
-            Err(e) => {
-                return Attempt::Transient(TransientFailure::Connection(e.to_string()), None, None);
-            }
+            Exchange::Failed(e) => return Verdict::Retry(Transient::from_wire(&e)),
+            Exchange::Answered(answer) => answer,
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = match response.bytes().await {
-            Ok(b) => b.to_vec(),
-            Err(e) if e.is_timeout() => {
-                return Attempt::Transient(TransientFailure::Timeout, None, None);
-            }
-            Err(e) => {
-                return Attempt::Transient(TransientFailure::Connection(e.to_string()), None, None);
-            }
-        };
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if status.is_success() {
-            return Attempt::Done(body);
+            return Verdict::Done(answer.body);
         }
-        let error: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
-        let message = error
-            .error
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+        let error: ErrorBody = serde_json::from_slice(&answer.body).unwrap_or_default();
+        let message = error.error.unwrap_or_else(|| {
+            String::from_utf8_lossy(&answer.body)
+                .chars()
+                .take(200)
+                .collect()
+        });
         if is_rate_limit(status, &message) {
-            let asked = asked_pause(retry_after, &message);
-            return Attempt::Transient(
-                TransientFailure::RateLimited,
-                asked,
-                Some((status.as_u16(), message)),
+            let asked = asked_pause(answer.retry_after(), &message);
+            return Verdict::Retry(
+                Transient::new(TransientFailure::RateLimited)
+                    .asking(asked)
+                    .noting(answer.status, message),
             );
         }
         if status.is_server_error() {
-            return Attempt::Transient(TransientFailure::ServerError(status.as_u16()), None, None);
+            return Verdict::Retry(Transient::new(TransientFailure::ServerError(answer.status)));
         }
-        Attempt::Final(TronGridError::Rejected {
-            status: status.as_u16(),
+        Verdict::Fail(TronGridError::Rejected {
+            status: answer.status,
             message,
         })
+    }
+
+    fn exhausted(&self, attempts: u32, last: Transient) -> TronGridError {
+        match last.note {
+            Some((status, message)) => TronGridError::RateLimited {
+                status,
+                message,
+                // What TronGrid asked for (at most MAX_ASKED_PAUSE), not capped by our
+                // backoff: the poller should honour it; else our longest pause.
+                retry_after: last.asked.unwrap_or(self.retry.max_backoff),
+            },
+            None => TronGridError::Unavailable {
+                attempts,
+                last: last.failure,
+            },
+        }
     }
 }
 
@@ -297,11 +268,11 @@ fn is_rate_limit(status: StatusCode, message: &str) -> bool {
 }
 
 /// The pause TronGrid asks for — its `Retry-After`, else the "suspended for N s" of its
-/// message — capped at [`crate::retry::MAX_ASKED_PAUSE`].
+/// message — capped at [`outbound::MAX_ASKED_PAUSE`].
 fn asked_pause(retry_after: Option<Duration>, message: &str) -> Option<Duration> {
     retry_after
         .or_else(|| suspended_for(message))
-        .map(|asked| crate::retry::cap_asked_pause("TronGrid", asked))
+        .map(|asked| outbound::cap_asked_pause("TronGrid", asked))
 }
 
 /// "… the query server is suspended for 30s" → 30 s.
@@ -334,10 +305,10 @@ mod tests {
     fn a_long_suspension_is_capped_at_five_minutes() {
         let m =
             "The key exceeds the frequency limit(15), and the query server is suspended for 86400s";
-        assert_eq!(asked_pause(None, m), Some(crate::retry::MAX_ASKED_PAUSE));
+        assert_eq!(asked_pause(None, m), Some(outbound::MAX_ASKED_PAUSE));
         assert_eq!(
             asked_pause(Some(Duration::from_secs(999_999)), "x"),
-            Some(crate::retry::MAX_ASKED_PAUSE)
+            Some(outbound::MAX_ASKED_PAUSE)
         );
         let short = "… suspended for 30s";
         assert_eq!(asked_pause(None, short), Some(Duration::from_secs(30)));

@@ -238,7 +238,7 @@ impl ChainWatcher {
             // The client caps what TronGrid asks for; capped again here so no error can
             // hold the watcher longer than MAX_ASKED_PAUSE (or the operator's own interval).
             Err(e) => e.retry_after().map_or(interval.saturating_mul(2), |d| {
-                d.min(crate::retry::MAX_ASKED_PAUSE).max(interval)
+                d.min(outbound::MAX_ASKED_PAUSE).max(interval)
             }),
         }
     }

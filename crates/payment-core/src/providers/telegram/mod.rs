@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
+use outbound::{Classify, Exchange, HttpRetry, Transient, Transport, Verdict};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -35,7 +36,7 @@ use crate::error::{
 };
 use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest, RefundRoute, StatusQuery,
 };
 use crate::providers::crypto::AttachedDatabase;
 use crate::settings::Env;
@@ -148,7 +149,7 @@ pub struct StarPayment {
 pub struct TelegramProvider {
     settings: TelegramSettings,
     descriptor: ProviderDescriptor,
-    http: reqwest::Client,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for TelegramProvider {
@@ -162,13 +163,17 @@ impl std::fmt::Debug for TelegramProvider {
 
 impl TelegramProvider {
     pub fn new(settings: TelegramSettings) -> Result<Self, SettingsError> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| SettingsError::Invalid {
-                var: "TELEGRAM_API_URL",
-                reason: e.to_string(),
-            })?;
+        // One attempt (a refund is not repeated blindly); one budget for the process's
+        // Telegram calls (TELEGRAM_API_LIMIT).
+        let transport = Transport::new(
+            "telegram",
+            HttpRetry::once(settings.timeout),
+            Some(&ratelimit::TELEGRAM),
+        )
+        .map_err(|e| SettingsError::Invalid {
+            var: "TELEGRAM_API_URL",
+            reason: e.to_string(),
+        })?;
         let descriptor = ProviderDescriptor {
             id: ProviderId::Telegram,
             title: "Telegram",
@@ -182,7 +187,7 @@ impl TelegramProvider {
         Ok(Self {
             settings,
             descriptor,
-            http,
+            transport,
         })
     }
 
@@ -197,35 +202,10 @@ impl TelegramProvider {
             self.settings.api_url,
             self.settings.bot_token.expose_secret()
         );
-        let unknown = |last| ProviderError::ResultUnknown { attempts: 1, last };
-        // One budget for the process's Telegram calls (TELEGRAM_API_LIMIT).
-        ratelimit::TELEGRAM.wait().await;
-        let response = self
-            .http
-            .post(url)
-            .json(&params)
-            .send()
-            .await
-            .map_err(|e| {
-                // The URL holds the token: never print it.
-                let e = e.without_url();
-                if e.is_timeout() {
-                    unknown(TransientFailure::Timeout)
-                } else {
-                    unknown(TransientFailure::Connection(e.to_string()))
-                }
-            })?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            return Err(unknown(TransientFailure::RateLimited));
-        }
-        if status >= 500 {
-            return Err(unknown(TransientFailure::ServerError(status)));
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| unknown(TransientFailure::Connection(e.without_url().to_string())))?;
+        let (status, bytes) = self
+            .transport
+            .send(&BotApiAnswers, |http| http.post(&url).json(&params))
+            .await?;
         let answer: transformers::ApiAnswer = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::MalformedResponse(format!("{method}: {e}")))?;
         if !answer.ok {
@@ -386,10 +366,100 @@ impl TelegramProvider {
     }
 }
 
+/// The Bot API's answers for the transport: 429, 5xx and no answer leave the result unknown;
+/// any other answer is read (`{"ok":false}` is a typed refusal). Errors never print the URL,
+/// which holds the token.
+struct BotApiAnswers;
+
+impl Classify for BotApiAnswers {
+    type Output = (u16, Vec<u8>);
+    type Error = ProviderError;
+
+    fn classify(&self, exchange: Exchange) -> Verdict<(u16, Vec<u8>), ProviderError> {
+        match exchange {
+            Exchange::Failed(e) => Verdict::Retry(Transient::from_wire(&e.without_url())),
+            Exchange::Answered(answer) if answer.status == 429 || answer.status >= 500 => {
+                Verdict::Retry(Transient::from_status(&answer))
+            }
+            Exchange::Answered(answer) => Verdict::Done((answer.status, answer.body)),
+        }
+    }
+
+    fn exhausted(&self, attempts: u32, last: Transient) -> ProviderError {
+        ProviderError::ResultUnknown {
+            attempts,
+            last: last.failure,
+        }
+    }
+}
+
 #[async_trait]
 impl PaymentProvider for TelegramProvider {
     fn descriptor(&self) -> &ProviderDescriptor {
         &self.descriptor
+    }
+
+    /// No update ever says an invoice was abandoned: pending at the deadline is expired.
+    fn expires_pending_at_deadline(&self) -> bool {
+        true
+    }
+
+    /// Fiat payments (a currency other than Stars): no Bot API method refunds them.
+    fn refund_route(&self, payment: &PaymentRef) -> RefundRoute {
+        if payment.amount.currency() == Currency::Xtr {
+            RefundRoute::Provider
+        } else {
+            RefundRoute::OutsideProvider
+        }
+    }
+
+    /// Stars through the Bot API (`getStarTransactions`); card payments (a provider token)
+    /// through the stored `successful_payment`, the only proof Telegram gives of them (no Bot
+    /// API method looks up or refunds a fiat payment, reference §2b): the notification's body,
+    /// or for reconciliation the payment's stored Telegram messages, checked for payload,
+    /// payer, currency and amount against the payment.
+    async fn current_status(
+        &self,
+        query: StatusQuery<'_>,
+    ) -> Result<ProviderPayment, ProviderError> {
+        let payment = query.payment;
+        if payment.currency == Currency::Xtr {
+            return self.get_payment_status(&query.reference()?).await;
+        }
+        let reference = PaymentRef {
+            payment_id: payment.payment_id(),
+            provider_payment_id: payment
+                .provider_payment_id
+                .clone()
+                .unwrap_or_else(|| payment.id.to_string()),
+            amount: payment.amount(),
+        };
+        let Some(AttachedDatabase(db)) = &self.settings.database else {
+            return Err(ProviderError::Unsupported(
+                "card payment status without a database (TelegramSettings::with_database)",
+            ));
+        };
+        let stored = match query.notification {
+            Some(row) => vec![row.clone()],
+            None => stored_messages(db, payment)
+                .await
+                .map_err(database_unknown)?,
+        };
+        let Some(proof) = stored.first() else {
+            // Nothing paid (yet): `successful_payment` is the only way we learn of a payment.
+            return Ok(ProviderPayment {
+                provider_payment_id: reference.provider_payment_id,
+                status: PaymentStatus::Pending,
+                amount: reference.amount,
+                refunded: Money::new(0, reference.amount.currency()),
+                paid_at: None,
+                failure_reason: None,
+                confirmation: None,
+                test: false,
+            });
+        };
+        let payer = payer(db, payment).await?;
+        payment_from_notification(&reference, payer, proof.body.as_bytes())
     }
 
     async fn create_payment(
@@ -653,6 +723,41 @@ impl StarLedger<'_> {
 }
 
 /// A database error while reading what Telegram told us: no answer yet, ask again.
+/// The payment's stored Telegram messages, newest first (a refund notice is newer than the
+/// payment it refunds).
+async fn stored_messages(
+    db: &DatabaseConnection,
+    payment: &domain::entities::payments::Model,
+) -> Result<Vec<domain::entities::provider_notifications::Model>, DbErr> {
+    use domain::entities::provider_notifications;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    provider_notifications::Entity::find()
+        .filter(provider_notifications::Column::PaymentId.eq(payment.id))
+        .filter(provider_notifications::Column::Provider.eq(ProviderId::Telegram.as_str()))
+        .order_by_desc(provider_notifications::Column::Id)
+        .all(db)
+        .await
+}
+
+/// The Telegram id of the payment's customer.
+async fn payer(
+    db: &DatabaseConnection,
+    payment: &domain::entities::payments::Model,
+) -> Result<i64, ProviderError> {
+    use sea_orm::EntityTrait;
+    let user = domain::entities::users::Entity::find_by_id(payment.user_id)
+        .one(db)
+        .await
+        .map_err(database_unknown)?
+        .ok_or_else(|| {
+            ProviderError::InvalidRequest(format!(
+                "payment {} names user {} who does not exist",
+                payment.id, payment.user_id
+            ))
+        })?;
+    Ok(user.telegram_id)
+}
+
 fn database_unknown(error: DbErr) -> ProviderError {
     ProviderError::ResultUnknown {
         attempts: 1,

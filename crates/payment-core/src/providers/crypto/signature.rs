@@ -1,4 +1,4 @@
-//! The crypto webhook's signature: `X-Signature: t=<unix seconds>,v1=<hex>` where the hex is
+//! The crypto notice's signature: `X-Signature: t=<unix seconds>,v1=<hex>` where the hex is
 //! HMAC-SHA256, keyed with `CRYPTO_WEBHOOK_SECRET`, over `"{t}.{raw body}"`.
 //!
 //! The timestamp is inside the signed string, so a captured request cannot be replayed with a
