@@ -9,6 +9,8 @@ pub mod notify;
 pub mod png;
 pub mod poller;
 pub mod qr;
+pub mod reminders;
+pub mod sender;
 pub mod settings;
 pub mod store;
 pub mod texts;
@@ -130,8 +132,13 @@ pub async fn start(
         .with_limits(limits::Limits::new(&bot.limits)),
     );
 
+    let sender = Arc::new(sender::Sender::new(
+        api.clone(),
+        infra.db.clone(),
+        sender::SenderConfig::default(),
+    ));
     let runner = ConsumerRunner::new(
-        Notifier::new(api, infra.db.clone()),
+        Notifier::new(sender.nudge()),
         infra.db.clone(),
         infra.bus.clone(),
         RunnerConfig::default(),
@@ -140,6 +147,13 @@ pub async fn start(
     infra.bus.declare(runner.spec()).await?;
     let consumer_stats = runner.stats();
     let consumer = runner.spawn(shutdown.clone());
+    let reminders = reminders::Reminders::new(
+        infra.db.clone(),
+        bot.reminder_offsets.clone(),
+        sender.nudge(),
+    );
+    let reminding = tokio::spawn(reminders.run(bot.reminder_every, shutdown.clone()));
+    let sending = tokio::spawn(sender.run(shutdown.clone()));
     let (receiver, poller_abort, webhook_addr) = match &bot.webhook {
         Some(hook) => {
             let (addr, task) = webhook::start(app, hook, shutdown.clone()).await?;
@@ -155,6 +169,12 @@ pub async fn start(
     let server = ops::beside_ops(ops, async move {
         if let Err(error) = consumer.await {
             tracing::error!(%error, "consumer task failed");
+        }
+        if let Err(error) = sending.await {
+            tracing::error!(%error, "send queue task failed");
+        }
+        if let Err(error) = reminding.await {
+            tracing::error!(%error, "reminders task failed");
         }
         if let Err(error) = receiver.await
             && !error.is_cancelled()

@@ -49,6 +49,8 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("BOT_USER_LIMIT", "60/min,burst=30"),
     EnvVar::default("BOT_CHECKOUT_LIMIT", "10/min,burst=10"),
     EnvVar::default("BOT_LIMIT_USERS", "100000"),
+    EnvVar::default("REMINDER_OFFSETS", "-3d,-1d,0,+3d"),
+    EnvVar::default("REMINDER_SCAN_SECS", "60"),
 ];
 
 /// Every variable the `bot` binary reads; it refuses to start without its token and the
@@ -103,6 +105,11 @@ pub struct BotSettings {
     /// `BOT_USER_LIMIT` (default `60/min,burst=30`; `off`), `BOT_CHECKOUT_LIMIT` (default
     /// `10/min,burst=10`; `off`) and `BOT_LIMIT_USERS` (default 100000): see [`crate::limits`].
     pub limits: crate::limits::LimitSettings,
+    /// `REMINDER_OFFSETS` (default `-3d,-1d,0,+3d`; `off`): when expiry reminders are sent,
+    /// relative to the expiry ([`crate::reminders`]).
+    pub reminder_offsets: crate::reminders::Offsets,
+    /// `REMINDER_SCAN_SECS` (default 60): how often reminders are scheduled and dispatched.
+    pub reminder_every: Duration,
 }
 
 impl ServiceSettings {
@@ -143,6 +150,10 @@ fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
         return Err(invalid("TELEGRAM_POLL_TIMEOUT_SECS", "at most 50"));
     }
     let gateway_ms = vars.parse_or("GATEWAY_TIMEOUT_MS", DEFAULT_GATEWAY_TIMEOUT_MS)?;
+    let reminder_every = vars.parse_or("REMINDER_SCAN_SECS", 60u64)?;
+    if reminder_every == 0 {
+        return Err(invalid("REMINDER_SCAN_SECS", "must be positive"));
+    }
     if gateway_ms == 0 {
         return Err(invalid("GATEWAY_TIMEOUT_MS", "must be positive"));
     }
@@ -158,6 +169,13 @@ fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
         gateway_timeout: Duration::from_millis(gateway_ms),
         webhook: webhook(vars)?,
         limits: limits(vars)?,
+        reminder_offsets: vars
+            .get("REMINDER_OFFSETS")
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| invalid("REMINDER_OFFSETS", e))?
+            .unwrap_or_default(),
+        reminder_every: Duration::from_secs(reminder_every),
     }))
 }
 

@@ -16,8 +16,14 @@
 //! was sent ([`Emulator::messages`], uploaded photos with their bytes) and script Telegram's
 //! failures ([`Emulator::fail_next`]: 5xx, 429 with `retry_after`, 400, 403) and slow answers
 //! ([`Emulator::slow_next`]).
+//!
+//! Sending limits, as Telegram enforces them ([`SendLimits`]): about 30 messages a second in
+//! all and about one a second per chat (short bursts tolerated); a send over either is
+//! refused with 429 and `parameters.retry_after`, and does nothing. A user who blocked the bot
+//! ([`Emulator::block_bot`]) gets nothing: sends to them answer 403 "Forbidden: bot was
+//! blocked by the user".
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -45,7 +51,31 @@ pub struct Config {
     /// Limit for `answerPreCheckoutQuery` (Telegram: 10 s).
     pub pre_checkout_timeout: Duration,
     pub workers: usize,
+    /// Telegram's sending limits; `None`: unlimited (benchmarks of other parts).
+    pub send_limits: Option<SendLimits>,
 }
+
+/// How fast a bot may send (`sendMessage`, `sendPhoto`, `sendInvoice`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimits {
+    /// All chats together: Telegram allows about 30 messages a second.
+    pub global: ratelimit::Rate,
+    /// One chat: about one a second; Telegram tolerates short bursts (a conversation's
+    /// replies), so the default allows 20 before the one-a-second pace applies.
+    pub per_chat: ratelimit::Rate,
+}
+
+impl Default for SendLimits {
+    fn default() -> Self {
+        Self {
+            global: ratelimit::Rate::per_second(30, 30),
+            per_chat: ratelimit::Rate::per_second(1, 20),
+        }
+    }
+}
+
+/// The methods that send a message and so count against [`SendLimits`].
+const SEND_METHODS: [&str; 3] = ["sendMessage", "sendPhoto", "sendInvoice"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -55,6 +85,7 @@ impl Default for Config {
             bot_username: "anomaly_sandbox_bot".to_owned(),
             pre_checkout_timeout: PRE_CHECKOUT_TIMEOUT,
             workers: 2,
+            send_limits: Some(SendLimits::default()),
         }
     }
 }
@@ -258,6 +289,10 @@ struct State {
     faults: HashMap<String, VecDeque<u16>>,
     /// Scripted slow answers per method, used up oldest first.
     delays: HashMap<String, VecDeque<Duration>>,
+    /// Users who blocked the bot.
+    blocked: HashSet<i64>,
+    /// Sends refused with 429.
+    rate_limited: u64,
 }
 
 #[derive(Clone)]
@@ -268,6 +303,8 @@ struct Webhook {
 
 struct Shared {
     config: Config,
+    /// The global and per-chat budgets of [`SendLimits`] (none when unlimited).
+    limits: Option<(ratelimit::Keyed<()>, ratelimit::Keyed<i64>)>,
     state: Mutex<State>,
     /// Woken when updates arrive or a poller is displaced.
     updates_changed: Notify,
@@ -351,8 +388,15 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     let listener = std::net::TcpListener::bind(config.bind)?;
     let addr = listener.local_addr()?;
     let workers = config.workers.max(1);
+    let limits = config.send_limits.map(|l| {
+        (
+            ratelimit::Keyed::new("sandbox_telegram_global", Some(l.global), 1),
+            ratelimit::Keyed::new("sandbox_telegram_chat", Some(l.per_chat), 1_000_000),
+        )
+    });
     let shared = Arc::new(Shared {
         config,
+        limits,
         state: Mutex::new(State::default()),
         updates_changed: Notify::new(),
     });
@@ -668,6 +712,37 @@ impl Emulator {
             .unwrap_or(0)
     }
 
+    /// The user blocks the bot: every send to them is refused with 403 until
+    /// [`Emulator::unblock_bot`].
+    pub fn block_bot(&self, user: &TestUser) {
+        let mut state = lock(&self.shared.state);
+        state.users.insert(user.id, user.clone());
+        state.blocked.insert(user.id);
+    }
+
+    pub fn unblock_bot(&self, user: &TestUser) {
+        lock(&self.shared.state).blocked.remove(&user.id);
+    }
+
+    /// A user who started the bot earlier: the bot may write to them without a new update.
+    pub fn add_user(&self, user: &TestUser) {
+        lock(&self.shared.state).users.insert(user.id, user.clone());
+    }
+
+    /// Sends refused with 429 for going over [`SendLimits`].
+    pub fn rate_limited(&self) -> u64 {
+        lock(&self.shared.state).rate_limited
+    }
+
+    /// Messages the bot sent to each chat, counted (chats it never wrote to are left out).
+    pub fn message_counts(&self) -> HashMap<i64, usize> {
+        lock(&self.shared.state)
+            .chats
+            .iter()
+            .map(|(chat, messages)| (*chat, messages.len()))
+            .collect()
+    }
+
     /// Updates the bot has not yet confirmed.
     pub fn pending_updates(&self) -> usize {
         lock(&self.shared.state).updates.len()
@@ -921,6 +996,11 @@ async fn bot_method(
     if let Some(code) = fault {
         return ApiError::scripted(code).response();
     }
+    if SEND_METHODS.contains(&method.as_str())
+        && let Err(error) = may_send(&shared, &params)
+    {
+        return error.response();
+    }
     let result = match method.as_str() {
         "getMe" => Ok(shared.bot_user()),
         "getUpdates" => get_updates(&shared, &params).await,
@@ -945,6 +1025,34 @@ async fn bot_method(
         Ok(result) => HttpResponse::Ok().json(json!({"ok": true, "result": result})),
         Err(error) => error.response(),
     }
+}
+
+/// A send to a user who blocked the bot is refused with 403; one over Telegram's limits
+/// with 429 and `retry_after` (whole seconds, rounded up).
+fn may_send(shared: &Shared, params: &Params) -> Result<(), ApiError> {
+    let Ok(Some(chat)) = params.i64("chat_id") else {
+        return Ok(());
+    };
+    if lock(&shared.state).blocked.contains(&chat) {
+        return Err(ApiError::new(403, "Forbidden: bot was blocked by the user"));
+    }
+    let Some((global, per_chat)) = &shared.limits else {
+        return Ok(());
+    };
+    let decision = match global.check(&()) {
+        ratelimit::Decision::Allowed => per_chat.check(&chat),
+        limited => limited,
+    };
+    if decision.is_allowed() {
+        return Ok(());
+    }
+    lock(&shared.state).rate_limited += 1;
+    let retry_after = decision.retry_after_secs();
+    Err(ApiError {
+        code: 429,
+        description: format!("Too Many Requests: retry after {retry_after}"),
+        retry_after: Some(retry_after),
+    })
 }
 
 fn update_kind(update: &Value) -> Option<&str> {

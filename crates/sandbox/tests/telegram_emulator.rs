@@ -562,3 +562,74 @@ async fn updates_outside_allowed_updates_are_not_delivered() {
     );
     assert_eq!(handle.calls("getUpdates"), 1);
 }
+
+async fn say(bot: &Bot, chat: i64, text: &str) -> Result<(), frankenstein::Error> {
+    let params = SendMessageParams::builder()
+        .chat_id(chat)
+        .text(text)
+        .build();
+    bot.send_message(&params).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn sends_over_telegrams_limits_get_429_with_retry_after_and_do_nothing() {
+    let (tg, bot) = emulator(Config::default()).await;
+    let ann = ann();
+    tg.add_user(&ann);
+    // One chat: a short burst passes, then about one a second.
+    let mut refused = None;
+    for i in 0..30 {
+        if let Err(error) = say(&bot, ann.id, &format!("m{i}")).await {
+            refused = Some((i, error));
+            break;
+        }
+    }
+    let (at, error) = refused.expect("a burst of 30 to one chat is refused");
+    assert!((20..30).contains(&at), "a short burst passes ({at} did)");
+    let frankenstein::Error::Api(response) = error else {
+        panic!("a Telegram error");
+    };
+    assert_eq!(response.error_code, 429);
+    assert!(
+        response
+            .description
+            .starts_with("Too Many Requests: retry after")
+    );
+    let retry_after = response.parameters.and_then(|p| p.retry_after);
+    assert_eq!(retry_after, Some(1));
+    assert_eq!(
+        tg.messages(ann.id).len(),
+        at,
+        "the refused send did nothing"
+    );
+    assert_eq!(tg.rate_limited(), 1);
+
+    // All chats: 30 a second with a burst of 30.
+    let users: Vec<TestUser> = (0..40)
+        .map(|i| TestUser::new(20_000 + i, "U", "en"))
+        .collect();
+    let mut limited = 0;
+    for user in &users {
+        tg.add_user(user);
+        if say(&bot, user.id, "hi").await.is_err() {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 5,
+        "40 sends at once exceed 30/s: {limited} refused"
+    );
+
+    // A user who blocked the bot: 403, nothing stored.
+    let bob = TestUser::new(1002, "Bob", "en");
+    tg.block_bot(&bob);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, description) = api_error(say(&bot, bob.id, "hello").await.unwrap_err());
+    assert_eq!(
+        (code, description.as_str()),
+        (403, "Forbidden: bot was blocked by the user")
+    );
+    assert!(tg.messages(bob.id).is_empty());
+    tg.unblock_bot(&bob);
+    say(&bot, bob.id, "hello again").await.expect("unblocked");
+}

@@ -16,8 +16,11 @@ impl App {
             .await;
     }
 
+    /// Status, expiry and link of the user's subscription, whether expiry reminders are on,
+    /// and the button that turns them off or on.
     pub(super) async fn my_subscription(&self, chat: i64, user: i64, t: &Texts) {
-        let text = match store::subscription(&self.db, user).await {
+        let subscription = store::subscription(&self.db, user).await;
+        let mut text = match &subscription {
             Ok(Some(sub)) => {
                 let active = sub.expires_at > chrono::Utc::now() && sub.status != "revoked";
                 fill(
@@ -42,7 +45,35 @@ impl App {
                 t.payment_unavailable.to_owned()
             }
         };
-        self.send(chat, text, Some(Self::back(t))).await;
+        let mut rows = Vec::new();
+        if matches!(subscription, Ok(Some(_))) {
+            match crate::reminders::are_off(&self.db, user).await {
+                Ok(off) => {
+                    let (line, toggle) = if off {
+                        (t.reminders_are_off, button(t.btn_reminders_on, "rm:on"))
+                    } else {
+                        (t.reminders_are_on, button(t.btn_reminders_off, "rm:off"))
+                    };
+                    text = format!("{text}\n{line}");
+                    rows.push(vec![toggle]);
+                }
+                Err(error) => tracing::warn!(%error, "cannot read the reminder setting"),
+            }
+        }
+        rows.push(vec![button(t.btn_menu, "menu")]);
+        self.send(chat, text, Some(keyboard(rows))).await;
+    }
+
+    /// Turns the user's expiry reminders off or on, then shows "My subscription" again.
+    pub(super) async fn set_reminders(&self, chat: i64, user: i64, t: &Texts, off: bool) {
+        if let Err(error) = crate::reminders::set_off(&self.db, user, off).await {
+            tracing::error!(%error, "cannot change the reminder setting");
+            return self
+                .send(chat, t.payment_unavailable.to_owned(), Some(Self::back(t)))
+                .await;
+        }
+        tracing::info!(user, reminders_off = off, "reminder setting changed");
+        self.my_subscription(chat, user, t).await;
     }
 
     pub(super) async fn tariffs(&self, chat: i64, t: &Texts) {

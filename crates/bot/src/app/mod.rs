@@ -145,6 +145,10 @@ impl App {
             }
             return;
         }
+        // A user who writes has not blocked the bot (any more): queued messages reach them again.
+        if let Err(error) = crate::sender::unblock(&self.db, user_id(from)).await {
+            tracing::warn!(%error, "cannot clear the chat's blocked mark");
+        }
         let admin = self.is_admin(user_id(from));
         let text = message.text.as_deref().unwrap_or_default();
         match command(text) {
@@ -212,6 +216,11 @@ impl App {
             }
             ["sub"] => {
                 self.my_subscription(click.chat, user, t).await;
+                None
+            }
+            ["rm", setting @ ("on" | "off")] => {
+                self.set_reminders(click.chat, user, t, *setting == "off")
+                    .await;
                 None
             }
             ["buy"] => {

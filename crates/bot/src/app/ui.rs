@@ -2,8 +2,8 @@
 
 use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot as Api;
-use frankenstein::methods::{AnswerCallbackQueryParams, SendMessageParams};
-use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup, ReplyMarkup, User};
+use frankenstein::methods::AnswerCallbackQueryParams;
+use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup, User};
 use sha2::{Digest, Sha256};
 
 use super::App;
@@ -55,14 +55,8 @@ pub(super) async fn send_message(
     text: String,
     markup: Option<InlineKeyboardMarkup>,
 ) {
-    let params = SendMessageParams::builder()
-        .chat_id(chat)
-        .text(text)
-        .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
-        .build();
-    // Telegram allows a bot about 30 messages a second: wait for a slot (TELEGRAM_API_LIMIT).
-    ratelimit::TELEGRAM.wait().await;
-    if let Err(error) = api.send_message(&params).await {
+    // Waits for a slot of the process-wide Telegram budget (TELEGRAM_API_LIMIT).
+    if let Err(error) = crate::sender::send_text(api, chat, text, markup).await {
         tracing::warn!(chat, %error, "sendMessage failed");
     }
 }

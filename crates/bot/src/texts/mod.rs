@@ -115,6 +115,21 @@ pub struct Texts {
     pub refund_disabled: &'static str,
     /// Over the per-user rate limit: `{secs}`.
     pub rate_limited: &'static str,
+    /// An expiry reminder before the expiry: `{left}` (e.g. "3 days"), `{expires}`.
+    pub reminder_before: &'static str,
+    /// On the day of the expiry: `{expires}`.
+    pub reminder_today: &'static str,
+    /// After the expiry: `{expires}`.
+    pub reminder_after: &'static str,
+    /// Renew with the last paid plan and method: `{title}`.
+    pub btn_renew_tariff: &'static str,
+    pub btn_renew: &'static str,
+    pub btn_other_tariff: &'static str,
+    pub btn_reminders_off: &'static str,
+    pub btn_reminders_on: &'static str,
+    /// A line of "My subscription".
+    pub reminders_are_on: &'static str,
+    pub reminders_are_off: &'static str,
 }
 
 /// Replaces each `{name}` of `template` with its value.
@@ -134,6 +149,20 @@ pub fn money(amount: Money) -> String {
         Currency::Usdt => "USDT",
     };
     format!("{} {symbol}", amount.to_decimal_string())
+}
+
+/// `3 days`, `1 день`, `3 дня`, `5 дней`.
+pub fn days(lang: Lang, n: i64) -> String {
+    let word = match lang {
+        Lang::En if n == 1 => "day",
+        Lang::En => "days",
+        Lang::Ru => match (n % 10, n % 100) {
+            (1, r) if r != 11 => "день",
+            (2..=4, r) if !(12..=14).contains(&r) => "дня",
+            _ => "дней",
+        },
+    };
+    format!("{n} {word}")
 }
 
 /// `2026-12-29 10:00 UTC`.
@@ -187,5 +216,16 @@ mod tests {
         }
         assert_eq!(money(Money::new(19900, Currency::Rub)), "199.00 ₽");
         assert_eq!(money(Money::new(150, Currency::Xtr)), "150 ⭐");
+    }
+
+    #[test]
+    fn days_in_both_languages() {
+        assert_eq!(days(Lang::En, 1), "1 day");
+        assert_eq!(days(Lang::En, 3), "3 days");
+        assert_eq!(days(Lang::Ru, 1), "1 день");
+        assert_eq!(days(Lang::Ru, 3), "3 дня");
+        assert_eq!(days(Lang::Ru, 5), "5 дней");
+        assert_eq!(days(Lang::Ru, 11), "11 дней");
+        assert_eq!(days(Lang::Ru, 21), "21 день");
     }
 }

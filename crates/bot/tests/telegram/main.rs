@@ -7,6 +7,8 @@ mod helpers;
 mod notify;
 mod rate_limits;
 mod readiness;
+mod reminders;
+mod sending;
 
 use std::time::{Duration, Instant};
 

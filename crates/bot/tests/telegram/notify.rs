@@ -1,10 +1,12 @@
-//! Notifications against a slow Telegram: the send is made with no transaction of the bot
-//! open (no pooled connection held, no uncommitted marker row), and each notification is
-//! shown once, a redelivery included.
+//! Notifications against a slow Telegram: an event becomes a row of the sending queue, the
+//! send is made with no transaction of the bot open (no pooled connection held, no
+//! uncommitted row), and each notification is shown once, a redelivery included.
 
 use std::time::{Duration, Instant};
 
+use domain::entities::send_queue;
 use sandbox::telegram::TestUser;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use crate::helpers::{WAIT, world};
 
@@ -29,9 +31,18 @@ async fn a_slow_telegram_holds_no_transaction_and_each_notification_is_shown_onc
         ("sendMessage", "/sub/relative_5000020"),
     ] {
         let calls = w.tg.calls(method);
-        let handled = stats.handled();
         w.tg.slow_next(method, SLOW, 1);
         let envelope = w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+        let key = format!("event:{}", envelope.event_id);
+        let sent = async || {
+            send_queue::Entity::find()
+                .filter(send_queue::Column::DedupeKey.eq(key.as_str()))
+                .filter(send_queue::Column::Status.eq(send_queue::SENT))
+                .one(&w.db.conn)
+                .await
+                .expect("read the queue")
+                .is_some()
+        };
 
         // The emulator counts the call when it arrives, then holds its answer back.
         let deadline = Instant::now() + WAIT;
@@ -41,9 +52,9 @@ async fn a_slow_telegram_holds_no_transaction_and_each_notification_is_shown_onc
         }
         let mut probes = 0;
         let mut open = Vec::new();
-        while stats.handled() == handled {
+        while !sent().await {
             let now_open = testkit::open_transactions(&w.db.conn, BRIEF).await;
-            if stats.handled() != handled {
+            if sent().await {
                 break;
             }
             open.extend(now_open);
@@ -64,7 +75,7 @@ async fn a_slow_telegram_holds_no_transaction_and_each_notification_is_shown_onc
         );
         assert_eq!(w.tg.calls(method), calls + 1, "one {method}");
 
-        // The same event again: its marker is committed, nothing is sent.
+        // The same event again: its marker is committed, nothing is queued or sent.
         let duplicates = stats.duplicates();
         w.infra
             .bus

@@ -3,12 +3,16 @@
 //! Status and currency columns are TEXT in the database and typed here
 //! ([`PaymentStatus`](crate::status::PaymentStatus), [`Currency`](crate::money::Currency), …).
 
+pub mod bot_chats;
 pub mod crypto_invoices;
 pub mod outbox;
 pub mod payments;
 pub mod processed_messages;
 pub mod provider_notifications;
 pub mod refunds;
+pub mod reminder_cursors;
+pub mod reminders;
+pub mod send_queue;
 pub mod subscription_grants;
 pub mod subscriptions;
 pub mod system_logs;
@@ -17,12 +21,16 @@ pub mod users;
 
 /// Entity types under table-like names, for `use domain::entities::prelude::*`.
 pub mod prelude {
+    pub use super::bot_chats::Entity as BotChats;
     pub use super::crypto_invoices::Entity as CryptoInvoices;
     pub use super::outbox::Entity as Outbox;
     pub use super::payments::Entity as Payments;
     pub use super::processed_messages::Entity as ProcessedMessages;
     pub use super::provider_notifications::Entity as ProviderNotifications;
     pub use super::refunds::Entity as Refunds;
+    pub use super::reminder_cursors::Entity as ReminderCursors;
+    pub use super::reminders::Entity as Reminders;
+    pub use super::send_queue::Entity as SendQueue;
     pub use super::subscription_grants::Entity as SubscriptionGrants;
     pub use super::subscriptions::Entity as Subscriptions;
     pub use super::system_logs::Entity as SystemLogs;

@@ -38,4 +38,6 @@ migrations![
     m20261206_000120_open_checkouts,
     m20261206_000200_opening_balance_grant,
     m20261206_000300_star_transactions,
+    m20261206_000400_send_queue,
+    m20261206_000410_reminders,
 ];

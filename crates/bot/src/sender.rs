@@ -1,0 +1,598 @@
+//! The sending queue: every message the bot sends on its own initiative — notifications about
+//! payments and subscriptions, expiry reminders, later broadcasts — is a `send_queue` row
+//! first, and one sender drains the rows at Telegram's pace.
+//!
+//! - **Durable and once.** A row is written in the same transaction as what it announces
+//!   ([`enqueue`]) under a UNIQUE `dedupe_key` (`event:<event id>`, `reminder:<id>`), so an
+//!   event or a reminder is queued at most once, and a restart loses nothing.
+//! - **Telegram's limits.** About 30 messages a second in all: every send waits for a slot of
+//!   the process-wide [`ratelimit::TELEGRAM`] budget (`TELEGRAM_API_LIMIT`). One a second per
+//!   chat: a [`ratelimit::Keyed`] budget per chat; a row whose chat has no slot yet is put
+//!   back for when it has, and the sender goes on with other chats. A 429 pauses every send
+//!   for its `retry_after` and puts the row back for then (a 429 is Telegram's flood control,
+//!   not the message's fault: it costs no attempt).
+//! - **Blocked users.** A 403 ("bot was blocked by the user") marks the chat in `bot_chats`;
+//!   its rows are skipped, without a call, until the user writes to the bot again
+//!   ([`unblock`]).
+//! - **Still true?** A row can carry a [`Guard`]: a reminder about a period is skipped if the
+//!   subscription was renewed (its expiry moved) while the reminder waited in the queue.
+//! - **Claims.** A sender claims a batch by moving the rows' `not_before` a lease ahead
+//!   (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several bot processes share the queue); a
+//!   sender that dies leaves its rows to be due again when the lease ends. The send is made
+//!   with no transaction open. Delivery is therefore at least once: a crash between
+//!   Telegram's answer and the row's `sent` mark sends that row again.
+//! - **Order.** Notifications go before reminders, reminders before broadcasts
+//!   (`priority`), then oldest first — a backlog of 100,000 reminders never holds back a
+//!   payment's confirmation.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::entities::{bot_chats, send_queue, subscriptions};
+use frankenstein::AsyncTelegramApi;
+use frankenstein::client_reqwest::Bot as Api;
+use frankenstein::methods::SendMessageParams;
+use frankenstein::types::{InlineKeyboardMarkup, ReplyMarkup};
+use futures::StreamExt;
+use ratelimit::{Keyed, Rate};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, StatementBuilder, TryInsertResult,
+};
+use serde::{Deserialize, Serialize};
+use service_kit::Shutdown;
+use tokio::sync::Notify;
+
+use crate::qr;
+
+/// What a row is; it also orders the queue (lower first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Notification,
+    Reminder,
+    Broadcast,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Notification => "notification",
+            Kind::Reminder => "reminder",
+            Kind::Broadcast => "broadcast",
+        }
+    }
+
+    fn priority(self) -> i32 {
+        match self {
+            Kind::Notification => 0,
+            Kind::Reminder => 1,
+            Kind::Broadcast => 2,
+        }
+    }
+}
+
+/// Send only while the subscription still expires at `expires_at` (the period a reminder is
+/// about has not been renewed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub subscription_id: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One message, as the queue stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_markup: Option<InlineKeyboardMarkup>,
+    /// Sent as a photo of this text's QR code with `text` as its caption (plain text if
+    /// Telegram refuses the photo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+}
+
+impl Outgoing {
+    pub fn text(text: String, reply_markup: Option<InlineKeyboardMarkup>) -> Self {
+        Self {
+            text,
+            reply_markup,
+            qr: None,
+            guard: None,
+        }
+    }
+}
+
+/// A row to queue.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub chat: i64,
+    pub kind: Kind,
+    pub dedupe_key: String,
+    pub message: Outgoing,
+}
+
+fn row(q: &Queued, now: DateTime<Utc>) -> Result<send_queue::ActiveModel, DbErr> {
+    let payload = serde_json::to_string(&q.message).map_err(|e| DbErr::Custom(e.to_string()))?;
+    Ok(send_queue::ActiveModel {
+        chat_id: Set(q.chat),
+        kind: Set(q.kind.as_str().to_owned()),
+        priority: Set(q.kind.priority()),
+        dedupe_key: Set(q.dedupe_key.clone()),
+        payload: Set(payload),
+        status: Set(send_queue::PENDING.to_owned()),
+        attempts: Set(0),
+        not_before: Set(now),
+        last_error: Set(None),
+        created_at: Set(now),
+        sent_at: Set(None),
+        ..Default::default()
+    })
+}
+
+/// Queues `rows` (through `conn`, typically the transaction of what they announce); a row
+/// whose `dedupe_key` is queued already is left as it is. Returns how many were new.
+pub async fn enqueue<C: ConnectionTrait>(conn: &C, rows: &[Queued]) -> Result<u64, DbErr> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let now = Utc::now();
+    let models = rows
+        .iter()
+        .map(|q| row(q, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inserted = send_queue::Entity::insert_many(models)
+        .on_conflict_do_nothing_on([send_queue::Column::DedupeKey])
+        .exec_without_returning(conn)
+        .await?;
+    Ok(match inserted {
+        TryInsertResult::Inserted(n) => n,
+        TryInsertResult::Conflicted | TryInsertResult::Empty => 0,
+    })
+}
+
+/// The user wrote to the bot: if the chat was marked blocked, it no longer is.
+pub async fn unblock<C: ConnectionTrait>(conn: &C, chat: i64) -> Result<(), DbErr> {
+    bot_chats::Entity::update_many()
+        .col_expr(
+            bot_chats::Column::BlockedAt,
+            Expr::value(None::<DateTime<Utc>>),
+        )
+        .col_expr(bot_chats::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(bot_chats::Column::ChatId.eq(chat))
+        .filter(bot_chats::Column::BlockedAt.is_not_null())
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks `chat` as having blocked the bot.
+async fn block(db: &DatabaseConnection, chat: i64) -> Result<(), DbErr> {
+    let now = Utc::now();
+    bot_chats::Entity::insert(bot_chats::ActiveModel {
+        chat_id: Set(chat),
+        blocked_at: Set(Some(now)),
+        reminders_off: Set(false),
+        updated_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::column(bot_chats::Column::ChatId)
+            .update_columns([bot_chats::Column::BlockedAt, bot_chats::Column::UpdatedAt])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// Sends a text message (waiting for a slot of the process-wide Telegram budget).
+pub async fn send_text(
+    api: &Api,
+    chat: i64,
+    text: String,
+    markup: Option<InlineKeyboardMarkup>,
+) -> Result<(), frankenstein::Error> {
+    let params = SendMessageParams::builder()
+        .chat_id(chat)
+        .text(text)
+        .maybe_reply_markup(markup.map(ReplyMarkup::InlineKeyboardMarkup))
+        .build();
+    ratelimit::TELEGRAM.wait().await;
+    api.send_message(&params).await.map(|_| ())
+}
+
+/// Telegram's limit for a photo's caption.
+const CAPTION_LIMIT: usize = 1024;
+
+/// Sends `message`: one Telegram call (two only when Telegram refuses the QR photo itself).
+pub async fn send(api: &Api, chat: i64, message: Outgoing) -> Result<(), frankenstein::Error> {
+    let image = message
+        .qr
+        .as_deref()
+        .filter(|_| message.text.chars().count() <= CAPTION_LIMIT)
+        .and_then(|data| {
+            qr::png(data)
+                .inspect_err(|error| tracing::warn!(%error, "no QR code; text only"))
+                .ok()
+        });
+    let Some(image) = image else {
+        return send_text(api, chat, message.text, message.reply_markup).await;
+    };
+    ratelimit::TELEGRAM.wait().await;
+    match qr::send_photo(
+        api,
+        chat,
+        &image.bytes,
+        "qr.png",
+        Some(&message.text),
+        message.reply_markup.as_ref(),
+    )
+    .await
+    {
+        // Telegram refused the photo itself: the text alone still says it all.
+        Err(frankenstein::Error::Api(error)) if error.error_code == 400 => {
+            tracing::warn!(chat, description = %error.description, "sendPhoto refused; sending the text");
+            send_text(api, chat, message.text, message.reply_markup).await
+        }
+        other => other,
+    }
+}
+
+/// How the sender works; [`SenderConfig::default`] suits production.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Rows claimed at a time (about a second's worth at Telegram's global rate).
+    pub batch: u64,
+    /// Sends in flight at once (Telegram answers in ~100 ms; one at a time would not reach
+    /// 30 a second).
+    pub concurrency: usize,
+    /// A claimed row is due again after this if its sender died.
+    pub lease: Duration,
+    /// How often an idle sender looks for due rows (it is also woken by [`Sender::nudge`]).
+    pub poll: Duration,
+    /// Per chat: Telegram allows about one message a second.
+    pub per_chat: Rate,
+    /// A row that failed this many times (5xx, timeouts) is given up as `failed`.
+    pub max_attempts: i32,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            batch: 30,
+            concurrency: 8,
+            lease: Duration::from_secs(120),
+            poll: Duration::from_millis(100),
+            per_chat: Rate::per_second(1, 1),
+            max_attempts: 8,
+        }
+    }
+}
+
+/// What one [`Sender::run_once`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub claimed: usize,
+    pub sent: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    /// Put back for later (the chat's or Telegram's limit, a transient error).
+    pub deferred: usize,
+}
+
+/// Drains the queue (see the module docs).
+pub struct Sender {
+    api: Api,
+    db: DatabaseConnection,
+    config: SenderConfig,
+    per_chat: Keyed<i64>,
+    /// Telegram said 429: nothing is sent before this.
+    paused_until: Mutex<Option<Instant>>,
+    nudge: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of one row.
+enum Outcome {
+    Sent,
+    Skipped(&'static str),
+    Failed(String),
+    /// Due again at this time; `attempt` says whether it counts as a failed attempt.
+    Later {
+        at: DateTime<Utc>,
+        error: Option<String>,
+        attempt: bool,
+    },
+}
+
+fn later(after: Duration, error: Option<String>, attempt: bool) -> Outcome {
+    Outcome::Later {
+        at: Utc::now() + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
+        error,
+        attempt,
+    }
+}
+
+impl Sender {
+    pub fn new(api: Api, db: DatabaseConnection, config: SenderConfig) -> Self {
+        let per_chat = Keyed::new("telegram_chat", Some(config.per_chat), 100_000);
+        Self {
+            api,
+            db,
+            config,
+            per_chat,
+            paused_until: Mutex::new(None),
+            nudge: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes an idle sender (after queuing rows in this process).
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
+    }
+
+    /// Drains until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            let drained = tokio::select! {
+                () = shutdown.cancelled() => return,
+                drained = self.run_once() => drained,
+            };
+            let idle = match drained {
+                Ok(drained) => drained.claimed == 0,
+                Err(error) => {
+                    tracing::warn!(%error, "send queue: cannot claim rows");
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.nudge.notified() => {}
+                    () = tokio::time::sleep(self.config.poll) => {}
+                }
+            }
+        }
+    }
+
+    /// Claims one batch of due rows and sends them.
+    pub async fn run_once(&self) -> Result<Drained, DbErr> {
+        self.wait_pause().await;
+        let rows = self.claim().await?;
+        let mut drained = Drained {
+            claimed: rows.len(),
+            ..Drained::default()
+        };
+        // One chat's rows go one after another, in order; chats go side by side. Once a row
+        // of a chat is put back, the chat's later rows are put back to the same time, so the
+        // chat's order holds on the next claim too.
+        let mut chats: Vec<Vec<send_queue::Model>> = Vec::new();
+        for row in rows {
+            match chats.iter_mut().find(|c| c[0].chat_id == row.chat_id) {
+                Some(chat) => chat.push(row),
+                None => chats.push(vec![row]),
+            }
+        }
+        let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(chats)
+            .map(|chat| async move {
+                let mut outcomes = Vec::with_capacity(chat.len());
+                let mut put_back = None;
+                for row in chat {
+                    let outcome = match put_back {
+                        Some(at) => Outcome::Later {
+                            at,
+                            error: None,
+                            attempt: false,
+                        },
+                        None => self.deliver(&row).await,
+                    };
+                    if let Outcome::Later { at, .. } = &outcome {
+                        put_back = Some(*at);
+                    }
+                    outcomes.push((row.id, outcome));
+                }
+                outcomes
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+        for (id, outcome) in outcomes {
+            match &outcome {
+                Outcome::Sent => drained.sent += 1,
+                Outcome::Skipped(_) => drained.skipped += 1,
+                Outcome::Failed(_) => drained.failed += 1,
+                Outcome::Later { .. } => drained.deferred += 1,
+            }
+            self.record(id, outcome).await?;
+        }
+        Ok(drained)
+    }
+
+    async fn wait_pause(&self) {
+        let until = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
+    fn pause(&self, retry_after: Duration) {
+        let until = Instant::now() + retry_after;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Takes up to a batch of due rows by moving their `not_before` a lease ahead.
+    async fn claim(&self) -> Result<Vec<send_queue::Model>, DbErr> {
+        let now = Utc::now();
+        let lease = now + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+        let backend = self.db.get_database_backend();
+        let mut due = Query::select();
+        due.column(send_queue::Column::Id)
+            .from(send_queue::Entity)
+            .and_where(send_queue::Column::Status.eq(send_queue::PENDING))
+            .and_where(send_queue::Column::NotBefore.lte(now))
+            .order_by(send_queue::Column::Priority, sea_orm::Order::Asc)
+            .order_by(send_queue::Column::NotBefore, sea_orm::Order::Asc)
+            .order_by(send_queue::Column::Id, sea_orm::Order::Asc)
+            .limit(self.config.batch);
+        if backend == DbBackend::Postgres {
+            due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let claim = Query::update()
+            .table(send_queue::Entity)
+            .value(send_queue::Column::NotBefore, lease)
+            .and_where(Expr::col(send_queue::Column::Id).in_subquery(due))
+            .returning_all()
+            .to_owned();
+        let mut rows = send_queue::Entity::find()
+            .from_raw_sql(StatementBuilder::build(&claim, &backend))
+            .all(&self.db)
+            .await?;
+        rows.sort_by_key(|r| (r.priority, r.id));
+        Ok(rows)
+    }
+
+    async fn deliver(&self, row: &send_queue::Model) -> Outcome {
+        match self.try_deliver(row).await {
+            Ok(outcome) => outcome,
+            Err(error) => later(
+                Duration::from_secs(5),
+                Some(format!("database: {error}")),
+                true,
+            ),
+        }
+    }
+
+    async fn try_deliver(&self, row: &send_queue::Model) -> Result<Outcome, DbErr> {
+        let message: Outgoing = match serde_json::from_str(&row.payload) {
+            Ok(message) => message,
+            Err(error) => return Ok(Outcome::Failed(format!("unreadable payload: {error}"))),
+        };
+        let chat = bot_chats::Entity::find_by_id(row.chat_id)
+            .one(&self.db)
+            .await?;
+        if chat.as_ref().is_some_and(|c| c.blocked_at.is_some()) {
+            return Ok(Outcome::Skipped("the user blocked the bot"));
+        }
+        if let Some(guard) = message.guard {
+            if row.kind == Kind::Reminder.as_str() && chat.is_some_and(|c| c.reminders_off) {
+                return Ok(Outcome::Skipped("reminders turned off"));
+            }
+            let current = subscriptions::Entity::find_by_id(guard.subscription_id)
+                .one(&self.db)
+                .await?;
+            if current.is_none_or(|s| s.expires_at != guard.expires_at) {
+                return Ok(Outcome::Skipped("the period was renewed"));
+            }
+        }
+        let decision = self.per_chat.check(&row.chat_id);
+        if let ratelimit::Decision::Limited { retry_after } = decision {
+            return Ok(later(retry_after, None, false));
+        }
+        self.wait_pause().await;
+        Ok(match send(&self.api, row.chat_id, message).await {
+            Ok(()) => Outcome::Sent,
+            Err(frankenstein::Error::Api(error)) => match error.error_code {
+                429 => {
+                    let after = Duration::from_secs(
+                        error
+                            .parameters
+                            .and_then(|p| p.retry_after)
+                            .map_or(1, |secs| u64::from(secs).clamp(1, 3600)),
+                    );
+                    tracing::warn!(
+                        chat = row.chat_id,
+                        retry_after_s = after.as_secs(),
+                        "Telegram said 429; sending paused"
+                    );
+                    self.pause(after);
+                    later(after, Some(error.description), false)
+                }
+                403 => {
+                    tracing::info!(chat = row.chat_id, description = %error.description, "the user blocked the bot; marked and skipped");
+                    block(&self.db, row.chat_id).await?;
+                    Outcome::Skipped("the user blocked the bot")
+                }
+                400 => Outcome::Failed(error.description),
+                _ => self.retry(row, error.description),
+            },
+            Err(error) => self.retry(row, error.to_string()),
+        })
+    }
+
+    fn retry(&self, row: &send_queue::Model, error: String) -> Outcome {
+        if row.attempts + 1 >= self.config.max_attempts {
+            return Outcome::Failed(error);
+        }
+        // 2, 4, 8 … seconds, at most five minutes.
+        let backoff = Duration::from_secs(2u64.saturating_pow(row.attempts.unsigned_abs() + 1))
+            .min(Duration::from_secs(300));
+        later(backoff, Some(error), true)
+    }
+
+    async fn record(&self, id: i64, outcome: Outcome) -> Result<(), DbErr> {
+        use send_queue::Column as C;
+        let now = Utc::now();
+        let mut update = send_queue::Entity::update_many()
+            .filter(C::Id.eq(id))
+            .filter(C::Status.eq(send_queue::PENDING));
+        update = match outcome {
+            Outcome::Sent => {
+                metrics::counter!(METRIC_SENT, "outcome" => "sent").increment(1);
+                update
+                    .col_expr(C::Status, Expr::value(send_queue::SENT))
+                    .col_expr(C::SentAt, Expr::value(now))
+            }
+            Outcome::Skipped(why) => {
+                metrics::counter!(METRIC_SENT, "outcome" => "skipped").increment(1);
+                update
+                    .col_expr(C::Status, Expr::value(send_queue::SKIPPED))
+                    .col_expr(C::LastError, Expr::value(why))
+            }
+            Outcome::Failed(error) => {
+                metrics::counter!(METRIC_SENT, "outcome" => "failed").increment(1);
+                tracing::warn!(send_id = id, %error, "queued message given up");
+                update
+                    .col_expr(C::Status, Expr::value(send_queue::FAILED))
+                    .col_expr(C::LastError, Expr::value(error))
+                    .col_expr(C::Attempts, Expr::col(C::Attempts).add(1))
+            }
+            Outcome::Later { at, error, attempt } => {
+                let update = update.col_expr(C::NotBefore, Expr::value(at));
+                let update = match error {
+                    Some(error) => update.col_expr(C::LastError, Expr::value(error)),
+                    None => update,
+                };
+                if attempt {
+                    update.col_expr(C::Attempts, Expr::col(C::Attempts).add(1))
+                } else {
+                    update
+                }
+            }
+        };
+        update.exec(&self.db).await?;
+        Ok(())
+    }
+}
+
+/// Counter: queued messages done, by `outcome` (`sent`, `skipped`, `failed`).
+pub const METRIC_SENT: &str = "bot_send_queue_total";

@@ -1,0 +1,21 @@
+//! `bot_chats`: what the bot knows about a private chat (= its user's Telegram id) beyond
+//! `users`: whether the user blocked the bot, and whether they want expiry reminders.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "bot_chats")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub chat_id: i64,
+    /// When Telegram answered 403 (blocked by the user); cleared when the user writes again.
+    pub blocked_at: Option<DateTimeUtc>,
+    /// The user turned expiry reminders off ("My subscription").
+    pub reminders_off: bool,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
