@@ -596,3 +596,43 @@ impl Sender {
 
 /// Counter: queued messages done, by `outcome` (`sent`, `skipped`, `failed`).
 pub const METRIC_SENT: &str = "bot_send_queue_total";
+
+#[cfg(test)]
+mod tests {
+    use domain::migration::Migrator;
+    use sea_orm_migration::MigratorTrait;
+
+    use super::*;
+
+    /// The claim's SQL (UPDATE … WHERE id IN (SELECT … LIMIT) RETURNING) on SQLite, the
+    /// single-process mode's database: due rows are leased once, in priority order.
+    #[tokio::test]
+    async fn rows_are_claimed_once_on_sqlite() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let queued = |chat, kind, key: &str| Queued {
+            chat,
+            kind,
+            dedupe_key: key.to_owned(),
+            message: Outgoing::text("hi".into(), None),
+        };
+        let rows = [
+            queued(1, Kind::Broadcast, "b"),
+            queued(2, Kind::Reminder, "r"),
+            queued(3, Kind::Notification, "n"),
+        ];
+        assert_eq!(enqueue(&db, &rows).await.unwrap(), 3);
+        assert_eq!(enqueue(&db, &rows).await.unwrap(), 0);
+        let api = Api::new_url("http://127.0.0.1:9/botX".to_owned());
+        let sender = Sender::new(api, db, SenderConfig::default());
+        let claimed: Vec<String> = sender
+            .claim()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.dedupe_key)
+            .collect();
+        assert_eq!(claimed, ["n", "r", "b"], "notifications first");
+        assert!(sender.claim().await.unwrap().is_empty(), "leased");
+    }
+}
