@@ -242,11 +242,85 @@ impl Usage {
     }
 }
 
-/// How many of each service to run.
+/// The panel marzban-sync provisions: the sandbox runs its emulator (`PANEL_KIND`) and the
+/// services get its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PanelKind {
+    #[default]
+    Marzban,
+    Pasarguard,
+    Remnawave,
+}
+
+impl PanelKind {
+    pub const ALL: [Self; 3] = [Self::Marzban, Self::Pasarguard, Self::Remnawave];
+
+    /// `PANEL` (`marzban` when unset or empty), as `make demo`, the tests and loadgen read it.
+    pub fn from_env() -> anyhow::Result<Self> {
+        std::env::var("PANEL").unwrap_or_default().parse()
+    }
+
+    /// The `PANEL_KIND` value, also the emulator's control path (`/sandbox/<name>/…`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Marzban => "marzban",
+            Self::Pasarguard => "pasarguard",
+            Self::Remnawave => "remnawave",
+        }
+    }
+
+    /// The services' settings for this panel's emulator (its default credentials, group and
+    /// squad) at `url`.
+    pub fn env(self, url: &str) -> Vec<(&'static str, String)> {
+        let url = url.to_owned();
+        match self {
+            Self::Marzban => vec![
+                ("MARZBAN_URL", url),
+                ("MARZBAN_USERNAME", "admin".into()),
+                ("MARZBAN_PASSWORD", "admin-password".into()),
+            ],
+            Self::Pasarguard => vec![
+                ("PANEL_URL", url),
+                (
+                    "PASARGUARD_API_KEY",
+                    sandbox::pasarguard::DEFAULT_API_KEY.into(),
+                ),
+                ("PASARGUARD_GROUP_IDS", "1".into()),
+            ],
+            Self::Remnawave => vec![
+                ("PANEL_URL", url),
+                ("REMNAWAVE_TOKEN", sandbox::remnawave::DEFAULT_TOKEN.into()),
+                ("REMNAWAVE_SQUADS", sandbox::remnawave::DEFAULT_SQUAD.into()),
+            ],
+        }
+    }
+}
+
+impl std::str::FromStr for PanelKind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "" | "marzban" => Ok(Self::Marzban),
+            "pasarguard" => Ok(Self::Pasarguard),
+            "remnawave" => Ok(Self::Remnawave),
+            other => bail!("PANEL={other}: use marzban, pasarguard or remnawave"),
+        }
+    }
+}
+
+impl std::fmt::Display for PanelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many of each service to run, on which panel.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub workers: usize,
     pub syncs: usize,
+    pub panel: PanelKind,
     /// Extra variables for every process (override the defaults).
     pub env: Vec<(String, String)>,
 }
@@ -256,6 +330,7 @@ impl Default for ClusterConfig {
         Self {
             workers: 1,
             syncs: 1,
+            panel: PanelKind::default(),
             env: Vec::new(),
         }
     }
@@ -267,7 +342,16 @@ pub struct SandboxUrls {
     pub yookassa: String,
     pub telegram: String,
     pub tron: String,
+    /// The panel emulator's base URL (whichever panel `panel` names).
     pub marzban: String,
+    pub panel: PanelKind,
+}
+
+impl SandboxUrls {
+    /// A route of the panel emulator's control API: `/sandbox/<panel>/<path>`.
+    pub fn panel_control(&self, path: &str) -> String {
+        format!("{}/sandbox/{}/{path}", self.marzban, self.panel.name())
+    }
 }
 
 /// The running system.
@@ -300,6 +384,7 @@ impl Cluster {
             telegram: format!("http://{telegram}"),
             tron: format!("http://{tron}"),
             marzban: format!("http://{marzban}"),
+            panel: config.panel,
         };
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", db.url.clone()),
@@ -335,10 +420,8 @@ impl Cluster {
             ("CRYPTO_WEBHOOK_SECRET", CRYPTO_SECRET.to_owned()),
             ("CRYPTO_POLL_INTERVAL_SECONDS", "1".to_owned()),
             ("SANDBOX_TRON_BIND", tron.clone()),
-            // Marzban.
-            ("MARZBAN_URL", sandbox_urls.marzban.clone()),
-            ("MARZBAN_USERNAME", "admin".to_owned()),
-            ("MARZBAN_PASSWORD", "admin-password".to_owned()),
+            // The panel (its settings are added below).
+            ("PANEL_KIND", config.panel.name().to_owned()),
             ("SANDBOX_MARZBAN_BIND", marzban.clone()),
             // Gateway and the bot's way to it.
             ("GATEWAY_BIND", gateway.clone()),
@@ -347,6 +430,7 @@ impl Cluster {
             ("API_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ]
         .into_iter()
+        .chain(config.panel.env(&sandbox_urls.marzban))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let retry = config

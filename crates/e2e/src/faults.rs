@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use service_kit::proxy::TcpProxy;
 
 use crate::audit::create_payment;
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::{Cluster, ClusterConfig, PanelKind};
 use crate::sandbox_client::SandboxClient;
 
 /// What a run does.
@@ -52,6 +52,8 @@ pub struct FaultPlan {
     pub settle_within: Duration,
     /// Seed of the fault schedule (`FAULTS_SEED` replays a run).
     pub seed: u64,
+    /// The panel marzban-sync provisions (`PANEL` for `make faults`).
+    pub panel: PanelKind,
 }
 
 impl FaultPlan {
@@ -66,6 +68,20 @@ impl FaultPlan {
             marzban_down: Duration::from_secs(3),
             settle_within: Duration::from_secs(120),
             seed: seed(),
+            panel: PanelKind::Marzban,
+        }
+    }
+
+    /// A smaller short run on another panel (`make test` runs it on PasarGuard and
+    /// Remnawave): the same faults, a third of the payments, the panel down for 2 s.
+    pub fn panel_short(panel: PanelKind) -> Self {
+        Self {
+            payments: 12,
+            users: 4,
+            concurrency: 4,
+            marzban_down: Duration::from_secs(2),
+            panel,
+            ..Self::short()
         }
     }
 
@@ -80,6 +96,7 @@ impl FaultPlan {
             marzban_down: Duration::from_secs(60),
             settle_within: Duration::from_secs(240),
             seed: seed(),
+            panel: PanelKind::Marzban,
         }
     }
 }
@@ -267,6 +284,7 @@ pub async fn run(plan: FaultPlan) -> anyhow::Result<FaultReport> {
     let mut cluster = Cluster::start(ClusterConfig {
         workers: 2,
         syncs: 2,
+        panel: plan.panel,
         env: environment(broker.rewrite_url(&testkit::amqp_url())),
     })
     .await?;
@@ -437,25 +455,24 @@ async fn chaos(
     done: Arc<AtomicBool>,
 ) -> anyhow::Result<BTreeMap<&'static str, u64>> {
     let mut faults = BTreeMap::new();
-    let marzban = sandbox.urls.marzban.clone();
     let yookassa = sandbox.urls.yookassa.clone();
     // Marzban down at the start, for `marzban_down`, while everything else goes on.
     send(
         sandbox,
         reqwest::Method::PUT,
-        &format!("{marzban}/sandbox/marzban/down"),
+        &sandbox.urls.panel_control("down"),
         json!({"down": true}),
     )
     .await?;
     *faults.entry("marzban down").or_insert(0) += 1;
     let marzban_back = tokio::spawn({
-        let (sandbox, marzban, pause) = (sandbox.clone(), marzban.clone(), plan.marzban_down);
+        let (sandbox, pause) = (sandbox.clone(), plan.marzban_down);
         async move {
             tokio::time::sleep(pause).await;
             send(
                 &sandbox,
                 reqwest::Method::PUT,
-                &format!("{marzban}/sandbox/marzban/down"),
+                &sandbox.urls.panel_control("down"),
                 json!({"down": false}),
             )
             .await
@@ -507,7 +524,7 @@ async fn chaos(
                 send(
                     sandbox,
                     reqwest::Method::POST,
-                    &format!("{marzban}/sandbox/marzban/faults"),
+                    &sandbox.urls.panel_control("faults"),
                     json!({"fault": {"kind": "internal_error"}, "times": times}),
                 )
                 .await?;
@@ -584,12 +601,12 @@ async fn heal(sandbox: &SandboxClient, broker: &TcpProxy) {
         ),
         (
             reqwest::Method::DELETE,
-            format!("{}/sandbox/marzban/faults", urls.marzban),
+            urls.panel_control("faults"),
             json!({}),
         ),
         (
             reqwest::Method::PUT,
-            format!("{}/sandbox/marzban/down", urls.marzban),
+            urls.panel_control("down"),
             json!({"down": false}),
         ),
     ] {
@@ -845,17 +862,7 @@ async fn ledger_against_panel(
                FROM subscriptions s",
         ))
         .await?;
-    let panel: HashMap<String, i64> = sandbox
-        .panel_users()
-        .await?
-        .into_iter()
-        .map(|u| {
-            (
-                u["username"].as_str().unwrap_or_default().to_owned(),
-                u["expire"].as_i64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let panel = sandbox.panel_expiries().await?;
     for row in rows {
         let username: String = row.try_get("", "username")?;
         let expires_at: f64 = row.try_get("", "expires_at")?;

@@ -2,11 +2,13 @@
 //! drives them the same way whether they run in this process (the demo) or in the `sandbox`
 //! process (the cross-process tests, the load generator).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sandbox::telegram::{PayOutcome, SentMessage, TestUser};
 use sandbox::tron::NewTransfer;
+use sea_orm::prelude::ChronoDateTimeUtc;
 use serde_json::{Value, json};
 
 use crate::cluster::SandboxUrls;
@@ -137,10 +139,35 @@ impl SandboxClient {
             .to_owned())
     }
 
-    /// The Marzban panel's users (`UserState` JSON), in creation order.
+    /// The panel's users (its emulator's `UserState` JSON), in creation order.
     pub async fn panel_users(&self) -> anyhow::Result<Vec<Value>> {
-        let url = format!("{}/sandbox/marzban/users", self.urls.marzban);
+        let url = self.urls.panel_control("users");
         Ok(self.http.get(url).send().await?.json().await?)
+    }
+
+    /// Username → expiry (Unix seconds; 0 = never) of every panel user, whichever panel:
+    /// Marzban stores `expire` as seconds, PasarGuard as ISO, Remnawave `expire_at` as ISO.
+    pub async fn panel_expiries(&self) -> anyhow::Result<HashMap<String, i64>> {
+        self.panel_users()
+            .await?
+            .into_iter()
+            .map(|user| {
+                let username = user["username"]
+                    .as_str()
+                    .context("a user without username")?;
+                let expire = match user.get("expire").or_else(|| user.get("expire_at")) {
+                    None | Some(Value::Null) => 0,
+                    Some(Value::String(iso)) => iso
+                        .parse::<ChronoDateTimeUtc>()
+                        .with_context(|| format!("{username}: expiry {iso:?}"))?
+                        .timestamp(),
+                    Some(seconds) => seconds
+                        .as_i64()
+                        .with_context(|| format!("{username}: expiry {seconds}"))?,
+                };
+                Ok((username.to_owned(), expire))
+            })
+            .collect()
     }
 
     /// YooKassa payments the emulator holds (API JSON).

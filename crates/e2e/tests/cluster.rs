@@ -1,22 +1,23 @@
 //! The four service binaries and the sandbox as separate processes on PostgreSQL and
 //! RabbitMQ: every process becomes ready on the shared environment and stops cleanly on
 //! SIGTERM; three customers pay three ways through the bot and one is refunded; with two
-//! workers and two marzban-syncs, 200 payments extend every subscription exactly once.
+//! workers and two marzban-syncs, 200 payments extend every subscription exactly once. The
+//! customer and exactly-once tests run on each panel (Marzban, PasarGuard, Remnawave).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use e2e::audit::{audit, create_payment};
-use e2e::cluster::{Cluster, ClusterConfig, SERVICE_TOKEN};
+use e2e::cluster::{Cluster, ClusterConfig, PanelKind, SERVICE_TOKEN};
 use e2e::customers::{Script, is_activation};
 use futures::StreamExt;
 use sandbox::telegram::TestUser;
 
-/// Two payment-workers and two marzban-syncs.
-async fn scaled_out() -> Cluster {
+/// Two payment-workers and two marzban-syncs, on `panel`.
+async fn scaled_out(panel: PanelKind) -> Cluster {
     Cluster::start(ClusterConfig {
         workers: 2,
         syncs: 2,
+        panel,
         ..ClusterConfig::default()
     })
     .await
@@ -25,7 +26,7 @@ async fn scaled_out() -> Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_run_as_separate_processes_and_stop_cleanly() {
-    let cluster = scaled_out().await;
+    let cluster = scaled_out(PanelKind::Marzban).await;
 
     let created = reqwest::Client::new()
         .post(format!("http://{}/api/payments", cluster.gateway.addr))
@@ -58,9 +59,26 @@ async fn the_services_run_as_separate_processes_and_stop_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_customers_pay_with_yookassa_stars_usdt_and_a_card_in_telegram_and_the_admin_refunds_one()
  {
-    let cluster = Cluster::start(ClusterConfig::default())
-        .await
-        .expect("every process becomes ready");
+    four_customers_and_a_refund(PanelKind::Marzban).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pasarguard_four_customers_pay_four_ways_and_the_admin_refunds_one() {
+    four_customers_and_a_refund(PanelKind::Pasarguard).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_remnawave_four_customers_pay_four_ways_and_the_admin_refunds_one() {
+    four_customers_and_a_refund(PanelKind::Remnawave).await;
+}
+
+async fn four_customers_and_a_refund(panel: PanelKind) {
+    let cluster = Cluster::start(ClusterConfig {
+        panel,
+        ..ClusterConfig::default()
+    })
+    .await
+    .expect("every process becomes ready");
     let script = Script::new(cluster.sandbox_client(), false);
 
     let outcome = script
@@ -69,7 +87,16 @@ async fn four_customers_pay_with_yookassa_stars_usdt_and_a_card_in_telegram_and_
         .expect("every customer gets access and the refund goes through");
 
     assert_eq!(outcome.links.len(), 4);
-    assert!(outcome.links.iter().all(|l| l.contains("/sub/")));
+    // Remnawave's links are `https://<SUB_PUBLIC_DOMAIN>/<shortUuid>`, the others' `…/sub/<token>`.
+    let link_shape = match panel {
+        PanelKind::Remnawave => "https://sub.example.com/",
+        PanelKind::Marzban | PanelKind::Pasarguard => "/sub/",
+    };
+    assert!(
+        outcome.links.iter().all(|l| l.contains(link_shape)),
+        "{panel} links: {:?}",
+        outcome.links
+    );
     assert_eq!(outcome.stars_amount, 400, "month_3 costs 400 Stars");
     // 6.90 USDT plus the invoice's unique cents.
     assert_eq!(
@@ -85,8 +112,8 @@ async fn four_customers_pay_with_yookassa_stars_usdt_and_a_card_in_telegram_and_
     assert_eq!(report.payments, 4);
     assert_eq!(report.succeeded, 3, "three paid, one refunded");
     assert_eq!(report.grants, 4, "one ledger grant per payment");
-    let panel = cluster.sandbox_client().panel_users().await.expect("panel");
-    assert_eq!(panel.len(), 4, "one panel user per customer");
+    let users = cluster.sandbox_client().panel_users().await.expect("panel");
+    assert_eq!(users.len(), 4, "one {panel} user per customer");
     let stats = script.admin_stats().await.expect("/stats");
     assert!(stats.contains("Payments"), "{stats}");
 
@@ -94,6 +121,8 @@ async fn four_customers_pay_with_yookassa_stars_usdt_and_a_card_in_telegram_and_
 }
 
 const USERS: i64 = 50;
+/// Fewer on PasarGuard and Remnawave: the same concurrency per user, a quarter of the cost.
+const PANEL_USERS: i64 = 12;
 const PAYMENTS_PER_USER: i64 = 4;
 
 /// (tariff, days) of a user's `n`-th payment: four tariffs, so a user's four checkouts at the
@@ -110,9 +139,24 @@ fn tariff(n: i64) -> (&'static str, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_and_two_syncs_extend_every_subscription_exactly_once_per_payment() {
-    let cluster = scaled_out().await;
+    exactly_once_scaled_out(PanelKind::Marzban, USERS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pasarguard_two_workers_and_two_syncs_extend_every_subscription_exactly_once() {
+    exactly_once_scaled_out(PanelKind::Pasarguard, PANEL_USERS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_remnawave_two_workers_and_two_syncs_extend_every_subscription_exactly_once() {
+    exactly_once_scaled_out(PanelKind::Remnawave, PANEL_USERS).await;
+}
+
+/// `count` users paying four times each at the same time, on `panel`.
+async fn exactly_once_scaled_out(panel: PanelKind, count: i64) {
+    let cluster = scaled_out(panel).await;
     let sandbox = cluster.sandbox_client();
-    let users: Vec<TestUser> = (0..USERS)
+    let users: Vec<TestUser> = (0..count)
         .map(|i| TestUser::new(810_000 + i, &format!("User {i}"), "en"))
         .collect();
     // Each user has talked to the bot, so it may write to them.
@@ -174,7 +218,7 @@ async fn two_workers_and_two_syncs_extend_every_subscription_exactly_once_per_pa
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let report = audit(&cluster.db.conn).await.expect("audit");
-    let total = USERS * PAYMENTS_PER_USER;
+    let total = count * PAYMENTS_PER_USER;
     assert_eq!(report.payments, total);
     assert_eq!(report.succeeded, total, "every payment completed");
     assert_eq!(
@@ -182,21 +226,14 @@ async fn two_workers_and_two_syncs_extend_every_subscription_exactly_once_per_pa
         "one ledger grant per completed payment"
     );
     assert_eq!(report.payments_granted_twice, 0);
-    assert_eq!(report.subscriptions.len(), USERS as usize);
+    assert_eq!(report.subscriptions.len(), count as usize);
     let days_paid: i64 = (0..PAYMENTS_PER_USER).map(|n| tariff(n).1).sum();
-    let panel: HashMap<String, i64> = sandbox
-        .panel_users()
-        .await
-        .expect("panel users")
-        .into_iter()
-        .map(|u| {
-            (
-                u["username"].as_str().unwrap_or_default().to_owned(),
-                u["expire"].as_i64().unwrap_or_default(),
-            )
-        })
-        .collect();
-    assert_eq!(panel.len(), USERS as usize, "one panel user per subscriber");
+    let on_panel = sandbox.panel_expiries().await.expect("panel users");
+    assert_eq!(
+        on_panel.len(),
+        count as usize,
+        "one {panel} user per subscriber"
+    );
     for sub in &report.subscriptions {
         assert_eq!(sub.grants, PAYMENTS_PER_USER, "{sub:?}");
         assert_eq!(sub.days_granted, days_paid, "{sub:?}");
@@ -204,10 +241,10 @@ async fn two_workers_and_two_syncs_extend_every_subscription_exactly_once_per_pa
             (sub.days_covered() - days_paid as f64).abs() < 1.0 / 86_400.0 * 2.0,
             "the expiry is the first grant's start plus every paid day: {sub:?}"
         );
-        let expire = panel[&sub.marzban_username];
+        let expire = on_panel[&sub.marzban_username];
         assert!(
             (expire as f64 - sub.expires_at).abs() <= 1.0,
-            "the panel's expiry {expire} is the ledger's: {sub:?}"
+            "the {panel} expiry {expire} is the ledger's: {sub:?}"
         );
     }
     for user in &users {

@@ -4,8 +4,10 @@
 //!
 //! The short run is part of `make test` (and CI); `make faults` runs the long one, several
 //! hundred payments with Marzban down for a minute (`FAULTS_RUNS=3` repeats it, `FAULTS_SEED`
-//! replays a schedule).
+//! replays a schedule, `PANEL=pasarguard|remnawave` runs it on that panel). The short run is
+//! Marzban's; PasarGuard and Remnawave each get a smaller one.
 
+use e2e::cluster::PanelKind;
 use e2e::faults::{FaultPlan, run};
 
 async fn run_and_check(plan: FaultPlan) {
@@ -20,6 +22,16 @@ async fn under_faults_nothing_is_lost_or_doubled_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pasarguard_under_faults_nothing_is_lost_or_doubled_short() {
+    run_and_check(FaultPlan::panel_short(PanelKind::Pasarguard)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_remnawave_under_faults_nothing_is_lost_or_doubled_short() {
+    run_and_check(FaultPlan::panel_short(PanelKind::Remnawave)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "make faults: several hundred payments under faults, a few minutes a run"]
 async fn under_faults_nothing_is_lost_or_doubled() {
     let runs: usize = std::env::var("FAULTS_RUNS")
@@ -28,6 +40,10 @@ async fn under_faults_nothing_is_lost_or_doubled() {
         .unwrap_or(1);
     for n in 1..=runs {
         println!("faults: run {n} of {runs}");
-        run_and_check(FaultPlan::full()).await;
+        run_and_check(FaultPlan {
+            panel: PanelKind::from_env().expect("PANEL"),
+            ..FaultPlan::full()
+        })
+        .await;
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use e2e::audit::{audit, create_payment};
-use e2e::cluster::{Cluster, ClusterConfig, NOTIFY_FROM, Proc};
+use e2e::cluster::{Cluster, ClusterConfig, NOTIFY_FROM, PanelKind, Proc};
 use e2e::customers::{Script, is_activation};
 use e2e::sandbox_client::SandboxClient;
 use futures::StreamExt;
@@ -220,6 +220,8 @@ impl Ctx {
         let cluster = Cluster::start(ClusterConfig {
             workers: settings.workers,
             syncs: settings.syncs,
+            // `PANEL=pasarguard|remnawave make bench` provisions that panel's emulator.
+            panel: PanelKind::from_env()?,
             env: [
                 ("RUST_LOG".into(), settings.log.clone()),
                 // Empty: the emulator's notifier is off; the load generator notifies.

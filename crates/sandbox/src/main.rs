@@ -1,7 +1,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
-use sandbox::{cryptobot, marzban, telegram, tron, yookassa};
+use sandbox::{cryptobot, marzban, pasarguard, remnawave, telegram, tron, yookassa};
 
 /// Local emulators for the payment system's outside services.
 #[derive(Debug, Parser)]
@@ -32,7 +32,11 @@ struct Cli {
     /// Emulate a live shop (objects carry "test": false).
     #[arg(long)]
     yookassa_live_shop: bool,
-    /// Where the Marzban panel emulator listens.
+    /// The panel to emulate: `marzban` (default), `pasarguard` or `remnawave`, each with its
+    /// emulator's default credentials, groups and squads.
+    #[arg(long, env = "PANEL_KIND", default_value = "marzban")]
+    panel_kind: String,
+    /// Where the panel emulator (whichever `PANEL_KIND` names) listens.
     #[arg(long, env = "SANDBOX_MARZBAN_BIND", default_value = "127.0.0.1:9104")]
     marzban_bind: SocketAddr,
     /// Admin account of the Marzban emulator.
@@ -98,14 +102,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let handle = yookassa::spawn(config).await?;
     println!("YooKassa emulator: {}", handle.api_url());
-    let panel = marzban::spawn(marzban::Config {
-        bind: cli.marzban_bind,
-        admin_username: cli.marzban_username,
-        admin_password: cli.marzban_password,
-        ..marzban::Config::default()
-    })
+    let panel = Panel::spawn(
+        &cli.panel_kind,
+        cli.marzban_bind,
+        cli.marzban_username,
+        cli.marzban_password,
+    )
     .await?;
-    println!("Marzban emulator: {}", panel.base_url);
     let chain = tron::spawn(tron::Config {
         bind: cli.tron_bind,
         ..tron::Config::default()
@@ -134,4 +137,51 @@ async fn main() -> anyhow::Result<()> {
     chain.stop().await;
     cryptobot.stop().await;
     Ok(())
+}
+
+/// The one panel emulator the sandbox runs (`PANEL_KIND`).
+enum Panel {
+    Marzban(marzban::Handle),
+    Pasarguard(pasarguard::Handle),
+    Remnawave(remnawave::Handle),
+}
+
+impl Panel {
+    async fn spawn(
+        kind: &str,
+        bind: SocketAddr,
+        admin_username: String,
+        admin_password: String,
+    ) -> anyhow::Result<Self> {
+        // The three emulators take the same settings through three `Config` types.
+        macro_rules! spawn {
+            ($module:ident, $variant:ident) => {{
+                let handle = $module::spawn($module::Config {
+                    bind,
+                    admin_username,
+                    admin_password,
+                    ..$module::Config::default()
+                })
+                .await?;
+                let url = handle.base_url.clone();
+                (Self::$variant(handle), url)
+            }};
+        }
+        let (panel, url) = match kind {
+            "marzban" => spawn!(marzban, Marzban),
+            "pasarguard" => spawn!(pasarguard, Pasarguard),
+            "remnawave" => spawn!(remnawave, Remnawave),
+            other => anyhow::bail!("PANEL_KIND={other}: use marzban, pasarguard or remnawave"),
+        };
+        println!("{kind} panel emulator: {url}");
+        Ok(panel)
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::Marzban(handle) => handle.stop().await,
+            Self::Pasarguard(handle) => handle.stop().await,
+            Self::Remnawave(handle) => handle.stop().await,
+        }
+    }
 }

@@ -10,7 +10,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::cluster::{ADMIN_ID, NOTIFY_FROM, PROVIDER_TOKEN, SandboxUrls, WALLET, bin_dir};
+use e2e::cluster::{
+    ADMIN_ID, NOTIFY_FROM, PROVIDER_TOKEN, PanelKind, SandboxUrls, WALLET, bin_dir,
+};
 use e2e::customers::Script;
 use e2e::sandbox_client::SandboxClient;
 use sandbox::{marzban, pasarguard, remnawave, telegram, tron, yookassa};
@@ -34,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let chain = tron::spawn(tron::Config::default()).await?;
-    let panel = DemoPanel::spawn(&std::env::var("PANEL").unwrap_or_default()).await?;
+    let panel = DemoPanel::spawn(PanelKind::from_env()?).await?;
     let shop = kassa.shop().context("the emulator has a shop")?.clone();
     println!(
         "emulators: YooKassa {}, Telegram {}, TronGrid {}, {} {}",
@@ -110,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         telegram: tg.base_url(),
         tron: chain.base_url.clone(),
         marzban: panel.base_url(),
+        panel: panel.kind(),
     };
     let mut script = Script::new(SandboxClient::new(urls), true);
     script.started = started;
@@ -161,15 +164,24 @@ enum DemoPanel {
 }
 
 impl DemoPanel {
-    async fn spawn(kind: &str) -> anyhow::Result<Self> {
+    async fn spawn(kind: PanelKind) -> anyhow::Result<Self> {
         Ok(match kind {
-            "" | "marzban" => Self::Marzban(marzban::spawn(marzban::Config::default()).await?),
-            "pasarguard" => {
+            PanelKind::Marzban => Self::Marzban(marzban::spawn(marzban::Config::default()).await?),
+            PanelKind::Pasarguard => {
                 Self::Pasarguard(pasarguard::spawn(pasarguard::Config::default()).await?)
             }
-            "remnawave" => Self::Remnawave(remnawave::spawn(remnawave::Config::default()).await?),
-            other => bail!("PANEL={other}: use marzban, pasarguard or remnawave"),
+            PanelKind::Remnawave => {
+                Self::Remnawave(remnawave::spawn(remnawave::Config::default()).await?)
+            }
         })
+    }
+
+    fn kind(&self) -> PanelKind {
+        match self {
+            Self::Marzban(_) => PanelKind::Marzban,
+            Self::Pasarguard(_) => PanelKind::Pasarguard,
+            Self::Remnawave(_) => PanelKind::Remnawave,
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -190,26 +202,9 @@ impl DemoPanel {
 
     /// The standalone binary's panel settings.
     fn env(&self) -> Vec<(&'static str, String)> {
-        let url = self.base_url();
-        match self {
-            Self::Marzban(_) => vec![
-                ("MARZBAN_URL", url),
-                ("MARZBAN_USERNAME", "admin".into()),
-                ("MARZBAN_PASSWORD", "admin-password".into()),
-            ],
-            Self::Pasarguard(_) => vec![
-                ("PANEL_KIND", "pasarguard".into()),
-                ("PANEL_URL", url),
-                ("PASARGUARD_API_KEY", pasarguard::DEFAULT_API_KEY.into()),
-                ("PASARGUARD_GROUP_IDS", "1".into()),
-            ],
-            Self::Remnawave(_) => vec![
-                ("PANEL_KIND", "remnawave".into()),
-                ("PANEL_URL", url),
-                ("REMNAWAVE_TOKEN", remnawave::DEFAULT_TOKEN.into()),
-                ("REMNAWAVE_SQUADS", remnawave::DEFAULT_SQUAD.into()),
-            ],
-        }
+        let mut env = self.kind().env(&self.base_url());
+        env.push(("PANEL_KIND", self.kind().name().into()));
+        env
     }
 
     fn print_users(&self) {
