@@ -73,12 +73,16 @@ impl FaultPlan {
     }
 
     /// A smaller short run on another panel (`make test` runs it on PasarGuard and
-    /// Remnawave): the same faults, a third of the payments, the panel down for 2 s.
+    /// Remnawave): the same faults, a third of the payments spread over ~8 s and faults
+    /// frequent enough that the panel's 500s (the sixth fault of the schedule) come in, the
+    /// panel down for 2 s.
     pub fn panel_short(panel: PanelKind) -> Self {
         Self {
             payments: 12,
             users: 4,
             concurrency: 4,
+            pace: Duration::from_millis(700),
+            fault_every_ms: (250, 700),
             marzban_down: Duration::from_secs(2),
             panel,
             ..Self::short()
