@@ -116,7 +116,7 @@ async fn discard_small_body(req: &mut ServiceRequest, limit: usize) {
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if !declared.is_some_and(|len| len <= limit) {
+    if declared.is_none_or(|len| len > limit) {
         return;
     }
     let mut payload = req.take_payload();
