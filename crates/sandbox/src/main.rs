@@ -55,6 +55,10 @@ struct Cli {
     /// Where the Telegram Bot API emulator listens (`TELEGRAM_API_URL`).
     #[arg(long, env = "SANDBOX_TELEGRAM_BIND", default_value = "127.0.0.1:9102")]
     telegram_bind: SocketAddr,
+    /// Whether the Telegram emulator enforces Telegram's sending limits (30 messages/s, about
+    /// 1/s per chat). On by default; the load generator turns them off to measure the pipeline.
+    #[arg(long, env = "SANDBOX_TELEGRAM_SEND_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    telegram_send_limits: bool,
     /// The bot token the Telegram emulator accepts.
     #[arg(
         long,
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let telegram = telegram::spawn(telegram::Config {
         bind: cli.telegram_bind,
         token: cli.telegram_bot_token,
+        send_limits: cli.telegram_send_limits.then(telegram::SendLimits::default),
         ..telegram::Config::default()
     })
     .await?;
