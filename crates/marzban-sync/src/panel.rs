@@ -433,6 +433,18 @@ pub fn status_str(status: UserStatus) -> &'static str {
     }
 }
 
+/// A tariff's data limit as PasarGuard and Remnawave take it: bytes, 0 for unlimited; a
+/// non-positive limit is refused rather than sent as "unlimited".
+pub(crate) fn wire_data_limit(limit: Option<i64>) -> Result<i64, PanelError> {
+    match limit {
+        None => Ok(0),
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        Some(bytes) => Err(PanelError::InvalidInput(format!(
+            "data_limit must be positive (None = unlimited), got {bytes}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

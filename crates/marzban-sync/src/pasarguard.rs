@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::http;
 use crate::panel::{
     Desired, MarzbanUsername, ModifyStatus, ModifyUser, Panel, PanelError, PanelKind, PanelUser,
-    UserStatus,
+    UserStatus, wire_data_limit,
 };
 
 /// How PasarGuard is told who we are.
@@ -153,16 +153,6 @@ fn iso(unix: i64) -> Result<String, PanelError> {
     DateTime::from_timestamp(unix, 0)
         .map(|at| at.to_rfc3339_opts(SecondsFormat::Secs, true))
         .ok_or_else(|| PanelError::InvalidInput(format!("expiry {unix} is out of range")))
-}
-
-fn data_limit(limit: Option<i64>) -> Result<i64, PanelError> {
-    match limit {
-        None => Ok(0),
-        Some(bytes) if bytes > 0 => Ok(bytes),
-        Some(bytes) => Err(PanelError::InvalidInput(format!(
-            "data_limit must be positive (None = unlimited), got {bytes}"
-        ))),
-    }
 }
 
 /// The PasarGuard admin API client. Cheap to clone.
@@ -394,7 +384,7 @@ impl Panel for PasarguardClient {
         let body = json!({
             "username": desired.username.as_str(),
             "expire": iso(desired.expire)?,
-            "data_limit": data_limit(desired.data_limit)?,
+            "data_limit": wire_data_limit(desired.data_limit)?,
             "data_limit_reset_strategy": "no_reset",
             "status": "active",
             "group_ids": self.settings.group_ids,
@@ -414,7 +404,7 @@ impl Panel for PasarguardClient {
         let user = self.existing(username).await?;
         let mut body = json!({
             "expire": iso(change.expire)?,
-            "data_limit": data_limit(change.data_limit)?,
+            "data_limit": wire_data_limit(change.data_limit)?,
         });
         if let Some(status) = change.status {
             body["status"] = json!(match status {

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::http;
 use crate::panel::{
     Desired, MarzbanUsername, ModifyStatus, ModifyUser, Panel, PanelError, PanelKind, PanelUser,
-    UserStatus,
+    UserStatus, wire_data_limit,
 };
 
 /// How to reach and use the panel. `Debug` masks the token and a password in the URL.
@@ -186,16 +186,6 @@ fn iso(unix: i64) -> Result<String, PanelError> {
     DateTime::from_timestamp(unix, 0)
         .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true))
         .ok_or_else(|| PanelError::InvalidInput(format!("expiry {unix} is out of range")))
-}
-
-fn traffic_limit(limit: Option<i64>) -> Result<i64, PanelError> {
-    match limit {
-        None => Ok(0),
-        Some(bytes) if bytes > 0 => Ok(bytes),
-        Some(bytes) => Err(PanelError::InvalidInput(format!(
-            "data_limit must be positive (None = unlimited), got {bytes}"
-        ))),
-    }
 }
 
 /// Remnawave's error answers as typed errors: the token (401/403) named for renewal, `A019`
@@ -406,7 +396,7 @@ impl Panel for RemnawaveClient {
         let body = json!({
             "username": desired.username.as_str(),
             "expireAt": iso(desired.expire)?,
-            "trafficLimitBytes": traffic_limit(desired.data_limit)?,
+            "trafficLimitBytes": wire_data_limit(desired.data_limit)?,
             "trafficLimitStrategy": "NO_RESET",
             "status": "ACTIVE",
             "activeInternalSquads": self.settings.squads,
@@ -436,7 +426,7 @@ impl Panel for RemnawaveClient {
         let mut body = json!({
             "uuid": user.uuid,
             "expireAt": iso(expire)?,
-            "trafficLimitBytes": traffic_limit(change.data_limit)?,
+            "trafficLimitBytes": wire_data_limit(change.data_limit)?,
         });
         if let Some(status) = status {
             body["status"] = json!(match status {
