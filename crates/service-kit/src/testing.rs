@@ -14,10 +14,27 @@ pub struct ServiceProcess {
     pub addr: String,
 }
 
-/// A loopback address with a currently free port.
+/// Ports handed out by [`free_addr`]: below Linux's ephemeral range (32768–60999 by default).
+const FREE_PORTS: std::ops::Range<u16> = 12_000..32_000;
+
+/// A loopback address with a currently free port, for a server a test starts (and may kill
+/// and start again on the same address).
+///
+/// The port is not one the kernel gives out on its own (`:0` and the local end of every
+/// outgoing connection come from the ephemeral range): a port from that range, left free
+/// while a killed service restarts, can be taken by any connection another test opens in
+/// the meantime, and the restarted service then fails to bind it.
 pub fn free_addr() -> std::io::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
+    let span = u128::from(FREE_PORTS.end - FREE_PORTS.start);
+    let mut last = None;
+    for _ in 0..64 {
+        let port = FREE_PORTS.start + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return Ok(listener.local_addr()?.to_string()),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
 impl ServiceProcess {
