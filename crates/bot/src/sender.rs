@@ -266,7 +266,9 @@ impl Default for SenderConfig {
             concurrency: 8,
             lease: Duration::from_secs(120),
             poll: Duration::from_millis(100),
-            per_chat: Rate::per_second(1, 1),
+            // A payment's confirmation and its activation come in the same second: Telegram
+            // tolerates such short bursts in a chat as long as the average stays about 1/s.
+            per_chat: Rate::per_second(1, 3),
             max_attempts: 8,
         }
     }
@@ -281,6 +283,17 @@ pub struct Drained {
     pub failed: usize,
     /// Put back for later (the chat's or Telegram's limit, a transient error).
     pub deferred: usize,
+}
+
+impl Drained {
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Sent => self.sent += 1,
+            Outcome::Skipped(_) => self.skipped += 1,
+            Outcome::Failed(_) => self.failed += 1,
+            Outcome::Later { .. } => self.deferred += 1,
+        }
+    }
 }
 
 /// Drains the queue (see the module docs).
@@ -383,9 +396,11 @@ impl Sender {
                 None => chats.push(vec![row]),
             }
         }
-        let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(chats)
+        // Each row's outcome is recorded as soon as it is known, so the writes overlap the
+        // other chats' sends instead of queuing up behind the whole batch.
+        let recorded: Vec<Result<Drained, DbErr>> = futures::stream::iter(chats)
             .map(|chat| async move {
-                let mut outcomes = Vec::with_capacity(chat.len());
+                let mut chat_drained = Drained::default();
                 let mut put_back = None;
                 for row in chat {
                     let outcome = match put_back {
@@ -399,22 +414,20 @@ impl Sender {
                     if let Outcome::Later { at, .. } = &outcome {
                         put_back = Some(*at);
                     }
-                    outcomes.push((row.id, outcome));
+                    chat_drained.count(&outcome);
+                    self.record(row.id, outcome).await?;
                 }
-                outcomes
+                Ok(chat_drained)
             })
             .buffer_unordered(self.config.concurrency.max(1))
-            .flat_map(futures::stream::iter)
             .collect()
             .await;
-        for (id, outcome) in outcomes {
-            match &outcome {
-                Outcome::Sent => drained.sent += 1,
-                Outcome::Skipped(_) => drained.skipped += 1,
-                Outcome::Failed(_) => drained.failed += 1,
-                Outcome::Later { .. } => drained.deferred += 1,
-            }
-            self.record(id, outcome).await?;
+        for chat in recorded {
+            let chat = chat?;
+            drained.sent += chat.sent;
+            drained.skipped += chat.skipped;
+            drained.failed += chat.failed;
+            drained.deferred += chat.deferred;
         }
         Ok(drained)
     }
