@@ -13,7 +13,7 @@ use messaging::events::{PaymentCreated, PaymentSnapshot};
 use messaging::{Envelope, Event};
 use payment_core::{
     CheckoutError, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderError, ProviderId, ProviderRefund, RefundRequest, RefundRoute,
+    ProviderError, ProviderId, ProviderRefund, RefundNotice, RefundRequest, RefundRoute,
 };
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -1392,18 +1392,10 @@ async fn record_refund(
     done: &ProviderRefund,
 ) -> Result<refunds::Model, ApiError> {
     let now = Utc::now();
-    let body = refund_notice_body(provider_id, provider_payment_id, done, now);
-    // The provider's own parser names the notice, so its real notification of this refund
-    // gets the same key; a provider that parses no notices of ours gets a key of our own.
-    let dedupe_key = match state.payments.provider(provider_id) {
-        Ok(provider) => provider
-            .process_webhook(body.as_bytes())
-            .await
-            .map(|parsed| parsed.dedupe_key)
-            .ok(),
-        Err(_) => None,
-    }
-    .unwrap_or_else(|| format!("refund:{}", done.provider_refund_id));
+    // The provider words the notice and its own parser names it, so its real notification of
+    // this refund gets the same key; a provider that parses no notices of ours gets a key of
+    // our own.
+    let provider = state.payments.provider(provider_id).ok();
     let txn = service_kit::db::begin_write(&state.db).await?;
     let mut active: refunds::ActiveModel = record.clone().into();
     active.provider_refund_id = Set(Some(done.provider_refund_id.clone()));
@@ -1413,6 +1405,28 @@ async fn record_refund(
         active.completed_at = Set(Some(now));
     }
     let updated = active.update(&txn).await?;
+    let notice = RefundNotice {
+        provider_payment_id,
+        refund: done,
+        total_refunded: Money::new(
+            refunded_so_far(&txn, record.payment_id).await?,
+            done.amount.currency(),
+        ),
+        at: now,
+    };
+    let body = match &provider {
+        Some(provider) => provider.refund_notice(&notice),
+        None => payment_core::provider::generic_refund_notice(&notice),
+    };
+    let dedupe_key = match &provider {
+        Some(provider) => provider
+            .process_webhook(body.as_bytes())
+            .await
+            .map(|parsed| parsed.dedupe_key)
+            .ok(),
+        None => None,
+    }
+    .unwrap_or_else(|| format!("refund:{}", done.provider_refund_id));
     inbox::store_in(
         &txn,
         &Notice {
@@ -1431,53 +1445,17 @@ async fn record_refund(
     Ok(updated)
 }
 
-/// The refund as the provider's own notification would describe it, so the worker reads it
-/// like any webhook, and the provider's real notification of the same event (same dedupe key)
-/// is recognised as a duplicate.
-fn refund_notice_body(
-    provider: ProviderId,
-    provider_payment_id: &str,
-    refund: &ProviderRefund,
-    at: DateTime<Utc>,
-) -> String {
-    match provider {
-        ProviderId::YooKassa => {
-            let status = match refund.status {
-                RefundStatus::Pending => "pending",
-                RefundStatus::Succeeded => "succeeded",
-                RefundStatus::Failed => "canceled",
-            };
-            serde_json::json!({
-                "type": "notification",
-                "event": format!("refund.{status}"),
-                "object": {
-                    "id": refund.provider_refund_id,
-                    "payment_id": provider_payment_id,
-                    "status": status,
-                    "amount": {
-                        "value": refund.amount.to_decimal_string(),
-                        "currency": refund.amount.currency().code(),
-                    },
-                    "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                }
-            })
-            .to_string()
-        }
-        ProviderId::Telegram => {
-            payment_core::providers::telegram::refund_notice_body(provider_payment_id, refund)
-        }
-        // No provider notification format exists for crypto refunds (the provider does not
-        // refund); the worker reads this one by its `type`.
-        ProviderId::Crypto => serde_json::json!({
-            "type": "refund",
-            "provider_refund_id": refund.provider_refund_id,
-            "provider_payment_id": provider_payment_id,
-            "status": refund.status,
-            "amount_minor": refund.amount.minor(),
-            "currency": refund.amount.currency().code(),
-        })
-        .to_string(),
-    }
+/// The sum of the payment's succeeded refunds (this transaction's writes included).
+async fn refunded_so_far(txn: &DatabaseTransaction, payment_id: Uuid) -> Result<i64, DbErr> {
+    let amounts: Vec<i64> = refunds::Entity::find()
+        .select_only()
+        .column(refunds::Column::AmountMinor)
+        .filter(refunds::Column::PaymentId.eq(payment_id))
+        .filter(refunds::Column::Status.eq(RefundStatus::Succeeded))
+        .into_tuple()
+        .all(txn)
+        .await?;
+    Ok(amounts.iter().sum())
 }
 
 trait Replayed {

@@ -17,7 +17,8 @@ pub use ids::{PaymentMethod, ProviderId, UnknownProvider};
 pub use outbound::HttpRetry;
 pub use provider::{
     CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest, RefundRoute, StatusQuery,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundNotice, RefundRequest, RefundRoute,
+    StatusQuery,
 };
 pub use service::PaymentService;
 pub use settings::PaymentSettings;

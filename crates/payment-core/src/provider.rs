@@ -291,6 +291,18 @@ pub trait PaymentProvider: Send + Sync {
         Err(ProviderError::Unsupported("refund"))
     }
 
+    /// The notice the gateway stores for a refund it made through [`PaymentProvider::refund`]
+    /// (or recorded as made outside the provider), worded as the provider's own notification
+    /// of that refund would be: the worker reads it like any webhook, and the provider's real
+    /// notification of the same refund (same dedupe key, from
+    /// [`PaymentProvider::process_webhook`]) is a duplicate. By default a plain
+    /// [`generic_refund_notice`], for a provider that sends no refund notifications (such a
+    /// provider reads it back with [`read_generic_refund_notice`] in its
+    /// [`PaymentProvider::current_status`]).
+    fn refund_notice(&self, notice: &RefundNotice<'_>) -> String {
+        generic_refund_notice(notice)
+    }
+
     /// The webhook pipeline: verify, then parse.
     async fn receive_webhook(
         &self,
@@ -298,5 +310,100 @@ pub trait PaymentProvider: Send + Sync {
     ) -> Result<WebhookNotification, WebhookError> {
         self.verify_webhook(request).await?;
         self.process_webhook(request.body).await
+    }
+}
+
+/// A refund the gateway made or recorded, for [`PaymentProvider::refund_notice`].
+#[derive(Debug, Clone, Copy)]
+pub struct RefundNotice<'a> {
+    pub provider_payment_id: &'a str,
+    pub refund: &'a ProviderRefund,
+    /// Everything refunded of the payment with this refund included (our refund records).
+    pub total_refunded: Money,
+    pub at: DateTime<Utc>,
+}
+
+/// A refund notice in no provider's format (see [`PaymentProvider::refund_notice`]).
+pub fn generic_refund_notice(notice: &RefundNotice<'_>) -> String {
+    serde_json::json!({
+        "type": GENERIC_REFUND,
+        "provider_refund_id": notice.refund.provider_refund_id,
+        "provider_payment_id": notice.provider_payment_id,
+        "status": notice.refund.status,
+        "amount_minor": notice.refund.amount.minor(),
+        "total_refunded_minor": notice.total_refunded.minor(),
+        "currency": notice.refund.amount.currency().code(),
+    })
+    .to_string()
+}
+
+const GENERIC_REFUND: &str = "refund";
+
+/// What a [`generic_refund_notice`] says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct GenericRefund {
+    pub provider_refund_id: String,
+    pub provider_payment_id: String,
+    pub status: RefundStatus,
+    pub amount_minor: i64,
+    pub total_refunded_minor: i64,
+    pub currency: String,
+}
+
+/// Reads a [`generic_refund_notice`]; `None` for any other body.
+pub fn read_generic_refund_notice(body: &[u8]) -> Option<GenericRefund> {
+    #[derive(serde::Deserialize)]
+    struct Tagged {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(flatten)]
+        refund: GenericRefund,
+    }
+    serde_json::from_slice::<Tagged>(body)
+        .ok()
+        .filter(|t| t.kind == GENERIC_REFUND)
+        .map(|t| t.refund)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generic_refund_notice_reads_back_and_nothing_else_does() {
+        let refund = ProviderRefund {
+            provider_refund_id: "77".into(),
+            status: RefundStatus::Succeeded,
+            amount: Money::new(5_000, Currency::Rub),
+        };
+        let body = generic_refund_notice(&RefundNotice {
+            provider_payment_id: "1000",
+            refund: &refund,
+            total_refunded: Money::new(12_000, Currency::Rub),
+            at: Utc::now(),
+        });
+        let read = read_generic_refund_notice(body.as_bytes()).expect("ours");
+        assert_eq!(
+            (
+                read.provider_refund_id.as_str(),
+                read.provider_payment_id.as_str()
+            ),
+            ("77", "1000")
+        );
+        assert_eq!(
+            (read.amount_minor, read.total_refunded_minor),
+            (5_000, 12_000)
+        );
+        assert_eq!(
+            (read.status, read.currency.as_str()),
+            (RefundStatus::Succeeded, "RUB")
+        );
+        for other in [
+            &br#"{"type":"notification","event":"refund.succeeded"}"#[..],
+            br#"{"update_id":1,"update_type":"invoice_paid"}"#,
+            b"not json",
+        ] {
+            assert_eq!(read_generic_refund_notice(other), None);
+        }
     }
 }

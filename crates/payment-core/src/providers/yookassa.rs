@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::money::{Currency, Money};
-use domain::{PaymentId, PaymentStatus};
+use domain::{PaymentId, PaymentStatus, RefundStatus};
 use ipnet::IpNet;
 use outbound::{Classify, Exchange, HttpRetry, Transient, Transport, Verdict};
 use reqwest::Method;
@@ -32,7 +32,7 @@ use crate::error::{
 };
 use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundNotice, RefundRequest,
 };
 use crate::settings::Env;
 use crate::webhook::{
@@ -662,6 +662,31 @@ impl PaymentProvider for YooKassaProvider {
     /// Notifications come from YooKassa's published networks (`YOOKASSA_ALLOWED_IPS`).
     fn accepts_webhooks(&self) -> bool {
         true
+    }
+
+    /// A `refund.<status>` notification, as YooKassa sends one for the refund.
+    fn refund_notice(&self, notice: &RefundNotice<'_>) -> String {
+        let (refund, at) = (notice.refund, notice.at);
+        let status = match refund.status {
+            RefundStatus::Pending => "pending",
+            RefundStatus::Succeeded => "succeeded",
+            RefundStatus::Failed => "canceled",
+        };
+        serde_json::json!({
+            "type": "notification",
+            "event": format!("refund.{status}"),
+            "object": {
+                "id": refund.provider_refund_id,
+                "payment_id": notice.provider_payment_id,
+                "status": status,
+                "amount": {
+                    "value": refund.amount.to_decimal_string(),
+                    "currency": refund.amount.currency().code(),
+                },
+                "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }
+        })
+        .to_string()
     }
 
     async fn create_payment(

@@ -36,7 +36,8 @@ use crate::error::{
 };
 use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest, RefundRoute, StatusQuery,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundNotice, RefundRequest, RefundRoute,
+    StatusQuery,
 };
 use crate::providers::crypto::AttachedDatabase;
 use crate::settings::Env;
@@ -402,6 +403,11 @@ impl PaymentProvider for TelegramProvider {
     /// No update ever says an invoice was abandoned: pending at the deadline is expired.
     fn expires_pending_at_deadline(&self) -> bool {
         true
+    }
+
+    /// A `refunded_payment` message, as Telegram sends one after `refundStarPayment`.
+    fn refund_notice(&self, notice: &RefundNotice<'_>) -> String {
+        refund_notice_body(notice.provider_payment_id, notice.refund)
     }
 
     /// Fiat payments (a currency other than Stars): no Bot API method refunds them.
