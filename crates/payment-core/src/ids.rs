@@ -52,6 +52,8 @@ provider_ids! {
     Crypto = "crypto",
     /// Telegram Payments: Telegram Stars, or fiat through a BotFather payment provider.
     Telegram = "telegram",
+    /// CryptoBot (Crypto Pay API): crypto assets paid inside @CryptoBot.
+    CryptoBot = "cryptobot",
 }
 
 impl fmt::Display for ProviderId {

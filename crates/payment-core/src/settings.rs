@@ -6,6 +6,7 @@ use domain::env::EnvVar;
 
 use crate::error::SettingsError;
 use crate::providers::crypto::CryptoSettings;
+use crate::providers::cryptobot::CryptoBotSettings;
 use crate::providers::telegram::TelegramSettings;
 use crate::providers::yookassa::YooKassaSettings;
 
@@ -15,6 +16,7 @@ pub struct PaymentSettings {
     pub yookassa: Option<YooKassaSettings>,
     pub crypto: Option<CryptoSettings>,
     pub telegram: Option<TelegramSettings>,
+    pub cryptobot: Option<CryptoBotSettings>,
 }
 
 impl PaymentSettings {
@@ -31,6 +33,7 @@ impl PaymentSettings {
             yookassa: YooKassaSettings::from_env(&env)?,
             crypto: CryptoSettings::from_env(&env)?,
             telegram: TelegramSettings::from_env(&env)?,
+            cryptobot: CryptoBotSettings::from_vars(|var| env.get(var))?,
         })
     }
 
@@ -91,6 +94,12 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("TELEGRAM_TIMEOUT_MS", "10000"),
     EnvVar::default("TELEGRAM_STAR_SCAN_PAGES", "50"),
     EnvVar::default("TELEGRAM_INVOICE_TTL_MINUTES", "60"),
+    EnvVar::optional("CRYPTOBOT_API_TOKEN"),
+    EnvVar::default("CRYPTOBOT_API_URL", "https://pay.crypt.bot/api"),
+    EnvVar::default("CRYPTOBOT_ACCEPTED_ASSETS", "USDT,TON,BTC"),
+    EnvVar::default("CRYPTOBOT_INVOICE_TTL_MINUTES", "60"),
+    EnvVar::default("CRYPTOBOT_MAX_ATTEMPTS", "3"),
+    EnvVar::default("CRYPTOBOT_TIMEOUT_MS", "10000"),
 ];
 
 /// Typed access to settings variables.

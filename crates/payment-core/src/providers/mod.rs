@@ -24,6 +24,10 @@ pub(crate) fn register_all(
     registry.add(settings.yookassa.clone(), yookassa::YooKassaProvider::new)?;
     registry.add(settings.crypto.clone(), crypto::CryptoProvider::new)?;
     registry.add(settings.telegram.clone(), telegram::TelegramProvider::new)?;
+    registry.add(
+        settings.cryptobot.clone(),
+        cryptobot::CryptoBotProvider::new,
+    )?;
     Ok(())
 }
 

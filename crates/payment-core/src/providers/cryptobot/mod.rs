@@ -24,6 +24,7 @@ pub mod webhook;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use domain::PaymentStatus;
 use domain::money::{Currency, Money};
 use outbound::HttpRetry;
@@ -32,11 +33,16 @@ use secrecy::SecretString;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::error::{ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError};
-use crate::provider::{
-    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentRef, ProviderPayment,
-    ProviderRefund, RefundRequest,
+use crate::ProviderId;
+use crate::error::{
+    ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError, WebhookError,
 };
+use crate::provider::{
+    Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundRequest, StatusQuery,
+    read_generic_refund_notice,
+};
+use crate::webhook::{WebhookNotification, WebhookRequest, WebhookSubject};
 pub use client::CryptoPayClient;
 use transformers::{
     Balance, CreateInvoice, Invoice, InvoiceList, InvoicePayload, Transfer, decimal_text,
@@ -402,6 +408,97 @@ impl CryptoBotProvider {
                     ))
                 })
             })
+    }
+}
+
+static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
+    id: ProviderId::CryptoBot,
+    title: "CryptoBot",
+    currencies: &[Currency::Rub, Currency::Usdt],
+    supports_refunds: true,
+};
+
+#[async_trait]
+impl PaymentProvider for CryptoBotProvider {
+    fn descriptor(&self) -> &ProviderDescriptor {
+        &DESCRIPTOR
+    }
+
+    /// Crypto Pay posts `invoice_paid` to `POST /webhook/payment/cryptobot`.
+    fn accepts_webhooks(&self) -> bool {
+        true
+    }
+
+    async fn create_payment(
+        &self,
+        request: &CreatePaymentRequest,
+    ) -> Result<CreatedPayment, ProviderError> {
+        self.create_invoice(request).await
+    }
+
+    async fn get_payment_status(
+        &self,
+        payment: &PaymentRef,
+    ) -> Result<ProviderPayment, ProviderError> {
+        self.invoice_status(payment).await
+    }
+
+    async fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookError> {
+        self.key
+            .verify(request.headers.get(SIGNATURE_HEADER), request.body)
+            .map_err(|e| WebhookError::BadSignature(e.to_string()))
+    }
+
+    async fn process_webhook(&self, body: &[u8]) -> Result<WebhookNotification, WebhookError> {
+        let update = webhook::parse(body).map_err(WebhookError::MalformedBody)?;
+        let invoice = update.invoice_id.to_string();
+        let subject = if update.update_type == webhook::INVOICE_PAID {
+            WebhookSubject::Payment {
+                provider_payment_id: invoice,
+                payment_id: update.payment_id,
+            }
+        } else {
+            WebhookSubject::Other {
+                object_id: Some(invoice),
+            }
+        };
+        Ok(WebhookNotification {
+            provider: self.id(),
+            event: update.update_type,
+            subject,
+            claimed_status: Some(update.claimed_status.as_str().to_owned()),
+            dedupe_key: update.dedupe_key,
+        })
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> Result<ProviderRefund, ProviderError> {
+        self.refund_by_transfer(request).await
+    }
+
+    /// The invoice's status, and as refunded what our refunds say: a transfer is tied to no
+    /// invoice, so the gateway's notice of a refund it made (a [`crate::provider::generic_refund_notice`] with
+    /// everything refunded so far) is the only record of it.
+    async fn current_status(
+        &self,
+        query: StatusQuery<'_>,
+    ) -> Result<ProviderPayment, ProviderError> {
+        let mut answer = self.invoice_status(&query.reference()?).await?;
+        let refunded = query
+            .notification
+            .and_then(|n| read_generic_refund_notice(n.body.as_bytes()))
+            .filter(|r| r.status == domain::RefundStatus::Succeeded)
+            .map_or(query.payment.refunded_minor, |r| {
+                r.total_refunded_minor.max(query.payment.refunded_minor)
+            });
+        if answer.status == PaymentStatus::Succeeded && refunded > 0 {
+            answer.refunded = Money::new(refunded, answer.amount.currency());
+            answer.status = if refunded >= answer.amount.minor() {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::PartiallyRefunded
+            };
+        }
+        Ok(answer)
     }
 }
 
