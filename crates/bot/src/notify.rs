@@ -166,8 +166,12 @@ impl Handler for Notifier {
         if sender::enqueue(tx, &[queued]).await? == 1 {
             tracing::info!(event = %envelope.event_type, event_id = %envelope.event_id, chat, "notification queued");
         }
-        self.nudge.notify_one();
         Ok(())
+    }
+
+    /// The row is visible now: the sender picks it up at once instead of at its next poll.
+    fn committed(&self, _envelope: &Envelope) {
+        self.nudge.notify_one();
     }
 }
 

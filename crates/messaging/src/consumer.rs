@@ -164,6 +164,11 @@ pub trait Handler: Send + Sync + 'static {
         envelope: &Envelope,
         prepared: Prepared,
     ) -> Result<(), HandlerError>;
+
+    /// Called once `handle`'s transaction has committed: the place to wake whatever reads
+    /// what it wrote (a wake-up sent from inside `handle` would come before the rows are
+    /// visible).
+    fn committed(&self, _envelope: &Envelope) {}
 }
 
 /// Counts of what a runner did (for tests and status pages; metrics carry the same).
@@ -505,6 +510,7 @@ impl ConsumerRunner {
             return Err(err);
         }
         tx.commit().await?;
+        self.handler.committed(envelope);
         if let Some(nudge) = &self.outbox_nudge {
             nudge.notify_one();
         }

@@ -276,6 +276,8 @@ pub struct HandlerState {
     pub fail_first: AtomicU32,
     /// Fail every attempt.
     pub always_fail: AtomicBool,
+    /// `Handler::committed` calls: one per committed `handle`, none for failed attempts.
+    pub committed: AtomicU32,
     attempts: Mutex<HashMap<Uuid, u32>>,
 }
 
@@ -332,6 +334,10 @@ impl Handler for TestHandler {
             return Err(HandlerError::transient(format!("boom (attempt {attempt})")));
         }
         Ok(())
+    }
+
+    fn committed(&self, _envelope: &Envelope) {
+        self.state.committed.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -554,6 +560,11 @@ pub async fn fails_twice_then_succeeds_once(fx: Fixture) {
     let elapsed = started.elapsed();
 
     assert_eq!(state.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        state.committed.load(Ordering::SeqCst),
+        1,
+        "the commit hook runs for the attempt that committed only"
+    );
     assert_eq!(stats.retried(), 2);
     assert_eq!(stats.parked(), 0);
     assert_eq!(fx.effects("flaky", &event).await, 1);
