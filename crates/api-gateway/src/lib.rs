@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod checkout;
 pub mod error;
+pub mod idempotency;
 pub mod limits;
 pub mod observability;
 pub mod payments;
@@ -26,7 +27,7 @@ use service_kit::{CommonSettings, SettingsError, Shutdown};
 pub use settings::GatewaySettings;
 
 use crate::auth::Tokens;
-use crate::state::{AppState, InFlight};
+use crate::state::AppState;
 
 pub const SERVICE: &str = "api-gateway";
 
@@ -98,7 +99,6 @@ pub async fn start(
         },
         resolver: ClientIpResolver::new(settings.trusted_proxies.clone()),
         max_body_bytes: settings.max_body_bytes,
-        in_flight: InFlight::default(),
         limits: limits::Limits::new(settings),
         checkout: settings.checkout,
     });
