@@ -7,6 +7,7 @@ mod checkout_abuse;
 mod crypto;
 mod embedded;
 mod helpers;
+mod idempotency;
 mod ops;
 mod payments;
 mod rate_limits;

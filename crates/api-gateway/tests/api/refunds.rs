@@ -311,3 +311,32 @@ async fn the_database_refuses_a_second_pending_refund() {
         .await
         .unwrap();
 }
+
+/// The refund row is its key's record: a repeat of the key asking for something else (here
+/// another amount) is 422 `idempotency_key_reused`, not the first refund replayed.
+#[tokio::test]
+async fn a_refund_key_repeated_with_another_body_is_422() {
+    let app = spawn_app(&[]).await;
+    let (id, _) = succeeded_payment(&app, "refund-reuse").await;
+    let send = |body: &'static str| {
+        app.http
+            .post(app.url(&format!("/api/payments/{id}/refund")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Idempotency-Key", "admin-refund-reuse")
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        send(r#"{"amount_minor": 1000}"#).await.unwrap().status(),
+        200
+    );
+    let other = send(r#"{"amount_minor": 2000}"#).await.unwrap();
+    assert_eq!(other.status(), 422);
+    let body: serde_json::Value = other.json().await.unwrap();
+    assert_eq!(body["error"], "idempotency_key_reused");
+    // Without an amount it asks for what was left when the key was first used: the same.
+    let same = send(r#"{}"#).await.unwrap();
+    assert_eq!(same.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.yookassa.refunds().len(), 1);
+}
