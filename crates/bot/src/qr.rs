@@ -4,9 +4,12 @@
 //! The module matrix comes from `qrcode` (without its `image` feature); [`crate::png`] writes
 //! it as a 1-bit grayscale PNG.
 
+use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot as Api;
+use frankenstein::input_file::FileUpload;
+use frankenstein::methods::SendPhotoParams;
 use frankenstein::response::ErrorResponse;
-use frankenstein::types::InlineKeyboardMarkup;
+use frankenstein::types::{InlineKeyboardMarkup, ReplyMarkup};
 use qrcode::{Color, EcLevel, QrCode};
 use reqwest::multipart::{Form, Part};
 
@@ -70,7 +73,8 @@ fn render(code: &QrCode) -> Result<QrPng, QrError> {
 /// Uploads the PNG `image` (named `file_name`) with `sendPhoto` (multipart, as Telegram takes
 /// new files), with an optional caption and inline keyboard. frankenstein uploads files only
 /// from a path, so the form is built here on its client and URL; errors come back in
-/// frankenstein's shape, so callers treat them as any other Bot API error.
+/// frankenstein's shape, so callers treat them as any other Bot API error. Returns the
+/// `file_id` Telegram gave the photo (its largest size), to send it again without an upload.
 pub async fn send_photo(
     api: &Api,
     chat: i64,
@@ -78,7 +82,7 @@ pub async fn send_photo(
     file_name: &str,
     caption: Option<&str>,
     markup: Option<&InlineKeyboardMarkup>,
-) -> Result<(), frankenstein::Error> {
+) -> Result<Option<String>, frankenstein::Error> {
     let mut form = Form::new().text("chat_id", chat.to_string());
     if let Some(caption) = caption {
         form = form.text("caption", caption.to_owned());
@@ -106,7 +110,7 @@ pub async fn send_photo(
     let success = response.status().is_success();
     let body = response.text().await?;
     if success {
-        return Ok(());
+        return Ok(largest_file_id(&body));
     }
     Err(match serde_json::from_str::<ErrorResponse>(&body) {
         Ok(error) => frankenstein::Error::Api(error),
@@ -115,6 +119,35 @@ pub async fn send_photo(
             input: body,
         },
     })
+}
+
+/// The `file_id` of the largest size in a `sendPhoto` answer (`result.photo[]`).
+fn largest_file_id(answer: &str) -> Option<String> {
+    let answer: serde_json::Value = serde_json::from_str(answer).ok()?;
+    answer["result"]["photo"]
+        .as_array()?
+        .iter()
+        .max_by_key(|size| size["width"].as_u64().unwrap_or(0))?["file_id"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Sends a photo Telegram already holds, by its `file_id`.
+pub async fn send_photo_by_id(
+    api: &Api,
+    chat: i64,
+    file_id: &str,
+    caption: Option<&str>,
+    markup: Option<&InlineKeyboardMarkup>,
+) -> Result<(), frankenstein::Error> {
+    let params = SendPhotoParams::builder()
+        .chat_id(chat)
+        .photo(FileUpload::String(file_id.to_owned()))
+        .maybe_caption(caption.map(str::to_owned))
+        .maybe_reply_markup(markup.cloned().map(ReplyMarkup::InlineKeyboardMarkup))
+        .build();
+    ratelimit::TELEGRAM.wait().await;
+    api.send_photo(&params).await.map(|_| ())
 }
 
 #[cfg(test)]

@@ -519,6 +519,8 @@ pub async fn set_off<C: ConnectionTrait>(conn: &C, chat: i64, off: bool) -> Resu
         blocked_at: Set(None),
         reminders_off: Set(off),
         updated_at: Set(now),
+        qr_link: Set(None),
+        qr_file_id: Set(None),
     })
     .on_conflict(
         OnConflict::column(bot_chats::Column::ChatId)

@@ -177,6 +177,8 @@ async fn block(db: &DatabaseConnection, chat: i64) -> Result<(), DbErr> {
         blocked_at: Set(Some(now)),
         reminders_off: Set(false),
         updated_at: Set(now),
+        qr_link: Set(None),
+        qr_file_id: Set(None),
     })
     .on_conflict(
         OnConflict::column(bot_chats::Column::ChatId)
@@ -207,38 +209,94 @@ pub async fn send_text(
 /// Telegram's limit for a photo's caption.
 const CAPTION_LIMIT: usize = 1024;
 
+/// A QR photo Telegram holds already: the link it shows and its `file_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldQr<'a> {
+    pub link: &'a str,
+    pub file_id: &'a str,
+}
+
 /// Sends `message`: one Telegram call (two only when Telegram refuses the QR photo itself).
-pub async fn send(api: &Api, chat: i64, message: Outgoing) -> Result<(), frankenstein::Error> {
-    let image = message
-        .qr
-        .as_deref()
-        .filter(|_| message.text.chars().count() <= CAPTION_LIMIT)
-        .and_then(|data| {
-            qr::png(data)
-                .inspect_err(|error| tracing::warn!(%error, "no QR code; text only"))
-                .ok()
-        });
+/// A QR code of the link in `held` goes by its `file_id`; one uploaded anew comes back as
+/// `Ok(Some(file_id))`, for the caller to keep.
+pub async fn send(
+    api: &Api,
+    chat: i64,
+    message: Outgoing,
+    held: Option<HeldQr<'_>>,
+) -> Result<Option<String>, frankenstein::Error> {
+    let fits = message.text.chars().count() <= CAPTION_LIMIT;
+    let markup = message.reply_markup.as_ref();
+    if let (true, Some(link), Some(held)) = (fits, message.qr.as_deref(), held)
+        && held.link == link
+    {
+        match qr::send_photo_by_id(api, chat, held.file_id, Some(&message.text), markup).await {
+            // Telegram no longer knows the file: upload it again below.
+            Err(frankenstein::Error::Api(error)) if error.error_code == 400 => {
+                tracing::info!(chat, description = %error.description, "QR file_id refused; uploading again");
+            }
+            other => return other.map(|()| None),
+        }
+    }
+    let image = message.qr.as_deref().filter(|_| fits).and_then(|data| {
+        qr::png(data)
+            .inspect_err(|error| tracing::warn!(%error, "no QR code; text only"))
+            .ok()
+    });
     let Some(image) = image else {
-        return send_text(api, chat, message.text, message.reply_markup).await;
+        return send_text(api, chat, message.text, message.reply_markup)
+            .await
+            .map(|()| None);
     };
-    ratelimit::TELEGRAM.wait().await;
     match qr::send_photo(
         api,
         chat,
         &image.bytes,
         "qr.png",
         Some(&message.text),
-        message.reply_markup.as_ref(),
+        markup,
     )
     .await
     {
         // Telegram refused the photo itself: the text alone still says it all.
         Err(frankenstein::Error::Api(error)) if error.error_code == 400 => {
             tracing::warn!(chat, description = %error.description, "sendPhoto refused; sending the text");
-            send_text(api, chat, message.text, message.reply_markup).await
+            send_text(api, chat, message.text, message.reply_markup)
+                .await
+                .map(|()| None)
         }
         other => other,
     }
+}
+
+/// Keeps the `file_id` of `chat`'s QR code of `link`.
+async fn hold_qr(
+    db: &DatabaseConnection,
+    chat: i64,
+    link: &str,
+    file_id: String,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    bot_chats::Entity::insert(bot_chats::ActiveModel {
+        chat_id: Set(chat),
+        blocked_at: Set(None),
+        reminders_off: Set(false),
+        updated_at: Set(now),
+        qr_link: Set(Some(link.to_owned())),
+        qr_file_id: Set(Some(file_id)),
+    })
+    .on_conflict(
+        OnConflict::column(bot_chats::Column::ChatId)
+            .update_columns([
+                bot_chats::Column::QrLink,
+                bot_chats::Column::QrFileId,
+                bot_chats::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
 }
 
 /// How the sender works; [`SenderConfig::default`] suits production.
@@ -507,7 +565,8 @@ impl Sender {
             return Ok(Outcome::Skipped("the user blocked the bot"));
         }
         if let Some(guard) = message.guard {
-            if row.kind == Kind::Reminder.as_str() && chat.is_some_and(|c| c.reminders_off) {
+            if row.kind == Kind::Reminder.as_str() && chat.as_ref().is_some_and(|c| c.reminders_off)
+            {
                 return Ok(Outcome::Skipped("reminders turned off"));
             }
             let current = subscriptions::Entity::find_by_id(guard.subscription_id)
@@ -522,8 +581,20 @@ impl Sender {
             return Ok(later(retry_after, None, false));
         }
         self.wait_pause().await;
-        Ok(match send(&self.api, row.chat_id, message).await {
-            Ok(()) => Outcome::Sent,
+        let link = message.qr.clone();
+        let held = chat.as_ref().and_then(|c| {
+            Some(HeldQr {
+                link: c.qr_link.as_deref()?,
+                file_id: c.qr_file_id.as_deref()?,
+            })
+        });
+        Ok(match send(&self.api, row.chat_id, message, held).await {
+            Ok(uploaded) => {
+                if let (Some(file_id), Some(link)) = (uploaded, link) {
+                    hold_qr(&self.db, row.chat_id, &link, file_id).await?;
+                }
+                Outcome::Sent
+            }
             Err(frankenstein::Error::Api(error)) => match error.error_code {
                 429 => {
                     let after = Duration::from_secs(

@@ -283,6 +283,8 @@ struct State {
     /// The bot's Star transactions in `getStarTransactions` shape, oldest first.
     star_transactions: Vec<Value>,
     next_id: u64,
+    /// The `file_id`s of uploaded photos (with their size), which `sendPhoto` takes again.
+    files: HashMap<String, usize>,
     /// Calls per method, for tests.
     calls: HashMap<String, u64>,
     /// Scripted failures per method (error codes), used up oldest first.
@@ -1373,7 +1375,17 @@ fn send_photo(shared: &Shared, params: &Params) -> ApiResult {
             data: data.clone(),
         },
         (Some(_), _) => return Err(ApiError::bad_request("file must be non-empty")),
-        (None, Some(reference)) if !reference.is_empty() => PhotoSent::Reference(reference),
+        (None, Some(reference)) if !reference.is_empty() => {
+            let known = reference.starts_with("http://")
+                || reference.starts_with("https://")
+                || lock(&shared.state).files.contains_key(&reference);
+            if !known {
+                return Err(ApiError::bad_request(
+                    "wrong file identifier/HTTP URL specified",
+                ));
+            }
+            PhotoSent::Reference(reference)
+        }
         _ => return Err(ApiError::bad_request("there is no photo in the request")),
     };
     let caption = params.str("caption");
@@ -1386,7 +1398,23 @@ fn send_photo(shared: &Shared, params: &Params) -> ApiResult {
         reply_markup: checked_reply_markup(params)?,
         ..blank("sendPhoto")
     };
-    let extra = json!({"photo": [{"file_id": "AgAC-sandbox", "file_unique_id": "sandbox", "width": 512, "height": 512}]});
+    // Telegram answers with the photo's sizes; each has a file_id to send it again by.
+    let file_id = match &message.photo {
+        Some(PhotoSent::Upload { bytes, .. }) => {
+            let mut state = lock(&shared.state);
+            let id = Shared::next_id(&mut state, "AgACAgIAAxkDAAI");
+            state.files.insert(id.clone(), *bytes);
+            state.files.insert(format!("{id}-s"), *bytes);
+            id
+        }
+        Some(PhotoSent::Reference(reference)) => reference.clone(),
+        None => String::new(),
+    };
+    let unique = file_id.chars().rev().take(16).collect::<String>();
+    let extra = json!({"photo": [
+        {"file_id": format!("{file_id}-s"), "file_unique_id": format!("{unique}-s"), "width": 90, "height": 90},
+        {"file_id": file_id, "file_unique_id": unique, "width": 512, "height": 512},
+    ]});
     Ok(store_message(shared, chat, message, extra))
 }
 

@@ -482,6 +482,38 @@ async fn photos_are_uploaded_as_multipart() {
         seen.photo,
         Some(PhotoSent::Upload { bytes: 7, .. })
     ));
+
+    // Sent again by the file_id Telegram gave it (the largest size); an unknown one is refused.
+    let file_id = sent
+        .photo
+        .as_ref()
+        .and_then(|sizes| sizes.iter().max_by_key(|p| p.width))
+        .map(|p| p.file_id.clone())
+        .expect("the answer lists the photo's sizes");
+    let again = SendPhotoParams::builder()
+        .chat_id(ann().id)
+        .photo(FileUpload::String(file_id.clone()))
+        .build();
+    let resent = bot.send_photo(&again).await.unwrap().result;
+    let seen = handle
+        .message(ann().id, i64::from(resent.message_id))
+        .unwrap();
+    assert_eq!(seen.photo, Some(PhotoSent::Reference(file_id)));
+    let unknown = SendPhotoParams::builder()
+        .chat_id(ann().id)
+        .photo(FileUpload::String("AgACAgIAAxkDAAI-made-up".into()))
+        .build();
+    match bot.send_photo(&unknown).await {
+        Err(frankenstein::Error::Api(error)) => {
+            assert_eq!(error.error_code, 400);
+            assert!(
+                error.description.contains("wrong file identifier"),
+                "{}",
+                error.description
+            );
+        }
+        other => panic!("an unknown file_id is refused, got {other:?}"),
+    }
 }
 
 #[tokio::test]

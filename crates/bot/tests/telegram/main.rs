@@ -229,6 +229,42 @@ async fn a_notification_survives_telegram_failures_and_redelivery_and_is_sent_on
     );
 }
 
+/// The QR code of a subscription link is uploaded once: a renewal's activation (same link)
+/// sends it again by Telegram's `file_id`; a new link is uploaded again.
+#[tokio::test]
+async fn a_renewal_sends_the_qr_code_by_file_id_and_a_new_link_uploads_again() {
+    let w = world().await;
+    let user = TestUser::new(5_000_015, "Gleb", "en");
+    let start = w.tg.send_text(&user, "/start");
+    w.wait_new(user.id, start, |m| m.text.is_some()).await;
+    let link = "https://vpn.example/sub/tg_5000015";
+    let activation = |after: i64, link: &'static str| {
+        let w = &w;
+        async move {
+            w.wait_new(user.id, after, |m| {
+                m.method == "sendPhoto" && m.body().is_some_and(|t| t.contains(link))
+            })
+            .await
+        }
+    };
+    w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+    let first = activation(start, link).await;
+    assert_eq!(uploaded(&first), bot::qr::png(link).unwrap().bytes);
+
+    w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+    let renewal = activation(first.message_id, link).await;
+    assert!(
+        matches!(&renewal.photo, Some(PhotoSent::Reference(id)) if id.starts_with("AgAC")),
+        "sent by file_id: {:?}",
+        renewal.photo
+    );
+
+    let moved = "https://vpn.example/sub/tg_5000015-new";
+    w.activate(user.id, uuid::Uuid::now_v7(), moved).await;
+    let fresh = activation(renewal.message_id, moved).await;
+    assert_eq!(uploaded(&fresh), bot::qr::png(moved).unwrap().bytes);
+}
+
 /// USDT short of the invoice (the price without the tag): the worker's chain watcher sees it,
 /// the bot tells the user exactly what arrived and what is missing (in USDT, to the
 /// micro-unit), once; the rest arrives and the payment completes.

@@ -1,5 +1,6 @@
 //! `bot_chats`: what the bot knows about a private chat (= its user's Telegram id) beyond
-//! `users`: whether the user blocked the bot, and whether they want expiry reminders.
+//! `users`: whether the user blocked the bot, whether they want expiry reminders, and the
+//! `file_id` of their subscription link's QR code.
 
 use sea_orm::entity::prelude::*;
 
@@ -13,6 +14,12 @@ pub struct Model {
     /// The user turned expiry reminders off ("My subscription").
     pub reminders_off: bool,
     pub updated_at: DateTimeUtc,
+    /// The subscription link whose QR code Telegram holds as `qr_file_id`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub qr_link: Option<String>,
+    /// Telegram's `file_id` of that QR code's photo, sent again instead of a new upload.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub qr_file_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
