@@ -5,7 +5,7 @@ CARGO ?= cargo
 .PHONY: demo test bench bench-tests faults fuzz build lint fmt check run
 
 ## make demo: the embedded default — one process, SQLite, in-process bus, sandbox emulators;
-## four scripted customers and a refund (KEEP=1 keeps it running until Ctrl-C)
+## five scripted customers (YooKassa, Stars, USDT, card in Telegram, CryptoBot) and a refund (KEEP=1 keeps it running until Ctrl-C)
 demo:
 	$(CARGO) build --workspace --bins
 	RUST_LOG=$${RUST_LOG:-error} target/debug/demo

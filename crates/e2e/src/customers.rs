@@ -225,6 +225,29 @@ impl Script {
         Ok((link, amount))
     }
 
+    /// Pays `tariff` through CryptoBot: the bot's Pay button opens the invoice in @CryptoBot
+    /// (`bot_invoice_url`), where `pay` settles it (the demo pays it in the Crypto Pay
+    /// emulator; the emulator then posts the signed `invoice_paid` webhook). Returns the link.
+    pub async fn pay_cryptobot(
+        &self,
+        user: &TestUser,
+        tariff: &str,
+        pay: impl FnOnce(&str) -> anyhow::Result<String>,
+    ) -> anyhow::Result<String> {
+        let (invoice, clicked) = self.checkout(user, tariff, "cryptobot", "RUB").await?;
+        let url = invoice
+            .button_urls()
+            .into_iter()
+            .next()
+            .context("a Pay URL button")?;
+        let paid = pay(&url)?;
+        self.say(
+            clicked,
+            &format!("{} paid {paid} in @CryptoBot ({url})", user.first_name),
+        );
+        self.activation(user, invoice.message_id, clicked).await
+    }
+
     /// The admin refunds `payment_id` from the bot (`/refund`, then the confirmation button);
     /// returns when `customer` got the refund message.
     pub async fn refund(&self, payment_id: &str, customer: &TestUser) -> anyhow::Result<()> {

@@ -1,8 +1,8 @@
 //! `make demo`: the product on the embedded default. Starts the sandbox emulators in this
 //! process and the `standalone` binary (gateway, worker, marzban-sync and bot in one process on
-//! SQLite and the in-process bus) as a child, then plays three customers through the Telegram
-//! emulator — one pays with YooKassa, one with Telegram Stars, one with USDT — and an admin
-//! refunds the Stars payment. Prints a timeline (time since each customer's click) and the
+//! SQLite and the in-process bus) as a child, then plays five customers through the Telegram
+//! emulator — they pay with YooKassa, Telegram Stars, USDT, a card inside Telegram and
+//! CryptoBot — and an admin refunds the Stars payment. Prints a timeline (time since each customer's click) and the
 //! final state, and exits 0 when every step happened. `KEEP=1` keeps everything running until
 //! Ctrl-C. `PANEL=pasarguard` or `PANEL=remnawave` provisions that panel's emulator instead of
 //! Marzban's (`PANEL_KIND`).
@@ -15,7 +15,7 @@ use e2e::cluster::{
 };
 use e2e::customers::Script;
 use e2e::sandbox_client::SandboxClient;
-use sandbox::{marzban, pasarguard, remnawave, telegram, tron, yookassa};
+use sandbox::{cryptobot, marzban, pasarguard, remnawave, telegram, tron, yookassa};
 use service_kit::testing::free_addr;
 use tokio::process::Command;
 
@@ -36,13 +36,19 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let chain = tron::spawn(tron::Config::default()).await?;
+    let crypto_pay = cryptobot::spawn(cryptobot::Config {
+        webhook_url: Some(format!("http://{gateway}/webhook/payment/cryptobot")),
+        ..cryptobot::Config::default()
+    })
+    .await?;
     let panel = DemoPanel::spawn(PanelKind::from_env()?).await?;
     let shop = kassa.shop().context("the emulator has a shop")?.clone();
     println!(
-        "emulators: YooKassa {}, Telegram {}, TronGrid {}, {} {}",
+        "emulators: YooKassa {}, Telegram {}, TronGrid {}, Crypto Pay {}, {} {}",
         kassa.base_url(),
         tg.api_url(),
         chain.base_url,
+        crypto_pay.base_url(),
         panel.name(),
         panel.base_url()
     );
@@ -84,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
         ("TRONGRID_API_URL", chain.base_url.clone()),
         ("CRYPTO_POLL_INTERVAL_SECONDS", "1".into()),
         ("RECONCILE_POLL_MS", "1000".into()),
+        ("CRYPTOBOT_API_TOKEN", crypto_pay.token().to_owned()),
+        ("CRYPTOBOT_API_URL", crypto_pay.api_url()),
+        ("CRYPTOBOT_ACCEPTED_ASSETS", "USDT,TON".into()),
     ];
     env.extend(panel.env());
     let mut standalone = Command::new(bin_dir().join("standalone"))
@@ -119,6 +128,26 @@ async fn main() -> anyhow::Result<()> {
     // Anna pays with YooKassa, Boris with Stars, Chen with USDT, Dasha by card inside
     // Telegram; the admin refunds Boris.
     script.four_purchases_and_a_refund().await?;
+    // Erik pays through CryptoBot, in TON.
+    let erik = telegram::TestUser::new(700_005, "Erik", "en");
+    script
+        .pay_cryptobot(&erik, "month_1", |url| {
+            let invoice = crypto_pay
+                .invoices()
+                .into_iter()
+                .find(|i| i["bot_invoice_url"] == url)
+                .context("the invoice behind the Pay button")?;
+            let id = invoice["invoice_id"].as_i64().context("an invoice id")?;
+            let paid = crypto_pay
+                .pay(id, Some("TON"))
+                .with_context(|| format!("paying invoice {id}"))?;
+            Ok(format!(
+                "{} {}",
+                paid["paid_amount"].as_str().unwrap_or_default(),
+                paid["paid_asset"].as_str().unwrap_or_default()
+            ))
+        })
+        .await?;
     println!("\nadmin's /stats:\n{}", script.admin_stats().await?);
     println!("\n{} users:", panel.name());
     panel.print_users();
@@ -129,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         tg.charges().iter().filter(|c| c.currency == "XTR").count(),
         tg.charges().iter().filter(|c| c.currency != "XTR").count(),
     );
+    println!("CryptoBot invoices: {}", crypto_pay.invoices().len());
 
     if std::env::var("KEEP").is_ok_and(|v| v == "1") {
         println!(
