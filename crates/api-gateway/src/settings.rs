@@ -5,14 +5,13 @@
 
 use std::path::PathBuf;
 
-use domain::env::EnvVar;
+use domain::env::{EnvVar, Vars, invalid};
 use payment_core::{IpAllowList, PaymentSettings};
 use ratelimit::{Rate, Setting};
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::checkout::CheckoutPolicy;
-use service_kit::settings::Vars;
 
 /// Default `GATEWAY_BIND`: the public port (webhooks and the API only).
 pub const DEFAULT_BIND: &str = "0.0.0.0:8080";
@@ -141,13 +140,13 @@ impl TryFrom<Vars> for GatewaySettings {
 
     fn try_from(raw: Vars) -> Result<Self, Self::Error> {
         let defaults = GatewaySettings::default();
-        let payments = PaymentSettings::from_lookup(|var| raw.get(var).map(str::to_owned))
+        let payments = PaymentSettings::from_vars(&raw)
             .map_err(|e| format!("payment provider settings: {e}"))?;
         let max_body_bytes = raw
             .parse::<usize>("GATEWAY_MAX_BODY_BYTES")?
             .unwrap_or(defaults.max_body_bytes);
         if max_body_bytes == 0 {
-            return Err("setting GATEWAY_MAX_BODY_BYTES is invalid: must be positive".into());
+            return Err(invalid("GATEWAY_MAX_BODY_BYTES", "must be positive"));
         }
         let gateway_bind = raw
             .get("GATEWAY_BIND")
@@ -155,22 +154,19 @@ impl TryFrom<Vars> for GatewaySettings {
         let ops_bind = raw.get("GATEWAY_OPS_BIND").unwrap_or(DEFAULT_OPS_BIND);
         // Health and metrics must not share the public port (port 0 picks two free ports).
         if ops_bind == gateway_bind && !ops_bind.ends_with(":0") {
-            return Err(service_kit::settings::invalid(
+            return Err(invalid(
                 "GATEWAY_OPS_BIND",
                 "must differ from GATEWAY_BIND (health and metrics stay off the public port)",
             ));
         }
-        let limit = |name: &str, default: Rate| -> Result<Option<Rate>, String> {
+        let limit = |name: &'static str, default: Rate| -> Result<Option<Rate>, String> {
             Ok(raw.parse::<Setting>(name)?.map_or(Some(default), |s| s.0))
         };
         let limit_keys = raw
             .parse::<usize>("GATEWAY_LIMIT_KEYS")?
             .unwrap_or(DEFAULT_LIMIT_KEYS);
         if limit_keys == 0 {
-            return Err(service_kit::settings::invalid(
-                "GATEWAY_LIMIT_KEYS",
-                "must be positive",
-            ));
+            return Err(invalid("GATEWAY_LIMIT_KEYS", "must be positive"));
         }
         // Equal tokens would give the bot's token the admin's refunds.
         raw.distinct("API_SERVICE_TOKEN", "API_ADMIN_TOKEN")?;
@@ -216,17 +212,14 @@ fn checkout_policy(raw: &Vars) -> Result<CheckoutPolicy, String> {
         .parse::<u64>("CHECKOUT_REUSE_MINUTES")?
         .unwrap_or(defaults.reuse_window.as_secs() / 60);
     if minutes == 0 {
-        return Err(service_kit::settings::invalid(
+        return Err(invalid(
             "CHECKOUT_REUSE_MINUTES",
             "must be at least 1 (a second press must find the first checkout)",
         ));
     }
     let max_open = raw.parse_or("CHECKOUT_MAX_OPEN_PAYMENTS", defaults.max_open)?;
     if max_open == 0 {
-        return Err(service_kit::settings::invalid(
-            "CHECKOUT_MAX_OPEN_PAYMENTS",
-            "must be at least 1",
-        ));
+        return Err(invalid("CHECKOUT_MAX_OPEN_PAYMENTS", "must be at least 1"));
     }
     Ok(CheckoutPolicy {
         reuse_window: std::time::Duration::from_secs(minutes.saturating_mul(60)),

@@ -4,11 +4,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use domain::env::EnvVar;
+use domain::env::{EnvVar, Vars, invalid};
 use ratelimit::{Rate, Setting};
 use secrecy::SecretString;
 use serde::Deserialize;
-use service_kit::settings::{Vars, invalid};
 
 use crate::webhook::WebhookSettings;
 
@@ -119,12 +118,8 @@ impl ServiceSettings {
     }
 }
 
-fn url(vars: &Vars, name: &str, default: &str) -> Result<String, String> {
-    let url = vars.get(name).unwrap_or(default);
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(invalid(name, format!("not an http(s) URL: {url:?}")));
-    }
-    Ok(url.trim_end_matches('/').to_owned())
+fn url(vars: &Vars, name: &'static str, default: &str) -> Result<String, String> {
+    Ok(vars.url(name)?.unwrap_or(default).to_owned())
 }
 
 fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
@@ -180,7 +175,7 @@ fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
 }
 
 fn limits(vars: &Vars) -> Result<crate::limits::LimitSettings, String> {
-    let limit = |name: &str, default: Rate| -> Result<Option<Rate>, String> {
+    let limit = |name: &'static str, default: Rate| -> Result<Option<Rate>, String> {
         Ok(vars.parse::<Setting>(name)?.map_or(Some(default), |s| s.0))
     };
     let users = vars.parse_or("BOT_LIMIT_USERS", DEFAULT_LIMIT_USERS)?;

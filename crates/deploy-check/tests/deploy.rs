@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use domain::env::EnvVar;
+use domain::env::{EnvVar, record_reads};
 use serde_norway::Value;
-use service_kit::settings::{Source, record_reads};
+use service_kit::settings::Source;
 
 type Load = fn(&Source) -> Result<String, String>;
 

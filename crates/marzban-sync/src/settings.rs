@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use domain::env::EnvVar;
+use domain::env::{EnvVar, Vars, invalid};
 use messaging::RetryPolicy;
 use secrecy::SecretString;
 use serde::Deserialize;
-use service_kit::settings::{Vars, invalid};
 
 use crate::marzban::{Inbounds, MarzbanSettings, Proxies};
 use crate::panel::{PanelError, PanelKind, PanelSettings};
@@ -271,11 +270,7 @@ impl TryFrom<Vars> for ServiceSettings {
         if prefetch == 0 {
             return Err(invalid("MARZBAN_SYNC_PREFETCH", "must be positive"));
         }
-        let adopt_remaining = match raw.get("MARZBAN_ADOPT_REMAINING") {
-            None => true,
-            Some(value) => service_kit::settings::parse_bool(value)
-                .ok_or_else(|| invalid("MARZBAN_ADOPT_REMAINING", "must be true or false"))?,
-        };
+        let adopt_remaining = raw.flag("MARZBAN_ADOPT_REMAINING")?.unwrap_or(true);
         Ok(Self {
             ops_bind: Some(
                 raw.first_of(&["MARZBAN_SYNC_OPS_BIND", "MARZBAN_SYNC_BIND"])

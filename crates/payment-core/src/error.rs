@@ -151,3 +151,12 @@ pub enum SettingsError {
     #[error("{var}: {reason}")]
     Invalid { var: &'static str, reason: String },
 }
+
+impl From<domain::env::EnvError> for SettingsError {
+    fn from(error: domain::env::EnvError) -> Self {
+        match error {
+            domain::env::EnvError::Missing { name, .. } => Self::Missing(name),
+            domain::env::EnvError::Invalid { name, reason } => Self::Invalid { var: name, reason },
+        }
+    }
+}

@@ -1,8 +1,6 @@
 //! Which providers are enabled, and how: a provider is on exactly when its settings exist.
 
-use std::str::FromStr;
-
-use domain::env::EnvVar;
+use domain::env::{EnvVar, Vars};
 
 use crate::error::SettingsError;
 use crate::providers::crypto::CryptoSettings;
@@ -22,18 +20,17 @@ pub struct PaymentSettings {
 impl PaymentSettings {
     /// Reads the process environment (load `.env` into it first).
     pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_lookup(|var| std::env::var(var).ok())
+        Self::from_vars(&Vars::from_env())
     }
 
-    /// Reads settings through `lookup` (tests pass a map). Empty values count as unset, so a
+    /// Reads the providers' variables from `vars`. Empty values count as unset, so a
     /// provider is disabled by deleting or blanking its variables.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let env = Env { lookup: &lookup };
+    pub fn from_vars(vars: &Vars) -> Result<Self, SettingsError> {
         Ok(Self {
-            yookassa: YooKassaSettings::from_env(&env)?,
-            crypto: CryptoSettings::from_env(&env)?,
-            telegram: TelegramSettings::from_env(&env)?,
-            cryptobot: CryptoBotSettings::from_vars(|var| env.get(var))?,
+            yookassa: YooKassaSettings::from_vars(vars)?,
+            crypto: CryptoSettings::from_vars(vars)?,
+            telegram: TelegramSettings::from_vars(vars)?,
+            cryptobot: CryptoBotSettings::from_vars(vars)?,
         })
     }
 
@@ -102,59 +99,12 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("CRYPTOBOT_TIMEOUT_MS", "10000"),
 ];
 
-/// Typed access to settings variables.
-pub(crate) struct Env<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Env<'_> {
-    pub fn get(&self, var: &str) -> Option<String> {
-        (self.lookup)(var)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    pub fn parse<T>(&self, var: &'static str) -> Result<Option<T>, SettingsError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        self.get(var)
-            .map(|v| {
-                v.parse().map_err(|e: T::Err| SettingsError::Invalid {
-                    var,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
-    }
-
-    pub fn flag(&self, var: &'static str) -> Result<Option<bool>, SettingsError> {
-        self.get(var)
-            .map(|v| match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(SettingsError::Invalid {
-                    var,
-                    reason: format!("expected true or false, got {v:?}"),
-                }),
-            })
-            .transpose()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<PaymentSettings, SettingsError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
-        PaymentSettings::from_lookup(|k| map.get(k).cloned())
+        PaymentSettings::from_vars(&vars.iter().copied().collect())
     }
 
     #[test]

@@ -1,24 +1,20 @@
 //! The worker's settings: its ops address, the consumer's retry policy, the reconciliation
 //! schedule and the payment providers it asks.
 //!
-//! [`ServiceSettings`] deserialises from the whole flat environment (every variable, as the
-//! lower-case key `service_kit::settings::Source` hands over) rather than from named fields,
-//! because the provider settings are read by `payment_core::PaymentSettings::from_lookup`
-//! from the same variables. So `source.load::<ServiceSettings>()` (what the standalone binary
-//! does) and [`ServiceSettings::load`] give the same result. Every error names its variable.
+//! [`ServiceSettings`] deserialises from the whole flat environment (every variable, through
+//! the reader `domain::env::Vars`) rather than from named fields, because the provider
+//! settings are read by `payment_core::PaymentSettings::from_vars` from the same variables.
+//! So `source.load::<ServiceSettings>()` (what the standalone binary does) and
+//! [`ServiceSettings::load`] give the same result. Every error names its variable.
 
-use std::collections::HashMap;
-use std::fmt::Display;
-use std::str::FromStr;
 use std::time::Duration;
 
+use domain::env::{EnvVar, Vars};
 use messaging::RetryPolicy;
 use payment_core::PaymentSettings;
 use serde::Deserialize;
 use service_kit::SettingsError;
-use service_kit::settings::{Source, parse_bool};
-
-use domain::env::EnvVar;
+use service_kit::settings::Source;
 
 /// Default of `WORKER_OPS_BIND`.
 pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9081";
@@ -52,7 +48,7 @@ pub fn env_vars() -> Vec<EnvVar> {
 
 /// This service's own settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "HashMap<String, String>")]
+#[serde(try_from = "Vars")]
 pub struct ServiceSettings {
     /// `WORKER_OPS_BIND` (older name `WORKER_BIND`; default `0.0.0.0:9081`): health and
     /// metrics. `None` when the process serves ops once for all its services (the standalone
@@ -154,13 +150,15 @@ impl ServiceSettings {
     pub fn load(source: &Source) -> Result<Self, SettingsError> {
         source.load()
     }
+}
 
-    /// Reads the settings from a lookup by variable name (upper case).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let vars = Vars { lookup: &lookup };
+impl TryFrom<Vars> for ServiceSettings {
+    type Error = SettingsError;
+
+    fn try_from(vars: Vars) -> Result<Self, Self::Error> {
         let consumer = ConsumerSettings {
-            prefetch: vars.parse("WORKER_PREFETCH", DEFAULT_PREFETCH)?,
-            retry_delays: vars.millis_list("WORKER_RETRY_DELAYS_MS", DEFAULT_RETRY_DELAYS_MS)?,
+            prefetch: vars.parse_or("WORKER_PREFETCH", DEFAULT_PREFETCH)?,
+            retry_delays: millis_list(&vars, "WORKER_RETRY_DELAYS_MS", DEFAULT_RETRY_DELAYS_MS)?,
         };
         if consumer.prefetch == 0 {
             return Err(SettingsError::invalid(
@@ -168,18 +166,24 @@ impl ServiceSettings {
                 "must be at least 1",
             ));
         }
+        let secs = |name, default: Duration| -> Result<Duration, SettingsError> {
+            Ok(vars.parse(name)?.map_or(default, Duration::from_secs))
+        };
+        let millis = |name, default: Duration| -> Result<Duration, SettingsError> {
+            Ok(vars.parse(name)?.map_or(default, Duration::from_millis))
+        };
         let d = ReconcileSettings::default();
         let reconcile = ReconcileSettings {
-            enabled: vars.flag("RECONCILE_ENABLED", d.enabled)?,
-            poll_interval: vars.millis("RECONCILE_POLL_MS", d.poll_interval)?,
-            batch_size: vars.parse("RECONCILE_BATCH_SIZE", d.batch_size)?,
-            first_check: vars.secs("RECONCILE_FIRST_CHECK_SECS", d.first_check)?,
-            fast_interval: vars.secs("RECONCILE_FAST_INTERVAL_SECS", d.fast_interval)?,
-            fast_phase: vars.secs("RECONCILE_FAST_PHASE_SECS", d.fast_phase)?,
-            slow_interval: vars.secs("RECONCILE_SLOW_INTERVAL_SECS", d.slow_interval)?,
-            grace: vars.secs("RECONCILE_GRACE_SECS", d.grace)?,
-            default_window: vars.secs("RECONCILE_DEFAULT_WINDOW_SECS", d.default_window)?,
-            lease: vars.secs("RECONCILE_LEASE_SECS", d.lease)?,
+            enabled: vars.flag("RECONCILE_ENABLED")?.unwrap_or(d.enabled),
+            poll_interval: millis("RECONCILE_POLL_MS", d.poll_interval)?,
+            batch_size: vars.parse_or("RECONCILE_BATCH_SIZE", d.batch_size)?,
+            first_check: secs("RECONCILE_FIRST_CHECK_SECS", d.first_check)?,
+            fast_interval: secs("RECONCILE_FAST_INTERVAL_SECS", d.fast_interval)?,
+            fast_phase: secs("RECONCILE_FAST_PHASE_SECS", d.fast_phase)?,
+            slow_interval: secs("RECONCILE_SLOW_INTERVAL_SECS", d.slow_interval)?,
+            grace: secs("RECONCILE_GRACE_SECS", d.grace)?,
+            default_window: secs("RECONCILE_DEFAULT_WINDOW_SECS", d.default_window)?,
+            lease: secs("RECONCILE_LEASE_SECS", d.lease)?,
         };
         for (name, value) in [
             ("RECONCILE_POLL_MS", reconcile.poll_interval),
@@ -197,20 +201,19 @@ impl ServiceSettings {
                 "must be at least 1",
             ));
         }
-        let payments =
-            PaymentSettings::from_lookup(|name| vars.get(name)).map_err(|e| match e {
-                payment_core::SettingsError::Missing(name) => SettingsError::Missing {
-                    name: name.to_owned(),
-                },
-                payment_core::SettingsError::Invalid { var, reason } => {
-                    SettingsError::invalid(var, reason)
-                }
-            })?;
+        let payments = PaymentSettings::from_vars(&vars).map_err(|e| match e {
+            payment_core::SettingsError::Missing(name) => SettingsError::Missing {
+                name: name.to_owned(),
+            },
+            payment_core::SettingsError::Invalid { var, reason } => {
+                SettingsError::invalid(var, reason)
+            }
+        })?;
         Ok(Self {
             ops_bind: Some(
-                vars.get("WORKER_OPS_BIND")
-                    .or_else(|| vars.get("WORKER_BIND"))
-                    .unwrap_or_else(|| DEFAULT_OPS_BIND.to_owned()),
+                vars.first_of(&["WORKER_OPS_BIND", "WORKER_BIND"])
+                    .unwrap_or(DEFAULT_OPS_BIND)
+                    .to_owned(),
             ),
             consumer,
             reconcile,
@@ -219,71 +222,23 @@ impl ServiceSettings {
     }
 }
 
-impl TryFrom<HashMap<String, String>> for ServiceSettings {
-    type Error = SettingsError;
-
-    fn try_from(map: HashMap<String, String>) -> Result<Self, Self::Error> {
-        // `Source` lower-cases the variable names.
-        Self::from_lookup(|name| map.get(&name.to_ascii_lowercase()).cloned())
-    }
-}
-
-/// Typed access to variables; empty values count as unset.
-struct Vars<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Vars<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        service_kit::settings::note_read(name);
-        (self.lookup)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn parse<T>(&self, name: &str, default: T) -> Result<T, SettingsError>
-    where
-        T: FromStr,
-        T::Err: Display,
-    {
-        match self.get(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e: T::Err| SettingsError::invalid(name, format!("{raw:?}: {e}"))),
-        }
-    }
-
-    fn secs(&self, name: &str, default: Duration) -> Result<Duration, SettingsError> {
-        self.parse(name, default.as_secs()).map(Duration::from_secs)
-    }
-
-    fn millis(&self, name: &str, default: Duration) -> Result<Duration, SettingsError> {
-        let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-        self.parse(name, default).map(Duration::from_millis)
-    }
-
-    fn flag(&self, name: &str, default: bool) -> Result<bool, SettingsError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(raw) => parse_bool(&raw)
-                .ok_or_else(|| SettingsError::invalid(name, format!("not a boolean: {raw:?}"))),
-        }
-    }
-
-    fn millis_list(&self, name: &str, default: &[u64]) -> Result<Vec<Duration>, SettingsError> {
-        let Some(raw) = self.get(name) else {
-            return Ok(default.iter().copied().map(Duration::from_millis).collect());
-        };
-        raw.split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|part| !part.is_empty())
-            .map(|part| {
-                part.parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|e| SettingsError::invalid(name, format!("{part:?}: {e}")))
-            })
-            .collect()
-    }
+/// Milliseconds separated by commas or spaces, or `default` when unset.
+fn millis_list(
+    vars: &Vars,
+    name: &'static str,
+    default: &[u64],
+) -> Result<Vec<Duration>, SettingsError> {
+    let Some(raw) = vars.get(name) else {
+        return Ok(default.iter().copied().map(Duration::from_millis).collect());
+    };
+    raw.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|e| SettingsError::invalid(name, format!("{part:?}: {e}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //!
 //! Every service reads the same [`CommonSettings`] plus a struct of its own, each deserialised
 //! from the same flat environment (`DATABASE_URL`, `GATEWAY_BIND`, …). An error names the
-//! variable to fix, in the spelling the operator writes it.
+//! variable to fix, in the spelling the operator writes it. A service's own struct is read
+//! through the one reader, `domain::env::Vars` (`#[serde(try_from = "Vars")]`); its errors
+//! convert into [`SettingsError`].
 
-use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
-use domain::env::EnvVar;
+use domain::env::{EnvError, EnvVar, parse_bool};
 use messaging::redact::Redacted;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -28,6 +29,20 @@ impl SettingsError {
         Self::Invalid {
             name: name.to_owned(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<EnvError> for SettingsError {
+    fn from(error: EnvError) -> Self {
+        match error {
+            EnvError::Missing { name, .. } => Self::Missing {
+                name: name.to_owned(),
+            },
+            EnvError::Invalid { name, reason } => Self::Invalid {
+                name: name.to_owned(),
+                reason,
+            },
         }
     }
 }
@@ -115,141 +130,6 @@ pub fn or_exit<T>(result: Result<T, SettingsError>) -> T {
             std::process::exit(2);
         }
     }
-}
-
-/// Every variable as a string, keyed by its lower-case name (how `config` hands them over):
-/// the input of settings that need more than serde's defaults. Deserialise a service's settings
-/// with `#[serde(try_from = "Vars")]` and read them through these typed getters; empty values
-/// count as unset, and every error names its variable.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Vars {
-    #[serde(flatten)]
-    vars: HashMap<String, String>,
-}
-
-impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Vars {
-    /// Names in any case.
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self {
-            vars: iter
-                .into_iter()
-                .map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.into()))
-                .collect(),
-        }
-    }
-}
-
-impl Vars {
-    /// The trimmed value of `name`, if set and not blank.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        note_read(name);
-        self.vars
-            .get(&name.to_ascii_lowercase())
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// The value of the first of `names` that is set: a variable before its older aliases
-    /// (`WORKER_OPS_BIND`, then `WORKER_BIND`).
-    pub fn first_of(&self, names: &[&str]) -> Option<&str> {
-        names.iter().find_map(|name| self.get(name))
-    }
-
-    /// The value of `name`, which `dependant` needs.
-    pub fn require(&self, name: &str, dependant: &str) -> Result<&str, String> {
-        self.get(name)
-            .ok_or_else(|| format!("setting {name} is missing (required with {dependant})"))
-    }
-
-    /// A secret (kept out of `Debug` output).
-    pub fn secret(&self, name: &str) -> Option<secrecy::SecretString> {
-        self.get(name)
-            .map(|v| secrecy::SecretString::from(v.to_owned()))
-    }
-
-    /// A token or shared secret that guards a door (`API_SERVICE_TOKEN`, …): unset is allowed
-    /// (the door stays shut), a set value needs at least [`MIN_SECRET_CHARS`] characters.
-    pub fn strong_secret(&self, name: &str) -> Result<Option<secrecy::SecretString>, String> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(value) if value.chars().count() < MIN_SECRET_CHARS => Err(invalid(
-                name,
-                format!(
-                    "must be at least {MIN_SECRET_CHARS} characters, it has {} \
-                     (make one with `openssl rand -hex 32`)",
-                    value.chars().count()
-                ),
-            )),
-            Some(value) => Ok(Some(secrecy::SecretString::from(value.to_owned()))),
-        }
-    }
-
-    /// Refuses `second` when it is set to the same value as `first` (two roles, one token).
-    pub fn distinct(&self, first: &str, second: &str) -> Result<(), String> {
-        match (self.get(first), self.get(second)) {
-            (Some(a), Some(b)) if a == b => {
-                Err(invalid(second, format!("must differ from {first}")))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// `name` parsed, if set.
-    pub fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.get(name)
-            .map(|v| v.parse::<T>().map_err(|e| invalid(name, e)))
-            .transpose()
-    }
-
-    /// `name` parsed, or `default` when unset.
-    pub fn parse_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        Ok(self.parse(name)?.unwrap_or(default))
-    }
-
-    /// `name` as JSON, if set.
-    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
-        self.get(name)
-            .map(|v| serde_json::from_str(v).map_err(|e| invalid(name, format!("{e} in {v}"))))
-            .transpose()
-    }
-}
-
-/// The fewest characters of a token or shared secret ([`Vars::strong_secret`]).
-pub const MIN_SECRET_CHARS: usize = 32;
-
-/// The message of a malformed setting.
-pub fn invalid(name: &str, reason: impl std::fmt::Display) -> String {
-    format!("setting {name} is invalid: {reason}")
-}
-
-thread_local! {
-    static READS: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
-}
-
-/// Runs `load` and returns, with its result, the names of the variables the settings code
-/// asked for meanwhile on this thread (through [`Vars::get`] or [`note_read`]): how the tests
-/// in `crates/deploy-check` prove each binary's `env_vars()` list complete.
-pub fn record_reads<T>(load: impl FnOnce() -> T) -> (T, BTreeSet<String>) {
-    let outer = READS.with(|reads| reads.replace(Some(BTreeSet::new())));
-    let value = load();
-    let names = READS.with(|reads| reads.replace(outer)).unwrap_or_default();
-    (value, names)
-}
-
-/// Notes that settings code read `name` (for [`record_reads`]); a settings reader that does
-/// not go through [`Vars`] calls it.
-pub fn note_read(name: &str) {
-    READS.with(|reads| {
-        if let Some(names) = reads.borrow_mut().as_mut() {
-            names.insert(name.to_ascii_uppercase());
-        }
-    });
 }
 
 /// The variables of [`CommonSettings`], read by every binary. `AMQP_URL` is required by the
@@ -461,14 +341,6 @@ pub fn de_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error>
     parse_bool(&raw).ok_or_else(|| serde::de::Error::custom(format!("not a boolean: {raw:?}")))
 }
 
-pub fn parse_bool(raw: &str) -> Option<bool> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,48 +408,15 @@ mod tests {
     }
 
     #[test]
-    fn vars_trim_treat_blank_as_unset_and_name_the_variable() {
-        let vars: Vars = [("PORT", " 8080 "), ("EMPTY", "  "), ("LIST", "[1,2]")]
-            .into_iter()
-            .collect();
-        assert_eq!(vars.get("port"), Some("8080"));
-        assert_eq!(vars.get("EMPTY"), None);
-        assert_eq!(vars.parse_or::<u16>("PORT", 1), Ok(8080));
-        assert_eq!(vars.parse_or::<u16>("EMPTY", 1), Ok(1));
-        assert_eq!(vars.json::<Vec<u8>>("LIST"), Ok(Some(vec![1, 2])));
-        let err = vars.parse::<u8>("PORT").unwrap_err();
-        assert!(err.starts_with("setting PORT is invalid:"), "{err}");
-        assert_eq!(
-            vars.require("EMPTY", "PORT").unwrap_err(),
-            "setting EMPTY is missing (required with PORT)"
-        );
-        let loaded: Vars = Source::map([("A_B", "x")]).load().unwrap();
+    fn a_source_loads_the_reader_of_every_variable() {
+        let loaded: domain::env::Vars = Source::map([("A_B", "x")]).load().unwrap();
         assert_eq!(loaded.get("A_B"), Some("x"));
     }
 
     #[test]
-    fn secrets_are_long_and_distinct() {
-        let long = "x".repeat(MIN_SECRET_CHARS);
-        let vars: Vars = [
-            ("SHORT", "short-token"),
-            ("LONG", long.as_str()),
-            ("SAME", long.as_str()),
-        ]
-        .into_iter()
-        .collect();
-        let err = vars.strong_secret("SHORT").unwrap_err();
-        assert!(
-            err.starts_with("setting SHORT is invalid: must be at least 32"),
-            "{err}"
-        );
-        assert!(vars.strong_secret("LONG").unwrap().is_some());
-        assert!(vars.strong_secret("UNSET").unwrap().is_none());
-        assert_eq!(
-            vars.distinct("LONG", "SAME").unwrap_err(),
-            "setting SAME is invalid: must differ from LONG"
-        );
-        assert!(vars.distinct("LONG", "SHORT").is_ok());
-        assert!(vars.distinct("UNSET", "OTHER_UNSET").is_ok());
+    fn reader_errors_keep_the_variable_name() {
+        let err = SettingsError::from(domain::env::EnvError::invalid("PORT", "too big"));
+        assert_eq!(err.to_string(), "setting PORT is invalid: too big");
     }
 
     #[test]

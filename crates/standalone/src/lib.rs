@@ -1,9 +1,9 @@
 //! All four services in one process on SQLite and the in-process bus (see `main.rs`).
 
-use domain::env::EnvVar;
+use domain::env::{EnvVar, Vars};
 use service_kit::ops;
 use service_kit::runtime::Infra;
-use service_kit::settings::{Source, Vars, load_common_with_defaults};
+use service_kit::settings::{Source, load_common_with_defaults};
 use service_kit::{CommonSettings, SettingsError, Shutdown};
 
 /// The embedded default database: a file under `data/`.

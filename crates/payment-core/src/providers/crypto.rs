@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::PaymentStatus;
 use domain::entities::tariffs;
+use domain::env::Vars;
 use domain::money::{Currency, Money};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
@@ -47,7 +48,6 @@ use crate::provider::{
     CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
     ProviderDescriptor, ProviderPayment,
 };
-use crate::settings::Env;
 use crate::webhook::{WebhookNotification, WebhookRequest};
 use outbound::HttpRetry;
 
@@ -188,13 +188,11 @@ impl CryptoSettings {
         self
     }
 
-    pub(crate) fn from_env(env: &Env<'_>) -> Result<Option<Self>, SettingsError> {
-        let Some(wallet) = env.get("CRYPTO_WALLET_ADDRESS") else {
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Option<Self>, SettingsError> {
+        let Some(wallet) = vars.get("CRYPTO_WALLET_ADDRESS") else {
             return Ok(None);
         };
-        let network = env
-            .get("CRYPTO_NETWORK")
-            .unwrap_or_else(|| NETWORK_TRC20.to_owned());
+        let network = vars.get("CRYPTO_NETWORK").unwrap_or(NETWORK_TRC20);
         if !network.eq_ignore_ascii_case(NETWORK_TRC20) {
             return Err(SettingsError::Invalid {
                 var: "CRYPTO_NETWORK",
@@ -203,31 +201,25 @@ impl CryptoSettings {
                 ),
             });
         }
-        let wallet = TronAddress::parse(&wallet).map_err(|e| SettingsError::Invalid {
+        let wallet = TronAddress::parse(wallet).map_err(|e| SettingsError::Invalid {
             var: "CRYPTO_WALLET_ADDRESS",
             reason: e.to_string(),
         })?;
         let mut s = Self::new(wallet);
-        if let Some(url) = env.get("TRONGRID_API_URL") {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(SettingsError::Invalid {
-                    var: "TRONGRID_API_URL",
-                    reason: format!("not an http(s) URL: {url:?}"),
-                });
-            }
-            s.api_url = url.trim_end_matches('/').to_owned();
+        if let Some(url) = vars.url("TRONGRID_API_URL")? {
+            s.api_url = url.to_owned();
         }
-        s.api_key = env.get("TRONGRID_API_KEY").map(SecretString::from);
-        if let Some(contract) = env.get("CRYPTO_USDT_CONTRACT") {
-            s.usdt_contract =
-                TronAddress::parse(&contract).map_err(|e| SettingsError::Invalid {
-                    var: "CRYPTO_USDT_CONTRACT",
-                    reason: e.to_string(),
-                })?;
+        s.api_key = vars.secret("TRONGRID_API_KEY");
+        if let Some(contract) = vars.get("CRYPTO_USDT_CONTRACT") {
+            s.usdt_contract = TronAddress::parse(contract).map_err(|e| SettingsError::Invalid {
+                var: "CRYPTO_USDT_CONTRACT",
+                reason: e.to_string(),
+            })?;
         }
         let minutes = |var: &'static str| -> Result<Option<Duration>, SettingsError> {
-            env.parse::<u64>(var)
-                .map(|v| v.map(|m| Duration::from_secs(m.saturating_mul(60))))
+            Ok(vars
+                .parse::<u64>(var)?
+                .map(|m| Duration::from_secs(m.saturating_mul(60))))
         };
         if let Some(ttl) = minutes("CRYPTO_INVOICE_TTL_MINUTES")? {
             if ttl.is_zero() {
@@ -241,14 +233,14 @@ impl CryptoSettings {
         if let Some(window) = minutes("CRYPTO_LATE_WINDOW_MINUTES")? {
             s.late_window = window;
         }
-        if let Some(policy) = env.parse::<LatePolicy>("CRYPTO_LATE_POLICY")? {
+        if let Some(policy) = vars.parse::<LatePolicy>("CRYPTO_LATE_POLICY")? {
             s.late_policy = policy;
         }
-        s.rub_per_usdt = env.parse::<RubPerUsdt>("CRYPTO_RUB_PER_USDT")?;
-        if let Some(secs) = env.parse::<u64>("CRYPTO_POLL_INTERVAL_SECONDS")? {
+        s.rub_per_usdt = vars.parse::<RubPerUsdt>("CRYPTO_RUB_PER_USDT")?;
+        if let Some(secs) = vars.parse::<u64>("CRYPTO_POLL_INTERVAL_SECONDS")? {
             s.poll_interval = Duration::from_secs(secs.max(1));
         }
-        if let Some(size) = env.parse::<u32>("CRYPTO_POLL_PAGE_SIZE")? {
+        if let Some(size) = vars.parse::<u32>("CRYPTO_POLL_PAGE_SIZE")? {
             if !(1..=client::MAX_PAGE_SIZE).contains(&size) {
                 return Err(SettingsError::Invalid {
                     var: "CRYPTO_POLL_PAGE_SIZE",
@@ -257,16 +249,16 @@ impl CryptoSettings {
             }
             s.page_size = size;
         }
-        if let Some(pages) = env.parse::<u32>("CRYPTO_POLL_MAX_PAGES")? {
+        if let Some(pages) = vars.parse::<u32>("CRYPTO_POLL_MAX_PAGES")? {
             s.max_pages = pages.max(1);
         }
-        if let Some(secs) = env.parse::<u64>("CRYPTO_CURSOR_SKEW_SECONDS")? {
+        if let Some(secs) = vars.parse::<u64>("CRYPTO_CURSOR_SKEW_SECONDS")? {
             s.cursor_skew = Duration::from_secs(secs);
         }
-        if let Some(n) = env.parse::<u32>("TRONGRID_MAX_ATTEMPTS")? {
+        if let Some(n) = vars.parse::<u32>("TRONGRID_MAX_ATTEMPTS")? {
             s.retry.max_attempts = n.max(1);
         }
-        let millis = |var| env.parse::<u64>(var).map(|v| v.map(Duration::from_millis));
+        let millis = |var| vars.parse::<u64>(var).map(|v| v.map(Duration::from_millis));
         if let Some(d) = millis("TRONGRID_RETRY_INITIAL_MS")? {
             s.retry.initial_backoff = d;
         }
@@ -491,19 +483,13 @@ fn checkout_error(error: InvoiceError) -> CheckoutError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::settings::PaymentSettings;
 
     const WALLET: &str = "TQn9Y2khEsLJW1ChVWFMSMeRDow5KcbLSE";
 
     fn settings(vars: &[(&str, &str)]) -> Result<Option<CryptoSettings>, SettingsError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
-        PaymentSettings::from_lookup(|k| map.get(k).cloned()).map(|s| s.crypto)
+        PaymentSettings::from_vars(&vars.iter().copied().collect()).map(|s| s.crypto)
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use domain::env::Vars;
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
 use ipnet::IpNet;
@@ -34,7 +35,6 @@ use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
     ProviderDescriptor, ProviderPayment, ProviderRefund, RefundNotice, RefundRequest,
 };
-use crate::settings::Env;
 use crate::webhook::{
     ClientIpResolver, IpAllowList, WebhookHeaders, WebhookNotification, WebhookRequest,
     WebhookSubject,
@@ -138,38 +138,34 @@ impl YooKassaSettings {
         }
     }
 
-    pub(crate) fn from_env(env: &Env<'_>) -> Result<Option<Self>, SettingsError> {
-        let (shop_id, secret) = match (env.get("YOOKASSA_SHOP_ID"), env.get("YOOKASSA_SECRET_KEY"))
-        {
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Option<Self>, SettingsError> {
+        let (shop_id, secret) = match (
+            vars.get("YOOKASSA_SHOP_ID"),
+            vars.get("YOOKASSA_SECRET_KEY"),
+        ) {
             (None, None) => return Ok(None),
             (Some(_), None) => return Err(SettingsError::Missing("YOOKASSA_SECRET_KEY")),
             (None, Some(_)) => return Err(SettingsError::Missing("YOOKASSA_SHOP_ID")),
             (Some(shop), Some(secret)) => (shop, secret),
         };
         let mut s = Self::new(shop_id, secret);
-        s.test_mode = env.flag("YOOKASSA_TEST_MODE")?.unwrap_or(false);
-        if let Some(url) = env.get("YOOKASSA_API_URL") {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(SettingsError::Invalid {
-                    var: "YOOKASSA_API_URL",
-                    reason: format!("not an http(s) URL: {url:?}"),
-                });
-            }
-            s.api_url = url.trim_end_matches('/').to_owned();
+        s.test_mode = vars.flag("YOOKASSA_TEST_MODE")?.unwrap_or(false);
+        if let Some(url) = vars.url("YOOKASSA_API_URL")? {
+            s.api_url = url.to_owned();
         }
-        if let Some(url) = env.get("YOOKASSA_RETURN_URL") {
-            s.return_url = url;
+        if let Some(url) = vars.get("YOOKASSA_RETURN_URL") {
+            s.return_url = url.to_owned();
         }
-        if let Some(list) = env.parse::<IpAllowList>("YOOKASSA_ALLOWED_IPS")? {
+        if let Some(list) = vars.parse::<IpAllowList>("YOOKASSA_ALLOWED_IPS")? {
             s.allowed_ips = list;
         }
-        if let Some(list) = env.parse::<IpAllowList>("TRUSTED_PROXIES")? {
+        if let Some(list) = vars.parse::<IpAllowList>("TRUSTED_PROXIES")? {
             s.trusted_proxies = list;
         }
-        if let Some(n) = env.parse::<u32>("YOOKASSA_MAX_ATTEMPTS")? {
+        if let Some(n) = vars.parse::<u32>("YOOKASSA_MAX_ATTEMPTS")? {
             s.retry.max_attempts = n.max(1);
         }
-        let millis = |var| env.parse::<u64>(var).map(|v| v.map(Duration::from_millis));
+        let millis = |var| vars.parse::<u64>(var).map(|v| v.map(Duration::from_millis));
         if let Some(d) = millis("YOOKASSA_RETRY_INITIAL_MS")? {
             s.retry.initial_backoff = d;
         }
@@ -179,10 +175,10 @@ impl YooKassaSettings {
         if let Some(d) = millis("YOOKASSA_TIMEOUT_MS")? {
             s.retry.request_timeout = d;
         }
-        let email = env.get("YOOKASSA_RECEIPT_EMAIL");
-        let phone = env.get("YOOKASSA_RECEIPT_PHONE");
+        let email = vars.get("YOOKASSA_RECEIPT_EMAIL").map(str::to_owned);
+        let phone = vars.get("YOOKASSA_RECEIPT_PHONE").map(str::to_owned);
         if email.is_some() || phone.is_some() {
-            let tax_system_code = env.parse::<u8>("YOOKASSA_RECEIPT_TAX_SYSTEM_CODE")?;
+            let tax_system_code = vars.parse::<u8>("YOOKASSA_RECEIPT_TAX_SYSTEM_CODE")?;
             if tax_system_code.is_some_and(|c| !(1..=6).contains(&c)) {
                 return Err(SettingsError::Invalid {
                     var: "YOOKASSA_RECEIPT_TAX_SYSTEM_CODE",
@@ -192,14 +188,16 @@ impl YooKassaSettings {
             s.receipt = Some(ReceiptSettings {
                 customer_email: email,
                 customer_phone: phone,
-                vat_code: env.parse::<u8>("YOOKASSA_RECEIPT_VAT_CODE")?.unwrap_or(1),
+                vat_code: vars.parse::<u8>("YOOKASSA_RECEIPT_VAT_CODE")?.unwrap_or(1),
                 tax_system_code,
-                payment_subject: env
+                payment_subject: vars
                     .get("YOOKASSA_RECEIPT_PAYMENT_SUBJECT")
-                    .unwrap_or_else(|| "service".into()),
-                payment_mode: env
+                    .unwrap_or("service")
+                    .to_owned(),
+                payment_mode: vars
                     .get("YOOKASSA_RECEIPT_PAYMENT_MODE")
-                    .unwrap_or_else(|| "full_payment".into()),
+                    .unwrap_or("full_payment")
+                    .to_owned(),
             });
         }
         Ok(Some(s))

@@ -289,12 +289,8 @@ async fn the_registry_enables_crypto_from_the_environment() {
         ("CRYPTO_WALLET_ADDRESS", WALLET),
         ("CRYPTO_NETWORK", "TRC20"),
     ];
-    let settings = payment_core::PaymentSettings::from_lookup(|k| {
-        vars.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .expect("settings");
+    let settings =
+        payment_core::PaymentSettings::from_vars(&vars.into_iter().collect()).expect("settings");
     let service = PaymentService::from_settings(&settings).expect("service");
     assert!(service.is_enabled(ProviderId::Crypto));
     let d = service

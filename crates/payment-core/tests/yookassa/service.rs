@@ -1,15 +1,12 @@
 //! `PaymentService`: the registry follows the settings.
 
-use std::collections::HashMap;
-
 use domain::money::Currency;
 use payment_core::{PaymentService, PaymentSettings, ProviderError, ProviderId};
 
 use crate::helpers::{request, spawn};
 
 fn settings(vars: &[(&str, String)]) -> PaymentSettings {
-    let map: HashMap<&str, String> = vars.iter().cloned().collect();
-    PaymentSettings::from_lookup(|k| map.get(k).cloned()).expect("settings")
+    PaymentSettings::from_vars(&vars.iter().cloned().collect()).expect("settings")
 }
 
 #[tokio::test]

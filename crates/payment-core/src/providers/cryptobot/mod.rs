@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::PaymentStatus;
+use domain::env::Vars;
 use domain::money::{Currency, Money};
 use outbound::HttpRetry;
 use rust_decimal::Decimal;
@@ -95,34 +96,12 @@ impl CryptoBotSettings {
         }
     }
 
-    /// Reads the `CRYPTOBOT_*` variables through `get`, which answers a variable's trimmed,
-    /// non-empty value (the settings reader's lookup). Every variable is read and checked even
-    /// while the token is unset, so a typo shows at start-up, not when the provider is switched
-    /// on.
-    pub fn from_vars(
-        get: impl Fn(&'static str) -> Option<String>,
-    ) -> Result<Option<Self>, SettingsError> {
-        let number = |var: &'static str| {
-            get(var)
-                .map(|v| {
-                    v.parse::<u64>().map_err(|e| SettingsError::Invalid {
-                        var,
-                        reason: format!("{v:?}: {e}"),
-                    })
-                })
-                .transpose()
-        };
-        let token = get("CRYPTOBOT_API_TOKEN");
-        let api_url = get("CRYPTOBOT_API_URL");
-        if let Some(url) = &api_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(SettingsError::Invalid {
-                var: "CRYPTOBOT_API_URL",
-                reason: format!("not an http(s) URL: {url:?}"),
-            });
-        }
-        let accepted = get("CRYPTOBOT_ACCEPTED_ASSETS").map(|a| split_assets(&a));
+    /// Reads the `CRYPTOBOT_*` variables. Every variable is read and checked even while the
+    /// token is unset, so a typo shows at start-up, not when the provider is switched on.
+    pub fn from_vars(vars: &Vars) -> Result<Option<Self>, SettingsError> {
+        let token = vars.get("CRYPTOBOT_API_TOKEN");
+        let api_url = vars.url("CRYPTOBOT_API_URL")?;
+        let accepted = vars.get("CRYPTOBOT_ACCEPTED_ASSETS").map(split_assets);
         if let Some(list) = &accepted
             && (list.is_empty()
                 || list.iter().any(|a| {
@@ -135,21 +114,21 @@ impl CryptoBotSettings {
                 reason: "a comma-separated list of asset codes such as USDT,TON,BTC".into(),
             });
         }
-        let ttl = number("CRYPTOBOT_INVOICE_TTL_MINUTES")?;
+        let ttl = vars.parse::<u64>("CRYPTOBOT_INVOICE_TTL_MINUTES")?;
         if ttl.is_some_and(|m| m == 0 || m.saturating_mul(60) > MAX_EXPIRES_IN) {
             return Err(SettingsError::Invalid {
                 var: "CRYPTOBOT_INVOICE_TTL_MINUTES",
                 reason: "1 to 44640 minutes (Crypto Pay's expires_in is at most 31 days)".into(),
             });
         }
-        let attempts = number("CRYPTOBOT_MAX_ATTEMPTS")?;
-        let timeout = number("CRYPTOBOT_TIMEOUT_MS")?;
+        let attempts = vars.parse::<u64>("CRYPTOBOT_MAX_ATTEMPTS")?;
+        let timeout = vars.parse::<u64>("CRYPTOBOT_TIMEOUT_MS")?;
         let Some(token) = token else {
             return Ok(None);
         };
         let mut s = Self::new(token);
         if let Some(url) = api_url {
-            s.api_url = url.trim_end_matches('/').to_owned();
+            s.api_url = url.to_owned();
         }
         if let Some(list) = accepted {
             s.accepted_assets = list;
@@ -562,16 +541,10 @@ fn check_refund(request: &RefundRequest) -> Result<(), RefundRefusal> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn read(vars: &[(&str, &str)]) -> Result<Option<CryptoBotSettings>, SettingsError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        CryptoBotSettings::from_vars(|k| map.get(k).cloned())
+        CryptoBotSettings::from_vars(&vars.iter().copied().collect())
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use domain::env::Vars;
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
 use outbound::{Classify, Exchange, HttpRetry, Transient, Transport, Verdict};
@@ -40,7 +41,6 @@ use crate::provider::{
     StatusQuery,
 };
 use crate::providers::crypto::AttachedDatabase;
-use crate::settings::Env;
 use crate::webhook::{WebhookNotification, WebhookRequest, WebhookSubject};
 use transformers::{PaymentMessage, StarTransactions, TransactionPartner};
 
@@ -98,33 +98,25 @@ impl TelegramSettings {
         self
     }
 
-    pub(crate) fn from_env(env: &Env<'_>) -> Result<Option<Self>, SettingsError> {
-        let Some(token) = env.get("TELEGRAM_BOT_TOKEN") else {
+    pub(crate) fn from_vars(vars: &Vars) -> Result<Option<Self>, SettingsError> {
+        let Some(token) = vars.get("TELEGRAM_BOT_TOKEN") else {
             return Ok(None);
         };
-        if env.flag("TELEGRAM_PAYMENTS_ENABLED")? == Some(false) {
+        if vars.flag("TELEGRAM_PAYMENTS_ENABLED")? == Some(false) {
             return Ok(None);
         }
         let mut s = Self::new(token);
-        if let Some(url) = env.get("TELEGRAM_API_URL") {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(SettingsError::Invalid {
-                    var: "TELEGRAM_API_URL",
-                    reason: format!("not an http(s) URL: {url:?}"),
-                });
-            }
-            s.api_url = url.trim_end_matches('/').to_owned();
+        if let Some(url) = vars.url("TELEGRAM_API_URL")? {
+            s.api_url = url.to_owned();
         }
-        s.provider_token = env
-            .get("TELEGRAM_PAYMENT_PROVIDER_TOKEN")
-            .map(SecretString::from);
-        if let Some(ms) = env.parse::<u64>("TELEGRAM_TIMEOUT_MS")? {
+        s.provider_token = vars.secret("TELEGRAM_PAYMENT_PROVIDER_TOKEN");
+        if let Some(ms) = vars.parse::<u64>("TELEGRAM_TIMEOUT_MS")? {
             s.timeout = Duration::from_millis(ms.max(1));
         }
-        if let Some(pages) = env.parse::<u32>("TELEGRAM_STAR_SCAN_PAGES")? {
+        if let Some(pages) = vars.parse::<u32>("TELEGRAM_STAR_SCAN_PAGES")? {
             s.scan_pages = pages.max(1);
         }
-        if let Some(minutes) = env.parse::<u64>("TELEGRAM_INVOICE_TTL_MINUTES")? {
+        if let Some(minutes) = vars.parse::<u64>("TELEGRAM_INVOICE_TTL_MINUTES")? {
             if minutes == 0 {
                 return Err(SettingsError::Invalid {
                     var: "TELEGRAM_INVOICE_TTL_MINUTES",
@@ -896,17 +888,11 @@ pub fn payment_from_notification(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::settings::PaymentSettings;
 
     fn settings(vars: &[(&str, &str)]) -> Result<PaymentSettings, SettingsError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
-        PaymentSettings::from_lookup(|k| map.get(k).cloned())
+        PaymentSettings::from_vars(&vars.iter().copied().collect())
     }
 
     #[test]
