@@ -797,7 +797,9 @@ fn agrees(ours: Option<&(String, i64)>, theirs: Option<&String>) -> bool {
     }
 }
 
-/// Waits until every payment agrees with YooKassa; `false` when `within` passes first.
+/// Waits until every payment agrees with YooKassa and the panel with our ledger (a panel
+/// call that failed under the faults is retried with growing pauses, so the panel may lag the
+/// payments by some seconds); `false` when `within` passes first.
 async fn settle(
     conn: &DatabaseConnection,
     sandbox: &SandboxClient,
@@ -810,6 +812,9 @@ async fn settle(
             && created
                 .iter()
                 .all(|(id, _)| agrees(ours.get(id), theirs.get(id)))
+            && ledger_mismatches(conn, sandbox)
+                .await
+                .is_ok_and(|m| m.is_empty())
         {
             // Let a late duplicate land before the final count.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -853,6 +858,17 @@ async fn ledger_against_panel(
     sandbox: &SandboxClient,
     report: &mut FaultReport,
 ) -> anyhow::Result<()> {
+    report.ledger_mismatches = ledger_mismatches(conn, sandbox).await?;
+    Ok(())
+}
+
+/// Users whose ledger does not add up to their succeeded payments' days, or whose panel expiry
+/// is not the ledger's.
+async fn ledger_mismatches(
+    conn: &DatabaseConnection,
+    sandbox: &SandboxClient,
+) -> anyhow::Result<Vec<String>> {
+    let mut mismatches = Vec::new();
     let rows = conn
         .query_all_raw(Statement::from_string(
             conn.get_database_backend(),
@@ -874,12 +890,12 @@ async fn ledger_against_panel(
         let paid: i64 = row.try_get("", "paid")?;
         let on_panel = panel.get(&username).copied();
         if granted != paid || on_panel.is_none_or(|e| (e as f64 - expires_at).abs() > 1.0) {
-            report.ledger_mismatches.push(format!(
+            mismatches.push(format!(
                 "{username}: granted {granted} days, paid {paid}, ledger expiry {expires_at}, panel {on_panel:?}"
             ));
         }
     }
-    Ok(())
+    Ok(mismatches)
 }
 
 #[cfg(test)]
