@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use messaging::topology::system_consumers;
 use messaging::{DeliverySource, QueueType, RabbitBus, RabbitConfig};
 use payment_core::providers::yookassa::YooKassaSettings;
-use payment_core::{CreatePaymentRequest, PaymentService, PaymentSettings, ProviderId};
+use payment_core::{CreatePaymentRequest, PaymentService, PaymentSettings};
 use sandbox::{marzban, yookassa};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter};
@@ -283,7 +283,7 @@ async fn pending_payment(
     let amount = Money::new(PRICE, Currency::Rub);
     let created = service
         .create_payment(
-            ProviderId::YooKassa,
+            payment_core::providers::yookassa::ID,
             &CreatePaymentRequest {
                 payment_id: id,
                 amount,
@@ -300,7 +300,7 @@ async fn pending_payment(
         id: Set(id.into_inner()),
         user_id: Set(user.id),
         tariff_id: Set(tariff.id),
-        provider: Set("yookassa".into()),
+        provider: Set(domain::ProviderId::from_static("yookassa")),
         amount_minor: Set(PRICE),
         currency: Set(Currency::Rub),
         status: Set(PaymentStatus::Pending),

@@ -174,7 +174,7 @@ impl CheckoutPolicy {
 /// price plus a tag.
 fn at_price(row: &payments::Model, wanted: &Wanted<'_>) -> bool {
     let price = wanted.price.minor();
-    if wanted.provider == ProviderId::Crypto {
+    if wanted.provider == payment_core::providers::crypto::ID {
         (1..=MAX_TAG).contains(&(row.amount_minor - price))
     } else {
         row.amount_minor == price

@@ -113,13 +113,19 @@ pub async fn start(
         shutdown.clone(),
     )?;
     let ops_addr = ops.as_ref().and_then(|ops| ops.addr);
+    let webhook_providers: Vec<payment_core::ProviderId> = state
+        .payments
+        .providers()
+        .filter(|p| p.accepts_webhooks())
+        .map(|p| p.id())
+        .collect();
     let (addr, public) = ops::serve(&settings.gateway_bind, workers, shutdown, move || {
         App::new()
             // Outermost first: observe (ids, logs, metrics) sees every answer, 429s included.
             .wrap(from_fn(limits::limit))
             .wrap(from_fn(observability::observe))
             .app_data(state.clone())
-            .configure(webhooks::configure)
+            .configure(|cfg| webhooks::configure(cfg, &webhook_providers))
             .configure(payments::configure)
             .configure(stats::configure)
             .route("/api/openapi.json", web::get().to(openapi))

@@ -46,8 +46,8 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 /// Records a webhook verdict.
-pub fn webhook_verdict(provider: &'static str, verdict: &'static str) {
-    metrics::counter!(METRIC_WEBHOOK_VERDICTS, "provider" => provider, "verdict" => verdict)
+pub fn webhook_verdict(provider: &str, verdict: &'static str) {
+    metrics::counter!(METRIC_WEBHOOK_VERDICTS, "provider" => provider.to_owned(), "verdict" => verdict)
         .increment(1);
 }
 

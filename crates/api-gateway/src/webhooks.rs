@@ -12,10 +12,14 @@ use crate::observability::webhook_verdict;
 use crate::state::AppState;
 use service_kit::inbox::{Notice, Stored};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    // Only the names of providers this build has are routes: any other path under
-    // /webhook/payment/ stays an unknown route (404 for every method, not 405).
-    let names: Vec<&str> = ProviderId::ALL.iter().map(|id| id.as_str()).collect();
+/// Routes `POST /webhook/payment/{provider}` for the enabled providers that take webhooks
+/// (`providers`): any other path under /webhook/payment/ stays an unknown route (404 for every
+/// method, not 405).
+pub fn configure(cfg: &mut web::ServiceConfig, providers: &[ProviderId]) {
+    if providers.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = providers.iter().map(ProviderId::as_str).collect();
     let path = format!("/webhook/payment/{{provider:{}}}", names.join("|"));
     cfg.service(crate::resource(&path, "POST").route(web::post().to(receive)));
 }
@@ -43,14 +47,12 @@ async fn receive(
         .and_then(|id| state.payments.provider(id).ok())
         .filter(|p| p.accepts_webhooks())
     else {
-        if let Some(id) = id {
-            webhook_verdict(id.as_str(), "disabled");
-        }
         return Err(ApiError::NotFound(format!(
             "{name} webhooks are not enabled"
         )));
     };
-    let label = provider.id().as_str();
+    let id = provider.id();
+    let label = id.as_str();
     let peer = req
         .peer_addr()
         .map(|a| a.ip())
@@ -80,7 +82,7 @@ async fn receive(
         .map_err(|error| refused(label, &req, error))?;
     let client = state.resolver.client_ip(peer, &headers).unwrap_or(peer);
     let notice = Notice {
-        provider: label.to_owned(),
+        provider: id.clone(),
         dedupe_key: notification.dedupe_key.clone(),
         source: "webhook",
         peer: Some(client.to_string()),
@@ -110,7 +112,7 @@ async fn receive(
 }
 
 /// The answer to a call the provider did not accept, with its verdict and log line.
-fn refused(provider: &'static str, req: &HttpRequest, error: WebhookError) -> ApiError {
+fn refused(provider: &str, req: &HttpRequest, error: WebhookError) -> ApiError {
     let peer = req
         .peer_addr()
         .map(|a| a.ip().to_string())

@@ -395,7 +395,7 @@ impl Context {
                 .or_insert_with(|| LastCheckout {
                     tariff_code: tariff.code,
                     tariff_title: tariff.title,
-                    provider: payment.provider,
+                    provider: payment.provider.to_string(),
                     currency: payment.currency.code().to_owned(),
                 });
         }

@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
 use domain::entities::{payments, subscriptions, tariffs, users};
-use payment_core::ProviderId;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
@@ -86,7 +85,9 @@ pub async fn check_pre_checkout(
     else {
         return Ok(PreCheckout::Unknown);
     };
-    if payment.provider != ProviderId::Telegram.as_str() || user.telegram_id != from {
+    if payment.provider != payment_core::providers::telegram::ID.as_str()
+        || user.telegram_id != from
+    {
         return Ok(PreCheckout::Unknown);
     }
     if payment.status != PaymentStatus::Pending {

@@ -18,6 +18,110 @@ pub enum IdError {
     IdempotencyKey(String),
     #[error("invalid Marzban username {0:?}: expected 3 to 32 characters of [a-z0-9_]")]
     MarzbanUsername(String),
+    #[error("invalid payment provider name {0:?}: expected 1 to 32 characters of [a-z0-9_]")]
+    ProviderId(String),
+}
+
+/// A payment provider's name as stored and sent (`"yookassa"`, `"cryptobot"`): one typed
+/// value in entities, events and inbox notices. It is not a list of providers — each provider
+/// declares its own id (`payment_core::providers::<name>::ID`) and the registry refuses two
+/// with one name — so adding a provider edits nothing here. A name read from outside
+/// (a URL, an admin's command) is checked for its shape by [`FromStr`]; whether such a provider
+/// is enabled is the registry's question.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    sea_orm::DeriveValueType,
+)]
+#[serde(try_from = "String", into = "String")]
+#[sea_orm(value_type = "String")]
+pub struct ProviderId(std::borrow::Cow<'static, str>);
+
+impl ProviderId {
+    /// A provider's own id, declared as a constant (`pub const ID: ProviderId =
+    /// ProviderId::from_static("cryptobot")`); a malformed name fails the build.
+    pub const fn from_static(name: &'static str) -> Self {
+        assert!(
+            is_provider_name(name.as_bytes()),
+            "a provider name is 1 to 32 characters of [a-z0-9_]"
+        );
+        ProviderId(std::borrow::Cow::Borrowed(name))
+    }
+
+    /// The stored form, e.g. `"yookassa"`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const fn is_provider_name(bytes: &[u8]) -> bool {
+    if bytes.is_empty() || bytes.len() > 32 {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl FromStr for ProviderId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if is_provider_name(s.as_bytes()) {
+            Ok(ProviderId(std::borrow::Cow::Owned(s.to_owned())))
+        } else {
+            Err(IdError::ProviderId(s.to_owned()))
+        }
+    }
+}
+
+impl TryFrom<String> for ProviderId {
+    type Error = IdError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if is_provider_name(s.as_bytes()) {
+            Ok(ProviderId(std::borrow::Cow::Owned(s)))
+        } else {
+            Err(IdError::ProviderId(s))
+        }
+    }
+}
+
+impl From<ProviderId> for String {
+    fn from(id: ProviderId) -> Self {
+        id.0.into_owned()
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for ProviderId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ProviderId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Our id of a payment (UUIDv7, so ids sort by creation time).
@@ -295,6 +399,25 @@ impl fmt::Display for MarzbanUsername {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn provider_ids_are_checked_names_and_travel_as_plain_strings() {
+        const CRYPTOBOT: ProviderId = ProviderId::from_static("cryptobot");
+        assert_eq!("cryptobot".parse::<ProviderId>(), Ok(CRYPTOBOT));
+        assert_eq!(CRYPTOBOT, "cryptobot");
+        assert_eq!(serde_json::to_string(&CRYPTOBOT).unwrap(), "\"cryptobot\"");
+        assert_eq!(
+            serde_json::from_str::<ProviderId>("\"cryptobot\"").unwrap(),
+            CRYPTOBOT
+        );
+        for bad in ["", "YooKassa", "you kassa", "../etc", &"a".repeat(33)] {
+            assert_eq!(
+                bad.parse::<ProviderId>(),
+                Err(IdError::ProviderId(bad.to_owned()))
+            );
+            assert!(serde_json::from_value::<ProviderId>(serde_json::json!(bad)).is_err());
+        }
+    }
 
     #[test]
     fn payment_ids_are_v7_and_round_trip() {

@@ -9,6 +9,6 @@ pub mod money;
 pub mod payment_log;
 pub mod status;
 
-pub use ids::{IdError, IdempotencyKey, MarzbanUsername, PaymentId, TelegramUserId};
+pub use ids::{IdError, IdempotencyKey, MarzbanUsername, PaymentId, ProviderId, TelegramUserId};
 pub use money::{Currency, Money, MoneyError};
 pub use status::{CryptoInvoiceStatus, PaymentStatus, RefundStatus, UnknownStatus};

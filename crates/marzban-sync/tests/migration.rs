@@ -77,7 +77,7 @@ impl Ledger {
             id: Set(id),
             user_id: Set(user_id),
             tariff_id: Set(self.tariff.id),
-            provider: Set("yookassa".to_owned()),
+            provider: Set(domain::ProviderId::from_static("yookassa")),
             amount_minor: Set(19_900),
             currency: Set(Currency::Rub),
             status: Set(PaymentStatus::Succeeded),
@@ -130,7 +130,7 @@ fn snapshot(paid: &Paid) -> PaymentSnapshot {
         user_id: paid.user_id,
         telegram_id: paid.telegram_id,
         tariff_code: "month_1".to_owned(),
-        provider: "yookassa".to_owned(),
+        provider: domain::ProviderId::from_static("yookassa"),
         amount_minor: 19_900,
         currency: "RUB".to_owned(),
     }

@@ -237,7 +237,7 @@ impl Harness {
             id: Set(id),
             user_id: Set(user_id),
             tariff_id: Set(tariff.id),
-            provider: Set("yookassa".to_owned()),
+            provider: Set(domain::ProviderId::from_static("yookassa")),
             amount_minor: Set(19_900),
             currency: Set(Currency::Rub),
             status: Set(PaymentStatus::Succeeded),
@@ -416,7 +416,7 @@ fn snapshot(paid: &Paid) -> PaymentSnapshot {
         user_id: paid.user_id,
         telegram_id: paid.telegram_id,
         tariff_code: paid.tariff.code.clone(),
-        provider: "yookassa".to_owned(),
+        provider: domain::ProviderId::from_static("yookassa"),
         amount_minor: paid.amount_minor,
         currency: "RUB".to_owned(),
     }

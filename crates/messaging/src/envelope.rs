@@ -230,7 +230,7 @@ mod tests {
                 user_id: 7,
                 telegram_id: 42,
                 tariff_code: "month_1".into(),
-                provider: "yookassa".into(),
+                provider: domain::ProviderId::from_static("yookassa"),
                 amount_minor: 19_900,
                 currency: "RUB".into(),
             },

@@ -24,8 +24,8 @@ pub struct PaymentSnapshot {
     pub telegram_id: i64,
     /// The tariff bought, e.g. `month_1`.
     pub tariff_code: String,
-    /// `yookassa`, `telegram` or `crypto`.
-    pub provider: String,
+    /// The provider's id (`yookassa`, `telegram`, `crypto`, `cryptobot`, …).
+    pub provider: domain::ProviderId,
     /// Price in minor units of `currency`.
     pub amount_minor: i64,
     /// `RUB`, `XTR` or `USDT`.
@@ -172,8 +172,8 @@ impl Event for SubscriptionRevoked {
 /// or update was stored in the inbox and waits for the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderNotificationReceived {
-    /// `yookassa`, `telegram` or `crypto`; also the last routing-key segment.
-    pub provider: String,
+    /// The provider's id; also the last routing-key segment.
+    pub provider: domain::ProviderId,
     /// `provider_notifications.id` of the stored notification.
     pub notification_id: i64,
     /// The inbox's `(provider, dedupe_key)` key.

@@ -71,7 +71,7 @@ fn payment() -> PaymentSnapshot {
         user_id: 17,
         telegram_id: 123_456_789,
         tariff_code: "month_3".into(),
-        provider: "yookassa".into(),
+        provider: domain::ProviderId::from_static("yookassa"),
         amount_minor: 49_900,
         currency: "RUB".into(),
     }
@@ -258,7 +258,7 @@ fn payment_completed() {
 fn payment_failed() {
     check_event(&[PaymentFailed {
         payment: PaymentSnapshot {
-            provider: "telegram".into(),
+            provider: domain::ProviderId::from_static("telegram"),
             currency: "XTR".into(),
             amount_minor: 250,
             ..payment()
@@ -271,7 +271,7 @@ fn payment_failed() {
 fn payment_refunded() {
     check_event(&[PaymentRefunded {
         payment: PaymentSnapshot {
-            provider: "crypto".into(),
+            provider: domain::ProviderId::from_static("crypto"),
             currency: "USDT".into(),
             amount_minor: 4_990_017,
             ..payment()
@@ -285,7 +285,7 @@ fn payment_refunded() {
 fn payment_underpaid() {
     check_event(&[PaymentUnderpaid {
         payment: PaymentSnapshot {
-            provider: "crypto".into(),
+            provider: domain::ProviderId::from_static("crypto"),
             currency: "USDT".into(),
             amount_minor: 2_500_417,
             ..payment()
@@ -314,7 +314,7 @@ fn subscription_revoked() {
 #[test]
 fn provider_notification() {
     let known = ProviderNotificationReceived {
-        provider: "yookassa".into(),
+        provider: domain::ProviderId::from_static("yookassa"),
         notification_id: 981,
         dedupe_key: "payment.succeeded:2f1c0b1e-000f-5000-9000-1b2c3d4e5f60".into(),
         payment_id: Some(Uuid::now_v7()),

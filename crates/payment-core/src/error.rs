@@ -150,6 +150,8 @@ pub enum SettingsError {
     Missing(&'static str),
     #[error("{var}: {reason}")]
     Invalid { var: &'static str, reason: String },
+    #[error("two payment providers are both named {0:?}")]
+    DuplicateProvider(crate::ProviderId),
 }
 
 impl From<domain::env::EnvError> for SettingsError {

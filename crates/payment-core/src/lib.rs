@@ -13,7 +13,7 @@ pub use error::{
     Mismatch, ProviderError, RefundRefusal, Rejection, RejectionCode, SettingsError,
     TransientFailure, WebhookError,
 };
-pub use ids::{PaymentMethod, ProviderId, UnknownProvider};
+pub use ids::{PaymentMethod, ProviderId};
 pub use outbound::HttpRetry;
 pub use provider::{
     CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,

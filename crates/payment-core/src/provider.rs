@@ -186,7 +186,7 @@ pub trait PaymentProvider: Send + Sync {
     fn descriptor(&self) -> &ProviderDescriptor;
 
     fn id(&self) -> ProviderId {
-        self.descriptor().id
+        self.descriptor().id.clone()
     }
 
     /// Whether `POST /webhook/payment/{id}` is open for this provider (YooKassa: always; crypto:

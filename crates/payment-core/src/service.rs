@@ -19,6 +19,8 @@ use crate::webhook::{WebhookNotification, WebhookRequest};
 #[derive(Clone, Default)]
 pub struct PaymentService {
     providers: BTreeMap<ProviderId, Arc<dyn PaymentProvider>>,
+    /// The same providers in registration order: the order lists and menus show them in.
+    order: Vec<Arc<dyn PaymentProvider>>,
 }
 
 impl std::fmt::Debug for PaymentService {
@@ -34,16 +36,20 @@ impl PaymentService {
     pub fn from_settings(settings: &PaymentSettings) -> Result<Self, SettingsError> {
         let mut registry = Registry::default();
         providers::register_all(settings, &mut registry)?;
-        Ok(Self {
-            providers: registry.providers,
-        })
+        Ok(Self::from_providers(registry.providers))
     }
 
-    /// A service over the given providers (tests, or a caller with its own wiring).
+    /// A service over the given providers, listed in this order (tests, or a caller with its
+    /// own wiring); of two with one id the later wins.
     pub fn from_providers(providers: impl IntoIterator<Item = Arc<dyn PaymentProvider>>) -> Self {
-        Self {
-            providers: providers.into_iter().map(|p| (p.id(), p)).collect(),
+        let mut service = Self::default();
+        for provider in providers {
+            let id = provider.id();
+            service.order.retain(|p| p.id() != id);
+            service.order.push(provider.clone());
+            service.providers.insert(id, provider);
         }
+        service
     }
 
     pub fn provider(&self, id: ProviderId) -> Result<&Arc<dyn PaymentProvider>, ProviderError> {
@@ -52,13 +58,13 @@ impl PaymentService {
 
     /// The enabled provider stored under `name` (`payments.provider`, the inbox's `provider`);
     /// `None` for a name no enabled provider has.
-    pub fn provider_named(&self, name: &str) -> Option<&Arc<dyn PaymentProvider>> {
-        self.providers.get(&name.parse::<ProviderId>().ok()?)
+    pub fn provider_named(&self, name: &ProviderId) -> Option<&Arc<dyn PaymentProvider>> {
+        self.providers.get(name)
     }
 
     /// Whether any enabled provider checks its own notifications in a loop of its own
     /// ([`PaymentProvider::checks_own_notices`]).
-    pub fn checks_own_notices(&self, name: &str) -> bool {
+    pub fn checks_own_notices(&self, name: &ProviderId) -> bool {
         self.provider_named(name)
             .is_some_and(|p| p.checks_own_notices())
     }
@@ -72,13 +78,14 @@ impl PaymentService {
     }
 
     /// The enabled providers, in `ProviderId` order.
+    /// The enabled providers, in registration order.
     pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn PaymentProvider>> {
-        self.providers.values()
+        self.order.iter()
     }
 
-    /// The enabled providers' descriptors, in `ProviderId` order.
+    /// The enabled providers' descriptors, in registration order.
     pub fn descriptors(&self) -> Vec<&ProviderDescriptor> {
-        self.providers.values().map(|p| p.descriptor()).collect()
+        self.order.iter().map(|p| p.descriptor()).collect()
     }
 
     /// The enabled providers that charge in `currency`.

@@ -27,10 +27,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use domain::entities::{crypto_invoices, payments, provider_notifications};
+use payment_core::PaymentService;
 use payment_core::providers::crypto::{
     ChainWatcher, InvoiceOutcome, LatePolicy, NoticeCheck, OutcomeKind, OutcomeSink, WatchError,
 };
-use payment_core::{PaymentService, ProviderId};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
@@ -105,7 +105,9 @@ impl ChainWatch {
     /// Checks every open crypto notice once (oldest first); returns how many were closed.
     pub async fn check_notices(&self) -> usize {
         let open = provider_notifications::Entity::find()
-            .filter(provider_notifications::Column::Provider.eq(ProviderId::Crypto.as_str()))
+            .filter(
+                provider_notifications::Column::Provider.eq(payment_core::providers::crypto::ID),
+            )
             .filter(provider_notifications::Column::ProcessedAt.is_null())
             .order_by_asc(provider_notifications::Column::Id)
             .limit(NOTICES_PER_PASS)
@@ -124,7 +126,7 @@ impl ChainWatch {
                 Ok(Some(outcome)) => match self.close_notice(row, outcome).await {
                     Ok(true) => {
                         closed += 1;
-                        crate::metric::notification(ProviderId::Crypto.as_str(), outcome);
+                        crate::metric::notification(&payment_core::providers::crypto::ID, outcome);
                         tracing::info!(
                             notification_id = row.id,
                             outcome,

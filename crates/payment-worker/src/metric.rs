@@ -26,46 +26,48 @@ pub const REVENUE_MINOR: &str = "payment_worker_revenue_minor_total";
 /// Counter `{provider, currency}`: minor units refunded.
 pub const REFUNDED_MINOR: &str = "payment_worker_refunded_minor_total";
 
-pub(crate) fn transition(provider: &str, from: PaymentStatus, to: PaymentStatus) {
-    metrics::counter!(TRANSITIONS, "provider" => provider.to_owned(), "from" => from.as_str(), "to" => to.as_str()).increment(1);
+use domain::ProviderId;
+
+pub(crate) fn transition(provider: &ProviderId, from: PaymentStatus, to: PaymentStatus) {
+    metrics::counter!(TRANSITIONS, "provider" => provider.to_string(), "from" => from.as_str(), "to" => to.as_str()).increment(1);
 }
 
-pub(crate) fn notification(provider: &str, outcome: &'static str) {
-    metrics::counter!(NOTIFICATIONS, "provider" => provider.to_owned(), "outcome" => outcome)
+pub(crate) fn notification(provider: &ProviderId, outcome: &'static str) {
+    metrics::counter!(NOTIFICATIONS, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
 }
 
-pub(crate) fn notification_lag(provider: &str, seconds: f64) {
-    metrics::histogram!(NOTIFICATION_LAG, "provider" => provider.to_owned()).record(seconds);
+pub(crate) fn notification_lag(provider: &ProviderId, seconds: f64) {
+    metrics::histogram!(NOTIFICATION_LAG, "provider" => provider.to_string()).record(seconds);
 }
 
-pub(crate) fn reconcile_check(provider: &str, outcome: &'static str) {
-    metrics::counter!(RECONCILE_CHECKS, "provider" => provider.to_owned(), "outcome" => outcome)
+pub(crate) fn reconcile_check(provider: &ProviderId, outcome: &'static str) {
+    metrics::counter!(RECONCILE_CHECKS, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
 }
 
-pub(crate) fn mismatch(provider: &str) {
-    metrics::counter!(MISMATCHES, "provider" => provider.to_owned()).increment(1);
+pub(crate) fn mismatch(provider: &ProviderId) {
+    metrics::counter!(MISMATCHES, "provider" => provider.to_string()).increment(1);
 }
 
-pub(crate) fn result_unknown(provider: &str) {
-    metrics::counter!(RESULT_UNKNOWN, "provider" => provider.to_owned()).increment(1);
+pub(crate) fn result_unknown(provider: &ProviderId) {
+    metrics::counter!(RESULT_UNKNOWN, "provider" => provider.to_string()).increment(1);
 }
 
-pub(crate) fn lookup(provider: &str, seconds: f64) {
-    metrics::histogram!(LOOKUP_SECONDS, "provider" => provider.to_owned()).record(seconds);
+pub(crate) fn lookup(provider: &ProviderId, seconds: f64) {
+    metrics::histogram!(LOOKUP_SECONDS, "provider" => provider.to_string()).record(seconds);
 }
 
-pub(crate) fn processing_time(provider: &str, millis: i64) {
-    metrics::histogram!(PROCESSING_MS, "provider" => provider.to_owned()).record(millis as f64);
+pub(crate) fn processing_time(provider: &ProviderId, millis: i64) {
+    metrics::histogram!(PROCESSING_MS, "provider" => provider.to_string()).record(millis as f64);
 }
 
-pub(crate) fn revenue(provider: &str, currency: &'static str, minor: i64) {
-    metrics::counter!(REVENUE_MINOR, "provider" => provider.to_owned(), "currency" => currency)
+pub(crate) fn revenue(provider: &ProviderId, currency: &'static str, minor: i64) {
+    metrics::counter!(REVENUE_MINOR, "provider" => provider.to_string(), "currency" => currency)
         .increment(u64::try_from(minor).unwrap_or_default());
 }
 
-pub(crate) fn refunded(provider: &str, currency: &'static str, minor: i64) {
-    metrics::counter!(REFUNDED_MINOR, "provider" => provider.to_owned(), "currency" => currency)
+pub(crate) fn refunded(provider: &ProviderId, currency: &'static str, minor: i64) {
+    metrics::counter!(REFUNDED_MINOR, "provider" => provider.to_string(), "currency" => currency)
         .increment(u64::try_from(minor).unwrap_or_default());
 }

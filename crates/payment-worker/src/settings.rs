@@ -208,6 +208,9 @@ impl TryFrom<Vars> for ServiceSettings {
             payment_core::SettingsError::Invalid { var, reason } => {
                 SettingsError::invalid(var, reason)
             }
+            other @ payment_core::SettingsError::DuplicateProvider(_) => {
+                SettingsError::invalid("payment providers", other.to_string())
+            }
         })?;
         Ok(Self {
             ops_bind: Some(

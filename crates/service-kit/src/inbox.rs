@@ -49,8 +49,8 @@ pub enum InboxError {
 /// One notification to store.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    /// `yookassa`, `crypto`, …: the inbox's provider column and the routing-key suffix.
-    pub provider: String,
+    /// The inbox's provider column and the routing-key suffix.
+    pub provider: domain::ProviderId,
     pub dedupe_key: String,
     /// `webhook`, `bot` (Telegram payment messages), or `refund_api` for refunds the admin API
     /// started.
@@ -281,7 +281,7 @@ mod tests {
 
     fn notice(dedupe_key: &str, body: &str) -> Notice {
         Notice {
-            provider: "yookassa".into(),
+            provider: domain::ProviderId::from_static("yookassa"),
             dedupe_key: dedupe_key.into(),
             source: "webhook",
             peer: None,

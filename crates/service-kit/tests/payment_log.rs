@@ -34,7 +34,7 @@ async fn a_payment_event_is_a_row_and_a_json_line_under_log_dir() {
         id: uuid::Uuid::now_v7(),
         user_id: 7,
         tariff_id: 1,
-        provider: "yookassa".into(),
+        provider: domain::ProviderId::from_static("yookassa"),
         amount_minor: 19_900,
         currency: Currency::Rub,
         status: PaymentStatus::Succeeded,
@@ -79,7 +79,7 @@ async fn a_payment_event_is_a_row_and_a_json_line_under_log_dir() {
     );
     assert_eq!(
         (
-            row.provider.as_deref(),
+            row.provider.as_ref().map(domain::ProviderId::as_str),
             row.currency.as_deref(),
             row.status.as_deref()
         ),

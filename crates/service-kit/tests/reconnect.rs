@@ -62,7 +62,7 @@ impl Handler for Recorder {
 
 fn event(n: i64) -> Envelope {
     let event = ProviderNotificationReceived {
-        provider: "reconnect".into(),
+        provider: domain::ProviderId::from_static("reconnect"),
         notification_id: n,
         dedupe_key: format!("probe-{n}"),
         payment_id: None,

@@ -271,7 +271,7 @@ impl Create<'_> {
         let provider = self
             .state
             .payments
-            .provider(provider_id)
+            .provider(provider_id.clone())
             .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
         let descriptor = provider.descriptor();
         let tariff = tariffs::Entity::find()
@@ -316,7 +316,7 @@ impl Create<'_> {
         let wanted = checkout::Wanted {
             user_id,
             tariff_id: tariff.id,
-            provider: provider_id,
+            provider: provider_id.clone(),
             price: &amount,
         };
         if let Some(open) = policy.find_reusable(&txn, &wanted, now).await? {
@@ -343,7 +343,7 @@ impl Create<'_> {
             id: payment_id.into_inner(),
             user_id,
             tariff_id: tariff.id,
-            provider: provider_id.as_str().to_owned(),
+            provider: provider_id.clone(),
             amount_minor: amount.minor(),
             currency: amount.currency(),
             status: PaymentStatus::Pending,
@@ -426,9 +426,7 @@ impl Create<'_> {
         &self,
         payment: &payments::Model,
     ) -> Result<&std::sync::Arc<dyn PaymentProvider>, ProviderError> {
-        let id = ProviderId::from_str(&payment.provider)
-            .map_err(|e| ProviderError::InvalidRequest(e.to_string()))?;
-        self.state.payments.provider(id)
+        self.state.payments.provider(payment.provider.clone())
     }
 
     /// Asks the provider for the intent's payment, outside any transaction. The provider's
@@ -436,8 +434,7 @@ impl Create<'_> {
     /// same provider payment. Crypto calls nobody: its invoice was reserved with the intent.
     async fn call_provider(&self, intent: &Intent) -> Result<CreatedPayment, CallFailure> {
         let payment = &intent.payment;
-        let provider_id = ProviderId::from_str(&payment.provider)
-            .map_err(|e| CallFailure::Refused(ApiError::Unprocessable(e.to_string())))?;
+        let provider_id = payment.provider.clone();
         let request = self.provider_request(intent);
         let answer = self
             .state
@@ -590,7 +587,7 @@ impl Create<'_> {
         )
         .await?;
         txn.commit().await?;
-        crate::observability::payment_created(&model.provider, model.currency.code());
+        crate::observability::payment_created(model.provider.as_str(), model.currency.code());
         tracing::info!(
             %payment_id,
             provider = %model.provider,

@@ -1,8 +1,6 @@
 //! Refunding a payment: record the intent, ask the provider, record the answer — one refund
 //! at a time per payment.
 
-use std::str::FromStr;
-
 use actix_web::HttpResponse;
 use chrono::{SubsecRound, Utc};
 use domain::entities::{payments, provider_notifications, refunds};
@@ -101,7 +99,7 @@ pub(super) async fn refund(
     let (provider_id, provider_payment_id) = refund_target(&payment)?;
     let route = state
         .payments
-        .provider(provider_id)
+        .provider(provider_id.clone())
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?
         .refund_route(&PaymentRef {
             payment_id: payment.payment_id(),
@@ -293,8 +291,7 @@ async fn record_refund_intent(
 
 /// The provider that took `payment` and its id there: what a refund is asked of.
 fn refund_target(payment: &payments::Model) -> Result<(ProviderId, String), ApiError> {
-    let provider_id = ProviderId::from_str(&payment.provider)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let provider_id = payment.provider.clone();
     let provider_payment_id = payment
         .provider_payment_id
         .clone()
@@ -335,7 +332,7 @@ async fn settle_refund(
     let result = state
         .payments
         .refund(
-            provider_id,
+            provider_id.clone(),
             &RefundRequest {
                 refund_id,
                 payment: PaymentRef {
@@ -399,7 +396,7 @@ async fn settle_outside(
         state,
         record,
         provider_payment_id,
-        ProviderId::Telegram,
+        payment_core::providers::telegram::ID,
         &done,
     )
     .await?;
@@ -415,7 +412,10 @@ async fn telegram_charge_id(
     use payment_core::providers::telegram::transformers::{PaymentMessage, payment_message};
     let notices = provider_notifications::Entity::find()
         .filter(provider_notifications::Column::PaymentId.eq(payment_id))
-        .filter(provider_notifications::Column::Provider.eq(ProviderId::Telegram.as_str()))
+        .filter(
+            provider_notifications::Column::Provider
+                .eq(payment_core::providers::telegram::ID.as_str()),
+        )
         .all(&state.db)
         .await?;
     Ok(notices
@@ -440,7 +440,7 @@ async fn record_refund(
     // The provider words the notice and its own parser names it, so its real notification of
     // this refund gets the same key; a provider that parses no notices of ours gets a key of
     // our own.
-    let provider = state.payments.provider(provider_id).ok();
+    let provider = state.payments.provider(provider_id.clone()).ok();
     let txn = service_kit::db::begin_write(&state.db).await?;
     let mut active: refunds::ActiveModel = record.clone().into();
     active.provider_refund_id = Set(Some(done.provider_refund_id.clone()));
@@ -475,7 +475,7 @@ async fn record_refund(
     inbox::store_in(
         &txn,
         &Notice {
-            provider: provider_id.as_str().to_owned(),
+            provider: provider_id,
             dedupe_key,
             source: "refund_api",
             peer: None,

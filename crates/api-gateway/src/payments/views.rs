@@ -52,7 +52,7 @@ impl PaymentView {
         Self {
             payment_id: payment.id,
             status: payment.status,
-            provider: payment.provider.clone(),
+            provider: payment.provider.to_string(),
             provider_payment_id: payment.provider_payment_id.clone(),
             telegram_id,
             tariff_code,
@@ -90,7 +90,7 @@ impl ProviderView {
             capabilities.push("refunds");
         }
         Self {
-            id: d.id,
+            id: d.id.clone(),
             title: d.title,
             currencies: d.currencies.iter().map(|c| c.code()).collect(),
             capabilities,
@@ -123,7 +123,7 @@ impl From<&refunds::Model> for RefundView {
         Self {
             refund_id: r.id,
             payment_id: r.payment_id,
-            provider: r.provider.clone(),
+            provider: r.provider.to_string(),
             provider_refund_id: r.provider_refund_id.clone(),
             status: r.status,
             amount: r.amount().into(),

@@ -130,7 +130,7 @@ async fn paid_telegram_payment(
     inbox::store_in(
         &txn,
         &Notice {
-            provider: "telegram".into(),
+            provider: domain::ProviderId::from_static("telegram"),
             dedupe_key: format!("payment:{charge}"),
             source: "bot",
             peer: None,

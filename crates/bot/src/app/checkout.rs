@@ -8,7 +8,6 @@ use frankenstein::AsyncTelegramApi;
 use frankenstein::methods::SendInvoiceParams;
 use frankenstein::payments::LabeledPrice;
 use frankenstein::types::User;
-use payment_core::ProviderId;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -20,13 +19,19 @@ use crate::texts::{self, Texts, fill};
 
 /// Where the provider button leads for `(provider, currency)`.
 fn provider_label(t: &Texts, provider: &str, currency: Currency, title: &str) -> String {
-    match (ProviderId::from_str(provider), currency) {
-        (Ok(ProviderId::YooKassa), _) => t.provider_yookassa.to_owned(),
-        (Ok(ProviderId::Telegram), Currency::Xtr) => t.provider_stars.to_owned(),
-        (Ok(ProviderId::Telegram), _) => t.provider_telegram_card.to_owned(),
-        (Ok(ProviderId::Crypto), _) => t.provider_crypto.to_owned(),
-        _ => title.to_owned(),
-    }
+    use payment_core::providers::{crypto, telegram, yookassa};
+    let label = if provider == yookassa::ID.as_str() {
+        t.provider_yookassa
+    } else if provider == telegram::ID.as_str() && currency == Currency::Xtr {
+        t.provider_stars
+    } else if provider == telegram::ID.as_str() {
+        t.provider_telegram_card
+    } else if provider == crypto::ID.as_str() {
+        t.provider_crypto
+    } else {
+        title
+    };
+    label.to_owned()
 }
 
 impl App {

@@ -2,7 +2,6 @@
 //! shared inbox (with its outbox row, one transaction) before the update is confirmed; the
 //! worker applies it.
 
-use payment_core::ProviderId;
 use payment_core::providers::telegram::notification_from_body;
 use serde_json::Value;
 use service_kit::inbox::{Notice, Stored};
@@ -31,7 +30,7 @@ impl App {
             }
         };
         let notice = Notice {
-            provider: ProviderId::Telegram.as_str().to_owned(),
+            provider: payment_core::providers::telegram::ID,
             dedupe_key: notification.dedupe_key.clone(),
             source: "bot",
             peer: None,

@@ -24,7 +24,7 @@ impl App {
                     &[
                         ("id", &id.to_string()),
                         ("amount", &texts::money(payment.amount())),
-                        ("provider", &payment.provider),
+                        ("provider", payment.provider.as_str()),
                         ("status", payment.status.as_str()),
                         (
                             "user",

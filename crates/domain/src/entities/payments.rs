@@ -32,7 +32,7 @@ pub struct Model {
     pub tariff_id: i64,
     /// Provider name (`yookassa`, `telegram`, `crypto`).
     #[sea_orm(column_type = "Text")]
-    pub provider: String,
+    pub provider: crate::ProviderId,
     pub amount_minor: i64,
     pub currency: Currency,
     pub status: PaymentStatus,
@@ -142,13 +142,13 @@ impl ActiveModelBehavior for ActiveModel {}
 /// the inbox when it stores a notice and by the worker when it applies one.
 pub async fn find_notified<C: ConnectionTrait>(
     conn: &C,
-    provider: &str,
+    provider: &crate::ProviderId,
     provider_payment_id: Option<&str>,
     candidates: impl IntoIterator<Item = Uuid>,
 ) -> Result<Option<Model>, DbErr> {
     if let Some(provider_payment_id) = provider_payment_id {
         let found = Entity::find()
-            .filter(Column::Provider.eq(provider))
+            .filter(Column::Provider.eq(provider.clone()))
             .filter(Column::ProviderPaymentId.eq(provider_payment_id))
             .one(conn)
             .await?;

@@ -9,7 +9,7 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     #[sea_orm(column_type = "Text")]
-    pub provider: String,
+    pub provider: crate::ProviderId,
     /// Provider-specific identity of the notification (e.g. event + object id).
     #[sea_orm(column_type = "Text")]
     pub dedupe_key: String,

@@ -12,7 +12,7 @@ pub struct Model {
     pub id: Uuid,
     pub payment_id: Uuid,
     #[sea_orm(column_type = "Text")]
-    pub provider: String,
+    pub provider: crate::ProviderId,
     /// The provider's id of the refund; unique together with `provider`.
     #[sea_orm(column_type = "Text", nullable)]
     pub provider_refund_id: Option<String>,

@@ -14,7 +14,7 @@ pub struct Model {
     pub user_id: Option<i64>,
     pub payment_id: Option<Uuid>,
     #[sea_orm(column_type = "Text", nullable)]
-    pub provider: Option<String>,
+    pub provider: Option<crate::ProviderId>,
     pub amount_minor: Option<i64>,
     /// Kept as text: a log may record a currency we do not support (a provider mismatch).
     #[sea_orm(column_type = "Text", nullable)]

@@ -76,7 +76,7 @@ async fn seed(conn: &DatabaseConnection) {
             id: Set(PaymentId::new().into_inner()),
             user_id: Set(seed.user),
             tariff_id: Set(tariff.id),
-            provider: Set(seed.provider.to_owned()),
+            provider: Set(seed.provider.parse().expect("a provider name")),
             amount_minor: Set(seed.amount),
             currency: Set(seed.currency),
             status: Set(seed.status),

@@ -30,7 +30,7 @@ async fn provider_payment_id_is_unique_per_provider(conn: &DatabaseConnection) {
 
     // The same id at another provider is a different payment.
     let mut other_provider = pending_payment(conn, 3).await;
-    other_provider.provider = Set("telegram".to_owned());
+    other_provider.provider = Set(domain::ProviderId::from_static("telegram"));
     other_provider.provider_payment_id = Set(Some("2d9e-0001".to_owned()));
     other_provider.insert(conn).await.unwrap();
 
@@ -63,7 +63,7 @@ fn invoice(payment_id: uuid::Uuid, expected_minor: i64) -> crypto_invoices::Acti
 
 async fn crypto_payment(conn: &DatabaseConnection, telegram_id: i64) -> uuid::Uuid {
     let mut payment = pending_payment(conn, telegram_id).await;
-    payment.provider = Set("crypto".to_owned());
+    payment.provider = Set(domain::ProviderId::from_static("crypto"));
     payment.currency = Set(Currency::Usdt);
     payment.amount_minor = Set(2_500_017);
     payment.insert(conn).await.unwrap().id
@@ -145,7 +145,7 @@ async fn one_subscription_per_user(conn: &DatabaseConnection) {
 
 async fn duplicate_notification_is_rejected(conn: &DatabaseConnection) {
     let notification = |provider: &str| provider_notifications::ActiveModel {
-        provider: Set(provider.to_owned()),
+        provider: Set(provider.parse().expect("a provider name")),
         dedupe_key: Set("payment.succeeded:2d9e-0001".to_owned()),
         source: Set("webhook".to_owned()),
         peer: Set(Some("185.71.76.1".to_owned())),

@@ -92,7 +92,7 @@ pub async fn pending_payment(conn: &DatabaseConnection, telegram_id: i64) -> pay
         id: Set(PaymentId::new().into_inner()),
         user_id: Set(user.id),
         tariff_id: Set(tariff.id),
-        provider: Set("yookassa".to_owned()),
+        provider: Set(domain::ProviderId::from_static("yookassa")),
         amount_minor: Set(19_900),
         currency: Set(Currency::Rub),
         status: Set(PaymentStatus::Pending),

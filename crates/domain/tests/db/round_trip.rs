@@ -119,7 +119,7 @@ async fn refund_and_log_round_trip(conn: &DatabaseConnection) {
     let refund = refunds::ActiveModel {
         id: Set(uuid::Uuid::now_v7()),
         payment_id: Set(payment.id),
-        provider: Set("yookassa".to_owned()),
+        provider: Set(domain::ProviderId::from_static("yookassa")),
         provider_refund_id: Set(Some("r-1".to_owned())),
         amount_minor: Set(5_000),
         currency: Set(Currency::Rub),
@@ -148,7 +148,7 @@ async fn refund_and_log_round_trip(conn: &DatabaseConnection) {
         event_type: Set("payment.created".to_owned()),
         user_id: Set(Some(payment.user_id)),
         payment_id: Set(Some(payment.id)),
-        provider: Set(Some("yookassa".to_owned())),
+        provider: Set(Some(domain::ProviderId::from_static("yookassa"))),
         amount_minor: Set(Some(19_900)),
         currency: Set(Some("RUB".to_owned())),
         status: Set(Some("pending".to_owned())),

@@ -257,7 +257,7 @@ pub fn payment_completed() -> Envelope {
             user_id: 1,
             telegram_id: 1_000_001,
             tariff_code: "month_1".into(),
-            provider: "yookassa".into(),
+            provider: domain::ProviderId::from_static("yookassa"),
             amount_minor: 19_900,
             currency: "RUB".into(),
         },

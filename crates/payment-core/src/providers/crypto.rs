@@ -63,8 +63,11 @@ pub const NETWORK_TRC20: &str = "TRC20";
 /// tag is the same `MAX_TAG`.
 pub const MAX_TAG: i64 = 9_999;
 
+/// This provider's id: USDT on TRON (TRC20), verified on chain by our own watcher.
+pub const ID: ProviderId = ProviderId::from_static("crypto");
+
 static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
-    id: ProviderId::Crypto,
+    id: ID,
     title: "USDT (TRC20)",
     currencies: &[Currency::Usdt],
     supports_refunds: false,

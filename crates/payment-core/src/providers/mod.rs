@@ -3,10 +3,8 @@
 //! Adding a provider: a module here, a line in `register_all`, a variant of
 //! [`crate::ProviderId`], and its settings field in [`crate::PaymentSettings`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::ProviderId;
 use crate::error::SettingsError;
 use crate::provider::PaymentProvider;
 use crate::settings::PaymentSettings;
@@ -31,14 +29,15 @@ pub(crate) fn register_all(
     Ok(())
 }
 
-/// Enabled providers by id.
+/// Enabled providers, in registration order.
 #[derive(Default)]
 pub(crate) struct Registry {
-    pub providers: BTreeMap<ProviderId, Arc<dyn PaymentProvider>>,
+    pub providers: Vec<Arc<dyn PaymentProvider>>,
 }
 
 impl Registry {
-    /// Registers the provider built from `settings`; absent settings = provider disabled.
+    /// Registers the provider built from `settings`; absent settings = provider disabled. A
+    /// second provider with an id already registered is refused.
     pub fn add<S, P>(
         &mut self,
         settings: Option<S>,
@@ -49,8 +48,37 @@ impl Registry {
     {
         if let Some(settings) = settings {
             let provider: Arc<dyn PaymentProvider> = Arc::new(build(settings)?);
-            self.providers.insert(provider.id(), provider);
+            let id = provider.id();
+            if self.providers.iter().any(|p| p.id() == id) {
+                return Err(SettingsError::DuplicateProvider(id));
+            }
+            self.providers.push(provider);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_provider_with_a_taken_id_is_refused() {
+        let settings = || Some(cryptobot::CryptoBotSettings::new("1234:AAA"));
+        let mut registry = Registry::default();
+        registry
+            .add(settings(), cryptobot::CryptoBotProvider::new)
+            .expect("the first registers");
+        registry
+            .add(None, cryptobot::CryptoBotProvider::new)
+            .expect("absent settings register nothing");
+        let refused = registry
+            .add(settings(), cryptobot::CryptoBotProvider::new)
+            .expect_err("the id is taken");
+        assert!(
+            matches!(&refused, SettingsError::DuplicateProvider(id) if *id == cryptobot::ID),
+            "{refused:?}"
+        );
+        assert_eq!(registry.providers.len(), 1);
     }
 }

@@ -64,8 +64,11 @@ const MAX_METADATA_VALUE: usize = 512;
 /// A partial refund must leave more than 1.00 RUB on the payment.
 const MIN_REMAINDER_AFTER_PARTIAL_REFUND: i64 = 100;
 
+/// This provider's id: YooKassa.
+pub const ID: ProviderId = ProviderId::from_static("yookassa");
+
 static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
-    id: ProviderId::YooKassa,
+    id: ID,
     title: "YooKassa",
     currencies: &[Currency::Rub],
     supports_refunds: true,
@@ -278,7 +281,7 @@ impl YooKassaWebhookVerifier {
             ),
         };
         Ok(WebhookNotification {
-            provider: ProviderId::YooKassa,
+            provider: ID,
             event: notification.event_name,
             subject,
             claimed_status,

@@ -112,7 +112,7 @@ pub async fn payment<C: sea_orm::ConnectionTrait>(
         id: Set(id.into_inner()),
         user_id: Set(user.id),
         tariff_id: Set(tariff_id),
-        provider: Set("crypto".into()),
+        provider: Set(payment_core::providers::crypto::ID),
         amount_minor: Set(amount.minor()),
         currency: Set(amount.currency()),
         status: Set(PaymentStatus::Pending),

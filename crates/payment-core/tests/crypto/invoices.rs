@@ -235,7 +235,7 @@ async fn status_is_read_from_the_invoice_row() {
         amount: inv.amount,
     };
     let now = service
-        .get_payment_status(ProviderId::Crypto, &reference)
+        .get_payment_status(payment_core::providers::crypto::ID, &reference)
         .await
         .expect("status");
     assert_eq!(now.status, PaymentStatus::Pending);
@@ -245,14 +245,16 @@ async fn status_is_read_from_the_invoice_row() {
         ..reference.clone()
     };
     assert!(matches!(
-        service.get_payment_status(ProviderId::Crypto, &wrong).await,
+        service
+            .get_payment_status(payment_core::providers::crypto::ID, &wrong)
+            .await,
         Err(ProviderError::Mismatch(_))
     ));
 
     // The trait's create_payment only describes the transfer of the reserved amount.
     let created = service
         .create_payment(
-            ProviderId::Crypto,
+            payment_core::providers::crypto::ID,
             &CreatePaymentRequest {
                 payment_id: inv.payment_id,
                 amount: inv.amount,
@@ -278,7 +280,9 @@ async fn status_is_read_from_the_invoice_row() {
         receipt_email: None,
     };
     assert!(matches!(
-        service.create_payment(ProviderId::Crypto, &rub).await,
+        service
+            .create_payment(payment_core::providers::crypto::ID, &rub)
+            .await,
         Err(ProviderError::InvalidRequest(_))
     ));
 }
@@ -292,12 +296,15 @@ async fn the_registry_enables_crypto_from_the_environment() {
     let settings =
         payment_core::PaymentSettings::from_vars(&vars.into_iter().collect()).expect("settings");
     let service = PaymentService::from_settings(&settings).expect("service");
-    assert!(service.is_enabled(ProviderId::Crypto));
+    assert!(service.is_enabled(payment_core::providers::crypto::ID));
     let d = service
-        .provider(ProviderId::Crypto)
+        .provider(payment_core::providers::crypto::ID)
         .expect("crypto")
         .descriptor();
     assert_eq!(d.currencies, &[Currency::Usdt]);
     assert!(!d.supports_refunds);
-    assert_eq!("crypto".parse::<ProviderId>(), Ok(ProviderId::Crypto));
+    assert_eq!(
+        "crypto".parse::<ProviderId>(),
+        Ok(payment_core::providers::crypto::ID)
+    );
 }

@@ -562,7 +562,7 @@ async fn an_unmatched_transfer_is_recorded_for_an_admin() {
         .expect("logs");
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].amount_minor, Some(7_777_777));
-    assert_eq!(logs[0].provider.as_deref(), Some("crypto"));
+    assert_eq!(logs[0].provider, Some(payment_core::providers::crypto::ID));
     let meta = logs[0].metadata.clone().expect("metadata");
     assert_eq!(meta["tx_id"], serde_json::json!(tx));
     assert_eq!(meta["from"], serde_json::json!(PAYER));

@@ -12,7 +12,7 @@ use payment_core::providers::yookassa::{
     YooKassaProvider, YooKassaWebhookVerifier, published_networks,
 };
 use payment_core::{
-    IpAllowList, PaymentProvider, PaymentService, ProviderId, WebhookError, WebhookHeaders,
+    IpAllowList, PaymentProvider, PaymentService, WebhookError, WebhookHeaders,
     WebhookNotification, WebhookRequest, WebhookSubject,
 };
 use sandbox::yookassa::{Config, DeliveryOutcome, NotificationMode};
@@ -60,7 +60,7 @@ fn the_recorded_notification_parses() {
     );
 
     let parsed = YooKassaWebhookVerifier::parse(RECORDED).expect("neutral");
-    assert_eq!(parsed.provider, ProviderId::YooKassa);
+    assert_eq!(parsed.provider, payment_core::providers::yookassa::ID);
     assert_eq!(parsed.event, "payment.succeeded");
     assert_eq!(parsed.claimed_status.as_deref(), Some("succeeded"));
     assert_eq!(
@@ -387,7 +387,7 @@ async fn the_service_routes_webhooks_to_enabled_providers() {
     let headers = WebhookHeaders::new();
     let ok = service
         .receive_webhook(
-            ProviderId::YooKassa,
+            payment_core::providers::yookassa::ID,
             &WebhookRequest {
                 peer: ip("185.71.76.10"),
                 headers: &headers,
@@ -399,7 +399,7 @@ async fn the_service_routes_webhooks_to_enabled_providers() {
     assert!(ok.is_some());
     let denied = service
         .receive_webhook(
-            ProviderId::YooKassa,
+            payment_core::providers::yookassa::ID,
             &WebhookRequest {
                 peer: ip("8.8.8.8"),
                 headers: &headers,
@@ -413,7 +413,7 @@ async fn the_service_routes_webhooks_to_enabled_providers() {
         PaymentService::from_settings(&payment_core::PaymentSettings::default()).expect("service");
     let none = disabled
         .receive_webhook(
-            ProviderId::YooKassa,
+            payment_core::providers::yookassa::ID,
             &WebhookRequest {
                 peer: ip("185.71.76.10"),
                 headers: &headers,

@@ -51,7 +51,7 @@ async fn crypto_payment_at(
 ) -> (payments::Model, ReservedInvoice) {
     let price = Money::new(PRICE, Currency::Usdt);
     let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
-        p.provider = Set("crypto".into());
+        p.provider = Set(payment_core::providers::crypto::ID);
     })
     .await;
     let provider = CryptoProvider::new(crypto.clone()).expect("provider");
@@ -201,7 +201,7 @@ async fn crypto_notice(
     });
     store_notification(
         db,
-        "crypto",
+        &payment_core::providers::crypto::ID,
         &format!("transfer.detected:{tx_id}"),
         None,
         Some(payment.id),

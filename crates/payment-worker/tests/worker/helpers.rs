@@ -141,7 +141,7 @@ pub async fn insert_payment(
         id: Set(id),
         user_id: Set(user.id),
         tariff_id: Set(tariff.id),
-        provider: Set("yookassa".into()),
+        provider: Set(domain::ProviderId::from_static("yookassa")),
         amount_minor: Set(amount.minor()),
         currency: Set(amount.currency()),
         status: Set(PaymentStatus::Pending),
@@ -190,7 +190,7 @@ pub async fn payment_with(
     let created = env
         .service
         .create_payment(
-            ProviderId::YooKassa,
+            payment_core::providers::yookassa::ID,
             &CreatePaymentRequest {
                 payment_id,
                 amount: Money::new(PRICE, Currency::Rub),
@@ -252,7 +252,7 @@ pub async fn notify(
 
 pub async fn store_notification(
     db: &DatabaseConnection,
-    provider: &str,
+    provider: &ProviderId,
     dedupe_key: &str,
     provider_payment_id: Option<String>,
     payment_id: Option<Uuid>,
@@ -261,7 +261,7 @@ pub async fn store_notification(
     let tx = db.begin().await.expect("begin");
     let row = provider_notifications::ActiveModel {
         id: NotSet,
-        provider: Set(provider.to_owned()),
+        provider: Set(provider.clone()),
         dedupe_key: Set(dedupe_key.to_owned()),
         source: Set("webhook".into()),
         peer: Set(Some("185.71.76.1".into())),
@@ -276,7 +276,7 @@ pub async fn store_notification(
     .await
     .expect("inbox row");
     let event = ProviderNotificationReceived {
-        provider: provider.to_owned(),
+        provider: provider.clone(),
         notification_id: row.id,
         dedupe_key: dedupe_key.to_owned(),
         payment_id,
@@ -511,7 +511,7 @@ pub fn answer(payment: &payments::Model, status: PaymentStatus, refunded: i64) -
 }
 
 static SCRIPTED: ProviderDescriptor = ProviderDescriptor {
-    id: ProviderId::YooKassa,
+    id: payment_core::providers::yookassa::ID,
     title: "Scripted",
     currencies: &[Currency::Rub],
     supports_refunds: false,

@@ -53,7 +53,10 @@ async fn a_notification_completes_the_payment_after_a_re_fetch() {
     assert_eq!(log.len(), 1);
     let log = &log[0];
     assert_eq!(log.user_id, Some(payment.user_id));
-    assert_eq!(log.provider.as_deref(), Some("yookassa"));
+    assert_eq!(
+        log.provider,
+        Some(domain::ProviderId::from_static("yookassa"))
+    );
     assert_eq!(log.amount_minor, Some(PRICE));
     assert_eq!(log.currency.as_deref(), Some("RUB"));
     assert_eq!(log.status.as_deref(), Some("succeeded"));
@@ -303,7 +306,7 @@ async fn notifications_about_unknown_payments_are_recorded() {
     let handler = handler_for(&env);
     let envelope = store_notification(
         db,
-        "yookassa",
+        &payment_core::providers::yookassa::ID,
         "payment.succeeded:nobody",
         Some("2e8dd95a-000f-5000-a000-1e3515f51c18".into()),
         None,
@@ -330,7 +333,7 @@ async fn a_provider_without_a_status_source_is_parked_not_lost() {
         Money::new(150, Currency::Xtr),
         Some("tg-charge-1".into()),
         |p| {
-            p.provider = sea_orm::ActiveValue::Set("telegram".into());
+            p.provider = sea_orm::ActiveValue::Set(domain::ProviderId::from_static("telegram"));
         },
     )
     .await;

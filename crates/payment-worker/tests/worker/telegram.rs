@@ -43,7 +43,7 @@ async fn card_payment(
         Money::new(PRICE, Currency::Rub),
         Some(id.to_string()),
         |p| {
-            p.provider = Set("telegram".into());
+            p.provider = Set(domain::ProviderId::from_static("telegram"));
             p.expires_at = Set(Some(Utc::now() + chrono::Duration::hours(1)));
             tweak(p);
         },
@@ -87,7 +87,7 @@ async fn store(
 ) -> messaging::Envelope {
     store_notification(
         db,
-        "telegram",
+        &payment_core::providers::telegram::ID,
         &format!("payment:tgc-{}", payment.id),
         Some(payment.id.to_string()),
         Some(payment.id),

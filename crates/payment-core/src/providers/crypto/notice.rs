@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::signature::{self, SignatureError};
-use crate::ProviderId;
 use crate::error::WebhookError;
 use crate::webhook::{WebhookNotification, WebhookRequest, WebhookSubject};
 
@@ -80,7 +79,7 @@ pub(super) fn parse(body: &[u8]) -> Result<WebhookNotification, WebhookError> {
     };
     tracing::debug!(network = ?notice.network, address = ?notice.address, "crypto notice verified");
     Ok(WebhookNotification {
-        provider: ProviderId::Crypto,
+        provider: crate::providers::crypto::ID,
         event: event.to_owned(),
         subject: WebhookSubject::Hint {
             payment_id: notice.payment_id.map(PaymentId::from),

@@ -41,7 +41,6 @@ use super::client::{History, HistoryQuery, TronGridClient, TronGridError};
 use super::matcher::{self, Rules, Transfer, usdt};
 use super::transformers::Trc20Transfer;
 use super::{CryptoSettings, LatePolicy};
-use crate::ProviderId;
 
 /// `system_logs.event_type` of a transfer no invoice claims.
 pub const UNMATCHED_EVENT: &str = "crypto.unmatched_transfer";
@@ -656,7 +655,7 @@ impl ChainWatcher {
             event_type: Set(UNMATCHED_EVENT.to_owned()),
             user_id: Set(None),
             payment_id: Set(None),
-            provider: Set(Some(ProviderId::Crypto.as_str().to_owned())),
+            provider: Set(Some(crate::providers::crypto::ID)),
             amount_minor: Set(amount),
             currency: Set(Some(Currency::Usdt.code().to_owned())),
             status: Set(Some("unmatched".to_owned())),

@@ -63,6 +63,9 @@ const MAX_DESCRIPTION: usize = 1024;
 /// The metadata key the gateway puts the payer's Telegram id under.
 pub const TELEGRAM_ID_METADATA: &str = "telegram_id";
 
+/// This provider's id: CryptoBot (Crypto Pay API).
+pub const ID: ProviderId = ProviderId::from_static("cryptobot");
+
 /// Enabled exactly when `CRYPTOBOT_API_TOKEN` is set (its variables are listed in
 /// [`crate::settings::VARS`]).
 #[derive(Debug, Clone)]
@@ -391,7 +394,7 @@ impl CryptoBotProvider {
 }
 
 static DESCRIPTOR: ProviderDescriptor = ProviderDescriptor {
-    id: ProviderId::CryptoBot,
+    id: ID,
     title: "CryptoBot",
     currencies: &[Currency::Rub, Currency::Usdt],
     supports_refunds: true,

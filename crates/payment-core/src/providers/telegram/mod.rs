@@ -55,6 +55,9 @@ const PAGE: i64 = 100;
 static STARS: &[Currency] = &[Currency::Xtr];
 static STARS_AND_RUB: &[Currency] = &[Currency::Xtr, Currency::Rub];
 
+/// This provider's id: Telegram Payments: Stars, or fiat through a BotFather payment provider.
+pub const ID: ProviderId = ProviderId::from_static("telegram");
+
 /// Enabled exactly when `TELEGRAM_BOT_TOKEN` is set (and `TELEGRAM_PAYMENTS_ENABLED` is not
 /// false).
 #[derive(Debug, Clone)]
@@ -168,7 +171,7 @@ impl TelegramProvider {
             reason: e.to_string(),
         })?;
         let descriptor = ProviderDescriptor {
-            id: ProviderId::Telegram,
+            id: ID,
             title: "Telegram",
             currencies: if settings.provider_token.is_some() {
                 STARS_AND_RUB
@@ -731,7 +734,7 @@ async fn stored_messages(
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
     provider_notifications::Entity::find()
         .filter(provider_notifications::Column::PaymentId.eq(payment.id))
-        .filter(provider_notifications::Column::Provider.eq(ProviderId::Telegram.as_str()))
+        .filter(provider_notifications::Column::Provider.eq(ID.as_str()))
         .order_by_desc(provider_notifications::Column::Id)
         .all(db)
         .await
@@ -768,7 +771,7 @@ fn database_unknown(error: DbErr) -> ProviderError {
 pub fn notification_from_body(body: &[u8]) -> Result<WebhookNotification, WebhookError> {
     match transformers::payment_message(body).map_err(WebhookError::MalformedBody)? {
         PaymentMessage::Successful(paid) => Ok(WebhookNotification {
-            provider: ProviderId::Telegram,
+            provider: ID,
             event: "successful_payment".to_owned(),
             dedupe_key: payment_dedupe_key(&paid.telegram_payment_charge_id),
             subject: WebhookSubject::Payment {
@@ -778,7 +781,7 @@ pub fn notification_from_body(body: &[u8]) -> Result<WebhookNotification, Webhoo
             claimed_status: Some("succeeded".to_owned()),
         }),
         PaymentMessage::Refunded(refunded) => Ok(WebhookNotification {
-            provider: ProviderId::Telegram,
+            provider: ID,
             event: "refunded_payment".to_owned(),
             dedupe_key: refund_dedupe_key(&refunded.telegram_payment_charge_id),
             subject: WebhookSubject::Refund {
