@@ -513,26 +513,9 @@ fn reminder_message(
 
 /// Turns reminders on or off for `chat`.
 pub async fn set_off<C: ConnectionTrait>(conn: &C, chat: i64, off: bool) -> Result<(), DbErr> {
-    let now = Utc::now();
-    bot_chats::Entity::insert(bot_chats::ActiveModel {
-        chat_id: Set(chat),
-        blocked_at: Set(None),
-        reminders_off: Set(off),
-        updated_at: Set(now),
-        qr_link: Set(None),
-        qr_file_id: Set(None),
-    })
-    .on_conflict(
-        OnConflict::column(bot_chats::Column::ChatId)
-            .update_columns([
-                bot_chats::Column::RemindersOff,
-                bot_chats::Column::UpdatedAt,
-            ])
-            .to_owned(),
-    )
-    .exec_without_returning(conn)
-    .await?;
-    Ok(())
+    let mut row = sender::chat_row(chat);
+    row.reminders_off = Set(off);
+    sender::upsert_chat(conn, row, &[bot_chats::Column::RemindersOff]).await
 }
 
 /// Whether `chat` turned reminders off.

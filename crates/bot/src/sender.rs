@@ -171,22 +171,44 @@ pub async fn unblock<C: ConnectionTrait>(conn: &C, chat: i64) -> Result<(), DbEr
 
 /// Marks `chat` as having blocked the bot.
 async fn block(db: &DatabaseConnection, chat: i64) -> Result<(), DbErr> {
-    let now = Utc::now();
-    bot_chats::Entity::insert(bot_chats::ActiveModel {
+    let mut row = chat_row(chat);
+    row.blocked_at = Set(Some(Utc::now()));
+    upsert_chat(db, row, &[bot_chats::Column::BlockedAt]).await
+}
+
+/// A `bot_chats` row for `chat` with every column at its default (`updated_at`: now), for
+/// [`upsert_chat`].
+pub(crate) fn chat_row(chat: i64) -> bot_chats::ActiveModel {
+    bot_chats::ActiveModel {
         chat_id: Set(chat),
-        blocked_at: Set(Some(now)),
+        blocked_at: Set(None),
         reminders_off: Set(false),
-        updated_at: Set(now),
+        updated_at: Set(Utc::now()),
         qr_link: Set(None),
         qr_file_id: Set(None),
-    })
-    .on_conflict(
-        OnConflict::column(bot_chats::Column::ChatId)
-            .update_columns([bot_chats::Column::BlockedAt, bot_chats::Column::UpdatedAt])
-            .to_owned(),
-    )
-    .exec_without_returning(db)
-    .await?;
+    }
+}
+
+/// Writes `columns` of `row` (and `updated_at`) to its chat's row, creating the row with
+/// `row`'s values if the chat has none yet.
+pub(crate) async fn upsert_chat<C: ConnectionTrait>(
+    conn: &C,
+    row: bot_chats::ActiveModel,
+    columns: &[bot_chats::Column],
+) -> Result<(), DbErr> {
+    bot_chats::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(bot_chats::Column::ChatId)
+                .update_columns(
+                    columns
+                        .iter()
+                        .copied()
+                        .chain([bot_chats::Column::UpdatedAt]),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await?;
     Ok(())
 }
 
@@ -276,27 +298,15 @@ async fn hold_qr(
     link: &str,
     file_id: String,
 ) -> Result<(), DbErr> {
-    let now = Utc::now();
-    bot_chats::Entity::insert(bot_chats::ActiveModel {
-        chat_id: Set(chat),
-        blocked_at: Set(None),
-        reminders_off: Set(false),
-        updated_at: Set(now),
-        qr_link: Set(Some(link.to_owned())),
-        qr_file_id: Set(Some(file_id)),
-    })
-    .on_conflict(
-        OnConflict::column(bot_chats::Column::ChatId)
-            .update_columns([
-                bot_chats::Column::QrLink,
-                bot_chats::Column::QrFileId,
-                bot_chats::Column::UpdatedAt,
-            ])
-            .to_owned(),
+    let mut row = chat_row(chat);
+    row.qr_link = Set(Some(link.to_owned()));
+    row.qr_file_id = Set(Some(file_id));
+    upsert_chat(
+        db,
+        row,
+        &[bot_chats::Column::QrLink, bot_chats::Column::QrFileId],
     )
-    .exec_without_returning(db)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// How the sender works; [`SenderConfig::default`] suits production.
