@@ -291,6 +291,23 @@ pub trait PaymentProvider: Send + Sync {
         Err(ProviderError::Unsupported("refund"))
     }
 
+    /// A refund of `payment` made outside the provider (its [`RefundRoute::OutsideProvider`]),
+    /// named as the provider would name it, so the provider's own later word on it is the same
+    /// refund. By default an id of our own, `outside-<refund id>`.
+    async fn refund_made_outside(
+        &self,
+        payment: &domain::entities::payments::Model,
+        refund_id: Uuid,
+        amount: Money,
+    ) -> Result<ProviderRefund, ProviderError> {
+        let _ = payment;
+        Ok(ProviderRefund {
+            provider_refund_id: format!("outside-{refund_id}"),
+            status: RefundStatus::Succeeded,
+            amount,
+        })
+    }
+
     /// The notice the gateway stores for a refund it made through [`PaymentProvider::refund`]
     /// (or recorded as made outside the provider), worded as the provider's own notification
     /// of that refund would be: the worker reads it like any webhook, and the provider's real

@@ -3,7 +3,7 @@
 
 use actix_web::HttpResponse;
 use chrono::{SubsecRound, Utc};
-use domain::entities::{payments, provider_notifications, refunds};
+use domain::entities::{payments, refunds};
 use domain::money::Money;
 use domain::{IdempotencyKey, PaymentId, PaymentStatus, RefundStatus};
 use payment_core::{
@@ -383,47 +383,24 @@ async fn settle_outside(
     record: refunds::Model,
     provider_payment_id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let charge = telegram_charge_id(state, payment.id)
-        .await?
-        .unwrap_or_else(|| format!("outside-{}", record.id));
-    let done = ProviderRefund {
-        provider_refund_id: charge,
-        status: RefundStatus::Succeeded,
-        amount: record.amount(),
-    };
+    let done = state
+        .payments
+        .provider(payment.provider.clone())
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?
+        .refund_made_outside(payment, record.id, record.amount())
+        .await
+        .map_err(super::provider_error)?;
     let refund_id = record.id;
     let updated = record_refund(
         state,
         record,
         provider_payment_id,
-        payment_core::providers::telegram::ID,
+        payment.provider.clone(),
         &done,
     )
     .await?;
-    tracing::info!(%refund_id, payment_id = %payment.id, "fiat Telegram refund recorded as made outside Telegram");
+    tracing::info!(%refund_id, payment_id = %payment.id, provider = %payment.provider, "refund recorded as made outside the provider");
     Ok(refund_response(&updated))
-}
-
-/// The `telegram_payment_charge_id` of the payment's stored `successful_payment`.
-async fn telegram_charge_id(
-    state: &AppState,
-    payment_id: Uuid,
-) -> Result<Option<String>, ApiError> {
-    use payment_core::providers::telegram::transformers::{PaymentMessage, payment_message};
-    let notices = provider_notifications::Entity::find()
-        .filter(provider_notifications::Column::PaymentId.eq(payment_id))
-        .filter(
-            provider_notifications::Column::Provider
-                .eq(payment_core::providers::telegram::ID.as_str()),
-        )
-        .all(&state.db)
-        .await?;
-    Ok(notices
-        .iter()
-        .find_map(|n| match payment_message(n.body.as_bytes()) {
-            Ok(PaymentMessage::Successful(paid)) => Some(paid.telegram_payment_charge_id),
-            _ => None,
-        }))
 }
 
 /// Stores the provider's answer and tells the worker, in one transaction: the refund row is

@@ -400,6 +400,34 @@ impl PaymentProvider for TelegramProvider {
         true
     }
 
+    /// A fiat refund the admin made in the payment provider's cabinet carries the payment's
+    /// `telegram_payment_charge_id` (from its stored `successful_payment`), like a Stars refund.
+    async fn refund_made_outside(
+        &self,
+        payment: &domain::entities::payments::Model,
+        refund_id: uuid::Uuid,
+        amount: Money,
+    ) -> Result<ProviderRefund, ProviderError> {
+        let charge = match &self.settings.database {
+            Some(AttachedDatabase(db)) => stored_messages(db, payment)
+                .await
+                .map_err(database_unknown)?
+                .iter()
+                .find_map(|n| match transformers::payment_message(n.body.as_bytes()) {
+                    Ok(transformers::PaymentMessage::Successful(paid)) => {
+                        Some(paid.telegram_payment_charge_id)
+                    }
+                    _ => None,
+                }),
+            None => None,
+        };
+        Ok(ProviderRefund {
+            provider_refund_id: charge.unwrap_or_else(|| format!("outside-{refund_id}")),
+            status: domain::RefundStatus::Succeeded,
+            amount,
+        })
+    }
+
     /// A `refunded_payment` message, as Telegram sends one after `refundStarPayment`.
     fn refund_notice(&self, notice: &RefundNotice<'_>) -> String {
         refund_notice_body(notice.provider_payment_id, notice.refund)
