@@ -1,6 +1,5 @@
 //! `PaymentService`: the registry of enabled providers and the entry point for callers.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use domain::money::Currency;
@@ -18,15 +17,18 @@ use crate::webhook::{WebhookNotification, WebhookRequest};
 /// Selects the provider for a payment among the enabled ones.
 #[derive(Clone, Default)]
 pub struct PaymentService {
-    providers: BTreeMap<ProviderId, Arc<dyn PaymentProvider>>,
-    /// The same providers in registration order: the order lists and menus show them in.
-    order: Vec<Arc<dyn PaymentProvider>>,
+    /// In registration order, the order lists and menus show them in; a handful at most, so a
+    /// look-up by id is a scan.
+    providers: Vec<Arc<dyn PaymentProvider>>,
 }
 
 impl std::fmt::Debug for PaymentService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaymentService")
-            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field(
+                "providers",
+                &self.providers.iter().map(|p| p.id()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -45,21 +47,21 @@ impl PaymentService {
         let mut service = Self::default();
         for provider in providers {
             let id = provider.id();
-            service.order.retain(|p| p.id() != id);
-            service.order.push(provider.clone());
-            service.providers.insert(id, provider);
+            service.providers.retain(|p| p.descriptor().id != id);
+            service.providers.push(provider);
         }
         service
     }
 
     pub fn provider(&self, id: ProviderId) -> Result<&Arc<dyn PaymentProvider>, ProviderError> {
-        self.providers.get(&id).ok_or(ProviderError::NotEnabled(id))
+        self.provider_named(&id)
+            .ok_or(ProviderError::NotEnabled(id))
     }
 
     /// The enabled provider stored under `name` (`payments.provider`, the inbox's `provider`);
     /// `None` for a name no enabled provider has.
     pub fn provider_named(&self, name: &ProviderId) -> Option<&Arc<dyn PaymentProvider>> {
-        self.providers.get(name)
+        self.providers.iter().find(|p| p.descriptor().id == *name)
     }
 
     /// Whether any enabled provider checks its own notifications in a loop of its own
@@ -74,18 +76,17 @@ impl PaymentService {
     }
 
     pub fn is_enabled(&self, id: ProviderId) -> bool {
-        self.providers.contains_key(&id)
+        self.provider_named(&id).is_some()
     }
 
-    /// The enabled providers, in `ProviderId` order.
     /// The enabled providers, in registration order.
     pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn PaymentProvider>> {
-        self.order.iter()
+        self.providers.iter()
     }
 
     /// The enabled providers' descriptors, in registration order.
     pub fn descriptors(&self) -> Vec<&ProviderDescriptor> {
-        self.order.iter().map(|p| p.descriptor()).collect()
+        self.providers.iter().map(|p| p.descriptor()).collect()
     }
 
     /// The enabled providers that charge in `currency`.
@@ -131,7 +132,7 @@ impl PaymentService {
         provider: ProviderId,
         request: &WebhookRequest<'_>,
     ) -> Result<Option<WebhookNotification>, WebhookError> {
-        match self.providers.get(&provider) {
+        match self.provider_named(&provider) {
             Some(p) => p.receive_webhook(request).await.map(Some),
             None => Ok(None),
         }
