@@ -10,8 +10,8 @@ use payment_core::{
     PaymentRef, ProviderId, ProviderRefund, RefundNotice, RefundRequest, RefundRoute,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    QueryFilter, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use service_kit::inbox::{self, Notice};
@@ -76,7 +76,7 @@ pub(super) async fn refund(
         let (provider_id, provider_payment_id) = refund_target(&payment)?;
         // The same request as the first time: what the other refunds had taken then. (The
         // payment may since show this refund applied, if the provider made it and told us.)
-        let others = recorded_refunds(&state.db, payment.id, Some(existing.id)).await?;
+        let others = refunds_sum(&state.db, payment.id, &RECORDED, Some(existing.id)).await?;
         let original = payments::Model {
             status: if others == 0 {
                 PaymentStatus::Succeeded
@@ -234,7 +234,7 @@ async fn record_refund_intent(
     // payment.
     let already = payment
         .refunded_minor
-        .max(recorded_refunds(&txn, payment.id, None).await?);
+        .max(refunds_sum(&txn, payment.id, &RECORDED, None).await?);
     let amount_minor = body.amount_minor.unwrap_or(payment.amount_minor - already);
     if amount_minor <= 0 {
         return Err(ApiError::Unprocessable(
@@ -299,21 +299,25 @@ fn refund_target(payment: &payments::Model) -> Result<(ProviderId, String), ApiE
     Ok((provider_id, provider_payment_id))
 }
 
-/// The refunds of `payment_id` recorded as pending or succeeded, in minor units; `except`
-/// leaves out the refund being settled.
-async fn recorded_refunds<C: ConnectionTrait>(
+/// The refunds of `payment_id` in one of `statuses`, in minor units; `except` leaves out the
+/// refund being settled.
+async fn refunds_sum<C: ConnectionTrait>(
     conn: &C,
     payment_id: Uuid,
+    statuses: &[RefundStatus],
     except: Option<Uuid>,
 ) -> Result<i64, ApiError> {
     let mut query = refunds::Entity::find()
         .filter(refunds::Column::PaymentId.eq(payment_id))
-        .filter(refunds::Column::Status.is_in([RefundStatus::Pending, RefundStatus::Succeeded]));
+        .filter(refunds::Column::Status.is_in(statuses.iter().copied()));
     if let Some(except) = except {
         query = query.filter(refunds::Column::Id.ne(except));
     }
     Ok(query.all(conn).await?.iter().map(|r| r.amount_minor).sum())
 }
+
+/// What counts against a new refund: the refunds recorded as pending or succeeded.
+const RECORDED: [RefundStatus; 2] = [RefundStatus::Pending, RefundStatus::Succeeded];
 
 /// Asks the provider for the refund `record` (already stored as pending) and records its
 /// answer; a result the provider leaves unknown keeps the refund pending, to be asked again
@@ -431,7 +435,7 @@ async fn record_refund(
         provider_payment_id,
         refund: done,
         total_refunded: Money::new(
-            refunded_so_far(&txn, record.payment_id).await?,
+            refunds_sum(&txn, record.payment_id, &[RefundStatus::Succeeded], None).await?,
             done.amount.currency(),
         ),
         at: now,
@@ -465,17 +469,4 @@ async fn record_refund(
     txn.commit().await?;
     state.outbox_nudge.notify_one();
     Ok(updated)
-}
-
-/// The sum of the payment's succeeded refunds (this transaction's writes included).
-async fn refunded_so_far(txn: &DatabaseTransaction, payment_id: Uuid) -> Result<i64, DbErr> {
-    let amounts: Vec<i64> = refunds::Entity::find()
-        .select_only()
-        .column(refunds::Column::AmountMinor)
-        .filter(refunds::Column::PaymentId.eq(payment_id))
-        .filter(refunds::Column::Status.eq(RefundStatus::Succeeded))
-        .into_tuple()
-        .all(txn)
-        .await?;
-    Ok(amounts.iter().sum())
 }
