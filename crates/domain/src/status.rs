@@ -92,6 +92,18 @@ text_enum! {
 }
 
 impl PaymentStatus {
+    /// A paid payment's status once `refunded_minor` of its `amount_minor` went back:
+    /// succeeded (nothing), partially refunded, or refunded (all of it).
+    pub fn paid_and_refunded(refunded_minor: i64, amount_minor: i64) -> Self {
+        if refunded_minor <= 0 {
+            PaymentStatus::Succeeded
+        } else if refunded_minor >= amount_minor {
+            PaymentStatus::Refunded
+        } else {
+            PaymentStatus::PartiallyRefunded
+        }
+    }
+
     /// True when no further transition is possible.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -174,6 +186,20 @@ mod tests {
     use super::*;
     use PaymentStatus::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_paid_payment_is_succeeded_partly_or_fully_refunded_by_what_went_back() {
+        assert_eq!(PaymentStatus::paid_and_refunded(0, 19_900), Succeeded);
+        assert_eq!(
+            PaymentStatus::paid_and_refunded(1, 19_900),
+            PartiallyRefunded
+        );
+        assert_eq!(
+            PaymentStatus::paid_and_refunded(19_899, 19_900),
+            PartiallyRefunded
+        );
+        assert_eq!(PaymentStatus::paid_and_refunded(19_900, 19_900), Refunded);
+    }
 
     #[test]
     fn strings_round_trip() {

@@ -474,11 +474,7 @@ impl PaymentProvider for CryptoBotProvider {
             });
         if answer.status == PaymentStatus::Succeeded && refunded > 0 {
             answer.refunded = Money::new(refunded, answer.amount.currency());
-            answer.status = if refunded >= answer.amount.minor() {
-                PaymentStatus::Refunded
-            } else {
-                PaymentStatus::PartiallyRefunded
-            };
+            answer.status = PaymentStatus::paid_and_refunded(refunded, answer.amount.minor());
         }
         Ok(answer)
     }

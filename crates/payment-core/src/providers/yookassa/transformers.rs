@@ -177,13 +177,7 @@ pub fn map_payment_status(payment: &Payment, amount: Money, refunded: Money) -> 
             OurPaymentStatus::Pending
         }
         PaymentStatus::Succeeded => {
-            if refunded.minor() <= 0 {
-                OurPaymentStatus::Succeeded
-            } else if refunded.minor() >= amount.minor() {
-                OurPaymentStatus::Refunded
-            } else {
-                OurPaymentStatus::PartiallyRefunded
-            }
+            OurPaymentStatus::paid_and_refunded(refunded.minor(), amount.minor())
         }
         PaymentStatus::Canceled => match payment
             .cancellation_details
