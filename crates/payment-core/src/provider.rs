@@ -1,6 +1,7 @@
 //! The provider abstraction: what every payment provider does, in our own types.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -9,9 +10,11 @@ use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
 use sea_orm::DatabaseTransaction;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ProviderId;
+use crate::background::{BackgroundTask, ProviderHost};
 use crate::error::{ProviderError, WebhookError};
 use crate::webhook::{WebhookNotification, WebhookRequest};
 
@@ -265,6 +268,16 @@ pub trait PaymentProvider: Send + Sync {
     /// the worker's consumer then leaves their inbox rows open and wakes that loop.
     fn checks_own_notices(&self) -> bool {
         false
+    }
+
+    /// The loop this provider needs running beside the worker until `shutdown` (the crypto
+    /// chain watcher), given what the worker offers it; none by default.
+    fn background_task(
+        &self,
+        _host: Arc<dyn ProviderHost>,
+        _shutdown: CancellationToken,
+    ) -> Option<BackgroundTask> {
+        None
     }
 
     /// Starts a payment. Safe to call again for the same `payment_id` (same idempotence key).

@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 
-pub mod chain;
+pub mod host;
 pub mod metric;
 pub mod notifications;
 pub mod reconcile;
@@ -14,7 +14,6 @@ use messaging::{
     Bus, ConsumerRunner, ConsumerSpec, ConsumerStats, DeliverySource, Handler, RunnerConfig,
 };
 use payment_core::PaymentService;
-use payment_core::providers::crypto::ChainWatcher;
 use sea_orm::DatabaseConnection;
 use service_kit::ops::{self, RunningServer};
 use service_kit::runtime::{self, Infra};
@@ -23,7 +22,7 @@ use service_kit::{CommonSettings, SettingsError, Shutdown};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-pub use chain::ChainWatch;
+pub use host::WorkerHost;
 pub use notifications::{CONSUMER, NotificationHandler};
 pub use reconcile::{ReconcileReport, Reconciler};
 pub use settings::{ConsumerSettings, ReconcileSettings, ServiceSettings};
@@ -67,16 +66,12 @@ pub fn payment_service(
 }
 
 /// The worker's parts on one database and bus: the notification consumer, the
-/// reconciliation loop and, with crypto enabled, the chain-watch loop.
+/// reconciliation loop and the providers' own loops (crypto: the chain watcher).
 pub struct Worker {
     runner: ConsumerRunner,
     reconciler: Option<Reconciler>,
-    chain: Option<ChainWatch>,
-    db: DatabaseConnection,
+    host: Arc<WorkerHost>,
     providers: Arc<PaymentService>,
-    /// Wakes the chain-watch loop when a notice it checks waits.
-    own_notices: Arc<Notify>,
-    nudge: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -84,8 +79,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("runner", &self.runner)
             .field("reconciler", &self.reconciler.is_some())
-            .field("chain", &self.chain.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,7 +88,8 @@ impl std::fmt::Debug for Worker {
 pub struct WorkerTasks {
     pub runner: JoinHandle<()>,
     pub reconciler: Option<JoinHandle<()>>,
-    pub chain: Option<JoinHandle<()>>,
+    /// The providers' own loops.
+    pub background: Vec<JoinHandle<()>>,
     /// The consumer's live counts (handled, duplicates, retried, parked).
     pub stats: Arc<ConsumerStats>,
 }
@@ -102,9 +97,10 @@ pub struct WorkerTasks {
 impl WorkerTasks {
     /// Waits for every loop to stop (after the shutdown they were spawned with).
     pub async fn join(self) {
-        for task in [Some(self.runner), self.reconciler, self.chain]
+        for task in [self.runner]
             .into_iter()
-            .flatten()
+            .chain(self.reconciler)
+            .chain(self.background)
         {
             if let Err(error) = task.await {
                 tracing::error!(%error, "worker task failed");
@@ -114,8 +110,7 @@ impl WorkerTasks {
 }
 
 impl Worker {
-    /// A worker asking the providers enabled in `settings.payments`; with crypto enabled, it
-    /// also watches the chain and checks crypto notices there.
+    /// A worker asking the providers enabled in `settings.payments`.
     pub fn from_settings(
         settings: &ServiceSettings,
         db: DatabaseConnection,
@@ -123,29 +118,14 @@ impl Worker {
         outbox_nudge: Arc<Notify>,
     ) -> Result<Self, payment_core::SettingsError> {
         let providers = payment_service(settings, &db)?;
-        let watcher = match &settings.payments.crypto {
-            Some(crypto) => Some(ChainWatcher::new(crypto.clone()).map_err(|e| {
-                payment_core::SettingsError::Invalid {
-                    var: "TRONGRID_API_URL",
-                    reason: e.to_string(),
-                }
-            })?),
-            None => None,
-        };
-        let own_notices = watcher.is_some().then(Arc::default);
-        let worker = Self::new(settings, providers, own_notices, db, bus, outbox_nudge);
-        Ok(match watcher {
-            Some(watcher) => worker.with_chain_watcher(watcher),
-            None => worker,
-        })
+        Ok(Self::new(settings, providers, db, bus, outbox_nudge))
     }
 
-    /// A worker over explicit providers (tests, or a caller with its own wiring); with
-    /// `own_notices`, the notices of providers that check their own are left to their loop.
+    /// A worker over explicit providers (tests, or a caller with its own wiring). The
+    /// notices of providers that check their own are left to those providers' loops.
     pub fn new(
         settings: &ServiceSettings,
         providers: PaymentService,
-        own_notices: Option<Arc<Notify>>,
         db: DatabaseConnection,
         bus: Arc<dyn Bus>,
         outbox_nudge: Arc<Notify>,
@@ -156,10 +136,9 @@ impl Worker {
             );
         }
         let providers = Arc::new(providers);
-        let mut handler = NotificationHandler::new(providers.clone(), db.clone());
-        if let Some(wake) = &own_notices {
-            handler = handler.with_own_notices(wake.clone());
-        }
+        let notices = Arc::new(Notify::new());
+        let handler = NotificationHandler::new(providers.clone(), db.clone())
+            .with_own_notices(notices.clone());
         let source: Arc<dyn DeliverySource> = bus;
         let runner = ConsumerRunner::new(
             handler,
@@ -180,47 +159,41 @@ impl Worker {
                 outbox_nudge.clone(),
             )
         });
+        let host = Arc::new(WorkerHost::new(
+            db,
+            providers.clone(),
+            outbox_nudge,
+            notices,
+        ));
         Self {
             runner,
             reconciler,
-            chain: None,
-            db,
+            host,
             providers,
-            own_notices: own_notices.unwrap_or_default(),
-            nudge: outbox_nudge,
         }
     }
 
-    /// Adds the chain-watch loop (crypto): its outcomes are applied through this worker's
-    /// providers; it checks crypto notices when the consumer leaves them to it.
-    #[must_use]
-    pub fn with_chain_watcher(mut self, watcher: ChainWatcher) -> Self {
-        self.chain = Some(ChainWatch::new(
-            self.db.clone(),
-            watcher,
-            self.providers.clone(),
-            self.nudge.clone(),
-            self.own_notices.clone(),
-        ));
-        self
-    }
-
-    /// Starts consuming (the runner declares its queue when it subscribes) and reconciling.
+    /// Starts consuming (the runner declares its queue when it subscribes), reconciling and
+    /// the providers' own loops.
     pub fn spawn(self, shutdown: Shutdown) -> WorkerTasks {
         let stats = self.runner.stats();
+        let host: Arc<dyn payment_core::background::ProviderHost> = self.host;
+        let background = self
+            .providers
+            .providers()
+            .filter_map(|p| p.background_task(host.clone(), shutdown.clone()))
+            .map(tokio::spawn)
+            .collect();
         WorkerTasks {
             runner: self.runner.spawn(shutdown.clone()),
-            reconciler: self
-                .reconciler
-                .map(|r| tokio::spawn(r.run(shutdown.clone()))),
-            chain: self.chain.map(|c| tokio::spawn(c.run(shutdown))),
+            reconciler: self.reconciler.map(|r| tokio::spawn(r.run(shutdown))),
+            background,
             stats,
         }
     }
 }
 
-/// Starts the service on the given infrastructure: with crypto enabled, also the chain-watch
-/// loop. The returned server's task ends when its ops server (unless the process serves ops
+/// Starts the service on the given infrastructure, with its providers' own loops. The returned server's task ends when its ops server (unless the process serves ops
 /// once), the consumer and the loops have all stopped.
 pub fn start(
     settings: &ServiceSettings,

@@ -14,6 +14,7 @@ use messaging::events::{
 };
 use messaging::{Envelope, Event, OutboxError};
 use payment_core::ProviderPayment;
+pub use payment_core::background::{Shortfall, TaskCause};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::json;
@@ -31,8 +32,8 @@ pub enum Trigger {
     },
     /// The reconciliation loop's `attempt`-th check.
     Reconciliation { attempt: i32 },
-    /// The chain watcher settled crypto invoice `invoice_id`.
-    ChainWatch { invoice_id: i64 },
+    /// A provider's own loop (the crypto chain watcher on an invoice).
+    Task(TaskCause),
 }
 
 impl Trigger {
@@ -40,14 +41,14 @@ impl Trigger {
         match self {
             Trigger::Notification { .. } => "notification",
             Trigger::Reconciliation { .. } => "reconciliation",
-            Trigger::ChainWatch { .. } => "chain_watch",
+            Trigger::Task(cause) => cause.task,
         }
     }
 
     fn causation_id(self) -> Option<Uuid> {
         match self {
             Trigger::Notification { event_id, .. } => Some(event_id),
-            Trigger::Reconciliation { .. } | Trigger::ChainWatch { .. } => None,
+            Trigger::Reconciliation { .. } | Trigger::Task(_) => None,
         }
     }
 
@@ -62,8 +63,10 @@ impl Trigger {
             Trigger::Reconciliation { attempt } => {
                 json!({"trigger": "reconciliation", "check_attempt": attempt})
             }
-            Trigger::ChainWatch { invoice_id } => {
-                json!({"trigger": "chain_watch", "invoice_id": invoice_id})
+            Trigger::Task(cause) => {
+                let mut metadata = json!({ "trigger": cause.task });
+                metadata[cause.key] = json!(cause.id);
+                metadata
             }
         }
     }
@@ -395,16 +398,6 @@ async fn announce<C: ConnectionTrait>(
     metric::transition(&after.provider, before.status, after.status);
     tracing::info!(payment_id = %after.id, provider = %after.provider, from = %before.status, to = %after.status, trigger = trigger.name(), "payment transition");
     Ok(())
-}
-
-/// What a short crypto transfer left: everything received so far, what is missing, and
-/// until when the rest can come.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shortfall {
-    pub received_minor: i64,
-    pub shortfall_minor: i64,
-    pub tx_id: String,
-    pub pay_before: DateTime<Utc>,
 }
 
 /// Announces a partial payment (`payment.underpaid` and its log row); the payment stays

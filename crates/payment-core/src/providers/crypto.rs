@@ -12,6 +12,7 @@
 //! re-fetch path is the same as for the other providers.
 
 pub mod address;
+pub mod chain_loop;
 pub mod client;
 pub mod invoice;
 pub mod matcher;
@@ -23,6 +24,7 @@ pub mod watcher;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,8 +35,10 @@ use domain::env::Vars;
 use domain::money::{Currency, Money};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 
 pub use self::address::{AddressError, TronAddress};
+pub use self::chain_loop::{ChainLoop, OVERPAID_EVENT};
 pub use self::client::{TronGridClient, TronGridError};
 pub use self::invoice::{InvoiceError, ReservedInvoice};
 pub use self::notice::NoticeKey;
@@ -43,6 +47,7 @@ pub use self::watcher::{
     ChainWatcher, InvoiceOutcome, NoticeCheck, OutcomeKind, OutcomeSink, PollOutcome, WatchError,
 };
 use crate::ProviderId;
+use crate::background::{BackgroundTask, ProviderHost};
 use crate::error::{ProviderError, SettingsError, WebhookError};
 use crate::provider::{
     CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
@@ -293,15 +298,21 @@ pub enum QuoteError {
     Conversion(#[from] ConversionError),
 }
 
-/// The crypto provider: quotes, invoices and the invoice-backed status.
+/// The crypto provider: quotes, invoices, the invoice-backed status and the chain watcher
+/// that runs as its background loop.
 #[derive(Debug)]
 pub struct CryptoProvider {
     settings: CryptoSettings,
+    watcher: ChainWatcher,
 }
 
 impl CryptoProvider {
     pub fn new(settings: CryptoSettings) -> Result<Self, SettingsError> {
-        Ok(Self { settings })
+        let watcher = ChainWatcher::new(settings.clone()).map_err(|e| SettingsError::Invalid {
+            var: "TRONGRID_API_URL",
+            reason: e.to_string(),
+        })?;
+        Ok(Self { settings, watcher })
     }
 
     pub fn settings(&self) -> &CryptoSettings {
@@ -473,6 +484,16 @@ impl PaymentProvider for CryptoProvider {
 
     fn checks_own_notices(&self) -> bool {
         true
+    }
+
+    /// The chain watcher ([`ChainLoop`]): polls the wallet's history and checks notices.
+    fn background_task(
+        &self,
+        host: Arc<dyn ProviderHost>,
+        shutdown: CancellationToken,
+    ) -> Option<BackgroundTask> {
+        let chain = ChainLoop::new(self.watcher.clone(), host);
+        Some(Box::pin(chain.run(shutdown)))
     }
 }
 

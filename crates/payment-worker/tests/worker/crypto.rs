@@ -381,7 +381,12 @@ async fn an_overpayment_completes_and_the_surplus_is_recorded() {
     let paid = reload(db, payment.id).await;
     assert!(!paid.flagged, "{:?}", paid.flag_reason);
     assert_eq!(paid.amount_minor, due, "the price stays the price");
-    let surplus = logs(db, payment_worker::chain::OVERPAID_EVENT, payment.id).await;
+    let surplus = logs(
+        db,
+        payment_core::providers::crypto::OVERPAID_EVENT,
+        payment.id,
+    )
+    .await;
     assert_eq!(surplus.len(), 1);
     let metadata = surplus[0].metadata.clone().expect("metadata");
     assert_eq!(metadata["surplus_minor"], PRICE);
