@@ -18,8 +18,9 @@
 //!    confirmation (same YooKassa link, same USDT amount, same Telegram invoice payload);
 //! 3. otherwise counts the customer's **open** payments: `pending` and still reusable by the
 //!    rule above, or still being created (a half-made row counts until reconciliation
-//!    expires it), or holding an open crypto invoice (its tag stays reserved through the late
-//!    window). At `CHECKOUT_MAX_OPEN_PAYMENTS` the press is refused with
+//!    expires it), or still holding what its provider reserved at checkout
+//!    ([`PaymentProvider::holds_reservation`]: an open crypto invoice keeps its tag through the
+//!    late window). At `CHECKOUT_MAX_OPEN_PAYMENTS` the press is refused with
 //!    409 `too_many_open_payments`, else the new intent is stored.
 //!
 //! Why a row lock and not a partial unique index: "open" depends on the clock (`expires_at`
@@ -31,11 +32,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
-use domain::entities::{crypto_invoices, payments, users};
+use domain::entities::{payments, users};
 use domain::money::Money;
-use payment_core::ProviderId;
-use payment_core::providers::crypto::MAX_TAG;
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use payment_core::{PaymentProvider, PaymentService};
+use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use sea_orm::{PaginatorTrait, QueryOrder, QuerySelect};
 
@@ -70,7 +70,7 @@ impl Default for CheckoutPolicy {
 pub struct Wanted<'a> {
     pub user_id: i64,
     pub tariff_id: i64,
-    pub provider: ProviderId,
+    pub provider: &'a dyn PaymentProvider,
     /// The price just quoted (for crypto: without the tag).
     pub price: &'a Money,
 }
@@ -129,7 +129,7 @@ impl CheckoutPolicy {
         let rows = payments::Entity::find()
             .filter(P::UserId.eq(wanted.user_id))
             .filter(P::TariffId.eq(wanted.tariff_id))
-            .filter(P::Provider.eq(wanted.provider.as_str()))
+            .filter(P::Provider.eq(wanted.provider.id()))
             .filter(P::Currency.eq(wanted.price.currency()))
             .filter(self.reusable(now))
             .order_by_desc(P::CreatedAt)
@@ -143,40 +143,34 @@ impl CheckoutPolicy {
     pub async fn count_open<C: ConnectionTrait>(
         &self,
         txn: &C,
+        providers: &PaymentService,
         user_id: i64,
         now: DateTime<Utc>,
     ) -> Result<u64, DbErr> {
         use payments::Column as P;
-        let open_invoice = Query::select()
-            .expr(Expr::value(1))
-            .from(crypto_invoices::Entity)
-            .and_where(
-                Expr::col((crypto_invoices::Entity, crypto_invoices::Column::PaymentId))
-                    .equals((payments::Entity, P::Id)),
-            )
-            .and_where(crypto_invoices::Column::Status.eq(domain::CryptoInvoiceStatus::Open))
-            .to_owned();
+        let held = providers.providers().filter_map(|provider| {
+            let holds = provider.holds_reservation()?;
+            Some(P::Provider.eq(provider.id()).and(holds))
+        });
         payments::Entity::find()
             .filter(P::UserId.eq(user_id))
             .filter(P::Status.eq(PaymentStatus::Pending))
             .filter(
-                Condition::any()
-                    .add(self.reusable(now))
-                    .add(P::ProviderPaymentId.is_null())
-                    .add(Expr::exists(open_invoice)),
+                held.fold(
+                    Condition::any()
+                        .add(self.reusable(now))
+                        .add(P::ProviderPaymentId.is_null()),
+                    Condition::add,
+                ),
             )
             .count(txn)
             .await
     }
 }
 
-/// Whether `row` asks what `wanted` would ask now: the same amount, or for crypto the same
-/// price plus a tag.
+/// Whether `row` asks what `wanted` would ask now (the provider decides: the same amount,
+/// or for crypto the same price plus a tag).
 fn at_price(row: &payments::Model, wanted: &Wanted<'_>) -> bool {
-    let price = wanted.price.minor();
-    if wanted.provider == payment_core::providers::crypto::ID {
-        (1..=MAX_TAG).contains(&(row.amount_minor - price))
-    } else {
-        row.amount_minor == price
-    }
+    let asked = Money::new(row.amount_minor, row.currency);
+    wanted.provider.asks_at_price(wanted.price, &asked)
 }

@@ -9,6 +9,7 @@ use domain::entities::tariffs;
 use domain::money::{Currency, Money};
 use domain::{PaymentId, PaymentStatus, RefundStatus};
 use sea_orm::DatabaseTransaction;
+use sea_orm::sea_query::SimpleExpr;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -212,6 +213,21 @@ pub trait PaymentProvider: Send + Sync {
                     self.id()
                 )
             })
+    }
+
+    /// Whether a checkout asking `asked` is what this provider asks now for `price`, so that
+    /// a second press may hand it out again: by default the same amount; crypto: the price
+    /// plus a tag.
+    fn asks_at_price(&self, price: &Money, asked: &Money) -> bool {
+        price == asked
+    }
+
+    /// A condition on `payments` under which a pending payment of this provider still holds
+    /// what its checkout reserved, so it counts against its customer's open payments even
+    /// after it expired (crypto: an open invoice keeps its tag through the late window); none
+    /// by default.
+    fn holds_reservation(&self) -> Option<SimpleExpr> {
+        None
     }
 
     /// Inside the payment-creation transaction, once the payment row is written: reserves what

@@ -1,6 +1,7 @@
 //! Creating a payment: record the intent, ask the provider, record the answer.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use actix_web::HttpResponse;
 use actix_web::http::{StatusCode, header};
@@ -262,7 +263,15 @@ impl Create<'_> {
     /// the amount.
     async fn validate(
         &self,
-    ) -> Result<(TelegramUserId, ProviderId, tariffs::Model, Money), ApiError> {
+    ) -> Result<
+        (
+            TelegramUserId,
+            Arc<dyn PaymentProvider>,
+            tariffs::Model,
+            Money,
+        ),
+        ApiError,
+    > {
         let body = self.body;
         let telegram_id = TelegramUserId::parse(body.telegram_id)
             .map_err(|e| ApiError::Unprocessable(format!("telegram_id: {e}")))?;
@@ -272,7 +281,8 @@ impl Create<'_> {
             .state
             .payments
             .provider(provider_id.clone())
-            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?
+            .clone();
         let descriptor = provider.descriptor();
         let tariff = tariffs::Entity::find()
             .filter(tariffs::Column::Code.eq(body.tariff_code.as_str()))
@@ -297,7 +307,7 @@ impl Create<'_> {
         let amount = provider
             .quote(&tariff, currencies)
             .map_err(ApiError::Unprocessable)?;
-        Ok((telegram_id, provider_id, tariff, amount))
+        Ok((telegram_id, provider, tariff, amount))
     }
 
     /// Transaction 1: upserts the user, locks it, and answers with the customer's open
@@ -305,7 +315,7 @@ impl Create<'_> {
     /// the cap on open payments and stores the payment row as an intent (and, for crypto,
     /// reserves its invoice). See [`crate::checkout`].
     async fn record_intent(&self) -> Result<Recorded, ApiError> {
-        let (telegram_id, provider_id, tariff, amount) = self.validate().await?;
+        let (telegram_id, provider, tariff, amount) = self.validate().await?;
         let now = Utc::now().trunc_subsecs(6);
         let payment_id = PaymentId::new();
         let lease = Lease::fresh(&self.state.db, payment_id.into_inner());
@@ -316,7 +326,7 @@ impl Create<'_> {
         let wanted = checkout::Wanted {
             user_id,
             tariff_id: tariff.id,
-            provider: provider_id.clone(),
+            provider: provider.as_ref(),
             price: &amount,
         };
         if let Some(open) = policy.find_reusable(&txn, &wanted, now).await? {
@@ -333,7 +343,9 @@ impl Create<'_> {
                 reused: true,
             }));
         }
-        let open = policy.count_open(&txn, user_id, now).await?;
+        let open = policy
+            .count_open(&txn, &self.state.payments, user_id, now)
+            .await?;
         if open >= u64::from(policy.max_open) {
             return Err(ApiError::TooManyOpenPayments {
                 limit: policy.max_open,
@@ -343,7 +355,7 @@ impl Create<'_> {
             id: payment_id.into_inner(),
             user_id,
             tariff_id: tariff.id,
-            provider: provider_id.clone(),
+            provider: provider.id(),
             amount_minor: amount.minor(),
             currency: amount.currency(),
             status: PaymentStatus::Pending,
@@ -380,11 +392,7 @@ impl Create<'_> {
         }
         // The row goes in first: what the provider reserves may refer to it (crypto: the
         // invoice's unique amount, price + tag, is what the payer is asked for).
-        let asked = self
-            .state
-            .payments
-            .provider(provider_id)
-            .map_err(|e| ApiError::Unprocessable(e.to_string()))?
+        let asked = provider
             .reserve_checkout(&txn, payment.payment_id(), amount)
             .await
             .map_err(checkout_error)?;
@@ -425,7 +433,7 @@ impl Create<'_> {
     fn provider_of(
         &self,
         payment: &payments::Model,
-    ) -> Result<&std::sync::Arc<dyn PaymentProvider>, ProviderError> {
+    ) -> Result<&Arc<dyn PaymentProvider>, ProviderError> {
         self.state.payments.provider(payment.provider.clone())
     }
 

@@ -403,6 +403,17 @@ impl PaymentProvider for CryptoProvider {
             .map_err(checkout_error)
     }
 
+    /// The invoice asks the price plus a tag of 1..=[`MAX_TAG`].
+    fn asks_at_price(&self, price: &Money, asked: &Money) -> bool {
+        price.currency() == asked.currency()
+            && (1..=MAX_TAG).contains(&(asked.minor() - price.minor()))
+    }
+
+    /// An open invoice holds its tag (see [`invoice::open_invoice_exists`]).
+    fn holds_reservation(&self) -> Option<sea_orm::sea_query::SimpleExpr> {
+        Some(invoice::open_invoice_exists())
+    }
+
     /// Nobody can pay a refused payment: its USDT tag is free at once.
     async fn release_checkout(
         &self,

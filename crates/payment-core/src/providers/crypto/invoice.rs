@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use domain::entities::crypto_invoices;
 use domain::money::{Currency, Money};
 use domain::{CryptoInvoiceStatus, PaymentId, PaymentStatus};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement, Value};
 use uuid::Uuid;
 
@@ -223,6 +223,23 @@ pub async fn close_unpaid<C: ConnectionTrait>(
 }
 
 /// A uniform index below `len`, from the OS-seeded randomness of a v4 UUID.
+/// On `payments`: the payment has an open invoice (it holds its tag, through the late
+/// window, until it is paid or ended).
+pub fn open_invoice_exists() -> SimpleExpr {
+    use domain::entities::payments;
+    Expr::exists(
+        Query::select()
+            .expr(Expr::value(1))
+            .from(crypto_invoices::Entity)
+            .and_where(
+                Expr::col((crypto_invoices::Entity, crypto_invoices::Column::PaymentId))
+                    .equals((payments::Entity, payments::Column::Id)),
+            )
+            .and_where(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
+            .to_owned(),
+    )
+}
+
 fn random_index(len: usize) -> usize {
     let n = Uuid::new_v4().as_u128();
     usize::try_from(n % len as u128).unwrap_or(0)
