@@ -243,15 +243,17 @@ pub trait PaymentProvider: Send + Sync {
         Ok(price)
     }
 
-    /// In the transaction that marks a checkout refused: frees what
+    /// In the transaction that ends a checkout nobody can pay any more (refused by the
+    /// provider: `ended` is `failed`; never finished creating: `expired`): frees what
     /// [`PaymentProvider::reserve_checkout`] reserved (nothing by default).
     async fn release_checkout(
         &self,
         txn: &DatabaseTransaction,
         payment_id: PaymentId,
+        ended: PaymentStatus,
         now: DateTime<Utc>,
     ) -> Result<(), CheckoutError> {
-        let _ = (txn, payment_id, now);
+        let _ = (txn, payment_id, ended, now);
         Ok(())
     }
 

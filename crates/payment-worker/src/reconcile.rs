@@ -28,10 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::PaymentStatus;
 use domain::entities::payments;
 use domain::money::Money;
-use domain::{CryptoInvoiceStatus, PaymentStatus};
-use payment_core::providers::crypto::invoice;
 use payment_core::{PaymentService, ProviderError, ProviderPayment};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
@@ -322,13 +321,18 @@ impl Reconciler {
             match current {
                 Some(current) if current.is_half_made() => {
                     let outcome = self.expire(&tx, &current).await?;
-                    invoice::close_unpaid(
-                        &tx,
-                        current.payment_id(),
-                        CryptoInvoiceStatus::Expired,
-                        Utc::now(),
-                    )
-                    .await?;
+                    // Nobody can pay it: what its checkout reserved is free at once.
+                    if let Some(provider) = provider_of(&self.providers, &current) {
+                        provider
+                            .release_checkout(
+                                &tx,
+                                current.payment_id(),
+                                PaymentStatus::Expired,
+                                Utc::now(),
+                            )
+                            .await
+                            .map_err(|e| DbErr::Custom(e.to_string()))?;
+                    }
                     outcome
                 }
                 // Finished after all: back on the normal schedule.

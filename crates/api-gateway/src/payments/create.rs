@@ -671,7 +671,7 @@ impl Create<'_> {
                 // Nobody can pay a refused payment: what its checkout reserved is free at once.
                 if let Ok(provider) = self.provider_of(payment) {
                     provider
-                        .release_checkout(&txn, payment.payment_id(), now)
+                        .release_checkout(&txn, payment.payment_id(), PaymentStatus::Failed, now)
                         .await
                         .map_err(|e| DbErr::Custom(e.to_string()))?;
                 }

@@ -414,14 +414,20 @@ impl PaymentProvider for CryptoProvider {
         Some(invoice::open_invoice_exists())
     }
 
-    /// Nobody can pay a refused payment: its USDT tag is free at once.
+    /// Nobody can pay an ended checkout: its USDT tag is free at once (the invoice is
+    /// `expired` with an expired payment, else `canceled`).
     async fn release_checkout(
         &self,
         txn: &sea_orm::DatabaseTransaction,
         payment_id: domain::PaymentId,
+        ended: PaymentStatus,
         now: DateTime<Utc>,
     ) -> Result<(), CheckoutError> {
-        invoice::close_unpaid(txn, payment_id, domain::CryptoInvoiceStatus::Canceled, now)
+        let status = match ended {
+            PaymentStatus::Expired => domain::CryptoInvoiceStatus::Expired,
+            _ => domain::CryptoInvoiceStatus::Canceled,
+        };
+        invoice::close_unpaid(txn, payment_id, status, now)
             .await
             .map(|_| ())
             .map_err(|e| CheckoutError::Database(e.to_string()))

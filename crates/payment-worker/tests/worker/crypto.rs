@@ -3,20 +3,25 @@
 //! the tag) is announced once;
 //! a crypto notice only makes the worker ask the chain.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::PaymentStatus;
-use domain::entities::payments;
+use domain::entities::{crypto_invoices, payments};
 use domain::money::{Currency, Money};
+use domain::{CryptoInvoiceStatus, PaymentStatus};
 use messaging::Event;
 use messaging::events::PaymentUnderpaid;
-use payment_core::HttpRetry;
 use payment_core::providers::crypto::{
     CryptoProvider, CryptoSettings, LatePolicy, ReservedInvoice, TronAddress,
 };
+use payment_core::{HttpRetry, PaymentService, PaymentSettings};
+use payment_worker::{ReconcileSettings, Reconciler};
 use sandbox::tron;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, IntoActiveModel};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, IntoActiveModel,
+};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -435,4 +440,59 @@ async fn a_late_transfer_is_flagged_not_completed_under_the_flag_policy() {
         payment.flag_reason
     );
     assert!(completed.is_empty());
+}
+
+/// A crypto checkout that never finished creating (the gateway stopped after reserving the
+/// invoice): reconciliation expires the payment and, through the provider's
+/// `release_checkout`, expires its invoice at once, so its tag is free for other customers.
+#[tokio::test]
+async fn a_half_made_crypto_checkout_expires_and_frees_its_tag() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let chain = tron::spawn(tron::Config::default())
+        .await
+        .expect("emulator");
+    let crypto = crypto_settings(&chain);
+    let long_ago = Utc::now() - chrono::Duration::hours(1);
+    let price = Money::new(PRICE, Currency::Usdt);
+    let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
+        p.provider = Set(payment_core::providers::crypto::ID);
+        p.created_at = Set(long_ago);
+        p.next_check_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+    })
+    .await;
+    assert!(
+        payment.is_half_made(),
+        "no provider id: creation never finished"
+    );
+    let provider = CryptoProvider::new(crypto.clone()).expect("provider");
+    let invoice = provider
+        .reserve_invoice(db, payment.payment_id(), price, long_ago)
+        .await
+        .expect("reserved");
+    let open = |id| async move {
+        crypto_invoices::Entity::find_by_id(id)
+            .one(db)
+            .await
+            .expect("read")
+            .expect("invoice")
+            .status
+    };
+    assert_eq!(open(invoice.invoice_id).await, CryptoInvoiceStatus::Open);
+
+    let mut payments = PaymentSettings::default();
+    payments.crypto = Some(crypto.with_database(db.clone()));
+    Reconciler::new(
+        db.clone(),
+        Arc::new(PaymentService::from_settings(&payments).expect("service")),
+        ReconcileSettings::default(),
+        Arc::new(Notify::new()),
+    )
+    .run_once()
+    .await
+    .expect("reconcile");
+
+    assert_eq!(reload(db, payment.id).await.status, PaymentStatus::Expired);
+    assert_eq!(open(invoice.invoice_id).await, CryptoInvoiceStatus::Expired);
+    chain.stop().await;
 }
