@@ -480,8 +480,10 @@ async fn a_half_made_crypto_checkout_expires_and_frees_its_tag() {
     };
     assert_eq!(open(invoice.invoice_id).await, CryptoInvoiceStatus::Open);
 
-    let mut payments = PaymentSettings::default();
-    payments.crypto = Some(crypto.with_database(db.clone()));
+    let payments = PaymentSettings {
+        crypto: Some(crypto.with_database(db.clone())),
+        ..PaymentSettings::default()
+    };
     Reconciler::new(
         db.clone(),
         Arc::new(PaymentService::from_settings(&payments).expect("service")),
