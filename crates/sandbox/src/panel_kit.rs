@@ -1,4 +1,5 @@
-//! What the PasarGuard and Remnawave emulators share: the scripted faults, the outage and the
+//! What the PasarGuard and Remnawave emulators share: one [`Emulator`] over each panel's own
+//! [`PanelState`] (settings, users, routes, auth), the scripted faults, the outage and the
 //! latency of the Marzban emulator ([`Gate`], with [`crate::marzban::Fault`]), the recorded
 //! requests, the generic control API under `/sandbox/<panel>/` and a running server that can
 //! be disconnected and reconnected on the same port ([`Handle`]). Connections carry a copy of
@@ -9,13 +10,14 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use actix_web::dev::{Extensions, ServerHandle};
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -210,13 +212,179 @@ fn on_connect(connection: &dyn Any, data: &mut Extensions) {
     }
 }
 
-/// An emulated panel that a [`Handle`] can serve.
-pub trait Panel: Clone + Send + Sync + 'static {
-    /// For logs: `remnawave`, `pasarguard`.
+/// One emulated panel's own part — its settings, stored state, routes and access rules — that
+/// the generic [`Emulator`] wraps with the [`Gate`], the control API and the server.
+pub trait PanelState: Default + Send + 'static {
+    /// For logs and the control API's scope (`/sandbox/<NAME>/`): `remnawave`, `pasarguard`.
     const NAME: &'static str;
-    fn workers(&self) -> usize;
-    /// Registers the panel routes and the control API.
-    fn configure(&self, cfg: &mut web::ServiceConfig);
+    /// The route services call as a readiness check at times of their own, which
+    /// [`Gate::push_fault`] leaves alone.
+    const PROBE: &'static str;
+    /// The emulator's settings.
+    type Config: Send + Sync + 'static;
+    /// Everything the emulator stores about a user.
+    type User: Clone + Serialize;
+    /// What a route needs of the caller's credentials.
+    type Access;
+
+    /// The address to listen at (port 0: a free one) and the number of workers.
+    fn listen(config: &Self::Config) -> (SocketAddr, usize);
+    /// Registers the panel routes; their handlers take `web::Data<Emulator<Self>>`.
+    fn routes(cfg: &mut web::ServiceConfig);
+    /// The answer to [`Fault::InternalError`]: a 500 without doing anything.
+    fn internal_error() -> HttpResponse;
+    /// The answer to a bare-status fault.
+    fn fault_status(status: StatusCode) -> HttpResponse;
+    /// What the panel does to a request before anything else (not recorded): `Some` is its
+    /// answer. None by default.
+    fn admit(_config: &Self::Config, _req: &HttpRequest) -> Option<HttpResponse> {
+        None
+    }
+    /// `Some` refusal when the request's credentials do not grant `access`.
+    fn auth(
+        &self,
+        config: &Self::Config,
+        req: &HttpRequest,
+        access: Self::Access,
+    ) -> Option<HttpResponse>;
+    /// The panel's scheduler: statuses that time or traffic changed, as of `now`.
+    fn review(&mut self, now: DateTime<Utc>);
+    /// Every stored user, in creation order.
+    fn users(&self) -> Vec<Self::User>;
+    /// The user `username` names, by exact name.
+    fn user_mut(&mut self, username: &str) -> Option<&mut Self::User>;
+    /// Sets a user's traffic as Xray would report it (the lifetime total grows by the rise).
+    fn set_traffic(user: &mut Self::User, bytes: i64);
+    /// Every token stops working.
+    fn revoke_tokens(&mut self);
+}
+
+struct Shared<S: PanelState> {
+    config: S::Config,
+    state: Mutex<S>,
+    gate: Gate,
+}
+
+/// An emulated panel's state and control API; cheap to clone.
+pub struct Emulator<S: PanelState> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: PanelState> Clone for Emulator<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: PanelState> std::fmt::Debug for Emulator<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator").finish_non_exhaustive()
+    }
+}
+
+/// Starts the emulator of `S` on the current tokio runtime, at the configured address.
+pub async fn spawn<S: PanelState>(config: S::Config) -> std::io::Result<Handle<S>> {
+    let (bind, _) = S::listen(&config);
+    Handle::spawn(Emulator::new(config), bind)
+}
+
+impl<S: PanelState> Emulator<S> {
+    pub fn new(config: S::Config) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(S::default()),
+                gate: Gate::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &S::Config {
+        &self.shared.config
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, S> {
+        lock(&self.shared.state)
+    }
+
+    /// The faults, outage, latency and request log ([`Gate::push_fault`], [`Gate::set_down`],
+    /// [`Gate::count`], …).
+    pub fn gate(&self) -> &Gate {
+        &self.shared.gate
+    }
+
+    /// Registers the panel routes and the control API (`/sandbox/<panel>/…`).
+    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::new(self.clone()))
+            .configure(S::routes)
+            .service(web::scope(&format!("/sandbox/{}", S::NAME)).configure(control_routes::<S>));
+    }
+
+    /// Every token stops working ([`PanelState::revoke_tokens`]).
+    pub fn revoke_tokens(&self) {
+        self.state().revoke_tokens();
+    }
+
+    /// A user's stored state, by exact name.
+    pub fn user(&self, username: &str) -> Option<S::User> {
+        self.state().user_mut(username).map(|user| user.clone())
+    }
+
+    /// Every user, in creation order.
+    pub fn users(&self) -> Vec<S::User> {
+        self.state().users()
+    }
+
+    /// Sets a user's traffic as Xray would report it; the review then applies the limit.
+    pub fn set_used_traffic(&self, username: &str, bytes: i64) -> bool {
+        let mut state = self.state();
+        let Some(user) = state.user_mut(username) else {
+            return false;
+        };
+        S::set_traffic(user, bytes);
+        state.review(Utc::now());
+        true
+    }
+
+    /// Edits a stored user by hand, as an admin in the dashboard would.
+    pub fn edit_user(&self, username: &str, edit: impl FnOnce(&mut S::User)) -> bool {
+        self.state().user_mut(username).map(edit).is_some()
+    }
+
+    /// A panel request: [`PanelState::admit`], then the [`Gate`], then — when the fault lets
+    /// it — the auth check for `access` and `handle` on the reviewed state.
+    pub(crate) async fn serve(
+        &self,
+        req: &HttpRequest,
+        route: &'static str,
+        body: Option<Value>,
+        access: Option<S::Access>,
+        handle: impl FnOnce(&mut S, &S::Config, DateTime<Utc>) -> HttpResponse,
+    ) -> HttpResponse {
+        let config = self.config();
+        if let Some(answer) = S::admit(config, req) {
+            return answer;
+        }
+        let answers = FaultAnswers {
+            internal_error: S::internal_error,
+            status: S::fault_status,
+        };
+        self.gate()
+            .serve(req, route, S::PROBE, body, &answers, || {
+                let now = Utc::now();
+                let mut state = self.state();
+                if let Some(access) = access
+                    && let Some(refused) = state.auth(config, req, access)
+                {
+                    return refused;
+                }
+                state.review(now);
+                handle(&mut state, config, now)
+            })
+            .await
+    }
 }
 
 enum Listen {
@@ -229,14 +397,14 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-fn start<P: Panel>(panel: &P, listen: Listen) -> std::io::Result<Running> {
+fn start<S: PanelState>(panel: &Emulator<S>, listen: Listen) -> std::io::Result<Running> {
     let app_panel = panel.clone();
     let server = HttpServer::new(move || {
         let panel = app_panel.clone();
         App::new().configure(move |cfg| panel.configure(cfg))
     })
     .on_connect(on_connect)
-    .workers(panel.workers().max(1))
+    .workers(S::listen(panel.config()).1.max(1))
     .disable_signals()
     .shutdown_timeout(1);
     let server = match listen {
@@ -247,48 +415,48 @@ fn start<P: Panel>(panel: &P, listen: Listen) -> std::io::Result<Running> {
     let handle = server.handle();
     let task = tokio::spawn(async move {
         if let Err(error) = server.await {
-            tracing::error!(%error, emulator = P::NAME, "emulator server stopped");
+            tracing::error!(%error, emulator = S::NAME, "emulator server stopped");
         }
     });
     Ok(Running { handle, task })
 }
 
-/// A running emulated panel. Dropping it stops the server. Derefs to the panel for its
+/// A running emulated panel. Dropping it stops the server. Derefs to the [`Emulator`] for its
 /// control methods.
-pub struct Handle<P: Panel> {
+pub struct Handle<S: PanelState> {
     /// `http://127.0.0.1:<port>`: the panel URL (`PANEL_URL`).
     pub base_url: String,
     pub addr: SocketAddr,
-    panel: P,
+    panel: Emulator<S>,
     server: Mutex<Option<Running>>,
     /// While disconnected: the address bound but not listening (connections refused, and no
     /// other test's listener takes the port).
     reserved: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
-impl<P: Panel> std::fmt::Debug for Handle<P> {
+impl<S: PanelState> std::fmt::Debug for Handle<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
-            .field("panel", &P::NAME)
+            .field("panel", &S::NAME)
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
 }
 
-impl<P: Panel> Deref for Handle<P> {
-    type Target = P;
-    fn deref(&self) -> &P {
+impl<S: PanelState> Deref for Handle<S> {
+    type Target = Emulator<S>;
+    fn deref(&self) -> &Emulator<S> {
         &self.panel
     }
 }
 
-impl<P: Panel> Handle<P> {
+impl<S: PanelState> Handle<S> {
     /// Starts `panel` on the current tokio runtime at `bind` (port 0: a free one).
-    pub fn spawn(panel: P, bind: SocketAddr) -> std::io::Result<Self> {
+    pub fn spawn(panel: Emulator<S>, bind: SocketAddr) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let running = start(&panel, Listen::Socket(listener))?;
-        tracing::info!(%addr, "{} emulator listening", P::NAME);
+        tracing::info!(%addr, "{} emulator listening", S::NAME);
         Ok(Self {
             base_url: format!("http://{addr}"),
             addr,
@@ -298,7 +466,7 @@ impl<P: Panel> Handle<P> {
         })
     }
 
-    pub fn panel(&self) -> &P {
+    pub fn panel(&self) -> &Emulator<S> {
         &self.panel
     }
 
@@ -327,7 +495,7 @@ impl<P: Panel> Handle<P> {
     }
 }
 
-impl<P: Panel> Drop for Handle<P> {
+impl<S: PanelState> Drop for Handle<S> {
     fn drop(&mut self) {
         if let Some(running) = lock(&self.server).take() {
             drop(running.handle.stop(false));
@@ -345,21 +513,6 @@ fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     Ok(socket)
-}
-
-/// What the generic control API needs of a panel emulator.
-pub trait Controlled: Clone + Send + Sync + 'static {
-    fn gate(&self) -> &Gate;
-    /// Every stored user as JSON, in creation order.
-    fn users_json(&self) -> Value;
-    /// One stored user as JSON.
-    fn user_json(&self, username: &str) -> Option<Value>;
-    /// Every token stops working (expired, deleted).
-    fn revoke_tokens(&self);
-    /// Forgets users and tokens (the gate is reset by the caller).
-    fn reset_state(&self);
-    /// Traffic as Xray would report it.
-    fn set_used_traffic(&self, username: &str, bytes: i64) -> bool;
 }
 
 #[derive(Deserialize)]
@@ -394,11 +547,11 @@ struct Traffic {
 /// `PUT /latency`, `POST /revoke-tokens`, `GET /requests`, `GET /users`,
 /// `GET /users/{username}`, `PUT /users/{username}/traffic`, `POST /reset` — the same as the
 /// Marzban emulator's.
-pub fn control_routes<C: Controlled>(cfg: &mut web::ServiceConfig) {
+fn control_routes<S: PanelState>(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/faults",
         web::post().to(
-            |c: web::Data<C>, body: web::Json<FaultRequest>| async move {
+            |c: web::Data<Emulator<S>>, body: web::Json<FaultRequest>| async move {
                 let FaultRequest {
                     fault,
                     times,
@@ -414,28 +567,28 @@ pub fn control_routes<C: Controlled>(cfg: &mut web::ServiceConfig) {
     )
     .route(
         "/faults",
-        web::delete().to(|c: web::Data<C>| async move {
+        web::delete().to(|c: web::Data<Emulator<S>>| async move {
             c.gate().clear_faults();
             HttpResponse::NoContent().finish()
         }),
     )
     .route(
         "/down",
-        web::put().to(|c: web::Data<C>, body: web::Json<Down>| async move {
+        web::put().to(|c: web::Data<Emulator<S>>, body: web::Json<Down>| async move {
             c.gate().set_down(body.down);
             HttpResponse::NoContent().finish()
         }),
     )
     .route(
         "/latency",
-        web::put().to(|c: web::Data<C>, body: web::Json<Latency>| async move {
+        web::put().to(|c: web::Data<Emulator<S>>, body: web::Json<Latency>| async move {
             c.gate().set_latency(Duration::from_millis(body.latency_ms));
             HttpResponse::NoContent().finish()
         }),
     )
     .route(
         "/revoke-tokens",
-        web::post().to(|c: web::Data<C>| async move {
+        web::post().to(|c: web::Data<Emulator<S>>| async move {
             c.revoke_tokens();
             HttpResponse::NoContent().finish()
         }),
@@ -443,16 +596,16 @@ pub fn control_routes<C: Controlled>(cfg: &mut web::ServiceConfig) {
     .route(
         "/requests",
         web::get()
-            .to(|c: web::Data<C>| async move { HttpResponse::Ok().json(c.gate().requests()) }),
+            .to(|c: web::Data<Emulator<S>>| async move { HttpResponse::Ok().json(c.gate().requests()) }),
     )
     .route(
         "/users",
-        web::get().to(|c: web::Data<C>| async move { HttpResponse::Ok().json(c.users_json()) }),
+        web::get().to(|c: web::Data<Emulator<S>>| async move { HttpResponse::Ok().json(c.users()) }),
     )
     .route(
         "/users/{username}",
-        web::get().to(|c: web::Data<C>, name: web::Path<String>| async move {
-            match c.user_json(&name) {
+        web::get().to(|c: web::Data<Emulator<S>>, name: web::Path<String>| async move {
+            match c.user(&name) {
                 Some(user) => HttpResponse::Ok().json(user),
                 None => HttpResponse::NotFound().json(serde_json::json!({"error": "no such user"})),
             }
@@ -461,7 +614,7 @@ pub fn control_routes<C: Controlled>(cfg: &mut web::ServiceConfig) {
     .route(
         "/users/{username}/traffic",
         web::put().to(
-            |c: web::Data<C>, name: web::Path<String>, body: web::Json<Traffic>| async move {
+            |c: web::Data<Emulator<S>>, name: web::Path<String>, body: web::Json<Traffic>| async move {
                 if c.set_used_traffic(&name, body.used_traffic) {
                     HttpResponse::NoContent().finish()
                 } else {
@@ -472,9 +625,9 @@ pub fn control_routes<C: Controlled>(cfg: &mut web::ServiceConfig) {
     )
     .route(
         "/reset",
-        web::post().to(|c: web::Data<C>| async move {
+        web::post().to(|c: web::Data<Emulator<S>>| async move {
             c.gate().reset();
-            c.reset_state();
+            *c.state() = S::default();
             HttpResponse::NoContent().finish()
         }),
     );

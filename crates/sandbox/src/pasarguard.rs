@@ -27,7 +27,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -38,7 +37,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::panel_kit::{self, Controlled, FaultAnswers, Gate};
+use crate::panel_kit::{self, PanelState};
 
 pub use crate::panel_kit::{Fault, RequestRecord};
 
@@ -158,8 +157,9 @@ impl UserState {
     }
 }
 
+/// The panel's users and tokens, behind the [`Emulator`]'s lock.
 #[derive(Default)]
-struct State {
+pub struct State {
     users: BTreeMap<i64, UserState>,
     tokens: Vec<String>,
     key_revoked: bool,
@@ -167,19 +167,6 @@ struct State {
 }
 
 impl State {
-    fn review(&mut self, now: DateTime<Utc>) {
-        for user in self.users.values_mut() {
-            if user.status != UserStatus::Active {
-                continue;
-            }
-            if user.expire.is_some_and(|e| e <= now) {
-                user.status = UserStatus::Expired;
-            } else if user.data_limit.is_some_and(|l| user.used_traffic >= l) {
-                user.status = UserStatus::Limited;
-            }
-        }
-    }
-
     /// Binary collation: exact, case-sensitive.
     fn by_username(&self, name: &str) -> Option<i64> {
         self.users
@@ -189,98 +176,20 @@ impl State {
     }
 }
 
-struct Shared {
-    config: Config,
-    state: Mutex<State>,
-    gate: Gate,
-}
-
-/// The emulator's state and control API; cheap to clone.
-#[derive(Clone)]
-pub struct Emulator {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Emulator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator").finish_non_exhaustive()
-    }
-}
-
-/// A running emulator.
-pub type Handle = panel_kit::Handle<Emulator>;
-
-/// Starts the emulator on the current tokio runtime.
-pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let bind = config.bind;
-    Handle::spawn(Emulator::new(config), bind)
-}
-
-impl panel_kit::Panel for Emulator {
+impl PanelState for State {
     const NAME: &'static str = "pasarguard";
+    const PROBE: &'static str = route::GROUP;
+    type Config = Config;
+    type User = UserState;
+    /// The API key's permission the route needs.
+    type Access = &'static str;
 
-    fn workers(&self) -> usize {
-        self.shared.config.workers
+    fn listen(config: &Config) -> (SocketAddr, usize) {
+        (config.bind, config.workers)
     }
 
-    fn configure(&self, cfg: &mut web::ServiceConfig) {
-        Emulator::configure(self, cfg);
-    }
-}
-
-impl Controlled for Emulator {
-    fn gate(&self) -> &Gate {
-        &self.shared.gate
-    }
-
-    fn users_json(&self) -> Value {
-        json!(self.users())
-    }
-
-    fn user_json(&self, username: &str) -> Option<Value> {
-        self.user(username).map(|u| json!(u))
-    }
-
-    fn revoke_tokens(&self) {
-        Emulator::revoke_tokens(self);
-    }
-
-    fn reset_state(&self) {
-        *self.state() = State::default();
-    }
-
-    fn set_used_traffic(&self, username: &str, bytes: i64) -> bool {
-        Emulator::set_used_traffic(self, username, bytes)
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Emulator {
-    pub fn new(config: Config) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                config,
-                state: Mutex::new(State::default()),
-                gate: Gate::default(),
-            }),
-        }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.shared.state)
-    }
-
-    /// Registers the panel routes and the control API (`/sandbox/pasarguard/…`).
-    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
-        cfg.app_data(web::Data::new(self.clone()))
-            .route("/api/admin/token", web::post().to(http::token))
+    fn routes(cfg: &mut web::ServiceConfig) {
+        cfg.route("/api/admin/token", web::post().to(http::token))
             .route("/api/group/{id}", web::get().to(http::group))
             .route("/api/user", web::post().to(http::create_user))
             .service(
@@ -306,34 +215,93 @@ impl Emulator {
                 web::get().to(http::by_username),
             )
             .route("/api/user/{username}", web::get().to(http::by_username))
-            .route("/api/users", web::get().to(http::list_users))
-            .service(
-                web::scope("/sandbox/pasarguard").configure(panel_kit::control_routes::<Emulator>),
-            );
+            .route("/api/users", web::get().to(http::list_users));
     }
 
-    pub fn gate(&self) -> &Gate {
-        &self.shared.gate
+    fn internal_error() -> HttpResponse {
+        HttpResponse::InternalServerError()
+            .content_type("text/plain; charset=utf-8")
+            .body("Internal Server Error")
+    }
+
+    fn fault_status(status: StatusCode) -> HttpResponse {
+        detail(status, status.canonical_reason().unwrap_or("Error"))
+    }
+
+    /// An admin token (sudo: every permission) or the API key with `permission`.
+    fn auth(&self, config: &Config, req: &HttpRequest, permission: &str) -> Option<HttpResponse> {
+        let header_value = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let (scheme, credential) = match (header_value("x-api-key"), header_value("authorization"))
+        {
+            (Some(key), _) => ("apikey".to_owned(), key.to_owned()),
+            (None, Some(value)) => {
+                let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
+                (scheme.to_ascii_lowercase(), credential.trim().to_owned())
+            }
+            (None, None) => return Some(unauthorized("Not authenticated")),
+        };
+        match scheme.as_str() {
+            "bearer" if self.tokens.contains(&credential) => None,
+            "apikey" if credential == config.api_key && !self.key_revoked => {
+                let allowed = config.api_key_permissions.iter().any(|p| p == permission);
+                (!allowed).then(|| detail(StatusCode::FORBIDDEN, "You're not allowed"))
+            }
+            _ => Some(unauthorized("Could not validate credentials")),
+        }
+    }
+
+    fn review(&mut self, now: DateTime<Utc>) {
+        for user in self.users.values_mut() {
+            if user.status != UserStatus::Active {
+                continue;
+            }
+            if user.expire.is_some_and(|e| e <= now) {
+                user.status = UserStatus::Expired;
+            } else if user.data_limit.is_some_and(|l| user.used_traffic >= l) {
+                user.status = UserStatus::Limited;
+            }
+        }
+    }
+
+    fn users(&self) -> Vec<UserState> {
+        self.users.values().cloned().collect()
+    }
+
+    fn user_mut(&mut self, username: &str) -> Option<&mut UserState> {
+        let id = self.by_username(username)?;
+        self.users.get_mut(&id)
+    }
+
+    /// The review then applies `limited`.
+    fn set_traffic(user: &mut UserState, bytes: i64) {
+        user.lifetime_used_traffic += (bytes - user.used_traffic).max(0);
+        user.used_traffic = bytes;
     }
 
     /// Admin tokens stop working and the API key is revoked: every call is 401.
-    pub fn revoke_tokens(&self) {
-        let mut state = self.state();
-        state.tokens.clear();
-        state.key_revoked = true;
+    fn revoke_tokens(&mut self) {
+        self.tokens.clear();
+        self.key_revoked = true;
     }
+}
 
-    /// A user's stored state, by exact name.
-    pub fn user(&self, username: &str) -> Option<UserState> {
-        let state = self.state();
-        let id = state.by_username(username)?;
-        state.users.get(&id).cloned()
-    }
+/// The emulator's state and control API; cheap to clone.
+pub type Emulator = panel_kit::Emulator<State>;
 
-    pub fn users(&self) -> Vec<UserState> {
-        self.state().users.values().cloned().collect()
-    }
+/// A running emulator.
+pub type Handle = panel_kit::Handle<State>;
 
+/// Starts the emulator on the current tokio runtime.
+pub async fn spawn(config: Config) -> std::io::Result<Handle> {
+    panel_kit::spawn(config).await
+}
+
+impl Emulator {
     pub fn vless_id(&self, username: &str) -> Option<String> {
         self.user(username)?.vless_id().map(str::to_owned)
     }
@@ -368,61 +336,6 @@ impl Emulator {
         state.users.insert(user.id, user.clone());
         user
     }
-
-    /// Sets a user's traffic as Xray would report it; the review then applies `limited`.
-    pub fn set_used_traffic(&self, username: &str, bytes: i64) -> bool {
-        let mut state = self.state();
-        let Some(id) = state.by_username(username) else {
-            return false;
-        };
-        if let Some(user) = state.users.get_mut(&id) {
-            user.lifetime_used_traffic += (bytes - user.used_traffic).max(0);
-            user.used_traffic = bytes;
-        }
-        state.review(Utc::now());
-        true
-    }
-
-    /// Edits a stored user by hand, as an admin in the dashboard would.
-    pub fn edit_user(&self, username: &str, edit: impl FnOnce(&mut UserState)) -> bool {
-        let mut state = self.state();
-        let Some(id) = state.by_username(username) else {
-            return false;
-        };
-        state.users.get_mut(&id).map(edit).is_some()
-    }
-
-    async fn serve(
-        &self,
-        req: &HttpRequest,
-        route: &'static str,
-        body: Option<Value>,
-        permission: Option<&'static str>,
-        handle: impl FnOnce(&mut State, &Config, DateTime<Utc>) -> HttpResponse,
-    ) -> HttpResponse {
-        let config = &self.shared.config;
-        let answers = FaultAnswers {
-            internal_error: || {
-                HttpResponse::InternalServerError()
-                    .content_type("text/plain; charset=utf-8")
-                    .body("Internal Server Error")
-            },
-            status: |status| detail(status, status.canonical_reason().unwrap_or("Error")),
-        };
-        self.gate()
-            .serve(req, route, route::GROUP, body, &answers, || {
-                let now = Utc::now();
-                let mut state = self.state();
-                if let Some(permission) = permission
-                    && let Some(refused) = auth(&state, config, req, permission)
-                {
-                    return refused;
-                }
-                state.review(now);
-                handle(&mut state, config, now)
-            })
-            .await
-    }
 }
 
 fn detail(status: StatusCode, text: &str) -> HttpResponse {
@@ -433,37 +346,6 @@ fn unauthorized(text: &str) -> HttpResponse {
     HttpResponse::Unauthorized()
         .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
         .json(json!({"detail": text}))
-}
-
-/// An admin token (sudo: every permission) or the API key with `permission`.
-fn auth(
-    state: &State,
-    config: &Config,
-    req: &HttpRequest,
-    permission: &str,
-) -> Option<HttpResponse> {
-    let header_value = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let (scheme, credential) = match (header_value("x-api-key"), header_value("authorization")) {
-        (Some(key), _) => ("apikey".to_owned(), key.to_owned()),
-        (None, Some(value)) => {
-            let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
-            (scheme.to_ascii_lowercase(), credential.trim().to_owned())
-        }
-        (None, None) => return Some(unauthorized("Not authenticated")),
-    };
-    match scheme.as_str() {
-        "bearer" if state.tokens.contains(&credential) => None,
-        "apikey" if credential == config.api_key && !state.key_revoked => {
-            let allowed = config.api_key_permissions.iter().any(|p| p == permission);
-            (!allowed).then(|| detail(StatusCode::FORBIDDEN, "You're not allowed"))
-        }
-        _ => Some(unauthorized("Could not validate credentials")),
-    }
 }
 
 /// FastAPI/pydantic errors, keyed by the last `loc` element, answered 422.

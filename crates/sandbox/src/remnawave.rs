@@ -28,7 +28,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -37,7 +36,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::panel_kit::{self, Connection, Controlled, FaultAnswers, Gate};
+use crate::panel_kit::{self, Connection, PanelState};
 
 pub use crate::panel_kit::{Fault, RequestRecord};
 
@@ -147,8 +146,9 @@ pub struct UserState {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The panel's users and tokens, behind the [`Emulator`]'s lock.
 #[derive(Default)]
-struct State {
+pub struct State {
     users: HashMap<Uuid, UserState>,
     /// The API token stopped working: expired (401) or deleted (403).
     token: TokenState,
@@ -166,120 +166,25 @@ enum TokenState {
 }
 
 impl State {
-    /// The scheduler: an active user past its expiry is EXPIRED, over its limit LIMITED.
-    fn review(&mut self, now: DateTime<Utc>) {
-        for user in self.users.values_mut() {
-            if user.status != UserStatus::Active {
-                continue;
-            }
-            if user.expire_at <= now {
-                user.status = UserStatus::Expired;
-            } else if user.traffic_limit_bytes > 0
-                && user.used_traffic_bytes >= user.traffic_limit_bytes
-            {
-                user.status = UserStatus::Limited;
-            }
-        }
-    }
-
     fn by_username(&self, name: &str) -> Option<&UserState> {
         // Plain Postgres `@unique`: case-sensitive.
         self.users.values().find(|u| u.username == name)
     }
 }
 
-struct Shared {
-    config: Config,
-    state: Mutex<State>,
-    gate: Gate,
-}
-
-/// The emulator's state and control API; cheap to clone.
-#[derive(Clone)]
-pub struct Emulator {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Emulator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator").finish_non_exhaustive()
-    }
-}
-
-/// A running emulator.
-pub type Handle = panel_kit::Handle<Emulator>;
-
-/// Starts the emulator on the current tokio runtime.
-pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let bind = config.bind;
-    Handle::spawn(Emulator::new(config), bind)
-}
-
-impl panel_kit::Panel for Emulator {
+impl PanelState for State {
     const NAME: &'static str = "remnawave";
+    const PROBE: &'static str = route::SQUADS;
+    type Config = Config;
+    type User = UserState;
+    type Access = Scope;
 
-    fn workers(&self) -> usize {
-        self.shared.config.workers
+    fn listen(config: &Config) -> (SocketAddr, usize) {
+        (config.bind, config.workers)
     }
 
-    fn configure(&self, cfg: &mut web::ServiceConfig) {
-        Emulator::configure(self, cfg);
-    }
-}
-
-impl Controlled for Emulator {
-    fn gate(&self) -> &Gate {
-        &self.shared.gate
-    }
-
-    fn users_json(&self) -> Value {
-        json!(self.users())
-    }
-
-    fn user_json(&self, username: &str) -> Option<Value> {
-        self.user(username).map(|u| json!(u))
-    }
-
-    fn revoke_tokens(&self) {
-        Emulator::revoke_tokens(self);
-    }
-
-    fn reset_state(&self) {
-        *self.state() = State::default();
-    }
-
-    fn set_used_traffic(&self, username: &str, bytes: i64) -> bool {
-        Emulator::set_used_traffic(self, username, bytes)
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Emulator {
-    pub fn new(config: Config) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                config,
-                state: Mutex::new(State::default()),
-                gate: Gate::default(),
-            }),
-        }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.shared.state)
-    }
-
-    /// Registers the panel routes and the control API (`/sandbox/remnawave/…`).
-    pub fn configure(&self, cfg: &mut web::ServiceConfig) {
-        cfg.app_data(web::Data::new(self.clone()))
-            .route("/api/auth/login", web::post().to(http::login))
+    fn routes(cfg: &mut web::ServiceConfig) {
+        cfg.route("/api/auth/login", web::post().to(http::login))
             .route("/api/internal-squads", web::get().to(http::squads))
             .route("/api/internal-squads/", web::get().to(http::squads))
             .service(
@@ -300,23 +205,137 @@ impl Emulator {
             .route(
                 "/api/users/{uuid}/actions/{action}",
                 web::post().to(http::action),
-            )
-            .service(
-                web::scope("/sandbox/remnawave").configure(panel_kit::control_routes::<Emulator>),
             );
     }
 
-    /// The faults, outage, latency and request log ([`Gate::push_fault`], [`Gate::set_down`],
-    /// [`Gate::count`], …).
-    pub fn gate(&self) -> &Gate {
-        &self.shared.gate
+    fn internal_error() -> HttpResponse {
+        domain_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "/api",
+            "Internal server error",
+            "A001",
+        )
+    }
+
+    fn fault_status(status: StatusCode) -> HttpResponse {
+        HttpResponse::build(status).json(json!({
+            "message": status.canonical_reason().unwrap_or("Error"),
+            "statusCode": status.as_u16(),
+        }))
+    }
+
+    /// The proxy check.
+    fn admit(config: &Config, req: &HttpRequest) -> Option<HttpResponse> {
+        if config.development || behind_proxy(req) {
+            return None;
+        }
+        // ProxyCheckMiddleware: `socket.destroy()`, no HTTP answer at all.
+        if let Some(connection) = req.conn_data::<Connection>() {
+            connection.drop_connection();
+        }
+        Some(HttpResponse::BadRequest().finish())
+    }
+
+    /// 401 for a missing, unknown or expired token; 403 for a deleted one, one whose scopes do
+    /// not cover the route, or an admin JWT without the browser header.
+    fn auth(&self, config: &Config, req: &HttpRequest, scope: Scope) -> Option<HttpResponse> {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let unauthorized = || {
+            HttpResponse::Unauthorized().json(json!({"message": "Unauthorized", "statusCode": 401}))
+        };
+        let forbidden = |message: &str| {
+            HttpResponse::Forbidden()
+                .json(json!({"message": message, "error": "Forbidden", "statusCode": 403}))
+        };
+        let Some(token) = token else {
+            return Some(unauthorized());
+        };
+        if self.admin_tokens.iter().any(|t| t == token) {
+            let browser = req
+                .headers()
+                .get("x-remnawave-client-type")
+                .and_then(|v| v.to_str().ok())
+                == Some("browser");
+            return (!browser).then(|| {
+                forbidden(
+                    "For API requests you must create own API-token. Use the dashboard to create it.",
+                )
+            });
+        }
+        if token != config.api_token {
+            return Some(unauthorized());
+        }
+        match self.token {
+            TokenState::Expired => return Some(unauthorized()),
+            TokenState::Deleted => return Some(forbidden("Forbidden resource")),
+            TokenState::Valid => {}
+        }
+        let allowed = config.token_scopes.iter().any(|granted| {
+            let granted = granted.as_str();
+            granted == "*"
+                || granted == format!("{}:*", scope.group)
+                || granted == scope.endpoint
+                || (scope.write && granted == format!("{}:write", scope.group))
+                || (!scope.write && granted == format!("{}:read", scope.group))
+        });
+        (!allowed).then(|| forbidden("Forbidden resource"))
+    }
+
+    /// The scheduler: an active user past its expiry is EXPIRED, over its limit LIMITED.
+    fn review(&mut self, now: DateTime<Utc>) {
+        for user in self.users.values_mut() {
+            if user.status != UserStatus::Active {
+                continue;
+            }
+            if user.expire_at <= now {
+                user.status = UserStatus::Expired;
+            } else if user.traffic_limit_bytes > 0
+                && user.used_traffic_bytes >= user.traffic_limit_bytes
+            {
+                user.status = UserStatus::Limited;
+            }
+        }
+    }
+
+    fn users(&self) -> Vec<UserState> {
+        let mut users: Vec<UserState> = self.users.values().cloned().collect();
+        users.sort_by_key(|u| u.id);
+        users
+    }
+
+    fn user_mut(&mut self, username: &str) -> Option<&mut UserState> {
+        self.users.values_mut().find(|u| u.username == username)
+    }
+
+    /// The scheduler then applies LIMITED.
+    fn set_traffic(user: &mut UserState, bytes: i64) {
+        user.lifetime_used_traffic_bytes += (bytes - user.used_traffic_bytes).max(0);
+        user.used_traffic_bytes = bytes;
     }
 
     /// The API token expires: every call is 401 until [`Emulator::renew_token`].
-    pub fn revoke_tokens(&self) {
-        self.state().token = TokenState::Expired;
+    fn revoke_tokens(&mut self) {
+        self.token = TokenState::Expired;
     }
+}
 
+/// The emulator's state and control API; cheap to clone.
+pub type Emulator = panel_kit::Emulator<State>;
+
+/// A running emulator.
+pub type Handle = panel_kit::Handle<State>;
+
+/// Starts the emulator on the current tokio runtime.
+pub async fn spawn(config: Config) -> std::io::Result<Handle> {
+    panel_kit::spawn(config).await
+}
+
+impl Emulator {
     /// The API token is deleted in the dashboard: every call is 403.
     pub fn delete_token(&self) {
         self.state().token = TokenState::Deleted;
@@ -325,18 +344,6 @@ impl Emulator {
     /// The token works again (an operator renewed it).
     pub fn renew_token(&self) {
         self.state().token = TokenState::Valid;
-    }
-
-    /// A user's stored state, by exact name.
-    pub fn user(&self, username: &str) -> Option<UserState> {
-        self.state().by_username(username).cloned()
-    }
-
-    /// Every user, in creation order.
-    pub fn users(&self) -> Vec<UserState> {
-        let mut users: Vec<UserState> = self.state().users.values().cloned().collect();
-        users.sort_by_key(|u| u.id);
-        users
     }
 
     /// The user's VLESS UUID: the customer's key.
@@ -357,77 +364,6 @@ impl Emulator {
         state.users.insert(user.uuid, user.clone());
         user
     }
-
-    /// Sets a user's traffic as Xray would report it; the scheduler then applies LIMITED.
-    pub fn set_used_traffic(&self, username: &str, bytes: i64) -> bool {
-        let mut state = self.state();
-        let Some(uuid) = state.by_username(username).map(|u| u.uuid) else {
-            return false;
-        };
-        if let Some(user) = state.users.get_mut(&uuid) {
-            user.lifetime_used_traffic_bytes += (bytes - user.used_traffic_bytes).max(0);
-            user.used_traffic_bytes = bytes;
-        }
-        state.review(Utc::now());
-        true
-    }
-
-    /// Edits a stored user by hand, as an admin in the dashboard would.
-    pub fn edit_user(&self, username: &str, edit: impl FnOnce(&mut UserState)) -> bool {
-        let mut state = self.state();
-        let Some(uuid) = state.by_username(username).map(|u| u.uuid) else {
-            return false;
-        };
-        state.users.get_mut(&uuid).map(edit).is_some()
-    }
-
-    /// The proxy check, then the auth and scope check, then `handle` on the reviewed state.
-    async fn serve(
-        &self,
-        req: &HttpRequest,
-        route: &'static str,
-        body: Option<Value>,
-        scope: Option<Scope>,
-        handle: impl FnOnce(&mut State, &Config, DateTime<Utc>) -> HttpResponse,
-    ) -> HttpResponse {
-        let config = &self.shared.config;
-        if !config.development && !behind_proxy(req) {
-            // ProxyCheckMiddleware: `socket.destroy()`, no HTTP answer at all.
-            if let Some(connection) = req.conn_data::<Connection>() {
-                connection.drop_connection();
-            }
-            return HttpResponse::BadRequest().finish();
-        }
-        let answers = FaultAnswers {
-            internal_error: || {
-                domain_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "/api",
-                    "Internal server error",
-                    "A001",
-                )
-            },
-            status: |status| {
-                HttpResponse::build(status).json(json!({
-                    "message": status.canonical_reason().unwrap_or("Error"),
-                    "statusCode": status.as_u16(),
-                }))
-            },
-        };
-        self.gate()
-            .serve(req, route, route::SQUADS, body, &answers, || {
-                let now = Utc::now();
-                let mut state = self.state();
-                if let Some(scope) = scope
-                    && let Some(refused) = auth(&state, config, req, scope)
-                {
-                    return refused;
-                }
-                state.review(now);
-                handle(&mut state, config, now)
-            })
-            .await
-    }
 }
 
 fn behind_proxy(req: &HttpRequest) -> bool {
@@ -445,7 +381,7 @@ fn behind_proxy(req: &HttpRequest) -> bool {
 /// What a route needs of the token's scopes: its group (`users`, `internal-squads`),
 /// whether it writes, and its per-endpoint scope.
 #[derive(Debug, Clone, Copy)]
-struct Scope {
+pub struct Scope {
     group: &'static str,
     write: bool,
     endpoint: &'static str,
@@ -457,55 +393,6 @@ const fn users(write: bool, endpoint: &'static str) -> Scope {
         write,
         endpoint,
     }
-}
-
-/// 401 for a missing, unknown or expired token; 403 for a deleted one, one whose scopes do not
-/// cover the route, or an admin JWT without the browser header.
-fn auth(state: &State, config: &Config, req: &HttpRequest, scope: Scope) -> Option<HttpResponse> {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let unauthorized =
-        || HttpResponse::Unauthorized().json(json!({"message": "Unauthorized", "statusCode": 401}));
-    let forbidden = |message: &str| {
-        HttpResponse::Forbidden()
-            .json(json!({"message": message, "error": "Forbidden", "statusCode": 403}))
-    };
-    let Some(token) = token else {
-        return Some(unauthorized());
-    };
-    if state.admin_tokens.iter().any(|t| t == token) {
-        let browser = req
-            .headers()
-            .get("x-remnawave-client-type")
-            .and_then(|v| v.to_str().ok())
-            == Some("browser");
-        return (!browser).then(|| {
-            forbidden(
-                "For API requests you must create own API-token. Use the dashboard to create it.",
-            )
-        });
-    }
-    if token != config.api_token {
-        return Some(unauthorized());
-    }
-    match state.token {
-        TokenState::Expired => return Some(unauthorized()),
-        TokenState::Deleted => return Some(forbidden("Forbidden resource")),
-        TokenState::Valid => {}
-    }
-    let allowed = config.token_scopes.iter().any(|granted| {
-        let granted = granted.as_str();
-        granted == "*"
-            || granted == format!("{}:*", scope.group)
-            || granted == scope.endpoint
-            || (scope.write && granted == format!("{}:write", scope.group))
-            || (!scope.write && granted == format!("{}:read", scope.group))
-    });
-    (!allowed).then(|| forbidden("Forbidden resource"))
 }
 
 fn iso(at: DateTime<Utc>) -> String {
