@@ -8,7 +8,6 @@ use marzban_sync::panel::{
     self, MarzbanUsername, ModifyStatus, ModifyUser, Panel, PanelError, UserStatus,
 };
 use marzban_sync::pasarguard::{PasarguardAuth, PasarguardClient, PasarguardSettings};
-use sandbox::marzban::Fault;
 use sandbox::pasarguard::{self as emulator, Handle, route};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -45,15 +44,10 @@ async fn raw(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", emu.base_url))
-        .header("X-Api-Key", emulator::DEFAULT_API_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::raw_call(&emu.base_url, method, path, body, |request| {
+        request.header("X-Api-Key", emulator::DEFAULT_API_KEY)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -258,38 +252,7 @@ async fn a_limited_user_is_reset_and_an_adopted_one_gets_our_group() {
 #[tokio::test]
 async fn bad_answers_are_clear_retried_errors() {
     let emu = spawn().await;
-    let pg = client(&emu);
-    emu.gate().push_fault(Fault::InternalError, 1);
-    let error = pg.get_user(&name("tg_1")).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            PanelError::Unavailable {
-                status: Some(500),
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    emu.gate().set_down(true);
-    let error = pg.get_user(&name("tg_1")).await.unwrap_err();
-    assert!(
-        error.is_retryable() && error.to_string().contains("502"),
-        "{error}"
-    );
-    emu.gate().set_down(false);
-    emu.gate()
-        .push_fault_on(route::CREATE_USER, Fault::InternalErrorAfterProcessing, 1);
-    let d = desired("tg_5", in_days(30));
-    assert!(
-        panel::activate(&pg, &d, false, "n")
-            .await
-            .unwrap_err()
-            .is_retryable()
-    );
-    let user = panel::activate(&pg, &d, false, "n").await.unwrap();
-    assert_eq!(user.expire, Some(d.expire));
-    assert_eq!(emu.users().len(), 1);
+    common::bad_answers_are_clear_retried_errors(&emu, &client(&emu), route::CREATE_USER).await;
 }
 
 #[tokio::test]

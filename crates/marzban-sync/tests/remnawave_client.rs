@@ -9,7 +9,6 @@ use marzban_sync::panel::{
     UserStatus,
 };
 use marzban_sync::remnawave::{RemnawaveClient, RemnawaveSettings};
-use sandbox::marzban::Fault;
 use sandbox::remnawave::{self as emulator, Handle, route};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -49,17 +48,13 @@ async fn raw(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", emu.base_url))
-        .bearer_auth(emulator::DEFAULT_TOKEN)
-        .header("X-Forwarded-For", "127.0.0.1")
-        .header("X-Forwarded-Proto", "https");
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    common::raw_call(&emu.base_url, method, path, body, |request| {
+        request
+            .bearer_auth(emulator::DEFAULT_TOKEN)
+            .header("X-Forwarded-For", "127.0.0.1")
+            .header("X-Forwarded-Proto", "https")
+    })
+    .await
 }
 
 #[tokio::test]
@@ -295,38 +290,7 @@ async fn a_token_without_the_scope_or_a_missing_squad_is_not_ready() {
 #[tokio::test]
 async fn bad_answers_are_clear_retried_errors() {
     let emu = spawn().await;
-    let rw = client(&emu);
-    emu.gate().push_fault(Fault::InternalError, 1);
-    let error = rw.get_user(&name("tg_1")).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            PanelError::Unavailable {
-                status: Some(500),
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    emu.gate().set_down(true);
-    let error = rw.get_user(&name("tg_1")).await.unwrap_err();
-    assert!(error.is_retryable(), "{error:?}");
-    assert!(error.to_string().contains("502 Bad Gateway"), "{error}");
-    emu.gate().set_down(false);
-
-    // Applied, then a 500: the retry sends the same absolute state.
-    emu.gate()
-        .push_fault_on(route::CREATE_USER, Fault::InternalErrorAfterProcessing, 1);
-    let d = desired("tg_5", in_days(30));
-    assert!(
-        panel::activate(&rw, &d, false, "n")
-            .await
-            .unwrap_err()
-            .is_retryable()
-    );
-    let user = panel::activate(&rw, &d, false, "n").await.unwrap();
-    assert_eq!(user.expire, Some(d.expire));
-    assert_eq!(emu.users().len(), 1);
+    common::bad_answers_are_clear_retried_errors(&emu, &client(&emu), route::CREATE_USER).await;
 }
 
 #[tokio::test]

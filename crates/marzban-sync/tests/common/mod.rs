@@ -1,8 +1,12 @@
-//! Helpers shared by the panel client tests.
+//! Helpers shared by the panel client tests: fixtures, a raw request and the scenarios every
+//! panel plays the same.
 #![allow(dead_code)]
 
 use chrono::Utc;
-use marzban_sync::panel::{Desired, MarzbanUsername};
+use marzban_sync::panel::{self, Desired, MarzbanUsername, Panel, PanelError};
+use sandbox::marzban::Fault;
+use sandbox::panel_kit::{Handle, PanelState};
+use serde_json::Value;
 
 pub const GIB: i64 = 1 << 30;
 
@@ -27,4 +31,63 @@ pub fn desired(username: &str, expire: i64) -> Desired {
         expire,
         data_limit: Some(10 * GIB),
     }
+}
+
+/// A raw call to the emulator at `base_url`, with the credentials `authorize` adds, for what
+/// our client never sends: the status and the JSON answer (`null` when there is none).
+pub async fn raw_call(
+    base_url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    authorize: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> (u16, Value) {
+    let mut request =
+        authorize(reqwest::Client::new().request(method, format!("{base_url}{path}")));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A 500, an outage and a create applied before its 500 are retried errors that say what
+/// happened; the retry of the create sends the same absolute state.
+pub async fn bad_answers_are_clear_retried_errors<S: PanelState>(
+    emu: &Handle<S>,
+    client: &impl Panel,
+    create_route: &str,
+) {
+    emu.gate().push_fault(Fault::InternalError, 1);
+    let error = client.get_user(&name("tg_1")).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PanelError::Unavailable {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    emu.gate().set_down(true);
+    let error = client.get_user(&name("tg_1")).await.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    assert!(error.to_string().contains("502 Bad Gateway"), "{error}");
+    emu.gate().set_down(false);
+
+    // Applied, then a 500: the retry sends the same absolute state.
+    emu.gate()
+        .push_fault_on(create_route, Fault::InternalErrorAfterProcessing, 1);
+    let d = desired("tg_5", in_days(30));
+    assert!(
+        panel::activate(client, &d, false, "n")
+            .await
+            .unwrap_err()
+            .is_retryable()
+    );
+    let user = panel::activate(client, &d, false, "n").await.unwrap();
+    assert_eq!(user.expire, Some(d.expire));
+    assert_eq!(emu.users().len(), 1);
 }
