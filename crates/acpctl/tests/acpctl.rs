@@ -297,7 +297,7 @@ async fn pending_payment(
         .unwrap();
     let now = Utc::now();
     let payment = payments::ActiveModel {
-        id: Set(id.into_inner()),
+        id: Set(id),
         user_id: Set(user.id),
         tariff_id: Set(tariff.id),
         provider: Set(domain::ProviderId::from_static("yookassa")),

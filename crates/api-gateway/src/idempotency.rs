@@ -22,6 +22,7 @@
 //!   provider is asked, and the provider's idempotence (our refund id) makes a concurrent
 //!   repeat harmless.
 
+use domain::PaymentId;
 use std::time::Duration;
 
 use actix_web::http::{StatusCode, header};
@@ -197,7 +198,7 @@ fn lease_until(now: DateTime<Utc>) -> DateTime<Utc> {
 #[derive(Debug)]
 pub struct Lease {
     db: DatabaseConnection,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     token: Uuid,
     armed: bool,
 }
@@ -214,7 +215,7 @@ pub enum Taken {
 
 impl Lease {
     /// A new lease for a row about to be inserted: its record carries [`Lease::stamp`].
-    pub fn fresh(db: &DatabaseConnection, payment_id: Uuid) -> Self {
+    pub fn fresh(db: &DatabaseConnection, payment_id: PaymentId) -> Self {
         Self {
             db: db.clone(),
             payment_id,
@@ -233,7 +234,7 @@ impl Lease {
     /// Takes the unfinished payment `payment_id`, unless another request holds it. The row is
     /// locked for the few milliseconds of the check (`SELECT … FOR UPDATE`; SQLite's write
     /// transaction is exclusive), so of two requests one takes it and the other is refused.
-    pub async fn take(db: &DatabaseConnection, payment_id: Uuid) -> Result<Taken, ApiError> {
+    pub async fn take(db: &DatabaseConnection, payment_id: PaymentId) -> Result<Taken, ApiError> {
         let lease = Self::fresh(db, payment_id);
         let now = Utc::now();
         let txn = service_kit::db::begin_write(db).await?;
@@ -291,7 +292,7 @@ impl Drop for Lease {
 }
 
 /// Clears the lease `token` from the payment's record, if it still holds it.
-async fn release(db: &DatabaseConnection, payment_id: Uuid, token: Uuid) -> Result<(), DbErr> {
+async fn release(db: &DatabaseConnection, payment_id: PaymentId, token: Uuid) -> Result<(), DbErr> {
     let txn = service_kit::db::begin_write(db).await?;
     let Some(row) = payments::Entity::find_by_id(payment_id)
         .lock_exclusive()

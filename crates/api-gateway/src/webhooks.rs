@@ -91,9 +91,7 @@ async fn receive(
             ApiError::InvalidJson("body is not UTF-8".into())
         })?,
         provider_payment_id: notification.provider_payment_id().map(str::to_owned),
-        claimed_payment_id: notification
-            .claimed_payment_id()
-            .map(domain::PaymentId::into_inner),
+        claimed_payment_id: notification.claimed_payment_id(),
     };
     let stored = state.inbox.store(notice).await.map_err(|error| {
         webhook_verdict(label, "error");

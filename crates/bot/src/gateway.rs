@@ -1,6 +1,7 @@
 //! The gateway's internal API as the bot uses it: create a payment (service token), list the
 //! enabled providers, refund a payment (admin token).
 
+use domain::PaymentId;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -48,7 +49,7 @@ pub struct MoneyView {
 /// The gateway's payment answer (the fields the bot reads).
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentView {
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub status: String,
     pub provider: String,
     pub amount: MoneyView,
@@ -150,7 +151,7 @@ impl Gateway {
     /// A full refund, asked by `requested_by` (an admin's Telegram id).
     pub async fn refund(
         &self,
-        payment_id: Uuid,
+        payment_id: PaymentId,
         requested_by: i64,
         idempotency_key: &str,
     ) -> Result<RefundView, GatewayError> {

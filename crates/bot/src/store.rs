@@ -2,12 +2,12 @@
 //! check. (Telegram payment messages go to the shared inbox, `service_kit::inbox`.)
 
 use chrono::{DateTime, Utc};
+use domain::PaymentId;
 use domain::PaymentStatus;
 use domain::entities::{payments, subscriptions, tariffs, users};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
-use uuid::Uuid;
 
 pub async fn active_tariffs(db: &DatabaseConnection) -> Result<Vec<tariffs::Model>, DbErr> {
     tariffs::Entity::find()
@@ -75,7 +75,7 @@ pub async fn check_pre_checkout(
     total: i64,
     now: DateTime<Utc>,
 ) -> Result<PreCheckout, DbErr> {
-    let Ok(id) = Uuid::parse_str(payload) else {
+    let Ok(id) = PaymentId::parse(payload) else {
         return Ok(PreCheckout::Unknown);
     };
     let Some((payment, Some(user))) = payments::Entity::find_by_id(id)
@@ -113,7 +113,7 @@ pub async fn check_pre_checkout(
 /// A payment and its payer's Telegram id, for the admin's refund confirmation.
 pub async fn payment_with_payer(
     db: &DatabaseConnection,
-    id: Uuid,
+    id: PaymentId,
 ) -> Result<Option<(payments::Model, Option<i64>)>, DbErr> {
     Ok(payments::Entity::find_by_id(id)
         .find_also_related(users::Entity)

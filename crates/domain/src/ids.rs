@@ -124,10 +124,31 @@ impl PartialEq<&str> for ProviderId {
     }
 }
 
-/// Our id of a payment (UUIDv7, so ids sort by creation time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Our id of a payment (UUIDv7, so ids sort by creation time): one type from the webhook to
+/// the panel call — in entities (`payments.id` and every `payment_id` column), events and the
+/// ledger.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    sea_orm::DeriveValueType,
+)]
 #[serde(transparent)]
 pub struct PaymentId(Uuid);
+
+/// `payments.id` is a UUID the application makes, never one the database numbers.
+impl sea_orm::TryFromU64 for PaymentId {
+    fn try_from_u64(_: u64) -> Result<Self, sea_orm::DbErr> {
+        Err(sea_orm::DbErr::ConvertFromU64("PaymentId"))
+    }
+}
 
 impl PaymentId {
     /// A new time-ordered id.

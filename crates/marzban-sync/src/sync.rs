@@ -41,6 +41,7 @@
 //! concurrent payments of one user do not race each other to the panel; across processes the
 //! check in step 3 keeps the result right.
 
+use domain::PaymentId;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -62,7 +63,6 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use uuid::Uuid;
 
 use crate::ledger::{self, Entry};
 use crate::panel::{self, Desired, Panel, PanelError, PanelUser};
@@ -169,7 +169,7 @@ enum Step {
 /// The result of steps 1 and 2, for step 3.
 struct Synced {
     announcement: Announcement,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     subscription_id: i64,
     telegram_id: i64,
     /// The desired state sent to the panel.
@@ -185,7 +185,7 @@ enum Announcement {
 }
 
 impl Announcement {
-    fn key(self, payment_id: Uuid) -> String {
+    fn key(self, payment_id: PaymentId) -> String {
         match self {
             Self::Activated => format!("activated:{payment_id}"),
             Self::Revoked { days_revoked } => format!("revoked:{payment_id}:{days_revoked}"),
@@ -860,7 +860,7 @@ async fn telegram_id_of(conn: &impl ConnectionTrait, user_id: i64) -> Result<i64
 
 async fn find_grant(
     conn: &impl ConnectionTrait,
-    payment_id: Uuid,
+    payment_id: PaymentId,
 ) -> Result<Option<subscription_grants::Model>, DbErr> {
     subscription_grants::Entity::find()
         .filter(subscription_grants::Column::PaymentId.eq(payment_id))
@@ -905,7 +905,7 @@ pub(crate) async fn save_sync(
 
 fn change(
     telegram_id: i64,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     desired: &Desired,
     expires_at: DateTime<Utc>,
     subscription_url: String,

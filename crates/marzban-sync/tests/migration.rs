@@ -29,7 +29,7 @@ struct Ledger {
 }
 
 struct Paid {
-    id: Uuid,
+    id: domain::PaymentId,
     user_id: i64,
     telegram_id: i64,
 }
@@ -71,7 +71,7 @@ impl Ledger {
     }
 
     async fn pay(&self, user_id: i64, telegram_id: i64) -> Paid {
-        let id = Uuid::now_v7();
+        let id = domain::PaymentId::new();
         let now = Utc::now();
         payments::ActiveModel {
             id: Set(id),
@@ -82,7 +82,7 @@ impl Ledger {
             currency: Set(Currency::Rub),
             status: Set(PaymentStatus::Succeeded),
             provider_payment_id: Set(Some(id.to_string())),
-            idempotency_key: Set(id.simple().to_string()),
+            idempotency_key: Set(id.as_uuid().simple().to_string()),
             confirmation_url: Set(None),
             failure_reason: Set(None),
             metadata: Set(serde_json::json!({})),

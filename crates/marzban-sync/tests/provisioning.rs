@@ -30,7 +30,6 @@ use service_kit::settings::{Source, load_common};
 use testkit::TestDb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 const GIB: i64 = 1 << 30;
 const WAIT: Duration = Duration::from_secs(20);
@@ -57,7 +56,7 @@ struct Harness {
 /// A paid payment as the worker would have stored it.
 #[derive(Clone)]
 struct Paid {
-    id: Uuid,
+    id: domain::PaymentId,
     user_id: i64,
     telegram_id: i64,
     tariff: tariffs::Model,
@@ -231,7 +230,7 @@ impl Harness {
     }
 
     async fn pay(&self, user_id: i64, tariff: &tariffs::Model) -> Paid {
-        let id = Uuid::now_v7();
+        let id = domain::PaymentId::new();
         let now = Utc::now();
         payments::ActiveModel {
             id: Set(id),
@@ -242,7 +241,7 @@ impl Harness {
             currency: Set(Currency::Rub),
             status: Set(PaymentStatus::Succeeded),
             provider_payment_id: Set(Some(id.to_string())),
-            idempotency_key: Set(id.simple().to_string()),
+            idempotency_key: Set(id.as_uuid().simple().to_string()),
             confirmation_url: Set(None),
             failure_reason: Set(None),
             metadata: Set(serde_json::json!({})),

@@ -92,9 +92,10 @@ impl Envelope {
     /// Wraps `event` in a new envelope with a fresh UUID v7 and the current time.
     pub fn new<E: Event>(
         event: &E,
-        correlation_id: Uuid,
+        correlation_id: impl Into<Uuid>,
         causation_id: Option<Uuid>,
     ) -> Result<Self, EnvelopeError> {
+        let correlation_id = correlation_id.into();
         let payload = serde_json::to_value(event).map_err(|source| EnvelopeError::Payload {
             event_type: E::EVENT_TYPE.to_owned(),
             source,
@@ -226,7 +227,7 @@ mod tests {
     fn failed() -> PaymentFailed {
         PaymentFailed {
             payment: PaymentSnapshot {
-                payment_id: Uuid::now_v7(),
+                payment_id: domain::PaymentId::new(),
                 user_id: 7,
                 telegram_id: 42,
                 tariff_code: "month_1".into(),

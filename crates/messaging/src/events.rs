@@ -9,7 +9,6 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::envelope::{Event, rfc3339};
 
@@ -17,7 +16,7 @@ use crate::envelope::{Event, rfc3339};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentSnapshot {
     /// The payment (also the envelope's `correlation_id`).
-    pub payment_id: Uuid,
+    pub payment_id: domain::PaymentId,
     /// `users.id` of the payer.
     pub user_id: i64,
     /// The payer's Telegram user id.
@@ -132,7 +131,7 @@ pub struct SubscriptionChange {
     /// Whose subscription.
     pub telegram_id: i64,
     /// The payment that caused the change.
-    pub payment_id: Uuid,
+    pub payment_id: domain::PaymentId,
     /// The user on the Marzban panel.
     pub marzban_username: String,
     /// The new absolute expiry.
@@ -179,7 +178,7 @@ pub struct ProviderNotificationReceived {
     /// The inbox's `(provider, dedupe_key)` key.
     pub dedupe_key: String,
     /// The payment, when the notification names one we know.
-    pub payment_id: Option<Uuid>,
+    pub payment_id: Option<domain::PaymentId>,
 }
 
 impl Event for ProviderNotificationReceived {

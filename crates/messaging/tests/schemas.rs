@@ -67,7 +67,7 @@ fn at(s: &str) -> DateTime<Utc> {
 
 fn payment() -> PaymentSnapshot {
     PaymentSnapshot {
-        payment_id: Uuid::now_v7(),
+        payment_id: domain::PaymentId::new(),
         user_id: 17,
         telegram_id: 123_456_789,
         tariff_code: "month_3".into(),
@@ -80,7 +80,7 @@ fn payment() -> PaymentSnapshot {
 fn subscription() -> SubscriptionChange {
     SubscriptionChange {
         telegram_id: 123_456_789,
-        payment_id: Uuid::now_v7(),
+        payment_id: domain::PaymentId::new(),
         marzban_username: "tg_123456789".into(),
         expires_at: at("2025-09-01T10:00:00Z"),
         subscription_url: "https://panel.example.com/sub/tg_123456789".into(),
@@ -317,7 +317,7 @@ fn provider_notification() {
         provider: domain::ProviderId::from_static("yookassa"),
         notification_id: 981,
         dedupe_key: "payment.succeeded:2f1c0b1e-000f-5000-9000-1b2c3d4e5f60".into(),
-        payment_id: Some(Uuid::now_v7()),
+        payment_id: Some(domain::PaymentId::new()),
     };
     assert_eq!(known.routing_key(), "provider.notification.yookassa");
     let unknown = ProviderNotificationReceived {

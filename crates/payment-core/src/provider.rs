@@ -172,7 +172,7 @@ impl StatusQuery<'_> {
                 ))
             })?;
         Ok(PaymentRef {
-            payment_id: self.payment.payment_id(),
+            payment_id: self.payment.id,
             provider_payment_id,
             amount: self.payment.amount(),
         })

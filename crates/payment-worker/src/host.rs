@@ -48,11 +48,11 @@ impl WorkerHost {
         trigger: Trigger,
         flag: Option<String>,
     ) -> Result<&'static str, ApplyError> {
-        let Some(payment) = payments::Entity::find_by_id(payment_id.into_inner())
+        let Some(payment) = payments::Entity::find_by_id(payment_id)
             .one(&self.db)
             .await?
         else {
-            return Err(ApplyError::PaymentNotFound(payment_id.into_inner()));
+            return Err(ApplyError::PaymentNotFound(payment_id));
         };
         let Some(source) = provider_of(&self.providers, &payment) else {
             tracing::warn!(payment_id = %payment.id, provider = %payment.provider, "a payment settled by a provider's loop has a provider this worker does not have");

@@ -50,7 +50,6 @@ use sea_orm::{
     QueryFilter, QuerySelect,
 };
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::metric;
 use crate::sources::{disagreement, look_up, provider_of};
@@ -72,7 +71,7 @@ pub struct NotificationHandler {
 
 /// A status source's definite answer about one payment, from [`Handler::prepare`].
 struct LookedUp {
-    payment_id: Uuid,
+    payment_id: domain::PaymentId,
     answer: Result<ProviderPayment, ProviderError>,
 }
 
@@ -260,7 +259,7 @@ async fn find_payment(
 async fn finish(
     tx: &DatabaseTransaction,
     row: &provider_notifications::Model,
-    payment_id: Option<uuid::Uuid>,
+    payment_id: Option<domain::PaymentId>,
     outcome: &'static str,
 ) -> Result<&'static str, HandlerError> {
     use provider_notifications::Column as N;

@@ -155,7 +155,10 @@ impl Reconciler {
     /// UPDATE, event and log row; a payment still pending is rescheduled). Returns the outcome
     /// (`applied`, `pending`, `duplicate`, `stale`, `flagged`, `no_source`, …), `None` when
     /// there is no such payment.
-    pub async fn check_now(&self, payment_id: uuid::Uuid) -> Result<Option<&'static str>, DbErr> {
+    pub async fn check_now(
+        &self,
+        payment_id: domain::PaymentId,
+    ) -> Result<Option<&'static str>, DbErr> {
         let Some(payment) = payments::Entity::find_by_id(payment_id)
             .one(&self.db)
             .await?
@@ -324,12 +327,7 @@ impl Reconciler {
                     // Nobody can pay it: what its checkout reserved is free at once.
                     if let Some(provider) = provider_of(&self.providers, &current) {
                         provider
-                            .release_checkout(
-                                &tx,
-                                current.payment_id(),
-                                PaymentStatus::Expired,
-                                Utc::now(),
-                            )
+                            .release_checkout(&tx, current.id, PaymentStatus::Expired, Utc::now())
                             .await
                             .map_err(|e| DbErr::Custom(e.to_string()))?;
                     }

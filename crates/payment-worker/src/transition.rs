@@ -156,7 +156,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("payment {0} not found")]
-    PaymentNotFound(Uuid),
+    PaymentNotFound(domain::PaymentId),
     #[error("cannot build the event: {0}")]
     Event(#[from] messaging::EnvelopeError),
 }
@@ -167,7 +167,7 @@ pub enum ApplyError {
 /// so the refunded delta and the event contents are computed from the row being changed.
 pub async fn apply<C: ConnectionTrait>(
     tx: &C,
-    payment_id: Uuid,
+    payment_id: domain::PaymentId,
     answer: &ProviderPayment,
     trigger: Trigger,
 ) -> Result<Applied, ApplyError> {

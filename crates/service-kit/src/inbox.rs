@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
+use domain::PaymentId;
 use domain::entities::{payments, provider_notifications};
 use messaging::Envelope;
 use messaging::events::ProviderNotificationReceived;
@@ -59,7 +60,7 @@ pub struct Notice {
     pub body: String,
     pub provider_payment_id: Option<String>,
     /// Our payment id as the notice claims it (checked against `payments` before use).
-    pub claimed_payment_id: Option<Uuid>,
+    pub claimed_payment_id: Option<PaymentId>,
 }
 
 /// What storing did.
@@ -67,7 +68,7 @@ pub struct Notice {
 pub enum Stored {
     New {
         notification_id: i64,
-        payment_id: Option<Uuid>,
+        payment_id: Option<PaymentId>,
     },
     Duplicate,
 }
@@ -247,7 +248,7 @@ pub async fn store_in<C: ConnectionTrait>(conn: &C, notice: &Notice) -> Result<S
     };
     // Notices about payments we do not know still need a correlation id: the nil UUID says
     // "no payment" without inventing one.
-    let envelope = Envelope::new(&event, payment_id.unwrap_or(Uuid::nil()), None)?;
+    let envelope = Envelope::new(&event, payment_id.map_or(Uuid::nil(), Uuid::from), None)?;
     messaging::outbox::enqueue(conn, &envelope).await?;
     Ok(Stored::New {
         notification_id,
@@ -260,7 +261,7 @@ pub async fn store_in<C: ConnectionTrait>(conn: &C, notice: &Notice) -> Result<S
 async fn match_payment<C: ConnectionTrait>(
     conn: &C,
     notice: &Notice,
-) -> Result<Option<Uuid>, InboxError> {
+) -> Result<Option<PaymentId>, InboxError> {
     let found = payments::find_notified(
         conn,
         &notice.provider,

@@ -31,7 +31,7 @@ async fn a_payment_event_is_a_row_and_a_json_line_under_log_dir() {
     let db = testkit::TestDb::sqlite().await;
     let now = ChronoUtc::now();
     let payment = payments::Model {
-        id: uuid::Uuid::now_v7(),
+        id: domain::PaymentId::new(),
         user_id: 7,
         tariff_id: 1,
         provider: domain::ProviderId::from_static("yookassa"),

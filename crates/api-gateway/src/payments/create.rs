@@ -23,7 +23,6 @@ use sea_orm::{
     DbErr, EntityTrait, QueryFilter,
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::views::PaymentView;
 use super::{CHECKOUT_REUSED, provider_error};
@@ -318,7 +317,7 @@ impl Create<'_> {
         let (telegram_id, provider, tariff, amount) = self.validate().await?;
         let now = Utc::now().trunc_subsecs(6);
         let payment_id = PaymentId::new();
-        let lease = Lease::fresh(&self.state.db, payment_id.into_inner());
+        let lease = Lease::fresh(&self.state.db, payment_id);
         let txn = service_kit::db::begin_write(&self.state.db).await?;
         let user_id = upsert_user(&txn, telegram_id, self.body).await?;
         let policy = &self.state.checkout;
@@ -352,7 +351,7 @@ impl Create<'_> {
             });
         }
         let mut payment = payments::Model {
-            id: payment_id.into_inner(),
+            id: payment_id,
             user_id,
             tariff_id: tariff.id,
             provider: provider.id(),
@@ -393,7 +392,7 @@ impl Create<'_> {
         // The row goes in first: what the provider reserves may refer to it (crypto: the
         // invoice's unique amount, price + tag, is what the payer is asked for).
         let asked = provider
-            .reserve_checkout(&txn, payment.payment_id(), amount)
+            .reserve_checkout(&txn, payment.id, amount)
             .await
             .map_err(checkout_error)?;
         if asked != amount {
@@ -478,7 +477,7 @@ impl Create<'_> {
 
     fn provider_request(&self, intent: &Intent) -> CreatePaymentRequest {
         CreatePaymentRequest {
-            payment_id: intent.payment.payment_id(),
+            payment_id: intent.payment.id,
             amount: intent.payment.amount(),
             description: format!("VPN subscription: {}", intent.tariff.title),
             metadata: [
@@ -561,7 +560,7 @@ impl Create<'_> {
                 Resumed::Unfinished(_) => Err(ApiError::InFlight),
             };
         }
-        let payment_id = model.payment_id();
+        let payment_id = model.id;
         let event = PaymentCreated {
             payment: PaymentSnapshot {
                 payment_id: model.id,
@@ -671,7 +670,7 @@ impl Create<'_> {
                 // Nobody can pay a refused payment: what its checkout reserved is free at once.
                 if let Ok(provider) = self.provider_of(payment) {
                     provider
-                        .release_checkout(&txn, payment.payment_id(), PaymentStatus::Failed, now)
+                        .release_checkout(&txn, payment.id, PaymentStatus::Failed, now)
                         .await
                         .map_err(|e| DbErr::Custom(e.to_string()))?;
                 }
@@ -717,7 +716,7 @@ fn reused(intent: &Intent) -> Result<HttpResponse, ApiError> {
 
 /// The intent row `id` while its creation is unfinished: the condition of the UPDATE that
 /// stores the outcome, so only the first writer stores one.
-fn unfinished(id: Uuid) -> sea_orm::Condition {
+fn unfinished(id: PaymentId) -> sea_orm::Condition {
     sea_orm::Condition::all()
         .add(payments::Column::Id.eq(id))
         .add(payments::Column::Status.eq(PaymentStatus::Pending))
@@ -725,7 +724,7 @@ fn unfinished(id: Uuid) -> sea_orm::Condition {
 }
 
 /// Where the payment `id` is read.
-fn location(id: Uuid) -> String {
+fn location(id: PaymentId) -> String {
     format!("/api/payments/{id}")
 }
 

@@ -55,7 +55,7 @@ pub(super) async fn refund(
     key: Option<IdempotencyKey>,
     body: &RefundBody,
 ) -> Result<HttpResponse, ApiError> {
-    let payment = payments::Entity::find_by_id(id.into_inner())
+    let payment = payments::Entity::find_by_id(id)
         .one(&state.db)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment {id}")))?;
@@ -102,7 +102,7 @@ pub(super) async fn refund(
         .provider(provider_id.clone())
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?
         .refund_route(&PaymentRef {
-            payment_id: payment.payment_id(),
+            payment_id: payment.id,
             provider_payment_id: provider_payment_id.clone(),
             amount: payment.amount(),
         });
@@ -144,7 +144,7 @@ async fn refund_by_key(
 /// matches whatever amount that was.
 #[derive(Serialize)]
 struct RefundPrint<'a> {
-    payment_id: Uuid,
+    payment_id: PaymentId,
     amount_minor: i64,
     reason: Option<&'a str>,
     requested_by: std::borrow::Cow<'a, str>,
@@ -161,7 +161,7 @@ impl<'a> RefundPrint<'a> {
     }
 
     fn of_repeat(
-        payment_id: Uuid,
+        payment_id: PaymentId,
         body: &'a RefundBody,
         first: &refunds::Model,
     ) -> Result<Fingerprint, ApiError> {
@@ -191,7 +191,7 @@ fn refund_in_progress(pending: &refunds::Model) -> ApiError {
 
 async fn pending_refund<C: ConnectionTrait>(
     conn: &C,
-    payment_id: Uuid,
+    payment_id: PaymentId,
 ) -> Result<Option<refunds::Model>, DbErr> {
     refunds::Entity::find()
         .filter(refunds::Column::PaymentId.eq(payment_id))
@@ -205,7 +205,7 @@ async fn pending_refund<C: ConnectionTrait>(
 /// read in the transaction, the refund and what other refunds had taken.
 async fn record_refund_intent(
     state: &AppState,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     body: &RefundBody,
     key: Option<&IdempotencyKey>,
     outside: bool,
@@ -303,7 +303,7 @@ fn refund_target(payment: &payments::Model) -> Result<(ProviderId, String), ApiE
 /// refund being settled.
 async fn refunds_sum<C: ConnectionTrait>(
     conn: &C,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     statuses: &[RefundStatus],
     except: Option<Uuid>,
 ) -> Result<i64, ApiError> {
@@ -331,7 +331,7 @@ async fn settle_refund(
     already: i64,
 ) -> Result<HttpResponse, ApiError> {
     let refund_id = record.id;
-    let id = payment.payment_id();
+    let id = payment.id;
     let amount = Money::new(record.amount_minor, record.currency);
     let result = state
         .payments

@@ -60,7 +60,7 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     state.tokens.check(&req, &[Role::Service, Role::Admin])?;
     let id = payment_id(&path)?;
-    let payment = payments::Entity::find_by_id(id.into_inner())
+    let payment = payments::Entity::find_by_id(id)
         .one(&state.db)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment {id}")))?;

@@ -2,6 +2,7 @@
 
 use actix_web::HttpResponse;
 use chrono::{DateTime, Utc};
+use domain::PaymentId;
 use domain::entities::{payments, refunds};
 use domain::money::Money;
 use domain::{PaymentStatus, RefundStatus};
@@ -29,7 +30,7 @@ impl From<Money> for MoneyView {
 
 #[derive(Debug, Serialize)]
 pub(super) struct PaymentView {
-    payment_id: Uuid,
+    payment_id: PaymentId,
     status: PaymentStatus,
     provider: String,
     provider_payment_id: Option<String>,
@@ -101,7 +102,7 @@ impl ProviderView {
 #[derive(Debug, Serialize)]
 pub(super) struct RefundView {
     refund_id: Uuid,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     provider: String,
     provider_refund_id: Option<String>,
     status: RefundStatus,

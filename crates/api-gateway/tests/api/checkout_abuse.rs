@@ -58,7 +58,7 @@ async fn a_second_press_returns_the_same_payment_and_yookassa_is_asked_once() {
     let (status, _, other) = press(&app, "press-3", &body(123456, "month_3", "yookassa")).await;
     assert_eq!(status, 201, "{other}");
     assert_ne!(other["payment_id"], first["payment_id"]);
-    let id = uuid::Uuid::parse_str(first["payment_id"].as_str().unwrap()).unwrap();
+    let id = domain::PaymentId::parse(first["payment_id"].as_str().unwrap()).unwrap();
     payments::ActiveModel {
         id: Set(id),
         created_at: Set(Utc::now() - chrono::Duration::minutes(31)),
@@ -158,7 +158,7 @@ async fn an_expired_invoice_in_its_late_window_counts_against_the_cap() {
     let app = spawn_with_crypto().await;
     let (status, _, first) = press(&app, "c1", &body(90, "month_1", "crypto")).await;
     assert_eq!(status, 201, "{first}");
-    let id = uuid::Uuid::parse_str(first["payment_id"].as_str().unwrap()).unwrap();
+    let id = domain::PaymentId::parse(first["payment_id"].as_str().unwrap()).unwrap();
     payments::ActiveModel {
         id: Set(id),
         expires_at: Set(Some(Utc::now() - chrono::Duration::minutes(1))),

@@ -156,7 +156,7 @@ async fn paid_telegram_payment(
         .unwrap()
 }
 
-async fn refund(app: &TestApp, id: uuid::Uuid, key: &str) -> reqwest::Response {
+async fn refund(app: &TestApp, id: domain::PaymentId, key: &str) -> reqwest::Response {
     app.http
         .post(app.url(&format!("/api/payments/{id}/refund")))
         .bearer_auth(ADMIN_TOKEN)

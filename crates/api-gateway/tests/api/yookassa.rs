@@ -116,7 +116,7 @@ async fn duplicate_sent_ten_times_concurrently_is_stored_once() {
     );
     assert_eq!(row.source, "webhook");
     assert_eq!(row.body, body, "the raw body is kept exactly");
-    let payment_id: uuid::Uuid = payment["payment_id"].as_str().unwrap().parse().unwrap();
+    let payment_id: domain::PaymentId = payment["payment_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(row.payment_id, Some(payment_id), "matched to our payment");
 
     let outbox = app.outbox_with_key(ROUTING_KEY).await;
@@ -125,7 +125,7 @@ async fn duplicate_sent_ten_times_concurrently_is_stored_once() {
     let event: ProviderNotificationReceived = envelope.decode().unwrap();
     assert_eq!(event.notification_id, row.id);
     assert_eq!(event.payment_id, Some(payment_id));
-    assert_eq!(envelope.correlation_id, payment_id);
+    assert_eq!(envelope.correlation_id, uuid::Uuid::from(payment_id));
 
     // The same object with another event is another notification.
     let canceled = payment_notification("payment.canceled", &provider_payment_id, "canceled");

@@ -2,10 +2,10 @@
 //! shared inbox (with its outbox row, one transaction) before the update is confirmed; the
 //! worker applies it.
 
+use domain::PaymentId;
 use payment_core::providers::telegram::notification_from_body;
 use serde_json::Value;
 use service_kit::inbox::{Notice, Stored};
-use uuid::Uuid;
 
 use super::ui::send_message;
 use super::{App, HandleError};
@@ -39,7 +39,7 @@ impl App {
             provider_payment_id: notification.provider_payment_id().map(str::to_owned),
             claimed_payment_id: notification
                 .provider_payment_id()
-                .and_then(|payload| Uuid::parse_str(payload).ok()),
+                .and_then(|payload| PaymentId::parse(payload).ok()),
         };
         match self.inbox.store(notice).await? {
             Stored::New {

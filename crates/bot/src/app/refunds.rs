@@ -1,7 +1,7 @@
 //! Refunds for admins: `/refund <payment id>` asks for confirmation; *Yes, refund* asks the
 //! gateway, keyed by the confirmation message, so pressing twice refunds once.
 
-use uuid::Uuid;
+use domain::PaymentId;
 
 use super::App;
 use super::ui::{Click, button, click_key, keyboard};
@@ -11,7 +11,7 @@ use crate::texts::{self, Texts, fill};
 
 impl App {
     pub(super) async fn refund_prompt(&self, chat: i64, t: &Texts, arg: &str) {
-        let Ok(id) = Uuid::parse_str(arg) else {
+        let Ok(id) = PaymentId::parse(arg) else {
             return self.send(chat, t.refund_usage.to_owned(), None).await;
         };
         if !self.gateway.can_refund() {
@@ -58,7 +58,7 @@ impl App {
         click: Click,
         id: &str,
     ) -> Option<&'static str> {
-        let Ok(id) = Uuid::parse_str(id) else {
+        let Ok(id) = PaymentId::parse(id) else {
             return Some(t.refund_usage);
         };
         // One refund per confirmation message, however often the button is pressed.

@@ -7,7 +7,6 @@ use domain::entities::{payments, tariffs};
 use sandbox::telegram::{PayOutcome, TestUser};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ActiveModelTrait, EntityTrait};
-use uuid::Uuid;
 
 use crate::helpers::{World, world_with};
 
@@ -19,14 +18,14 @@ async fn card_world() -> World {
 }
 
 /// The customer presses "card" for `tariff`: the bot's invoice message and our payment id.
-async fn card_invoice(w: &World, user: &TestUser, tariff: &str) -> (i64, Uuid) {
+async fn card_invoice(w: &World, user: &TestUser, tariff: &str) -> (i64, domain::PaymentId) {
     let (invoice, _) = w.checkout(user, tariff, "telegram", "RUB").await;
     let details = invoice.invoice.clone().expect("sendInvoice");
     assert_eq!(details.currency, "RUB");
     assert_eq!(details.provider_token, PROVIDER_TOKEN);
     (
         invoice.message_id,
-        Uuid::parse_str(&details.payload).unwrap(),
+        domain::PaymentId::parse(&details.payload).unwrap(),
     )
 }
 

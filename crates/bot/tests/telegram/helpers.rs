@@ -3,6 +3,7 @@
 //! API emulator. marzban-sync is not started: tests
 //! that need `subscription.activated` publish it themselves (see [`World::activate`]).
 
+use domain::PaymentId;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,6 @@ use service_kit::Shutdown;
 use service_kit::runtime::Infra;
 use service_kit::settings::Source;
 use testkit::TestDb;
-use uuid::Uuid;
 
 pub const SERVICE_TOKEN: &str = "svc-token-for-bot-tests-0123456789abcdef";
 pub const ADMIN_TOKEN: &str = "admin-token-for-bot-tests-0123456789abcdef";
@@ -238,7 +238,7 @@ impl World {
         }
     }
 
-    pub async fn payment(&self, id: Uuid) -> payments::Model {
+    pub async fn payment(&self, id: PaymentId) -> payments::Model {
         payments::Entity::find_by_id(id)
             .one(&self.db.conn)
             .await
@@ -246,7 +246,7 @@ impl World {
             .expect("payment exists")
     }
 
-    pub async fn wait_status(&self, id: Uuid, status: PaymentStatus) -> payments::Model {
+    pub async fn wait_status(&self, id: PaymentId, status: PaymentStatus) -> payments::Model {
         let deadline = Instant::now() + WAIT;
         loop {
             let payment = self.payment(id).await;
@@ -278,7 +278,7 @@ impl World {
             .unwrap()
     }
 
-    pub async fn refunds(&self, payment: Uuid) -> Vec<refunds::Model> {
+    pub async fn refunds(&self, payment: PaymentId) -> Vec<refunds::Model> {
         refunds::Entity::find()
             .filter(refunds::Column::PaymentId.eq(payment))
             .all(&self.db.conn)
@@ -296,7 +296,7 @@ impl World {
 
     /// What marzban-sync would publish after provisioning the panel for `payment`; returns
     /// the event.
-    pub async fn activate(&self, telegram_id: i64, payment: Uuid, link: &str) -> Envelope {
+    pub async fn activate(&self, telegram_id: i64, payment: PaymentId, link: &str) -> Envelope {
         let event = SubscriptionActivated {
             subscription: SubscriptionChange {
                 telegram_id,
@@ -315,10 +315,10 @@ impl World {
     }
 
     /// A full Stars purchase: checkout, pay, the worker completes it.
-    pub async fn buy_with_stars(&self, user: &TestUser) -> (Uuid, SentMessage) {
+    pub async fn buy_with_stars(&self, user: &TestUser) -> (PaymentId, SentMessage) {
         let (invoice, _) = self.checkout(user, "month_1", "telegram", "XTR").await;
         let details = invoice.invoice.clone().expect("an invoice");
-        let payment_id = Uuid::parse_str(&details.payload).expect("payload is our payment id");
+        let payment_id = PaymentId::parse(&details.payload).expect("payload is our payment id");
         let outcome = self.tg.pay_invoice(user, invoice.message_id).await.unwrap();
         assert!(
             matches!(outcome, sandbox::telegram::PayOutcome::Paid { .. }),

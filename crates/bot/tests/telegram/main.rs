@@ -54,7 +54,7 @@ async fn a_stars_purchase_ends_with_the_activation_link() {
                 .is_some_and(|t| t.contains("Оплата получена"))
         })
         .await;
-    let payment_id = uuid::Uuid::parse_str(&details.payload).unwrap();
+    let payment_id = domain::PaymentId::parse(&details.payload).unwrap();
     let payment = w.wait_status(payment_id, PaymentStatus::Succeeded).await;
     assert_eq!(payment.amount_minor, 150);
     w.wait_new(user.id, received.message_id, |m| {
@@ -194,7 +194,7 @@ async fn a_notification_survives_telegram_failures_and_redelivery_and_is_sent_on
     w.tg.fail_next("sendPhoto", 502, 1);
     w.tg.fail_next("sendPhoto", 429, 1);
     let link = "https://vpn.example/sub/tg_5000010";
-    let envelope = w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+    let envelope = w.activate(user.id, domain::PaymentId::new(), link).await;
     let sent = w
         .wait_new(user.id, start, |m| {
             m.body().is_some_and(|t| t.contains(link))
@@ -247,11 +247,11 @@ async fn a_renewal_sends_the_qr_code_by_file_id_and_a_new_link_uploads_again() {
             .await
         }
     };
-    w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+    w.activate(user.id, domain::PaymentId::new(), link).await;
     let first = activation(start, link).await;
     assert_eq!(uploaded(&first), bot::qr::png(link).unwrap().bytes);
 
-    w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+    w.activate(user.id, domain::PaymentId::new(), link).await;
     let renewal = activation(first.message_id, link).await;
     assert!(
         matches!(&renewal.photo, Some(PhotoSent::Reference(id)) if id.starts_with("AgAC")),
@@ -260,7 +260,7 @@ async fn a_renewal_sends_the_qr_code_by_file_id_and_a_new_link_uploads_again() {
     );
 
     let moved = "https://vpn.example/sub/tg_5000015-new";
-    w.activate(user.id, uuid::Uuid::now_v7(), moved).await;
+    w.activate(user.id, domain::PaymentId::new(), moved).await;
     let fresh = activation(renewal.message_id, moved).await;
     assert_eq!(uploaded(&fresh), bot::qr::png(moved).unwrap().bytes);
 }
@@ -365,7 +365,7 @@ async fn a_pre_checkout_query_for_a_wrong_amount_is_refused() {
     };
     assert!(error_message.contains("does not match"), "{error_message}");
     assert!(answered_in_ms < 10_000);
-    let payment_id = uuid::Uuid::parse_str(&payload).unwrap();
+    let payment_id = domain::PaymentId::parse(&payload).unwrap();
     assert_eq!(w.payment(payment_id).await.status, PaymentStatus::Pending);
     assert!(w.tg.charges().is_empty(), "nothing was charged");
 }
@@ -425,7 +425,7 @@ async fn the_bot_killed_after_successful_payment_completes_it_after_a_restart() 
     let mut w = world().await;
     let user = TestUser::new(5_000_004, "Dana", "ru");
     let (invoice, _) = w.checkout(&user, "month_1", "telegram", "XTR").await;
-    let payment_id = uuid::Uuid::parse_str(&invoice.invoice.clone().unwrap().payload).unwrap();
+    let payment_id = domain::PaymentId::parse(&invoice.invoice.clone().unwrap().payload).unwrap();
     let outcome = w.tg.pay_invoice(&user, invoice.message_id).await.unwrap();
     assert!(matches!(outcome, PayOutcome::Paid { .. }), "{outcome:?}");
     // The successful_payment update is out; the bot dies before or while handling it.
@@ -460,7 +460,7 @@ async fn a_payment_stored_but_not_confirmed_is_redelivered_and_completes_once() 
     let mut w = world().await;
     let user = TestUser::new(5_000_008, "Hugo", "en");
     let (invoice, _) = w.checkout(&user, "month_1", "telegram", "XTR").await;
-    let payment_id = uuid::Uuid::parse_str(&invoice.invoice.clone().unwrap().payload).unwrap();
+    let payment_id = domain::PaymentId::parse(&invoice.invoice.clone().unwrap().payload).unwrap();
     w.kill_bot();
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -32,7 +32,7 @@ async fn a_slow_telegram_holds_no_transaction_and_each_notification_is_shown_onc
     ] {
         let calls = w.tg.calls(method);
         w.tg.slow_next(method, SLOW, 1);
-        let envelope = w.activate(user.id, uuid::Uuid::now_v7(), link).await;
+        let envelope = w.activate(user.id, domain::PaymentId::new(), link).await;
         let key = format!("event:{}", envelope.event_id);
         let sent = async || {
             send_queue::Entity::find()

@@ -110,7 +110,7 @@ async fn pay_presses_have_their_own_limit_and_a_payment_is_never_limited() {
     );
 
     // Paying is not a press: the pre-checkout query is answered, the payment stored.
-    let payment_id = uuid::Uuid::parse_str(&invoice.invoice.clone().unwrap().payload).unwrap();
+    let payment_id = domain::PaymentId::parse(&invoice.invoice.clone().unwrap().payload).unwrap();
     let outcome = w.tg.pay_invoice(&user, invoice.message_id).await.unwrap();
     assert!(matches!(outcome, PayOutcome::Paid { .. }), "{outcome:?}");
     w.wait_status(payment_id, PaymentStatus::Succeeded).await;

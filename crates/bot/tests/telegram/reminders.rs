@@ -12,7 +12,6 @@ use domain::entities::{bot_chats, reminder_cursors, reminders, send_queue, subsc
 use sandbox::telegram::{PayOutcome, TestUser};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::helpers::{World, world_with};
 
@@ -175,7 +174,7 @@ async fn reminders_are_sent_once_per_period_skip_a_renewed_one_and_renew_in_one_
     let invoice = w
         .wait_new(ann.id, reminder.message_id, |m| m.invoice.is_some())
         .await;
-    let payment_id = Uuid::parse_str(&invoice.invoice.clone().unwrap().payload).unwrap();
+    let payment_id = domain::PaymentId::parse(&invoice.invoice.clone().unwrap().payload).unwrap();
     let outcome = w.tg.pay_invoice(&ann, invoice.message_id).await.unwrap();
     assert!(matches!(outcome, PayOutcome::Paid { .. }), "{outcome:?}");
     w.wait_status(payment_id, PaymentStatus::Succeeded).await;

@@ -3,6 +3,7 @@
 //! `(network, address, expected_minor)` is unique among `open` invoices only (a partial
 //! index), and `(tx_id, event_index)` is unique once a transfer is matched.
 
+use crate::PaymentId;
 use sea_orm::entity::prelude::*;
 
 use crate::money::{Currency, Money};
@@ -14,7 +15,7 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     #[sea_orm(unique)]
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     /// Chain/token standard, e.g. `TRC20`.
     #[sea_orm(column_type = "Text")]
     pub network: String,

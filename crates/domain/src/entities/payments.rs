@@ -27,7 +27,7 @@ pub const CREATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(
 #[sea_orm(table_name = "payments")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
+    pub id: PaymentId,
     pub user_id: i64,
     pub tariff_id: i64,
     /// Provider name (`yookassa`, `telegram`, `crypto`).
@@ -64,10 +64,6 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn payment_id(&self) -> PaymentId {
-        PaymentId::from_uuid(self.id)
-    }
-
     pub fn amount(&self) -> Money {
         Money::new(self.amount_minor, self.currency)
     }
@@ -144,7 +140,7 @@ pub async fn find_notified<C: ConnectionTrait>(
     conn: &C,
     provider: &crate::ProviderId,
     provider_payment_id: Option<&str>,
-    candidates: impl IntoIterator<Item = Uuid>,
+    candidates: impl IntoIterator<Item = PaymentId>,
 ) -> Result<Option<Model>, DbErr> {
     if let Some(provider_payment_id) = provider_payment_id {
         let found = Entity::find()

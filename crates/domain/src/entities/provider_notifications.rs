@@ -1,6 +1,7 @@
 //! `provider_notifications`: the inbox. Every verified webhook or update is stored here
 //! before it is acknowledged; `(provider, dedupe_key)` makes redelivery a no-op.
 
+use crate::PaymentId;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -25,7 +26,7 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub provider_payment_id: Option<String>,
     /// Our payment, once matched; `None` for notifications about unknown payments.
-    pub payment_id: Option<Uuid>,
+    pub payment_id: Option<PaymentId>,
     pub received_at: DateTimeUtc,
     pub processed_at: Option<DateTimeUtc>,
     /// What processing did (`applied`, `duplicate`, `stale`, `unknown_payment`, …).

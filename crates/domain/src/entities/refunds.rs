@@ -1,5 +1,6 @@
 //! `refunds`: refund requests and their outcome at the provider.
 
+use crate::PaymentId;
 use sea_orm::entity::prelude::*;
 
 use crate::money::{Currency, Money};
@@ -10,7 +11,7 @@ use crate::status::RefundStatus;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     #[sea_orm(column_type = "Text")]
     pub provider: crate::ProviderId,
     /// The provider's id of the refund; unique together with `provider`.

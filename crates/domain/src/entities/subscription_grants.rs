@@ -1,6 +1,7 @@
 //! `subscription_grants`: the subscription ledger. `payment_id` is unique, so a redelivered
 //! `payment.completed` can never grant twice.
 
+use crate::PaymentId;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -11,7 +12,7 @@ pub struct Model {
     pub subscription_id: i64,
     /// The paying payment; `None` for grants without one (e.g. granted by an admin).
     #[sea_orm(unique)]
-    pub payment_id: Option<Uuid>,
+    pub payment_id: Option<PaymentId>,
     /// `purchase`, `manual`, …
     #[sea_orm(column_type = "Text")]
     pub kind: String,

@@ -1,6 +1,7 @@
 //! `system_logs`: an append-only business log used for analytics and audits. No foreign
 //! keys: a log row must never be refused.
 
+use crate::PaymentId;
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -12,7 +13,7 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub event_type: String,
     pub user_id: Option<i64>,
-    pub payment_id: Option<Uuid>,
+    pub payment_id: Option<PaymentId>,
     #[sea_orm(column_type = "Text", nullable)]
     pub provider: Option<crate::ProviderId>,
     pub amount_minor: Option<i64>,

@@ -73,7 +73,7 @@ async fn seed(conn: &DatabaseConnection) {
         let created = at(seed.created);
         let completed = seed.took_ms.map(|ms| created + Duration::milliseconds(ms));
         payments::ActiveModel {
-            id: Set(PaymentId::new().into_inner()),
+            id: Set(PaymentId::new()),
             user_id: Set(seed.user),
             tariff_id: Set(tariff.id),
             provider: Set(seed.provider.parse().expect("a provider name")),

@@ -39,7 +39,7 @@ async fn provider_payment_id_is_unique_per_provider(conn: &DatabaseConnection) {
     pending_payment(conn, 5).await.insert(conn).await.unwrap();
 }
 
-fn invoice(payment_id: uuid::Uuid, expected_minor: i64) -> crypto_invoices::ActiveModel {
+fn invoice(payment_id: domain::PaymentId, expected_minor: i64) -> crypto_invoices::ActiveModel {
     let now = now();
     crypto_invoices::ActiveModel {
         payment_id: Set(payment_id),
@@ -61,7 +61,7 @@ fn invoice(payment_id: uuid::Uuid, expected_minor: i64) -> crypto_invoices::Acti
     }
 }
 
-async fn crypto_payment(conn: &DatabaseConnection, telegram_id: i64) -> uuid::Uuid {
+async fn crypto_payment(conn: &DatabaseConnection, telegram_id: i64) -> domain::PaymentId {
     let mut payment = pending_payment(conn, telegram_id).await;
     payment.provider = Set(domain::ProviderId::from_static("crypto"));
     payment.currency = Set(Currency::Usdt);

@@ -89,7 +89,7 @@ pub async fn pending_payment(conn: &DatabaseConnection, telegram_id: i64) -> pay
     let tariff = tariff(conn, &format!("m1-{telegram_id}")).await;
     let now = now();
     payments::ActiveModel {
-        id: Set(PaymentId::new().into_inner()),
+        id: Set(PaymentId::new()),
         user_id: Set(user.id),
         tariff_id: Set(tariff.id),
         provider: Set(domain::ProviderId::from_static("yookassa")),
@@ -136,7 +136,7 @@ pub async fn subscription(conn: &DatabaseConnection, user_id: i64) -> subscripti
 
 pub fn grant(
     subscription_id: i64,
-    payment_id: Option<uuid::Uuid>,
+    payment_id: Option<domain::PaymentId>,
 ) -> subscription_grants::ActiveModel {
     subscription_grants::ActiveModel {
         subscription_id: Set(subscription_id),

@@ -1,6 +1,6 @@
 use chrono::Duration;
 use domain::entities::{payments, refunds, system_logs, tariffs};
-use domain::{Currency, IdempotencyKey, Money, PaymentId, PaymentStatus, RefundStatus};
+use domain::{Currency, IdempotencyKey, Money, PaymentStatus, RefundStatus};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, ModelTrait, QueryFilter, Set,
@@ -41,7 +41,7 @@ async fn payment_round_trips(conn: &DatabaseConnection) {
     assert_eq!(fetched.refunded(), Money::new(900, Currency::Rub));
     assert_eq!(fetched.status, PaymentStatus::PartiallyRefunded);
     assert_eq!(fetched.metadata["chat"]["lang"], "ru");
-    assert_eq!(fetched.payment_id(), PaymentId::from_uuid(inserted.id));
+    assert_eq!(fetched.id, inserted.id);
 
     let tariff = fetched
         .find_related(tariffs::Entity)

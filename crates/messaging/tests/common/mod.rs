@@ -250,7 +250,7 @@ pub async fn rabbit(tag: &str) -> RabbitBus {
 }
 
 pub fn payment_completed() -> Envelope {
-    let payment_id = Uuid::now_v7();
+    let payment_id = domain::PaymentId::new();
     let event = PaymentCompleted {
         payment: PaymentSnapshot {
             payment_id,

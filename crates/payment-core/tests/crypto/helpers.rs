@@ -109,7 +109,7 @@ pub async fn payment<C: sea_orm::ConnectionTrait>(
     .expect("user");
     let id = PaymentId::new();
     payments::ActiveModel {
-        id: Set(id.into_inner()),
+        id: Set(id),
         user_id: Set(user.id),
         tariff_id: Set(tariff_id),
         provider: Set(payment_core::providers::crypto::ID),

@@ -143,7 +143,7 @@ fn invoices(specs: &[InvoiceSpec]) -> Vec<Invoice> {
             }
             Invoice {
                 id: n as i64 + 1,
-                payment_id: uuid::Uuid::new_v4(),
+                payment_id: domain::PaymentId::new(),
                 network: "TRC20".into(),
                 address: "TWallet".into(),
                 expected_minor: expected,

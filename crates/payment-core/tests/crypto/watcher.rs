@@ -399,7 +399,7 @@ async fn a_transfer_is_used_at_most_once() {
     let second_payment = crate::helpers::payment(&env.db.conn, env.tariff_id, first.amount).await;
     let now = Utc::now();
     crypto_invoices::ActiveModel {
-        payment_id: Set(second_payment.into_inner()),
+        payment_id: Set(second_payment),
         network: Set("TRC20".into()),
         address: Set(WALLET.into()),
         expected_minor: Set(first.amount.minor()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::entities::{crypto_invoices, payments};
 use domain::money::{Currency, Money};
-use domain::{CryptoInvoiceStatus, PaymentStatus};
+use domain::{CryptoInvoiceStatus, PaymentId, PaymentStatus};
 use messaging::Event;
 use messaging::events::PaymentUnderpaid;
 use payment_core::providers::crypto::{
@@ -22,7 +22,6 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, IntoActiveModel,
 };
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::in_process::{Bench, bench};
@@ -55,13 +54,13 @@ async fn crypto_payment_at(
     created: DateTime<Utc>,
 ) -> (payments::Model, ReservedInvoice) {
     let price = Money::new(PRICE, Currency::Usdt);
-    let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
+    let payment = insert_payment(db, PaymentId::new(), price, None, |p| {
         p.provider = Set(payment_core::providers::crypto::ID);
     })
     .await;
     let provider = CryptoProvider::new(crypto.clone()).expect("provider");
     let invoice = provider
-        .reserve_invoice(db, payment.payment_id(), price, created)
+        .reserve_invoice(db, payment.id, price, created)
         .await
         .expect("reserved");
     let mut row: payments::ActiveModel = payment.clone().into_active_model();
@@ -297,7 +296,7 @@ async fn notices(env: Env, in_process: bool) {
 }
 
 /// Whether the payer was told a shortfall (`payment.underpaid`) within 15 s.
-async fn announced(db: &DatabaseConnection, payment_id: Uuid) -> bool {
+async fn announced(db: &DatabaseConnection, payment_id: PaymentId) -> bool {
     eventually(Duration::from_secs(15), || async {
         !events(db, PaymentUnderpaid::EVENT_TYPE, payment_id)
             .await
@@ -455,7 +454,7 @@ async fn a_half_made_crypto_checkout_expires_and_frees_its_tag() {
     let crypto = crypto_settings(&chain);
     let long_ago = Utc::now() - chrono::Duration::hours(1);
     let price = Money::new(PRICE, Currency::Usdt);
-    let payment = insert_payment(db, Uuid::now_v7(), price, None, |p| {
+    let payment = insert_payment(db, PaymentId::new(), price, None, |p| {
         p.provider = Set(payment_core::providers::crypto::ID);
         p.created_at = Set(long_ago);
         p.next_check_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
@@ -467,7 +466,7 @@ async fn a_half_made_crypto_checkout_expires_and_frees_its_tag() {
     );
     let provider = CryptoProvider::new(crypto.clone()).expect("provider");
     let invoice = provider
-        .reserve_invoice(db, payment.payment_id(), price, long_ago)
+        .reserve_invoice(db, payment.id, price, long_ago)
         .await
         .expect("reserved");
     let open = |id| async move {

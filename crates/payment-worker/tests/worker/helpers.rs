@@ -130,7 +130,7 @@ pub async fn user_and_tariff(db: &DatabaseConnection) -> (users::Model, tariffs:
 /// A pending payment row (no provider call).
 pub async fn insert_payment(
     db: &DatabaseConnection,
-    id: Uuid,
+    id: PaymentId,
     amount: Money,
     provider_payment_id: Option<String>,
     tweak: impl FnOnce(&mut payments::ActiveModel),
@@ -171,7 +171,7 @@ pub async fn pending_payment(
 ) -> payments::Model {
     insert_payment(
         db,
-        Uuid::now_v7(),
+        PaymentId::new(),
         Money::new(PRICE, Currency::Rub),
         Some(provider_payment_id.to_owned()),
         |_| {},
@@ -204,7 +204,7 @@ pub async fn payment_with(
         .expect("created on the emulator");
     insert_payment(
         &env.db.conn,
-        payment_id.into_inner(),
+        payment_id,
         ours,
         Some(created.provider_payment_id),
         tweak,
@@ -255,7 +255,7 @@ pub async fn store_notification(
     provider: &ProviderId,
     dedupe_key: &str,
     provider_payment_id: Option<String>,
-    payment_id: Option<Uuid>,
+    payment_id: Option<PaymentId>,
     body: String,
 ) -> Envelope {
     let tx = db.begin().await.expect("begin");
@@ -282,7 +282,7 @@ pub async fn store_notification(
         payment_id,
     };
     let envelope =
-        Envelope::new(&event, payment_id.unwrap_or(Uuid::nil()), None).expect("envelope");
+        Envelope::new(&event, payment_id.map_or(Uuid::nil(), Uuid::from), None).expect("envelope");
     messaging::outbox::enqueue(&tx, &envelope)
         .await
         .expect("outbox");
@@ -326,7 +326,7 @@ pub fn handler_for(env: &Env) -> NotificationHandler {
     NotificationHandler::new(Arc::new(service), env.db.conn.clone())
 }
 
-pub async fn reload(db: &DatabaseConnection, id: Uuid) -> payments::Model {
+pub async fn reload(db: &DatabaseConnection, id: PaymentId) -> payments::Model {
     payments::Entity::find_by_id(id)
         .one(db)
         .await
@@ -347,7 +347,11 @@ pub async fn inbox_row(
 }
 
 /// Outbox envelopes of `event_type` about `payment_id`.
-pub async fn events(db: &DatabaseConnection, event_type: &str, payment_id: Uuid) -> Vec<Envelope> {
+pub async fn events(
+    db: &DatabaseConnection,
+    event_type: &str,
+    payment_id: PaymentId,
+) -> Vec<Envelope> {
     outbox::Entity::find()
         .filter(outbox::Column::RoutingKey.eq(event_type))
         .all(db)
@@ -355,14 +359,14 @@ pub async fn events(db: &DatabaseConnection, event_type: &str, payment_id: Uuid)
         .expect("outbox")
         .into_iter()
         .map(|row| Envelope::from_json(row.envelope.as_bytes()).expect("envelope"))
-        .filter(|e| e.correlation_id == payment_id)
+        .filter(|e| e.correlation_id == Uuid::from(payment_id))
         .collect()
 }
 
 pub async fn logs(
     db: &DatabaseConnection,
     event_type: &str,
-    payment_id: Uuid,
+    payment_id: PaymentId,
 ) -> Vec<system_logs::Model> {
     system_logs::Entity::find()
         .filter(system_logs::Column::EventType.eq(event_type))

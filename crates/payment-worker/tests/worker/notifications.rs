@@ -329,7 +329,7 @@ async fn a_provider_without_a_status_source_is_parked_not_lost() {
     let db = &env.db.conn;
     let payment = insert_payment(
         db,
-        uuid::Uuid::now_v7(),
+        domain::PaymentId::new(),
         Money::new(150, Currency::Xtr),
         Some("tg-charge-1".into()),
         |p| {

@@ -8,7 +8,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sea_orm::DatabaseConnection;
 use testkit::TestDb;
-use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -32,7 +31,7 @@ async fn check(
     db: &DatabaseConnection,
     seq: Vec<(PaymentStatus, i64)>,
 ) -> Result<(), TestCaseError> {
-    let id = Uuid::now_v7();
+    let id = domain::PaymentId::new();
     let payment = insert_payment(
         db,
         id,

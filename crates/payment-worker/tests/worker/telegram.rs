@@ -14,7 +14,6 @@ use payment_worker::{NotificationHandler, ReconcileSettings, Reconciler};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -36,7 +35,7 @@ async fn card_payment(
     db: &DatabaseConnection,
     tweak: impl FnOnce(&mut payments::ActiveModel),
 ) -> (payments::Model, i64) {
-    let id = Uuid::now_v7();
+    let id = domain::PaymentId::new();
     let payment = insert_payment(
         db,
         id,
@@ -218,7 +217,7 @@ async fn a_payment_whose_creation_never_finished_expires_after_its_window_and_a_
     // No provider payment id: the provider call never answered, the payer never saw a link.
     let half_made = insert_payment(
         db,
-        Uuid::now_v7(),
+        domain::PaymentId::new(),
         Money::new(PRICE, Currency::Rub),
         None,
         |_| {},
@@ -228,7 +227,7 @@ async fn a_payment_whose_creation_never_finished_expires_after_its_window_and_a_
     // One still inside the gateway's creation window: a repeat of its key may finish it.
     let fresh = insert_payment(
         db,
-        Uuid::now_v7(),
+        domain::PaymentId::new(),
         Money::new(PRICE, Currency::Rub),
         None,
         |_| {},

@@ -242,7 +242,7 @@ impl OutcomeSink for Announcer {
         else {
             return Ok(());
         };
-        let Some(payment) = payments::Entity::find_by_id(outcome.payment_id.into_inner())
+        let Some(payment) = payments::Entity::find_by_id(outcome.payment_id)
             .one(txn)
             .await?
         else {

@@ -63,7 +63,7 @@ impl ReservedInvoice {
     fn from_model(m: &crypto_invoices::Model) -> Self {
         Self {
             invoice_id: m.id,
-            payment_id: PaymentId::from(m.payment_id),
+            payment_id: m.payment_id,
             network: m.network.clone(),
             address: m.address.clone(),
             amount: m.expected(),
@@ -152,7 +152,7 @@ impl CryptoProvider {
             }
             let tag = free[random_index(free.len())];
             let values: [Value; 8] = [
-                payment_id.into_inner().into(),
+                payment_id.into(),
                 network.into(),
                 address.clone().into(),
                 (price.minor() + tag).into(),
@@ -195,7 +195,7 @@ async fn find<C: ConnectionTrait>(
     payment_id: PaymentId,
 ) -> Result<Option<crypto_invoices::Model>, DbErr> {
     crypto_invoices::Entity::find()
-        .filter(crypto_invoices::Column::PaymentId.eq(payment_id.into_inner()))
+        .filter(crypto_invoices::Column::PaymentId.eq(payment_id))
         .one(conn)
         .await
 }
@@ -214,7 +214,7 @@ pub async fn close_unpaid<C: ConnectionTrait>(
     let closed = crypto_invoices::Entity::update_many()
         .col_expr(crypto_invoices::Column::Status, Expr::value(status))
         .col_expr(crypto_invoices::Column::UpdatedAt, Expr::value(now))
-        .filter(crypto_invoices::Column::PaymentId.eq(payment_id.into_inner()))
+        .filter(crypto_invoices::Column::PaymentId.eq(payment_id))
         .filter(crypto_invoices::Column::Status.eq(CryptoInvoiceStatus::Open))
         .filter(crypto_invoices::Column::ReceivedMinor.is_null())
         .exec(conn)

@@ -630,7 +630,7 @@ impl ChainWatcher {
             .exec(txn)
             .await?;
         Ok((done.rows_affected == 1).then(|| InvoiceOutcome {
-            payment_id: PaymentId::from(invoice.payment_id),
+            payment_id: invoice.payment_id,
             invoice_id: invoice.id,
             kind,
             tx_id: Some(tx_id.to_owned()),
@@ -718,7 +718,7 @@ impl ChainWatcher {
                 .await?;
             if done.rows_affected == 1 {
                 out.invoices.push(InvoiceOutcome {
-                    payment_id: PaymentId::from(invoice.payment_id),
+                    payment_id: invoice.payment_id,
                     invoice_id: invoice.id,
                     kind: OutcomeKind::Expired {
                         received: invoice.received_minor.map(usdt),

@@ -456,7 +456,7 @@ impl PaymentProvider for TelegramProvider {
             return self.get_payment_status(&query.reference()?).await;
         }
         let reference = PaymentRef {
-            payment_id: payment.payment_id(),
+            payment_id: payment.id,
             provider_payment_id: payment
                 .provider_payment_id
                 .clone()
