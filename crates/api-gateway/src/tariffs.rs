@@ -1,10 +1,14 @@
 //! The tariffs file (`TARIFFS_FILE`, default: the repository's `config/tariffs.toml`, built
 //! in) and its upsert into the `tariffs` table at start-up.
+//!
+//! A tariff's `title` and `description` are its Russian (default) texts; `en = { title,
+//! description }` gives the English ones. Both go to `tariff_texts`; a file without `en`
+//! shows its `title` to everyone, as before.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use domain::entities::tariffs;
+use domain::entities::{tariff_texts, tariffs};
 use domain::money::{Currency, Money};
 use sea_orm::QueryFilter;
 use sea_orm::sea_query::OnConflict;
@@ -42,6 +46,10 @@ struct TariffsFile {
 struct TariffSpec {
     code: String,
     title: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    en: Option<TextSpec>,
     duration_days: i32,
     #[serde(default)]
     data_limit_gb: Option<i64>,
@@ -57,15 +65,36 @@ struct TariffSpec {
     sort_order: i32,
 }
 
+/// A tariff's texts in another language than the default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextSpec {
+    title: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
 fn yes() -> bool {
     true
+}
+
+/// A tariff's title and description in one language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TariffText {
+    /// `ru` (the default texts) or `en`.
+    pub lang: &'static str,
+    pub title: String,
+    pub description: Option<String>,
 }
 
 /// A validated tariff, ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tariff {
     pub code: String,
+    /// The default (Russian) title, also `texts[0].title`.
     pub title: String,
+    /// The default texts first (`ru`), then `en` if the file has it.
+    pub texts: Vec<TariffText>,
     pub duration_days: i32,
     pub data_limit_bytes: Option<i64>,
     pub price_rub: Option<Money>,
@@ -106,6 +135,23 @@ pub fn parse(text: &str) -> Result<Vec<Tariff>, TariffsError> {
             if spec.code.is_empty() || !seen.insert(spec.code.clone()) {
                 return Err(invalid("empty or repeated code".into()));
             }
+            let text = |title: &str, description: Option<String>, lang| {
+                let title = title.trim();
+                if title.is_empty() {
+                    return Err(invalid(format!("empty {lang} title")));
+                }
+                Ok(TariffText {
+                    lang,
+                    title: title.to_owned(),
+                    description: description
+                        .map(|d| d.trim().to_owned())
+                        .filter(|d| !d.is_empty()),
+                })
+            };
+            let mut texts = vec![text(&spec.title, spec.description.clone(), "ru")?];
+            if let Some(en) = &spec.en {
+                texts.push(text(&en.title, en.description.clone(), "en")?);
+            }
             if spec.duration_days <= 0 {
                 return Err(invalid("duration_days must be positive".into()));
             }
@@ -128,7 +174,8 @@ pub fn parse(text: &str) -> Result<Vec<Tariff>, TariffsError> {
                 price_xtr: price(&spec.price_xtr, Currency::Xtr)?,
                 price_usdt: price(&spec.price_usdt, Currency::Usdt)?,
                 code: spec.code,
-                title: spec.title,
+                title: texts[0].title.clone(),
+                texts,
                 duration_days: spec.duration_days,
                 data_limit_bytes,
                 active: spec.active,
@@ -179,10 +226,51 @@ pub async fn upsert(db: &sea_orm::DatabaseConnection, list: &[Tariff]) -> Result
             tariffs::Column::Active,
             sea_orm::sea_query::Expr::value(false),
         )
-        .filter(tariffs::Column::Code.is_not_in(codes))
+        .filter(tariffs::Column::Code.is_not_in(codes.clone()))
         .exec(&txn)
         .await?;
+    store_texts(&txn, list, codes).await?;
     txn.commit().await?;
+    Ok(())
+}
+
+/// Replaces the texts of the file's tariffs with the file's.
+async fn store_texts(
+    txn: &sea_orm::DatabaseTransaction,
+    list: &[Tariff],
+    codes: Vec<String>,
+) -> Result<(), TariffsError> {
+    let ids: std::collections::HashMap<String, i64> = tariffs::Entity::find()
+        .filter(tariffs::Column::Code.is_in(codes))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|row| (row.code, row.id))
+        .collect();
+    tariff_texts::Entity::delete_many()
+        .filter(tariff_texts::Column::TariffId.is_in(ids.values().copied()))
+        .exec(txn)
+        .await?;
+    let rows: Vec<tariff_texts::ActiveModel> = list
+        .iter()
+        .filter_map(|tariff| ids.get(&tariff.code).map(|id| (*id, tariff)))
+        .flat_map(|(id, tariff)| {
+            tariff
+                .texts
+                .iter()
+                .map(move |text| tariff_texts::ActiveModel {
+                    tariff_id: Set(id),
+                    lang: Set(text.lang.to_owned()),
+                    title: Set(text.title.clone()),
+                    description: Set(text.description.clone()),
+                })
+        })
+        .collect();
+    if !rows.is_empty() {
+        tariff_texts::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -206,6 +294,38 @@ mod tests {
             list.iter()
                 .all(|t| t.active && t.data_limit_bytes.is_none())
         );
+    }
+
+    #[test]
+    fn texts_per_language() {
+        let list = load(None).unwrap();
+        let langs: Vec<&str> = list[0].texts.iter().map(|t| t.lang).collect();
+        assert_eq!(langs, ["ru", "en"]);
+        assert_eq!(list[0].title, "1 месяц");
+        assert_eq!(list[0].texts[1].title, "1 month");
+        assert!(
+            list.iter()
+                .all(|t| t.texts.iter().all(|x| x.description.is_some()))
+        );
+
+        let plain = parse("[[tariff]]\ncode = \"x\"\ntitle = \"X\"\nduration_days = 30\n").unwrap();
+        assert_eq!(
+            plain[0].texts,
+            [TariffText {
+                lang: "ru",
+                title: "X".into(),
+                description: None
+            }]
+        );
+        let no_en_title = "[[tariff]]\ncode = \"x\"\ntitle = \"X\"\nduration_days = 30\n\
+                           en = { description = \"d\" }\n";
+        assert!(parse(no_en_title).is_err());
+        let blank_en = "[[tariff]]\ncode = \"x\"\ntitle = \"X\"\nduration_days = 30\n\
+                        en = { title = \" \" }\n";
+        assert!(matches!(parse(blank_en), Err(TariffsError::Invalid { .. })));
+        let other_lang = "[[tariff]]\ncode = \"x\"\ntitle = \"X\"\nduration_days = 30\n\
+                          de = { title = \"Y\" }\n";
+        assert!(parse(other_lang).is_err());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use service_kit::Shutdown;
 use tokio::sync::Notify;
 
 use crate::sender::{self, Guard, Kind, Outgoing, Queued};
+use crate::store::LocalTariff;
 use crate::texts::{self, Lang, fill};
 
 /// A reminder more than this late is not sent (the bot was down, or the subscription was
@@ -337,7 +338,8 @@ pub const METRIC_DISPATCHED: &str = "bot_reminders_dispatched_total";
 #[derive(Debug, Clone)]
 struct LastCheckout {
     tariff_code: String,
-    tariff_title: String,
+    /// The tariff's title by language code (`ru`, `en`); the default under `ru`.
+    tariff_titles: HashMap<&'static str, String>,
     provider: String,
     currency: String,
 }
@@ -386,6 +388,12 @@ impl Context {
             .order_by_desc(payments::Column::CreatedAt)
             .all(db)
             .await?;
+        let texts = crate::store::tariff_texts(
+            db,
+            paid.iter()
+                .filter_map(|(_, tariff)| tariff.as_ref().map(|t| t.id)),
+        )
+        .await?;
         for (payment, tariff) in paid {
             let Some(tariff) = tariff.filter(|t| t.active) else {
                 continue;
@@ -393,8 +401,14 @@ impl Context {
             last_checkout
                 .entry(payment.user_id)
                 .or_insert_with(|| LastCheckout {
-                    tariff_code: tariff.code,
-                    tariff_title: tariff.title,
+                    tariff_code: tariff.code.clone(),
+                    tariff_titles: [Lang::Ru, Lang::En]
+                        .into_iter()
+                        .map(|lang| {
+                            let local = LocalTariff::pick(tariff.clone(), &texts, lang);
+                            (lang.code(), local.title)
+                        })
+                        .collect(),
                     provider: payment.provider.to_string(),
                     currency: payment.currency.code().to_owned(),
                 });
@@ -492,7 +506,15 @@ fn reminder_message(
                 format!("t:{}", last.tariff_code)
             };
             button(
-                fill(t.btn_renew_tariff, &[("title", &last.tariff_title)]),
+                fill(
+                    t.btn_renew_tariff,
+                    &[(
+                        "title",
+                        last.tariff_titles
+                            .get(lang.code())
+                            .map_or(last.tariff_code.as_str(), String::as_str),
+                    )],
+                ),
                 data,
             )
         }
@@ -556,7 +578,7 @@ mod tests {
         };
         let last = LastCheckout {
             tariff_code: "month_1".into(),
-            tariff_title: "1 month".into(),
+            tariff_titles: [("en", "1 month".to_owned())].into(),
             provider: "yookassa".into(),
             currency: "RUB".into(),
         };

@@ -4,26 +4,84 @@
 use chrono::{DateTime, Utc};
 use domain::PaymentId;
 use domain::PaymentStatus;
-use domain::entities::{payments, subscriptions, tariffs, users};
+use domain::entities::{payments, subscriptions, tariff_texts, tariffs, users};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
 
-pub async fn active_tariffs(db: &DatabaseConnection) -> Result<Vec<tariffs::Model>, DbErr> {
-    tariffs::Entity::find()
-        .filter(tariffs::Column::Active.eq(true))
-        .order_by_asc(tariffs::Column::SortOrder)
-        .order_by_asc(tariffs::Column::Id)
+use crate::texts::Lang;
+
+/// A tariff with its title and description in one language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTariff {
+    pub tariff: tariffs::Model,
+    pub title: String,
+    pub description: Option<String>,
+}
+
+impl LocalTariff {
+    /// `tariff`'s texts in `lang` among `texts` (any tariffs' rows), else its default (`ru`)
+    /// texts, else `tariffs.title` — a tariffs file without translations still has a title.
+    pub fn pick(tariff: tariffs::Model, texts: &[tariff_texts::Model], lang: Lang) -> Self {
+        let find = |lang: Lang| {
+            texts
+                .iter()
+                .find(|row| row.tariff_id == tariff.id && row.lang == lang.code())
+        };
+        let text = find(lang).or_else(|| find(Lang::Ru));
+        Self {
+            title: text.map_or_else(|| tariff.title.clone(), |row| row.title.clone()),
+            description: text.and_then(|row| row.description.clone()),
+            tariff,
+        }
+    }
+}
+
+/// Every language's texts of the tariffs `ids`.
+pub async fn tariff_texts<C: ConnectionTrait>(
+    db: &C,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<Vec<tariff_texts::Model>, DbErr> {
+    tariff_texts::Entity::find()
+        .filter(tariff_texts::Column::TariffId.is_in(ids))
         .all(db)
         .await
 }
 
-pub async fn tariff(db: &DatabaseConnection, code: &str) -> Result<Option<tariffs::Model>, DbErr> {
-    tariffs::Entity::find()
+/// The tariffs on sale, in their order, with their texts in `lang`.
+pub async fn active_tariffs(
+    db: &DatabaseConnection,
+    lang: Lang,
+) -> Result<Vec<LocalTariff>, DbErr> {
+    let list = tariffs::Entity::find()
+        .filter(tariffs::Column::Active.eq(true))
+        .order_by_asc(tariffs::Column::SortOrder)
+        .order_by_asc(tariffs::Column::Id)
+        .all(db)
+        .await?;
+    let texts = tariff_texts(db, list.iter().map(|t| t.id)).await?;
+    Ok(list
+        .into_iter()
+        .map(|tariff| LocalTariff::pick(tariff, &texts, lang))
+        .collect())
+}
+
+/// The tariff `code` if it is on sale, with its texts in `lang`.
+pub async fn tariff(
+    db: &DatabaseConnection,
+    code: &str,
+    lang: Lang,
+) -> Result<Option<LocalTariff>, DbErr> {
+    let Some(tariff) = tariffs::Entity::find()
         .filter(tariffs::Column::Code.eq(code))
         .filter(tariffs::Column::Active.eq(true))
         .one(db)
-        .await
+        .await?
+    else {
+        return Ok(None);
+    };
+    let texts = tariff_texts(db, [tariff.id]).await?;
+    Ok(Some(LocalTariff::pick(tariff, &texts, lang)))
 }
 
 pub async fn user<C: ConnectionTrait>(

@@ -36,8 +36,8 @@ fn provider_label(t: &Texts, provider: &str, currency: Currency, title: &str) ->
 
 impl App {
     pub(super) async fn providers(&self, chat: i64, t: &Texts, code: &str) {
-        let tariff = match store::tariff(&self.db, code).await {
-            Ok(Some(tariff)) => tariff,
+        let local = match store::tariff(&self.db, code, t.lang).await {
+            Ok(Some(local)) => local,
             Ok(None) => return self.tariffs(chat, t).await,
             Err(error) => {
                 tracing::error!(%error, "cannot read the tariff");
@@ -55,6 +55,7 @@ impl App {
                     .await;
             }
         };
+        let tariff = &local.tariff;
         let mut rows = Vec::new();
         for provider in &providers {
             for currency in provider
@@ -82,8 +83,15 @@ impl App {
             fill(
                 t.choose_provider,
                 &[
-                    ("title", &tariff.title),
+                    ("title", &local.title),
                     ("days", &tariff.duration_days.to_string()),
+                    (
+                        "description",
+                        &local
+                            .description
+                            .as_ref()
+                            .map_or_else(String::new, |d| format!("\n{d}")),
+                    ),
                 ],
             )
         };
@@ -147,8 +155,8 @@ impl App {
             }
         };
         tracing::info!(payment_id = %payment.payment_id, user, provider, "payment created for a click");
-        let title = match store::tariff(&self.db, code).await {
-            Ok(Some(tariff)) => (tariff.title, tariff.duration_days),
+        let title = match store::tariff(&self.db, code, t.lang).await {
+            Ok(Some(local)) => (local.title, local.tariff.duration_days),
             _ => (code.to_owned(), 0),
         };
         self.present(click.chat, t, &payment, &title.0, title.1)

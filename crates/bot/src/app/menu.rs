@@ -77,7 +77,7 @@ impl App {
     }
 
     pub(super) async fn tariffs(&self, chat: i64, t: &Texts) {
-        let tariffs = match store::active_tariffs(&self.db).await {
+        let tariffs = match store::active_tariffs(&self.db, t.lang).await {
             Ok(tariffs) => tariffs,
             Err(error) => {
                 tracing::error!(%error, "cannot read tariffs");
@@ -86,8 +86,9 @@ impl App {
         };
         let mut rows: Vec<Vec<InlineKeyboardButton>> = tariffs
             .iter()
-            .filter(|tariff| tariff.code.len() <= 40)
-            .map(|tariff| {
+            .filter(|local| local.tariff.code.len() <= 40)
+            .map(|local| {
+                let tariff = &local.tariff;
                 let prices = [Currency::Rub, Currency::Xtr, Currency::Usdt]
                     .into_iter()
                     .filter_map(|c| tariff.price(c))
@@ -97,7 +98,7 @@ impl App {
                 vec![button(
                     fill(
                         t.tariff_button,
-                        &[("title", &tariff.title), ("prices", &prices)],
+                        &[("title", &local.title), ("prices", &prices)],
                     ),
                     format!("t:{}", tariff.code),
                 )]

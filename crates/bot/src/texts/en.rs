@@ -1,8 +1,9 @@
 //! English texts (for users whose Telegram language is English).
 
-use super::Texts;
+use super::{Lang, Texts};
 
 pub static TEXTS: Texts = Texts {
+    lang: Lang::En,
     welcome: "Hi, {name}! This is Anomaly Connect — a fast VPN.\n\nWhat would you like to do?",
     btn_buy: "🛒 Buy / extend",
     btn_subscription: "🔑 My subscription",
@@ -12,7 +13,7 @@ pub static TEXTS: Texts = Texts {
     choose_tariff: "Choose a plan:",
     no_tariffs: "No plans are available right now. Please try later.",
     tariff_button: "{title} — {prices}",
-    choose_provider: "Plan “{title}” ({days} days). Choose how to pay:",
+    choose_provider: "Plan “{title}” ({days} days).{description}\nChoose how to pay:",
     no_providers: "No payment method is available for this plan right now.",
     provider_yookassa: "💳 Card / SBP (YooKassa)",
     provider_stars: "⭐ Telegram Stars",

@@ -26,6 +26,14 @@ impl Lang {
         }
     }
 
+    /// The code of the language's rows in `tariff_texts`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Ru => "ru",
+            Lang::En => "en",
+        }
+    }
+
     pub fn texts(self) -> &'static Texts {
         match self {
             Lang::Ru => &ru::TEXTS,
@@ -37,6 +45,8 @@ impl Lang {
 /// The texts of one language.
 #[derive(Debug)]
 pub struct Texts {
+    /// The language these texts are in.
+    pub lang: Lang,
     /// `{name}`.
     pub welcome: &'static str,
     pub btn_buy: &'static str,
@@ -48,7 +58,8 @@ pub struct Texts {
     pub no_tariffs: &'static str,
     /// `{title}`, `{prices}`.
     pub tariff_button: &'static str,
-    /// `{title}`, `{days}`.
+    /// `{title}`, `{days}`, `{description}` (empty, or a line break and the tariff's
+    /// description).
     pub choose_provider: &'static str,
     pub no_providers: &'static str,
     pub provider_yookassa: &'static str,

@@ -1,8 +1,9 @@
 //! Русские тексты (язык по умолчанию).
 
-use super::Texts;
+use super::{Lang, Texts};
 
 pub static TEXTS: Texts = Texts {
+    lang: Lang::Ru,
     welcome: "Привет, {name}! Это Anomaly Connect — быстрый VPN.\n\nВыберите действие:",
     btn_buy: "🛒 Купить / продлить",
     btn_subscription: "🔑 Моя подписка",
@@ -12,7 +13,7 @@ pub static TEXTS: Texts = Texts {
     choose_tariff: "Выберите тариф:",
     no_tariffs: "Сейчас нет доступных тарифов. Попробуйте позже.",
     tariff_button: "{title} — {prices}",
-    choose_provider: "Тариф «{title}» ({days} дн.). Выберите способ оплаты:",
+    choose_provider: "Тариф «{title}» ({days} дн.).{description}\nВыберите способ оплаты:",
     no_providers: "Сейчас нет доступных способов оплаты для этого тарифа.",
     provider_yookassa: "💳 Карта / СБП (ЮKassa)",
     provider_stars: "⭐ Telegram Stars",

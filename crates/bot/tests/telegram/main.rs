@@ -9,6 +9,7 @@ mod rate_limits;
 mod readiness;
 mod reminders;
 mod sending;
+mod tariffs;
 
 use std::time::{Duration, Instant};
 

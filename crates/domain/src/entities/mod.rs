@@ -16,6 +16,7 @@ pub mod send_queue;
 pub mod subscription_grants;
 pub mod subscriptions;
 pub mod system_logs;
+pub mod tariff_texts;
 pub mod tariffs;
 pub mod users;
 
@@ -34,6 +35,7 @@ pub mod prelude {
     pub use super::subscription_grants::Entity as SubscriptionGrants;
     pub use super::subscriptions::Entity as Subscriptions;
     pub use super::system_logs::Entity as SystemLogs;
+    pub use super::tariff_texts::Entity as TariffTexts;
     pub use super::tariffs::Entity as Tariffs;
     pub use super::users::Entity as Users;
 }

@@ -41,4 +41,5 @@ migrations![
     m20261206_000400_send_queue,
     m20261206_000410_reminders,
     m20261206_000420_bot_chat_qr,
+    m20261206_000500_tariff_texts,
 ];
