@@ -12,7 +12,8 @@
 //! poller or while a webhook is set), setWebhook / deleteWebhook / getWebhookInfo (updates
 //! are then POSTed with `X-Telegram-Bot-Api-Secret-Token`), sendMessage, sendPhoto,
 //! editMessageText, answerCallbackQuery, sendInvoice, createInvoiceLink,
-//! answerPreCheckoutQuery, refundStarPayment, getStarTransactions. Tests read what each user
+//! answerPreCheckoutQuery, refundStarPayment, getStarTransactions, editUserStarSubscription.
+//! Tests read what each user
 //! was sent ([`Emulator::messages`], uploaded photos with their bytes) and script Telegram's
 //! failures ([`Emulator::fail_next`]: 5xx, 429 with `retry_after`, 400, 403) and slow answers
 //! ([`Emulator::slow_next`]).
@@ -22,6 +23,15 @@
 //! refused with 429 and `parameters.retry_after`, and does nothing. A user who blocked the bot
 //! ([`Emulator::block_bot`]) gets nothing: sends to them answer 403 "Forbidden: bot was
 //! blocked by the user".
+//!
+//! Star subscriptions: `createInvoiceLink` takes `subscription_period` only for `XTR` and only
+//! [`SUBSCRIPTION_PERIOD`] (else 400 `SUBSCRIPTION_PERIOD_INVALID`); paying such a link starts a
+//! subscription whose `successful_payment` carries `is_recurring`, `is_first_recurring` and
+//! `subscription_expiration_date`. Telegram charges again every 30 days; here the test fires
+//! the next charge ([`Emulator::charge_subscription`], `POST
+//! /sandbox/telegram/subscriptions/{charge id}/charge`): a new `successful_payment` with a new
+//! charge id, the same payload and the expiry 30 days later. `editUserStarSubscription`
+//! cancels or re-enables one; a canceled subscription is not charged.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -39,6 +49,8 @@ use crate::server::{Listen, serve};
 
 /// How long Telegram waits for `answerPreCheckoutQuery`.
 pub const PRE_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The only `subscription_period` Telegram accepts: 30 days, in seconds.
+pub const SUBSCRIPTION_PERIOD: i64 = 2_592_000;
 
 /// Emulator settings; `Config::default()` suits tests.
 #[derive(Debug, Clone)]
@@ -214,6 +226,48 @@ pub struct Invoice {
     /// Sum of the price items, in the currency's smallest units.
     pub total_amount: i64,
     pub provider_token: String,
+    /// `subscription_period` of a link made by `createInvoiceLink`: paying it subscribes.
+    #[serde(default)]
+    pub subscription_period: Option<i64>,
+}
+
+impl Invoice {
+    /// A Stars invoice with no title, as the emulator's own charges record it.
+    fn stars(payload: &str, total_amount: i64, subscription_period: Option<i64>) -> Self {
+        Self {
+            title: String::new(),
+            description: String::new(),
+            payload: payload.to_owned(),
+            currency: "XTR".to_owned(),
+            total_amount,
+            provider_token: String::new(),
+            subscription_period,
+        }
+    }
+}
+
+/// A Star subscription a user started by paying a subscription invoice link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StarSubscription {
+    pub user_id: i64,
+    /// The first payment's charge id, which names the subscription.
+    pub telegram_payment_charge_id: String,
+    pub invoice_payload: String,
+    pub total_amount: i64,
+    /// Unix time until which the last charge paid.
+    pub expiration_date: i64,
+    pub canceled: bool,
+    /// Charge ids of the recurring charges, oldest first.
+    pub renewals: Vec<String>,
+}
+
+/// Why [`Emulator::charge_subscription`] charged nothing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscriptionError {
+    #[error("no subscription with charge id {0}")]
+    Unknown(String),
+    #[error("subscription {0} is canceled")]
+    Canceled(String),
 }
 
 /// A successful payment the emulator made.
@@ -280,6 +334,7 @@ struct State {
     pre_checkouts: HashMap<String, oneshot::Sender<(bool, Option<String>)>>,
     invoice_links: HashMap<String, Invoice>,
     charges: Vec<Charge>,
+    subscriptions: Vec<StarSubscription>,
     /// The bot's Star transactions in `getStarTransactions` shape, oldest first.
     star_transactions: Vec<Value>,
     next_id: u64,
@@ -592,45 +647,90 @@ impl Emulator {
         } else {
             Shared::next_id(&mut state, "prov")
         };
-        if invoice.currency == "XTR" {
-            let transaction = json!({
-                "id": charge_id,
-                "amount": invoice.total_amount,
-                "date": chrono::Utc::now().timestamp(),
-                "source": {
-                    "type": "user",
-                    "transaction_type": "invoice_payment",
-                    "user": user.to_json(),
-                    "invoice_payload": invoice.payload,
-                },
-            });
-            state.star_transactions.push(transaction);
-        }
-        state.charges.push(Charge {
-            user_id: user.id,
-            telegram_payment_charge_id: charge_id.clone(),
-            currency: invoice.currency.clone(),
-            total_amount: invoice.total_amount,
-            invoice_payload: invoice.payload.clone(),
-            refunded: false,
+        record_charge(&mut state, user, &invoice, &charge_id);
+        let mut paid = json!({
+            "currency": invoice.currency,
+            "total_amount": invoice.total_amount,
+            "invoice_payload": invoice.payload,
+            "telegram_payment_charge_id": charge_id,
+            "provider_payment_charge_id": provider_charge_id,
         });
+        if let Some(period) = invoice.subscription_period {
+            let expiration_date = chrono::Utc::now().timestamp() + period;
+            paid["subscription_expiration_date"] = json!(expiration_date);
+            paid["is_recurring"] = json!(true);
+            paid["is_first_recurring"] = json!(true);
+            state.subscriptions.push(StarSubscription {
+                user_id: user.id,
+                telegram_payment_charge_id: charge_id.clone(),
+                invoice_payload: invoice.payload.clone(),
+                total_amount: invoice.total_amount,
+                expiration_date,
+                canceled: false,
+                renewals: Vec::new(),
+            });
+        }
         drop(state);
         let mut fields = Map::new();
-        fields.insert(
-            "successful_payment".to_owned(),
-            json!({
-                "currency": invoice.currency,
-                "total_amount": invoice.total_amount,
-                "invoice_payload": invoice.payload,
-                "telegram_payment_charge_id": charge_id,
-                "provider_payment_charge_id": provider_charge_id,
-            }),
-        );
+        fields.insert("successful_payment".to_owned(), paid);
         self.shared.user_message(user, fields);
         PayOutcome::Paid {
             telegram_payment_charge_id: charge_id,
             answered_in_ms,
         }
+    }
+
+    /// Telegram's next monthly charge of the subscription named by its first payment's
+    /// `charge_id` (any of its charges' ids works): a new Star transaction and a
+    /// `successful_payment` with a new charge id, the same payload, `is_recurring: true` and
+    /// the expiry 30 days after the previous one. Returns the new charge id.
+    pub fn charge_subscription(&self, charge_id: &str) -> Result<String, SubscriptionError> {
+        let mut state = lock(&self.shared.state);
+        let index = subscription_index(&state, charge_id)
+            .ok_or_else(|| SubscriptionError::Unknown(charge_id.to_owned()))?;
+        let subscription = state.subscriptions[index].clone();
+        if subscription.canceled {
+            return Err(SubscriptionError::Canceled(
+                subscription.telegram_payment_charge_id,
+            ));
+        }
+        let user = state
+            .users
+            .get(&subscription.user_id)
+            .cloned()
+            .unwrap_or_else(|| TestUser::new(subscription.user_id, "Subscriber", "ru"));
+        let new_charge = Shared::next_id(&mut state, "stx");
+        let invoice = Invoice::stars(
+            &subscription.invoice_payload,
+            subscription.total_amount,
+            Some(SUBSCRIPTION_PERIOD),
+        );
+        record_charge(&mut state, &user, &invoice, &new_charge);
+        let expiration_date = subscription.expiration_date + SUBSCRIPTION_PERIOD;
+        let stored = &mut state.subscriptions[index];
+        stored.expiration_date = expiration_date;
+        stored.renewals.push(new_charge.clone());
+        drop(state);
+        let mut fields = Map::new();
+        fields.insert(
+            "successful_payment".to_owned(),
+            json!({
+                "currency": "XTR",
+                "total_amount": subscription.total_amount,
+                "invoice_payload": subscription.invoice_payload,
+                "telegram_payment_charge_id": new_charge,
+                "provider_payment_charge_id": "",
+                "subscription_expiration_date": expiration_date,
+                "is_recurring": true,
+            }),
+        );
+        self.shared.user_message(&user, fields);
+        Ok(new_charge)
+    }
+
+    /// The Star subscriptions users started, oldest first.
+    pub fn subscriptions(&self) -> Vec<StarSubscription> {
+        lock(&self.shared.state).subscriptions.clone()
     }
 
     /// A Star payment `user` made earlier, for seeding a bot's transaction history (a live
@@ -640,25 +740,8 @@ impl Emulator {
         let mut state = lock(&self.shared.state);
         state.users.insert(user.id, user.clone());
         let charge_id = Shared::next_id(&mut state, "stx");
-        state.star_transactions.push(json!({
-            "id": charge_id,
-            "amount": amount,
-            "date": chrono::Utc::now().timestamp(),
-            "source": {
-                "type": "user",
-                "transaction_type": "invoice_payment",
-                "user": user.to_json(),
-                "invoice_payload": payload,
-            },
-        }));
-        state.charges.push(Charge {
-            user_id: user.id,
-            telegram_payment_charge_id: charge_id.clone(),
-            currency: "XTR".to_owned(),
-            total_amount: amount,
-            invoice_payload: payload.to_owned(),
-            refunded: false,
-        });
+        let invoice = Invoice::stars(payload, amount, None);
+        record_charge(&mut state, user, &invoice, &charge_id);
         charge_id
     }
 
@@ -789,6 +872,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/sandbox/telegram/chats/{id}/messages",
             web::get().to(control_messages),
+        )
+        .route(
+            "/sandbox/telegram/subscriptions/{charge_id}/charge",
+            web::post().to(control_charge_subscription),
         )
         .default_service(web::to(|| async {
             HttpResponse::NotFound()
@@ -1018,6 +1105,7 @@ async fn bot_method(
         "answerPreCheckoutQuery" => answer_pre_checkout_query(&shared, &params),
         "refundStarPayment" => refund_star_payment(&shared, &params),
         "getStarTransactions" => get_star_transactions(&shared, &params),
+        "editUserStarSubscription" => edit_user_star_subscription(&shared, &params),
         _ => Err(ApiError::new(404, "Not Found: method not found")),
     };
     if let Some(delay) = delay {
@@ -1541,6 +1629,7 @@ fn parse_invoice(params: &Params) -> Result<Invoice, ApiError> {
         currency,
         total_amount: total,
         provider_token,
+        subscription_period: None,
     })
 }
 
@@ -1563,11 +1652,12 @@ fn send_invoice(shared: &Shared, params: &Params) -> ApiResult {
 }
 
 fn create_invoice_link(shared: &Shared, params: &Params) -> ApiResult {
-    let invoice = parse_invoice(params)?;
-    if let Some(period) = params.i64("subscription_period")?
-        && (period != 2_592_000 || invoice.currency != "XTR")
-    {
-        return Err(ApiError::bad_request("SUBSCRIPTION_PERIOD_INVALID"));
+    let mut invoice = parse_invoice(params)?;
+    if let Some(period) = params.i64("subscription_period")? {
+        if period != SUBSCRIPTION_PERIOD || invoice.currency != "XTR" {
+            return Err(ApiError::bad_request("SUBSCRIPTION_PERIOD_INVALID"));
+        }
+        invoice.subscription_period = Some(period);
     }
     let mut state = lock(&shared.state);
     let slug = Shared::next_id(&mut state, "");
@@ -1644,6 +1734,58 @@ fn refund_star_payment(shared: &Shared, params: &Params) -> ApiResult {
         fields.insert("refunded_payment".to_owned(), refunded);
         shared.user_message(&user, fields);
     }
+    Ok(json!(true))
+}
+
+/// A paid charge: in the charges, and for Stars in the bot's Star transactions.
+fn record_charge(state: &mut State, user: &TestUser, invoice: &Invoice, charge_id: &str) {
+    if invoice.currency == "XTR" {
+        state.star_transactions.push(json!({
+            "id": charge_id,
+            "amount": invoice.total_amount,
+            "date": chrono::Utc::now().timestamp(),
+            "source": {
+                "type": "user",
+                "transaction_type": "invoice_payment",
+                "user": user.to_json(),
+                "invoice_payload": invoice.payload,
+            },
+        }));
+    }
+    state.charges.push(Charge {
+        user_id: user.id,
+        telegram_payment_charge_id: charge_id.to_owned(),
+        currency: invoice.currency.clone(),
+        total_amount: invoice.total_amount,
+        invoice_payload: invoice.payload.clone(),
+        refunded: false,
+    });
+}
+
+/// The subscription one of whose charges is `charge_id`.
+fn subscription_index(state: &State, charge_id: &str) -> Option<usize> {
+    state.subscriptions.iter().position(|s| {
+        s.telegram_payment_charge_id == charge_id || s.renewals.iter().any(|r| r == charge_id)
+    })
+}
+
+/// `editUserStarSubscription{user_id, telegram_payment_charge_id, is_canceled}`.
+fn edit_user_star_subscription(shared: &Shared, params: &Params) -> ApiResult {
+    let user_id = params
+        .i64("user_id")?
+        .ok_or_else(|| ApiError::bad_request("USER_ID_INVALID"))?;
+    let charge_id = params.required_str("telegram_payment_charge_id")?;
+    let canceled = params
+        .bool("is_canceled")
+        .ok_or_else(|| ApiError::bad_request("parameter \"is_canceled\" is required"))?;
+    let mut state = lock(&shared.state);
+    let index = subscription_index(&state, &charge_id)
+        .ok_or_else(|| ApiError::bad_request("CHARGE_ID_INVALID"))?;
+    let subscription = &mut state.subscriptions[index];
+    if subscription.user_id != user_id {
+        return Err(ApiError::bad_request("USER_ID_INVALID"));
+    }
+    subscription.canceled = canceled;
     Ok(json!(true))
 }
 
@@ -1743,6 +1885,16 @@ async fn control_pay(
         .await
     {
         Ok(outcome) => HttpResponse::Ok().json(outcome),
+        Err(error) => HttpResponse::BadRequest().json(json!({"error": error.to_string()})),
+    }
+}
+
+async fn control_charge_subscription(
+    shared: web::Data<Shared>,
+    charge_id: web::Path<String>,
+) -> HttpResponse {
+    match emulator(shared).charge_subscription(&charge_id) {
+        Ok(charge) => HttpResponse::Ok().json(json!({"telegram_payment_charge_id": charge})),
         Err(error) => HttpResponse::BadRequest().json(json!({"error": error.to_string()})),
     }
 }

@@ -8,8 +8,9 @@ use frankenstein::client_reqwest::Bot;
 use frankenstein::input_file::{FileUpload, InputFile};
 use frankenstein::methods::{
     AnswerCallbackQueryParams, AnswerPreCheckoutQueryParams, CreateInvoiceLinkParams,
-    EditMessageTextParams, GetUpdatesParams, RefundStarPaymentParams, SendInvoiceParams,
-    SendMessageParams, SendPhotoParams, SetWebhookParams,
+    EditMessageTextParams, EditUserStarSubscriptionParams, GetUpdatesParams,
+    RefundStarPaymentParams, SendInvoiceParams, SendMessageParams, SendPhotoParams,
+    SetWebhookParams,
 };
 use frankenstein::payments::LabeledPrice;
 use frankenstein::types::{
@@ -424,6 +425,24 @@ async fn a_refused_or_unanswered_pre_checkout_charges_nothing() {
     assert!(handle.charges().is_empty());
 }
 
+/// The bot's side of a payment: the first update is a pre-checkout query, answered `ok`.
+/// Returns the offset after it.
+async fn approve_payment(bot: &Bot) -> Option<i64> {
+    let updates = poll(bot, None, 5).await;
+    let UpdateContent::PreCheckoutQuery(query) = &updates[0].content else {
+        panic!("expected pre_checkout_query");
+    };
+    bot.answer_pre_checkout_query(
+        &AnswerPreCheckoutQueryParams::builder()
+            .pre_checkout_query_id(query.id.clone())
+            .ok(true)
+            .build(),
+    )
+    .await
+    .unwrap();
+    next_offset(&updates)
+}
+
 #[tokio::test]
 async fn invoice_links_can_be_paid() {
     let (handle, bot) = emulator(Config::default()).await;
@@ -441,22 +460,8 @@ async fn invoice_links_can_be_paid() {
         .unwrap()
         .result;
     assert!(link.starts_with("https://t.me/$"));
-    let bot_side = async {
-        let updates = poll(&bot, None, 5).await;
-        let UpdateContent::PreCheckoutQuery(query) = &updates[0].content else {
-            panic!("expected pre_checkout_query");
-        };
-        bot.answer_pre_checkout_query(
-            &AnswerPreCheckoutQueryParams::builder()
-                .pre_checkout_query_id(query.id.clone())
-                .ok(true)
-                .build(),
-        )
-        .await
-        .unwrap();
-    };
     let payer = ann();
-    let (outcome, ()) = tokio::join!(handle.pay_link(&payer, &link), bot_side);
+    let (outcome, _) = tokio::join!(handle.pay_link(&payer, &link), approve_payment(&bot));
     assert!(matches!(outcome.unwrap(), PayOutcome::Paid { .. }));
     assert_eq!(handle.charges()[0].invoice_payload, "pay_link");
 }
@@ -664,4 +669,122 @@ async fn sends_over_telegrams_limits_get_429_with_retry_after_and_do_nothing() {
     assert!(tg.messages(bob.id).is_empty());
     tg.unblock_bot(&bob);
     say(&bot, bob.id, "hello again").await.expect("unblocked");
+}
+
+fn subscription_link(currency: &str, period: u32) -> CreateInvoiceLinkParams {
+    CreateInvoiceLinkParams::builder()
+        .title("VPN monthly")
+        .description("Anomaly Connect, every 30 days")
+        .payload("sub_1")
+        .currency(currency)
+        .prices(vec![price(250)])
+        .subscription_period(period)
+        .build()
+}
+
+#[tokio::test]
+async fn subscription_links_take_thirty_days_of_stars_only() {
+    let (_handle, bot) = emulator(Config::default()).await;
+    let (code, description) = api_error(
+        bot.create_invoice_link(&subscription_link("XTR", 86_400))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, description.as_str()),
+        (400, "Bad Request: SUBSCRIPTION_PERIOD_INVALID")
+    );
+    let mut rub = subscription_link("RUB", 2_592_000);
+    rub.provider_token = Some("381764678:TEST:1".into());
+    let (code, description) = api_error(bot.create_invoice_link(&rub).await.unwrap_err());
+    assert_eq!(
+        (code, description.as_str()),
+        (400, "Bad Request: SUBSCRIPTION_PERIOD_INVALID")
+    );
+    assert!(
+        bot.create_invoice_link(&subscription_link("XTR", 2_592_000))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_charge_on_demand_until_canceled() {
+    let (handle, bot) = emulator(Config::default()).await;
+    let link = bot
+        .create_invoice_link(&subscription_link("XTR", 2_592_000))
+        .await
+        .unwrap()
+        .result;
+    let payer = ann();
+    let (outcome, offset) = tokio::join!(handle.pay_link(&payer, &link), approve_payment(&bot));
+    let PayOutcome::Paid {
+        telegram_payment_charge_id: first,
+        ..
+    } = outcome.unwrap()
+    else {
+        panic!("paid");
+    };
+    let updates = poll(&bot, offset, 5).await;
+    let UpdateContent::Message(message) = &updates[0].content else {
+        panic!("expected the payment message");
+    };
+    let paid = message.successful_payment.as_ref().expect("paid");
+    assert_eq!(paid.is_recurring, Some(true));
+    assert_eq!(paid.is_first_recurring, Some(true));
+    let first_expiry = paid.subscription_expiration_date.expect("expiry");
+
+    let second = handle.charge_subscription(&first).expect("charged");
+    assert_ne!(second, first);
+    let updates = poll(&bot, next_offset(&updates), 5).await;
+    let UpdateContent::Message(message) = &updates[0].content else {
+        panic!("expected the recurring payment message");
+    };
+    let renewal = message.successful_payment.as_ref().expect("paid");
+    assert_eq!(renewal.telegram_payment_charge_id, second);
+    assert_eq!(renewal.invoice_payload, "sub_1");
+    assert_eq!(renewal.is_recurring, Some(true));
+    assert_eq!(renewal.is_first_recurring, None);
+    assert_eq!(
+        renewal.subscription_expiration_date,
+        Some(first_expiry + 2_592_000)
+    );
+    assert_eq!(handle.charges().len(), 2);
+
+    let edit = |charge: &str, canceled: bool, user: u64| {
+        EditUserStarSubscriptionParams::builder()
+            .user_id(user)
+            .telegram_payment_charge_id(charge)
+            .is_canceled(canceled)
+            .build()
+    };
+    let (code, _) = api_error(
+        bot.edit_user_star_subscription(&edit("stx-unknown", true, 1001))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400, "unknown charge id");
+    let (code, _) = api_error(
+        bot.edit_user_star_subscription(&edit(&first, true, 1002))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400, "someone else's subscription");
+    assert!(
+        bot.edit_user_star_subscription(&edit(&first, true, 1001))
+            .await
+            .unwrap()
+            .result
+    );
+    assert_eq!(
+        handle.charge_subscription(&first),
+        Err(telegram::SubscriptionError::Canceled(first.clone())),
+        "a canceled subscription is not charged"
+    );
+    assert_eq!(handle.charges().len(), 2);
+    bot.edit_user_star_subscription(&edit(&second, false, 1001))
+        .await
+        .unwrap();
+    assert!(handle.charge_subscription(&first).is_ok(), "re-enabled");
+    assert_eq!(handle.subscriptions()[0].renewals.len(), 2);
 }
