@@ -61,6 +61,10 @@ pub struct Shop {
     pub shop_id: String,
     pub secret_key: String,
     pub test: bool,
+    /// Whether YooKassa let this shop save payment methods (recurring charges); without it
+    /// `save_payment_method` and `payment_method_id` get 403 "Forbidden to save payment
+    /// method". On by default, as for a shop that asked its manager for autopayments.
+    pub can_save_methods: bool,
 }
 
 impl Shop {
@@ -69,7 +73,15 @@ impl Shop {
             shop_id: shop_id.into(),
             secret_key: secret_key.into(),
             test,
+            can_save_methods: true,
         }
+    }
+
+    /// The shop without the right to save payment methods.
+    #[must_use]
+    pub fn without_saved_methods(mut self) -> Self {
+        self.can_save_methods = false;
+        self
     }
 }
 
@@ -461,6 +473,16 @@ impl Handle {
     /// The payment is declined with a YooKassa cancellation reason (e.g. `insufficient_funds`).
     pub fn decline(&self, payment_id: &str, reason: &str) -> Result<Value, ControlError> {
         self.shared.decline(payment_id, reason)
+    }
+
+    /// Charges of saved method `method_id` are declined with `reason` (e.g.
+    /// `insufficient_funds`, `card_expired`, `permission_revoked`), or with `None` succeed again.
+    pub fn script_method(
+        &self,
+        method_id: &str,
+        decline: Option<&str>,
+    ) -> Result<(), ControlError> {
+        lock(&self.shared.state).script_method(method_id, decline.map(str::to_owned))
     }
 
     /// The payer never came back: `expired_on_confirmation` (or `expired_on_capture`).

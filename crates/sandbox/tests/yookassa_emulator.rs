@@ -842,3 +842,73 @@ async fn latency_holds_back_every_answer() {
         .expect("json");
     assert_eq!(read, json!({"delay_ms": 0}));
 }
+
+#[tokio::test]
+async fn saved_methods_follow_yookassas_recurring_rules() {
+    let (handle, client) = start(Config::default()).await;
+    let url = format!("{}/payments", handle.api_url());
+    let mut first = payment_body("199.00");
+    first["save_payment_method"] = json!(true);
+    let (status, created) = post(&client, url.clone(), Some("save-1"), &first).await;
+    assert_eq!(status, 200, "{created}");
+    let paid = handle.pay(&id_of(&created)).expect("paid");
+    assert_eq!(paid["payment_method"]["saved"], true);
+    let method_id = paid["payment_method"]["id"].as_str().unwrap().to_owned();
+
+    // A charge of the saved method carries no confirmation.
+    let mut with_confirmation = payment_body("199.00");
+    with_confirmation["payment_method_id"] = json!(method_id);
+    let (status, error) = post(&client, url.clone(), Some("charge-0"), &with_confirmation).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error["description"],
+        "Confirmation must be null when using payment_method_id"
+    );
+    let charge = json!({
+        "amount": {"value": "199.00", "currency": "RUB"},
+        "capture": true,
+        "payment_method_id": method_id,
+        "description": "renewal",
+    });
+    let (status, charged) = post(&client, url.clone(), Some("charge-1"), &charge).await;
+    assert_eq!(status, 200, "{charged}");
+    assert_eq!(charged["status"], "succeeded", "decided at once");
+    assert!(charged.get("confirmation").is_none());
+
+    // Scripted decline: canceled with the issuer's reason.
+    handle
+        .script_method(&method_id, Some("card_expired"))
+        .expect("scripted");
+    let (_, declined) = post(&client, url.clone(), Some("charge-2"), &charge).await;
+    assert_eq!(declined["status"], "canceled");
+    assert_eq!(declined["cancellation_details"]["reason"], "card_expired");
+
+    // An unknown method is refused.
+    let mut unknown = charge.clone();
+    unknown["payment_method_id"] = json!("00000000-000f-5000-9000-000000000000");
+    let (status, error) = post(&client, url, Some("charge-3"), &unknown).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["parameter"], "payment_method_id");
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_shop_without_the_right_cannot_save_methods() {
+    let (handle, client) = start(Config {
+        shops: vec![yookassa::Shop::default().without_saved_methods()],
+        ..Config::default()
+    })
+    .await;
+    let mut first = payment_body("199.00");
+    first["save_payment_method"] = json!(true);
+    let (status, error) = post(
+        &client,
+        format!("{}/payments", handle.api_url()),
+        Some("save-1"),
+        &first,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(error["description"], "Forbidden to save payment method");
+    handle.stop().await;
+}

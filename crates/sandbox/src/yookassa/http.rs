@@ -38,6 +38,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/payments/{id}/decline", web::post().to(control_decline))
             .route("/payments/{id}/cancel", web::post().to(control_decline))
             .route("/payments/{id}/expire", web::post().to(control_expire))
+            .route(
+                "/payment-methods/{id}",
+                web::put().to(control_script_method),
+            )
             .route("/expire-pending", web::post().to(control_expire_pending))
             .route("/refunds", web::get().to(list_refunds))
             .route("/requests", web::get().to(list_requests))
@@ -162,13 +166,10 @@ fn process(shared: &Shared, req: &HttpRequest, body: &[u8], op: Op) -> (Answer, 
             None,
         )),
         Ok(body) => match &op {
-            Op::CreatePayment => validate::create_payment(&body).map(|req| {
+            Op::CreatePayment => validate::create_payment(&body).and_then(|req| {
                 let ttl = chrono::Duration::from_std(shared.config.confirmation_ttl)
                     .unwrap_or(chrono::Duration::MAX);
-                (
-                    state.create_payment(shop, req, &shared.public_url, ttl, now),
-                    Vec::new(),
-                )
+                state.create_payment(shop, req, &shared.public_url, ttl, now)
             }),
             Op::Capture(id) => {
                 validate::capture(&body).and_then(|amount| state.capture(shop, id, amount, now))
@@ -401,6 +402,27 @@ async fn control_decline(shared: Data<Shared>, id: Path<String>, body: Bytes) ->
         .reason
         .unwrap_or_else(|| "general_decline".into());
     control_answer(shared.decline(&id, &reason))
+}
+
+/// `PUT /control/payment-methods/{id}` `{"decline": "insufficient_funds"}` (or `null`): how
+/// charges of a saved method end.
+async fn control_script_method(
+    shared: Data<Shared>,
+    id: Path<String>,
+    body: Bytes,
+) -> HttpResponse {
+    #[derive(Deserialize)]
+    struct Script {
+        decline: Option<String>,
+    }
+    let Ok(script) = serde_json::from_slice::<Script>(&body) else {
+        return HttpResponse::BadRequest()
+            .json(json!({"error": "expected {\"decline\": reason or null}"}));
+    };
+    match lock(&shared.state).script_method(&id, script.decline) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => control_error(&e),
+    }
 }
 
 async fn control_expire(shared: Data<Shared>, id: Path<String>) -> HttpResponse {

@@ -35,8 +35,22 @@ pub(crate) struct PaymentRecord {
     pub refunded_minor: i64,
     pub confirmation_deadline: DateTime<Utc>,
     pub receipt: bool,
-    /// Where the checkout page sends the payer back; kept after `confirmation` is gone.
+    /// Where the checkout page sends the payer back; kept after `confirmation` is gone
+    /// (empty for a charge of a saved method).
     pub return_url: String,
+    /// `save_payment_method: true`: the method confirmed is saved.
+    pub save_method: bool,
+}
+
+/// A payment method saved for recurring charges (`payment_method.saved = true`).
+#[derive(Debug, Clone)]
+pub(crate) struct SavedMethod {
+    pub shop_id: String,
+    /// The `payment_method` object a charge of it carries.
+    pub object: Value,
+    /// A scripted decline: the method's charges are canceled with this reason (`None` = they
+    /// succeed).
+    pub decline: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +78,7 @@ pub(crate) struct State {
     pub notification_modes: VecDeque<NotificationMode>,
     pub requests: Vec<RequestRecord>,
     pub next_seq: u64,
+    pub saved_methods: HashMap<String, SavedMethod>,
 }
 
 impl State {
@@ -94,10 +109,40 @@ impl State {
         public_url: &str,
         confirmation_ttl: ChronoDuration,
         now: DateTime<Utc>,
-    ) -> Value {
+    ) -> Result<(Value, Vec<Outgoing>), ApiError> {
+        if (req.save_method || req.method_id.is_some()) && !shop.can_save_methods {
+            return Err(ApiError {
+                status: 403,
+                code: "forbidden",
+                description: "Forbidden to save payment method".into(),
+                parameter: Some(
+                    if req.method_id.is_some() {
+                        "payment_method_id"
+                    } else {
+                        "save_payment_method"
+                    }
+                    .into(),
+                ),
+            });
+        }
+        let charged = match &req.method_id {
+            Some(method_id) => Some(
+                self.saved_methods
+                    .get(method_id)
+                    .filter(|m| m.shop_id == shop.shop_id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ApiError::invalid_request(
+                            "Payment method with this payment_method_id is not saved",
+                            Some("payment_method_id"),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let currency = req.amount.currency;
-        let return_url = req.return_url.clone();
+        let return_url = req.return_url.clone().unwrap_or_default();
         let record = PaymentRecord {
             object: Payment {
                 id: id.clone(),
@@ -114,9 +159,9 @@ impl State {
                 captured_at: None,
                 created_at: timestamp(now),
                 expires_at: None,
-                confirmation: Some(Confirmation {
+                confirmation: req.return_url.map(|return_url| Confirmation {
                     kind: "redirect".into(),
-                    return_url: req.return_url,
+                    return_url,
                     confirmation_url: format!("{public_url}/checkout/{id}"),
                 }),
                 test: shop.test,
@@ -134,11 +179,52 @@ impl State {
             confirmation_deadline: now + confirmation_ttl,
             receipt: req.receipt,
             return_url,
+            save_method: req.save_method,
         };
+        let mut record = record;
+        let mut notes = Vec::new();
+        if let Some(method) = charged {
+            // A merchant-initiated charge: decided at once, by the method's scripted answer.
+            record.object.payment_method = Some(method.object.clone());
+            let event = match &method.decline {
+                Some(reason) => {
+                    cancel(&mut record, party_for(reason), reason);
+                    "payment.canceled"
+                }
+                None if record.capture => {
+                    succeed(&mut record, now);
+                    "payment.succeeded"
+                }
+                None => {
+                    record.object.paid = true;
+                    record.object.status = PaymentStatus::WaitingForCapture;
+                    record.object.expires_at =
+                        Some(timestamp(now + ChronoDuration::days(CAPTURE_WINDOW_DAYS)));
+                    "payment.waiting_for_capture"
+                }
+            };
+            let body = Self::payment_json(&record);
+            notes.push(self.notification(event, body));
+        }
         let body = Self::payment_json(&record);
         self.payments.insert(id.clone(), record);
         self.payment_order.push(id);
-        body
+        Ok((body, notes))
+    }
+
+    /// Scripts the answer to charges of saved method `method_id`: declined with `reason`,
+    /// or (`None`) succeeding again.
+    pub fn script_method(
+        &mut self,
+        method_id: &str,
+        decline: Option<String>,
+    ) -> Result<(), ControlError> {
+        let method = self
+            .saved_methods
+            .get_mut(method_id)
+            .ok_or_else(|| ControlError::NotFound(method_id.to_owned()))?;
+        method.decline = decline;
+        Ok(())
     }
 
     /// The payer confirmed: one-stage payments succeed, two-stage ones wait for capture.
@@ -156,11 +242,25 @@ impl State {
         let p = &mut record.object;
         p.paid = true;
         p.confirmation = None;
-        p.payment_method = Some(json!({
-            "type": "bank_card", "id": p.id, "saved": false, "title": "Bank card *4477",
+        let method = json!({
+            "type": "bank_card", "id": p.id, "saved": record.save_method,
+            "title": "Bank card *4477",
             "card": {"first6": "555555", "last4": "4477", "expiry_year": "2030",
                      "expiry_month": "12", "card_type": "MasterCard", "issuer_country": "RU"}
-        }));
+        });
+        if record.save_method {
+            // The method's id is the payment's (as in YooKassa's own examples): charges of it
+            // name that id.
+            self.saved_methods.insert(
+                p.id.clone(),
+                SavedMethod {
+                    shop_id: record.shop_id.clone(),
+                    object: method.clone(),
+                    decline: None,
+                },
+            );
+        }
+        p.payment_method = Some(method);
         p.authorization_details = Some(json!({
             "rrn": "603668680243", "auth_code": "000000", "three_d_secure": {"applied": true}
         }));

@@ -112,9 +112,15 @@ pub struct CreatePayment {
     pub amount: Money,
     pub description: Option<String>,
     pub capture: bool,
-    pub return_url: String,
+    /// `None` when a saved method is charged (no confirmation).
+    pub return_url: Option<String>,
     pub metadata: Map<String, Value>,
     pub receipt: bool,
+    /// `save_payment_method: true`: the method the payer confirms is saved for recurring
+    /// charges.
+    pub save_method: bool,
+    /// `payment_method_id`: a merchant-initiated charge of a saved method.
+    pub method_id: Option<String>,
 }
 
 pub fn create_payment(body: &Value) -> Result<CreatePayment, ApiError> {
@@ -143,18 +149,36 @@ pub fn create_payment(body: &Value) -> Result<CreatePayment, ApiError> {
             "payment_method_data",
         ));
     }
-    // The emulator has no saved cards or wallet tokens: recurring and token payments are refused
-    // the way a shop without those rights is refused.
-    for field in ["payment_method_id", "payment_token"] {
-        if body.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError {
-                status: 403,
-                code: "forbidden",
-                description: format!("The emulated shop is not allowed to use {field}"),
-                parameter: Some(field.into()),
-            });
-        }
+    // The emulator has no wallet tokens: token payments are refused the way a shop without
+    // that right is refused. Saved methods are the shop's (`Shop::can_save_methods`).
+    if body.get("payment_token").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError {
+            status: 403,
+            code: "forbidden",
+            description: "The emulated shop is not allowed to use payment_token".into(),
+            parameter: Some("payment_token".into()),
+        });
     }
+    let save_method = match body.get("save_payment_method") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "save_payment_method must be a boolean",
+                "save_payment_method",
+            ));
+        }
+    };
+    let method_id = match body.get("payment_method_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.trim().is_empty() => Some(id.clone()),
+        Some(_) => {
+            return Err(bad(
+                "payment_method_id must be a non-empty string",
+                "payment_method_id",
+            ));
+        }
+    };
     if let Some(data) = body.get("payment_method_data").filter(|v| !v.is_null())
         && data.get("type").and_then(Value::as_str).is_none()
     {
@@ -164,8 +188,34 @@ pub fn create_payment(body: &Value) -> Result<CreatePayment, ApiError> {
         ));
     }
 
-    let confirmation = body
-        .get("confirmation")
+    let confirmation = body.get("confirmation").filter(|v| !v.is_null());
+    if method_id.is_some() {
+        // A saved method is charged without the payer: nothing to confirm.
+        if confirmation.is_some() {
+            return Err(bad(
+                "Confirmation must be null when using payment_method_id",
+                "confirmation",
+            ));
+        }
+        let receipt = match body.get("receipt") {
+            None | Some(Value::Null) => false,
+            Some(receipt) => {
+                self::receipt(receipt, amount)?;
+                true
+            }
+        };
+        return Ok(CreatePayment {
+            amount,
+            description,
+            capture,
+            return_url: None,
+            metadata,
+            receipt,
+            save_method,
+            method_id,
+        });
+    }
+    let confirmation = confirmation
         .and_then(Value::as_object)
         .ok_or_else(|| bad("Required parameter confirmation is missing", "confirmation"))?;
     match confirmation.get("type").and_then(Value::as_str) {
@@ -202,9 +252,11 @@ pub fn create_payment(body: &Value) -> Result<CreatePayment, ApiError> {
         amount,
         description,
         capture,
-        return_url,
+        return_url: Some(return_url),
         metadata,
         receipt,
+        save_method,
+        method_id: None,
     })
 }
 
