@@ -99,6 +99,18 @@ pub struct ProviderPayment {
     pub test: bool,
 }
 
+/// A charge the provider made on its own for an earlier payment of ours (a Telegram Stars
+/// subscription's monthly charge): a new payment, a renewal of the one it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecurringCharge {
+    /// The charge's own id at the provider, unique per charge: the renewal's
+    /// `provider_payment_id`.
+    pub provider_payment_id: String,
+    /// The `provider_payment_id` of the payment it renews.
+    pub renews: String,
+    pub amount: Money,
+}
+
 /// Ask the provider to return money.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRequest {
@@ -286,6 +298,13 @@ pub trait PaymentProvider: Send + Sync {
     /// the worker's consumer then leaves their inbox rows open and wakes that loop.
     fn checks_own_notices(&self) -> bool {
         false
+    }
+
+    /// The recurring charge a stored notice reports, if it is one (see [`RecurringCharge`]):
+    /// the worker records it as a new payment renewing the one it names, then completes that
+    /// payment like any other. `None` (the default): the notice is about the payment it names.
+    fn recurring_charge(&self, _notice: &[u8]) -> Option<RecurringCharge> {
+        None
     }
 
     /// The loop this provider needs running beside the worker until `shutdown` (the crypto

@@ -11,6 +11,13 @@
 //! from the stored `successful_payment` ([`payment_from_notification`]) and refunds are made
 //! in the provider's dashboard.
 //!
+//! Star subscriptions: a subscription invoice link (`subscription_period`, 30 days) is paid
+//! like any invoice, and Telegram then charges the subscriber every 30 days on its own; each
+//! such charge is a `successful_payment` with `is_recurring` and a new charge id, carrying the
+//! first payment's payload. [`PaymentProvider::recurring_charge`] reads it as a
+//! [`RecurringCharge`]: the worker records a renewal payment whose `provider_payment_id` is the
+//! charge id, and its status is the Star transaction with that id.
+//!
 //! Telegram invoices never expire by themselves, so ours do: a payment is payable for
 //! `TELEGRAM_INVOICE_TTL_MINUTES` (default 60) after it was created — the bot's pre-checkout
 //! answer refuses it afterwards, and reconciliation expires it.
@@ -37,8 +44,8 @@ use crate::error::{
 };
 use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundNotice, RefundRequest, RefundRoute,
-    StatusQuery,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, RecurringCharge, RefundNotice,
+    RefundRequest, RefundRoute, StatusQuery,
 };
 use crate::providers::crypto::AttachedDatabase;
 use crate::webhook::{WebhookNotification, WebhookRequest, WebhookSubject};
@@ -258,9 +265,12 @@ impl TelegramProvider {
         Ok(hi)
     }
 
-    /// Finds the Star payment whose invoice payload is `payload` (and whether it was
-    /// refunded): from the recorded transactions after reading the new ones when a database is
-    /// attached ([`TelegramSettings::with_database`]), else by a scan from the newest end.
+    /// Finds the Star payment whose invoice payload is `payload` — the first one carrying it,
+    /// since a subscription's later charges carry it too — or whose charge id is `payload` (a
+    /// subscription's renewal), and whether it was refunded: from the recorded transactions
+    /// after reading the new ones when a database is attached
+    /// ([`TelegramSettings::with_database`]), else by a scan from the newest end (which meets a
+    /// subscription's latest charge first; every service attaches its database).
     pub async fn find_star_payment(
         &self,
         payload: &str,
@@ -337,7 +347,7 @@ impl TelegramProvider {
                     user,
                     invoice_payload,
                 }) = &tx.source
-                    && invoice_payload.as_deref() == Some(payload)
+                    && (invoice_payload.as_deref() == Some(payload) || tx.id == payload)
                 {
                     return Ok(Some(StarPayment {
                         refunded: refunds.contains(&tx.id),
@@ -398,6 +408,22 @@ impl PaymentProvider for TelegramProvider {
     /// No update ever says an invoice was abandoned: pending at the deadline is expired.
     fn expires_pending_at_deadline(&self) -> bool {
         true
+    }
+
+    /// A Star subscription's later charge (`is_recurring`, not `is_first_recurring`).
+    fn recurring_charge(&self, notice: &[u8]) -> Option<RecurringCharge> {
+        let Ok(PaymentMessage::Successful(paid)) = transformers::payment_message(notice) else {
+            return None;
+        };
+        if !paid.is_renewal() {
+            return None;
+        }
+        let currency = paid.currency.parse::<Currency>().ok()?;
+        Some(RecurringCharge {
+            provider_payment_id: paid.telegram_payment_charge_id,
+            renews: paid.invoice_payload,
+            amount: Money::new(paid.total_amount, currency),
+        })
     }
 
     /// A fiat refund the admin made in the payment provider's cabinet carries the payment's
@@ -534,10 +560,7 @@ impl PaymentProvider for TelegramProvider {
             "status look-up of fiat Telegram payments (the stored successful_payment is the proof)",
         )?;
         let zero = Money::new(0, Currency::Xtr);
-        let Some(found) = self
-            .find_star_payment(&payment.payment_id.to_string())
-            .await?
-        else {
+        let Some(found) = self.find_star_payment(&payment.provider_payment_id).await? else {
             return Ok(ProviderPayment {
                 provider_payment_id: payment.provider_payment_id.clone(),
                 status: PaymentStatus::Pending,
@@ -603,10 +626,7 @@ impl PaymentProvider for TelegramProvider {
                 "Telegram Stars are refunded in full only".to_owned(),
             ));
         }
-        let Some(found) = self
-            .find_star_payment(&payment.payment_id.to_string())
-            .await?
-        else {
+        let Some(found) = self.find_star_payment(&payment.provider_payment_id).await? else {
             return Err(ProviderError::Rejected(Rejection {
                 http_status: 404,
                 code: RejectionCode::NotFound,
@@ -731,7 +751,7 @@ impl StarLedger<'_> {
             .query_one_raw(Statement::from_sql_and_values(
                 self.db.get_database_backend(),
                 "SELECT id, user_id, amount, paid_at, refunded FROM star_transactions \
-                 WHERE invoice_payload = $1 ORDER BY paid_at DESC LIMIT 1",
+                 WHERE invoice_payload = $1 OR id = $1 ORDER BY paid_at, id LIMIT 1",
                 [payload.into()],
             ))
             .await?;

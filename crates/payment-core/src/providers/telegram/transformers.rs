@@ -62,6 +62,21 @@ pub struct SuccessfulPayment {
     pub telegram_payment_charge_id: String,
     #[serde(default)]
     pub provider_payment_charge_id: Option<String>,
+    /// A Star subscription's payment: the first (`is_first_recurring`) or a later charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_recurring: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_first_recurring: Option<bool>,
+    /// Unix time until which a subscription's charge pays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_expiration_date: Option<i64>,
+}
+
+impl SuccessfulPayment {
+    /// A subscription's later charge: recurring but not the first payment.
+    pub fn is_renewal(&self) -> bool {
+        self.is_recurring == Some(true) && self.is_first_recurring != Some(true)
+    }
 }
 
 /// `refunded_payment` of a service message.
@@ -116,6 +131,30 @@ mod tests {
             Ok(PaymentMessage::Refunded(_))
         ));
         assert!(payment_message(br#"{"message":{"text":"hi"}}"#).is_err());
+    }
+
+    #[test]
+    fn a_subscriptions_later_charges_are_renewals() {
+        let paid = |extra: &str| {
+            let body = format!(
+                r#"{{"successful_payment":{{"currency":"XTR","total_amount":150,"invoice_payload":"p","telegram_payment_charge_id":"stx2"{extra}}}}}"#
+            );
+            let Ok(PaymentMessage::Successful(paid)) = payment_message(body.as_bytes()) else {
+                panic!("successful")
+            };
+            paid
+        };
+        assert!(!paid("").is_renewal(), "a one-time payment");
+        assert!(
+            !paid(
+                r#","is_recurring":true,"is_first_recurring":true,"subscription_expiration_date":1"#
+            )
+            .is_renewal(),
+            "a subscription's first payment"
+        );
+        let renewal = paid(r#","is_recurring":true,"subscription_expiration_date":2592001"#);
+        assert!(renewal.is_renewal());
+        assert_eq!(renewal.subscription_expiration_date, Some(2_592_001));
     }
 
     #[test]
