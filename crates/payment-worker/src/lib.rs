@@ -4,6 +4,7 @@ pub mod host;
 pub mod metric;
 pub mod notifications;
 pub mod reconcile;
+pub mod renewals;
 pub mod settings;
 pub mod sources;
 pub mod transition;

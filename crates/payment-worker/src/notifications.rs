@@ -29,6 +29,11 @@
 //!    reconciliation applied since the look-up (outcome `stale`); an answer that disagrees
 //!    with our payment flags it; then record the outcome on the inbox row.
 //!
+//! A notice of a recurring charge (a Stars subscription's monthly charge,
+//! [`payment_core::PaymentProvider::recurring_charge`]) is about a payment of its own: in
+//! step 2 the charge's payment is found or drafted, in step 5 inserted
+//! ([`crate::renewals`]), and then applied like any other.
+//!
 //! Crypto notices are the exception when this worker watches the chain: their inbox rows stay
 //! open for the chain-watch loop, which asks the chain about the named transaction outside
 //! any transaction ([`crate::chain`]); the consumer only wakes it. It does so in step 4, with
@@ -52,6 +57,7 @@ use sea_orm::{
 use tokio::sync::Notify;
 
 use crate::metric;
+use crate::renewals;
 use crate::sources::{disagreement, look_up, provider_of};
 use crate::transition::{self, ApplyError, Trigger};
 
@@ -73,6 +79,8 @@ pub struct NotificationHandler {
 struct LookedUp {
     payment_id: domain::PaymentId,
     answer: Result<ProviderPayment, ProviderError>,
+    /// A recurring charge's payment as looked up, to insert if it is not recorded yet.
+    draft: Option<payments::Model>,
 }
 
 impl NotificationHandler {
@@ -113,7 +121,12 @@ impl NotificationHandler {
         }
         // Nothing to ask about an unknown payment, another provider's payment or one without
         // a source: the transaction records (or parks) those.
-        let Some(payment) = find_payment(&self.db, &row, event).await? else {
+        let charge = renewals::charge_of(&self.providers, &row);
+        let payment = match &charge {
+            Some(charge) => renewals::find_or_draft(&self.db, &row, charge).await?,
+            None => find_payment(&self.db, &row, event).await?,
+        };
+        let Some(payment) = payment else {
             return Ok(None);
         };
         let Some(source) =
@@ -129,6 +142,7 @@ impl NotificationHandler {
             answer => Ok(Some(LookedUp {
                 payment_id: payment.id,
                 answer,
+                draft: charge.map(|_| payment),
             })),
         }
     }
@@ -158,7 +172,21 @@ impl NotificationHandler {
             return Ok("chain_check");
         }
 
-        let Some(payment) = find_payment(tx, &row, event).await? else {
+        let charge = renewals::charge_of(&self.providers, &row);
+        let payment = match &charge {
+            Some(charge) => {
+                let draft = looked_up.as_ref().and_then(|l| l.draft.clone());
+                renewals::find_or_insert(tx, &row, charge, draft)
+                    .await
+                    .map_err(HandlerError::transient)?
+            }
+            None => find_payment(tx, &row, event).await?,
+        };
+        let Some(payment) = payment else {
+            if let Some(charge) = charge {
+                tracing::error!(notification_id = row.id, provider = %row.provider, charge = %charge.provider_payment_id, renews = %charge.renews, amount = %charge.amount, "recurring charge for a payment we do not know: stored in the inbox for an admin, not applied");
+                return finish(tx, &row, None, renewals::UNKNOWN_SUBSCRIPTION).await;
+            }
             tracing::warn!(notification_id = row.id, provider = %row.provider, provider_payment_id = ?row.provider_payment_id, "notification about a payment we do not know; recorded");
             return finish(tx, &row, None, "unknown_payment").await;
         };

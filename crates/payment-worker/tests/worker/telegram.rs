@@ -1,6 +1,7 @@
 //! Telegram card payments (a provider token): no Bot API method can look them up, so the
 //! stored `successful_payment` is the status source — checked against the payment's payload,
-//! payer, currency and amount — and an unpaid Telegram invoice expires at its deadline.
+//! payer, currency and amount — and an unpaid Telegram invoice expires at its deadline. A
+//! Stars subscription's recurring charge becomes one renewal payment, however its notices race.
 
 use std::sync::Arc;
 
@@ -8,11 +9,12 @@ use chrono::Utc;
 use domain::PaymentStatus;
 use domain::entities::{payments, users};
 use domain::money::{Currency, Money};
+use messaging::Handler;
 use payment_core::providers::telegram::TelegramSettings;
 use payment_core::{PaymentService, PaymentSettings};
 use payment_worker::{NotificationHandler, ReconcileSettings, Reconciler};
 use sea_orm::ActiveValue::Set;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 use tokio::sync::Notify;
 
 use crate::helpers::*;
@@ -284,5 +286,106 @@ async fn a_payment_whose_creation_never_finished_expires_after_its_window_and_a_
             .await
             .len(),
         1
+    );
+}
+
+/// Telegram Stars on the Bot API emulator, the Star ledger in `db`.
+fn stars_sources(db: &DatabaseConnection, tg: &sandbox::telegram::Handle) -> PaymentService {
+    let mut telegram = TelegramSettings::new(tg.token());
+    telegram.api_url = tg.api_url();
+    PaymentService::from_settings(&PaymentSettings {
+        telegram: Some(telegram.with_database(db.clone())),
+        ..PaymentSettings::default()
+    })
+    .expect("service")
+}
+
+#[tokio::test]
+async fn a_recurring_stars_charge_becomes_one_renewal_payment_however_its_notices_race() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let tg = sandbox::telegram::spawn(sandbox::telegram::Config::default())
+        .await
+        .expect("telegram emulator");
+    let id = domain::PaymentId::new();
+    let first = insert_payment(
+        db,
+        id,
+        Money::new(150, Currency::Xtr),
+        Some(id.to_string()),
+        |p| {
+            p.provider = Set(domain::ProviderId::from_static("telegram"));
+            p.status = Set(PaymentStatus::Succeeded);
+        },
+    )
+    .await;
+    let payer = users::Entity::find_by_id(first.user_id)
+        .one(db)
+        .await
+        .unwrap()
+        .expect("user")
+        .telegram_id;
+    // Telegram charged the subscription again: a Star transaction with the first payload.
+    let user = sandbox::telegram::TestUser::new(payer, "Ann", "en");
+    let charge = tg.record_star_payment(&user, &id.to_string(), 150);
+    let body = serde_json::json!({
+        "update_id": 7,
+        "message": {"message_id": 8, "date": Utc::now().timestamp(),
+            "chat": {"id": payer, "type": "private", "first_name": "Ann"},
+            "from": {"id": payer, "is_bot": false, "first_name": "Ann"},
+            "successful_payment": {"currency": "XTR", "total_amount": 150,
+                "invoice_payload": id.to_string(), "telegram_payment_charge_id": charge,
+                "provider_payment_charge_id": "", "is_recurring": true,
+                "subscription_expiration_date": Utc::now().timestamp() + 2_592_000}}
+    })
+    .to_string();
+    // Two notices of the one charge (as if two sources stored it), looked up side by side.
+    let telegram = payment_core::providers::telegram::ID;
+    let a = store_notification(
+        db,
+        &telegram,
+        &format!("payment:{charge}"),
+        Some(id.to_string()),
+        Some(id),
+        body.clone(),
+    )
+    .await;
+    let b = store_notification(
+        db,
+        &telegram,
+        &format!("payment:{charge}:copy"),
+        Some(id.to_string()),
+        Some(id),
+        body,
+    )
+    .await;
+    let handler = NotificationHandler::new(Arc::new(stars_sources(db, &tg)), db.clone());
+    let prepared_b = handler.prepare(&b).await.expect("looked up");
+    deliver(&handler, db, &a).await.expect("handled");
+    let tx = db.begin().await.unwrap();
+    let raced = handler.handle(&tx, &b, prepared_b).await;
+    tx.rollback().await.unwrap();
+    assert!(raced.is_err(), "b drafted another row: asked again");
+    deliver(&handler, db, &b).await.expect("handled");
+
+    let renewals = payments::Entity::find()
+        .filter(payments::Column::ProviderPaymentId.eq(charge.as_str()))
+        .all(db)
+        .await
+        .unwrap();
+    assert_eq!(renewals.len(), 1, "one payment per charge");
+    let renewal = &renewals[0];
+    assert_eq!(renewal.status, PaymentStatus::Succeeded);
+    assert_eq!(
+        (renewal.user_id, renewal.tariff_id, renewal.amount_minor),
+        (first.user_id, first.tariff_id, 150)
+    );
+    assert_eq!(events(db, "payment.created", renewal.id).await.len(), 1);
+    assert_eq!(events(db, "payment.completed", renewal.id).await.len(), 1);
+    assert!(events(db, "payment.completed", id).await.is_empty());
+    assert_eq!(inbox_row(db, &a).await.outcome.as_deref(), Some("applied"));
+    assert_eq!(
+        inbox_row(db, &b).await.outcome.as_deref(),
+        Some("duplicate")
     );
 }
