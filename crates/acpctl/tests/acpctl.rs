@@ -291,6 +291,7 @@ async fn pending_payment(
                 metadata: Default::default(),
                 return_url: None,
                 receipt_email: None,
+                recurring: Default::default(),
             },
         )
         .await

@@ -18,8 +18,8 @@ pub use ids::{PaymentMethod, ProviderId};
 pub use outbound::HttpRetry;
 pub use provider::{
     CheckoutError, Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RecurringCharge, RefundNotice,
-    RefundRequest, RefundRoute, StatusQuery,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, Recurring, RecurringCharge, RefundNotice,
+    RefundRequest, RefundRoute, SavedMethod, StatusQuery,
 };
 pub use service::PaymentService;
 pub use settings::PaymentSettings;

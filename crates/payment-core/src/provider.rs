@@ -45,6 +45,28 @@ pub struct CreatePaymentRequest {
     pub return_url: Option<String>,
     /// Contact for the fiscal receipt, overriding the configured default.
     pub receipt_email: Option<String>,
+    /// Whether the method is saved for later charges, or a saved one charged now.
+    pub recurring: Recurring,
+}
+
+/// A payment's part in automatic renewal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Recurring {
+    /// A one-off payment.
+    #[default]
+    No,
+    /// The payer agreed to automatic renewal: save the method they pay with.
+    SaveMethod,
+    /// A merchant-initiated charge of a saved method (no payer, no confirmation).
+    Charge { method_id: String },
+}
+
+/// A payment method the provider saved for later charges (YooKassa: `payment_method.saved`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedMethod {
+    pub id: String,
+    /// What the payer recognises it by, e.g. "Bank card *4477".
+    pub title: String,
 }
 
 /// What the payer has to do next.
@@ -97,6 +119,8 @@ pub struct ProviderPayment {
     pub failure_reason: Option<String>,
     pub confirmation: Option<Confirmation>,
     pub test: bool,
+    /// The method saved by this payment for automatic renewal, if the provider saved one.
+    pub saved_method: Option<SavedMethod>,
 }
 
 /// A charge the provider made on its own for an earlier payment of ours (a Telegram Stars
@@ -225,6 +249,13 @@ pub trait PaymentProvider: Send + Sync {
                     self.id()
                 )
             })
+    }
+
+    /// Whether this provider can save the payer's method for automatic renewal
+    /// ([`Recurring::SaveMethod`]) and charge it later ([`Recurring::Charge`]); providers
+    /// that cannot ignore [`CreatePaymentRequest::recurring`].
+    fn saves_methods(&self) -> bool {
+        false
     }
 
     /// Whether a checkout asking `asked` is what this provider asks now for `price`, so that

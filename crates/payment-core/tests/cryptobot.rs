@@ -47,6 +47,7 @@ fn request(amount: Money) -> CreatePaymentRequest {
         metadata: BTreeMap::from([("telegram_id".to_owned(), PAYER.to_string())]),
         return_url: None,
         receipt_email: None,
+        recurring: Default::default(),
     }
 }
 

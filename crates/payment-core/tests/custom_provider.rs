@@ -64,6 +64,7 @@ impl PaymentProvider for Transfer {
             failure_reason: None,
             confirmation: None,
             test: true,
+            saved_method: None,
         })
     }
 
@@ -98,6 +99,7 @@ async fn a_minimal_provider_plugs_in() {
         metadata: Default::default(),
         return_url: None,
         receipt_email: None,
+        recurring: Default::default(),
     };
     let created = service
         .create_payment(TRANSFER, &request)

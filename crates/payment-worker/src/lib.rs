@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod autopay;
 pub mod host;
 pub mod metric;
 pub mod notifications;
@@ -71,6 +72,7 @@ pub fn payment_service(
 pub struct Worker {
     runner: ConsumerRunner,
     reconciler: Option<Reconciler>,
+    autopay: Option<autopay::Autopay>,
     host: Arc<WorkerHost>,
     providers: Arc<PaymentService>,
 }
@@ -161,14 +163,25 @@ impl Worker {
             )
         });
         let host = Arc::new(WorkerHost::new(
-            db,
+            db.clone(),
             providers.clone(),
             outbox_nudge,
             notices,
         ));
+        let autopay = (!settings.autopay.lead.is_zero()
+            && providers.providers().any(|p| p.saves_methods()))
+        .then(|| {
+            autopay::Autopay::new(
+                db,
+                providers.clone(),
+                host.clone(),
+                settings.autopay.clone(),
+            )
+        });
         Self {
             runner,
             reconciler,
+            autopay,
             host,
             providers,
         }
@@ -179,12 +192,15 @@ impl Worker {
     pub fn spawn(self, shutdown: Shutdown) -> WorkerTasks {
         let stats = self.runner.stats();
         let host: Arc<dyn payment_core::background::ProviderHost> = self.host;
-        let background = self
+        let mut background: Vec<_> = self
             .providers
             .providers()
             .filter_map(|p| p.background_task(host.clone(), shutdown.clone()))
             .map(tokio::spawn)
             .collect();
+        if let Some(autopay) = self.autopay {
+            background.push(tokio::spawn(autopay.run(shutdown.clone())));
+        }
         WorkerTasks {
             runner: self.runner.spawn(shutdown.clone()),
             reconciler: self.reconciler.map(|r| tokio::spawn(r.run(shutdown))),

@@ -358,6 +358,7 @@ impl Reconciler {
             failure_reason: Some("expired".to_owned()),
             confirmation: None,
             test: false,
+            saved_method: None,
         };
         let trigger = Trigger::Reconciliation {
             attempt: payment.check_attempts + 1,

@@ -58,6 +58,8 @@ pub struct ServiceSettings {
     pub consumer: ConsumerSettings,
     /// When pending payments are re-checked.
     pub reconcile: ReconcileSettings,
+    /// When subscriptions with a saved method are renewed automatically.
+    pub autopay: crate::autopay::AutopaySettings,
     /// The providers the worker asks (`YOOKASSA_*`, …); a provider is on when its settings are.
     pub payments: PaymentSettings,
 }
@@ -201,6 +203,20 @@ impl TryFrom<Vars> for ServiceSettings {
                 "must be at least 1",
             ));
         }
+        let a = crate::autopay::AutopaySettings::default();
+        let autopay = crate::autopay::AutopaySettings {
+            lead: vars
+                .parse::<u64>("AUTOPAY_LEAD_HOURS")?
+                .map_or(a.lead, |h| Duration::from_secs(h * 3600)),
+            poll_interval: secs("AUTOPAY_POLL_SECS", a.poll_interval)?,
+            batch_size: a.batch_size,
+        };
+        if autopay.poll_interval.is_zero() {
+            return Err(SettingsError::invalid(
+                "AUTOPAY_POLL_SECS",
+                "must be greater than 0",
+            ));
+        }
         let payments = PaymentSettings::from_vars(&vars).map_err(|e| match e {
             payment_core::SettingsError::Missing(name) => SettingsError::Missing {
                 name: name.to_owned(),
@@ -220,6 +236,7 @@ impl TryFrom<Vars> for ServiceSettings {
             ),
             consumer,
             reconcile,
+            autopay,
             payments,
         })
     }

@@ -232,6 +232,7 @@ pub async fn apply<C: ConnectionTrait>(
             });
         };
         announce(tx, &snapshot, &payment, &moved, trigger).await?;
+        crate::autopay::record(tx, &moved, answer).await?;
         payment = moved;
     }
     Ok(Applied::Moved {

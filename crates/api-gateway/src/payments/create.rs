@@ -15,7 +15,8 @@ use domain::{IdempotencyKey, PaymentId, PaymentStatus, TelegramUserId};
 use messaging::events::{PaymentCreated, PaymentSnapshot};
 use messaging::{Envelope, Event};
 use payment_core::{
-    CheckoutError, CreatePaymentRequest, CreatedPayment, PaymentProvider, ProviderError, ProviderId,
+    CheckoutError, CreatePaymentRequest, CreatedPayment, PaymentProvider, ProviderError,
+    ProviderId, Recurring,
 };
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -56,6 +57,9 @@ pub(super) struct CreateBody {
     return_url: Option<String>,
     #[serde(default)]
     email: Option<String>,
+    /// The payer agreed to automatic renewal: the provider saves the method (if it can).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    autopay: bool,
 }
 
 /// Record the intent, call the provider, record the result — no transaction is open while
@@ -487,6 +491,11 @@ impl Create<'_> {
             .into(),
             return_url: self.body.return_url.clone(),
             receipt_email: self.body.email.clone(),
+            recurring: if self.body.autopay {
+                Recurring::SaveMethod
+            } else {
+                Recurring::No
+            },
         }
     }
 

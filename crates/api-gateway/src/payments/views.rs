@@ -90,6 +90,10 @@ impl ProviderView {
         if d.supports_refunds {
             capabilities.push("refunds");
         }
+        // Saves the payer's card for automatic renewal (YooKassa, unless the shop may not).
+        if provider.saves_methods() {
+            capabilities.push("autopay");
+        }
         Self {
             id: d.id.clone(),
             title: d.title,

@@ -10,6 +10,7 @@
 //! This module holds the state and dispatches an update to its use case.
 
 mod checkout;
+mod grants;
 mod menu;
 mod payments;
 mod pre_checkout;
@@ -164,6 +165,9 @@ impl App {
             }
             Some((name, arg)) if admin && name == "refund" => {
                 self.refund_prompt(chat, t, &arg).await;
+            }
+            Some((name, arg)) if admin && name == "grant" => {
+                self.grant(chat, user_id(from), t, &arg).await;
             }
             // /start, /menu, anything else — and admin commands from non-admins, which get
             // the ordinary menu so the commands stay invisible.

@@ -124,6 +124,17 @@ pub struct Texts {
     /// `{reason}`.
     pub refund_failed: &'static str,
     pub refund_disabled: &'static str,
+    /// `/grant` without a Telegram id, a whole number of days in range and a reason: `{max}`.
+    pub grant_usage: &'static str,
+    /// `{days}` (e.g. "7 days"), `{user}`, `{id}`.
+    pub grant_done: &'static str,
+    /// The same `/grant` again: nothing granted twice. `{id}`.
+    pub grant_repeated: &'static str,
+    /// `{user}`.
+    pub grant_unknown_user: &'static str,
+    /// `{reason}`.
+    pub grant_failed: &'static str,
+    pub grant_disabled: &'static str,
     /// Over the per-user rate limit: `{secs}`.
     pub rate_limited: &'static str,
     /// An expiry reminder before the expiry: `{left}` (e.g. "3 days"), `{expires}`.

@@ -3,6 +3,7 @@
 mod admin;
 mod card;
 mod checkout_cap;
+mod grants;
 mod helpers;
 mod notify;
 mod rate_limits;

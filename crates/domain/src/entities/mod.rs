@@ -5,6 +5,7 @@
 
 pub mod bot_chats;
 pub mod crypto_invoices;
+pub mod manual_grants;
 pub mod outbox;
 pub mod payments;
 pub mod processed_messages;
@@ -24,6 +25,7 @@ pub mod users;
 pub mod prelude {
     pub use super::bot_chats::Entity as BotChats;
     pub use super::crypto_invoices::Entity as CryptoInvoices;
+    pub use super::manual_grants::Entity as ManualGrants;
     pub use super::outbox::Entity as Outbox;
     pub use super::payments::Entity as Payments;
     pub use super::processed_messages::Entity as ProcessedMessages;

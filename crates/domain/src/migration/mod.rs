@@ -42,5 +42,6 @@ migrations![
     m20261206_000410_reminders,
     m20261206_000420_bot_chat_qr,
     m20261206_000500_tariff_texts,
+    m20261206_000510_manual_grants,
     m20261206_000700_star_subscriptions,
 ];

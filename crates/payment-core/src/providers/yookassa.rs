@@ -33,7 +33,7 @@ use crate::error::{
 };
 use crate::provider::{
     Confirmation, CreatePaymentRequest, CreatedPayment, PaymentProvider, PaymentRef,
-    ProviderDescriptor, ProviderPayment, ProviderRefund, RefundNotice, RefundRequest,
+    ProviderDescriptor, ProviderPayment, ProviderRefund, Recurring, RefundNotice, RefundRequest,
 };
 use crate::webhook::{
     ClientIpResolver, IpAllowList, WebhookHeaders, WebhookNotification, WebhookRequest,
@@ -304,6 +304,9 @@ pub struct YooKassaProvider {
     settings: YooKassaSettings,
     transport: Transport,
     verifier: YooKassaWebhookVerifier,
+    /// Set once YooKassa answered 403 "Forbidden to save payment method": the shop has no
+    /// right to recurring payments, so checkouts stop asking to save methods.
+    saving_forbidden: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for YooKassaProvider {
@@ -328,6 +331,7 @@ impl YooKassaProvider {
             settings,
             transport,
             verifier,
+            saving_forbidden: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -453,6 +457,16 @@ impl YooKassaProvider {
                 .map(|d| d.reason.clone()),
             confirmation,
             test: payment.test,
+            saved_method: payment
+                .payment_method
+                .as_ref()
+                .filter(|m| m.saved == Some(true))
+                .and_then(|m| {
+                    Some(crate::SavedMethod {
+                        id: m.id.clone()?,
+                        title: m.title.clone().unwrap_or_else(|| m.kind.clone()),
+                    })
+                }),
         })
     }
 
@@ -549,6 +563,16 @@ fn rejection(status: u16, body: &[u8]) -> Rejection {
             error_id: None,
         },
     }
+}
+
+/// YooKassa's 403 "Forbidden to save payment method" (the shop has no right to recurring
+/// payments).
+fn is_saving_forbidden(rejection: &Rejection) -> bool {
+    rejection.http_status == 403
+        && rejection
+            .description
+            .as_deref()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("save payment method"))
 }
 
 /// Object ids go into the URL path; refuse anything but YooKassa's id alphabet.
@@ -656,6 +680,13 @@ pub fn check_refund(request: &RefundRequest) -> Result<(), RefundRefusal> {
 
 #[async_trait]
 impl PaymentProvider for YooKassaProvider {
+    /// Unless YooKassa answered that this shop may not save payment methods.
+    fn saves_methods(&self) -> bool {
+        !self
+            .saving_forbidden
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn descriptor(&self) -> &ProviderDescriptor {
         &DESCRIPTOR
     }
@@ -706,16 +737,23 @@ impl PaymentProvider for YooKassaProvider {
             ));
         }
         let description = truncate(&request.description, MAX_DESCRIPTION);
-        let body = CreatePaymentBody {
+        let (save, method_id) = match &request.recurring {
+            Recurring::No => (false, None),
+            Recurring::SaveMethod => (self.saves_methods(), None),
+            Recurring::Charge { method_id } => (false, Some(method_id.clone())),
+        };
+        let mut body = CreatePaymentBody {
             amount: request.amount.into(),
             capture: true,
-            confirmation: ConfirmationRequest {
+            confirmation: method_id.is_none().then(|| ConfirmationRequest {
                 kind: "redirect",
                 return_url: request
                     .return_url
                     .clone()
                     .unwrap_or_else(|| self.settings.return_url.clone()),
-            },
+            }),
+            save_payment_method: save,
+            payment_method_id: method_id,
             receipt: self.receipt(
                 &description,
                 request.amount,
@@ -724,11 +762,35 @@ impl PaymentProvider for YooKassaProvider {
             description,
             metadata: metadata(request)?,
         };
-        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Client(e.to_string()))?;
         let key = Self::payment_idempotence_key(request.payment_id);
-        let payment: transformers::Payment = self
-            .call(Method::POST, "/payments", Some(&key), Some(body))
-            .await?;
+        let encoded =
+            serde_json::to_vec(&body).map_err(|e| ProviderError::Client(e.to_string()))?;
+        let payment: transformers::Payment = match self
+            .call(Method::POST, "/payments", Some(&key), Some(encoded))
+            .await
+        {
+            Err(ProviderError::Rejected(r)) if save && is_saving_forbidden(&r) => {
+                // The shop may not save methods: one line, then plain payments from now on
+                // (under a key of their own: the refused request keeps its key).
+                if !self
+                    .saving_forbidden
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(description = ?r.description, "YooKassa refuses to save payment methods for this shop (403): automatic renewal with saved cards is off; ask YooKassa to enable autopayments");
+                }
+                body.save_payment_method = false;
+                let encoded =
+                    serde_json::to_vec(&body).map_err(|e| ProviderError::Client(e.to_string()))?;
+                self.call(
+                    Method::POST,
+                    "/payments",
+                    Some(&format!("{key}-plain")),
+                    Some(encoded),
+                )
+                .await?
+            }
+            other => other?,
+        };
         let expected = PaymentRef {
             payment_id: request.payment_id,
             provider_payment_id: payment.id.clone(),

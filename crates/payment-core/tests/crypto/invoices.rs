@@ -262,6 +262,7 @@ async fn status_is_read_from_the_invoice_row() {
                 metadata: Default::default(),
                 return_url: None,
                 receipt_email: None,
+                recurring: Default::default(),
             },
         )
         .await
@@ -278,6 +279,7 @@ async fn status_is_read_from_the_invoice_row() {
         metadata: Default::default(),
         return_url: None,
         receipt_email: None,
+        recurring: Default::default(),
     };
     assert!(matches!(
         service

@@ -57,6 +57,7 @@ pub fn request(minor: i64) -> CreatePaymentRequest {
         metadata: [("tg_user_id".to_owned(), "123456".to_owned())].into(),
         return_url: None,
         receipt_email: None,
+        recurring: Default::default(),
     }
 }
 

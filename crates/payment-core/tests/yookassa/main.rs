@@ -1,6 +1,7 @@
 //! The YooKassa client against the in-process emulator (`sandbox::yookassa`), and webhook
 //! verification.
 
+mod autopay;
 mod client;
 mod faults;
 mod helpers;

@@ -198,6 +198,7 @@ pub async fn payment_with(
                 metadata: Default::default(),
                 return_url: None,
                 receipt_email: None,
+                recurring: Default::default(),
             },
         )
         .await
@@ -511,6 +512,7 @@ pub fn answer(payment: &payments::Model, status: PaymentStatus, refunded: i64) -
         failure_reason: matches!(status, PaymentStatus::Failed).then(|| "general_decline".into()),
         confirmation: None,
         test: true,
+        saved_method: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of the payment worker against PostgreSQL, RabbitMQ, the YooKassa
 //! emulator (`sandbox::yookassa`) and the TronGrid emulator (`sandbox::tron`).
 
+mod autopay;
 mod competing;
 mod crypto;
 mod helpers;

@@ -317,5 +317,6 @@ pub async fn payment_status<C: ConnectionTrait>(
         failure_reason,
         confirmation,
         test: false,
+        saved_method: None,
     })
 }

@@ -313,6 +313,7 @@ impl CryptoBotProvider {
                 url: invoice.bot_invoice_url,
             }),
             test: false,
+            saved_method: None,
         })
     }
 

@@ -511,6 +511,7 @@ impl PaymentProvider for TelegramProvider {
                 failure_reason: None,
                 confirmation: None,
                 test: false,
+                saved_method: None,
             });
         };
         let payer = payer(db, payment).await?;
@@ -570,6 +571,7 @@ impl PaymentProvider for TelegramProvider {
                 failure_reason: None,
                 confirmation: None,
                 test: false,
+                saved_method: None,
             });
         };
         let paid = Money::new(found.amount, Currency::Xtr);
@@ -593,6 +595,7 @@ impl PaymentProvider for TelegramProvider {
             failure_reason: None,
             confirmation: None,
             test: false,
+            saved_method: None,
         })
     }
 
@@ -934,6 +937,7 @@ pub fn payment_from_notification(
         failure_reason: None,
         confirmation: None,
         test: false,
+        saved_method: None,
     })
 }
 
@@ -997,6 +1001,7 @@ mod tests {
             metadata: Default::default(),
             return_url: None,
             receipt_email: None,
+            recurring: Default::default(),
         };
         let created = provider
             .create_payment(&request(Money::new(150, Currency::Xtr)))

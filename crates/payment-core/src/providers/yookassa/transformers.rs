@@ -34,7 +34,16 @@ pub struct CreatePaymentBody {
     pub amount: Amount,
     /// Always true: one-stage payments, no `waiting_for_capture`.
     pub capture: bool,
-    pub confirmation: ConfirmationRequest,
+    /// `None` for a charge of a saved method (YooKassa: "Confirmation must be null when
+    /// using payment_method_id").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<ConfirmationRequest>,
+    /// The payer agreed to automatic renewal: save the method they pay with.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub save_payment_method: bool,
+    /// A merchant-initiated charge of a saved method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_method_id: Option<String>,
     pub description: String,
     pub metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -409,10 +418,12 @@ mod tests {
         let body = CreatePaymentBody {
             amount: rub(19900).into(),
             capture: true,
-            confirmation: ConfirmationRequest {
+            confirmation: Some(ConfirmationRequest {
                 kind: "redirect",
                 return_url: "https://t.me/YourBot".into(),
-            },
+            }),
+            save_payment_method: false,
+            payment_method_id: None,
             description: "VPN 30 days".into(),
             metadata: BTreeMap::from([("payment_id".into(), "p".into())]),
             receipt: None,
