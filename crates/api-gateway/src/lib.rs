@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod checkout;
 pub mod error;
+pub mod grants;
 pub mod idempotency;
 pub mod limits;
 pub mod observability;
@@ -128,6 +129,7 @@ pub async fn start(
             .configure(|cfg| webhooks::configure(cfg, &webhook_providers))
             .configure(payments::configure)
             .configure(stats::configure)
+            .configure(grants::configure)
             .route("/api/openapi.json", web::get().to(openapi))
             .default_service(web::to(not_found))
     })?;

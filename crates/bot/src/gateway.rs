@@ -1,5 +1,5 @@
 //! The gateway's internal API as the bot uses it: create a payment (service token), list the
-//! enabled providers, refund a payment (admin token).
+//! enabled providers, refund a payment and grant days (admin token).
 
 use domain::PaymentId;
 use std::time::Duration;
@@ -22,6 +22,23 @@ pub enum GatewayError {
     /// No usable answer (connection, 5xx, timeout, unreadable body).
     #[error("gateway unavailable: {0}")]
     Unavailable(String),
+}
+
+/// `POST /api/admin/grants` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantDays {
+    pub telegram_id: i64,
+    pub days: i64,
+    pub reason: String,
+    pub admin_telegram_id: i64,
+}
+
+/// The gateway's view of a grant (the fields the bot uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrantView {
+    pub grant_id: i64,
+    pub telegram_id: i64,
+    pub days: i32,
 }
 
 /// `POST /api/payments` body.
@@ -148,6 +165,40 @@ impl Gateway {
             .map(|p| p.providers)
     }
 
+    /// Gives `days` to the customer `telegram_id`, by the admin `admin` (`POST
+    /// /api/admin/grants`). Also says whether the key's grant was made before (a replay).
+    pub async fn grant(
+        &self,
+        body: &GrantDays,
+        idempotency_key: &str,
+    ) -> Result<(GrantView, bool), GatewayError> {
+        let token = self.admin_token()?;
+        let sent = self
+            .http
+            .post(format!("{}/api/admin/grants", self.base))
+            .bearer_auth(token.expose_secret())
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
+            .send()
+            .await;
+        let replayed = sent.as_ref().is_ok_and(|response| {
+            response
+                .headers()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v == "true")
+        });
+        Ok((decode(sent).await?, replayed))
+    }
+
+    fn admin_token(&self) -> Result<&SecretString, GatewayError> {
+        self.admin_token
+            .as_ref()
+            .ok_or_else(|| GatewayError::Rejected {
+                status: 403,
+                message: "API_ADMIN_TOKEN is not set".to_owned(),
+            })
+    }
+
     /// A full refund, asked by `requested_by` (an admin's Telegram id).
     pub async fn refund(
         &self,
@@ -155,13 +206,7 @@ impl Gateway {
         requested_by: i64,
         idempotency_key: &str,
     ) -> Result<RefundView, GatewayError> {
-        let token = self
-            .admin_token
-            .as_ref()
-            .ok_or_else(|| GatewayError::Rejected {
-                status: 403,
-                message: "API_ADMIN_TOKEN is not set".to_owned(),
-            })?;
+        let token = self.admin_token()?;
         let request = self
             .http
             .post(format!("{}/api/payments/{payment_id}/refund", self.base))

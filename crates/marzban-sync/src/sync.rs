@@ -1,5 +1,7 @@
-//! The consumer: `payment.completed` grants days, `payment.refunded` takes them back; both
-//! bring the panel in line with the ledger and announce the result.
+//! The consumer: `payment.completed` grants days, `payment.refunded` takes them back,
+//! `grant.created` gives the days of a manual grant (an admin's, a trial) without a payment;
+//! each brings the panel in line with the ledger and announces the result (a manual grant's
+//! only as a mark: the `subscription.*` events name a payment).
 //!
 //! No panel call happens inside a database transaction. Each message goes through three
 //! steps — record the intent, call the panel, record the result:
@@ -47,12 +49,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::entities::{
-    payments, processed_messages, subscription_grants, subscriptions, tariffs, users,
+    manual_grants, payments, processed_messages, subscription_grants, subscriptions, tariffs, users,
 };
 use domain::ids::{MarzbanUsername, TelegramUserId};
 use domain::status::PaymentStatus;
 use messaging::events::{
-    PaymentCompleted, PaymentRefunded, SubscriptionActivated, SubscriptionChange,
+    GrantCreated, PaymentCompleted, PaymentRefunded, SubscriptionActivated, SubscriptionChange,
     SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError, OutboxError, Prepared};
@@ -70,7 +72,7 @@ use crate::panel::{self, Desired, Panel, PanelError, PanelUser};
 /// The consumer name: queue `<prefix>.marzban-sync` and the `processed_messages` key.
 pub const CONSUMER: &str = "marzban-sync";
 
-/// Counter: grants written for payments.
+/// Counter: grants written for payments and manual grants.
 pub const METRIC_GRANTS: &str = "marzban_sync_grants_total";
 /// Counter: refunds that took days back.
 pub const METRIC_REVOCATIONS: &str = "marzban_sync_revocations_total";
@@ -80,6 +82,11 @@ pub const KIND_PURCHASE: &str = "purchase";
 /// `subscription_grants.kind` of the time an adopted panel user had left (at most one per
 /// subscription: unique index `uq_subscription_grants_opening_balance`).
 pub const KIND_OPENING_BALANCE: &str = "opening_balance";
+
+/// `processed_messages.consumer` of the manual grants in the ledger: one row per
+/// `manual_grants` row (`manual_grant:<id>`), written in the transaction that writes its
+/// ledger entry, so a grant is counted once whatever copies of `grant.created` arrive.
+pub const GRANTED: &str = "marzban-sync:granted";
 
 /// `processed_messages.consumer` of the adoption decisions: one row per subscription
 /// (`subscription:<id>`), written when the panel was first looked at for it, in the
@@ -169,7 +176,6 @@ enum Step {
 /// The result of steps 1 and 2, for step 3.
 struct Synced {
     announcement: Announcement,
-    payment_id: PaymentId,
     subscription_id: i64,
     telegram_id: i64,
     /// The desired state sent to the panel.
@@ -180,15 +186,27 @@ struct Synced {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Announcement {
-    Activated,
-    Revoked { days_revoked: i32 },
+    Activated(PaymentId),
+    Revoked {
+        payment_id: PaymentId,
+        days_revoked: i32,
+    },
+    /// A manual grant (`manual_grants`: an admin's, a trial) is on the panel. Recorded, not
+    /// published: the `subscription.*` events name the payment that caused them.
+    Granted {
+        grant_id: i64,
+    },
 }
 
 impl Announcement {
-    fn key(self, payment_id: PaymentId) -> String {
+    fn key(self) -> String {
         match self {
-            Self::Activated => format!("activated:{payment_id}"),
-            Self::Revoked { days_revoked } => format!("revoked:{payment_id}:{days_revoked}"),
+            Self::Activated(payment_id) => format!("activated:{payment_id}"),
+            Self::Revoked {
+                payment_id,
+                days_revoked,
+            } => format!("revoked:{payment_id}:{days_revoked}"),
+            Self::Granted { grant_id } => format!("granted:{grant_id}"),
         }
     }
 }
@@ -239,21 +257,48 @@ impl SubscriptionSync {
         let Some(mut intent) = intent else {
             return Ok(Step::Nothing);
         };
-        let note = format!("telegram {}", intent.telegram_id);
-        let user = if intent.known_on_panel {
-            let user = panel::activate(self.client.as_ref(), &intent.desired, true, &note).await;
-            self.sent(intent.subscription_id, user).await?
-        } else {
-            self.first_push(&mut intent, &note).await?
-        };
+        let user = self.push_active(&mut intent).await?;
         Ok(Step::Synced(Box::new(Synced {
-            announcement: Announcement::Activated,
-            payment_id,
+            announcement: Announcement::Activated(payment_id),
             subscription_id: intent.subscription_id,
             telegram_id: intent.telegram_id,
             sent: intent.desired,
             user: Some(user),
         })))
+    }
+
+    /// Steps 1 and 2 of `grant.created` (an admin's grant, a trial): the ledger entry (once
+    /// per grant) and the intent committed, then the panel user active until the ledger's
+    /// expiry — the path of a paid grant, so the drift check sees it like any other time.
+    async fn prepare_granted(&self, event: &GrantCreated) -> Result<Step, SyncError> {
+        let tx = service_kit::db::begin_write(&self.db).await?;
+        let intent = record_manual_grant(&tx, event).await?;
+        tx.commit().await?;
+        let Some(mut intent) = intent else {
+            return Ok(Step::Nothing);
+        };
+        let user = self.push_active(&mut intent).await?;
+        Ok(Step::Synced(Box::new(Synced {
+            announcement: Announcement::Granted {
+                grant_id: event.grant_id,
+            },
+            subscription_id: intent.subscription_id,
+            telegram_id: intent.telegram_id,
+            sent: intent.desired,
+            user: Some(user),
+        })))
+    }
+
+    /// Step 2 of a grant: the panel user active until the intent's expiry (adopted or
+    /// created on the first push).
+    async fn push_active(&self, intent: &mut Intent) -> Result<PanelUser, SyncError> {
+        let note = format!("telegram {}", intent.telegram_id);
+        if intent.known_on_panel {
+            let user = panel::activate(self.client.as_ref(), &intent.desired, true, &note).await;
+            self.sent(intent.subscription_id, user).await
+        } else {
+            self.first_push(intent, &note).await
+        }
     }
 
     /// Steps 1 and 2 of `payment.refunded`: the revocation and the intent committed, then the
@@ -270,8 +315,10 @@ impl SubscriptionSync {
         let user = panel::shorten(self.client.as_ref(), &intent.desired, now).await;
         let user = self.sent(intent.subscription_id, user).await?;
         Ok(Step::Synced(Box::new(Synced {
-            announcement: Announcement::Revoked { days_revoked },
-            payment_id,
+            announcement: Announcement::Revoked {
+                payment_id,
+                days_revoked,
+            },
             subscription_id: intent.subscription_id,
             telegram_id: intent.telegram_id,
             sent: intent.desired,
@@ -343,7 +390,6 @@ impl SubscriptionSync {
     ) -> Result<(), SyncError> {
         let Synced {
             announcement,
-            payment_id,
             subscription_id,
             telegram_id,
             sent,
@@ -356,9 +402,9 @@ impl SubscriptionSync {
             .ok_or_else(|| {
                 SyncError::Invalid(format!("subscription {subscription_id} vanished"))
             })?;
-        let key = announcement.key(payment_id);
+        let key = announcement.key();
         if is_announced(tx, &key).await? {
-            tracing::info!(%payment_id, key, "announced by another copy of the message");
+            tracing::info!(key, "announced by another copy of the message");
             return Ok(());
         }
         let desired = ledger_desired(tx, &subscription).await?;
@@ -377,32 +423,40 @@ impl SubscriptionSync {
             .map(|u| u.subscription_url.clone())
             .or_else(|| subscription.subscription_url.clone())
             .unwrap_or_default();
-        let change = change(telegram_id, payment_id, &desired, expires_at, url.clone());
         save_sync(
             tx,
             subscription,
             expires_at,
             desired.data_limit,
             user.as_ref(),
-            Some(url).filter(|u| !u.is_empty()),
+            Some(url.clone()).filter(|u| !u.is_empty()),
             now,
         )
         .await?;
+        let change =
+            |payment_id| change(telegram_id, payment_id, &desired, expires_at, url.clone());
         let envelope = match announcement {
-            Announcement::Activated => {
+            Announcement::Granted { grant_id } => {
+                tracing::info!(grant_id, username = %desired.username, expires_at = %expires_at, "manual grant on the panel");
+                return Ok(());
+            }
+            Announcement::Activated(payment_id) => {
                 tracing::info!(%payment_id, username = %desired.username, expires_at = %expires_at, "subscription extended");
                 Envelope::caused_by(
                     &SubscriptionActivated {
-                        subscription: change,
+                        subscription: change(payment_id),
                     },
                     envelope,
                 )
             }
-            Announcement::Revoked { days_revoked } => {
+            Announcement::Revoked {
+                payment_id,
+                days_revoked,
+            } => {
                 tracing::info!(%payment_id, username = %desired.username, days_revoked, expires_at = %expires_at, paid = desired.is_paid_at(now), "days revoked");
                 Envelope::caused_by(
                     &SubscriptionRevoked {
-                        subscription: change,
+                        subscription: change(payment_id),
                     },
                     envelope,
                 )
@@ -449,7 +503,7 @@ async fn record_grant(
     // Under the subscription lock, so a concurrent copy of the message waits here and then
     // sees the grant.
     let data_limit = if let Some(grant) = find_grant(tx, payment_id).await? {
-        if is_announced(tx, &Announcement::Activated.key(payment_id)).await? {
+        if is_announced(tx, &Announcement::Activated(payment_id).key()).await? {
             tracing::info!(%payment_id, grant_id = grant.id, "payment already granted; nothing to do");
             return Ok(None);
         }
@@ -475,6 +529,67 @@ async fn record_grant(
         metrics::counter!(METRIC_GRANTS).increment(1);
         tracing::info!(%payment_id, expires_at = %expires_at, days = tariff.duration_days, "grant recorded");
         tariff.data_limit_bytes
+    };
+    let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
+    Ok(Some(intent))
+}
+
+/// Step 1 of `grant.created`, in its own short transaction: the manual grant's ledger entry
+/// (kind `admin` or `trial`, no payment; written once, keyed under [`GRANTED`]) and the
+/// subscription's intent. `None`: granted and on the panel before.
+async fn record_manual_grant(
+    tx: &DatabaseTransaction,
+    event: &GrantCreated,
+) -> Result<Option<Intent>, SyncError> {
+    let grant = manual_grants::Entity::find_by_id(event.grant_id)
+        .one(tx)
+        .await?
+        .ok_or_else(|| SyncError::Invalid(format!("unknown manual grant {}", event.grant_id)))?;
+    if grant.days <= 0 {
+        return Err(SyncError::Invalid(format!(
+            "manual grant {} gives {} days",
+            grant.id, grant.days
+        )));
+    }
+    let (subscription, telegram_id) = lock_or_create_subscription(tx, grant.user_id).await?;
+    let key = format!("manual_grant:{}", grant.id);
+    // Under the subscription lock, so a concurrent copy of the message waits here and then
+    // sees the mark.
+    let data_limit = if is_marked(tx, GRANTED, &key).await? {
+        let announced = Announcement::Granted { grant_id: grant.id }.key();
+        if is_announced(tx, &announced).await? {
+            tracing::info!(
+                grant_id = grant.id,
+                "manual grant already applied; nothing to do"
+            );
+            return Ok(None);
+        }
+        tracing::info!(
+            grant_id = grant.id,
+            "manual grant recorded before, not yet confirmed by the panel; sending the ledger's state again"
+        );
+        subscription.data_limit_bytes
+    } else {
+        mark(tx, GRANTED, &key).await?;
+        let now = ledger::whole_seconds(Utc::now());
+        let before = ledger::replay(&entries(tx, subscription.id).await?);
+        let expires_at = ledger::extend(before, now, grant.days);
+        subscription_grants::ActiveModel {
+            id: NotSet,
+            subscription_id: Set(subscription.id),
+            payment_id: Set(None),
+            kind: Set(grant.kind.clone()),
+            days_granted: Set(grant.days),
+            days_revoked: Set(0),
+            expires_at_after: Set(expires_at),
+            created_at: Set(now),
+            revoked_at: Set(None),
+        }
+        .insert(tx)
+        .await?;
+        metrics::counter!(METRIC_GRANTS).increment(1);
+        tracing::info!(grant_id = grant.id, kind = grant.kind, expires_at = %expires_at, days = grant.days, "manual grant recorded");
+        grant.data_limit_bytes.or(subscription.data_limit_bytes)
     };
     let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
     Ok(Some(intent))
@@ -510,9 +625,10 @@ async fn record_revocation(
         event.total_refunded_minor,
     );
     let key = Announcement::Revoked {
+        payment_id,
         days_revoked: revoke,
     }
-    .key(payment_id);
+    .key();
     if revoke > grant.days_revoked {
         let now = ledger::whole_seconds(Utc::now());
         let days = revoke - grant.days_revoked;
@@ -755,6 +871,7 @@ impl Handler for SubscriptionSync {
         vec![
             PaymentCompleted::EVENT_TYPE.to_owned(),
             PaymentRefunded::EVENT_TYPE.to_owned(),
+            GrantCreated::EVENT_TYPE.to_owned(),
         ]
     }
 
@@ -773,6 +890,10 @@ impl Handler for SubscriptionSync {
             let event: PaymentRefunded = envelope.decode()?;
             let turn = self.turn(event.payment.user_id).await;
             (self.prepare_refunded(&event).await?, turn)
+        } else if envelope.is::<GrantCreated>() {
+            let event: GrantCreated = envelope.decode()?;
+            let turn = self.turn(event.user_id).await;
+            (self.prepare_granted(&event).await?, turn)
         } else {
             return Ok(Prepared::none());
         };
@@ -787,7 +908,10 @@ impl Handler for SubscriptionSync {
         envelope: &Envelope,
         prepared: Prepared,
     ) -> Result<(), HandlerError> {
-        if !envelope.is::<PaymentCompleted>() && !envelope.is::<PaymentRefunded>() {
+        if !envelope.is::<PaymentCompleted>()
+            && !envelope.is::<PaymentRefunded>()
+            && !envelope.is::<GrantCreated>()
+        {
             return Ok(());
         }
         let Some(prepare) = prepared.take::<Prepare>() else {

@@ -40,6 +40,7 @@ async fn binary_becomes_ready_and_stops_on_sigterm() {
         vec![
             "payment.completed".to_owned(),
             "payment.refunded".to_owned(),
+            "grant.created".to_owned(),
         ],
     );
     rabbit.delete_consumer(&spec).await.unwrap();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::entities::{payments, subscription_grants, subscriptions, tariffs, users};
+use domain::entities::{
+    manual_grants, payments, subscription_grants, subscriptions, tariffs, users,
+};
 use domain::money::Currency;
 use domain::status::PaymentStatus;
 use futures::StreamExt;
@@ -15,7 +17,8 @@ use marzban_sync::SubscriptionSync;
 use marzban_sync::marzban::{CreateUser, MarzbanClient, MarzbanUsername};
 use marzban_sync::{Service, ServiceSettings};
 use messaging::events::{
-    PaymentCompleted, PaymentRefunded, PaymentSnapshot, SubscriptionActivated, SubscriptionRevoked,
+    GrantCreated, PaymentCompleted, PaymentRefunded, PaymentSnapshot, SubscriptionActivated,
+    SubscriptionRevoked,
 };
 use messaging::{Bus, ConsumerSpec, Envelope, RabbitBus, RabbitConfig};
 use messaging::{Handler, HandlerError, Prepared};
@@ -270,6 +273,37 @@ impl Harness {
             tariff: tariff.clone(),
             amount_minor: 19_900,
         }
+    }
+
+    /// An admin's grant of `days` to `user_id` as the gateway stores it, and its event.
+    async fn manual_grant(&self, user_id: i64, days: i32) -> Envelope {
+        let row = manual_grants::ActiveModel {
+            id: NotSet,
+            idempotency_key: Set(format!("test:{user_id}:{days}")),
+            user_id: Set(user_id),
+            kind: Set(manual_grants::KIND_ADMIN.to_owned()),
+            days: Set(days),
+            data_limit_bytes: Set(None),
+            reason: Set("support".to_owned()),
+            granted_by: Set(Some(42)),
+            created_at: Set(Utc::now()),
+        }
+        .insert(&self.db.conn)
+        .await
+        .unwrap();
+        let user = users::Entity::find_by_id(user_id)
+            .one(&self.db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let event = GrantCreated {
+            grant_id: row.id,
+            user_id,
+            telegram_id: user.telegram_id,
+            kind: row.kind,
+            days,
+        };
+        Envelope::new(&event, uuid::Uuid::now_v7(), None).unwrap()
     }
 
     async fn publish(&self, envelope: &Envelope) {
@@ -769,6 +803,63 @@ async fn refund_removes_the_granted_days_and_disables_when_nothing_is_left(mut h
     h.finish().await;
 }
 
+/// A new envelope (its own event id) of the same event, as a repeated publish would make.
+fn copy_of(envelope: &Envelope) -> Envelope {
+    let event: GrantCreated = envelope.decode().unwrap();
+    Envelope::new(&event, envelope.correlation_id, None).unwrap()
+}
+
+async fn a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refund(mut h: Harness) {
+    // A user who never paid: the grant alone creates the panel user.
+    let newcomer = h.user(100_030).await;
+    let grant = h.manual_grant(newcomer, 7).await;
+    h.publish(&grant).await;
+    h.publish(&copy_of(&grant)).await;
+    h.publish(&grant).await;
+    h.settled(3).await;
+    let granted = h.subscription(newcomer).await;
+    assert!(close_to(granted.expires_at, Utc::now() + days(7)));
+    assert_eq!(granted.status, "active");
+    assert!(granted.synced_at.is_some());
+    let panel = h.panel_user(100_030);
+    assert_eq!(panel.expire, Some(granted.expires_at.timestamp()));
+    assert_eq!(panel.status, UserStatus::Active);
+    let ledger = h.grants().await;
+    assert_eq!(ledger.len(), 1, "three copies, one ledger entry");
+    assert_eq!(ledger[0].kind, manual_grants::KIND_ADMIN);
+    assert_eq!((ledger[0].payment_id, ledger[0].days_granted), (None, 7));
+
+    // A paying user: the grant stacks on the paid month, a refund takes only the paid days.
+    let user = h.user(100_031).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    let paid_until = h.activated().await.subscription.expires_at;
+    h.publish(&h.manual_grant(user, 10).await).await;
+    h.settled(5).await;
+    assert_eq!(h.subscription(user).await.expires_at, paid_until + days(10));
+    assert_eq!(
+        h.panel_user(100_031).expire,
+        Some((paid_until + days(10)).timestamp())
+    );
+    assert_eq!(
+        h.subscription(user).await.data_limit_bytes,
+        Some(100 * GIB),
+        "a grant keeps the paid data limit"
+    );
+    // The grant announces nothing: `subscription.*` events name a payment.
+    h.assert_no_more_events().await;
+
+    h.publish(&refunded(&paid, 19_900, 19_900)).await;
+    let revoked: SubscriptionRevoked = h.next_event().await.decode().unwrap();
+    assert!(close_to(
+        revoked.subscription.expires_at,
+        Utc::now() + days(10)
+    ));
+    assert_eq!(h.panel_user(100_031).status, UserStatus::Active);
+    h.finish().await;
+}
+
 async fn partial_refund_revokes_days_in_proportion(mut h: Harness) {
     let user = h.user(100_006).await;
     let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
@@ -1220,6 +1311,7 @@ on_both_buses! {
     refund_before_its_grant_waits_for_it => "ms-early-refund",
     an_adopted_vmess_user_gets_vless_and_keeps_its_vmess_id => "ms-vmess",
     adoption_keeps_the_panel_remaining_days_and_a_refund_does_not_take_them => "ms-remaining",
+    a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refund => "ms-manual",
 }
 
 async fn slow_panel_holds_no_transaction_and_no_row_lock(mut h: Harness) {

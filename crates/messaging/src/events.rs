@@ -167,6 +167,28 @@ impl Event for SubscriptionRevoked {
     const SCHEMA_VERSION: u32 = 1;
 }
 
+/// `grant.created`: days were given without a payment (an admin's grant, a trial); the row
+/// `manual_grants.id` = `grant_id` holds what and why. marzban-sync puts it in the ledger and
+/// on the panel, once per grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantCreated {
+    /// `manual_grants.id`.
+    pub grant_id: i64,
+    /// `users.id` of the receiver.
+    pub user_id: i64,
+    /// The receiver's Telegram user id.
+    pub telegram_id: i64,
+    /// `admin` or `trial`.
+    pub kind: String,
+    /// Days given.
+    pub days: i32,
+}
+
+impl Event for GrantCreated {
+    const EVENT_TYPE: &'static str = "grant.created";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
 /// `provider.notification` (routed as `provider.notification.<provider>`): a verified webhook
 /// or update was stored in the inbox and waits for the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +233,7 @@ pub const ALL: &[(&str, u32)] = &[
         SubscriptionRevoked::EVENT_TYPE,
         SubscriptionRevoked::SCHEMA_VERSION,
     ),
+    (GrantCreated::EVENT_TYPE, GrantCreated::SCHEMA_VERSION),
     (
         ProviderNotificationReceived::EVENT_TYPE,
         ProviderNotificationReceived::SCHEMA_VERSION,

@@ -141,7 +141,7 @@ pub fn system_consumers() -> Vec<ConsumerSpec> {
         ConsumerSpec::new(consumers::PAYMENT_WORKER, ["provider.notification.*"]),
         ConsumerSpec::new(
             consumers::MARZBAN_SYNC,
-            ["payment.completed", "payment.refunded"],
+            ["payment.completed", "payment.refunded", "grant.created"],
         ),
         ConsumerSpec::new(
             consumers::BOT,

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use jsonschema::{Retrieve, Uri, Validator};
 use messaging::events::{
-    ALL, PaymentCompleted, PaymentCreated, PaymentFailed, PaymentRefunded, PaymentSnapshot,
-    PaymentUnderpaid, ProviderNotificationReceived, SubscriptionActivated, SubscriptionChange,
-    SubscriptionRevoked,
+    ALL, GrantCreated, PaymentCompleted, PaymentCreated, PaymentFailed, PaymentRefunded,
+    PaymentSnapshot, PaymentUnderpaid, ProviderNotificationReceived, SubscriptionActivated,
+    SubscriptionChange, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event};
 use serde_json::{Value, json};
@@ -308,6 +308,17 @@ fn subscription_activated() {
 fn subscription_revoked() {
     check_event(&[SubscriptionRevoked {
         subscription: subscription(),
+    }]);
+}
+
+#[test]
+fn grant_created() {
+    check_event(&[GrantCreated {
+        grant_id: 3,
+        user_id: 17,
+        telegram_id: 123_456_789,
+        kind: "admin".into(),
+        days: 7,
     }]);
 }
 

@@ -6,6 +6,7 @@ mod adversarial;
 mod checkout_abuse;
 mod crypto;
 mod embedded;
+mod grants;
 mod helpers;
 mod idempotency;
 mod ops;
