@@ -510,28 +510,48 @@ async fn record_grant(
         tracing::info!(%payment_id, grant_id = grant.id, "payment granted before, not yet confirmed by the panel; sending the ledger's state again");
         subscription.data_limit_bytes
     } else {
-        let now = ledger::whole_seconds(Utc::now());
-        let before = ledger::replay(&entries(tx, subscription.id).await?);
-        let expires_at = ledger::extend(before, now, tariff.duration_days);
-        subscription_grants::ActiveModel {
-            id: NotSet,
-            subscription_id: Set(subscription.id),
-            payment_id: Set(Some(payment_id)),
-            kind: Set(KIND_PURCHASE.to_owned()),
-            days_granted: Set(tariff.duration_days),
-            days_revoked: Set(0),
-            expires_at_after: Set(expires_at),
-            created_at: Set(now),
-            revoked_at: Set(None),
-        }
-        .insert(tx)
+        let expires_at = append_grant(
+            tx,
+            subscription.id,
+            Some(payment_id),
+            KIND_PURCHASE,
+            tariff.duration_days,
+        )
         .await?;
-        metrics::counter!(METRIC_GRANTS).increment(1);
         tracing::info!(%payment_id, expires_at = %expires_at, days = tariff.duration_days, "grant recorded");
         tariff.data_limit_bytes
     };
     let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
     Ok(Some(intent))
+}
+
+/// Appends `days` to the subscription's ledger (under its row lock) and returns the expiry
+/// they lead to: after the ledger's expiry so far, or from now when that has passed.
+async fn append_grant(
+    tx: &DatabaseTransaction,
+    subscription_id: i64,
+    payment_id: Option<PaymentId>,
+    kind: &str,
+    days: i32,
+) -> Result<DateTime<Utc>, DbErr> {
+    let now = ledger::whole_seconds(Utc::now());
+    let before = ledger::replay(&entries(tx, subscription_id).await?);
+    let expires_at = ledger::extend(before, now, days);
+    subscription_grants::ActiveModel {
+        id: NotSet,
+        subscription_id: Set(subscription_id),
+        payment_id: Set(payment_id),
+        kind: Set(kind.to_owned()),
+        days_granted: Set(days),
+        days_revoked: Set(0),
+        expires_at_after: Set(expires_at),
+        created_at: Set(now),
+        revoked_at: Set(None),
+    }
+    .insert(tx)
+    .await?;
+    metrics::counter!(METRIC_GRANTS).increment(1);
+    Ok(expires_at)
 }
 
 /// Step 1 of `grant.created`, in its own short transaction: the manual grant's ledger entry
@@ -571,23 +591,7 @@ async fn record_manual_grant(
         subscription.data_limit_bytes
     } else {
         mark(tx, GRANTED, &key).await?;
-        let now = ledger::whole_seconds(Utc::now());
-        let before = ledger::replay(&entries(tx, subscription.id).await?);
-        let expires_at = ledger::extend(before, now, grant.days);
-        subscription_grants::ActiveModel {
-            id: NotSet,
-            subscription_id: Set(subscription.id),
-            payment_id: Set(None),
-            kind: Set(grant.kind.clone()),
-            days_granted: Set(grant.days),
-            days_revoked: Set(0),
-            expires_at_after: Set(expires_at),
-            created_at: Set(now),
-            revoked_at: Set(None),
-        }
-        .insert(tx)
-        .await?;
-        metrics::counter!(METRIC_GRANTS).increment(1);
+        let expires_at = append_grant(tx, subscription.id, None, &grant.kind, grant.days).await?;
         tracing::info!(grant_id = grant.id, kind = grant.kind, expires_at = %expires_at, days = grant.days, "manual grant recorded");
         grant.data_limit_bytes.or(subscription.data_limit_bytes)
     };
