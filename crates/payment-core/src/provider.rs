@@ -338,6 +338,14 @@ pub trait PaymentProvider: Send + Sync {
         None
     }
 
+    /// The id of the charge a stored notice is about, when it is more precise than the
+    /// payment id the notice names (a refund of a Stars subscription's renewal names the
+    /// subscription's first payment): the worker first looks for a payment recorded under it
+    /// ([`RecurringCharge::provider_payment_id`]). None by default.
+    fn notice_charge(&self, _notice: &[u8]) -> Option<String> {
+        None
+    }
+
     /// The loop this provider needs running beside the worker until `shutdown` (the crypto
     /// chain watcher), given what the worker offers it; none by default.
     fn background_task(

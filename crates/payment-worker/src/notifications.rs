@@ -124,7 +124,7 @@ impl NotificationHandler {
         let charge = renewals::charge_of(&self.providers, &row);
         let payment = match &charge {
             Some(charge) => renewals::find_or_draft(&self.db, &row, charge).await?,
-            None => find_payment(&self.db, &row, event).await?,
+            None => find_payment(&self.db, &self.providers, &row, event).await?,
         };
         let Some(payment) = payment else {
             return Ok(None);
@@ -180,7 +180,7 @@ impl NotificationHandler {
                     .await
                     .map_err(HandlerError::transient)?
             }
-            None => find_payment(tx, &row, event).await?,
+            None => find_payment(tx, &self.providers, &row, event).await?,
         };
         let Some(payment) = payment else {
             if let Some(charge) = charge {
@@ -267,13 +267,22 @@ fn apply_error(error: ApplyError) -> HandlerError {
     }
 }
 
-/// Our payment: by the provider's id first, else by the id the gateway matched or the
-/// event names.
+/// Our payment: by the charge the notice is about when its provider names one (a renewal's
+/// refund), else by the provider's id, else by the id the gateway matched or the event names.
 async fn find_payment(
     db: &impl ConnectionTrait,
+    providers: &PaymentService,
     row: &provider_notifications::Model,
     event: &ProviderNotificationReceived,
 ) -> Result<Option<payments::Model>, DbErr> {
+    let charge = providers
+        .provider_named(&row.provider)
+        .and_then(|p| p.notice_charge(row.body.as_bytes()));
+    if let Some(charge) = charge
+        && let Some(found) = payments::find_notified(db, &row.provider, Some(&charge), None).await?
+    {
+        return Ok(Some(found));
+    }
     payments::find_notified(
         db,
         &row.provider,

@@ -426,6 +426,14 @@ impl PaymentProvider for TelegramProvider {
         })
     }
 
+    /// A `refunded_payment` names the charge it returns, which is a renewal's own id.
+    fn notice_charge(&self, notice: &[u8]) -> Option<String> {
+        match transformers::payment_message(notice) {
+            Ok(PaymentMessage::Refunded(refunded)) => Some(refunded.telegram_payment_charge_id),
+            _ => None,
+        }
+    }
+
     /// A fiat refund the admin made in the payment provider's cabinet carries the payment's
     /// `telegram_payment_charge_id` (from its stored `successful_payment`), like a Stars refund.
     async fn refund_made_outside(
