@@ -12,6 +12,7 @@ pub mod qr;
 pub mod reminders;
 pub mod sender;
 pub mod settings;
+pub mod stars;
 pub mod store;
 pub mod texts;
 pub mod webhook;

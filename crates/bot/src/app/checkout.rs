@@ -75,6 +75,11 @@ impl App {
                 if data.len() <= 64 {
                     rows.push(vec![button(label, data)]);
                 }
+                if let Some(subscribe) =
+                    super::star_subscription::offer(t, tariff, provider, currency)
+                {
+                    rows.push(vec![subscribe]);
+                }
             }
         }
         let text = if rows.is_empty() {
@@ -111,6 +116,39 @@ impl App {
         provider: &str,
         currency: &str,
     ) -> Option<&'static str> {
+        let payment = match self
+            .create_for_click(click, from, t, data, code, provider, currency)
+            .await
+        {
+            Ok(payment) => payment,
+            Err(answer) => return answer,
+        };
+        let (title, days) = self.tariff_title(code, t).await;
+        self.present(click.chat, t, &payment, &title, days).await
+    }
+
+    /// The tariff's title in the user's language and its length in days (the code and 0 if it
+    /// cannot be read).
+    pub(super) async fn tariff_title(&self, code: &str, t: &Texts) -> (String, i32) {
+        match store::tariff(&self.db, code, t.lang).await {
+            Ok(Some(local)) => (local.title, local.tariff.duration_days),
+            _ => (code.to_owned(), 0),
+        }
+    }
+
+    /// Creates the payment of a Pay press through the gateway, keyed by the click; on failure
+    /// the user has been told and the callback's answer is returned.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn create_for_click(
+        &self,
+        click: Click,
+        from: &User,
+        t: &'static Texts,
+        data: &str,
+        code: &str,
+        provider: &str,
+        currency: &str,
+    ) -> Result<PaymentView, Option<&'static str>> {
         let user = user_id(from);
         let body = CreatePayment {
             telegram_id: user,
@@ -124,7 +162,7 @@ impl App {
         let key = click_key(user, click.message_id, data);
         let payment = match self.gateway.create_payment(&body, &key).await {
             Ok(payment) => payment,
-            Err(GatewayError::InFlight) => return Some(t.payment_busy),
+            Err(GatewayError::InFlight) => return Err(Some(t.payment_busy)),
             Err(GatewayError::Rejected {
                 status: 409,
                 message,
@@ -141,7 +179,7 @@ impl App {
                     Some(Self::back(t)),
                 )
                 .await;
-                return Some(t.too_many_open_payments);
+                return Err(Some(t.too_many_open_payments));
             }
             Err(error) => {
                 tracing::warn!(%error, user, code, provider, "payment not created");
@@ -151,16 +189,11 @@ impl App {
                     Some(Self::back(t)),
                 )
                 .await;
-                return Some(t.payment_unavailable);
+                return Err(Some(t.payment_unavailable));
             }
         };
         tracing::info!(payment_id = %payment.payment_id, user, provider, "payment created for a click");
-        let title = match store::tariff(&self.db, code, t.lang).await {
-            Ok(Some(local)) => (local.title, local.tariff.duration_days),
-            _ => (code.to_owned(), 0),
-        };
-        self.present(click.chat, t, &payment, &title.0, title.1)
-            .await
+        Ok(payment)
     }
 
     /// Shows the payment's confirmation: a Pay button, transfer details, or an invoice.

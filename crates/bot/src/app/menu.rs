@@ -60,6 +60,10 @@ impl App {
                 Err(error) => tracing::warn!(%error, "cannot read the reminder setting"),
             }
         }
+        if let Some((line, toggle)) = self.star_subscription_line(user, t).await {
+            text = format!("{text}\n{line}");
+            rows.push(vec![toggle]);
+        }
         rows.push(vec![button(t.btn_menu, "menu")]);
         self.send(chat, text, Some(keyboard(rows))).await;
     }

@@ -15,6 +15,7 @@ mod menu;
 mod payments;
 mod pre_checkout;
 mod refunds;
+mod star_subscription;
 mod ui;
 
 use std::collections::BTreeSet;
@@ -41,6 +42,8 @@ use ui::{Click, lang_of, user_id};
 pub enum HandleError {
     #[error("cannot store the payment message: {0}")]
     Store(#[from] InboxError),
+    #[error("cannot record the Stars subscription: {0}")]
+    StarSubscription(#[from] sea_orm::DbErr),
 }
 
 /// The bot's state shared by the poller's tasks.
@@ -200,7 +203,7 @@ impl App {
         // A press over the user's limit, or a Pay press over the checkout limit, is answered
         // with a toast and does nothing.
         let mut decision = self.limits.user.check(&user);
-        if decision.is_allowed() && parts.first() == Some(&"p") {
+        if decision.is_allowed() && matches!(parts.first(), Some(&("p" | "s"))) {
             decision = self.limits.checkout.check(&user);
         }
         if !decision.is_allowed() {
@@ -237,6 +240,11 @@ impl App {
             }
             ["p", code, provider, currency] => {
                 self.pay(click, from, t, data, code, provider, currency)
+                    .await
+            }
+            ["s", code] => self.subscribe(click, from, t, data, code).await,
+            ["ss", setting @ ("on" | "off")] => {
+                self.set_star_subscription(click.chat, user, t, *setting == "off")
                     .await
             }
             ["rf", id] if self.is_admin(user) => self.refund(click.chat, user, t, click, id).await,

@@ -4,6 +4,7 @@
 
 use domain::PaymentId;
 use payment_core::providers::telegram::notification_from_body;
+use payment_core::providers::telegram::transformers::{PaymentMessage, payment_message};
 use serde_json::Value;
 use service_kit::inbox::{Notice, Stored};
 
@@ -34,7 +35,7 @@ impl App {
             dedupe_key: notification.dedupe_key.clone(),
             source: "bot",
             peer: None,
-            body,
+            body: body.clone(),
             // The invoice payload: our payment id, also the payment's provider payment id.
             provider_payment_id: notification.provider_payment_id().map(str::to_owned),
             claimed_payment_id: notification
@@ -51,6 +52,7 @@ impl App {
                 tracing::info!(dedupe_key = %notification.dedupe_key, "telegram payment message seen before");
             }
         }
+        self.record_star_subscription(raw, &body).await?;
         if notification.event == "successful_payment"
             && let Some(chat) = raw.pointer("/message/chat/id").and_then(Value::as_i64)
         {
@@ -63,6 +65,20 @@ impl App {
             let (api, text) = (self.api.clone(), t.payment_received.to_owned());
             tokio::spawn(async move { send_message(&api, chat, text, None).await });
         }
+        Ok(())
+    }
+
+    /// A Stars subscription's payment message starts the subscription or moves its expiry on
+    /// ([`crate::stars`]). After the message is stored; a failure is retried with it (the
+    /// inbox makes the copy a no-op).
+    async fn record_star_subscription(&self, raw: &Value, body: &str) -> Result<(), HandleError> {
+        let Ok(PaymentMessage::Successful(paid)) = payment_message(body.as_bytes()) else {
+            return Ok(());
+        };
+        let Some(payer) = raw.pointer("/message/from/id").and_then(Value::as_i64) else {
+            return Ok(());
+        };
+        crate::stars::record(&self.db, payer, &paid).await?;
         Ok(())
     }
 }

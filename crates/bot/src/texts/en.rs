@@ -76,4 +76,11 @@ pub static TEXTS: Texts = Texts {
     btn_reminders_on: "🔔 Turn reminders on",
     reminders_are_on: "Expiry reminders: on",
     reminders_are_off: "Expiry reminders: off",
+    provider_stars_subscription: "⭐ Stars subscription, every 30 days",
+    pay_subscription: "Subscription \"{title}\": {amount} every 30 days, charged automatically. Cancel any time in \"My subscription\".",
+    btn_subscribe: "⭐ Subscribe",
+    star_subscription_on: "⭐ Stars subscription: renews automatically, next charge on {date}",
+    star_subscription_canceled: "⭐ Stars subscription canceled: paid until {date}, no more charges",
+    btn_star_cancel: "Cancel the Stars subscription",
+    btn_star_resume: "Re-enable the Stars subscription",
 };

@@ -152,6 +152,17 @@ pub struct Texts {
     /// A line of "My subscription".
     pub reminders_are_on: &'static str,
     pub reminders_are_off: &'static str,
+    /// The provider button of a monthly Stars subscription (a 30-day tariff with a Stars
+    /// price), before its price.
+    pub provider_stars_subscription: &'static str,
+    /// The subscription invoice link's message: `{title}`, `{amount}`.
+    pub pay_subscription: &'static str,
+    pub btn_subscribe: &'static str,
+    /// Lines of "My subscription" about a Stars subscription: `{date}`.
+    pub star_subscription_on: &'static str,
+    pub star_subscription_canceled: &'static str,
+    pub btn_star_cancel: &'static str,
+    pub btn_star_resume: &'static str,
 }
 
 /// Replaces each `{name}` of `template` with its value.

@@ -76,4 +76,11 @@ pub static TEXTS: Texts = Texts {
     btn_reminders_on: "🔔 Включить напоминания",
     reminders_are_on: "Напоминания об окончании: включены",
     reminders_are_off: "Напоминания об окончании: выключены",
+    provider_stars_subscription: "⭐ Подписка Stars, каждые 30 дней",
+    pay_subscription: "Подписка «{title}»: {amount} каждые 30 дней, списываются автоматически. Отменить можно в любой момент в «Моя подписка».",
+    btn_subscribe: "⭐ Оформить подписку",
+    star_subscription_on: "⭐ Подписка Stars: продлевается автоматически, следующее списание {date}",
+    star_subscription_canceled: "⭐ Подписка Stars отменена: оплачено до {date}, списаний больше не будет",
+    btn_star_cancel: "Отменить подписку Stars",
+    btn_star_resume: "Возобновить подписку Stars",
 };

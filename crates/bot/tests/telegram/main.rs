@@ -10,6 +10,7 @@ mod rate_limits;
 mod readiness;
 mod reminders;
 mod sending;
+mod star_subscriptions;
 mod tariffs;
 
 use std::time::{Duration, Instant};
