@@ -13,6 +13,7 @@ pub mod provider_notifications;
 pub mod refunds;
 pub mod reminder_cursors;
 pub mod reminders;
+pub mod saved_methods;
 pub mod send_queue;
 pub mod subscription_grants;
 pub mod subscriptions;
@@ -33,6 +34,7 @@ pub mod prelude {
     pub use super::refunds::Entity as Refunds;
     pub use super::reminder_cursors::Entity as ReminderCursors;
     pub use super::reminders::Entity as Reminders;
+    pub use super::saved_methods::Entity as SavedMethods;
     pub use super::send_queue::Entity as SendQueue;
     pub use super::subscription_grants::Entity as SubscriptionGrants;
     pub use super::subscriptions::Entity as Subscriptions;

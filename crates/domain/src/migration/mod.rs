@@ -44,4 +44,5 @@ migrations![
     m20261206_000500_tariff_texts,
     m20261206_000510_manual_grants,
     m20261206_000700_star_subscriptions,
+    m20261206_000800_saved_methods,
 ];
