@@ -125,6 +125,52 @@ struct ReportView {
     provider: Option<String>,
     total: FiguresView,
     providers: BTreeMap<String, FiguresView>,
+    retention: RetentionView,
+}
+
+/// Automatic renewals and churn (`domain::analytics::Retention`).
+#[derive(Debug, Serialize)]
+struct RetentionView {
+    autopay: AutopayView,
+    churn: ChurnView,
+}
+
+#[derive(Debug, Serialize)]
+struct AutopayView {
+    charges: u64,
+    succeeded: u64,
+    /// `succeeded ÷ (succeeded + declined)`.
+    success: RatioView,
+    /// Declined charges by the provider's reason.
+    declines: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChurnView {
+    subscribers: u64,
+    churned: u64,
+    /// `churned ÷ subscribers`.
+    rate: RatioView,
+}
+
+/// An exact ratio with its rounded forms (null when the denominator is 0).
+#[derive(Debug, Serialize)]
+struct RatioView {
+    numerator: u64,
+    denominator: u64,
+    basis_points: Option<u64>,
+    percent: Option<String>,
+}
+
+impl From<analytics::Ratio> for RatioView {
+    fn from(ratio: analytics::Ratio) -> Self {
+        Self {
+            numerator: ratio.numerator,
+            denominator: ratio.denominator,
+            basis_points: ratio.basis_points(),
+            percent: ratio.percent(),
+        }
+    }
 }
 
 impl From<Report> for ReportView {
@@ -133,6 +179,19 @@ impl From<Report> for ReportView {
             from: report.period.from,
             to: report.period.to,
             provider: report.provider,
+            retention: RetentionView {
+                autopay: AutopayView {
+                    charges: report.retention.autopay_charges,
+                    succeeded: report.retention.autopay_succeeded,
+                    success: report.retention.autopay_success.into(),
+                    declines: report.retention.autopay_declines,
+                },
+                churn: ChurnView {
+                    subscribers: report.retention.subscribers,
+                    churned: report.retention.churned,
+                    rate: report.retention.churn.into(),
+                },
+            },
             total: report.total.into(),
             providers: report
                 .providers

@@ -124,6 +124,28 @@ pub fn detail(t: &AdminTexts, help: &str, report: &Report) -> String {
             ],
         )),
     ];
+    let r = &report.retention;
+    let declines = if r.autopay_declines.is_empty() {
+        "—".to_owned()
+    } else {
+        r.autopay_declines
+            .iter()
+            .map(|(reason, n)| format!("{reason} × {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push(escape(&fill(
+        t.retention,
+        &[
+            ("charges", &r.autopay_charges.to_string()),
+            ("succeeded", &r.autopay_succeeded.to_string()),
+            ("success", &ratio(r.autopay_success)),
+            ("declines", &declines),
+            ("churned", &r.churned.to_string()),
+            ("subscribers", &r.subscribers.to_string()),
+            ("churn", &ratio(r.churn)),
+        ],
+    )));
     if !f.revenue.is_empty() {
         out.push(escape(t.revenue_header));
         for r in &f.revenue {
@@ -186,8 +208,12 @@ fn table(t: &AdminTexts, report: &Report) -> String {
 }
 
 fn percent(f: &Figures) -> String {
-    f.conversion
-        .percent()
+    ratio(f.conversion)
+}
+
+/// `66.67 %`, or `—` for an empty ratio.
+fn ratio(r: domain::analytics::Ratio) -> String {
+    r.percent()
         .map_or_else(|| "—".to_owned(), |p| format!("{p} %"))
 }
 

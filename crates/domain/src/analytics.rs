@@ -21,6 +21,12 @@
 //!   the two backends share no percentile function.
 //! - **New paying users** = succeeded payments that are their user's first succeeded payment
 //!   ever (with any provider); every other succeeded payment is a **renewal**.
+//! - **Autopay** = the automatic renewal charges of saved methods created in the period
+//!   (payments keyed `autopay:…`): charged, succeeded, the success rate (`succeeded ÷
+//!   decided`, where decided = succeeded + declined) and the declines by the provider's reason.
+//! - **Churn** = subscriptions whose access ended in the period more than
+//!   [`CHURN_GRACE_DAYS`] days ago and was not renewed since (their expiry is still that
+//!   end), over the subscriptions that had access at some time in the period.
 //!
 //! Counts are aggregated in SQL; only succeeded payments of the period are fetched (for money,
 //! timing and the daily series), one narrow row each.
@@ -30,7 +36,8 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::sea_query::{Alias, Condition, Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    QuerySelect,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -45,6 +52,26 @@ pub const SUCCEEDED: [PaymentStatus; 3] = [
     PaymentStatus::PartiallyRefunded,
     PaymentStatus::Refunded,
 ];
+
+/// Days after an expiry within which a renewal does not count as churn.
+pub const CHURN_GRACE_DAYS: i64 = 7;
+
+/// Automatic renewals and churn in a period (see the module rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub autopay_charges: u64,
+    pub autopay_succeeded: u64,
+    /// `succeeded ÷ (succeeded + declined)`.
+    pub autopay_success: Ratio,
+    /// Declined charges by the provider's reason (e.g. `insufficient_funds`).
+    pub autopay_declines: BTreeMap<String, u64>,
+    /// Subscriptions with access at some time in the period.
+    pub subscribers: u64,
+    /// Of them, ended in the period and not renewed within [`CHURN_GRACE_DAYS`] days.
+    pub churned: u64,
+    /// `churned ÷ subscribers`.
+    pub churn: Ratio,
+}
 
 /// A half-open time range `[from, to)`; an absent bound is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -189,6 +216,8 @@ pub struct Report {
     pub total: Figures,
     /// Every provider with a payment in the period, by name.
     pub providers: BTreeMap<String, Figures>,
+    /// Automatic renewals and churn (of all providers).
+    pub retention: Retention,
 }
 
 /// Net revenue of one provider, currency and day (UTC, by creation).
@@ -368,12 +397,72 @@ pub async fn report<C: ConnectionTrait>(
     Ok(Report {
         period,
         provider: provider.map(str::to_owned),
+        retention: retention(db, period, Utc::now()).await?,
         total: total.figures(),
         providers: providers
             .into_iter()
             .map(|(name, tally)| (name, tally.figures()))
             .collect(),
     })
+}
+
+/// Autopay charges and churn of `period`, as of `now` (see the module rules).
+pub async fn retention<C: ConnectionTrait>(
+    db: &C,
+    period: Period,
+    now: DateTime<Utc>,
+) -> Result<Retention, DbErr> {
+    use crate::entities::subscriptions::Column as S;
+    use payments::Column as P;
+    let charges: Vec<(PaymentStatus, Option<String>, i64)> = payments::Entity::find()
+        .select_only()
+        .column(P::Status)
+        .column(P::FailureReason)
+        .column_as(P::Id.count(), "n")
+        .filter(period.condition())
+        .filter(P::IdempotencyKey.starts_with("autopay:"))
+        .group_by(P::Status)
+        .group_by(P::FailureReason)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut r = Retention::default();
+    for (status, reason, n) in charges {
+        let n = u64::try_from(n).unwrap_or_default();
+        r.autopay_charges += n;
+        if SUCCEEDED.contains(&status) {
+            r.autopay_succeeded += n;
+        } else if status != PaymentStatus::Pending {
+            *r.autopay_declines
+                .entry(reason.unwrap_or_else(|| status.as_str().to_owned()))
+                .or_default() += n;
+        }
+    }
+    let declined: u64 = r.autopay_declines.values().sum();
+    r.autopay_success = Ratio {
+        numerator: r.autopay_succeeded,
+        denominator: r.autopay_succeeded + declined,
+    };
+    let subs = crate::entities::subscriptions::Entity::find();
+    let mut with_access = Condition::all();
+    if let Some(from) = period.from {
+        with_access = with_access.add(S::ExpiresAt.gte(from));
+    }
+    if let Some(to) = period.to {
+        with_access = with_access.add(S::CreatedAt.lt(to));
+    }
+    r.subscribers = subs.clone().filter(with_access.clone()).count(db).await?;
+    let settled = now - Duration::days(CHURN_GRACE_DAYS);
+    let mut ended = with_access.add(S::ExpiresAt.lt(settled));
+    if let Some(to) = period.to {
+        ended = ended.add(S::ExpiresAt.lt(to));
+    }
+    r.churned = subs.filter(ended).count(db).await?;
+    r.churn = Ratio {
+        numerator: r.churned,
+        denominator: r.subscribers,
+    };
+    Ok(r)
 }
 
 /// Net revenue per provider, currency and day of `period` (by creation day, UTC), for charts.

@@ -70,6 +70,14 @@ async fn created_logged_and_counted(app: &TestApp) {
     );
     assert_eq!(pending["total"]["revenue"], json!([]));
     assert_eq!(pending["total"]["processing_ms"], Value::Null);
+    let empty = json!({"numerator": 0, "denominator": 0, "basis_points": null, "percent": null});
+    assert_eq!(
+        pending["retention"],
+        json!({
+            "autopay": {"charges": 0, "succeeded": 0, "success": empty, "declines": {}},
+            "churn": {"subscribers": 0, "churned": 0, "rate": empty},
+        })
+    );
 
     // What the worker would have done: paid 1.5 s after creation, 50.00 refunded since.
     let row = payments::Entity::find_by_id(id)

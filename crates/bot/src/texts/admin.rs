@@ -27,6 +27,9 @@ pub struct AdminTexts {
     pub columns: [&'static str; 6],
     /// `{provider}`, `{currency}`, `{net}`, `{average}`.
     pub provider_revenue: &'static str,
+    /// `{charges}`, `{succeeded}`, `{success}`, `{declines}` (reason × count, or `—`),
+    /// `{churned}`, `{subscribers}`, `{churn}`.
+    pub retention: &'static str,
     /// The chart's caption.
     pub chart: &'static str,
     pub ms: &'static str,
@@ -48,6 +51,7 @@ pub const RU: AdminTexts = AdminTexts {
     by_provider: "По способам оплаты:",
     columns: ["способ", "созд", "опл", "конв", "p50", "p95"],
     provider_revenue: "  {provider} {currency}: {net} (средний чек {average})",
+    retention: "Автопродление: списаний {charges}, успешно {succeeded} ({success}), отказы: {declines}\nОтток: {churned} из {subscribers} подписчиков ({churn}) не продлили за 7 дней",
     chart: "Выручка по дням и способам оплаты за 30 дней (UTC)",
     ms: "мс",
     s: "с",
@@ -68,6 +72,7 @@ pub const EN: AdminTexts = AdminTexts {
     by_provider: "By provider:",
     columns: ["provider", "made", "paid", "conv", "p50", "p95"],
     provider_revenue: "  {provider} {currency}: {net} (average check {average})",
+    retention: "Auto-renewal: {charges} charges, {succeeded} paid ({success}), declines: {declines}\nChurn: {churned} of {subscribers} subscribers ({churn}) did not renew within 7 days",
     chart: "Net revenue per day and provider, last 30 days (UTC)",
     ms: "ms",
     s: "s",

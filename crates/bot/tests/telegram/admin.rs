@@ -43,6 +43,7 @@ async fn admins_get_the_figures_and_the_chart() {
         "Payments: 1 in 30 days",
         "Paid 1 (100.00 %) · failed 0 · refunded 0 · pending 0",
         "New paying users 1 · renewals 0",
+        "Auto-renewal: 0 charges, 0 paid (—), declines: —",
         "  XTR: 150 ⭐ = 150 ⭐ − 0 ⭐ (average check 150 ⭐)",
         "<pre>provider  made paid    conv     p50     p95\ntelegram     1    1 100.00%",
         "  telegram XTR: 150 ⭐ (average check 150 ⭐)",

@@ -343,9 +343,112 @@ async fn daily_series(conn: &DatabaseConnection) {
     );
 }
 
+/// Automatic renewals and churn over November 2026, as of 2026-11-29 12:00: four autopay
+/// charges (two paid, a decline for insufficient funds and one for an expired card), a
+/// one-off payment that is not a charge, and four subscriptions: one renewed (still running),
+/// one that ended on the 10th and was not renewed (churned), one that ended on the 25th (less
+/// than 7 days ago: not churn yet) and one that ended in October (no access in November).
+async fn autopay_and_churn(conn: &DatabaseConnection) {
+    use domain::entities::subscriptions;
+    let tariff = tariff(conn, "m1").await;
+    let mut ids = Vec::new();
+    for telegram_id in 201..=204 {
+        ids.push(user(conn, telegram_id).await.id);
+    }
+    let charge =
+        |key: &str, status: PaymentStatus, reason: Option<&str>, user: i64| payments::ActiveModel {
+            id: Set(PaymentId::new()),
+            user_id: Set(user),
+            tariff_id: Set(tariff.id),
+            provider: Set("yookassa".parse().unwrap()),
+            amount_minor: Set(19_900),
+            currency: Set(Rub),
+            status: Set(status),
+            provider_payment_id: Set(None),
+            idempotency_key: Set(key.to_owned()),
+            confirmation_url: Set(None),
+            failure_reason: Set(reason.map(str::to_owned)),
+            metadata: Set(serde_json::json!({})),
+            created_at: Set(at("2026-11-20T10:00:00Z")),
+            updated_at: Set(at("2026-11-20T10:00:00Z")),
+            completed_at: Set(None),
+            expires_at: Set(None),
+            refunded_minor: Set(0),
+            flagged: Set(false),
+            flag_reason: Set(None),
+            next_check_at: Set(None),
+            check_attempts: Set(0),
+        };
+    for (key, status, reason, user) in [
+        ("autopay:1:100", Succeeded, None, ids[0]),
+        ("autopay:2:100", Succeeded, None, ids[1]),
+        ("autopay:3:100", Failed, Some("insufficient_funds"), ids[2]),
+        ("autopay:4:100", Failed, Some("card_expired"), ids[3]),
+        ("one-off-press", Failed, Some("insufficient_funds"), ids[3]),
+    ] {
+        charge(key, status, reason, user)
+            .insert(conn)
+            .await
+            .unwrap();
+    }
+    for (user, expires) in [
+        (ids[0], "2026-12-20T00:00:00Z"),
+        (ids[1], "2026-11-10T00:00:00Z"),
+        (ids[2], "2026-11-25T00:00:00Z"),
+        (ids[3], "2026-10-10T00:00:00Z"),
+    ] {
+        subscriptions::ActiveModel {
+            user_id: Set(user),
+            marzban_username: Set(format!("tg_{user}")),
+            expires_at: Set(at(expires)),
+            data_limit_bytes: Set(None),
+            status: Set("active".into()),
+            subscription_url: Set(None),
+            synced_at: Set(None),
+            sync_error: Set(None),
+            created_at: Set(at("2026-09-01T00:00:00Z")),
+            updated_at: Set(at("2026-09-01T00:00:00Z")),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await
+        .unwrap();
+    }
+    let november = Period::custom(
+        Some(at("2026-11-01T00:00:00Z")),
+        Some(at("2026-12-01T00:00:00Z")),
+    )
+    .unwrap();
+    let r = analytics::retention(conn, november, now()).await.unwrap();
+    assert_eq!(r.autopay_charges, 4, "the one-off payment is not a charge");
+    assert_eq!(r.autopay_succeeded, 2);
+    assert_eq!(
+        r.autopay_success,
+        Ratio {
+            numerator: 2,
+            denominator: 4
+        }
+    );
+    assert_eq!(
+        r.autopay_declines,
+        [
+            ("card_expired".to_owned(), 1),
+            ("insufficient_funds".to_owned(), 1)
+        ]
+        .into()
+    );
+    assert_eq!(
+        r.subscribers, 3,
+        "the October one had no access in November"
+    );
+    assert_eq!(r.churned, 1, "ended on the 10th, not renewed within 7 days");
+    assert_eq!(r.churn.percent().as_deref(), Some("33.33"));
+}
+
 on_both_backends!(
     all_time_by_provider,
     relative_periods,
     custom_range_and_provider,
-    daily_series
+    daily_series,
+    autopay_and_churn
 );
