@@ -54,6 +54,9 @@ pub struct CreatePayment {
     pub first_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub language_code: Option<String>,
+    /// The payer agreed to automatic renewal (the provider saves the card).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub autopay: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +84,9 @@ pub struct ProviderView {
     pub id: String,
     pub title: String,
     pub currencies: Vec<String>,
+    /// `payments`, `webhooks`, `refunds`, `autopay` (saves cards for automatic renewal).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -25,7 +25,7 @@ use messaging::events::{
     SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
-use sea_orm::DatabaseTransaction;
+use sea_orm::{DatabaseTransaction, EntityTrait};
 use tokio::sync::Notify;
 
 use crate::sender::{self, Kind, Outgoing, Queued};
@@ -62,6 +62,8 @@ impl Notifier {
 enum Note {
     Completed(Money),
     Failed(String),
+    /// An automatic renewal charge was declined.
+    RenewalDeclined(String),
     Refunded(Money),
     Underpaid {
         received: Money,
@@ -152,9 +154,14 @@ impl Handler for Notifier {
         envelope: &Envelope,
         _prepared: Prepared,
     ) -> Result<(), HandlerError> {
-        let Some((chat, note)) = decode(envelope)? else {
+        let Some((chat, mut note)) = decode(envelope)? else {
             return Ok(());
         };
+        if let Note::Failed(reason) = &note
+            && is_renewal_charge(tx, envelope).await?
+        {
+            note = Note::RenewalDeclined(reason.clone());
+        }
         let language = store::user(tx, chat).await?.and_then(|u| u.language_code);
         let message = message(Lang::from_code(language.as_deref()), note);
         let queued = Queued {
@@ -175,6 +182,20 @@ impl Handler for Notifier {
     }
 }
 
+/// Whether the failed payment of `envelope` was an automatic renewal charge (the worker's
+/// `autopay` mark on the payment).
+async fn is_renewal_charge(
+    tx: &DatabaseTransaction,
+    envelope: &Envelope,
+) -> Result<bool, HandlerError> {
+    let payment = domain::entities::payments::Entity::find_by_id(domain::PaymentId::from_uuid(
+        envelope.correlation_id,
+    ))
+    .one(tx)
+    .await?;
+    Ok(payment.is_some_and(|p| p.metadata.get("autopay").is_some()))
+}
+
 /// The message that tells about `note`.
 fn message(lang: Lang, note: Note) -> Outgoing {
     let t = lang.texts();
@@ -184,6 +205,7 @@ fn message(lang: Lang, note: Note) -> Outgoing {
     let text = match note {
         Note::Completed(amount) => fill(t.payment_completed, &[("amount", &texts::money(amount))]),
         Note::Failed(reason) => fill(t.payment_failed, &[("reason", &reason)]),
+        Note::RenewalDeclined(reason) => fill(t.autopay_failed, &[("reason", &reason)]),
         Note::Refunded(amount) => fill(t.payment_refunded, &[("amount", &texts::money(amount))]),
         Note::Underpaid {
             received,

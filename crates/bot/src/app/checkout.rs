@@ -80,6 +80,9 @@ impl App {
                 {
                     rows.push(vec![subscribe]);
                 }
+                if let Some(autopay) = super::autopay::offer(t, tariff, provider, currency) {
+                    rows.push(vec![autopay]);
+                }
             }
         }
         let text = if rows.is_empty() {
@@ -149,6 +152,24 @@ impl App {
         provider: &str,
         currency: &str,
     ) -> Result<PaymentView, Option<&'static str>> {
+        self.create_with(click, from, t, data, code, provider, currency, false)
+            .await
+    }
+
+    /// [`Self::create_for_click`], with the payer's agreement to automatic renewal (`autopay`:
+    /// the provider saves the card).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn create_with(
+        &self,
+        click: Click,
+        from: &User,
+        t: &'static Texts,
+        data: &str,
+        code: &str,
+        provider: &str,
+        currency: &str,
+        autopay: bool,
+    ) -> Result<PaymentView, Option<&'static str>> {
         let user = user_id(from);
         let body = CreatePayment {
             telegram_id: user,
@@ -158,6 +179,7 @@ impl App {
             username: from.username.clone(),
             first_name: Some(from.first_name.clone()),
             language_code: from.language_code.clone(),
+            autopay,
         };
         let key = click_key(user, click.message_id, data);
         let payment = match self.gateway.create_payment(&body, &key).await {

@@ -64,6 +64,10 @@ impl App {
             text = format!("{text}\n{line}");
             rows.push(vec![toggle]);
         }
+        if let Some((line, buttons)) = self.autopay_lines(user, t).await {
+            text = format!("{text}\n{line}");
+            rows.push(buttons);
+        }
         rows.push(vec![button(t.btn_menu, "menu")]);
         self.send(chat, text, Some(keyboard(rows))).await;
     }

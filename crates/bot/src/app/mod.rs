@@ -9,6 +9,7 @@
 //!
 //! This module holds the state and dispatches an update to its use case.
 
+mod autopay;
 mod checkout;
 mod grants;
 mod menu;
@@ -203,7 +204,7 @@ impl App {
         // A press over the user's limit, or a Pay press over the checkout limit, is answered
         // with a toast and does nothing.
         let mut decision = self.limits.user.check(&user);
-        if decision.is_allowed() && matches!(parts.first(), Some(&("p" | "s"))) {
+        if decision.is_allowed() && matches!(parts.first(), Some(&("p" | "s" | "a"))) {
             decision = self.limits.checkout.check(&user);
         }
         if !decision.is_allowed() {
@@ -243,6 +244,13 @@ impl App {
                     .await
             }
             ["s", code] => self.subscribe(click, from, t, data, code).await,
+            ["a", code, provider, currency] => {
+                self.pay_with_autopay(click, from, t, data, code, provider, currency)
+                    .await
+            }
+            ["ap", setting @ ("on" | "off" | "rm")] => {
+                self.set_autopay(click.chat, user, t, setting).await
+            }
             ["ss", setting @ ("on" | "off")] => {
                 self.set_star_subscription(click.chat, user, t, *setting == "off")
                     .await

@@ -83,4 +83,12 @@ pub static TEXTS: Texts = Texts {
     star_subscription_canceled: "⭐ Stars subscription canceled: paid until {date}, no more charges",
     btn_star_cancel: "Cancel the Stars subscription",
     btn_star_resume: "Re-enable the Stars subscription",
+    provider_autopay: "🔁 Card, renew automatically",
+    autopay_on: "🔁 Automatic renewal: on, {card} (charged a day before the end)",
+    autopay_off: "🔁 Automatic renewal: off ({card})",
+    autopay_declined: "The last charge was declined: {reason}",
+    btn_autopay_on: "Turn automatic renewal on",
+    btn_autopay_off: "Turn automatic renewal off",
+    btn_card_remove: "Remove the card",
+    autopay_failed: "Your subscription could not be renewed automatically: {reason}. Please renew it by hand before it ends.",
 };

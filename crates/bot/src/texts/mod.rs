@@ -163,6 +163,17 @@ pub struct Texts {
     pub star_subscription_canceled: &'static str,
     pub btn_star_cancel: &'static str,
     pub btn_star_resume: &'static str,
+    /// The checkout button of a card saved for automatic renewal, before its price.
+    pub provider_autopay: &'static str,
+    /// Lines of "My subscription" about the saved card: `{card}`; a decline's `{reason}`.
+    pub autopay_on: &'static str,
+    pub autopay_off: &'static str,
+    pub autopay_declined: &'static str,
+    pub btn_autopay_on: &'static str,
+    pub btn_autopay_off: &'static str,
+    pub btn_card_remove: &'static str,
+    /// An automatic renewal was declined: `{reason}`.
+    pub autopay_failed: &'static str,
 }
 
 /// Replaces each `{name}` of `template` with its value.

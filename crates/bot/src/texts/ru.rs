@@ -83,4 +83,12 @@ pub static TEXTS: Texts = Texts {
     star_subscription_canceled: "⭐ Подписка Stars отменена: оплачено до {date}, списаний больше не будет",
     btn_star_cancel: "Отменить подписку Stars",
     btn_star_resume: "Возобновить подписку Stars",
+    provider_autopay: "🔁 Картой с автопродлением",
+    autopay_on: "🔁 Автопродление: включено, {card} (списание за день до окончания)",
+    autopay_off: "🔁 Автопродление: выключено ({card})",
+    autopay_declined: "Последнее списание отклонено: {reason}",
+    btn_autopay_on: "Включить автопродление",
+    btn_autopay_off: "Выключить автопродление",
+    btn_card_remove: "Удалить карту",
+    autopay_failed: "Не удалось продлить подписку автоматически: {reason}. Продлите вручную, пока подписка не закончилась.",
 };

@@ -1,6 +1,7 @@
 //! The bot against the Telegram Bot API emulator, with the real gateway and worker.
 
 mod admin;
+mod autopay;
 mod card;
 mod checkout_cap;
 mod grants;
