@@ -195,6 +195,23 @@ impl World {
         (after, providers)
     }
 
+    /// /start → My subscription: the message, once it offers the button `data`.
+    pub async fn my_subscription(&self, user: &TestUser, data: &str) -> SentMessage {
+        let start = self.tg.send_text(user, "/start");
+        let menu = self
+            .wait_new(user.id, start, |m| {
+                m.callback_data().contains(&"sub".to_owned())
+            })
+            .await;
+        self.tg
+            .press(user, menu.message_id, "sub")
+            .expect("press My subscription");
+        self.wait_new(user.id, menu.message_id, |m| {
+            m.callback_data().iter().any(|d| d == data)
+        })
+        .await
+    }
+
     /// /start → Buy → the tariff: the providers message, once it offers `pay_data`.
     pub async fn providers_menu(
         &self,

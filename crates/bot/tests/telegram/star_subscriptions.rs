@@ -151,18 +151,7 @@ async fn cancelling_in_my_subscription_stops_the_next_charge() {
     let user = TestUser::new(5_220_002, "Борис", "ru");
     let (_, first_charge) = subscribe(&w, &user).await;
 
-    let start = w.tg.send_text(&user, "/start");
-    let menu = w
-        .wait_new(user.id, start, |m| {
-            m.callback_data().contains(&"sub".to_owned())
-        })
-        .await;
-    w.tg.press(&user, menu.message_id, "sub").expect("press");
-    let mine = w
-        .wait_new(user.id, menu.message_id, |m| {
-            m.callback_data().contains(&"ss:off".to_owned())
-        })
-        .await;
+    let mine = w.my_subscription(&user, "ss:off").await;
     assert!(
         mine.body().unwrap_or_default().contains("Подписка Stars"),
         "{mine:?}"
