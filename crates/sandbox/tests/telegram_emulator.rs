@@ -787,4 +787,28 @@ async fn subscriptions_charge_on_demand_until_canceled() {
         .unwrap();
     assert!(handle.charge_subscription(&first).is_ok(), "re-enabled");
     assert_eq!(handle.subscriptions()[0].renewals.len(), 2);
+
+    // The same over the control API (the demo and the load generator).
+    let http = reqwest::Client::new();
+    let charge = |id: &str| {
+        http.post(format!(
+            "{}/sandbox/telegram/subscriptions/{id}/charge",
+            handle.base_url()
+        ))
+        .send()
+    };
+    let answer = charge(&first).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let fourth = body["telegram_payment_charge_id"]
+        .as_str()
+        .expect("a charge id");
+    assert_eq!(
+        handle.subscriptions()[0]
+            .renewals
+            .last()
+            .map(String::as_str),
+        Some(fourth)
+    );
+    assert_eq!(charge("stx-unknown").await.unwrap().status(), 400);
 }
