@@ -89,6 +89,19 @@ impl Script {
         provider: &str,
         currency: &str,
     ) -> anyhow::Result<(SentMessage, Instant)> {
+        let pay_data = format!("p:{tariff}:{provider}:{currency}");
+        self.checkout_with(user, tariff, &pay_data, provider).await
+    }
+
+    /// [`Self::checkout`] pressing the method button `pay_data` (`label` names it in the
+    /// timeline).
+    pub async fn checkout_with(
+        &self,
+        user: &TestUser,
+        tariff: &str,
+        pay_data: &str,
+        label: &str,
+    ) -> anyhow::Result<(SentMessage, Instant)> {
         let start = self.sandbox.send_text(user, "/start").await?;
         let menu = self
             .next(user, start, "the main menu", |m| {
@@ -105,15 +118,14 @@ impl Script {
         self.sandbox
             .press(user, tariffs.message_id, &tariff_data)
             .await?;
-        let pay_data = format!("p:{tariff}:{provider}:{currency}");
         let methods = self
             .next(user, tariffs.message_id, "the payment methods", |m| {
-                m.callback_data().contains(&pay_data)
+                m.callback_data().iter().any(|d| d == pay_data)
             })
             .await?;
         let clicked = Instant::now();
         self.sandbox
-            .press(user, methods.message_id, &pay_data)
+            .press(user, methods.message_id, pay_data)
             .await?;
         let answer = self
             .next(user, methods.message_id, "how to pay", |m| {
@@ -122,7 +134,7 @@ impl Script {
             .await?;
         self.say(
             clicked,
-            &format!("{}: bot answered the {provider} click", user.first_name),
+            &format!("{}: bot answered the {label} click", user.first_name),
         );
         Ok((answer, clicked))
     }
@@ -154,6 +166,98 @@ impl Script {
     /// pays there, the emulator notifies the gateway.
     pub async fn pay_yookassa(&self, user: &TestUser, tariff: &str) -> anyhow::Result<String> {
         let (pay, clicked) = self.checkout(user, tariff, "yookassa", "RUB").await?;
+        self.pay_on_checkout(user, pay, clicked).await
+    }
+
+    /// Pays `tariff` with YooKassa choosing "card, renew automatically" (the card is saved),
+    /// then waits, without touching the bot, for the worker's automatic renewal charge and
+    /// its second activation message; returns the link.
+    pub async fn pay_yookassa_with_autopay(
+        &self,
+        user: &TestUser,
+        tariff: &str,
+    ) -> anyhow::Result<String> {
+        let data = format!("a:{tariff}:yookassa:RUB");
+        let (pay, clicked) = self
+            .checkout_with(user, tariff, &data, "card-with-autopay")
+            .await?;
+        let after = pay.message_id;
+        let link = self.pay_on_checkout(user, pay, clicked).await?;
+        let first = self
+            .next(user, after, "the first activation", is_activation)
+            .await?;
+        let renewed = self
+            .next(
+                user,
+                first.message_id,
+                "the automatic renewal's activation",
+                is_activation,
+            )
+            .await?;
+        self.say(
+            clicked,
+            &format!(
+                "{}: renewed automatically with the saved card, no click ({})",
+                user.first_name,
+                renewed
+                    .text
+                    .or(renewed.caption)
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            ),
+        );
+        Ok(link)
+    }
+
+    /// Waits for an expiry reminder after `after` and renews in one tap: its Renew button
+    /// repeats the last checkout (`p:…`), the customer pays on the YooKassa checkout, and the
+    /// subscription is extended (a second activation). Returns the link.
+    pub async fn renew_from_reminder(&self, user: &TestUser, after: i64) -> anyhow::Result<String> {
+        let reminder = self
+            .next(user, after, "an expiry reminder with Renew", |m| {
+                m.text.as_deref().is_some_and(|t| t.contains("⏳"))
+                    && m.callback_data().iter().any(|d| d.starts_with("p:"))
+            })
+            .await?;
+        let renew = reminder
+            .callback_data()
+            .into_iter()
+            .find(|d| d.starts_with("p:"))
+            .context("the Renew button")?;
+        let clicked = Instant::now();
+        self.say(
+            clicked,
+            &format!(
+                "{} got a reminder: {}",
+                user.first_name,
+                reminder.text.clone().unwrap_or_default()
+            ),
+        );
+        self.sandbox
+            .press(user, reminder.message_id, &renew)
+            .await?;
+        let pay = self
+            .next(user, reminder.message_id, "the renewal's Pay button", |m| {
+                !m.button_urls().is_empty()
+            })
+            .await?;
+        self.say(
+            clicked,
+            &format!("{}: pressed Renew ({renew})", user.first_name),
+        );
+        self.pay_on_checkout(user, pay, clicked).await
+    }
+
+    /// Pays a YooKassa checkout the bot answered with (its Pay button opens the emulator's
+    /// checkout page) and waits for the activation; returns the link.
+    async fn pay_on_checkout(
+        &self,
+        user: &TestUser,
+        pay: SentMessage,
+        clicked: Instant,
+    ) -> anyhow::Result<String> {
         let url = pay
             .button_urls()
             .into_iter()

@@ -2,7 +2,8 @@
 //! process and the `standalone` binary (gateway, worker, marzban-sync and bot in one process on
 //! SQLite and the in-process bus) as a child, then plays five customers through the Telegram
 //! emulator — they pay with YooKassa, Telegram Stars, USDT, a card inside Telegram and
-//! CryptoBot — and an admin refunds the Stars payment. Prints a timeline (time since each customer's click) and the
+//! CryptoBot, and one is renewed automatically with a saved card — and an admin refunds the
+//! Stars payment. Prints a timeline (time since each customer's click) and the
 //! final state, and exits 0 when every step happened. `KEEP=1` keeps everything running until
 //! Ctrl-C. `PANEL=pasarguard` or `PANEL=remnawave` provisions that panel's emulator instead of
 //! Marzban's (`PANEL_KIND`).
@@ -93,6 +94,15 @@ async fn main() -> anyhow::Result<()> {
         ("CRYPTOBOT_API_TOKEN", crypto_pay.token().to_owned()),
         ("CRYPTOBOT_API_URL", crypto_pay.api_url()),
         ("CRYPTOBOT_ACCEPTED_ASSETS", "USDT,TON".into()),
+        // The demo cannot wait a month for a renewal: a saved card is charged within 30 days
+        // of the expiry (production: AUTOPAY_LEAD_HOURS=24, a day before), so Fedor's 30-day
+        // subscription is renewed at once, and once only.
+        ("AUTOPAY_LEAD_HOURS", "720".into()),
+        ("AUTOPAY_POLL_SECS", "1".into()),
+        // Likewise a reminder 30 days before the expiry (production: 3 days, 1 day, at it,
+        // 3 days after), so Greta's comes at once.
+        ("REMINDER_OFFSETS", "-30d".into()),
+        ("REMINDER_SCAN_SECS", "1".into()),
     ];
     env.extend(panel.env());
     let mut standalone = Command::new(bin_dir().join("standalone"))
@@ -148,6 +158,14 @@ async fn main() -> anyhow::Result<()> {
             ))
         })
         .await?;
+    // Fedor pays by card with "renew automatically": the worker renews him with the saved
+    // card without a click.
+    let fedor = telegram::TestUser::new(700_006, "Fedor", "ru");
+    script.pay_yookassa_with_autopay(&fedor, "month_1").await?;
+    // Greta pays once; her expiry reminder's Renew button renews her in one tap.
+    let greta = telegram::TestUser::new(700_007, "Greta", "ru");
+    script.pay_yookassa(&greta, "month_1").await?;
+    script.renew_from_reminder(&greta, 0).await?;
     println!("\nadmin's /stats:\n{}", script.admin_stats().await?);
     println!("\n{} users:", panel.name());
     panel.print_users();
