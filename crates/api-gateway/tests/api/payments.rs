@@ -41,7 +41,7 @@ async fn providers_lists_the_enabled_ones() {
             "id": "yookassa",
             "title": "YooKassa",
             "currencies": ["RUB"],
-            "capabilities": ["payments", "webhooks", "refunds"]
+            "capabilities": ["payments", "webhooks", "refunds", "autopay"]
         }, {
             "id": "crypto",
             "title": "USDT (TRC20)",
