@@ -117,3 +117,47 @@ pub async fn set_canceled(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use domain::migration::Migrator;
+    use sea_orm_migration::MigratorTrait;
+
+    use super::*;
+
+    fn charge(id: &str, expires: i64, first: bool) -> SuccessfulPayment {
+        serde_json::from_value(serde_json::json!({
+            "currency": "XTR", "total_amount": 150, "invoice_payload": "pay-1",
+            "telegram_payment_charge_id": id, "is_recurring": true,
+            "is_first_recurring": first, "subscription_expiration_date": expires,
+        }))
+        .expect("a successful_payment")
+    }
+
+    /// The SQL on SQLite, the single-process mode's database: the first charge starts the
+    /// subscription, later ones move its expiry on and never back, cancel is kept.
+    #[tokio::test]
+    async fn charges_move_the_expiry_on_sqlite() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        record(&db, 42, &charge("stx1", 1_000, true)).await.unwrap();
+        record(&db, 42, &charge("stx3", 1_000 + 2 * 2_592_000, false))
+            .await
+            .unwrap();
+        record(&db, 42, &charge("stx2", 1_000 + 2_592_000, false))
+            .await
+            .unwrap();
+        record(&db, 43, &charge("stx9", 9_999_999_999, false))
+            .await
+            .unwrap();
+        set_canceled(&db, "pay-1", true).await.unwrap();
+        let found = of_user(&db, 42).await.unwrap().expect("recorded");
+        assert_eq!(found.charge_id, "stx1", "named by the first charge");
+        assert_eq!(found.expires_at.timestamp(), 1_000 + 2 * 2_592_000);
+        assert!(found.canceled);
+        assert!(
+            of_user(&db, 43).await.unwrap().is_none(),
+            "someone else's charge for this payload moves nothing"
+        );
+    }
+}
