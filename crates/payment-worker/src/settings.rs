@@ -35,6 +35,8 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("RECONCILE_GRACE_SECS", "3600"),
     EnvVar::default("RECONCILE_DEFAULT_WINDOW_SECS", "86400"),
     EnvVar::default("RECONCILE_LEASE_SECS", "300"),
+    EnvVar::default("AUTOPAY_LEAD_HOURS", "24"),
+    EnvVar::default("AUTOPAY_POLL_SECS", "60"),
 ];
 
 /// Every variable the `payment-worker` binary reads.
