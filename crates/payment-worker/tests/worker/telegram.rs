@@ -302,7 +302,18 @@ fn stars_sources(db: &DatabaseConnection, tg: &sandbox::telegram::Handle) -> Pay
 
 #[tokio::test]
 async fn a_recurring_stars_charge_becomes_one_renewal_payment_however_its_notices_race() {
-    let env = env().await;
+    recurring_charge_race(env().await).await;
+}
+
+/// The same in the single-process mode's database.
+#[tokio::test]
+async fn a_recurring_stars_charge_becomes_one_renewal_payment_on_sqlite() {
+    recurring_charge_race(sqlite_env().await).await;
+}
+
+/// Two notices of one recurring charge, the second looked up before the first is applied:
+/// one renewal payment, completed once.
+async fn recurring_charge_race(env: Env) {
     let db = &env.db.conn;
     let tg = sandbox::telegram::spawn(sandbox::telegram::Config::default())
         .await
