@@ -52,15 +52,8 @@ impl App {
         provider: &str,
         currency: &str,
     ) -> Option<&'static str> {
-        let payment = match self
-            .create_with(click, from, t, data, code, provider, currency, true)
+        self.pay_with(click, from, t, data, code, provider, currency, true)
             .await
-        {
-            Ok(payment) => payment,
-            Err(answer) => return answer,
-        };
-        let (title, days) = self.tariff_title(code, t).await;
-        self.present(click.chat, t, &payment, &title, days).await
     }
 
     /// The user's saved card as a line of "My subscription" and its buttons.

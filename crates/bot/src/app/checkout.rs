@@ -119,8 +119,25 @@ impl App {
         provider: &str,
         currency: &str,
     ) -> Option<&'static str> {
+        self.pay_with(click, from, t, data, code, provider, currency, false)
+            .await
+    }
+
+    /// [`Self::pay`], with the payer's agreement to automatic renewal (`autopay`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn pay_with(
+        &self,
+        click: Click,
+        from: &User,
+        t: &'static Texts,
+        data: &str,
+        code: &str,
+        provider: &str,
+        currency: &str,
+        autopay: bool,
+    ) -> Option<&'static str> {
         let payment = match self
-            .create_for_click(click, from, t, data, code, provider, currency)
+            .create_with(click, from, t, data, code, provider, currency, autopay)
             .await
         {
             Ok(payment) => payment,
