@@ -212,41 +212,12 @@ pub async fn grant(
         }
         Err(error) => return Err(error.into()),
     };
-    let event = GrantCreated {
-        grant_id: row.id,
-        user_id: user.id,
-        telegram_id: user.telegram_id,
-        kind: row.kind.clone(),
-        days: row.days,
-    };
-    let envelope = Envelope::new(&event, uuid::Uuid::now_v7(), None)?.with_occurred_at(now);
-    messaging::outbox::enqueue(&txn, &envelope).await?;
-    system_logs::ActiveModel {
-        id: NotSet,
-        event_type: Set(GrantCreated::EVENT_TYPE.to_owned()),
-        user_id: Set(Some(user.id)),
-        payment_id: Set(None),
-        provider: Set(None),
-        amount_minor: Set(None),
-        currency: Set(None),
-        status: Set(Some(row.kind.clone())),
-        message: Set(Some(format!(
-            "{} days granted by admin {}: {}",
-            row.days, request.admin_telegram_id, row.reason
-        ))),
-        metadata: Set(Some(serde_json::json!({
-            "event_id": envelope.event_id,
-            "grant_id": row.id,
-            "telegram_id": user.telegram_id,
-            "days": row.days,
-            "kind": row.kind,
-            "admin_telegram_id": request.admin_telegram_id,
-            "reason": row.reason,
-        }))),
-        created_at: Set(now),
-    }
-    .insert(&txn)
-    .await?;
+    let message = format!(
+        "{} days granted by admin {}: {}",
+        row.days, request.admin_telegram_id, row.reason
+    );
+    let who = serde_json::json!({ "admin_telegram_id": request.admin_telegram_id });
+    announce(&txn, &user, &row, now, message, who).await?;
     txn.commit().await?;
     tracing::info!(
         grant_id = row.id,
@@ -260,6 +231,55 @@ pub async fn grant(
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, location))
         .json(GrantView::new(row, user.telegram_id)))
+}
+
+/// Writes the `grant.created` outbox event and the `system_logs` row of `row`, a manual grant
+/// of `user` just inserted in `txn`; `message` and the fields of `who` say who gave it and why.
+pub(crate) async fn announce(
+    txn: &sea_orm::DatabaseTransaction,
+    user: &users::Model,
+    row: &manual_grants::Model,
+    now: DateTime<Utc>,
+    message: String,
+    who: serde_json::Value,
+) -> Result<(), ApiError> {
+    let event = GrantCreated {
+        grant_id: row.id,
+        user_id: user.id,
+        telegram_id: user.telegram_id,
+        kind: row.kind.clone(),
+        days: row.days,
+    };
+    let envelope = Envelope::new(&event, uuid::Uuid::now_v7(), None)?.with_occurred_at(now);
+    messaging::outbox::enqueue(txn, &envelope).await?;
+    let mut metadata = serde_json::json!({
+        "event_id": envelope.event_id,
+        "grant_id": row.id,
+        "telegram_id": user.telegram_id,
+        "days": row.days,
+        "kind": row.kind,
+        "reason": row.reason,
+        "data_limit_bytes": row.data_limit_bytes,
+    });
+    if let (Some(all), serde_json::Value::Object(more)) = (metadata.as_object_mut(), who) {
+        all.extend(more);
+    }
+    system_logs::ActiveModel {
+        id: NotSet,
+        event_type: Set(GrantCreated::EVENT_TYPE.to_owned()),
+        user_id: Set(Some(user.id)),
+        payment_id: Set(None),
+        provider: Set(None),
+        amount_minor: Set(None),
+        currency: Set(None),
+        status: Set(Some(row.kind.clone())),
+        message: Set(Some(message)),
+        metadata: Set(Some(metadata)),
+        created_at: Set(now),
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

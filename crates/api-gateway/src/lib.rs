@@ -13,6 +13,7 @@ pub mod settings;
 pub mod state;
 pub mod stats;
 pub mod tariffs;
+pub mod trials;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -102,6 +103,7 @@ pub async fn start(
         max_body_bytes: settings.max_body_bytes,
         limits: limits::Limits::new(settings),
         checkout: settings.checkout,
+        trial: settings.trial,
     });
     let workers = match settings.gateway_workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
@@ -130,6 +132,7 @@ pub async fn start(
             .configure(payments::configure)
             .configure(stats::configure)
             .configure(grants::configure)
+            .configure(trials::configure)
             .route("/api/openapi.json", web::get().to(openapi))
             .default_service(web::to(not_found))
     })?;

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use domain::env::{EnvVar, Vars, invalid};
+use domain::trial::TrialPolicy;
 use payment_core::{IpAllowList, PaymentSettings};
 use ratelimit::{Rate, Setting};
 use secrecy::SecretString;
@@ -59,6 +60,7 @@ pub fn env_vars() -> Vec<EnvVar> {
         service_kit::settings::COMMON_VARS,
         payment_core::settings::VARS,
         VARS,
+        domain::trial::VARS,
     ])
 }
 
@@ -110,6 +112,9 @@ pub struct GatewaySettings {
     /// `CHECKOUT_REUSE_MINUTES` (default 30) and `CHECKOUT_MAX_OPEN_PAYMENTS` (default 5): see
     /// [`crate::checkout`].
     pub checkout: CheckoutPolicy,
+    /// `TRIAL_DAYS` (default 0 = off) and `TRIAL_DATA_LIMIT_GB` (default 0 = unlimited): the
+    /// free trial of `POST /api/trials` ([`crate::trials`]).
+    pub trial: TrialPolicy,
 }
 
 impl Default for GatewaySettings {
@@ -131,6 +136,7 @@ impl Default for GatewaySettings {
             limit_keys: DEFAULT_LIMIT_KEYS,
             payments: PaymentSettings::default(),
             checkout: CheckoutPolicy::default(),
+            trial: TrialPolicy::default(),
         }
     }
 }
@@ -201,6 +207,7 @@ impl TryFrom<Vars> for GatewaySettings {
             limit_keys,
             payments,
             checkout: checkout_policy(&raw)?,
+            trial: TrialPolicy::from_vars(&raw)?,
         })
     }
 }

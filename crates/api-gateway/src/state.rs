@@ -25,4 +25,6 @@ pub struct AppState {
     pub limits: crate::limits::Limits,
     /// One open checkout per customer, tariff, provider and currency; the cap on open ones.
     pub checkout: CheckoutPolicy,
+    /// The free trial's days and data limit (`TRIAL_DAYS` 0: off).
+    pub trial: domain::trial::TrialPolicy,
 }

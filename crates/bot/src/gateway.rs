@@ -1,5 +1,5 @@
-//! The gateway's internal API as the bot uses it: create a payment (service token), list the
-//! enabled providers, refund a payment and grant days (admin token).
+//! The gateway's internal API as the bot uses it: create a payment and start a free trial
+//! (service token), list the enabled providers, refund a payment and grant days (admin token).
 
 use domain::PaymentId;
 use std::time::Duration;
@@ -39,6 +39,18 @@ pub struct GrantView {
     pub grant_id: i64,
     pub telegram_id: i64,
     pub days: i32,
+}
+
+/// `POST /api/trials` body: who asks for the free trial.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartTrial {
+    pub telegram_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language_code: Option<String>,
 }
 
 /// `POST /api/payments` body.
@@ -157,6 +169,17 @@ impl Gateway {
             .post(format!("{}/api/payments", self.base))
             .bearer_auth(self.service_token.expose_secret())
             .header("Idempotency-Key", idempotency_key)
+            .json(body);
+        decode(request.send().await).await
+    }
+
+    /// The customer's free trial (`POST /api/trials`): 201 with the grant, 409 when they may
+    /// not have one (the message names why), 404 when the trial is off.
+    pub async fn start_trial(&self, body: &StartTrial) -> Result<GrantView, GatewayError> {
+        let request = self
+            .http
+            .post(format!("{}/api/trials", self.base))
+            .bearer_auth(self.service_token.expose_secret())
             .json(body);
         decode(request.send().await).await
     }

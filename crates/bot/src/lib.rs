@@ -130,7 +130,8 @@ pub async fn start(
             bot.provider_token.clone(),
             infra.outbox_nudge.clone(),
         )
-        .with_limits(limits::Limits::new(&bot.limits)),
+        .with_limits(limits::Limits::new(&bot.limits))
+        .with_trial(bot.trial),
     );
 
     let sender = Arc::new(sender::Sender::new(

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use domain::money::{Currency, Money};
 use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 use messaging::events::{
-    PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentUnderpaid, SubscriptionActivated,
-    SubscriptionRevoked,
+    GrantActivated, PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentUnderpaid,
+    SubscriptionActivated, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
 use sea_orm::{DatabaseTransaction, EntityTrait};
@@ -36,13 +36,14 @@ use crate::texts::{self, Lang, fill};
 pub const CONSUMER: &str = messaging::topology::consumers::BOT;
 
 /// The events the bot tells users about.
-pub const BINDINGS: [&str; 6] = [
+pub const BINDINGS: [&str; 7] = [
     PaymentCompleted::EVENT_TYPE,
     PaymentFailed::EVENT_TYPE,
     PaymentRefunded::EVENT_TYPE,
     PaymentUnderpaid::EVENT_TYPE,
     SubscriptionActivated::EVENT_TYPE,
     SubscriptionRevoked::EVENT_TYPE,
+    GrantActivated::EVENT_TYPE,
 ];
 
 /// Queues one message per event.
@@ -76,6 +77,12 @@ enum Note {
     },
     Revoked {
         expires: String,
+    },
+    /// A free trial is on the panel (`grant.activated` of kind `trial`).
+    TrialActive {
+        days: i64,
+        expires: String,
+        link: String,
     },
 }
 
@@ -130,6 +137,21 @@ fn decode(envelope: &Envelope) -> Result<Option<(i64, Note)>, HandlerError> {
                 s.telegram_id,
                 Note::Revoked {
                     expires: texts::date(s.expires_at),
+                },
+            )
+        }
+        GrantActivated::EVENT_TYPE => {
+            let e: GrantActivated = envelope.decode()?;
+            // An admin's grant is not announced to the customer (yet).
+            if e.kind != domain::trial::KIND {
+                return Ok(None);
+            }
+            (
+                e.telegram_id,
+                Note::TrialActive {
+                    days: i64::from(e.days),
+                    expires: texts::date(e.expires_at),
+                    link: e.subscription_url,
                 },
             )
         }
@@ -196,6 +218,23 @@ async fn is_renewal_charge(
     Ok(payment.is_some_and(|p| p.metadata.get("autopay").is_some()))
 }
 
+/// The Open button and the QR code of a subscription link; none for a relative link (a panel
+/// without a URL prefix), which is no use to a browser or a camera.
+fn link_button(t: &texts::Texts, link: &str) -> (Option<InlineKeyboardMarkup>, Option<String>) {
+    if !(link.starts_with("https://") || link.starts_with("http://")) {
+        return (None, None);
+    }
+    let markup = InlineKeyboardMarkup::builder()
+        .inline_keyboard(vec![vec![
+            InlineKeyboardButton::builder()
+                .text(t.btn_open_link)
+                .url(link.to_owned())
+                .build(),
+        ]])
+        .build();
+    (Some(markup), Some(link.to_owned()))
+}
+
 /// The message that tells about `note`.
 fn message(lang: Lang, note: Note) -> Outgoing {
     let t = lang.texts();
@@ -220,23 +259,25 @@ fn message(lang: Lang, note: Note) -> Outgoing {
             ],
         ),
         Note::Activated { expires, link } => {
-            if link.starts_with("https://") || link.starts_with("http://") {
-                markup = Some(
-                    InlineKeyboardMarkup::builder()
-                        .inline_keyboard(vec![vec![
-                            InlineKeyboardButton::builder()
-                                .text(t.btn_open_link)
-                                .url(link.clone())
-                                .build(),
-                        ]])
-                        .build(),
-                );
-                // A relative link (a panel without a URL prefix) is no use to a camera.
-                qr = Some(link.clone());
-            }
+            (markup, qr) = link_button(t, &link);
             fill(
                 t.subscription_activated,
                 &[("expires", &expires), ("link", &link)],
+            )
+        }
+        Note::TrialActive {
+            days,
+            expires,
+            link,
+        } => {
+            (markup, qr) = link_button(t, &link);
+            fill(
+                t.trial_active,
+                &[
+                    ("days", &texts::days(lang, days)),
+                    ("expires", &expires),
+                    ("link", &link),
+                ],
             )
         }
         Note::Revoked { expires } => fill(t.subscription_revoked, &[("expires", &expires)]),

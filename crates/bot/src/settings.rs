@@ -58,6 +58,7 @@ pub fn env_vars() -> Vec<EnvVar> {
     domain::env::join(&[
         service_kit::settings::COMMON_VARS,
         VARS,
+        domain::trial::VARS,
         &[
             EnvVar::required("TELEGRAM_BOT_TOKEN"),
             EnvVar::required("API_SERVICE_TOKEN"),
@@ -109,6 +110,9 @@ pub struct BotSettings {
     pub reminder_offsets: crate::reminders::Offsets,
     /// `REMINDER_SCAN_SECS` (default 60): how often reminders are scheduled and dispatched.
     pub reminder_every: Duration,
+    /// `TRIAL_DAYS` (default 0 = off) and `TRIAL_DATA_LIMIT_GB`: whether the main menu offers
+    /// the free trial, and of how many days (the gateway grants it).
+    pub trial: domain::trial::TrialPolicy,
 }
 
 impl ServiceSettings {
@@ -171,6 +175,7 @@ fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
             .map_err(|e| invalid("REMINDER_OFFSETS", e))?
             .unwrap_or_default(),
         reminder_every: Duration::from_secs(reminder_every),
+        trial: domain::trial::TrialPolicy::from_vars(vars)?,
     }))
 }
 

@@ -8,6 +8,7 @@ pub mod migration;
 pub mod money;
 pub mod payment_log;
 pub mod status;
+pub mod trial;
 
 pub use ids::{IdError, IdempotencyKey, MarzbanUsername, PaymentId, ProviderId, TelegramUserId};
 pub use money::{Currency, Money, MoneyError};

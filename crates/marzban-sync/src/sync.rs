@@ -1,7 +1,7 @@
 //! The consumer: `payment.completed` grants days, `payment.refunded` takes them back,
 //! `grant.created` gives the days of a manual grant (an admin's, a trial) without a payment;
 //! each brings the panel in line with the ledger and announces the result (a manual grant's
-//! only as a mark: the `subscription.*` events name a payment).
+//! as `grant.activated`: the `subscription.*` events name a payment).
 //!
 //! No panel call happens inside a database transaction. Each message goes through three
 //! steps — record the intent, call the panel, record the result:
@@ -26,7 +26,7 @@
 //!    user committed in between, and its panel call may have landed before ours — fail
 //!    transiently: the retry sends the newer state, so the panel converges on the ledger, never
 //!    on a stale value. Otherwise record the synced state on the subscription and enqueue
-//!    `subscription.activated` / `subscription.revoked` — once per grant or revocation, keyed
+//!    `subscription.activated` / `subscription.revoked` / `grant.activated` — once per grant or revocation, keyed
 //!    in `processed_messages` under [`ANNOUNCED`], so a copy of the message under another event
 //!    id, or a concurrent copy, announces nothing twice.
 //!
@@ -54,8 +54,8 @@ use domain::entities::{
 use domain::ids::{MarzbanUsername, TelegramUserId};
 use domain::status::PaymentStatus;
 use messaging::events::{
-    GrantCreated, PaymentCompleted, PaymentRefunded, SubscriptionActivated, SubscriptionChange,
-    SubscriptionRevoked,
+    GrantActivated, GrantCreated, PaymentCompleted, PaymentRefunded, SubscriptionActivated,
+    SubscriptionChange, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError, OutboxError, Prepared};
 use sea_orm::ActiveValue::{NotSet, Set};
@@ -191,8 +191,8 @@ enum Announcement {
         payment_id: PaymentId,
         days_revoked: i32,
     },
-    /// A manual grant (`manual_grants`: an admin's, a trial) is on the panel. Recorded, not
-    /// published: the `subscription.*` events name the payment that caused them.
+    /// A manual grant (`manual_grants`: an admin's, a trial) is on the panel: `grant.activated`
+    /// (the `subscription.*` events name the payment that caused them, and a grant has none).
     Granted {
         grant_id: i64,
     },
@@ -437,8 +437,23 @@ impl SubscriptionSync {
             |payment_id| change(telegram_id, payment_id, &desired, expires_at, url.clone());
         let envelope = match announcement {
             Announcement::Granted { grant_id } => {
-                tracing::info!(grant_id, username = %desired.username, expires_at = %expires_at, "manual grant on the panel");
-                return Ok(());
+                let grant = manual_grants::Entity::find_by_id(grant_id)
+                    .one(tx)
+                    .await?
+                    .ok_or_else(|| SyncError::Invalid(format!("manual grant {grant_id} vanished")))?;
+                tracing::info!(grant_id, kind = grant.kind, username = %desired.username, expires_at = %expires_at, "manual grant on the panel");
+                Envelope::caused_by(
+                    &GrantActivated {
+                        grant_id,
+                        telegram_id,
+                        kind: grant.kind,
+                        days: grant.days,
+                        marzban_username: desired.username.as_str().to_owned(),
+                        expires_at,
+                        subscription_url: url,
+                    },
+                    envelope,
+                )
             }
             Announcement::Activated(payment_id) => {
                 tracing::info!(%payment_id, username = %desired.username, expires_at = %expires_at, "subscription extended");

@@ -17,8 +17,8 @@ use marzban_sync::SubscriptionSync;
 use marzban_sync::marzban::{CreateUser, MarzbanClient, MarzbanUsername};
 use marzban_sync::{Service, ServiceSettings};
 use messaging::events::{
-    GrantCreated, PaymentCompleted, PaymentRefunded, PaymentSnapshot, SubscriptionActivated,
-    SubscriptionRevoked,
+    GrantActivated, GrantCreated, PaymentCompleted, PaymentRefunded, PaymentSnapshot,
+    SubscriptionActivated, SubscriptionRevoked,
 };
 use messaging::{Bus, ConsumerSpec, Envelope, RabbitBus, RabbitConfig};
 use messaging::{Handler, HandlerError, Prepared};
@@ -123,8 +123,11 @@ impl Harness {
         };
         let bus = infra.bus.clone();
 
-        // Stands in for the bot: receives every subscription.* event.
-        let observer = ConsumerSpec::new("test-bot", vec!["subscription.#".to_owned()]);
+        // Stands in for the bot: receives every subscription.* and grant.activated event.
+        let observer = ConsumerSpec::new(
+            "test-bot",
+            vec!["subscription.#".to_owned(), "grant.activated".to_owned()],
+        );
         bus.declare(&observer).await.unwrap();
         let (tx, events) = mpsc::unbounded_channel();
         let observer_stop = CancellationToken::new();
@@ -277,13 +280,25 @@ impl Harness {
 
     /// An admin's grant of `days` to `user_id` as the gateway stores it, and its event.
     async fn manual_grant(&self, user_id: i64, days: i32) -> Envelope {
+        self.grant_of(user_id, manual_grants::KIND_ADMIN, days, None)
+            .await
+    }
+
+    /// A manual grant of `kind` as the gateway stores it, and its event.
+    async fn grant_of(
+        &self,
+        user_id: i64,
+        kind: &str,
+        days: i32,
+        data_limit_bytes: Option<i64>,
+    ) -> Envelope {
         let row = manual_grants::ActiveModel {
             id: NotSet,
-            idempotency_key: Set(format!("test:{user_id}:{days}")),
+            idempotency_key: Set(format!("test:{kind}:{user_id}:{days}")),
             user_id: Set(user_id),
-            kind: Set(manual_grants::KIND_ADMIN.to_owned()),
+            kind: Set(kind.to_owned()),
             days: Set(days),
-            data_limit_bytes: Set(None),
+            data_limit_bytes: Set(data_limit_bytes),
             reason: Set("support".to_owned()),
             granted_by: Set(Some(42)),
             created_at: Set(Utc::now()),
@@ -817,7 +832,18 @@ async fn a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refu
     h.publish(&copy_of(&grant)).await;
     h.publish(&grant).await;
     h.settled(3).await;
+    let activated: GrantActivated = h.next_event().await.decode().unwrap();
     let granted = h.subscription(newcomer).await;
+    assert_eq!(
+        (
+            activated.kind.as_str(),
+            activated.days,
+            activated.expires_at
+        ),
+        ("admin", 7, granted.expires_at),
+        "announced once for three copies"
+    );
+    assert_eq!(activated.telegram_id, 100_030);
     assert!(close_to(granted.expires_at, Utc::now() + days(7)));
     assert_eq!(granted.status, "active");
     assert!(granted.synced_at.is_some());
@@ -847,7 +873,9 @@ async fn a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refu
         Some(100 * GIB),
         "a grant keeps the paid data limit"
     );
-    // The grant announces nothing: `subscription.*` events name a payment.
+    // The grant is announced as a grant: `subscription.*` events name a payment.
+    let activated: GrantActivated = h.next_event().await.decode().unwrap();
+    assert_eq!(activated.expires_at, paid_until + days(10));
     h.assert_no_more_events().await;
 
     h.publish(&refunded(&paid, 19_900, 19_900)).await;
@@ -857,6 +885,36 @@ async fn a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refu
         Utc::now() + days(10)
     ));
     assert_eq!(h.panel_user(100_031).status, UserStatus::Active);
+    h.finish().await;
+}
+
+async fn a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit(mut h: Harness) {
+    let user = h.user(100_032).await;
+    let trial = h
+        .grant_of(user, domain::trial::KIND, 3, Some(5 * GIB))
+        .await;
+    h.publish(&trial).await;
+    h.publish(&copy_of(&trial)).await;
+    h.settled(2).await;
+    let activated: GrantActivated = h.next_event().await.decode().unwrap();
+    assert_eq!((activated.kind.as_str(), activated.days), ("trial", 3));
+    assert!(
+        !activated.subscription_url.is_empty(),
+        "the link is in the notice"
+    );
+    let subscription = h.subscription(user).await;
+    assert!(close_to(subscription.expires_at, Utc::now() + days(3)));
+    assert_eq!(activated.expires_at, subscription.expires_at);
+    assert_eq!(subscription.data_limit_bytes, Some(5 * GIB));
+    let panel = h.panel_user(100_032);
+    assert_eq!(panel.expire, Some(subscription.expires_at.timestamp()));
+    assert_eq!(panel.data_limit, Some(5 * GIB));
+    assert_eq!(panel.status, UserStatus::Active);
+    let ledger = h.grants().await;
+    assert_eq!(ledger.len(), 1, "two copies, one ledger entry");
+    assert_eq!(ledger[0].kind, "trial");
+    assert_eq!((ledger[0].payment_id, ledger[0].days_granted), (None, 3));
+    h.assert_no_more_events().await;
     h.finish().await;
 }
 
@@ -1312,6 +1370,7 @@ on_both_buses! {
     an_adopted_vmess_user_gets_vless_and_keeps_its_vmess_id => "ms-vmess",
     adoption_keeps_the_panel_remaining_days_and_a_refund_does_not_take_them => "ms-remaining",
     a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refund => "ms-manual",
+    a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit => "ms-trial",
 }
 
 async fn slow_panel_holds_no_transaction_and_no_row_lock(mut h: Harness) {

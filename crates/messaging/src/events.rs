@@ -189,6 +189,32 @@ impl Event for GrantCreated {
     const SCHEMA_VERSION: u32 = 1;
 }
 
+/// `grant.activated`: a manual grant (`grant.created`) is in the ledger and the panel is in
+/// sync; the bot tells the user about a trial. Once per grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantActivated {
+    /// `manual_grants.id`.
+    pub grant_id: i64,
+    /// The receiver's Telegram user id.
+    pub telegram_id: i64,
+    /// `admin` or `trial`.
+    pub kind: String,
+    /// Days given.
+    pub days: i32,
+    /// The user on the panel.
+    pub marzban_username: String,
+    /// The new absolute expiry.
+    #[serde(with = "rfc3339")]
+    pub expires_at: DateTime<Utc>,
+    /// The link the user imports into their VPN client.
+    pub subscription_url: String,
+}
+
+impl Event for GrantActivated {
+    const EVENT_TYPE: &'static str = "grant.activated";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
 /// `provider.notification` (routed as `provider.notification.<provider>`): a verified webhook
 /// or update was stored in the inbox and waits for the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +260,7 @@ pub const ALL: &[(&str, u32)] = &[
         SubscriptionRevoked::SCHEMA_VERSION,
     ),
     (GrantCreated::EVENT_TYPE, GrantCreated::SCHEMA_VERSION),
+    (GrantActivated::EVENT_TYPE, GrantActivated::SCHEMA_VERSION),
     (
         ProviderNotificationReceived::EVENT_TYPE,
         ProviderNotificationReceived::SCHEMA_VERSION,

@@ -152,6 +152,7 @@ pub fn system_consumers() -> Vec<ConsumerSpec> {
                 "payment.underpaid",
                 "subscription.activated",
                 "subscription.revoked",
+                "grant.activated",
             ],
         ),
     ]

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use jsonschema::{Retrieve, Uri, Validator};
 use messaging::events::{
-    ALL, GrantCreated, PaymentCompleted, PaymentCreated, PaymentFailed, PaymentRefunded,
-    PaymentSnapshot, PaymentUnderpaid, ProviderNotificationReceived, SubscriptionActivated,
-    SubscriptionChange, SubscriptionRevoked,
+    ALL, GrantActivated, GrantCreated, PaymentCompleted, PaymentCreated, PaymentFailed,
+    PaymentRefunded, PaymentSnapshot, PaymentUnderpaid, ProviderNotificationReceived,
+    SubscriptionActivated, SubscriptionChange, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event};
 use serde_json::{Value, json};
@@ -319,6 +319,19 @@ fn grant_created() {
         telegram_id: 123_456_789,
         kind: "admin".into(),
         days: 7,
+    }]);
+}
+
+#[test]
+fn grant_activated() {
+    check_event(&[GrantActivated {
+        grant_id: 3,
+        telegram_id: 123_456_789,
+        kind: "trial".into(),
+        days: 3,
+        marzban_username: "tg_123456789".into(),
+        expires_at: at("2026-12-09T18:00:00Z"),
+        subscription_url: "https://panel.example/sub/abc".into(),
     }]);
 }
 

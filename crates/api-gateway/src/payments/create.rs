@@ -323,7 +323,12 @@ impl Create<'_> {
         let payment_id = PaymentId::new();
         let lease = Lease::fresh(&self.state.db, payment_id);
         let txn = service_kit::db::begin_write(&self.state.db).await?;
-        let user_id = upsert_user(&txn, telegram_id, self.body).await?;
+        let profile = Profile {
+            username: &self.body.username,
+            first_name: &self.body.first_name,
+            language_code: &self.body.language_code,
+        };
+        let user_id = upsert_user(&txn, telegram_id, profile).await?;
         let policy = &self.state.checkout;
         policy.lock_user(&txn, user_id).await?;
         let wanted = checkout::Wanted {
@@ -737,10 +742,18 @@ fn location(id: PaymentId) -> String {
     format!("/api/payments/{id}")
 }
 
-async fn upsert_user(
+/// What the bot knows of a Telegram user, kept on their `users` row.
+pub(crate) struct Profile<'a> {
+    pub username: &'a Option<String>,
+    pub first_name: &'a Option<String>,
+    pub language_code: &'a Option<String>,
+}
+
+/// The `users.id` of `telegram_id`, created on first sight; names are kept up to date.
+pub(crate) async fn upsert_user(
     txn: &DatabaseTransaction,
     telegram_id: TelegramUserId,
-    body: &CreateBody,
+    body: Profile<'_>,
 ) -> Result<i64, ApiError> {
     let row = users::ActiveModel {
         id: NotSet,
@@ -766,9 +779,9 @@ async fn upsert_user(
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("user vanished after upsert")))?;
     // Names change; keep the latest the bot saw, never erase one with a missing value.
     let changed = [
-        (&body.username, &user.username),
-        (&body.first_name, &user.first_name),
-        (&body.language_code, &user.language_code),
+        (body.username, &user.username),
+        (body.first_name, &user.first_name),
+        (body.language_code, &user.language_code),
     ]
     .iter()
     .any(|(new, old)| new.is_some() && new != old);

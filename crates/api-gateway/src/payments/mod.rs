@@ -13,6 +13,8 @@ mod refund;
 mod routes;
 mod views;
 
+pub(crate) use create::{Profile, upsert_user};
+
 use payment_core::ProviderError;
 
 use crate::error::ApiError;

@@ -25,7 +25,7 @@ async fn post(app: &TestApp, token: &str, key: Option<&str>, body: &Value) -> re
 }
 
 /// Rows of `manual_grants`, `grant.created` outbox rows and `grant.created` log rows.
-async fn counts(app: &TestApp) -> (u64, usize, u64) {
+pub(crate) async fn counts(app: &TestApp) -> (u64, usize, u64) {
     let grants = manual_grants::Entity::find()
         .count(&app.db.conn)
         .await

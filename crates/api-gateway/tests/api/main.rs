@@ -16,4 +16,5 @@ mod refunds;
 mod slow_provider;
 mod stats;
 mod telegram_refunds;
+mod trials;
 mod yookassa;

@@ -168,6 +168,7 @@ async fn openapi_document_describes_every_route() {
         ("/api/payments/{id}/refund", "post"),
         ("/api/stats", "get"),
         ("/api/admin/grants", "post"),
+        ("/api/trials", "post"),
         ("/api/openapi.json", "get"),
     ];
     assert_eq!(paths.len(), expected.len());

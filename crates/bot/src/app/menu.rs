@@ -12,7 +12,8 @@ impl App {
     pub(super) async fn main_menu(&self, chat: i64, user: &User) {
         let t = lang_of(user).texts();
         let text = fill(t.welcome, &[("name", &user.first_name)]);
-        self.send(chat, text, Some(Self::main_menu_keyboard(t)))
+        let trial = self.trial_offer(user.id).await;
+        self.send(chat, text, Some(Self::main_menu_keyboard(t, trial)))
             .await;
     }
 

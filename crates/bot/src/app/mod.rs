@@ -5,6 +5,7 @@
 //! - [`pre_checkout`] — answering `pre_checkout_query`;
 //! - [`payments`] — storing `successful_payment` / `refunded_payment` in the inbox;
 //! - [`refunds`] — the admin's `/refund` and its confirmation;
+//! - [`trial`] — the free trial button;
 //! - [`ui`] — keyboards, sending and the keys every use case shares.
 //!
 //! This module holds the state and dispatches an update to its use case.
@@ -17,6 +18,7 @@ mod payments;
 mod pre_checkout;
 mod refunds;
 mod star_subscription;
+mod trial;
 mod ui;
 
 use std::collections::BTreeSet;
@@ -58,6 +60,8 @@ pub struct App {
     inbox: Inbox,
     /// Per-user limits on commands and button presses ([`crate::limits`]).
     limits: crate::limits::Limits,
+    /// The free trial offered in the main menu (`TRIAL_DAYS` 0: none).
+    trial: domain::trial::TrialPolicy,
 }
 
 impl std::fmt::Debug for App {
@@ -95,7 +99,14 @@ impl App {
             admins,
             provider_token,
             limits: crate::limits::Limits::default(),
+            trial: domain::trial::TrialPolicy::default(),
         }
+    }
+
+    /// The same app offering this free trial (the settings' `TRIAL_DAYS`).
+    pub fn with_trial(mut self, trial: domain::trial::TrialPolicy) -> Self {
+        self.trial = trial;
+        self
     }
 
     /// The same app with these per-user limits (the settings' instead of the defaults).
@@ -233,6 +244,10 @@ impl App {
             }
             ["buy"] => {
                 self.tariffs(click.chat, t).await;
+                None
+            }
+            ["trial"] => {
+                self.start_trial(click.chat, from, t).await;
                 None
             }
             ["t", code] => {

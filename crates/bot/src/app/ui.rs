@@ -7,7 +7,7 @@ use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup, User};
 use sha2::{Digest, Sha256};
 
 use super::App;
-use crate::texts::{Lang, Texts};
+use crate::texts::{Lang, Texts, fill};
 
 /// Where a callback's message is.
 #[derive(Debug, Clone, Copy)]
@@ -92,12 +92,16 @@ impl App {
         }
     }
 
-    pub(super) fn main_menu_keyboard(t: &Texts) -> InlineKeyboardMarkup {
-        keyboard(vec![
-            vec![button(t.btn_buy, "buy")],
-            vec![button(t.btn_subscription, "sub")],
-            vec![button(t.btn_help, "help")],
-        ])
+    /// The main menu; `trial`: the days of the free trial this user may take.
+    pub(super) fn main_menu_keyboard(t: &Texts, trial: Option<i32>) -> InlineKeyboardMarkup {
+        let mut rows = vec![vec![button(t.btn_buy, "buy")]];
+        if let Some(days) = trial {
+            let days = crate::texts::days(t.lang, i64::from(days));
+            rows.push(vec![button(fill(t.btn_trial, &[("days", &days)]), "trial")]);
+        }
+        rows.push(vec![button(t.btn_subscription, "sub")]);
+        rows.push(vec![button(t.btn_help, "help")]);
+        keyboard(rows)
     }
 
     pub(super) fn back(t: &Texts) -> InlineKeyboardMarkup {

@@ -135,6 +135,20 @@ pub struct Texts {
     /// `{reason}`.
     pub grant_failed: &'static str,
     pub grant_disabled: &'static str,
+    /// The main menu's trial button: `{days}` (e.g. "3 days").
+    pub btn_trial: &'static str,
+    /// The trial was granted and is being set up: `{days}`.
+    pub trial_started: &'static str,
+    /// The trial is on the panel: `{days}`, `{expires}`, `{link}`.
+    pub trial_active: &'static str,
+    /// A second press: the trial was had.
+    pub trial_taken: &'static str,
+    /// The user has paid before or has a subscription.
+    pub trial_not_eligible: &'static str,
+    /// `TRIAL_DAYS` is 0.
+    pub trial_off: &'static str,
+    /// The gateway did not answer: `{reason}`.
+    pub trial_failed: &'static str,
     /// Over the per-user rate limit: `{secs}`.
     pub rate_limited: &'static str,
     /// An expiry reminder before the expiry: `{left}` (e.g. "3 days"), `{expires}`.

@@ -17,7 +17,7 @@ async fn say(w: &World, user: &TestUser, text: &str) -> SentMessage {
 }
 
 /// `manual_grants` rows and their `grant.created` events.
-async fn grants(w: &World) -> (u64, u64) {
+pub(crate) async fn grants(w: &World) -> (u64, u64) {
     let rows = manual_grants::Entity::find()
         .count(&w.db.conn)
         .await

@@ -13,6 +13,7 @@ mod reminders;
 mod sending;
 mod star_subscriptions;
 mod tariffs;
+mod trial;
 
 use std::time::{Duration, Instant};
 
