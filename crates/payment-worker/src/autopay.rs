@@ -25,14 +25,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
 use domain::entities::saved_methods::{self, MAX_DECLINES};
-use domain::entities::{payments, subscriptions, tariffs, users};
+use domain::entities::{payments, subscriptions, tariffs};
 use domain::{IdempotencyKey, PaymentId};
 use payment_core::background::TaskCause;
 use payment_core::{CreatePaymentRequest, PaymentService, ProviderPayment, Recurring};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -118,39 +118,77 @@ impl Autopay {
         if lead.is_zero() {
             return Ok(report);
         }
-        let due = subscriptions::Entity::find()
-            .filter(subscriptions::Column::ExpiresAt.gt(now))
-            .filter(subscriptions::Column::ExpiresAt.lte(now + lead))
-            .find_also_related(users::Entity)
-            .order_by_asc(subscriptions::Column::ExpiresAt)
-            .limit(self.settings.batch_size)
-            .all(&self.db)
-            .await?;
-        for (subscription, _) in due {
-            let methods = saved_methods::Entity::find()
-                .filter(saved_methods::Column::UserId.eq(subscription.user_id))
-                .filter(saved_methods::Column::Autopay.eq(true))
+        // Only users with autopay on, a page at a time in (expiry, id) order through the whole
+        // window: periods already charged or declined stay in the window until they end, and
+        // must not hide the ones after them.
+        let with_autopay = sea_orm::sea_query::Query::select()
+            .column(saved_methods::Column::UserId)
+            .from(saved_methods::Entity)
+            .and_where(saved_methods::Column::Autopay.eq(true))
+            .to_owned();
+        let mut after: Option<(DateTime<Utc>, i64)> = None;
+        loop {
+            let mut page = subscriptions::Entity::find()
+                .filter(subscriptions::Column::ExpiresAt.gt(now))
+                .filter(subscriptions::Column::ExpiresAt.lte(now + lead))
+                .filter(subscriptions::Column::UserId.in_subquery(with_autopay.clone()));
+            if let Some((at, id)) = after {
+                page = page.filter(
+                    Condition::any()
+                        .add(subscriptions::Column::ExpiresAt.gt(at))
+                        .add(
+                            Condition::all()
+                                .add(subscriptions::Column::ExpiresAt.eq(at))
+                                .add(subscriptions::Column::Id.gt(id)),
+                        ),
+                );
+            }
+            let due = page
+                .order_by_asc(subscriptions::Column::ExpiresAt)
+                .order_by_asc(subscriptions::Column::Id)
+                .limit(self.settings.batch_size)
                 .all(&self.db)
                 .await?;
-            // One charge per period whichever provider: the first enabled one with a method.
-            let Some(method) = methods
-                .into_iter()
-                .find(|m| self.providers.provider_named(&m.provider).is_some())
-            else {
-                continue;
-            };
-            let Some(payment) = self.charge_row(&subscription, &method, now).await? else {
-                continue;
-            };
-            if payment.provider_payment_id.is_some() || payment.status != PaymentStatus::Pending {
-                continue; // this period was charged already
+            let Some(last) = due.last() else { break };
+            after = Some((last.expires_at, last.id));
+            for subscription in due {
+                self.renew(&subscription, now, &mut report).await?;
             }
-            report.charged += 1;
-            report
-                .outcomes
-                .push(self.charge(&payment, &method, subscription.id).await);
         }
         Ok(report)
+    }
+
+    /// Charges `subscription`'s current period once, if its user has a saved method with
+    /// autopay on.
+    async fn renew(
+        &self,
+        subscription: &subscriptions::Model,
+        now: DateTime<Utc>,
+        report: &mut AutopayReport,
+    ) -> Result<(), DbErr> {
+        let methods = saved_methods::Entity::find()
+            .filter(saved_methods::Column::UserId.eq(subscription.user_id))
+            .filter(saved_methods::Column::Autopay.eq(true))
+            .all(&self.db)
+            .await?;
+        // One charge per period whichever provider: the first enabled one with a method.
+        let Some(method) = methods
+            .into_iter()
+            .find(|m| self.providers.provider_named(&m.provider).is_some())
+        else {
+            return Ok(());
+        };
+        let Some(payment) = self.charge_row(subscription, &method, now).await? else {
+            return Ok(());
+        };
+        if payment.provider_payment_id.is_some() || payment.status != PaymentStatus::Pending {
+            return Ok(()); // this period was charged already
+        }
+        report.charged += 1;
+        report
+            .outcomes
+            .push(self.charge(&payment, &method, subscription.id).await);
+        Ok(())
     }
 
     /// The period's charge row, written once (UNIQUE idempotency key); `None` when the

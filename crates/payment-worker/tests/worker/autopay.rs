@@ -210,3 +210,47 @@ async fn a_saved_card_renews_each_period_once_and_three_declines_turn_autopay_of
         "autopay is off"
     );
 }
+
+/// Periods already charged or declined stay in the window until they end; the loop pages
+/// through the whole window, so they never hide the periods after them (here pages of one).
+#[tokio::test]
+async fn decided_periods_do_not_hide_the_next_ones() {
+    let env = env().await;
+    let db = &env.db.conn;
+    let providers = service(&env);
+    let declined = paid_with_autopay(&env, &providers).await;
+    let due = paid_with_autopay(&env, &providers).await;
+    env.shop
+        .script_method(
+            &method(db, declined.user_id).await.method_id,
+            Some("card_expired"),
+        )
+        .expect("scripted");
+    expiring(db, declined.user_id, 10).await;
+    expiring(db, due.user_id, 12).await;
+    let host = Arc::new(WorkerHost::new(
+        db.clone(),
+        providers.clone(),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    ));
+    let autopay = Autopay::new(
+        db.clone(),
+        providers,
+        host,
+        AutopaySettings {
+            batch_size: 1,
+            ..AutopaySettings::default()
+        },
+    );
+    assert_eq!(autopay.run_once(Utc::now()).await.expect("poll").charged, 2);
+    assert_eq!(autopay.run_once(Utc::now()).await.expect("poll").charged, 0);
+    assert_eq!(
+        renewals(db, due.user_id).await[0].status,
+        PaymentStatus::Succeeded
+    );
+    assert_eq!(
+        renewals(db, declined.user_id).await[0].status,
+        PaymentStatus::Failed
+    );
+}
