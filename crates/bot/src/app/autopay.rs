@@ -6,12 +6,12 @@
 use chrono::Utc;
 use domain::entities::{saved_methods, tariffs};
 use domain::money::Currency;
-use frankenstein::types::{InlineKeyboardButton, User};
+use frankenstein::types::InlineKeyboardButton;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::App;
-use super::ui::{Click, button};
+use super::ui::button;
 use crate::gateway::ProviderView;
 use crate::store;
 use crate::texts::{self, Texts, fill};
@@ -40,22 +40,6 @@ pub(super) fn offer(
 }
 
 impl App {
-    /// A press of the autopay offer: the payment (saving the card) and how to pay it.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn pay_with_autopay(
-        &self,
-        click: Click,
-        from: &User,
-        t: &'static Texts,
-        data: &str,
-        code: &str,
-        provider: &str,
-        currency: &str,
-    ) -> Option<&'static str> {
-        self.pay_with(click, from, t, data, code, provider, currency, true)
-            .await
-    }
-
     /// The user's saved card as a line of "My subscription" and its buttons.
     pub(super) async fn autopay_lines(
         &self,

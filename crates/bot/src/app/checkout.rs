@@ -107,25 +107,10 @@ impl App {
         self.send(chat, text, Some(keyboard(rows))).await;
     }
 
-    /// Creates the payment through the gateway (keyed by the click) and shows how to pay.
+    /// Creates the payment through the gateway (keyed by the click) and shows how to pay;
+    /// `autopay`: the payer agreed to automatic renewal (the provider saves the card).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn pay(
-        &self,
-        click: Click,
-        from: &User,
-        t: &'static Texts,
-        data: &str,
-        code: &str,
-        provider: &str,
-        currency: &str,
-    ) -> Option<&'static str> {
-        self.pay_with(click, from, t, data, code, provider, currency, false)
-            .await
-    }
-
-    /// [`Self::pay`], with the payer's agreement to automatic renewal (`autopay`).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn pay_with(
         &self,
         click: Click,
         from: &User,
@@ -137,7 +122,7 @@ impl App {
         autopay: bool,
     ) -> Option<&'static str> {
         let payment = match self
-            .create_with(click, from, t, data, code, provider, currency, autopay)
+            .create_for_click(click, from, t, data, code, provider, currency, autopay)
             .await
         {
             Ok(payment) => payment,
@@ -156,27 +141,11 @@ impl App {
         }
     }
 
-    /// Creates the payment of a Pay press through the gateway, keyed by the click; on failure
-    /// the user has been told and the callback's answer is returned.
+    /// Creates the payment of a Pay press through the gateway, keyed by the click (`autopay`:
+    /// the payer agreed to automatic renewal); on failure the user has been told and the
+    /// callback's answer is returned.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn create_for_click(
-        &self,
-        click: Click,
-        from: &User,
-        t: &'static Texts,
-        data: &str,
-        code: &str,
-        provider: &str,
-        currency: &str,
-    ) -> Result<PaymentView, Option<&'static str>> {
-        self.create_with(click, from, t, data, code, provider, currency, false)
-            .await
-    }
-
-    /// [`Self::create_for_click`], with the payer's agreement to automatic renewal (`autopay`:
-    /// the provider saves the card).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn create_with(
         &self,
         click: Click,
         from: &User,

@@ -255,12 +255,12 @@ impl App {
                 None
             }
             ["p", code, provider, currency] => {
-                self.pay(click, from, t, data, code, provider, currency)
+                self.pay(click, from, t, data, code, provider, currency, false)
                     .await
             }
             ["s", code] => self.subscribe(click, from, t, data, code).await,
             ["a", code, provider, currency] => {
-                self.pay_with_autopay(click, from, t, data, code, provider, currency)
+                self.pay(click, from, t, data, code, provider, currency, true)
                     .await
             }
             ["ap", setting @ ("on" | "off" | "rm")] => {

@@ -75,6 +75,7 @@ impl App {
                 code,
                 telegram::ID.as_str(),
                 Currency::Xtr.code(),
+                false,
             )
             .await
         {
