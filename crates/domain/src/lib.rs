@@ -7,6 +7,7 @@ pub mod ids;
 pub mod migration;
 pub mod money;
 pub mod payment_log;
+pub mod promo;
 pub mod status;
 pub mod trial;
 
