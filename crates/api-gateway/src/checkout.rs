@@ -10,8 +10,8 @@
 //!    transaction is exclusive already), so two presses of one customer — on any replica —
 //!    decide one after the other, and presses of different customers never wait on each
 //!    other;
-//! 2. looks for a **reusable** checkout of the same tariff, provider and currency at the
-//!    current price: `pending`, and either still being created (within the creation window),
+//! 2. looks for a **reusable** checkout of the same tariff, provider, currency and promo code
+//!    (or none, like the press; issue 23) at the current price: `pending`, and either still being created (within the creation window),
 //!    or finished and not expired — `expires_at` at least [`REUSE_MARGIN`] away, or for a
 //!    payment without an expiry (a YooKassa redirect) created within
 //!    `CHECKOUT_REUSE_MINUTES`. A press finds it and answers with the same payment and
@@ -71,8 +71,11 @@ pub struct Wanted<'a> {
     pub user_id: i64,
     pub tariff_id: i64,
     pub provider: &'a dyn PaymentProvider,
-    /// The price just quoted (for crypto: without the tag).
+    /// The price just quoted (for crypto: without the tag), the promo code's discount applied.
     pub price: &'a Money,
+    /// The promo code (`promo_codes.id`) the press asks with: only a checkout made with the
+    /// same code (or, without one, with none) is handed out again.
+    pub promo: Option<i64>,
 }
 
 fn chrono(d: Duration) -> chrono::Duration {
@@ -131,6 +134,7 @@ impl CheckoutPolicy {
             .filter(P::TariffId.eq(wanted.tariff_id))
             .filter(P::Provider.eq(wanted.provider.id()))
             .filter(P::Currency.eq(wanted.price.currency()))
+            .filter(same_promo(wanted.promo))
             .filter(self.reusable(now))
             .order_by_desc(P::CreatedAt)
             .all(txn)
@@ -166,6 +170,21 @@ impl CheckoutPolicy {
             .count(txn)
             .await
     }
+}
+
+/// Payments made with the promo code `promo` (`None`: with no code).
+fn same_promo(promo: Option<i64>) -> Condition {
+    use domain::entities::payment_promos::{Column as PP, Entity as PaymentPromos};
+    use sea_orm::sea_query::Query;
+    let mut with_code = Query::select();
+    with_code.column(PP::PaymentId).from(PaymentPromos);
+    let condition = match promo {
+        Some(id) => {
+            payments::Column::Id.in_subquery(with_code.and_where(PP::PromoCodeId.eq(id)).to_owned())
+        }
+        None => payments::Column::Id.not_in_subquery(with_code.to_owned()),
+    };
+    Condition::all().add(condition)
 }
 
 /// Whether `row` asks what `wanted` would ask now (the provider decides: the same amount,

@@ -44,6 +44,10 @@ pub enum ApiError {
          before starting another"
     )]
     TooManyOpenPayments { limit: u32 },
+    /// A promo code this checkout cannot use (issue 23): 422 `promo_rejected`, the message
+    /// starting with the reason's code (`expired: …`).
+    #[error("{0}")]
+    PromoRejected(domain::promo::Refusal),
     #[error("{0}")]
     Unprocessable(String),
     #[error("the payment provider rejected the request: {0}")]
@@ -80,6 +84,7 @@ impl ApiError {
             ApiError::IdempotencyMismatch => "idempotency_key_reused",
             ApiError::RefundInProgress { .. } => "refund_in_progress",
             ApiError::TooManyOpenPayments { .. } => "too_many_open_payments",
+            ApiError::PromoRejected(_) => "promo_rejected",
             ApiError::Unprocessable(_) => "unprocessable",
             ApiError::ProviderRejected(_) => "provider_rejected",
             ApiError::ProviderUnavailable(_) => "provider_unavailable",
@@ -109,9 +114,9 @@ impl ResponseError for ApiError {
             | ApiError::InFlight
             | ApiError::RefundInProgress { .. }
             | ApiError::TooManyOpenPayments { .. } => StatusCode::CONFLICT,
-            ApiError::IdempotencyMismatch | ApiError::Unprocessable(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::IdempotencyMismatch
+            | ApiError::Unprocessable(_)
+            | ApiError::PromoRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::ProviderRejected(_) => StatusCode::BAD_GATEWAY,
             ApiError::ProviderUnavailable(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,

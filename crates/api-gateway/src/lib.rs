@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod observability;
 pub mod payments;
+pub mod promos;
 pub mod settings;
 pub mod state;
 pub mod stats;
@@ -132,6 +133,7 @@ pub async fn start(
             .configure(payments::configure)
             .configure(stats::configure)
             .configure(grants::configure)
+            .configure(promos::configure)
             .configure(trials::configure)
             .route("/api/openapi.json", web::get().to(openapi))
             .default_service(web::to(not_found))

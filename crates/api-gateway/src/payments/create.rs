@@ -9,8 +9,9 @@ use chrono::{SubsecRound, Utc};
 use domain::entities::payments::{
     CREATION_IN_PROGRESS, CREATION_REFUSED, CREATION_WINDOW, META_CREATION,
 };
-use domain::entities::{payments, tariffs, users};
+use domain::entities::{payment_promos, payments, promo_codes, tariffs, users};
 use domain::money::{Currency, Money};
+use domain::promo;
 use domain::{IdempotencyKey, PaymentId, PaymentStatus, TelegramUserId};
 use messaging::events::{PaymentCreated, PaymentSnapshot};
 use messaging::{Envelope, Event};
@@ -60,6 +61,17 @@ pub(super) struct CreateBody {
     /// The payer agreed to automatic renewal: the provider saves the method (if it can).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     autopay: bool,
+    /// A promo code (issue 23): checked in the intent transaction; its discounted price is
+    /// the payment's amount, and the payment is recorded with it (`payment_promos`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    promo_code: Option<String>,
+}
+
+/// A promo code checked for this checkout.
+struct AppliedPromo {
+    row: promo_codes::Model,
+    list_price: Money,
+    priced: promo::Priced,
 }
 
 /// Record the intent, call the provider, record the result — no transaction is open while
@@ -318,7 +330,7 @@ impl Create<'_> {
     /// the cap on open payments and stores the payment row as an intent (and, for crypto,
     /// reserves its invoice). See [`crate::checkout`].
     async fn record_intent(&self) -> Result<Recorded, ApiError> {
-        let (telegram_id, provider, tariff, amount) = self.validate().await?;
+        let (telegram_id, provider, tariff, list_price) = self.validate().await?;
         let now = Utc::now().trunc_subsecs(6);
         let payment_id = PaymentId::new();
         let lease = Lease::fresh(&self.state.db, payment_id);
@@ -331,11 +343,29 @@ impl Create<'_> {
         let user_id = upsert_user(&txn, telegram_id, profile).await?;
         let policy = &self.state.checkout;
         policy.lock_user(&txn, user_id).await?;
+        // Under the customer's lock: their uses of a once-per-customer code are settled.
+        let promo = match self.body.promo_code.as_deref() {
+            Some(code) => Some(
+                apply_promo(
+                    &txn,
+                    code,
+                    user_id,
+                    &tariff,
+                    provider.as_ref(),
+                    list_price,
+                    now,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let amount = promo.as_ref().map_or(list_price, |p| p.priced.amount);
         let wanted = checkout::Wanted {
             user_id,
             tariff_id: tariff.id,
             provider: provider.as_ref(),
             price: &amount,
+            promo: promo.as_ref().map(|p| p.row.id),
         };
         if let Some(open) = policy.find_reusable(&txn, &wanted, now).await? {
             txn.commit().await?;
@@ -397,6 +427,22 @@ impl Create<'_> {
             } else {
                 Err(ApiError::internal(error))
             };
+        }
+        if let Some(applied) = &promo {
+            payment_promos::ActiveModel {
+                payment_id: Set(payment.id),
+                promo_code_id: Set(applied.row.id),
+                user_id: Set(user_id),
+                code: Set(applied.row.code.clone()),
+                list_price_minor: Set(applied.list_price.minor()),
+                discount_minor: Set(applied.priced.discount_minor),
+                extra_days: Set(applied.priced.extra_days),
+                created_at: Set(now),
+                used_at: Set(None),
+                returned_at: Set(None),
+            }
+            .insert(&txn)
+            .await?;
         }
         // The row goes in first: what the provider reserves may refer to it (crypto: the
         // invoice's unique amount, price + tag, is what the payer is asked for).
@@ -712,6 +758,47 @@ impl Create<'_> {
         }
         error
     }
+}
+
+/// Checks the promo code `code` for this checkout (see [`domain::promo`]) and prices it;
+/// a refusal is 422 `promo_rejected` and the transaction is dropped, so nothing changes.
+async fn apply_promo(
+    txn: &DatabaseTransaction,
+    code: &str,
+    user_id: i64,
+    tariff: &tariffs::Model,
+    provider: &dyn PaymentProvider,
+    list_price: Money,
+    now: chrono::DateTime<Utc>,
+) -> Result<AppliedPromo, ApiError> {
+    let row = promo::find(txn, code)
+        .await?
+        .ok_or(ApiError::PromoRejected(promo::Refusal::Unknown))?;
+    let provider_id = provider.id();
+    if let Some(refusal) = promo::refusal(
+        txn,
+        &row,
+        Some(user_id),
+        Some(&tariff.code),
+        Some(provider_id.as_str()),
+        now,
+    )
+    .await?
+    {
+        return Err(ApiError::PromoRejected(refusal));
+    }
+    let benefit = promo::Benefit::of(&row).ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "promo code {} has no valid benefit",
+            row.code
+        ))
+    })?;
+    let priced = promo::price(benefit, list_price).map_err(ApiError::PromoRejected)?;
+    Ok(AppliedPromo {
+        row,
+        list_price,
+        priced,
+    })
 }
 
 /// The answer to a press that found the customer's open, finished checkout: the payment as

@@ -11,6 +11,7 @@ mod helpers;
 mod idempotency;
 mod ops;
 mod payments;
+mod promos;
 mod rate_limits;
 mod refunds;
 mod slow_provider;
