@@ -8,6 +8,7 @@ pub mod migration;
 pub mod money;
 pub mod payment_log;
 pub mod promo;
+pub mod referral;
 pub mod status;
 pub mod trial;
 

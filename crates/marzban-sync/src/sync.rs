@@ -1,7 +1,7 @@
 //! The consumer: `payment.completed` grants days, `payment.refunded` takes them back,
-//! `grant.created` gives the days of a manual grant (an admin's, a trial) without a payment;
-//! each brings the panel in line with the ledger and announces the result (a manual grant's
-//! as `grant.activated`: the `subscription.*` events name a payment).
+//! `grant.created` gives the days of a manual grant (an admin's, a trial, a referral bonus)
+//! without a payment; each brings the panel in line with the ledger and announces the result
+//! (a manual grant's as `grant.activated`: the `subscription.*` events name a payment).
 //!
 //! No panel call happens inside a database transaction. Each message goes through three
 //! steps — record the intent, call the panel, record the result:
@@ -570,7 +570,7 @@ async fn append_grant(
 }
 
 /// Step 1 of `grant.created`, in its own short transaction: the manual grant's ledger entry
-/// (kind `admin` or `trial`, no payment; written once, keyed under [`GRANTED`]) and the
+/// (kind `admin`, `trial` or `referral`, no payment; written once, keyed under [`GRANTED`]) and the
 /// subscription's intent. `None`: granted and on the panel before.
 async fn record_manual_grant(
     tx: &DatabaseTransaction,

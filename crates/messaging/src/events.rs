@@ -178,7 +178,7 @@ pub struct GrantCreated {
     pub user_id: i64,
     /// The receiver's Telegram user id.
     pub telegram_id: i64,
-    /// `admin` or `trial`.
+    /// `admin`, `trial` or `referral`.
     pub kind: String,
     /// Days given.
     pub days: i32,
@@ -197,7 +197,7 @@ pub struct GrantActivated {
     pub grant_id: i64,
     /// The receiver's Telegram user id.
     pub telegram_id: i64,
-    /// `admin` or `trial`.
+    /// `admin`, `trial` or `referral`.
     pub kind: String,
     /// Days given.
     pub days: i32,

@@ -313,13 +313,18 @@ fn subscription_revoked() {
 
 #[test]
 fn grant_created() {
-    check_event(&[GrantCreated {
+    let admin = GrantCreated {
         grant_id: 3,
         user_id: 17,
         telegram_id: 123_456_789,
         kind: "admin".into(),
         days: 7,
-    }]);
+    };
+    let referral = GrantCreated {
+        kind: "referral".into(),
+        ..admin.clone()
+    };
+    check_event(&[admin, referral]);
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod host;
 pub mod metric;
 pub mod notifications;
 pub mod reconcile;
+mod referral;
 pub mod renewals;
 pub mod settings;
 pub mod sources;

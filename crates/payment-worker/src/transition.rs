@@ -233,6 +233,7 @@ pub async fn apply<C: ConnectionTrait>(
         };
         announce(tx, &snapshot, &payment, &moved, trigger).await?;
         crate::autopay::record(tx, &moved, answer).await?;
+        crate::referral::reward(tx, &moved).await?;
         payment = moved;
     }
     Ok(Applied::Moved {

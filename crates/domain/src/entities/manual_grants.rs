@@ -1,6 +1,7 @@
-//! `manual_grants`: days given without a payment — by an admin (`admin`) or as a free trial
-//! (`trial`). `idempotency_key` is unique, so a repeated request grants once; marzban-sync
-//! writes the ledger entry (`subscription_grants.kind` = `kind`).
+//! `manual_grants`: days given without a payment — by an admin (`admin`), as a free trial
+//! (`trial`) or as a referrer's bonus (`referral`, [`crate::referral`]). `idempotency_key` is
+//! unique, so a repeated request grants once; marzban-sync writes the ledger entry
+//! (`subscription_grants.kind` = `kind`).
 
 use sea_orm::entity::prelude::*;
 

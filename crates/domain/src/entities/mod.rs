@@ -12,6 +12,8 @@ pub mod payments;
 pub mod processed_messages;
 pub mod promo_codes;
 pub mod provider_notifications;
+pub mod referral_codes;
+pub mod referrals;
 pub mod refunds;
 pub mod reminder_cursors;
 pub mod reminders;
@@ -35,6 +37,8 @@ pub mod prelude {
     pub use super::processed_messages::Entity as ProcessedMessages;
     pub use super::promo_codes::Entity as PromoCodes;
     pub use super::provider_notifications::Entity as ProviderNotifications;
+    pub use super::referral_codes::Entity as ReferralCodes;
+    pub use super::referrals::Entity as Referrals;
     pub use super::refunds::Entity as Refunds;
     pub use super::reminder_cursors::Entity as ReminderCursors;
     pub use super::reminders::Entity as Reminders;

@@ -46,4 +46,5 @@ migrations![
     m20261206_000700_star_subscriptions,
     m20261206_000800_saved_methods,
     m20261206_000900_promo_codes,
+    m20261206_000910_referrals,
 ];

@@ -10,4 +10,5 @@ mod notifications;
 mod outside_calls;
 mod properties;
 mod reconciliation;
+mod referrals;
 mod telegram;
