@@ -525,15 +525,14 @@ async fn record_grant(
         tracing::info!(%payment_id, grant_id = grant.id, "payment granted before, not yet confirmed by the panel; sending the ledger's state again");
         subscription.data_limit_bytes
     } else {
-        let expires_at = append_grant(
-            tx,
-            subscription.id,
-            Some(payment_id),
-            KIND_PURCHASE,
-            tariff.duration_days,
-        )
-        .await?;
-        tracing::info!(%payment_id, expires_at = %expires_at, days = tariff.duration_days, "grant recorded");
+        // The tariff's days, and those of the payment's promo code (issue 23), in one entry:
+        // a refund takes back its share of both.
+        let days = tariff
+            .duration_days
+            .saturating_add(domain::promo::extra_days(tx, payment_id).await?);
+        let expires_at =
+            append_grant(tx, subscription.id, Some(payment_id), KIND_PURCHASE, days).await?;
+        tracing::info!(%payment_id, expires_at = %expires_at, days, "grant recorded");
         tariff.data_limit_bytes
     };
     let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;

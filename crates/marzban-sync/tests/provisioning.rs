@@ -918,6 +918,71 @@ async fn a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit(mut h: Harn
     h.finish().await;
 }
 
+/// A payment made with an extra-days promo code (issue 23): one ledger entry of the tariff's
+/// days and the code's, written once however often the success is delivered, and taken back
+/// whole by a full refund.
+async fn a_promo_codes_extra_days_are_part_of_the_payments_grant(mut h: Harness) {
+    let user = h.user(100_033).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+    let now = Utc::now();
+    let code = domain::entities::promo_codes::ActiveModel {
+        id: NotSet,
+        code: Set("WEEK".into()),
+        kind: Set("days".into()),
+        value: Set(7),
+        currency: Set(None),
+        max_uses: Set(None),
+        once_per_user: Set(false),
+        starts_at: Set(None),
+        ends_at: Set(None),
+        tariffs: Set(String::new()),
+        providers: Set(String::new()),
+        active: Set(true),
+        created_by: Set(None),
+        created_at: Set(now),
+        disabled_at: Set(None),
+    }
+    .insert(&h.db.conn)
+    .await
+    .unwrap();
+    domain::entities::payment_promos::ActiveModel {
+        payment_id: Set(paid.id),
+        promo_code_id: Set(code.id),
+        user_id: Set(user),
+        code: Set(code.code.clone()),
+        list_price_minor: Set(paid.amount_minor),
+        discount_minor: Set(0),
+        extra_days: Set(7),
+        created_at: Set(now),
+        used_at: Set(Some(now)),
+        returned_at: Set(None),
+    }
+    .insert(&h.db.conn)
+    .await
+    .unwrap();
+
+    let envelope = completed(&paid);
+    h.publish(&envelope).await;
+    h.publish(&envelope).await;
+    h.settled(2).await;
+    let activated = h.activated().await.subscription;
+    assert!(close_to(activated.expires_at, Utc::now() + days(37)));
+    let ledger = h.grants().await;
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        (ledger[0].payment_id, ledger[0].days_granted),
+        (Some(paid.id), 37)
+    );
+    h.assert_no_more_events().await;
+
+    h.publish(&refunded(&paid, 19_900, 19_900)).await;
+    let revoked: SubscriptionRevoked = h.next_event().await.decode().unwrap();
+    assert!(revoked.subscription.expires_at <= Utc::now());
+    assert_eq!(h.grants().await[0].days_revoked, 37);
+    h.finish().await;
+}
+
 async fn partial_refund_revokes_days_in_proportion(mut h: Harness) {
     let user = h.user(100_006).await;
     let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
@@ -1371,6 +1436,7 @@ on_both_buses! {
     adoption_keeps_the_panel_remaining_days_and_a_refund_does_not_take_them => "ms-remaining",
     a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refund => "ms-manual",
     a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit => "ms-trial",
+    a_promo_codes_extra_days_are_part_of_the_payments_grant => "ms-promo",
 }
 
 async fn slow_panel_holds_no_transaction_and_no_row_lock(mut h: Harness) {

@@ -233,6 +233,7 @@ pub async fn apply<C: ConnectionTrait>(
         };
         announce(tx, &snapshot, &payment, &moved, trigger).await?;
         crate::autopay::record(tx, &moved, answer).await?;
+        promo_use(tx, &moved).await?;
         crate::referral::reward(tx, &moved).await?;
         payment = moved;
     }
@@ -283,6 +284,23 @@ async fn transition<C: ConnectionTrait>(
         PaymentStatus::Pending => return Ok(None),
     };
     Ok(update.exec_with_returning(tx).await?.into_iter().next())
+}
+
+/// A promo code's use (issue 23), in the transaction of the transition that makes it: counted
+/// when the payment succeeds, given back when it is refunded in full. Each is a conditional
+/// update of the payment's `payment_promos` row, and the transition happens once, so a
+/// duplicated notification counts nothing twice ([`domain::promo`]).
+async fn promo_use<C: ConnectionTrait>(tx: &C, moved: &payments::Model) -> Result<(), DbErr> {
+    let now = moved.updated_at;
+    let changed = match moved.status {
+        PaymentStatus::Succeeded => domain::promo::count_use(tx, moved.id, now).await?,
+        PaymentStatus::Refunded => domain::promo::return_use(tx, moved.id, now).await?,
+        _ => false,
+    };
+    if changed {
+        tracing::info!(payment_id = %moved.id, status = %moved.status, "promo code use counted or given back");
+    }
+    Ok(())
 }
 
 fn failure_reason(next: PaymentStatus, answer: &ProviderPayment) -> String {

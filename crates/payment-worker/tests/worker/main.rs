@@ -8,6 +8,7 @@ mod helpers;
 mod in_process;
 mod notifications;
 mod outside_calls;
+mod promos;
 mod properties;
 mod reconciliation;
 mod referrals;
