@@ -15,6 +15,7 @@ pub mod state;
 pub mod stats;
 pub mod tariffs;
 pub mod trials;
+pub mod users;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -135,6 +136,7 @@ pub async fn start(
             .configure(grants::configure)
             .configure(promos::configure)
             .configure(trials::configure)
+            .configure(users::configure)
             .route("/api/openapi.json", web::get().to(openapi))
             .default_service(web::to(not_found))
     })?;

@@ -18,4 +18,5 @@ mod slow_provider;
 mod stats;
 mod telegram_refunds;
 mod trials;
+mod users;
 mod yookassa;

@@ -173,6 +173,7 @@ async fn openapi_document_describes_every_route() {
         ("/api/admin/promos/{code}", "get"),
         ("/api/admin/promos/{code}/disable", "post"),
         ("/api/trials", "post"),
+        ("/api/admin/users/{who}", "get"),
         ("/api/openapi.json", "get"),
     ];
     let methods: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
