@@ -131,7 +131,8 @@ pub async fn start(
             infra.outbox_nudge.clone(),
         )
         .with_limits(limits::Limits::new(&bot.limits))
-        .with_trial(bot.trial),
+        .with_trial(bot.trial)
+        .with_referrals(bot.referrals),
     );
 
     let sender = Arc::new(sender::Sender::new(

@@ -84,6 +84,14 @@ enum Note {
         expires: String,
         link: String,
     },
+    /// A referrer's bonus is on the panel (`grant.activated` of kind `referral`); the friend
+    /// whose payment earned it is told too.
+    ReferralBonus {
+        grant_id: i64,
+        days: i64,
+        expires: String,
+        link: String,
+    },
 }
 
 fn money(minor: i64, currency: &str) -> Result<Money, HandlerError> {
@@ -142,6 +150,17 @@ fn decode(envelope: &Envelope) -> Result<Option<(i64, Note)>, HandlerError> {
         }
         GrantActivated::EVENT_TYPE => {
             let e: GrantActivated = envelope.decode()?;
+            if e.kind == domain::referral::KIND {
+                return Ok(Some((
+                    e.telegram_id,
+                    Note::ReferralBonus {
+                        grant_id: e.grant_id,
+                        days: i64::from(e.days),
+                        expires: texts::date(e.expires_at),
+                        link: e.subscription_url,
+                    },
+                )));
+            }
             // An admin's grant is not announced to the customer (yet).
             if e.kind != domain::trial::KIND {
                 return Ok(None);
@@ -184,6 +203,12 @@ impl Handler for Notifier {
         {
             note = Note::RenewalDeclined(reason.clone());
         }
+        let friend = match &note {
+            Note::ReferralBonus { grant_id, days, .. } => {
+                referred_friend(tx, envelope, *grant_id, *days).await?
+            }
+            _ => None,
+        };
         let language = store::user(tx, chat).await?.and_then(|u| u.language_code);
         let message = message(Lang::from_code(language.as_deref()), note);
         let queued = Queued {
@@ -192,7 +217,8 @@ impl Handler for Notifier {
             dedupe_key: format!("event:{}", envelope.event_id),
             message,
         };
-        if sender::enqueue(tx, &[queued]).await? == 1 {
+        let rows: Vec<Queued> = std::iter::once(queued).chain(friend).collect();
+        if sender::enqueue(tx, &rows).await? > 0 {
             tracing::info!(event = %envelope.event_type, event_id = %envelope.event_id, chat, "notification queued");
         }
         Ok(())
@@ -202,6 +228,36 @@ impl Handler for Notifier {
     fn committed(&self, _envelope: &Envelope) {
         self.nudge.notify_one();
     }
+}
+
+/// The message to the referred user whose first payment earned the referral bonus
+/// `grant_id` (`days`); `None` when no referral names the grant.
+async fn referred_friend(
+    tx: &DatabaseTransaction,
+    envelope: &Envelope,
+    grant_id: i64,
+    days: i64,
+) -> Result<Option<Queued>, HandlerError> {
+    let Some(referral) = domain::referral::by_reward_grant(tx, grant_id).await? else {
+        return Ok(None);
+    };
+    let Some(friend) = domain::entities::users::Entity::find_by_id(referral.referred_user_id)
+        .one(tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let lang = Lang::from_code(friend.language_code.as_deref());
+    let text = fill(
+        texts::referral::texts(lang).friend_rewarded,
+        &[("days", &texts::days(lang, days))],
+    );
+    Ok(Some(Queued {
+        chat: friend.telegram_id,
+        kind: Kind::Notification,
+        dedupe_key: format!("event:{}:referred", envelope.event_id),
+        message: Outgoing::text(text, None),
+    }))
 }
 
 /// Whether the failed payment of `envelope` was an automatic renewal charge (the worker's
@@ -273,6 +329,22 @@ fn message(lang: Lang, note: Note) -> Outgoing {
             (markup, qr) = link_button(t, &link);
             fill(
                 t.trial_active,
+                &[
+                    ("days", &texts::days(lang, days)),
+                    ("expires", &expires),
+                    ("link", &link),
+                ],
+            )
+        }
+        Note::ReferralBonus {
+            days,
+            expires,
+            link,
+            ..
+        } => {
+            (markup, qr) = link_button(t, &link);
+            fill(
+                texts::referral::texts(lang).bonus_active,
                 &[
                     ("days", &texts::days(lang, days)),
                     ("expires", &expires),

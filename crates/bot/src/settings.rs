@@ -50,6 +50,7 @@ pub const VARS: &[EnvVar] = &[
     EnvVar::default("BOT_LIMIT_USERS", "100000"),
     EnvVar::default("REMINDER_OFFSETS", "-3d,-1d,0,+3d"),
     EnvVar::default("REMINDER_SCAN_SECS", "60"),
+    EnvVar::default("REFERRAL_BONUS_DAYS", "7"),
 ];
 
 /// Every variable the `bot` binary reads; it refuses to start without its token and the
@@ -113,6 +114,9 @@ pub struct BotSettings {
     /// `TRIAL_DAYS` (default 0 = off) and `TRIAL_DATA_LIMIT_GB`: whether the main menu offers
     /// the free trial, and of how many days (the gateway grants it).
     pub trial: domain::trial::TrialPolicy,
+    /// `REFERRAL_BONUS_DAYS` (default 7; 0 = off): the days a referrer is promised for a
+    /// friend's first payment, recorded with each referral ([`domain::referral`]).
+    pub referrals: domain::referral::ReferralPolicy,
 }
 
 impl ServiceSettings {
@@ -176,6 +180,7 @@ fn bot(vars: &Vars) -> Result<Option<BotSettings>, String> {
             .unwrap_or_default(),
         reminder_every: Duration::from_secs(reminder_every),
         trial: domain::trial::TrialPolicy::from_vars(vars)?,
+        referrals: domain::referral::ReferralPolicy::from_vars(vars)?,
     }))
 }
 

@@ -26,7 +26,7 @@ use sea_orm::{
 
 use crate::PaymentId;
 use crate::entities::{payments, referral_codes, referrals, users};
-use crate::env::{EnvVar, Vars, invalid};
+use crate::env::{Vars, invalid};
 use crate::status::PaymentStatus;
 
 /// `manual_grants.kind` (and so `subscription_grants.kind`) of a referral bonus.
@@ -42,9 +42,6 @@ const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 pub const DEFAULT_BONUS_DAYS: i32 = 7;
 /// The largest `REFERRAL_BONUS_DAYS`.
 pub const MAX_BONUS_DAYS: i32 = 365;
-
-/// The referral program's variable, read by the bot.
-pub const VARS: &[EnvVar] = &[EnvVar::default("REFERRAL_BONUS_DAYS", "7")];
 
 /// How many days a referrer gets; 0 = referrals off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,8 @@
 //! - [`payments`] — storing `successful_payment` / `refunded_payment` in the inbox;
 //! - [`refunds`] — the admin's `/refund` and its confirmation;
 //! - [`trial`] — the free trial button;
+//! - [`referral`] — `/start ref_<code>` and `/ref`;
+//! - [`lookup`] — the admin's `/user`;
 //! - [`ui`] — keyboards, sending and the keys every use case shares.
 //!
 //! This module holds the state and dispatches an update to its use case.
@@ -13,9 +15,11 @@
 mod autopay;
 mod checkout;
 mod grants;
+mod lookup;
 mod menu;
 mod payments;
 mod pre_checkout;
+mod referral;
 mod refunds;
 mod star_subscription;
 mod trial;
@@ -62,6 +66,10 @@ pub struct App {
     limits: crate::limits::Limits,
     /// The free trial offered in the main menu (`TRIAL_DAYS` 0: none).
     trial: domain::trial::TrialPolicy,
+    /// The referral program (`REFERRAL_BONUS_DAYS` 0: off).
+    referrals: domain::referral::ReferralPolicy,
+    /// The bot's @username for referral links, asked from `getMe` once.
+    bot_username: tokio::sync::OnceCell<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -100,12 +108,20 @@ impl App {
             provider_token,
             limits: crate::limits::Limits::default(),
             trial: domain::trial::TrialPolicy::default(),
+            referrals: domain::referral::ReferralPolicy::default(),
+            bot_username: tokio::sync::OnceCell::new(),
         }
     }
 
     /// The same app offering this free trial (the settings' `TRIAL_DAYS`).
     pub fn with_trial(mut self, trial: domain::trial::TrialPolicy) -> Self {
         self.trial = trial;
+        self
+    }
+
+    /// The same app with this referral program (the settings' `REFERRAL_BONUS_DAYS`).
+    pub fn with_referrals(mut self, referrals: domain::referral::ReferralPolicy) -> Self {
+        self.referrals = referrals;
         self
     }
 
@@ -183,6 +199,15 @@ impl App {
             }
             Some((name, arg)) if admin && name == "grant" => {
                 self.grant(chat, user_id(from), t, &arg).await;
+            }
+            Some((name, arg)) if admin && name == "user" => {
+                self.user_lookup(chat, t, &arg).await;
+            }
+            Some((name, _)) if name == "ref" => {
+                self.referral_info(chat, from, t).await;
+            }
+            Some((name, arg)) if name == "start" && !arg.is_empty() => {
+                self.start_with(chat, from, t, &arg).await;
             }
             // /start, /menu, anything else — and admin commands from non-admins, which get
             // the ordinary menu so the commands stay invisible.

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod en;
+pub mod referral;
 mod ru;
 
 use domain::money::{Currency, Money};

@@ -9,6 +9,7 @@ mod helpers;
 mod notify;
 mod rate_limits;
 mod readiness;
+mod referrals;
 mod reminders;
 mod sending;
 mod star_subscriptions;
