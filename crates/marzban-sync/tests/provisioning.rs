@@ -918,6 +918,53 @@ async fn a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit(mut h: Harn
     h.finish().await;
 }
 
+/// A referral bonus (issue 23: the payment worker writes it when a friend's first payment
+/// succeeds): one ledger entry of kind `referral`, however many copies of its event arrive,
+/// stacked on the referrer's paid time with their data limit kept, announced once.
+async fn a_referral_bonus_is_a_ledger_entry_of_kind_referral_on_top_of_the_paid_time(
+    mut h: Harness,
+) {
+    let user = h.user(100_034).await;
+    let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
+    let paid = h.pay(user, &month).await;
+    h.publish(&completed(&paid)).await;
+    let paid_until = h.activated().await.subscription.expires_at;
+    let bonus = h.grant_of(user, domain::referral::KIND, 7, None).await;
+    h.publish(&bonus).await;
+    h.publish(&copy_of(&bonus)).await;
+    h.settled(3).await;
+    let activated: GrantActivated = h.next_event().await.decode().unwrap();
+    assert_eq!(
+        (
+            activated.kind.as_str(),
+            activated.days,
+            activated.telegram_id
+        ),
+        ("referral", 7, 100_034)
+    );
+    assert_eq!(activated.expires_at, paid_until + days(7));
+    let subscription = h.subscription(user).await;
+    assert_eq!(subscription.expires_at, paid_until + days(7));
+    assert_eq!(subscription.data_limit_bytes, Some(100 * GIB));
+    assert_eq!(
+        h.panel_user(100_034).expire,
+        Some((paid_until + days(7)).timestamp())
+    );
+    let kinds: Vec<(String, i32)> = h
+        .grants()
+        .await
+        .into_iter()
+        .map(|g| (g.kind, g.days_granted))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("purchase".to_owned(), 30), ("referral".to_owned(), 7)],
+        "two copies, one referral entry"
+    );
+    h.assert_no_more_events().await;
+    h.finish().await;
+}
+
 /// A payment made with an extra-days promo code (issue 23): one ledger entry of the tariff's
 /// days and the code's, written once however often the success is delivered, and taken back
 /// whole by a full refund.
@@ -1437,6 +1484,7 @@ on_both_buses! {
     a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refund => "ms-manual",
     a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit => "ms-trial",
     a_promo_codes_extra_days_are_part_of_the_payments_grant => "ms-promo",
+    a_referral_bonus_is_a_ledger_entry_of_kind_referral_on_top_of_the_paid_time => "ms-referral",
 }
 
 async fn slow_panel_holds_no_transaction_and_no_row_lock(mut h: Harness) {
