@@ -93,7 +93,7 @@ impl FaultPlan {
     pub fn full() -> Self {
         Self {
             payments: 300,
-            users: 40,
+            users: 75,
             concurrency: 8,
             pace: Duration::from_millis(250),
             fault_every_ms: (1000, 3000),
@@ -307,6 +307,12 @@ async fn drive(
     broker: &TcpProxy,
 ) -> anyhow::Result<FaultReport> {
     let sandbox = cluster.sandbox_client();
+    anyhow::ensure!(
+        plan.payments <= plan.users * TARIFFS.len(),
+        "{} payments need at least {} users: one payment per customer and tariff",
+        plan.payments,
+        plan.payments.div_ceil(TARIFFS.len())
+    );
     let users: Vec<TestUser> = (0..plan.users as i64)
         .map(|i| TestUser::new(870_000 + i, &format!("Faulty {i}"), "en"))
         .collect();
@@ -371,6 +377,9 @@ async fn drive(
     Ok(report)
 }
 
+/// The tariffs the fault runs buy (all of `config/tariffs.toml`).
+const TARIFFS: [&str; 4] = ["month_1", "month_3", "month_6", "month_12"];
+
 /// Creates every payment through the gateway (retrying with the same key through kills and
 /// provider faults, as the bot does) and pays, leaves or declines it on the checkout.
 /// Returns the YooKassa ids with their fates.
@@ -390,10 +399,14 @@ async fn customers(
         futures::stream::iter(fates.iter().copied().enumerate())
             .map(|(i, fate)| {
                 let (http, retries) = (&http, &retries);
+                // Each payment its own customer and tariff: a second press of one customer
+                // for one tariff gets the first, still open checkout back (issue 18), so two
+                // payments of a pair would be one payment paid twice (or a left one paid).
+                // A customer still buys up to four tariffs, so renewals run under the faults.
                 let user = &users[i % users.len()];
+                let tariff = TARIFFS[(i / users.len()) % TARIFFS.len()];
                 async move {
                     tokio::time::sleep(plan.pace * i as u32).await;
-                    let tariff = if i % 2 == 0 { "month_1" } else { "month_3" };
                     let key = format!("faults-{}-{i}", user.id);
                     let mut attempt = 0;
                     let created = loop {
