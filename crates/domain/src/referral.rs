@@ -308,7 +308,12 @@ pub async fn claim(
     user_id: i64,
     payment_id: PaymentId,
 ) -> Result<Option<referrals::Model>, DbErr> {
-    if has_paid(conn, user_id, Some(payment_id)).await? {
+    // Most payers were referred by nobody: one primary-key look-up, and nothing more.
+    let open = referrals::Entity::find_by_id(user_id)
+        .filter(referrals::Column::RewardedPaymentId.is_null())
+        .one(conn)
+        .await?;
+    if open.is_none() || has_paid(conn, user_id, Some(payment_id)).await? {
         return Ok(None);
     }
     let now = Utc::now();
