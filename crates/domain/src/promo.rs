@@ -522,8 +522,8 @@ mod tests {
         assert_eq!(percent.discount_minor, 3_980);
         // Rounded in the payer's disfavour by less than a kopeck.
         assert_eq!(
-            price(Benefit::Percent(33), rub(100_01)).unwrap().amount,
-            rub(67_01)
+            price(Benefit::Percent(33), rub(10_001)).unwrap().amount,
+            rub(6_701)
         );
         assert_eq!(
             price(Benefit::Fixed(rub(5_000)), rub(19_900))
@@ -539,8 +539,15 @@ mod tests {
             price(Benefit::Fixed(rub(100)), Money::new(150, Currency::Xtr)),
             Err(Refusal::Currency)
         );
+        // 1 ⭐ left is the smallest payment; 0.99 ₽ is below it.
         assert_eq!(
-            price(Benefit::Percent(99), Money::new(50, Currency::Xtr)),
+            price(Benefit::Percent(99), Money::new(50, Currency::Xtr))
+                .unwrap()
+                .amount,
+            Money::new(1, Currency::Xtr)
+        );
+        assert_eq!(
+            price(Benefit::Percent(99), rub(9_900)),
             Err(Refusal::BelowMinimum)
         );
         let days = price(Benefit::Days(7), rub(19_900)).unwrap();
