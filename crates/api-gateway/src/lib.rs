@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod broadcasts;
 pub mod checkout;
 pub mod error;
 pub mod grants;
@@ -134,6 +135,7 @@ pub async fn start(
             .configure(payments::configure)
             .configure(stats::configure)
             .configure(grants::configure)
+            .configure(broadcasts::configure)
             .configure(promos::configure)
             .configure(trials::configure)
             .configure(users::configure)

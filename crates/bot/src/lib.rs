@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod broadcasts;
 pub mod chart;
 pub mod gateway;
 pub mod limits;
@@ -156,6 +157,10 @@ pub async fn start(
         sender.nudge(),
     );
     let reminding = tokio::spawn(reminders.run(bot.reminder_every, shutdown.clone()));
+    let broadcasting = tokio::spawn(
+        broadcasts::Broadcasts::new(infra.db.clone(), sender.nudge())
+            .run(broadcasts::POLL, shutdown.clone()),
+    );
     let sending = tokio::spawn(sender.run(shutdown.clone()));
     let (receiver, poller_abort, webhook_addr) = match &bot.webhook {
         Some(hook) => {
@@ -178,6 +183,9 @@ pub async fn start(
         }
         if let Err(error) = reminding.await {
             tracing::error!(%error, "reminders task failed");
+        }
+        if let Err(error) = broadcasting.await {
+            tracing::error!(%error, "broadcasts task failed");
         }
         if let Err(error) = receiver.await
             && !error.is_cancelled()

@@ -21,6 +21,7 @@
 //!   sender that dies leaves its rows to be due again when the lease ends. The send is made
 //!   with no transaction open. Delivery is therefore at least once: a crash between
 //!   Telegram's answer and the row's `sent` mark sends that row again.
+//! - **News off.** A broadcast's copy to a chat that turned news off is skipped.
 //! - **Order.** Notifications go before reminders, reminders before broadcasts
 //!   (`priority`), then oldest first — a backlog of 100,000 reminders never holds back a
 //!   payment's confirmation.
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use domain::broadcast::SKIPPED_BLOCKED;
 use domain::entities::{bot_chats, send_queue, subscriptions};
 use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot as Api;
@@ -154,19 +156,51 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, rows: &[Queued]) -> Result<u6
     })
 }
 
-/// The user wrote to the bot: if the chat was marked blocked, it no longer is.
+/// The user wrote to the bot: the chat is known from now on (broadcasts reach it), and if it
+/// was marked blocked, it no longer is. One statement; it writes only for a new chat or a
+/// blocked one.
 pub async fn unblock<C: ConnectionTrait>(conn: &C, chat: i64) -> Result<(), DbErr> {
-    bot_chats::Entity::update_many()
-        .col_expr(
-            bot_chats::Column::BlockedAt,
-            Expr::value(None::<DateTime<Utc>>),
+    bot_chats::Entity::insert(chat_row(chat))
+        .on_conflict(
+            OnConflict::column(bot_chats::Column::ChatId)
+                .update_columns([bot_chats::Column::BlockedAt, bot_chats::Column::UpdatedAt])
+                .action_and_where(
+                    Expr::col((bot_chats::Entity, bot_chats::Column::BlockedAt)).is_not_null(),
+                )
+                .to_owned(),
         )
-        .col_expr(bot_chats::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(bot_chats::Column::ChatId.eq(chat))
-        .filter(bot_chats::Column::BlockedAt.is_not_null())
-        .exec(conn)
+        .exec_without_returning(conn)
         .await?;
     Ok(())
+}
+
+/// Queues the copies of broadcast `broadcast_id` (through `conn`, the transaction that moves
+/// the broadcast to `sending`), a thousand rows a statement. Returns how many were new.
+pub async fn enqueue_broadcast<C: ConnectionTrait>(
+    conn: &C,
+    broadcast_id: i64,
+    rows: &[Queued],
+) -> Result<u64, DbErr> {
+    let now = Utc::now();
+    let mut new = 0;
+    for chunk in rows.chunks(1000) {
+        let models = chunk
+            .iter()
+            .map(|q| {
+                let mut model = row(q, now)?;
+                model.broadcast_id = Set(Some(broadcast_id));
+                Ok(model)
+            })
+            .collect::<Result<Vec<_>, DbErr>>()?;
+        let inserted = send_queue::Entity::insert_many(models)
+            .on_conflict_do_nothing_on([send_queue::Column::DedupeKey])
+            .exec_without_returning(conn)
+            .await?;
+        if let TryInsertResult::Inserted(n) = inserted {
+            new += n;
+        }
+    }
+    Ok(new)
 }
 
 /// Marks `chat` as having blocked the bot.
@@ -186,6 +220,7 @@ pub(crate) fn chat_row(chat: i64) -> bot_chats::ActiveModel {
         updated_at: Set(Utc::now()),
         qr_link: Set(None),
         qr_file_id: Set(None),
+        broadcasts_off: Set(false),
     }
 }
 
@@ -572,7 +607,11 @@ impl Sender {
             .one(&self.db)
             .await?;
         if chat.as_ref().is_some_and(|c| c.blocked_at.is_some()) {
-            return Ok(Outcome::Skipped("the user blocked the bot"));
+            return Ok(Outcome::Skipped(SKIPPED_BLOCKED));
+        }
+        if row.kind == Kind::Broadcast.as_str() && chat.as_ref().is_some_and(|c| c.broadcasts_off)
+        {
+            return Ok(Outcome::Skipped("news turned off"));
         }
         if let Some(guard) = message.guard {
             if row.kind == Kind::Reminder.as_str() && chat.as_ref().is_some_and(|c| c.reminders_off)
@@ -624,7 +663,7 @@ impl Sender {
                 403 => {
                     tracing::info!(chat = row.chat_id, description = %error.description, "the user blocked the bot; marked and skipped");
                     block(&self.db, row.chat_id).await?;
-                    Outcome::Skipped("the user blocked the bot")
+                    Outcome::Skipped(SKIPPED_BLOCKED)
                 }
                 400 => Outcome::Failed(error.description),
                 _ => self.retry(row, error.description),

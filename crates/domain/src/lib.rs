@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod analytics;
+pub mod broadcast;
 pub mod customer;
 pub mod entities;
 pub mod env;

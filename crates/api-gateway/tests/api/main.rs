@@ -3,6 +3,7 @@
 
 mod abuse;
 mod adversarial;
+mod broadcasts;
 mod checkout_abuse;
 mod crypto;
 mod embedded;

@@ -168,6 +168,8 @@ async fn openapi_document_describes_every_route() {
         ("/api/payments/{id}/refund", "post"),
         ("/api/stats", "get"),
         ("/api/admin/grants", "post"),
+        ("/api/admin/broadcasts", "post"),
+        ("/api/admin/broadcasts/{id}", "get"),
         ("/api/admin/promos", "get"),
         ("/api/admin/promos", "post"),
         ("/api/admin/promos/{code}", "get"),

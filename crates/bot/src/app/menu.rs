@@ -61,6 +61,10 @@ impl App {
                 Err(error) => tracing::warn!(%error, "cannot read the reminder setting"),
             }
         }
+        if let Some((line, toggle)) = self.news_line(user, t).await {
+            text = format!("{text}\n{line}");
+            rows.push(vec![toggle]);
+        }
         if let Some((line, toggle)) = self.star_subscription_line(user, t).await {
             text = format!("{text}\n{line}");
             rows.push(vec![toggle]);

@@ -12,6 +12,7 @@
 //!
 //! This module holds the state and dispatches an update to its use case.
 
+mod broadcast;
 mod autopay;
 mod checkout;
 mod grants;
@@ -197,6 +198,10 @@ impl App {
             Some((name, arg)) if admin && name == "refund" => {
                 self.refund_prompt(chat, t, &arg).await;
             }
+            Some((name, arg)) if admin && name == "broadcast" => {
+                self.broadcast_command(chat, user_id(from), message.message_id, t, &arg)
+                    .await;
+            }
             Some((name, arg)) if admin && name == "grant" => {
                 self.grant(chat, user_id(from), t, &arg).await;
             }
@@ -293,6 +298,14 @@ impl App {
             }
             ["ss", setting @ ("on" | "off")] => {
                 self.set_star_subscription(click.chat, user, t, *setting == "off")
+                    .await
+            }
+            ["nw", setting @ ("on" | "off")] => {
+                self.set_news(click.chat, user, t, *setting == "off").await;
+                None
+            }
+            ["bc", id, decision @ ("go" | "no")] if self.is_admin(user) => {
+                self.broadcast_decision(click.chat, user, t, id, *decision == "go")
                     .await
             }
             ["rf", id] if self.is_admin(user) => self.refund(click.chat, user, t, click, id).await,

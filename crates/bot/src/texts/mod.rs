@@ -136,6 +136,29 @@ pub struct Texts {
     /// `{reason}`.
     pub grant_failed: &'static str,
     pub grant_disabled: &'static str,
+    pub btn_news_off: &'static str,
+    pub btn_news_on: &'static str,
+    pub news_are_on: &'static str,
+    pub news_are_off: &'static str,
+    /// `{segments}`.
+    pub broadcast_usage: &'static str,
+    /// `{reason}`.
+    pub broadcast_refused: &'static str,
+    /// `{segment}`, `{recipients}`, `{opted_out}`.
+    pub broadcast_preview: &'static str,
+    pub btn_broadcast_send: &'static str,
+    pub btn_broadcast_cancel: &'static str,
+    /// `{id}`.
+    pub broadcast_confirmed: &'static str,
+    /// `{id}`.
+    pub broadcast_canceled: &'static str,
+    /// `{id}`, `{status}`.
+    pub broadcast_not_draft: &'static str,
+    pub broadcast_list: &'static str,
+    /// `{id}`, `{segment}`, `{status}`, `{sent}`, `{recipients}`, `{blocked}`, `{failed}`, `{pending}`.
+    pub broadcast_line: &'static str,
+    /// `{id}`, `{segment}`, `{sent}`, `{blocked}`, `{failed}`, `{skipped}`, `{opted_out}`.
+    pub broadcast_report: &'static str,
     /// The main menu's trial button: `{days}` (e.g. "3 days").
     pub btn_trial: &'static str,
     /// The trial was granted and is being set up: `{days}`.

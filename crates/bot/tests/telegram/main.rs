@@ -2,6 +2,7 @@
 
 mod admin;
 mod autopay;
+mod broadcasts;
 mod card;
 mod checkout_cap;
 mod grants;

@@ -20,6 +20,8 @@ pub struct Model {
     /// Telegram's `file_id` of that QR code's photo, sent again instead of a new upload.
     #[sea_orm(column_type = "Text", nullable)]
     pub qr_file_id: Option<String>,
+    /// The customer turned news (broadcasts) off.
+    pub broadcasts_off: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,6 +4,7 @@
 //! ([`PaymentStatus`](crate::status::PaymentStatus), [`Currency`](crate::money::Currency), …).
 
 pub mod bot_chats;
+pub mod broadcasts;
 pub mod crypto_invoices;
 pub mod manual_grants;
 pub mod outbox;
@@ -29,6 +30,7 @@ pub mod users;
 /// Entity types under table-like names, for `use domain::entities::prelude::*`.
 pub mod prelude {
     pub use super::bot_chats::Entity as BotChats;
+    pub use super::broadcasts::Entity as Broadcasts;
     pub use super::crypto_invoices::Entity as CryptoInvoices;
     pub use super::manual_grants::Entity as ManualGrants;
     pub use super::outbox::Entity as Outbox;

@@ -47,4 +47,5 @@ migrations![
     m20261206_000800_saved_methods,
     m20261206_000900_promo_codes,
     m20261206_000910_referrals,
+    m20261206_000920_broadcasts,
 ];
