@@ -1,5 +1,6 @@
 //! The gateway's internal API as the bot uses it: create a payment and start a free trial
-//! (service token), list the enabled providers, refund a payment and grant days (admin token).
+//! (service token), list the enabled providers, refund a payment, grant days and manage promo
+//! codes (admin token).
 
 use domain::PaymentId;
 use std::time::Duration;
@@ -69,6 +70,41 @@ pub struct CreatePayment {
     /// The payer agreed to automatic renewal (the provider saves the card).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub autopay: bool,
+    /// A promo code the customer entered (issue 23).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promo_code: Option<String>,
+}
+
+/// A promo code as the gateway's admin API shows it (the fields the bot reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PromoView {
+    pub code: String,
+    pub kind: String,
+    pub value: i64,
+    pub amount: Option<MoneyView>,
+    pub max_uses: Option<i32>,
+    pub once_per_user: bool,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub tariffs: Vec<String>,
+    pub providers: Vec<String>,
+    pub active: bool,
+    pub stats: PromoStatsView,
+}
+
+/// A code's numbers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PromoStatsView {
+    pub uses: u64,
+    pub payments: u64,
+    pub paid: u64,
+    pub conversion_pct: f64,
+    pub revenue: Vec<MoneyView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Promos {
+    promos: Vec<PromoView>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +253,39 @@ impl Gateway {
                 .is_some_and(|v| v == "true")
         });
         Ok((decode(sent).await?, replayed))
+    }
+
+    /// Makes a promo code (`POST /api/admin/promos`, admin token): `body` as the API takes it.
+    pub async fn create_promo(&self, body: &Value) -> Result<PromoView, GatewayError> {
+        let token = self.admin_token()?;
+        let request = self
+            .http
+            .post(format!("{}/api/admin/promos", self.base))
+            .bearer_auth(token.expose_secret())
+            .json(body);
+        decode(request.send().await).await
+    }
+
+    /// Every promo code with its numbers (`GET /api/admin/promos`).
+    pub async fn promos(&self) -> Result<Vec<PromoView>, GatewayError> {
+        let token = self.admin_token()?;
+        let request = self
+            .http
+            .get(format!("{}/api/admin/promos", self.base))
+            .bearer_auth(token.expose_secret());
+        decode::<Promos>(request.send().await)
+            .await
+            .map(|p| p.promos)
+    }
+
+    /// Disables a promo code (`POST /api/admin/promos/{code}/disable`); 404 if unknown.
+    pub async fn disable_promo(&self, code: &str) -> Result<PromoView, GatewayError> {
+        let token = self.admin_token()?;
+        let request = self
+            .http
+            .post(format!("{}/api/admin/promos/{code}/disable", self.base))
+            .bearer_auth(token.expose_secret());
+        decode(request.send().await).await
     }
 
     fn admin_token(&self) -> Result<&SecretString, GatewayError> {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use domain::PaymentId;
 use domain::PaymentStatus;
-use domain::entities::{payments, subscriptions, tariff_texts, tariffs, users};
+use domain::entities::{payment_promos, payments, subscriptions, tariff_texts, tariffs, users};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
 };
@@ -124,7 +124,8 @@ pub enum PreCheckout {
 }
 
 /// Checks that `payload` names a pending Telegram payment of `from` for exactly `total` in
-/// `currency`, not expired at `now`, whose tariff still costs that much.
+/// `currency`, not expired at `now`, whose tariff still costs that much (before its promo
+/// code's discount, if it was made with one).
 pub async fn check_pre_checkout(
     db: &DatabaseConnection,
     payload: &str,
@@ -162,7 +163,13 @@ pub async fn check_pre_checkout(
         .one(db)
         .await?
         .and_then(|tariff| tariff.price(payment.currency));
-    if price != Some(payment.amount()) {
+    // A payment made with a promo code asks the discounted price of the list price it was
+    // made at (issue 23); the code was checked then and is honoured.
+    let list = payment_promos::Entity::find_by_id(payment.id)
+        .one(db)
+        .await?
+        .map_or(payment.amount_minor, |promo| promo.list_price_minor);
+    if price != Some(domain::Money::new(list, payment.currency)) {
         return Ok(PreCheckout::PriceChanged);
     }
     Ok(PreCheckout::Ok)

@@ -35,7 +35,26 @@ fn provider_label(t: &Texts, provider: &str, currency: Currency, title: &str) ->
 }
 
 impl App {
-    pub(super) async fn providers(&self, chat: i64, t: &Texts, code: &str) {
+    /// The tariff card: its payment methods and prices — with `promo` (a code the customer
+    /// entered), only those the code is good for, priced with it, their buttons carrying it.
+    pub(super) async fn providers(
+        &self,
+        chat: i64,
+        user: i64,
+        t: &Texts,
+        code: &str,
+        promo: Option<&str>,
+    ) {
+        let promo = match promo {
+            Some(promo) => match self.usable_promo(chat, user, t, promo, Some(code)).await {
+                Some(row) => match domain::promo::Benefit::of(&row) {
+                    Some(benefit) => Some((row, benefit)),
+                    None => return,
+                },
+                None => return,
+            },
+            None => None,
+        };
         let local = match store::tariff(&self.db, code, t.lang).await {
             Ok(Some(local)) => local,
             Ok(None) => return self.tariffs(chat, t).await,
@@ -66,14 +85,43 @@ impl App {
                 let Some(price) = tariff.price(currency) else {
                     continue;
                 };
+                let mut shown = texts::money(price);
+                let mut data = format!("p:{}:{}:{}", tariff.code, provider.id, currency.code());
+                if let Some((row, benefit)) = &promo {
+                    let allowed = domain::promo::offer_refusal(
+                        row,
+                        None,
+                        Some(&provider.id),
+                        chrono::Utc::now(),
+                    )
+                    .is_none();
+                    let Some(priced) = allowed
+                        .then(|| domain::promo::price(*benefit, price).ok())
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    if priced.amount != price {
+                        shown = fill(
+                            super::promo::price_text(t),
+                            &[
+                                ("price", &texts::money(priced.amount)),
+                                ("list", &texts::money(price)),
+                            ],
+                        );
+                    }
+                    data = format!("{data}:{}", row.code);
+                }
                 let label = format!(
-                    "{} — {}",
+                    "{} — {shown}",
                     provider_label(t, &provider.id, currency, &provider.title),
-                    texts::money(price)
                 );
-                let data = format!("p:{}:{}:{}", tariff.code, provider.id, currency.code());
                 if data.len() <= 64 {
                     rows.push(vec![button(label, data)]);
+                }
+                // Renewals are charged at the list price: no automatic ones with a code.
+                if promo.is_some() {
+                    continue;
                 }
                 if let Some(subscribe) =
                     super::star_subscription::offer(t, tariff, provider, currency)
@@ -87,6 +135,16 @@ impl App {
         }
         let text = if rows.is_empty() {
             t.no_providers.to_owned()
+        } else if let Some((row, _)) = &promo {
+            let card = fill(
+                t.choose_provider,
+                &[
+                    ("title", &local.title),
+                    ("days", &tariff.duration_days.to_string()),
+                    ("description", ""),
+                ],
+            );
+            format!("{}\n{card}", super::promo::card_line(t, row))
         } else {
             fill(
                 t.choose_provider,
@@ -120,9 +178,12 @@ impl App {
         provider: &str,
         currency: &str,
         autopay: bool,
+        promo: Option<&str>,
     ) -> Option<&'static str> {
         let payment = match self
-            .create_for_click(click, from, t, data, code, provider, currency, autopay)
+            .create_for_click(
+                click, from, t, data, code, provider, currency, autopay, promo,
+            )
             .await
         {
             Ok(payment) => payment,
@@ -142,8 +203,8 @@ impl App {
     }
 
     /// Creates the payment of a Pay press through the gateway, keyed by the click (`autopay`:
-    /// the payer agreed to automatic renewal); on failure the user has been told and the
-    /// callback's answer is returned.
+    /// the payer agreed to automatic renewal; `promo`: the code the button carries); on
+    /// failure the user has been told and the callback's answer is returned.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn create_for_click(
         &self,
@@ -155,6 +216,7 @@ impl App {
         provider: &str,
         currency: &str,
         autopay: bool,
+        promo: Option<&str>,
     ) -> Result<PaymentView, Option<&'static str>> {
         let user = user_id(from);
         let body = CreatePayment {
@@ -166,6 +228,7 @@ impl App {
             first_name: Some(from.first_name.clone()),
             language_code: from.language_code.clone(),
             autopay,
+            promo_code: promo.map(str::to_owned),
         };
         let key = click_key(user, click.message_id, data);
         let payment = match self.gateway.create_payment(&body, &key).await {
@@ -190,6 +253,11 @@ impl App {
                 return Err(Some(t.too_many_open_payments));
             }
             Err(error) => {
+                if let Some((text, toast)) = super::promo::refusal_of(t, &error) {
+                    tracing::info!(%error, user, code, provider, "payment refused: the promo code");
+                    self.send(click.chat, text, Some(Self::back(t))).await;
+                    return Err(Some(toast));
+                }
                 tracing::warn!(%error, user, code, provider, "payment not created");
                 self.send(
                     click.chat,

@@ -122,6 +122,10 @@ impl App {
         } else {
             t.choose_tariff
         };
+        if !rows.is_empty() {
+            let promo = crate::texts::promo::texts(t.lang).btn_promo;
+            rows.push(vec![button(promo, "promo")]);
+        }
         rows.push(vec![button(t.btn_menu, "menu")]);
         self.send(chat, text.to_owned(), Some(keyboard(rows))).await;
     }

@@ -6,6 +6,7 @@
 //! - [`payments`] — storing `successful_payment` / `refunded_payment` in the inbox;
 //! - [`refunds`] — the admin's `/refund` and its confirmation;
 //! - [`trial`] — the free trial button;
+//! - [`promo`] — promo codes: a customer's `/promo CODE`, the admins' `/promo`;
 //! - [`referral`] — `/start ref_<code>` and `/ref`;
 //! - [`lookup`] — the admin's `/user`;
 //! - [`ui`] — keyboards, sending and the keys every use case shares.
@@ -20,6 +21,7 @@ mod lookup;
 mod menu;
 mod payments;
 mod pre_checkout;
+mod promo;
 mod referral;
 mod refunds;
 mod star_subscription;
@@ -205,6 +207,9 @@ impl App {
             Some((name, arg)) if admin && name == "grant" => {
                 self.grant(chat, user_id(from), t, &arg).await;
             }
+            Some((name, arg)) if name == "promo" => {
+                self.promo_command(chat, from, t, admin, &arg).await;
+            }
             Some((name, arg)) if admin && name == "user" => {
                 self.user_lookup(chat, t, &arg).await;
             }
@@ -280,17 +285,41 @@ impl App {
                 self.start_trial(click.chat, from, t).await;
                 None
             }
+            ["promo"] => {
+                let ask = crate::texts::promo::texts(t.lang).ask;
+                self.send(click.chat, ask.to_owned(), Some(Self::back(t)))
+                    .await;
+                None
+            }
             ["t", code] => {
-                self.providers(click.chat, t, code).await;
+                self.providers(click.chat, user, t, code, None).await;
+                None
+            }
+            ["t", code, promo] => {
+                self.providers(click.chat, user, t, code, Some(promo)).await;
                 None
             }
             ["p", code, provider, currency] => {
-                self.pay(click, from, t, data, code, provider, currency, false)
+                self.pay(click, from, t, data, code, provider, currency, false, None)
                     .await
+            }
+            ["p", code, provider, currency, promo] => {
+                self.pay(
+                    click,
+                    from,
+                    t,
+                    data,
+                    code,
+                    provider,
+                    currency,
+                    false,
+                    Some(promo),
+                )
+                .await
             }
             ["s", code] => self.subscribe(click, from, t, data, code).await,
             ["a", code, provider, currency] => {
-                self.pay(click, from, t, data, code, provider, currency, true)
+                self.pay(click, from, t, data, code, provider, currency, true, None)
                     .await
             }
             ["ap", setting @ ("on" | "off" | "rm")] => {

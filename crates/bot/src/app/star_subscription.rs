@@ -76,6 +76,7 @@ impl App {
                 telegram::ID.as_str(),
                 Currency::Xtr.code(),
                 false,
+                None,
             )
             .await
         {

@@ -48,7 +48,7 @@ pub static TEXTS: Texts = Texts {
     subscription: "Subscription: {status}\nValid until: {expires}\nLink: {link}",
     status_active: "active",
     status_expired: "expired",
-    admin_help: "Admin commands:\n/stats — overview\n/admin — details\n/refund <payment id> — refund\n/grant <telegram id> <days> <reason> — give days\n/broadcast <segment> <text> — message a segment\n/user <telegram id|@username> — a customer's card",
+    admin_help: "Admin commands:\n/stats — overview\n/admin — details\n/refund <payment id> — refund\n/grant <telegram id> <days> <reason> — give days\n/promo — promo codes (/promo help)\n/broadcast <segment> <text> — message a segment\n/user <telegram id|@username> — a customer's card",
     refund_usage: "Usage: /refund <payment id>",
     refund_not_found: "Payment {id} not found.",
     refund_confirm: "Refund this payment?\nID: {id}\nAmount: {amount}\nMethod: {provider}\nStatus: {status}\nUser: {user}",

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod en;
+pub mod promo;
 pub mod referral;
 mod ru;
 

@@ -48,7 +48,7 @@ pub static TEXTS: Texts = Texts {
     subscription: "Подписка: {status}\nДействует до: {expires}\nСсылка: {link}",
     status_active: "активна",
     status_expired: "истекла",
-    admin_help: "Команды администратора:\n/stats — сводка\n/admin — подробно\n/refund <id платежа> — возврат\n/grant <telegram id> <дни> <причина> — подарить дни\n/broadcast <сегмент> <текст> — рассылка\n/user <telegram id|@username> — карточка клиента",
+    admin_help: "Команды администратора:\n/stats — сводка\n/admin — подробно\n/refund <id платежа> — возврат\n/grant <telegram id> <дни> <причина> — подарить дни\n/promo — промокоды (/promo help)\n/broadcast <сегмент> <текст> — рассылка\n/user <telegram id|@username> — карточка клиента",
     refund_usage: "Использование: /refund <id платежа>",
     refund_not_found: "Платёж {id} не найден.",
     refund_confirm: "Вернуть платёж?\nID: {id}\nСумма: {amount}\nСпособ: {provider}\nСтатус: {status}\nПользователь: {user}",

@@ -8,6 +8,7 @@ mod checkout_cap;
 mod grants;
 mod helpers;
 mod notify;
+mod promos;
 mod rate_limits;
 mod readiness;
 mod referrals;
