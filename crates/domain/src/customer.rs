@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, Statement,
 };
 use serde::Serialize;
 
@@ -79,6 +79,8 @@ pub struct Overview {
     pub ledger: Vec<GrantView>,
     /// Saved cards for automatic renewal.
     pub autopay: Vec<AutopayView>,
+    /// The latest Telegram Stars subscription (renews itself monthly), if any.
+    pub star_subscription: Option<StarSubscriptionView>,
     /// Expiry reminders switched off by the user.
     pub reminders_off: bool,
     /// The user blocked the bot (messages to them are skipped).
@@ -143,6 +145,14 @@ pub struct AutopayView {
     pub autopay: bool,
     pub declines: i32,
     pub last_decline: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StarSubscriptionView {
+    /// Paid until (moved on by every monthly charge).
+    pub expires_at: DateTime<Utc>,
+    /// The user canceled it: it ends at `expires_at`.
+    pub canceled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -248,6 +258,7 @@ pub async fn overview(
             last_decline: m.last_decline,
         })
         .collect();
+    let star_subscription = star_subscription(conn, user.telegram_id).await?;
     let chat = bot_chats::Entity::find_by_id(user.telegram_id)
         .one(conn)
         .await?;
@@ -292,6 +303,7 @@ pub async fn overview(
         payments_total,
         ledger,
         autopay,
+        star_subscription,
         reminders_off: chat.as_ref().is_some_and(|c| c.reminders_off),
         blocked_bot: chat.as_ref().is_some_and(|c| c.blocked_at.is_some()),
         referral,
@@ -303,6 +315,29 @@ pub async fn overview(
             language_code: user.language_code,
             created_at: user.created_at,
         },
+    }))
+}
+
+/// The latest row of `star_subscriptions` (a table the bot keeps with plain SQL).
+async fn star_subscription(
+    conn: &impl ConnectionTrait,
+    telegram_id: i64,
+) -> Result<Option<StarSubscriptionView>, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            "SELECT expires_at, canceled FROM star_subscriptions WHERE telegram_id = $1 \
+             ORDER BY expires_at DESC LIMIT 1",
+            [telegram_id.into()],
+        ))
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let expires_at: i64 = row.try_get("", "expires_at")?;
+    Ok(Some(StarSubscriptionView {
+        expires_at: DateTime::from_timestamp(expires_at, 0).unwrap_or_default(),
+        canceled: row.try_get("", "canceled")?,
     }))
 }
 

@@ -97,6 +97,7 @@ async fn an_admin_sees_a_customer_by_id_or_username() {
     assert_eq!(by_id["ledger"][0]["days_granted"], 30);
     assert_eq!(by_id["reminders_off"], false);
     assert_eq!(by_id["autopay"], json!([]));
+    assert_eq!(by_id["star_subscription"], Value::Null);
     assert_eq!(by_id["referral"]["referred"], 1);
     assert_eq!(by_id["referral"]["rewarded"], 0);
     assert_eq!(by_id["referral"]["referred_by"], Value::Null);

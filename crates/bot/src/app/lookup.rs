@@ -128,7 +128,7 @@ pub fn render(lang: Lang, o: &Overview) -> String {
             ));
         }
     }
-    let autopay = if o.autopay.is_empty() {
+    let mut autopay = if o.autopay.is_empty() {
         rt.no_card.to_owned()
     } else {
         o.autopay
@@ -146,6 +146,15 @@ pub fn render(lang: Lang, o: &Overview) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    if let Some(stars) = &o.star_subscription {
+        let template = if stars.canceled {
+            rt.stars_canceled
+        } else {
+            rt.stars_on
+        };
+        let line = fill(template, &[("date", &texts::date(stars.expires_at))]);
+        autopay = format!("{autopay}, {line}");
+    }
     lines.push(fill(
         rt.user_settings,
         &[

@@ -52,6 +52,9 @@ pub struct ReferralTexts {
     pub on: &'static str,
     pub off_word: &'static str,
     pub no_card: &'static str,
+    /// A Stars subscription in the autopay part: `{date}`.
+    pub stars_on: &'static str,
+    pub stars_canceled: &'static str,
     /// `{referred_by}`, `{referred}`, `{rewarded}`, `{days}`.
     pub user_referrals: &'static str,
     pub nobody: &'static str,
@@ -88,6 +91,8 @@ pub const RU: ReferralTexts = ReferralTexts {
     on: "вкл",
     off_word: "выкл",
     no_card: "карта не сохранена",
+    stars_on: "подписка Stars до {date}",
+    stars_canceled: "подписка Stars отменена (до {date})",
     user_referrals: "Пригласил его: {referred_by} · он пригласил: {referred}, оплатили: {rewarded}, бонусов: {days}",
     nobody: "никто",
     user_panel_note: "(срок — по журналу; состояние панели — последняя синхронизация, панель не опрашивается)",
@@ -122,6 +127,8 @@ pub const EN: ReferralTexts = ReferralTexts {
     on: "on",
     off_word: "off",
     no_card: "no saved card",
+    stars_on: "Stars subscription until {date}",
+    stars_canceled: "Stars subscription canceled (until {date})",
     user_referrals: "Invited by: {referred_by} · invited: {referred}, paid: {rewarded}, bonus days: {days}",
     nobody: "nobody",
     user_panel_note: "(expiry from the ledger; panel state is the last sync, the panel is not queried)",

@@ -9,7 +9,7 @@ use domain::referral;
 use messaging::Envelope;
 use messaging::events::GrantActivated;
 use sandbox::telegram::{SentMessage, TestUser};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::helpers::{ADMIN_ID, World, world, world_with};
 
@@ -210,6 +210,17 @@ async fn an_admin_looks_a_customer_up() {
     customer.username = Some("uma_vpn".into());
     let (payment, _) = w.buy_with_stars(&customer).await;
     let admin = TestUser::new(ADMIN_ID, "Админ", "ru");
+    // A Stars subscription as the bot records it, canceled: shown with the autopay state.
+    let until = chrono::Utc::now() + chrono::Duration::days(20);
+    w.db.conn
+        .execute_unprepared(&format!(
+            "INSERT INTO star_subscriptions \
+             (invoice_payload, telegram_payment_charge_id, telegram_id, expires_at, canceled) \
+             VALUES ('stars-uma', 'charge-uma', 5230331, {}, TRUE)",
+            until.timestamp()
+        ))
+        .await
+        .unwrap();
 
     let by_id = say(&w, &admin, "/user 5230331", "Платежи (1 из 1)").await;
     let text = body(&by_id);
@@ -222,7 +233,7 @@ async fn an_admin_looks_a_customer_up() {
         "⭐",
         "Подписки нет",
         "Напоминания: вкл",
-        "автопродление: карта не сохранена",
+        "автопродление: карта не сохранена, подписка Stars отменена",
         "Пригласил его: никто",
     ] {
         assert!(text.contains(expected), "{expected:?} in {text}");
