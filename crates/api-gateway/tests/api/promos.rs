@@ -461,3 +461,28 @@ async fn bad_codes_are_refused_and_change_nothing() {
     let d = press(&app, "two-4", user + 4, "month_1", "yookassa", Some("TWO")).await;
     assert_eq!(d.status(), 201);
 }
+
+#[tokio::test]
+async fn a_code_prices_the_checkout_on_sqlite_too() {
+    let app = crate::helpers::spawn_embedded_app().await;
+    made(
+        &app,
+        json!({"code": "HALF", "kind": "percent", "percent": 50}),
+    )
+    .await;
+    let with = press(&app, "sq-1", 7_300_201, "month_1", "yookassa", Some("half")).await;
+    assert_eq!(with.status(), 201, "{:?}", with.text().await);
+    let with: Value = with.json().await.unwrap();
+    assert_eq!(with["amount"]["minor"], 9_950);
+    // No code: not the discounted checkout; the same code again: the same one.
+    let without = press(&app, "sq-2", 7_300_201, "month_1", "yookassa", None).await;
+    assert_eq!(without.status(), 201);
+    let again = press(&app, "sq-3", 7_300_201, "month_1", "yookassa", Some("HALF")).await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["payment_id"], with["payment_id"]);
+    let gone = press(&app, "sq-4", 7_300_201, "month_1", "yookassa", Some("NOPE")).await;
+    refused(&app, gone, "unknown").await;
+    let listed = list(&app).await;
+    assert_eq!(listed["promos"][0]["stats"]["payments"], 1);
+}
