@@ -107,8 +107,28 @@ async fn admins_manage_codes_and_a_customer_pays_the_discounted_price_once() {
     let help = say(&w, &admin, "/promo help").await.text.unwrap();
     assert!(help.contains("/promo new"), "{help}");
 
-    // A customer enters it: only month_1, priced 20 % off, no automatic renewals.
+    // A customer finds how to enter a code under the tariffs.
     let customer = TestUser::new(5_240_001, "Pat", "en");
+    let start = w.tg.send_text(&customer, "/start");
+    let menu = w
+        .wait_new(customer.id, start, |m| {
+            m.callback_data().contains(&"buy".to_owned())
+        })
+        .await;
+    w.tg.press(&customer, menu.message_id, "buy").unwrap();
+    let tariffs = w
+        .wait_new(customer.id, menu.message_id, |m| {
+            m.callback_data().contains(&"promo".to_owned())
+        })
+        .await;
+    assert_eq!(label(&tariffs, "promo"), "🎟 Have a promo code?");
+    w.tg.press(&customer, tariffs.message_id, "promo").unwrap();
+    w.wait_new(customer.id, tariffs.message_id, |m| {
+        m.text.as_deref().is_some_and(|t| t.contains("/promo CODE"))
+    })
+    .await;
+
+    // They enter it: only month_1, priced 20 % off, no automatic renewals.
     let pay_data = "p:month_1:telegram:XTR:STARS20";
     let applied = say(&w, &customer, "/promo stars20").await;
     assert!(applied.text.as_deref().unwrap().contains("20% off"));
