@@ -190,7 +190,7 @@ async fn reminders_are_sent_once_per_period_skip_a_renewed_one_and_renew_in_one_
                 .is_some_and(|t| t.contains("Expiry reminders: off"))
         })
         .await;
-    assert_eq!(shown.callback_data(), ["rm:on", "menu"]);
+    assert_eq!(shown.callback_data(), ["rm:on", "nw:off", "menu"]);
     let chat = bot_chats::Entity::find_by_id(ann.id)
         .one(&w.db.conn)
         .await
