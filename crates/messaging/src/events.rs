@@ -215,6 +215,29 @@ impl Event for GrantActivated {
     const SCHEMA_VERSION: u32 = 1;
 }
 
+/// `grant.refused`: marzban-sync refused a manual grant instead of putting it in the ledger —
+/// today only a free trial of a user the panel already has (a customer from before this bot,
+/// `reason` `panel_user_exists`); nothing was written and the panel user was not touched. The
+/// bot tells the user. Once per grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRefused {
+    /// `manual_grants.id`.
+    pub grant_id: i64,
+    /// `users.id` of the receiver.
+    pub user_id: i64,
+    /// The receiver's Telegram user id.
+    pub telegram_id: i64,
+    /// The grant's kind (`trial`).
+    pub kind: String,
+    /// Why, e.g. `panel_user_exists`.
+    pub reason: String,
+}
+
+impl Event for GrantRefused {
+    const EVENT_TYPE: &'static str = "grant.refused";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
 /// `provider.notification` (routed as `provider.notification.<provider>`): a verified webhook
 /// or update was stored in the inbox and waits for the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +284,7 @@ pub const ALL: &[(&str, u32)] = &[
     ),
     (GrantCreated::EVENT_TYPE, GrantCreated::SCHEMA_VERSION),
     (GrantActivated::EVENT_TYPE, GrantActivated::SCHEMA_VERSION),
+    (GrantRefused::EVENT_TYPE, GrantRefused::SCHEMA_VERSION),
     (
         ProviderNotificationReceived::EVENT_TYPE,
         ProviderNotificationReceived::SCHEMA_VERSION,

@@ -153,6 +153,7 @@ pub fn system_consumers() -> Vec<ConsumerSpec> {
                 "subscription.activated",
                 "subscription.revoked",
                 "grant.activated",
+                "grant.refused",
             ],
         ),
     ]

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use jsonschema::{Retrieve, Uri, Validator};
 use messaging::events::{
-    ALL, GrantActivated, GrantCreated, PaymentCompleted, PaymentCreated, PaymentFailed,
-    PaymentRefunded, PaymentSnapshot, PaymentUnderpaid, ProviderNotificationReceived,
-    SubscriptionActivated, SubscriptionChange, SubscriptionRevoked,
+    ALL, GrantActivated, GrantCreated, GrantRefused, PaymentCompleted, PaymentCreated,
+    PaymentFailed, PaymentRefunded, PaymentSnapshot, PaymentUnderpaid,
+    ProviderNotificationReceived, SubscriptionActivated, SubscriptionChange, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event};
 use serde_json::{Value, json};
@@ -337,6 +337,17 @@ fn grant_activated() {
         marzban_username: "tg_123456789".into(),
         expires_at: at("2026-12-09T18:00:00Z"),
         subscription_url: "https://panel.example/sub/abc".into(),
+    }]);
+}
+
+#[test]
+fn grant_refused() {
+    check_event(&[GrantRefused {
+        grant_id: 3,
+        user_id: 17,
+        telegram_id: 123_456_789,
+        kind: "trial".into(),
+        reason: "panel_user_exists".into(),
     }]);
 }
 
