@@ -8,7 +8,24 @@ use actix_web::web::{self, Bytes, BytesMut};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::auth::Role;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An API call's JSON body, after the checks every API route makes in this order: the
+/// caller's token has one of `roles` (401), the body says it is JSON (415), it fits the size
+/// limit (413) and parses strictly (400 naming what is wrong).
+pub async fn json_request<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    roles: &[Role],
+) -> Result<T, ApiError> {
+    state.tokens.check(req, roles)?;
+    require_json(req)?;
+    let raw = read_limited(req, payload, state.max_body_bytes).await?;
+    parse_json(&raw)
+}
 
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_limited(

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Role;
-use crate::body::{parse_json, read_limited, require_json};
+use crate::body::json_request;
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::state::AppState;
@@ -90,10 +90,7 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tokens.check(&req, &[Role::Admin])?;
-    require_json(&req)?;
-    let raw = read_limited(&req, payload, state.max_body_bytes).await?;
-    let body: BroadcastBody = parse_json(&raw)?;
+    let body: BroadcastBody = json_request(&req, payload, &state, &[Role::Admin]).await?;
     let segment: Segment = body.segment.parse().map_err(ApiError::BadRequest)?;
     let text = broadcast::check_text(&body.text).map_err(ApiError::BadRequest)?;
     if body.admin_telegram_id.is_some_and(|id| id <= 0) {

@@ -22,7 +22,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
-use crate::body::{parse_json, read_limited, require_json};
+use crate::body::json_request;
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::state::AppState;
@@ -130,12 +130,9 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tokens.check(&req, &[Role::Admin])?;
+    let body: GrantBody = json_request(&req, payload, &state, &[Role::Admin]).await?;
     let key = idempotency::key_from(&req)?
         .ok_or_else(|| ApiError::BadRequest("the Idempotency-Key header is required".into()))?;
-    require_json(&req)?;
-    let raw = read_limited(&req, payload, state.max_body_bytes).await?;
-    let body: GrantBody = parse_json(&raw)?;
     let request = GrantRequest::parse(
         body.telegram_id,
         body.days,

@@ -20,7 +20,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryF
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
-use crate::body::{parse_json, read_limited, require_json};
+use crate::body::json_request;
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::payments::MoneyView;
@@ -262,10 +262,7 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tokens.check(&req, &[Role::Admin])?;
-    require_json(&req)?;
-    let raw = read_limited(&req, payload, state.max_body_bytes).await?;
-    let body: PromoBody = parse_json(&raw)?;
+    let body: PromoBody = json_request(&req, payload, &state, &[Role::Admin]).await?;
     let now = Utc::now();
     let row = body.check(now)?;
     for code in &body.tariffs {

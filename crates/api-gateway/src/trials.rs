@@ -20,7 +20,7 @@ use sea_orm::{EntityTrait, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
-use crate::body::{parse_json, read_limited, require_json};
+use crate::body::json_request;
 use crate::error::ApiError;
 use crate::grants::announce;
 use crate::idempotency;
@@ -58,10 +58,7 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tokens.check(&req, &[Role::Service])?;
-    require_json(&req)?;
-    let raw = read_limited(&req, payload, state.max_body_bytes).await?;
-    let body: TrialBody = parse_json(&raw)?;
+    let body: TrialBody = json_request(&req, payload, &state, &[Role::Service]).await?;
     let telegram_id = TelegramUserId::parse(body.telegram_id)
         .map_err(|e| ApiError::BadRequest(format!("telegram_id: {e}")))?;
     if !state.trial.enabled() {

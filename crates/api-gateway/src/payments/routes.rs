@@ -10,7 +10,7 @@ use super::create::{self, CreateBody};
 use super::refund::{self, RefundBody};
 use super::views::{PaymentView, ProviderView};
 use crate::auth::Role;
-use crate::body::{parse_json, read_limited, require_json};
+use crate::body::{json_request, parse_json, read_limited, require_json};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::state::AppState;
@@ -39,12 +39,9 @@ async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.tokens.check(&req, &[Role::Service])?;
+    let body: CreateBody = json_request(&req, payload, &state, &[Role::Service]).await?;
     let key = idempotency::key_from(&req)?
         .ok_or_else(|| ApiError::BadRequest("the Idempotency-Key header is required".into()))?;
-    require_json(&req)?;
-    let raw = read_limited(&req, payload, state.max_body_bytes).await?;
-    let body: CreateBody = parse_json(&raw)?;
     create::create(&state, &key, &body).await
 }
 
