@@ -13,6 +13,11 @@ use crate::status::PaymentStatus;
 
 /// `manual_grants.kind` (and so `subscription_grants.kind`) of a free trial.
 pub const KIND: &str = "trial";
+/// `system_logs.event_type` of a trial marzban-sync refused (with its `grant.refused` event):
+/// the panel already had the user, a customer from before this bot.
+pub const REFUSED_LOG: &str = "trial.refused";
+/// `grant.refused`'s `reason` when the panel already has the user.
+pub const REASON_PANEL_USER: &str = "panel_user_exists";
 /// The longest trial `TRIAL_DAYS` may set.
 pub const MAX_DAYS: i32 = 365;
 const GIB: i64 = 1024 * 1024 * 1024;

@@ -30,6 +30,12 @@
 //!    in `processed_messages` under [`ANNOUNCED`], so a copy of the message under another event
 //!    id, or a concurrent copy, announces nothing twice.
 //!
+//! A free trial (`grant.created` of kind `trial`) for a user we have never pushed to the panel
+//! is screened first (`SubscriptionSync::screen_trial`): a user the panel already has (a
+//! customer from an older bot) gets no trial — nothing in the ledger, the panel untouched,
+//! and step 3 records the refusal once (`processed_messages` under [`REFUSED`], a
+//! `system_logs` row, `grant.refused`).
+//!
 //! What a failure leaves: a panel failure in step 2 (or a crash after step 1) leaves the
 //! ledger entry and the intent committed with the panel behind and nothing announced. The
 //! message is retried (redelivered after a crash); the retry finds the entry, writes nothing,
@@ -49,13 +55,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::entities::{
-    manual_grants, payments, processed_messages, subscription_grants, subscriptions, tariffs, users,
+    manual_grants, payments, processed_messages, subscription_grants, subscriptions, system_logs,
+    tariffs, users,
 };
 use domain::ids::{MarzbanUsername, TelegramUserId};
 use domain::status::PaymentStatus;
 use messaging::events::{
-    GrantActivated, GrantCreated, PaymentCompleted, PaymentRefunded, SubscriptionActivated,
-    SubscriptionChange, SubscriptionRevoked,
+    GrantActivated, GrantCreated, GrantRefused, PaymentCompleted, PaymentRefunded,
+    SubscriptionActivated, SubscriptionChange, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError, OutboxError, Prepared};
 use sea_orm::ActiveValue::{NotSet, Set};
@@ -92,6 +99,12 @@ pub const GRANTED: &str = "marzban-sync:granted";
 /// (`subscription:<id>`), written when the panel was first looked at for it, in the
 /// transaction that writes its opening balance, if any.
 pub const ADOPTED: &str = "marzban-sync:adopted";
+
+/// `processed_messages.consumer` of the refused trials: one row per `manual_grants` row
+/// (`manual_grant:<id>`), written with the refusal's `system_logs` row and `grant.refused`
+/// event, so a trial is refused once whatever copies of `grant.created` arrive, and never both
+/// refused and granted (both decisions are taken under the user's row lock).
+pub const REFUSED: &str = "marzban-sync:refused";
 
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +184,18 @@ enum Step {
     Nothing,
     /// The panel was brought to `sent`.
     Synced(Box<Synced>),
+    /// A trial the panel already has the user of: nothing written, the panel untouched.
+    Refused(Box<Refused>),
+}
+
+/// A free trial refused because the panel already has the user, for step 3.
+struct Refused {
+    grant_id: i64,
+    user_id: i64,
+    telegram_id: i64,
+    kind: String,
+    /// The panel's spelling of the user found.
+    panel_username: String,
 }
 
 /// The result of steps 1 and 2, for step 3.
@@ -271,6 +296,9 @@ impl SubscriptionSync {
     /// per grant) and the intent committed, then the panel user active until the ledger's
     /// expiry — the path of a paid grant, so the drift check sees it like any other time.
     async fn prepare_granted(&self, event: &GrantCreated) -> Result<Step, SyncError> {
+        if let Some(step) = self.screen_trial(event.grant_id).await? {
+            return Ok(step);
+        }
         let tx = service_kit::db::begin_write(&self.db).await?;
         let intent = record_manual_grant(&tx, event).await?;
         tx.commit().await?;
@@ -287,6 +315,63 @@ impl SubscriptionSync {
             sent: intent.desired,
             user: Some(user),
         })))
+    }
+
+    /// Before step 1 of a free trial (issue 23: "never for a user who already has a panel
+    /// user"): for a user we have never pushed to the panel, look the user up as the panel may
+    /// spell it ([`Panel::find_user`]); a user there already (a customer from an older bot) gets
+    /// no trial — step 3 records the refusal, nothing goes in the ledger and the panel user is
+    /// not touched. A panel that does not answer fails the message (retried as any panel
+    /// failure): a trial is never granted blind. `None`: go on as for any grant (another kind,
+    /// a trial decided before, or a user the panel has not got).
+    async fn screen_trial(&self, grant_id: i64) -> Result<Option<Step>, SyncError> {
+        let grant = manual_grants::Entity::find_by_id(grant_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| SyncError::Invalid(format!("unknown manual grant {grant_id}")))?;
+        if grant.kind != domain::trial::KIND {
+            return Ok(None);
+        }
+        let key = grant_key(grant.id);
+        if is_marked(&self.db, REFUSED, &key).await? {
+            tracing::info!(grant_id, "trial refused before; nothing to do");
+            return Ok(Some(Step::Nothing));
+        }
+        if is_marked(&self.db, GRANTED, &key).await? {
+            return Ok(None);
+        }
+        let telegram_id = telegram_id_of(&self.db, grant.user_id).await?;
+        let subscription = subscriptions::Entity::find()
+            .filter(subscriptions::Column::UserId.eq(grant.user_id))
+            .one(&self.db)
+            .await?;
+        let username = match &subscription {
+            // Pushed before (or its panel user decided on): whatever the panel has is ours.
+            Some(s)
+                if s.synced_at.is_some()
+                    || is_marked(&self.db, ADOPTED, &format!("subscription:{}", s.id)).await? =>
+            {
+                return Ok(None);
+            }
+            Some(s) => username(s)?,
+            None => {
+                let telegram = TelegramUserId::parse(telegram_id).map_err(|e| {
+                    SyncError::Invalid(format!("user {}: telegram id: {e}", grant.user_id))
+                })?;
+                MarzbanUsername::from_telegram_id(telegram)
+            }
+        };
+        let Some(found) = self.client.find_user(&username).await? else {
+            return Ok(None);
+        };
+        tracing::info!(grant_id, telegram_id, panel = %found.username, "the panel already has the user: no free trial");
+        Ok(Some(Step::Refused(Box::new(Refused {
+            grant_id,
+            user_id: grant.user_id,
+            telegram_id,
+            kind: grant.kind,
+            panel_username: found.username,
+        }))))
     }
 
     /// Step 2 of a grant: the panel user active until the intent's expiry (adopted or
@@ -585,8 +670,16 @@ async fn record_manual_grant(
             grant.id, grant.days
         )));
     }
+    let key = grant_key(grant.id);
+    if grant.kind == domain::trial::KIND {
+        // Decided under the user's lock, as a refusal is (see [`record_refusal`]).
+        lock_user(tx, grant.user_id).await?;
+        if is_marked(tx, REFUSED, &key).await? {
+            tracing::info!(grant_id = grant.id, "trial refused; nothing to grant");
+            return Ok(None);
+        }
+    }
     let (subscription, telegram_id) = lock_or_create_subscription(tx, grant.user_id).await?;
-    let key = format!("manual_grant:{}", grant.id);
     // Under the subscription lock, so a concurrent copy of the message waits here and then
     // sees the mark.
     let data_limit = if is_marked(tx, GRANTED, &key).await? {
@@ -611,6 +704,87 @@ async fn record_manual_grant(
     };
     let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
     Ok(Some(intent))
+}
+
+/// Step 3 of a refused trial, in the runner's transaction: under the user's row lock, unless
+/// a copy refused it already, the refusal's mark, its `system_logs` row
+/// ([`domain::trial::REFUSED_LOG`]) and its `grant.refused` event — once per grant. A copy that
+/// granted the trial meanwhile (its panel user is what we found) wins: this one fails
+/// transiently and its retry takes the grant's path, which finds nothing more to do.
+async fn record_refusal(
+    tx: &DatabaseTransaction,
+    envelope: &Envelope,
+    refused: Refused,
+) -> Result<(), SyncError> {
+    lock_user(tx, refused.user_id).await?;
+    let key = grant_key(refused.grant_id);
+    if is_marked(tx, REFUSED, &key).await? {
+        tracing::info!(
+            grant_id = refused.grant_id,
+            "trial refused by another copy of the message"
+        );
+        return Ok(());
+    }
+    if is_marked(tx, GRANTED, &key).await? {
+        return Err(SyncError::Overtaken(format!(
+            "trial {} was granted by another copy while the panel was looked at",
+            refused.grant_id
+        )));
+    }
+    mark(tx, REFUSED, &key).await?;
+    let reason = domain::trial::REASON_PANEL_USER;
+    let event = GrantRefused {
+        grant_id: refused.grant_id,
+        user_id: refused.user_id,
+        telegram_id: refused.telegram_id,
+        kind: refused.kind.clone(),
+        reason: reason.to_owned(),
+    };
+    let outgoing = Envelope::caused_by(&event, envelope).map_err(OutboxError::from)?;
+    messaging::outbox::enqueue(tx, &outgoing).await?;
+    system_logs::ActiveModel {
+        id: NotSet,
+        event_type: Set(domain::trial::REFUSED_LOG.to_owned()),
+        user_id: Set(Some(refused.user_id)),
+        payment_id: Set(None),
+        provider: Set(None),
+        amount_minor: Set(None),
+        currency: Set(None),
+        status: Set(Some(reason.to_owned())),
+        message: Set(Some(format!(
+            "free trial refused: the panel already has the user {}",
+            refused.panel_username
+        ))),
+        metadata: Set(Some(serde_json::json!({
+            "event_id": outgoing.event_id,
+            "grant_id": refused.grant_id,
+            "telegram_id": refused.telegram_id,
+            "kind": refused.kind,
+            "reason": reason,
+            "panel_username": refused.panel_username,
+        }))),
+        created_at: Set(Utc::now()),
+    }
+    .insert(tx)
+    .await?;
+    tracing::info!(grant_id = refused.grant_id, telegram_id = refused.telegram_id, panel = %refused.panel_username, "free trial refused: the panel already has the user");
+    Ok(())
+}
+
+/// The `processed_messages` key of a manual grant under [`GRANTED`] and [`REFUSED`].
+fn grant_key(grant_id: i64) -> String {
+    format!("manual_grant:{grant_id}")
+}
+
+/// Locks `users.id` = `user_id` for this transaction: a trial's grant and its refusal are
+/// decided under it, so only one of them is ever recorded.
+async fn lock_user(tx: &DatabaseTransaction, user_id: i64) -> Result<(), SyncError> {
+    users::Entity::find_by_id(user_id)
+        .lock_exclusive()
+        .one(tx)
+        .await?
+        .ok_or_else(|| SyncError::Invalid(format!("unknown user {user_id}")))?;
+    Ok(())
 }
 
 /// Step 1 of `payment.refunded`, in its own short transaction: the payment's grant loses days
@@ -940,6 +1114,7 @@ impl Handler for SubscriptionSync {
         match prepare.step {
             Step::Nothing => Ok(()),
             Step::Synced(synced) => Ok(self.record(tx, envelope, *synced).await?),
+            Step::Refused(refused) => Ok(record_refusal(tx, envelope, *refused).await?),
         }
     }
 }

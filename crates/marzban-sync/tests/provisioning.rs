@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::entities::{
-    manual_grants, payments, subscription_grants, subscriptions, tariffs, users,
+    manual_grants, payments, subscription_grants, subscriptions, system_logs, tariffs, users,
 };
 use domain::money::Currency;
 use domain::status::PaymentStatus;
@@ -17,7 +17,7 @@ use marzban_sync::SubscriptionSync;
 use marzban_sync::marzban::{CreateUser, MarzbanClient, MarzbanUsername};
 use marzban_sync::{Service, ServiceSettings};
 use messaging::events::{
-    GrantActivated, GrantCreated, PaymentCompleted, PaymentRefunded, PaymentSnapshot,
+    GrantActivated, GrantCreated, GrantRefused, PaymentCompleted, PaymentRefunded, PaymentSnapshot,
     SubscriptionActivated, SubscriptionRevoked,
 };
 use messaging::{Bus, ConsumerSpec, Envelope, RabbitBus, RabbitConfig};
@@ -123,10 +123,15 @@ impl Harness {
         };
         let bus = infra.bus.clone();
 
-        // Stands in for the bot: receives every subscription.* and grant.activated event.
+        // Stands in for the bot: receives every subscription.*, grant.activated and
+        // grant.refused event.
         let observer = ConsumerSpec::new(
             "test-bot",
-            vec!["subscription.#".to_owned(), "grant.activated".to_owned()],
+            vec![
+                "subscription.#".to_owned(),
+                "grant.activated".to_owned(),
+                "grant.refused".to_owned(),
+            ],
         );
         bus.declare(&observer).await.unwrap();
         let (tx, events) = mpsc::unbounded_channel();
@@ -918,6 +923,215 @@ async fn a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit(mut h: Harn
     h.finish().await;
 }
 
+/// `system_logs` rows of refused trials.
+async fn refusal_logs(h: &Harness) -> Vec<system_logs::Model> {
+    system_logs::Entity::find()
+        .filter(system_logs::Column::EventType.eq(domain::trial::REFUSED_LOG))
+        .all(&h.db.conn)
+        .await
+        .unwrap()
+}
+
+/// Issue 23: "never for a user who already has a panel user". A seller's customer from an
+/// older bot is on the panel as `TG_<id>` (another letter case) with time and a key, and we
+/// have no subscription row for them: their trial is refused — no ledger entry, no
+/// subscription, the panel user untouched — recorded once (`trial.refused` log row and
+/// `grant.refused`) though `grant.created` arrives three times. Other kinds still adopt the
+/// user, as before.
+async fn a_trial_for_a_user_the_panel_already_has_is_refused_once(mut h: Harness) {
+    let user = h.user(100_040).await;
+    let key = "2b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3";
+    let before = existing_user(
+        &h,
+        "TG_100040",
+        serde_json::json!({"vless": {"id": key}}),
+        5,
+    );
+    let trial = h
+        .grant_of(user, domain::trial::KIND, 3, Some(5 * GIB))
+        .await;
+    h.publish(&trial).await;
+    h.publish(&trial).await;
+    h.publish(&copy_of(&trial)).await;
+    h.settled(3).await;
+    let refused: GrantRefused = h.next_event().await.decode().unwrap();
+    let grant: GrantCreated = trial.decode().unwrap();
+    assert_eq!(
+        refused,
+        GrantRefused {
+            grant_id: grant.grant_id,
+            user_id: user,
+            telegram_id: 100_040,
+            kind: "trial".to_owned(),
+            reason: domain::trial::REASON_PANEL_USER.to_owned(),
+        }
+    );
+    h.assert_no_more_events().await;
+    assert!(h.grants().await.is_empty(), "no ledger entry");
+    assert!(
+        subscriptions::Entity::find()
+            .all(&h.db.conn)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no subscription"
+    );
+    let logs = refusal_logs(&h).await;
+    assert_eq!(logs.len(), 1, "refused once for three copies");
+    assert_eq!(logs[0].user_id, Some(user));
+    assert_eq!(
+        logs[0].metadata.as_ref().unwrap()["grant_id"],
+        grant.grant_id
+    );
+    // The panel user is as it was: nothing created, modified or reset.
+    assert_eq!(h.emu.users().len(), 1);
+    for route in [route::CREATE_USER, route::MODIFY_USER, route::RESET_USER] {
+        assert_eq!(h.emu.count(route), 0, "{route}");
+    }
+    let panel = h.emu.user("TG_100040").unwrap();
+    assert_eq!(panel.expire, Some(before.timestamp()));
+    assert_eq!(panel.vless_id(), Some(key));
+
+    // An admin's grant to the same user adopts them as before, their 5 days kept.
+    h.publish(&h.manual_grant(user, 7).await).await;
+    let activated: GrantActivated = h.next_event().await.decode().unwrap();
+    assert_eq!(activated.kind, "admin");
+    assert_eq!(activated.marzban_username, "TG_100040");
+    assert_eq!(activated.expires_at, before + days(7));
+    assert_eq!(h.emu.vless_id("TG_100040").as_deref(), Some(key));
+    assert_eq!(
+        h.grants().await.len(),
+        2,
+        "the opening balance and the admin's days"
+    );
+    assert_eq!(refusal_logs(&h).await.len(), 1);
+    h.assert_no_more_events().await;
+    h.finish().await;
+}
+
+/// A trial while the panel is down is neither granted nor refused blind: the message is
+/// retried, nothing is written meanwhile, and once the panel answers the trial is refused
+/// (the panel has the user) — or, for a user it has not got, granted.
+async fn a_trial_waits_for_the_panel_and_is_never_granted_blind(mut h: Harness) {
+    let known = h.user(100_041).await;
+    let before = existing_user(
+        &h,
+        "tg_100041",
+        serde_json::json!({"vless": {"id": "3b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"}}),
+        2,
+    );
+    let newcomer = h.user(100_042).await;
+    h.emu.set_down(true);
+    h.publish(&h.grant_of(known, domain::trial::KIND, 3, None).await)
+        .await;
+    h.publish(&h.grant_of(newcomer, domain::trial::KIND, 3, None).await)
+        .await;
+    wait_until(|| async { h.emu.count(route::LIST_USERS) >= 4 }).await;
+    assert!(
+        h.grants().await.is_empty(),
+        "nothing granted while the panel is down"
+    );
+    assert!(refusal_logs(&h).await.is_empty());
+    assert!(h.events.try_recv().is_err());
+
+    h.emu.set_down(false);
+    let mut refused = None;
+    let mut activated = None;
+    for _ in 0..2 {
+        let envelope = h.next_event().await;
+        match envelope.event_type.as_str() {
+            "grant.refused" => refused = Some(envelope.decode::<GrantRefused>().unwrap()),
+            "grant.activated" => activated = Some(envelope.decode::<GrantActivated>().unwrap()),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    h.assert_no_more_events().await;
+    assert_eq!(refused.unwrap().telegram_id, 100_041);
+    assert_eq!(activated.unwrap().telegram_id, 100_042);
+    assert_eq!(
+        h.emu.user("tg_100041").unwrap().expire,
+        Some(before.timestamp())
+    );
+    let ledger = h.grants().await;
+    assert_eq!(ledger.len(), 1, "the newcomer's trial only");
+    assert_eq!(ledger[0].kind, "trial");
+    assert_eq!(h.subscription(newcomer).await.marzban_username, "tg_100042");
+    assert_eq!(refusal_logs(&h).await.len(), 1);
+    h.finish().await;
+}
+
+/// Two processes and one trial: copies that both find the panel user refuse it once; and a
+/// copy whose look-up finds the user another copy has just created for the trial does not
+/// refuse what was granted — the grant wins, the refusal fails transiently, and its retry has
+/// nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_a_trial_are_granted_or_refused_never_both() {
+    let mut h = Harness::start_within(Mode::Rabbit, "ms-trial-race").await;
+    let (a_sync, b_sync) = (h.other_process().await, h.other_process().await);
+
+    // Both copies find the customer from the older bot: one refusal.
+    let known = h.user(100_043).await;
+    existing_user(
+        &h,
+        "Tg_100043",
+        serde_json::json!({"vless": {"id": "4b9c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3"}}),
+        4,
+    );
+    let trial = h.grant_of(known, domain::trial::KIND, 3, None).await;
+    let a_prepared = a_sync.prepare(&trial).await.unwrap();
+    let b_prepared = b_sync.prepare(&copy_of(&trial)).await.unwrap();
+    h.handle(&a_sync, &trial, a_prepared).await.unwrap();
+    h.handle(&b_sync, &trial, b_prepared).await.unwrap();
+    assert_eq!(refusal_logs(&h).await.len(), 1);
+    assert!(h.grants().await.is_empty());
+    let b_again = b_sync.prepare(&trial).await.unwrap();
+    h.handle(&b_sync, &trial, b_again).await.unwrap();
+    assert_eq!(refusal_logs(&h).await.len(), 1, "a late copy does nothing");
+
+    // B's look-up is slow; meanwhile A grants the newcomer's trial and creates the user, which
+    // B's look-up then finds.
+    let newcomer = h.user(100_044).await;
+    let trial = h.grant_of(newcomer, domain::trial::KIND, 3, None).await;
+    h.emu.clear_requests();
+    h.emu.push_fault_on(
+        route::LIST_USERS,
+        Fault::slow_work(Duration::from_millis(1_200)),
+        1,
+    );
+    let b_prepare = {
+        let (sync, envelope) = (b_sync.clone(), trial.clone());
+        tokio::spawn(async move { sync.prepare(&envelope).await })
+    };
+    wait_until(|| async { h.emu.count(route::LIST_USERS) == 1 }).await;
+    let a_prepared = a_sync.prepare(&trial).await.unwrap();
+    assert!(h.emu.user("tg_100044").is_some(), "A created the user");
+    let b_prepared = b_prepare.await.unwrap().unwrap();
+    h.handle(&a_sync, &trial, a_prepared).await.unwrap();
+    let error = h.handle(&b_sync, &trial, b_prepared).await.unwrap_err();
+    assert!(!error.is_permanent(), "{error}");
+    assert_eq!(
+        refusal_logs(&h).await.len(),
+        1,
+        "the trial was granted, not refused"
+    );
+    let b_retry = b_sync.prepare(&trial).await.unwrap();
+    h.handle(&b_sync, &trial, b_retry).await.unwrap();
+    let ledger = h.grants().await;
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].kind, "trial");
+
+    // What reached the bot: one refusal (the first user), one activation (the newcomer).
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let envelope = h.next_event().await;
+        seen.push(envelope.event_type.clone());
+    }
+    seen.sort();
+    assert_eq!(seen, ["grant.activated", "grant.refused"]);
+    h.assert_no_more_events().await;
+    h.finish().await;
+}
+
 /// A referral bonus (issue 23: the payment worker writes it when a friend's first payment
 /// succeeds): one ledger entry of kind `referral`, however many copies of its event arrive,
 /// stacked on the referrer's paid time with their data limit kept, announced once.
@@ -1437,6 +1651,12 @@ async fn a_panel_user_differing_in_case_is_adopted_not_duplicated_on_mysql() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_for_a_user_the_panel_already_has_is_refused_once_on_mysql() {
+    let h = with_usernames(emulator::Usernames::CaseInsensitive, "ms-trial-mysql").await;
+    a_trial_for_a_user_the_panel_already_has_is_refused_once(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_created_after_the_look_up_is_adopted_on_409_on_mysql() {
     let h = with_usernames(emulator::Usernames::CaseInsensitive, "ms-409").await;
     a_user_created_after_the_look_up_is_adopted_on_409(h).await;
@@ -1483,6 +1703,8 @@ on_both_buses! {
     adoption_keeps_the_panel_remaining_days_and_a_refund_does_not_take_them => "ms-remaining",
     a_manual_grant_counts_once_stacks_with_payments_and_outlives_their_refund => "ms-manual",
     a_trial_is_a_ledger_entry_of_kind_trial_with_its_data_limit => "ms-trial",
+    a_trial_for_a_user_the_panel_already_has_is_refused_once => "ms-trial-refused",
+    a_trial_waits_for_the_panel_and_is_never_granted_blind => "ms-trial-down",
     a_promo_codes_extra_days_are_part_of_the_payments_grant => "ms-promo",
     a_referral_bonus_is_a_ledger_entry_of_kind_referral_on_top_of_the_paid_time => "ms-referral",
 }
