@@ -609,8 +609,7 @@ impl Sender {
         if chat.as_ref().is_some_and(|c| c.blocked_at.is_some()) {
             return Ok(Outcome::Skipped(SKIPPED_BLOCKED));
         }
-        if row.kind == Kind::Broadcast.as_str() && chat.as_ref().is_some_and(|c| c.broadcasts_off)
-        {
+        if row.kind == Kind::Broadcast.as_str() && chat.as_ref().is_some_and(|c| c.broadcasts_off) {
             return Ok(Outcome::Skipped("news turned off"));
         }
         if let Some(guard) = message.guard {

@@ -13,8 +13,8 @@
 //!
 //! This module holds the state and dispatches an update to its use case.
 
-mod broadcast;
 mod autopay;
+mod broadcast;
 mod checkout;
 mod grants;
 mod lookup;

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use domain::PaymentStatus;
 use domain::entities::{payment_promos, payments, promo_codes};
 use domain::money::{Currency, Money};
-use domain::PaymentStatus;
 use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, DatabaseConnection};
 use sea_orm::{EntityTrait, PaginatorTrait};
 
