@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use domain::money::{Currency, Money};
 use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 use messaging::events::{
-    GrantActivated, PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentUnderpaid,
-    SubscriptionActivated, SubscriptionRevoked,
+    GrantActivated, GrantRefused, PaymentCompleted, PaymentFailed, PaymentRefunded,
+    PaymentUnderpaid, SubscriptionActivated, SubscriptionRevoked,
 };
 use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
 use sea_orm::{DatabaseTransaction, EntityTrait};
@@ -36,7 +36,7 @@ use crate::texts::{self, Lang, fill};
 pub const CONSUMER: &str = messaging::topology::consumers::BOT;
 
 /// The events the bot tells users about.
-pub const BINDINGS: [&str; 7] = [
+pub const BINDINGS: [&str; 8] = [
     PaymentCompleted::EVENT_TYPE,
     PaymentFailed::EVENT_TYPE,
     PaymentRefunded::EVENT_TYPE,
@@ -44,6 +44,7 @@ pub const BINDINGS: [&str; 7] = [
     SubscriptionActivated::EVENT_TYPE,
     SubscriptionRevoked::EVENT_TYPE,
     GrantActivated::EVENT_TYPE,
+    GrantRefused::EVENT_TYPE,
 ];
 
 /// Queues one message per event.
@@ -84,6 +85,9 @@ enum Note {
         expires: String,
         link: String,
     },
+    /// marzban-sync refused the free trial (`grant.refused` of kind `trial`): the panel
+    /// already has the user. Sent with the main menu.
+    TrialRefused,
     /// A referrer's bonus is on the panel (`grant.activated` of kind `referral`); the friend
     /// whose payment earned it is told too.
     ReferralBonus {
@@ -173,6 +177,13 @@ fn decode(envelope: &Envelope) -> Result<Option<(i64, Note)>, HandlerError> {
                     link: e.subscription_url,
                 },
             )
+        }
+        GrantRefused::EVENT_TYPE => {
+            let e: GrantRefused = envelope.decode()?;
+            if e.kind != domain::trial::KIND {
+                return Ok(None);
+            }
+            (e.telegram_id, Note::TrialRefused)
         }
         _ => return Ok(None),
     }))
@@ -353,9 +364,33 @@ fn message(lang: Lang, note: Note) -> Outgoing {
             )
         }
         Note::Revoked { expires } => fill(t.subscription_revoked, &[("expires", &expires)]),
+        Note::TrialRefused => {
+            // The main menu, without the trial it may no longer offer.
+            markup = Some(crate::app::App::main_menu_keyboard(t, None));
+            t.trial_existing_account.to_owned()
+        }
     };
     Outgoing {
         qr,
         ..Outgoing::text(text, markup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_trial_is_explained_with_the_menu_in_both_languages() {
+        for (lang, expected) in [
+            (Lang::Ru, "только для новых клиентов"),
+            (Lang::En, "new customers only"),
+        ] {
+            let message = message(lang, Note::TrialRefused);
+            assert!(message.text.contains(expected), "{}", message.text);
+            let markup = serde_json::to_string(&message.reply_markup).unwrap();
+            assert!(markup.contains("\"buy\""), "{markup}");
+            assert!(!markup.contains("\"trial\""), "{markup}");
+        }
     }
 }

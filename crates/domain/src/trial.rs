@@ -7,7 +7,7 @@
 
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
-use crate::entities::{manual_grants, payments, subscriptions};
+use crate::entities::{manual_grants, payments, processed_messages, subscriptions};
 use crate::env::{EnvVar, Vars, invalid};
 use crate::status::PaymentStatus;
 
@@ -18,6 +18,14 @@ pub const KIND: &str = "trial";
 pub const REFUSED_LOG: &str = "trial.refused";
 /// `grant.refused`'s `reason` when the panel already has the user.
 pub const REASON_PANEL_USER: &str = "panel_user_exists";
+/// `processed_messages.consumer` under which marzban-sync marks a trial it refused, keyed
+/// [`refused_key`].
+pub const REFUSED_MARK: &str = "marzban-sync:refused";
+
+/// The `processed_messages.message_id` of the refusal of the manual grant `grant_id`.
+pub fn refused_key(grant_id: i64) -> String {
+    format!("manual_grant:{grant_id}")
+}
 /// The longest trial `TRIAL_DAYS` may set.
 pub const MAX_DAYS: i32 = 365;
 const GIB: i64 = 1024 * 1024 * 1024;
@@ -131,6 +139,32 @@ pub async fn refusal(conn: &impl ConnectionTrait, user_id: i64) -> Result<Option
         .one(conn)
         .await?;
     Ok(subscribed.map(|_| Refusal::Subscribed))
+}
+
+/// Whether marzban-sync refused the trial of `users.id` = `user_id` because the panel already
+/// had the user (a customer from before this bot): the bot then says so instead of "you have
+/// had your trial".
+pub async fn refused_for_panel_user(
+    conn: &impl ConnectionTrait,
+    user_id: i64,
+) -> Result<bool, DbErr> {
+    let trial = manual_grants::Entity::find()
+        .select_only()
+        .column(manual_grants::Column::Id)
+        .filter(manual_grants::Column::UserId.eq(user_id))
+        .filter(manual_grants::Column::Kind.eq(KIND))
+        .into_tuple::<i64>()
+        .one(conn)
+        .await?;
+    let Some(grant_id) = trial else {
+        return Ok(false);
+    };
+    Ok(
+        processed_messages::Entity::find_by_id((REFUSED_MARK.to_owned(), refused_key(grant_id)))
+            .one(conn)
+            .await?
+            .is_some(),
+    )
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ pub const ADOPTED: &str = "marzban-sync:adopted";
 /// (`manual_grant:<id>`), written with the refusal's `system_logs` row and `grant.refused`
 /// event, so a trial is refused once whatever copies of `grant.created` arrive, and never both
 /// refused and granted (both decisions are taken under the user's row lock).
-pub const REFUSED: &str = "marzban-sync:refused";
+pub const REFUSED: &str = domain::trial::REFUSED_MARK;
 
 /// Why an event could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -771,9 +771,10 @@ async fn record_refusal(
     Ok(())
 }
 
-/// The `processed_messages` key of a manual grant under [`GRANTED`] and [`REFUSED`].
+/// The `processed_messages` key of a manual grant under [`GRANTED`] and [`REFUSED`] (the one
+/// the bot reads, [`domain::trial::refused_key`]).
 fn grant_key(grant_id: i64) -> String {
-    format!("manual_grant:{grant_id}")
+    domain::trial::refused_key(grant_id)
 }
 
 /// Locks `users.id` = `user_id` for this transaction: a trial's grant and its refusal are

@@ -51,7 +51,7 @@ impl App {
             return t.trial_off.to_owned();
         }
         match self.trial_refusal(from.id).await {
-            Ok(Some(refusal)) => return refusal_text(t, refusal).to_owned(),
+            Ok(Some(refusal)) => return self.refusal_answer(from.id, t, refusal).await,
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(%error, "cannot read the trial's eligibility; asking the gateway")
@@ -88,7 +88,7 @@ impl App {
                     .into_iter()
                     .find(|r| message.contains(r.as_str()))
                     .unwrap_or(Refusal::Taken);
-                refusal_text(t, refusal).to_owned()
+                self.refusal_answer(from.id, t, refusal).await
             }
             Err(GatewayError::Rejected { status: 404, .. }) => t.trial_off.to_owned(),
             Err(error) => {
@@ -96,6 +96,28 @@ impl App {
                 fill(t.trial_failed, &[("reason", &error.to_string())])
             }
         }
+    }
+}
+
+impl App {
+    /// What to tell a user refused a trial: a trial marzban-sync refused because the panel
+    /// already had the user ([`trial::refused_for_panel_user`]) is not one they had.
+    async fn refusal_answer(&self, telegram_id: u64, t: &Texts, refusal: Refusal) -> String {
+        if refusal == Refusal::Taken
+            && let Ok(telegram_id) = i64::try_from(telegram_id)
+        {
+            let refused = match store::user(&self.db, telegram_id).await {
+                Ok(Some(user)) => trial::refused_for_panel_user(&self.db, user.id).await,
+                Ok(None) => Ok(false),
+                Err(error) => Err(error),
+            };
+            match refused {
+                Ok(true) => return t.trial_existing_account.to_owned(),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "cannot tell why the trial was refused"),
+            }
+        }
+        refusal_text(t, refusal).to_owned()
     }
 }
 

@@ -93,7 +93,7 @@ impl App {
     }
 
     /// The main menu; `trial`: the days of the free trial this user may take.
-    pub(super) fn main_menu_keyboard(t: &Texts, trial: Option<i32>) -> InlineKeyboardMarkup {
+    pub(crate) fn main_menu_keyboard(t: &Texts, trial: Option<i32>) -> InlineKeyboardMarkup {
         let mut rows = vec![vec![button(t.btn_buy, "buy")]];
         if let Some(days) = trial {
             let days = crate::texts::days(t.lang, i64::from(days));

@@ -85,6 +85,7 @@ pub static TEXTS: Texts = Texts {
     trial_active: "🎉 Your {days} free trial is active until {expires}.\n\nYour subscription link:\n{link}\n\nImport it into your VPN client.",
     trial_taken: "You have already had your free trial: it is given once. You can extend your access with “Buy / extend”.",
     trial_not_eligible: "The free trial is for new users who have had no subscription or payment yet. You can extend your access with “Buy / extend”.",
+    trial_existing_account: "The free trial is for new customers only, and you already have a VPN account. You can extend your access with “Buy / extend”.",
     trial_off: "There is no free trial at the moment.",
     trial_failed: "The free trial could not be started, please try again later. ({reason})",
     rate_limited: "Too many requests. Please try again in {secs} s.",

@@ -170,6 +170,9 @@ pub struct Texts {
     pub trial_taken: &'static str,
     /// The user has paid before or has a subscription.
     pub trial_not_eligible: &'static str,
+    /// marzban-sync refused the trial (`grant.refused`): the panel already has the user, a
+    /// customer from before this bot.
+    pub trial_existing_account: &'static str,
     /// `TRIAL_DAYS` is 0.
     pub trial_off: &'static str,
     /// The gateway did not answer: `{reason}`.

@@ -1,13 +1,15 @@
 //! The free trial: offered in the main menu only to a user who may take it (`TRIAL_DAYS` > 0,
 //! never paid, no subscription, no trial before); two presses write one trial; a repeat, a
 //! paying user and a bot with the trial off get a clear answer and change nothing; the user is
-//! told when marzban-sync has the trial on the panel (`grant.activated`).
+//! told when marzban-sync has the trial on the panel (`grant.activated`), or that it was
+//! refused because they already have a VPN account (`grant.refused`).
 
-use domain::entities::manual_grants;
+use domain::entities::{manual_grants, processed_messages};
 use messaging::Envelope;
-use messaging::events::GrantActivated;
+use messaging::events::{GrantActivated, GrantRefused};
 use sandbox::telegram::{SentMessage, TestUser};
-use sea_orm::EntityTrait;
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ActiveModelTrait, EntityTrait};
 
 use crate::grants::grants;
 use crate::helpers::{World, world, world_with};
@@ -127,6 +129,67 @@ async fn announce(w: &World, row: &manual_grants::Model, telegram_id: i64, link:
         marzban_username: format!("tg_{telegram_id}"),
         expires_at: chrono::Utc::now() + chrono::Duration::days(3),
         subscription_url: link.to_owned(),
+    };
+    let envelope = Envelope::new(&event, uuid::Uuid::now_v7(), None).expect("envelope");
+    messaging::outbox::enqueue(&w.db.conn, &envelope)
+        .await
+        .expect("outbox");
+    w.infra.outbox_nudge.notify_one();
+}
+
+/// A customer from the seller's older bot (the panel already has them): marzban-sync refuses
+/// the trial and the user is told, with the menu, that the trial is for new customers and that
+/// they already have a VPN account; the menu no longer offers it and the old button says so.
+#[tokio::test]
+async fn a_user_the_panel_already_has_is_told_the_trial_was_refused() {
+    let w = trial_world().await;
+    let user = TestUser::new(5_230_204, "Лев", "ru");
+    let menu = menu(&w, &user).await;
+    assert!(offers_trial(&menu), "{menu:?}");
+    press_trial(&w, &user, &menu, menu.message_id, "оформлен").await;
+    let row = manual_grants::Entity::find()
+        .one(&w.db.conn)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // What marzban-sync writes when it finds the user on the panel.
+    refuse(&w, &row, user.id).await;
+    let refused = w
+        .wait_new(user.id, menu.message_id, |m| {
+            body(m).contains("VPN-аккаунт")
+        })
+        .await;
+    assert!(
+        body(&refused).contains("только для новых клиентов"),
+        "{refused:?}"
+    );
+    let buttons = refused.callback_data();
+    assert!(buttons.contains(&"buy".to_owned()), "the menu: {buttons:?}");
+    assert!(!buttons.contains(&"trial".to_owned()), "{buttons:?}");
+
+    let again = self::menu(&w, &user).await;
+    assert!(!offers_trial(&again), "{again:?}");
+    press_trial(&w, &user, &menu, again.message_id, "VPN-аккаунт").await;
+    assert_eq!(grants(&w).await, (1, 1), "nothing more written");
+}
+
+/// What marzban-sync writes when it refuses the trial `row`: its mark and `grant.refused`.
+async fn refuse(w: &World, row: &manual_grants::Model, telegram_id: i64) {
+    processed_messages::ActiveModel {
+        consumer: Set(domain::trial::REFUSED_MARK.to_owned()),
+        message_id: Set(domain::trial::refused_key(row.id)),
+        processed_at: Set(chrono::Utc::now()),
+    }
+    .insert(&w.db.conn)
+    .await
+    .expect("mark");
+    let event = GrantRefused {
+        grant_id: row.id,
+        user_id: row.user_id,
+        telegram_id,
+        kind: row.kind.clone(),
+        reason: domain::trial::REASON_PANEL_USER.to_owned(),
     };
     let envelope = Envelope::new(&event, uuid::Uuid::now_v7(), None).expect("envelope");
     messaging::outbox::enqueue(&w.db.conn, &envelope)
