@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::entities::{
-    bot_chats, broadcasts, manual_grants, payments, send_queue, subscriptions, users,
+    bot_chats, broadcasts, payments, send_queue, subscription_grants, subscriptions, users,
 };
 use crate::status::PaymentStatus;
 
@@ -40,7 +40,7 @@ pub enum Segment {
     Expired,
     /// No payment ever succeeded.
     NeverPaid,
-    /// Had a free trial and never paid.
+    /// Had a free trial (its ledger entry: a refused trial does not count) and never paid.
     Trial,
 }
 
@@ -165,9 +165,10 @@ pub async fn audience<C: ConnectionTrait>(
         conn,
     )
     .await?;
-    let subscribed: Vec<(i64, DateTime<Utc>)> = subscriptions::Entity::find()
+    let subscribed: Vec<(i64, i64, DateTime<Utc>)> = subscriptions::Entity::find()
         .select_only()
         .columns([
+            subscriptions::Column::Id,
             subscriptions::Column::UserId,
             subscriptions::Column::ExpiresAt,
         ])
@@ -176,24 +177,31 @@ pub async fn audience<C: ConnectionTrait>(
         .await?;
     let active: HashSet<i64> = subscribed
         .iter()
-        .filter(|(_, expires)| *expires > now)
-        .map(|(user, _)| *user)
+        .filter(|(_, _, expires)| *expires > now)
+        .map(|(_, user, _)| *user)
         .collect();
     let expired: HashSet<i64> = subscribed
         .iter()
-        .filter(|(_, expires)| *expires <= now)
-        .map(|(user, _)| *user)
+        .filter(|(_, _, expires)| *expires <= now)
+        .map(|(_, user, _)| *user)
         .collect();
+    // A trial that took effect: its ledger entry (a trial marzban-sync refused has none).
     let trial: HashSet<i64> = if segment == Segment::Trial {
-        user_ids(
-            manual_grants::Entity::find()
-                .select_only()
-                .column(manual_grants::Column::UserId)
-                .filter(manual_grants::Column::Kind.eq(crate::trial::KIND))
-                .distinct(),
-            conn,
-        )
-        .await?
+        let subscriptions_with_trial: HashSet<i64> = subscription_grants::Entity::find()
+            .select_only()
+            .column(subscription_grants::Column::SubscriptionId)
+            .filter(subscription_grants::Column::Kind.eq(crate::trial::KIND))
+            .distinct()
+            .into_tuple::<i64>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .collect();
+        subscribed
+            .iter()
+            .filter(|(id, _, _)| subscriptions_with_trial.contains(id))
+            .map(|(_, user, _)| *user)
+            .collect()
     } else {
         HashSet::new()
     };

@@ -4,7 +4,9 @@
 
 use chrono::{Duration, Utc};
 use domain::PaymentStatus;
-use domain::entities::{bot_chats, broadcasts, manual_grants, payments, subscriptions, users};
+use domain::entities::{
+    bot_chats, broadcasts, manual_grants, payments, subscription_grants, subscriptions, users,
+};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -39,7 +41,7 @@ async fn user(app: &TestApp, telegram_id: i64) -> i64 {
     .id
 }
 
-async fn subscription(app: &TestApp, user_id: i64, expires_in: Duration) {
+async fn subscription(app: &TestApp, user_id: i64, expires_in: Duration) -> i64 {
     let now = Utc::now();
     subscriptions::ActiveModel {
         user_id: Set(user_id),
@@ -56,7 +58,8 @@ async fn subscription(app: &TestApp, user_id: i64, expires_in: Duration) {
     }
     .insert(&app.db.conn)
     .await
-    .unwrap();
+    .unwrap()
+    .id
 }
 
 async fn chat(app: &TestApp, chat_id: i64, news_off: bool) {
@@ -95,7 +98,7 @@ async fn preview(app: &TestApp, segment: &str) -> (u64, u64) {
 async fn segments_are_counted_and_a_broadcast_is_stored_once_per_key() {
     let app = spawn_app(&[]).await;
     // 123456 (CREATE_BODY's customer) has paid and is active; 1 expired and paid nothing;
-    // 2 had a trial only; 3 only wrote to the bot; 4 wrote to the bot and turned news off.
+    // 2 had a trial only (active); 3 only wrote to the bot; 4 wrote to the bot and turned news off.
     created_payment(&app, "paid-1").await;
     payments::Entity::update_many()
         .col_expr(
@@ -115,9 +118,27 @@ async fn segments_are_counted_and_a_broadcast_is_stored_once_per_key() {
     let expired = user(&app, 1).await;
     subscription(&app, expired, -Duration::days(2)).await;
     let trial = user(&app, 2).await;
+    // The trial's ledger entry is what counts (a refused trial has none).
+    let trial_subscription = subscription(&app, trial, Duration::days(3)).await;
+    subscription_grants::ActiveModel {
+        subscription_id: Set(trial_subscription),
+        payment_id: Set(None),
+        kind: Set("trial".into()),
+        days_granted: Set(3),
+        days_revoked: Set(0),
+        expires_at_after: Set(Utc::now() + Duration::days(3)),
+        created_at: Set(Utc::now()),
+        revoked_at: Set(None),
+        ..Default::default()
+    }
+    .insert(&app.db.conn)
+    .await
+    .unwrap();
+    // 5's trial was refused (the panel had the user): a manual grant, no ledger entry.
+    let refused = user(&app, 5).await;
     manual_grants::ActiveModel {
-        idempotency_key: Set("trial:2".into()),
-        user_id: Set(trial),
+        idempotency_key: Set("trial:5".into()),
+        user_id: Set(refused),
         kind: Set("trial".into()),
         days: Set(3),
         data_limit_bytes: Set(None),
@@ -132,10 +153,10 @@ async fn segments_are_counted_and_a_broadcast_is_stored_once_per_key() {
     chat(&app, 3, false).await;
     chat(&app, 4, true).await;
 
-    assert_eq!(preview(&app, "all").await, (4, 1));
-    assert_eq!(preview(&app, "active").await, (1, 0));
+    assert_eq!(preview(&app, "all").await, (5, 1));
+    assert_eq!(preview(&app, "active").await, (2, 0));
     assert_eq!(preview(&app, "expired").await, (1, 0));
-    assert_eq!(preview(&app, "never_paid").await, (3, 1));
+    assert_eq!(preview(&app, "never_paid").await, (4, 1));
     assert_eq!(preview(&app, "trial").await, (1, 0));
     assert_eq!(
         broadcasts::Entity::find()
