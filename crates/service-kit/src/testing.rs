@@ -1,7 +1,9 @@
 //! Helpers for tests that start a service binary as a real process: pick a free port, wait
 //! for `/health/ready`, send SIGTERM and check that it drains and exits cleanly.
 
+use std::collections::BTreeSet;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,11 +26,22 @@ const FREE_PORTS: std::ops::Range<u16> = 12_000..32_000;
 /// outgoing connection come from the ephemeral range): a port from that range, left free
 /// while a killed service restarts, can be taken by any connection another test opens in
 /// the meantime, and the restarted service then fails to bind it.
+///
+/// Nor is it one this process handed out before: the tests of one binary run side by side
+/// (`cargo test` runs the binaries one after another), and a port free only because its
+/// service was just killed must not go to another test's service, which would take it before
+/// the restart does.
 pub fn free_addr() -> std::io::Result<String> {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let span = u128::from(FREE_PORTS.end - FREE_PORTS.start);
     let mut last = None;
     for _ in 0..64 {
         let port = FREE_PORTS.start + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        if !handed_out.insert(port) {
+            continue;
+        }
+        drop(handed_out);
         match std::net::TcpListener::bind(("127.0.0.1", port)) {
             Ok(listener) => return Ok(listener.local_addr()?.to_string()),
             Err(error) => last = Some(error),
@@ -195,4 +208,20 @@ pub async fn delete_system_topology_with(
     bus.delete_exchange().await?;
     bus.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_addresses_are_never_handed_out_twice() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..2_000 {
+            let addr = free_addr().unwrap();
+            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(FREE_PORTS.contains(&port), "{addr}");
+            assert!(seen.insert(port), "{addr} handed out twice");
+        }
+    }
 }
