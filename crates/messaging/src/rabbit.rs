@@ -573,14 +573,43 @@ impl Publisher for RabbitBus {
                 .await,
             );
         }
-        let mut results = Vec::with_capacity(messages.len());
-        for (sent, message) in pending.into_iter().zip(messages) {
-            results.push(match sent {
-                Ok(confirm) => confirmed(confirm, &message.routing_key).await,
+        let mut answers = Vec::with_capacity(messages.len());
+        for sent in pending {
+            answers.push(match sent {
+                Ok(confirm) => confirm.await.map_err(PublishError::from),
                 Err(err) => Err(err),
             });
         }
-        results
+        // lapin hands a returned (unroutable) message to whichever confirm it resolves next,
+        // and RabbitMQ may confirm a batch out of order (an unroutable message at once, a
+        // persisted one after its fsync): so a return is matched to the batch's messages by
+        // its message id, not by the confirm it came with.
+        let returned: std::collections::HashSet<String> = answers
+            .iter()
+            .filter_map(|answer| match answer {
+                Ok(Confirmation::Ack(Some(returned))) => returned
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        answers
+            .into_iter()
+            .zip(messages)
+            .map(|(answer, message)| match answer? {
+                Confirmation::Ack(_) if returned.contains(&message.message_id) => {
+                    Err(PublishError::Unroutable {
+                        routing_key: message.routing_key.clone(),
+                    })
+                }
+                Confirmation::Ack(_) => Ok(()),
+                Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked {
+                    routing_key: message.routing_key.clone(),
+                }),
+            })
+            .collect()
     }
 }
 
