@@ -19,12 +19,13 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::broadcast::{self, Segment};
 use domain::entities::broadcasts;
-use frankenstein::types::{InlineKeyboardButton, InlineKeyboardMarkup};
+use frankenstein::types::InlineKeyboardMarkup;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder};
 use service_kit::Shutdown;
 use tokio::sync::Notify;
 
+use crate::app::ui::{button, keyboard};
 use crate::sender::{self, Kind, Outgoing, Queued};
 use crate::texts::{Lang, Texts, fill};
 
@@ -33,14 +34,7 @@ pub const POLL: Duration = Duration::from_secs(2);
 
 /// The "no news" button under every copy (and under the admin's preview).
 pub fn news_off_markup(t: &Texts) -> InlineKeyboardMarkup {
-    InlineKeyboardMarkup::builder()
-        .inline_keyboard(vec![vec![
-            InlineKeyboardButton::builder()
-                .text(t.btn_news_off)
-                .callback_data("nw:off")
-                .build(),
-        ]])
-        .build()
+    keyboard(vec![vec![button(t.btn_news_off, "nw:off")]])
 }
 
 /// Queues confirmed broadcasts and reports finished ones.

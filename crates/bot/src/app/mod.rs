@@ -26,7 +26,7 @@ mod referral;
 mod refunds;
 mod star_subscription;
 mod trial;
-mod ui;
+pub(crate) mod ui;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -25,7 +25,7 @@ pub(super) fn lang_of(user: &User) -> Lang {
     Lang::from_code(user.language_code.as_deref())
 }
 
-pub(super) fn button(text: impl Into<String>, data: impl Into<String>) -> InlineKeyboardButton {
+pub(crate) fn button(text: impl Into<String>, data: impl Into<String>) -> InlineKeyboardButton {
     InlineKeyboardButton::builder()
         .text(text)
         .callback_data(data)
@@ -36,7 +36,7 @@ pub(super) fn url_button(text: impl Into<String>, url: impl Into<String>) -> Inl
     InlineKeyboardButton::builder().text(text).url(url).build()
 }
 
-pub(super) fn keyboard(rows: Vec<Vec<InlineKeyboardButton>>) -> InlineKeyboardMarkup {
+pub(crate) fn keyboard(rows: Vec<Vec<InlineKeyboardButton>>) -> InlineKeyboardMarkup {
     InlineKeyboardMarkup::builder()
         .inline_keyboard(rows)
         .build()
