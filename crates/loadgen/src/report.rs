@@ -79,6 +79,25 @@ impl Run {
         Ok((json, md))
     }
 
+    /// `heading`, then a line per scenario with payments: its name and `items` (given the
+    /// scenario and its number of payments).
+    fn per_payment(
+        &self,
+        out: &mut String,
+        heading: &str,
+        items: impl Fn(&Outcome, f64) -> Vec<String>,
+    ) {
+        let _ = writeln!(out, "\n{heading}");
+        for s in self.scenarios.iter().filter(|s| s.payments > 0) {
+            let _ = writeln!(
+                out,
+                "- {}: {}",
+                s.name,
+                items(s, s.payments as f64).join(", ")
+            );
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -228,16 +247,18 @@ impl Run {
         }
         let _ = writeln!(
             out,
-            "\nPostgreSQL per payment (the cluster's database, `pg_stat_database`): {}",
+            "\nPostgreSQL per payment (the cluster's database, `pg_stat_database`; statements: \
+             the services' own `db_statements_total`, `BEGIN`/`COMMIT` not counted): {}",
             self.scenarios
                 .iter()
                 .filter(|s| s.payments > 0)
                 .map(|s| {
                     let n = s.payments as f64;
-                    let p = s.postgres;
+                    let p = &s.postgres;
                     format!(
-                        "{} {:.1} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted",
+                        "{} {:.1} statements, {:.1} commits, {:.1} rows inserted, {:.1} updated, {:.1} deleted",
                         s.name,
+                        p.statements as f64 / n,
                         p.commits as f64 / n,
                         p.rows_inserted as f64 / n,
                         p.rows_updated as f64 / n,
@@ -246,6 +267,38 @@ impl Run {
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
+        );
+        self.per_payment(
+            &mut out,
+            "Statements per payment, by service (`db_statements_total`):",
+            |s, n| {
+                s.postgres
+                    .statements_by_service
+                    .iter()
+                    .map(|(service, count)| format!("{service} {:.1}", *count as f64 / n))
+                    .collect()
+            },
+        );
+        self.per_payment(
+            &mut out,
+            "Rows written per payment, by table (`pg_stat_user_tables`: inserted + updated + \
+             deleted):",
+            |s, n| {
+                s.postgres
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {:.1} ({:.1} + {:.1} + {:.1})",
+                            t.table,
+                            t.written() as f64 / n,
+                            t.inserted as f64 / n,
+                            t.updated as f64 / n,
+                            t.deleted as f64 / n
+                        )
+                    })
+                    .collect()
+            },
         );
         for s in &self.scenarios {
             if let (Some(baseline), Some(flood)) = (s.ack_ms_baseline, &s.flood) {

@@ -133,43 +133,147 @@ pub struct Flood {
     pub gateway_peak_rss_mib: f64,
 }
 
-/// PostgreSQL's counters for the cluster's database (`pg_stat_database`).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// PostgreSQL's counters for the cluster's database (`pg_stat_database`,
+/// `pg_stat_user_tables`) and the statements the services sent.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PgCounters {
     pub commits: i64,
     pub rows_inserted: i64,
     pub rows_updated: i64,
     pub rows_deleted: i64,
+    /// SQL statements our services sent (the sum of their `db_statements_total`; this
+    /// PostgreSQL has no `pg_stat_statements`).
+    pub statements: i64,
+    /// The same per service (`gateway`, `worker-0`, …).
+    pub statements_by_service: Vec<(String, i64)>,
+    /// Rows written per table, most first.
+    pub tables: Vec<TableWrites>,
+}
+
+/// Rows one table had inserted, updated and deleted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableWrites {
+    pub table: String,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+}
+
+impl TableWrites {
+    pub fn written(&self) -> i64 {
+        self.inserted + self.updated + self.deleted
+    }
 }
 
 impl PgCounters {
-    async fn read(conn: &sea_orm::DatabaseConnection) -> anyhow::Result<Self> {
+    async fn read(
+        conn: &sea_orm::DatabaseConnection,
+        http: &reqwest::Client,
+        services: &[&Proc],
+    ) -> anyhow::Result<Self> {
         use sea_orm::{ConnectionTrait, Statement};
+        let backend = conn.get_database_backend();
         let row = conn
             .query_one_raw(Statement::from_string(
-                conn.get_database_backend(),
+                backend,
                 "SELECT xact_commit::bigint AS c, tup_inserted::bigint AS i, \
                  tup_updated::bigint AS u, tup_deleted::bigint AS d \
                  FROM pg_stat_database WHERE datname = current_database()",
             ))
             .await?
             .context("no pg_stat_database row")?;
+        let mut tables = Vec::new();
+        for row in conn
+            .query_all_raw(Statement::from_string(
+                backend,
+                "SELECT relname::text AS t, n_tup_ins::bigint AS i, n_tup_upd::bigint AS u, \
+                 n_tup_del::bigint AS d FROM pg_stat_user_tables",
+            ))
+            .await?
+        {
+            tables.push(TableWrites {
+                table: row.try_get("", "t")?,
+                inserted: row.try_get("", "i")?,
+                updated: row.try_get("", "u")?,
+                deleted: row.try_get("", "d")?,
+            });
+        }
+        let mut statements_by_service = Vec::new();
+        for service in services {
+            let count = scrape_statements(http, &service.ops_addr)
+                .await
+                .with_context(|| format!("{}'s statement count", service.name))?;
+            statements_by_service.push((service.name.clone(), count));
+        }
         Ok(Self {
             commits: row.try_get("", "c")?,
             rows_inserted: row.try_get("", "i")?,
             rows_updated: row.try_get("", "u")?,
             rows_deleted: row.try_get("", "d")?,
+            statements: statements_by_service.iter().map(|(_, n)| n).sum(),
+            statements_by_service,
+            tables,
         })
     }
 
-    fn minus(self, base: Self) -> Self {
+    fn minus(self, base: &Self) -> Self {
+        let mut tables: Vec<TableWrites> = self
+            .tables
+            .into_iter()
+            .map(|t| {
+                let before = base.tables.iter().find(|b| b.table == t.table);
+                let (i, u, d) = before.map_or((0, 0, 0), |b| (b.inserted, b.updated, b.deleted));
+                TableWrites {
+                    inserted: t.inserted - i,
+                    updated: t.updated - u,
+                    deleted: t.deleted - d,
+                    table: t.table,
+                }
+            })
+            .filter(|t| t.written() > 0)
+            .collect();
+        tables.sort_by(|a, b| b.written().cmp(&a.written()).then(a.table.cmp(&b.table)));
         Self {
             commits: self.commits - base.commits,
             rows_inserted: self.rows_inserted - base.rows_inserted,
             rows_updated: self.rows_updated - base.rows_updated,
             rows_deleted: self.rows_deleted - base.rows_deleted,
+            statements: self.statements - base.statements,
+            statements_by_service: self
+                .statements_by_service
+                .into_iter()
+                .map(|(name, n)| {
+                    let before = base.statements_by_service.iter().find(|(b, _)| *b == name);
+                    let n = n - before.map_or(0, |(_, b)| *b);
+                    (name, n)
+                })
+                .collect(),
+            tables,
         }
     }
+}
+
+/// The sum of a service's `db_statements_total` samples (Prometheus text on its ops port).
+async fn scrape_statements(http: &reqwest::Client, ops_addr: &str) -> anyhow::Result<i64> {
+    let text = http
+        .get(format!("http://{ops_addr}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(statement_samples(&text))
+}
+
+fn statement_samples(text: &str) -> i64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix("db_statements_total")
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as i64)
+        .sum()
 }
 
 /// One paid payment, as the load generator saw it.
@@ -193,12 +297,19 @@ struct Ctx {
     pg_base: std::sync::Mutex<PgCounters>,
 }
 
+/// Our services, then the sandbox.
 fn procs(cluster: &Cluster) -> Vec<&Proc> {
+    let mut all = our_services(cluster);
+    all.push(&cluster.sandbox);
+    all
+}
+
+/// Our services (they talk to the database; the sandbox does not).
+fn our_services(cluster: &Cluster) -> Vec<&Proc> {
     let mut all = vec![&cluster.gateway];
     all.extend(cluster.workers.iter());
     all.extend(cluster.syncs.iter());
     all.push(&cluster.bot);
-    all.push(&cluster.sandbox);
     all
 }
 
@@ -304,7 +415,12 @@ impl Ctx {
 
     /// CPU and PostgreSQL's work counted from here.
     async fn mark(&self) -> anyhow::Result<()> {
-        let pg = PgCounters::read(&self.cluster.db.conn).await?;
+        let pg = PgCounters::read(
+            &self.cluster.db.conn,
+            &self.http,
+            &our_services(&self.cluster),
+        )
+        .await?;
         *self.pg_base.lock().unwrap_or_else(|e| e.into_inner()) = pg;
         self.mark_cpu();
         Ok(())
@@ -776,8 +892,14 @@ async fn finish(
     // Backends flush their statistics when idle at the latest 10 s after their last
     // transaction (PostgreSQL 15).
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let base = *ctx.pg_base.lock().unwrap_or_else(|e| e.into_inner());
-    let postgres = PgCounters::read(&ctx.cluster.db.conn).await?.minus(base);
+    let base = ctx
+        .pg_base
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let postgres = PgCounters::read(&ctx.cluster.db.conn, &ctx.http, &our_services(&ctx.cluster))
+        .await?
+        .minus(&base);
     let report = audit(&ctx.cluster.db.conn).await?;
     let first_us = sent.paid.iter().map(|p| p.sent_us).min().unwrap_or(0);
     let span = (followed.last_us - first_us) as f64 / 1e6;
@@ -1209,4 +1331,60 @@ pub async fn run_flood(
     outcome.ack_ms_baseline = Latency::of(baseline.acks);
     outcome.flood = Some(figures);
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_samples_add_up_every_kind() {
+        let text = "# TYPE db_statements_total counter\n\
+                    db_statements_total{kind=\"select\"} 120\n\
+                    db_statements_total{kind=\"insert\"} 30\n\
+                    db_statements_total_other 9\n\
+                    messaging_consumer_messages_total{consumer=\"x\"} 7\n";
+        assert_eq!(statement_samples(text), 150);
+        assert_eq!(statement_samples(""), 0);
+    }
+
+    #[test]
+    fn table_writes_are_counted_from_the_mark_and_sorted() {
+        let table = |name: &str, i, u, d| TableWrites {
+            table: name.into(),
+            inserted: i,
+            updated: u,
+            deleted: d,
+        };
+        let base = PgCounters {
+            commits: 10,
+            statements: 100,
+            statements_by_service: vec![("gateway".into(), 60), ("bot".into(), 40)],
+            tables: vec![table("outbox", 5, 5, 0), table("payments", 1, 0, 0)],
+            ..PgCounters::default()
+        };
+        let now = PgCounters {
+            commits: 16,
+            statements: 160,
+            statements_by_service: vec![("gateway".into(), 70), ("bot".into(), 90)],
+            tables: vec![
+                table("outbox", 9, 9, 0),
+                table("payments", 1, 0, 0),
+                table("ledger", 3, 0, 0),
+            ],
+            ..PgCounters::default()
+        };
+        let diff = now.minus(&base);
+        assert_eq!((diff.commits, diff.statements), (6, 60));
+        assert_eq!(
+            diff.statements_by_service,
+            [("gateway".to_owned(), 10), ("bot".to_owned(), 50)]
+        );
+        let names: Vec<_> = diff
+            .tables
+            .iter()
+            .map(|t| (t.table.as_str(), t.written()))
+            .collect();
+        assert_eq!(names, [("outbox", 8), ("ledger", 3)]);
+    }
 }

@@ -10,6 +10,11 @@ use sea_orm_migration::MigratorTrait;
 
 use crate::settings::CommonSettings;
 
+/// Counter `{kind}`: SQL statements this process sent (`kind`: select, insert, update,
+/// delete, other; `BEGIN`/`COMMIT` are not counted — PostgreSQL counts commits). The load
+/// generator reads it to report statements per payment.
+pub const METRIC_STATEMENTS: &str = "db_statements_total";
+
 /// Connects and, unless `RUN_MIGRATIONS=false`, applies pending migrations.
 pub async fn connect(settings: &CommonSettings) -> Result<DatabaseConnection, DbErr> {
     let url = settings.database_url.as_str();
@@ -23,7 +28,11 @@ pub async fn connect(settings: &CommonSettings) -> Result<DatabaseConnection, Db
         // One writer at a time is SQLite's model; a small pool avoids "database is locked" storms.
         options.max_connections(4);
     }
-    let conn = Database::connect(options).await?;
+    let mut conn = Database::connect(options).await?;
+    conn.set_metric_callback(|info| {
+        metrics::counter!(METRIC_STATEMENTS, "kind" => statement_kind(&info.statement.sql))
+            .increment(1);
+    });
     if settings.run_migrations {
         domain::migration::Migrator::up(&conn, None).await?;
     }
@@ -38,6 +47,19 @@ pub async fn migrate_only(settings: &CommonSettings) -> Result<(), DbErr> {
     let conn = connect(&settings).await?;
     tracing::info!("migrations applied");
     conn.close().await
+}
+
+/// The first keyword of `sql`, for [`METRIC_STATEMENTS`] (`WITH …` counts as `other`).
+fn statement_kind(sql: &str) -> &'static str {
+    let verb = sql
+        .trim_start()
+        .split_ascii_whitespace()
+        .next()
+        .unwrap_or("");
+    ["select", "insert", "update", "delete"]
+        .into_iter()
+        .find(|kind| verb.eq_ignore_ascii_case(kind))
+        .unwrap_or("other")
 }
 
 /// `sqlite://data/acp.db?mode=rwc` needs `data/` to exist.

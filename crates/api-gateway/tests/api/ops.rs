@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::helpers::{TestApp, sample, spawn_app};
+use crate::helpers::{TestApp, created_payment, sample, spawn_app};
 
 /// `GET url` (on either port).
 async fn get(app: &TestApp, url: String) -> reqwest::Response {
@@ -189,5 +189,28 @@ async fn openapi_document_describes_every_route() {
         let target = piece.split('"').next().unwrap();
         let (kind, name) = target.split_once('/').unwrap();
         assert!(doc["components"][kind][name].is_object(), "{target}");
+    }
+}
+
+/// Every SQL statement the service sends is counted by kind (`db_statements_total`), which
+/// the load generator turns into statements per payment.
+#[tokio::test]
+async fn statements_are_counted_by_kind() {
+    let app = spawn_app(&[]).await;
+    let count = |metrics: &str, kind: &str| {
+        sample(
+            metrics,
+            "db_statements_total",
+            &[&format!("kind=\"{kind}\"")],
+        )
+    };
+    let before = app.metrics().await;
+    created_payment(&app, "statements-1").await;
+    let after = app.metrics().await;
+    for kind in ["select", "insert"] {
+        assert!(
+            count(&after, kind) > count(&before, kind),
+            "creating a payment sends {kind} statements: {after}"
+        );
     }
 }
