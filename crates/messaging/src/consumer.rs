@@ -8,8 +8,21 @@
 //! transaction, commit, and only then acknowledge. A failed handler rolls back; the message is
 //! sent to the next delay queue, or parked once the retry policy is used up (at once for a
 //! [`HandlerError::Permanent`]).
+//!
+//! **Group commit.** The first steps (decode, the duplicate check, `prepare`) run for up to
+//! `prefetch` deliveries at once; the transactions run one at a time, and each takes every
+//! message that is ready by then, up to [`RunnerConfig::batch`]: one multi-row insert of
+//! their `processed_messages` rows, each handler in turn, one commit, then the acks. At a
+//! trickle a transaction holds one message, as before; under load a commit (an `fsync`) is
+//! shared by many. If any handler of a batch fails, or the commit does, the batch is rolled
+//! back and each of its messages is handled again alone (its `prepare` too, which is made to
+//! be repeated), so a failure is retried or parked for the message that caused it only — the
+//! inbox's group commit works the same way. One transaction at a time also means the
+//! batches of one process never wait on each other's row locks. SQLite (the embedded mode)
+//! has no multi-row `RETURNING` here and a single writer anyway: its batches hold one message.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -21,7 +34,7 @@ use chrono::Utc;
 use domain::entities::processed_messages;
 use futures::{FutureExt, StreamExt};
 use sea_orm::{
-    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    ActiveValue::Set, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     TransactionTrait, TryInsertResult,
 };
 use tokio::sync::Notify;
@@ -37,6 +50,8 @@ use crate::topology::ConsumerSpec;
 pub const METRIC_MESSAGES: &str = "messaging_consumer_messages_total";
 /// Histogram `{consumer}`: seconds from delivery to settlement of handled messages.
 pub const METRIC_HANDLE_SECONDS: &str = "messaging_consumer_handle_seconds";
+/// Histogram `{consumer}`: messages per committed transaction (group commit).
+pub const METRIC_BATCH_SIZE: &str = "messaging_consumer_batch_messages";
 /// Gauge `{consumer}`: messages in the parking queue when last polled.
 pub const METRIC_PARKING: &str = "messaging_parking_messages";
 /// Gauge `{consumer}`: messages ready in the work queue when last polled (RabbitMQ only).
@@ -179,6 +194,8 @@ pub struct ConsumerStats {
     retried: AtomicU64,
     parked: AtomicU64,
     settle_failures: AtomicU64,
+    transactions: AtomicU64,
+    batches_split: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -202,13 +219,24 @@ impl ConsumerStats {
     pub fn settle_failures(&self) -> u64 {
         self.settle_failures.load(Ordering::SeqCst)
     }
+    /// Transactions committed (a batch of several messages counts once).
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::SeqCst)
+    }
+    /// Batches rolled back and handled again one message at a time.
+    pub fn batches_split(&self) -> u64 {
+        self.batches_split.load(Ordering::SeqCst)
+    }
 }
 
 /// Runner settings.
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
-    /// Unacknowledged messages in flight, which is also how many are handled concurrently.
+    /// Unacknowledged messages in flight, which is also how many are prepared concurrently.
     pub prefetch: u16,
+    /// Messages handled in one transaction at most (group commit; 1 = one transaction per
+    /// message). A batch takes only what is ready: it never waits for more.
+    pub batch: u16,
     /// Delays between attempts before parking (also declares the delay queues).
     pub retry: RetryPolicy,
     /// Wait before subscribing again after the subscription failed or ended; doubled after
@@ -222,6 +250,7 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             prefetch: 16,
+            batch: 16,
             retry: RetryPolicy::default(),
             resubscribe_delay: Duration::from_secs(1),
             parking_poll_interval: Duration::from_secs(30),
@@ -322,23 +351,54 @@ impl ConsumerRunner {
                     tracing::info!(consumer = %self.spec.name, "consuming");
                     pause = self.config.resubscribe_delay;
                     let consumer = self.spec.name.clone();
-                    deliveries
-                        .take_until(shutdown.clone().cancelled_owned())
-                        // A transport error ends this subscription; the loop subscribes again.
-                        .scan((), move |(), item| {
-                            futures::future::ready(match item {
-                                Ok(delivery) => Some(delivery),
-                                Err(err) => {
-                                    tracing::warn!(%consumer, error = %err, "subscription failed");
-                                    None
+                    // Stage one (decode, duplicate check, prepare) for up to `prefetch`
+                    // deliveries at once feeds stage two (the transactions), which runs one
+                    // batch at a time; both are polled together, so preparing goes on while a
+                    // batch commits. At most `prefetch` messages are unsettled, so the channel
+                    // never holds more.
+                    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(concurrency);
+                    let stage = async {
+                        let ready_tx = ready_tx;
+                        deliveries
+                            .take_until(shutdown.clone().cancelled_owned())
+                            // A transport error ends this subscription; the loop subscribes
+                            // again.
+                            .scan((), move |(), item| {
+                                futures::future::ready(match item {
+                                    Ok(delivery) => Some(delivery),
+                                    Err(err) => {
+                                        tracing::warn!(%consumer, error = %err, "subscription failed");
+                                        None
+                                    }
+                                })
+                            })
+                            .map(|delivery| self.stage(delivery))
+                            .buffer_unordered(concurrency)
+                            .for_each(|staged| {
+                                let ready_tx = ready_tx.clone();
+                                async move {
+                                    if let Some(staged) = staged {
+                                        // The receiver lives until every sender is gone.
+                                        let _ = ready_tx.send(staged).await;
+                                    }
                                 }
                             })
-                        })
-                        .for_each_concurrent(concurrency, |delivery| {
-                            let this = self.clone();
-                            async move { this.process(delivery).await }
-                        })
-                        .await;
+                            .await;
+                    };
+                    let commit = async {
+                        let max = self.batch_limit();
+                        while let Some(first) = ready_rx.recv().await {
+                            let mut batch = vec![first];
+                            while batch.len() < max {
+                                match ready_rx.try_recv() {
+                                    Ok(next) => batch.push(next),
+                                    Err(_) => break,
+                                }
+                            }
+                            self.commit(batch).await;
+                        }
+                    };
+                    futures::future::join(stage, commit).await;
                 }
                 Err(err) => {
                     tracing::warn!(consumer = %self.spec.name, error = %err, retry_in_ms = pause.as_millis() as u64, "cannot subscribe");
@@ -349,6 +409,15 @@ impl ConsumerRunner {
                 () = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(self.config.resubscribe_delay * MAX_BACKOFF_FACTOR);
+        }
+    }
+
+    /// Messages per transaction: one on SQLite (see the module docs).
+    fn batch_limit(&self) -> usize {
+        if self.db.get_database_backend() == DbBackend::Sqlite {
+            1
+        } else {
+            usize::from(self.config.batch.max(1))
         }
     }
 
@@ -380,34 +449,94 @@ impl ConsumerRunner {
         }
     }
 
-    /// Handles and settles one delivery.
-    async fn process(&self, delivery: Delivery) {
+    /// Stage one for one delivery: decode it and, for a handler with an outside step, skip
+    /// it if it was processed before and run `prepare`. What cannot go on is settled here;
+    /// the rest goes to a transaction.
+    async fn stage(&self, delivery: Delivery) -> Option<Staged> {
         let started = Instant::now();
         let consumer = self.spec.name.as_str();
-        let failed_before = delivery.message.failed_attempts;
-
         let envelope = match Envelope::from_json(&delivery.message.body) {
             Ok(envelope) => envelope.with_routing_key(delivery.message.routing_key.clone()),
             Err(err) => {
                 let error = error_chain(&err);
                 tracing::error!(%consumer, message_id = ?delivery.message.message_id, %error, "undecodable message; parking");
-                self.park(delivery, failed_before + 1, &error).await;
-                return;
+                let attempts = delivery.message.failed_attempts + 1;
+                self.park(delivery, attempts, &error).await;
+                return None;
             }
         };
+        let prepared = match catch_panic(self.prepare(&envelope)).await {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => {
+                self.settle(delivery, &envelope, Ok(Applied::Duplicate), started)
+                    .await;
+                return None;
+            }
+            Err(err) => {
+                self.settle(delivery, &envelope, Err(err), started).await;
+                return None;
+            }
+        };
+        Some(Staged {
+            delivery,
+            envelope,
+            prepared,
+            started,
+        })
+    }
 
-        let applied = AssertUnwindSafe(self.apply(&envelope))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "handler panicked".to_owned());
-                Err(HandlerError::transient(format!("handler panicked: {what}")))
-            });
+    /// Stage two: the staged messages in one transaction, then each settled. A batch that
+    /// fails is handled again one message at a time.
+    async fn commit(&self, mut batch: Vec<Staged>) {
+        if batch.len() == 1 {
+            let Staged {
+                delivery,
+                envelope,
+                prepared,
+                started,
+            } = batch.pop().expect("one message");
+            let applied = catch_panic(self.record(&envelope, prepared)).await;
+            self.settle(delivery, &envelope, applied, started).await;
+            return;
+        }
+        let work = batch
+            .iter_mut()
+            .map(|staged| (&staged.envelope, std::mem::take(&mut staged.prepared)))
+            .collect();
+        match catch_panic(self.record_batch(work)).await {
+            Ok(applied) => {
+                for (staged, applied) in batch.into_iter().zip(applied) {
+                    self.settle(
+                        staged.delivery,
+                        &staged.envelope,
+                        Ok(applied),
+                        staged.started,
+                    )
+                    .await;
+                }
+            }
+            Err(err) => {
+                self.stats.batches_split.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(consumer = %self.spec.name, messages = batch.len(), error = %error_chain(&err), "batch rolled back; handling its messages one at a time");
+                for staged in batch {
+                    let applied = catch_panic(self.apply(&staged.envelope)).await;
+                    self.settle(staged.delivery, &staged.envelope, applied, staged.started)
+                        .await;
+                }
+            }
+        }
+    }
 
+    /// Acknowledges a handled or duplicate message; sends a failed one to its next delay
+    /// queue, or parks it.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        envelope: &Envelope,
+        applied: Result<Applied, HandlerError>,
+        started: Instant,
+    ) {
+        let consumer = self.spec.name.as_str();
         match applied {
             Ok(applied) => {
                 let outcome = match applied {
@@ -431,7 +560,7 @@ impl ConsumerRunner {
                     .record(started.elapsed().as_secs_f64());
             }
             Err(err) => {
-                let failed = failed_before + 1;
+                let failed = delivery.message.failed_attempts + 1;
                 let error = error_chain(&err);
                 let delay = if err.is_permanent() {
                     None
@@ -477,27 +606,35 @@ impl ConsumerRunner {
     /// The handler's outside step (if any) with no transaction open, then the idempotency
     /// row and the handler's effect, in one transaction.
     async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
-        let prepared = if self.handler.prepares() {
-            let seen = processed_messages::Entity::find_by_id((
-                self.spec.name.clone(),
-                envelope.message_id(),
-            ))
-            .one(&self.db)
-            .await?;
-            if seen.is_some() {
-                return Ok(Applied::Duplicate);
-            }
-            self.handler.prepare(envelope).await?
-        } else {
-            Prepared::none()
-        };
+        match self.prepare(envelope).await? {
+            Some(prepared) => self.record(envelope, prepared).await,
+            None => Ok(Applied::Duplicate),
+        }
+    }
+
+    /// The handler's outside step, unless the message was processed before (`None`).
+    async fn prepare(&self, envelope: &Envelope) -> Result<Option<Prepared>, HandlerError> {
+        if !self.handler.prepares() {
+            return Ok(Some(Prepared::none()));
+        }
+        let seen =
+            processed_messages::Entity::find_by_id((self.spec.name.clone(), envelope.message_id()))
+                .one(&self.db)
+                .await?;
+        if seen.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(self.handler.prepare(envelope).await?))
+    }
+
+    /// The idempotency row and the handler's effect for one message, in one transaction.
+    async fn record(
+        &self,
+        envelope: &Envelope,
+        prepared: Prepared,
+    ) -> Result<Applied, HandlerError> {
         let tx = self.db.begin().await?;
-        let marker = processed_messages::ActiveModel {
-            consumer: Set(self.spec.name.clone()),
-            message_id: Set(envelope.message_id()),
-            processed_at: Set(Utc::now()),
-        };
-        let inserted = processed_messages::Entity::insert(marker)
+        let inserted = processed_messages::Entity::insert(self.marker(envelope))
             .on_conflict_do_nothing()
             .exec_without_returning(&tx)
             .await?;
@@ -510,12 +647,93 @@ impl ConsumerRunner {
             return Err(err);
         }
         tx.commit().await?;
-        self.handler.committed(envelope);
-        if let Some(nudge) = &self.outbox_nudge {
-            nudge.notify_one();
-        }
+        self.committed(&[envelope]);
         Ok(Applied::Handled)
     }
+
+    /// [`Self::record`] for several messages in one transaction: one multi-row insert of
+    /// their idempotency rows (a message whose row exists, or that came twice in the batch, is
+    /// a duplicate), each handler in turn, one commit. Any failure rolls the whole batch back.
+    async fn record_batch(
+        &self,
+        work: Vec<(&Envelope, Prepared)>,
+    ) -> Result<Vec<Applied>, HandlerError> {
+        let tx = self.db.begin().await?;
+        let markers = work.iter().map(|(envelope, _)| self.marker(envelope));
+        let mut new: HashSet<String> = match processed_messages::Entity::insert_many(markers)
+            .on_conflict_do_nothing()
+            .exec_with_returning_keys(&tx)
+            .await?
+        {
+            TryInsertResult::Inserted(keys) => keys.into_iter().map(|(_, id)| id).collect(),
+            TryInsertResult::Empty | TryInsertResult::Conflicted => HashSet::new(),
+        };
+        let mut applied = Vec::with_capacity(work.len());
+        let mut handled = Vec::with_capacity(work.len());
+        for (envelope, prepared) in work {
+            if !new.remove(&envelope.message_id()) {
+                applied.push(Applied::Duplicate);
+                continue;
+            }
+            if let Err(err) = self.handler.handle(&tx, envelope, prepared).await {
+                tx.rollback().await?;
+                return Err(err);
+            }
+            applied.push(Applied::Handled);
+            handled.push(envelope);
+        }
+        tx.commit().await?;
+        self.committed(&handled);
+        Ok(applied)
+    }
+
+    fn marker(&self, envelope: &Envelope) -> processed_messages::ActiveModel {
+        processed_messages::ActiveModel {
+            consumer: Set(self.spec.name.clone()),
+            message_id: Set(envelope.message_id()),
+            processed_at: Set(Utc::now()),
+        }
+    }
+
+    /// After a commit: the handlers' hooks, the counts and one nudge of the outbox relay.
+    fn committed(&self, handled: &[&Envelope]) {
+        self.stats.transactions.fetch_add(1, Ordering::SeqCst);
+        metrics::histogram!(METRIC_BATCH_SIZE, "consumer" => self.spec.name.clone())
+            .record(handled.len() as f64);
+        for envelope in handled {
+            self.handler.committed(envelope);
+        }
+        if let Some(nudge) = &self.outbox_nudge
+            && !handled.is_empty()
+        {
+            nudge.notify_one();
+        }
+    }
+}
+
+/// A message through stage one, waiting for a transaction.
+struct Staged {
+    delivery: Delivery,
+    envelope: Envelope,
+    prepared: Prepared,
+    started: Instant,
+}
+
+/// Runs `work`, turning a panic into a transient failure of the message.
+async fn catch_panic<T>(
+    work: impl std::future::Future<Output = Result<T, HandlerError>>,
+) -> Result<T, HandlerError> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_owned());
+            Err(HandlerError::transient(format!("handler panicked: {what}")))
+        })
 }
 
 fn count(consumer: &str, outcome: &'static str) {

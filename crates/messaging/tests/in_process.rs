@@ -54,3 +54,29 @@ async fn handler_commit_wakes_the_relay() {
 async fn prepare_runs_before_and_outside_the_transaction() {
     common::prepare_runs_outside_the_transaction(Fixture::memory_sqlite().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_postgres_is_handled_in_batches() {
+    common::backlog_is_handled_in_batches(Fixture::memory_pg().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_in_a_batch_on_postgres_fails_only_its_message() {
+    common::a_failure_in_a_batch_fails_only_its_message(Fixture::memory_pg().await).await;
+}
+
+/// SQLite has one writer: its transactions hold one message each, and all is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_failure_among_many_fails_only_its_message() {
+    common::a_failure_in_a_batch_fails_only_its_message(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_leaves_its_row_open() {
+    common::a_failed_publish_leaves_its_row_open(Fixture::memory_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_failed_publish_leaves_its_row_open() {
+    common::a_failed_publish_leaves_its_row_open(Fixture::memory_pg().await).await;
+}

@@ -53,6 +53,16 @@ async fn prepare_runs_before_and_outside_the_transaction() {
     common::prepare_runs_outside_the_transaction(Fixture::rabbit_pg("prepare").await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_handled_in_batches() {
+    common::backlog_is_handled_in_batches(Fixture::rabbit_pg("batched").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_in_a_batch_fails_only_its_message() {
+    common::a_failure_in_a_batch_fails_only_its_message(Fixture::rabbit_pg("picky").await).await;
+}
+
 /// The connection drops (here: closed under the runner's feet); publisher and runner open a
 /// new one and carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,4 +252,9 @@ async fn queue_count_is_the_work_queue_depth() {
     bus.delete_consumer(&spec).await.unwrap();
     bus.delete_exchange().await.unwrap();
     bus.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_leaves_its_row_open() {
+    common::a_failed_publish_leaves_its_row_open(Fixture::rabbit_pg("nacked").await).await;
 }

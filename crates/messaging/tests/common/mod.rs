@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +104,7 @@ impl Fixture {
             self.source(),
             RunnerConfig {
                 prefetch: 8,
+                batch: 8,
                 retry,
                 resubscribe_delay: Duration::from_millis(100),
                 parking_poll_interval: Duration::from_millis(500),
@@ -278,6 +279,8 @@ pub struct HandlerState {
     pub always_fail: AtomicBool,
     /// `Handler::committed` calls: one per committed `handle`, none for failed attempts.
     pub committed: AtomicU32,
+    /// Events that fail every attempt, permanently (parked at once).
+    pub poison: Mutex<HashSet<Uuid>>,
     attempts: Mutex<HashMap<Uuid, u32>>,
 }
 
@@ -328,6 +331,17 @@ impl Handler for TestHandler {
             *n += 1;
             *n
         };
+        if self
+            .state
+            .poison
+            .lock()
+            .unwrap()
+            .contains(&envelope.event_id)
+        {
+            return Err(HandlerError::permanent(format!(
+                "poison (attempt {attempt})"
+            )));
+        }
         if self.state.always_fail.load(Ordering::SeqCst)
             || attempt <= self.state.fail_first.load(Ordering::SeqCst)
         {
@@ -806,6 +820,7 @@ pub async fn handler_commit_wakes_the_relay(fx: Fixture) {
         fx.source(),
         RunnerConfig {
             prefetch: 8,
+            batch: 8,
             retry: short_retries(),
             resubscribe_delay: Duration::from_millis(100),
             parking_poll_interval: Duration::from_millis(500),
@@ -1002,5 +1017,168 @@ pub async fn prepare_runs_outside_the_transaction(fx: Fixture) {
         "{:?}",
         state.violations.lock().unwrap()
     );
+    fx.finish().await;
+}
+
+/// A backlog is handled in batches — fewer transactions than messages — and every message
+/// once. A message that came twice (two copies under one id, next to each other in the
+/// queue) is applied once: within a batch its second copy is a duplicate too.
+pub async fn backlog_is_handled_in_batches(fx: Fixture) {
+    const EVENTS: usize = 40;
+    let (handler, state) = TestHandler::new("batched", &["payment.completed"]);
+    let runner = fx.runner(handler, short_retries()).await;
+    let stats = runner.stats();
+    let mut events = Vec::new();
+    for _ in 0..EVENTS {
+        let event = payment_completed();
+        fx.bus.publish_envelope(&event).await.unwrap();
+        events.push(event);
+    }
+    fx.bus.publish_envelope(&events[7]).await.unwrap();
+    fx.track(runner.spawn(fx.shutdown.clone()));
+
+    eventually("all handled", || async {
+        stats.handled() + stats.duplicates() == EVENTS as u64 + 1
+    })
+    .await;
+    assert_eq!(stats.handled(), EVENTS as u64);
+    assert_eq!(stats.duplicates(), 1);
+    assert_eq!(fx.all_effects("batched").await, EVENTS as u64);
+    assert_eq!(fx.distinct_effects("batched").await, EVENTS as u64);
+    assert_eq!(state.committed.load(Ordering::SeqCst), EVENTS as u32);
+    assert!(
+        stats.transactions() <= EVENTS as u64 / 2,
+        "{} messages took {} transactions",
+        EVENTS,
+        stats.transactions()
+    );
+    assert_eq!(stats.batches_split(), 0);
+    fx.finish().await;
+}
+
+/// A message that fails inside a batch fails alone: the batch is rolled back and its
+/// messages are handled again one by one, so the others commit once and the failing one is
+/// parked with nothing of it kept.
+pub async fn a_failure_in_a_batch_fails_only_its_message(fx: Fixture) {
+    const EVENTS: usize = 24;
+    let (handler, state) = TestHandler::new("picky", &["payment.completed"]);
+    let runner = fx.runner(handler, short_retries()).await;
+    let stats = runner.stats();
+    let mut events = Vec::new();
+    for i in 0..EVENTS {
+        let event = payment_completed();
+        if i % 6 == 3 {
+            state.poison.lock().unwrap().insert(event.event_id);
+        }
+        fx.bus.publish_envelope(&event).await.unwrap();
+        events.push(event);
+    }
+    fx.track(runner.spawn(fx.shutdown.clone()));
+
+    let poisoned = EVENTS / 6;
+    eventually("all settled", || async {
+        stats.handled() == (EVENTS - poisoned) as u64 && stats.parked() == poisoned as u64
+    })
+    .await;
+    for (i, event) in events.iter().enumerate() {
+        let expected = u64::from(i % 6 != 3);
+        assert_eq!(fx.effects("picky", event).await, expected, "event {i}");
+    }
+    assert_eq!(stats.retried(), 0, "a permanent failure is not retried");
+    if fx.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        assert_eq!(
+            stats.batches_split(),
+            0,
+            "SQLite's transactions hold one message"
+        );
+        assert_eq!(stats.transactions(), (EVENTS - poisoned) as u64);
+    } else {
+        assert!(stats.batches_split() >= 1, "no batch met a failure");
+    }
+    assert_eq!(
+        state.committed.load(Ordering::SeqCst),
+        (EVENTS - poisoned) as u32
+    );
+    eventually("parked", || async {
+        fx.bus.parking_count("picky").await.unwrap() == poisoned as u64
+    })
+    .await;
+    fx.finish().await;
+}
+
+/// Refuses the first `failures` publishes (a nack), then publishes for real.
+pub struct FailFirst {
+    pub inner: Arc<dyn Publisher>,
+    pub failures: AtomicU32,
+}
+
+#[async_trait]
+impl Publisher for FailFirst {
+    async fn publish(&self, message: &OutgoingMessage) -> Result<(), PublishError> {
+        let refuse = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return Err(PublishError::Nacked {
+                routing_key: message.routing_key.clone(),
+            });
+        }
+        self.inner.publish(message).await
+    }
+}
+
+/// A publish that fails leaves its row open, with the attempt and the error recorded, while
+/// the row published next to it is closed; the next pass publishes it.
+pub async fn a_failed_publish_leaves_its_row_open(fx: Fixture) {
+    use domain::entities::outbox;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    let (handler, _state) = TestHandler::new("effects", &["payment.completed"]);
+    let runner = fx.runner(handler, short_retries()).await;
+    fx.track(runner.spawn(fx.shutdown.clone()));
+    let refused = fx.enqueue_committed().await;
+    let taken = fx.enqueue_committed().await;
+    let relay = fx.relay(Arc::new(FailFirst {
+        inner: fx.publisher(),
+        failures: AtomicU32::new(1),
+    }));
+
+    let first = relay.run_once().await.unwrap();
+    assert_eq!((first.claimed, first.published, first.failed), (2, 1, 1));
+    assert_eq!(fx.pending().await, 1);
+    let row = |event: Envelope| {
+        let db = fx.db.clone();
+        async move {
+            outbox::Entity::find()
+                .filter(outbox::Column::EventId.eq(event.event_id))
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let open = row(refused.clone()).await;
+    assert!(open.published_at.is_none(), "{open:?}");
+    assert_eq!(open.attempts, 1);
+    assert!(
+        open.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("nacked")
+    );
+    let closed = row(taken.clone()).await;
+    assert!(
+        closed.published_at.is_some() && closed.attempts == 0,
+        "{closed:?}"
+    );
+
+    let second = relay.run_once().await.unwrap();
+    assert_eq!((second.claimed, second.published, second.failed), (1, 1, 0));
+    assert_eq!(fx.pending().await, 0);
+    eventually("both handled", || async {
+        fx.effects("effects", &refused).await == 1 && fx.effects("effects", &taken).await == 1
+    })
+    .await;
     fx.finish().await;
 }
