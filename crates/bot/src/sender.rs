@@ -20,12 +20,14 @@
 //!   (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several bot processes share the queue); a
 //!   sender that dies leaves its rows to be due again when the lease ends. The send is made
 //!   with no transaction open. Delivery is therefore at least once: a crash between
-//!   Telegram's answer and the row's `sent` mark sends that row again.
+//!   Telegram's answer and the `sent` mark — made for the whole batch in one statement at its
+//!   end — sends the batch's sent rows again.
 //! - **News off.** A broadcast's copy to a chat that turned news off is skipped.
 //! - **Order.** Notifications go before reminders, reminders before broadcasts
 //!   (`priority`), then oldest first — a backlog of 100,000 reminders never holds back a
 //!   payment's confirmation.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -499,40 +501,84 @@ impl Sender {
                 None => chats.push(vec![row]),
             }
         }
-        // Each row's outcome is recorded as soon as it is known, so the writes overlap the
-        // other chats' sends instead of queuing up behind the whole batch.
-        let recorded: Vec<Result<Drained, DbErr>> = futures::stream::iter(chats)
-            .map(|chat| async move {
-                let mut chat_drained = Drained::default();
-                let mut put_back = None;
-                for row in chat {
-                    let outcome = match put_back {
-                        Some(at) => Outcome::Later {
-                            at,
-                            error: None,
-                            attempt: false,
-                        },
-                        None => self.deliver(&row).await,
-                    };
-                    if let Outcome::Later { at, .. } = &outcome {
-                        put_back = Some(*at);
+        // The batch's chats are read in one query. A row's outcome is recorded as soon as it
+        // is known, so the writes overlap the other chats' sends — except `sent`, the common
+        // outcome, which is recorded for the whole batch in one statement at its end (a crash
+        // before that sends the batch's rows again, as any crash after a send does).
+        let known = self.chats(&chats).await?;
+        let outcomes: Vec<Result<(Drained, Vec<i64>), DbErr>> = futures::stream::iter(chats)
+            .map(|chat| {
+                let mut state = known.get(&chat[0].chat_id).cloned();
+                async move {
+                    let mut chat_drained = Drained::default();
+                    let mut sent = Vec::new();
+                    let mut put_back = None;
+                    for row in chat {
+                        let outcome = match put_back {
+                            Some(at) => Outcome::Later {
+                                at,
+                                error: None,
+                                attempt: false,
+                            },
+                            None => self.deliver(&row, &mut state).await,
+                        };
+                        if let Outcome::Later { at, .. } = &outcome {
+                            put_back = Some(*at);
+                        }
+                        chat_drained.count(&outcome);
+                        match outcome {
+                            Outcome::Sent => sent.push(row.id),
+                            outcome => self.record(row.id, outcome).await?,
+                        }
                     }
-                    chat_drained.count(&outcome);
-                    self.record(row.id, outcome).await?;
+                    Ok((chat_drained, sent))
                 }
-                Ok(chat_drained)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
-        for chat in recorded {
-            let chat = chat?;
+        let mut sent = Vec::new();
+        for chat in outcomes {
+            let (chat, ids) = chat?;
             drained.sent += chat.sent;
             drained.skipped += chat.skipped;
             drained.failed += chat.failed;
             drained.deferred += chat.deferred;
+            sent.extend(ids);
         }
+        self.record_sent(&sent).await?;
         Ok(drained)
+    }
+
+    /// The `bot_chats` rows of the claimed chats.
+    async fn chats(
+        &self,
+        chats: &[Vec<send_queue::Model>],
+    ) -> Result<HashMap<i64, bot_chats::Model>, DbErr> {
+        Ok(bot_chats::Entity::find()
+            .filter(bot_chats::Column::ChatId.is_in(chats.iter().map(|c| c[0].chat_id)))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|chat| (chat.chat_id, chat))
+            .collect())
+    }
+
+    /// Marks the rows `ids` sent, in one statement.
+    async fn record_sent(&self, ids: &[i64]) -> Result<(), DbErr> {
+        use send_queue::Column as C;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!(METRIC_SENT, "outcome" => "sent").increment(ids.len() as u64);
+        send_queue::Entity::update_many()
+            .col_expr(C::Status, Expr::value(send_queue::SENT))
+            .col_expr(C::SentAt, Expr::value(Utc::now()))
+            .filter(C::Id.is_in(ids.iter().copied()))
+            .filter(C::Status.eq(send_queue::PENDING))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     async fn wait_pause(&self) {
@@ -587,8 +633,14 @@ impl Sender {
         Ok(rows)
     }
 
-    async fn deliver(&self, row: &send_queue::Model) -> Outcome {
-        match self.try_deliver(row).await {
+    /// Sends `row` to its chat; `chat` is the chat's `bot_chats` row as this batch knows it,
+    /// kept up to date for the chat's next row (blocked, the QR code Telegram holds).
+    async fn deliver(
+        &self,
+        row: &send_queue::Model,
+        chat: &mut Option<bot_chats::Model>,
+    ) -> Outcome {
+        match self.try_deliver(row, chat).await {
             Ok(outcome) => outcome,
             Err(error) => later(
                 Duration::from_secs(5),
@@ -598,14 +650,16 @@ impl Sender {
         }
     }
 
-    async fn try_deliver(&self, row: &send_queue::Model) -> Result<Outcome, DbErr> {
+    async fn try_deliver(
+        &self,
+        row: &send_queue::Model,
+        known: &mut Option<bot_chats::Model>,
+    ) -> Result<Outcome, DbErr> {
         let message: Outgoing = match serde_json::from_str(&row.payload) {
             Ok(message) => message,
             Err(error) => return Ok(Outcome::Failed(format!("unreadable payload: {error}"))),
         };
-        let chat = bot_chats::Entity::find_by_id(row.chat_id)
-            .one(&self.db)
-            .await?;
+        let chat = &*known;
         if chat.as_ref().is_some_and(|c| c.blocked_at.is_some()) {
             return Ok(Outcome::Skipped(SKIPPED_BLOCKED));
         }
@@ -639,7 +693,11 @@ impl Sender {
         Ok(match send(&self.api, row.chat_id, message, held).await {
             Ok(uploaded) => {
                 if let (Some(file_id), Some(link)) = (uploaded, link) {
-                    hold_qr(&self.db, row.chat_id, &link, file_id).await?;
+                    hold_qr(&self.db, row.chat_id, &link, file_id.clone()).await?;
+                    if let Some(chat) = known {
+                        chat.qr_link = Some(link);
+                        chat.qr_file_id = Some(file_id);
+                    }
                 }
                 Outcome::Sent
             }
@@ -662,6 +720,9 @@ impl Sender {
                 403 => {
                     tracing::info!(chat = row.chat_id, description = %error.description, "the user blocked the bot; marked and skipped");
                     block(&self.db, row.chat_id).await?;
+                    if let Some(chat) = known {
+                        chat.blocked_at = Some(Utc::now());
+                    }
                     Outcome::Skipped(SKIPPED_BLOCKED)
                 }
                 400 => Outcome::Failed(error.description),
@@ -683,17 +744,11 @@ impl Sender {
 
     async fn record(&self, id: i64, outcome: Outcome) -> Result<(), DbErr> {
         use send_queue::Column as C;
-        let now = Utc::now();
         let mut update = send_queue::Entity::update_many()
             .filter(C::Id.eq(id))
             .filter(C::Status.eq(send_queue::PENDING));
         update = match outcome {
-            Outcome::Sent => {
-                metrics::counter!(METRIC_SENT, "outcome" => "sent").increment(1);
-                update
-                    .col_expr(C::Status, Expr::value(send_queue::SENT))
-                    .col_expr(C::SentAt, Expr::value(now))
-            }
+            Outcome::Sent => return self.record_sent(&[id]).await,
             Outcome::Skipped(why) => {
                 metrics::counter!(METRIC_SENT, "outcome" => "skipped").increment(1);
                 update
