@@ -14,9 +14,8 @@ use domain::entities::outbox;
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, TransactionTrait,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -84,25 +83,6 @@ pub fn claim_query(limit: u64) -> Select<outbox::Entity> {
         .limit(limit)
 }
 
-/// PostgreSQL: claims the next `limit` open rows and marks them published in one statement
-/// (`UPDATE … WHERE id IN (claim FOR UPDATE SKIP LOCKED) RETURNING *`), in `tx`, which stays
-/// open while they are published — a row whose publish fails is opened again in it, and a
-/// relay that dies rolls the mark back. One round trip instead of a `SELECT` and an `UPDATE`.
-async fn claim_and_mark(tx: &DatabaseTransaction, limit: u64) -> Result<Vec<outbox::Model>, DbErr> {
-    let claimed = claim_query(limit)
-        .select_only()
-        .column(outbox::Column::Id)
-        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-        .into_query();
-    let mut rows = outbox::Entity::update_many()
-        .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
-        .filter(outbox::Column::Id.in_subquery(claimed))
-        .exec_with_returning(tx)
-        .await?;
-    rows.sort_by_key(|row| (row.attempts, row.id));
-    Ok(rows)
-}
-
 /// How the relay polls.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -137,9 +117,8 @@ pub struct RelayBatch {
 
 /// Publishes committed outbox rows.
 ///
-/// On PostgreSQL each batch is claimed with `FOR UPDATE SKIP LOCKED` and marked in one
-/// statement, published with confirms, and committed (a failed row opened again) in the same
-/// transaction, so any number of relays (in one process or
+/// On PostgreSQL each batch is claimed with `FOR UPDATE SKIP LOCKED`, published with
+/// confirms and marked in the same transaction, so any number of relays (in one process or
 /// many) share the work without publishing a row twice — except when a relay dies between the
 /// confirm and the commit, which consumers absorb. On SQLite (the single-process mode) there is
 /// no row locking and a long read transaction would block the other writers, so rows are read,
@@ -187,23 +166,23 @@ impl OutboxRelay {
     pub async fn run_once(&self) -> Result<RelayBatch, OutboxError> {
         if self.db.get_database_backend() == DbBackend::Postgres {
             let tx = self.db.begin().await?;
-            let rows = claim_and_mark(&tx, self.config.batch_size).await?;
-            let batch = self.publish_rows(&tx, rows, true).await?;
+            let rows = claim_query(self.config.batch_size)
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                .all(&tx)
+                .await?;
+            let batch = self.publish_rows(&tx, rows).await?;
             tx.commit().await?;
             Ok(batch)
         } else {
             let rows = claim_query(self.config.batch_size).all(&self.db).await?;
-            self.publish_rows(&self.db, rows, false).await
+            self.publish_rows(&self.db, rows).await
         }
     }
 
-    /// Publishes `rows`; marks the published ones unless they are `marked` already (claimed
-    /// by [`claim_and_mark`]), closes the unroutable ones and opens the failed ones again.
     async fn publish_rows<C: ConnectionTrait>(
         &self,
         conn: &C,
         rows: Vec<outbox::Model>,
-        marked: bool,
     ) -> Result<RelayBatch, OutboxError> {
         let mut batch = RelayBatch {
             claimed: rows.len(),
@@ -235,7 +214,7 @@ impl OutboxRelay {
                 }
             }
         }
-        if !published.is_empty() && !marked {
+        if !published.is_empty() {
             outbox::Entity::update_many()
                 .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
                 .filter(outbox::Column::Id.is_in(published.iter().copied()))
@@ -267,6 +246,7 @@ impl OutboxRelay {
             .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
             .col_expr(outbox::Column::LastError, Expr::value(err.to_string()))
             .filter(outbox::Column::Id.eq(row.id))
+            .filter(outbox::Column::PublishedAt.is_null())
             .exec(conn)
             .await?;
         Ok(())
@@ -291,11 +271,6 @@ impl OutboxRelay {
             .col_expr(
                 outbox::Column::Attempts,
                 Expr::col(outbox::Column::Attempts).add(1),
-            )
-            // Open again (a claim on PostgreSQL marked it published).
-            .col_expr(
-                outbox::Column::PublishedAt,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
             )
             .col_expr(outbox::Column::LastError, Expr::value(err.to_string()))
             .filter(outbox::Column::Id.eq(row.id))
