@@ -15,9 +15,9 @@
 //! their `processed_messages` rows, each handler in turn, one commit, then the acks. At a
 //! trickle a transaction holds one message, as before; under load a commit (an `fsync`) is
 //! shared by many. If any handler of a batch fails, or the commit does, the batch is rolled
-//! back and each of its messages is handled again alone (its `prepare` too, which is made to
-//! be repeated), so a failure is retried or parked for the message that caused it only — the
-//! inbox's group commit works the same way. One transaction at a time also means the
+//! back and its messages go back to the queue untouched; they come back redelivered, and a
+//! message tried before (redelivered, or retried) always gets a transaction of its own, so a
+//! failure is retried or parked for the message that caused it only. One transaction at a time also means the
 //! batches of one process never wait on each other's row locks. SQLite (the embedded mode)
 //! has no multi-row `RETURNING` here and a single writer anyway: its batches hold one message.
 
@@ -223,7 +223,7 @@ impl ConsumerStats {
     pub fn transactions(&self) -> u64 {
         self.transactions.load(Ordering::SeqCst)
     }
-    /// Batches rolled back and handled again one message at a time.
+    /// Batches rolled back, their messages given back to the queue to come back one at a time.
     pub fn batches_split(&self) -> u64 {
         self.batches_split.load(Ordering::SeqCst)
     }
@@ -387,11 +387,25 @@ impl ConsumerRunner {
                     };
                     let commit = async {
                         let max = self.batch_limit();
-                        while let Some(first) = ready_rx.recv().await {
+                        // A message tried before goes alone; one met while filling a batch
+                        // opens the next.
+                        let mut next = None;
+                        loop {
+                            let first = match next.take() {
+                                Some(staged) => staged,
+                                None => match ready_rx.recv().await {
+                                    Some(staged) => staged,
+                                    None => break,
+                                },
+                            };
                             let mut batch = vec![first];
-                            while batch.len() < max {
+                            while !batch[0].alone() && batch.len() < max {
                                 match ready_rx.try_recv() {
-                                    Ok(next) => batch.push(next),
+                                    Ok(staged) if staged.alone() => {
+                                        next = Some(staged);
+                                        break;
+                                    }
+                                    Ok(staged) => batch.push(staged),
                                     Err(_) => break,
                                 }
                             }
@@ -485,8 +499,14 @@ impl ConsumerRunner {
         })
     }
 
-    /// Stage two: the staged messages in one transaction, then each settled. A batch that
-    /// fails is handled again one message at a time.
+    /// Stage two: the staged messages in one transaction, then each settled. The messages
+    /// of a batch that fails go back to the queue untouched; they come back redelivered, and
+    /// a redelivered message is committed alone.
+    ///
+    /// They are not handled again right here: that would run their `prepare` again while
+    /// later messages wait, prepared, for this loop — and a `prepare` may wait for what one of
+    /// those holds (marzban-sync's per-user turn, from its `prepare` to the end of its
+    /// `handle`), which would never come.
     async fn commit(&self, mut batch: Vec<Staged>) {
         if batch.len() == 1 {
             let Staged {
@@ -517,11 +537,12 @@ impl ConsumerRunner {
             }
             Err(err) => {
                 self.stats.batches_split.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(consumer = %self.spec.name, messages = batch.len(), error = %error_chain(&err), "batch rolled back; handling its messages one at a time");
+                tracing::info!(consumer = %self.spec.name, messages = batch.len(), error = %error_chain(&err), "batch rolled back; its messages come back one at a time");
                 for staged in batch {
-                    let applied = catch_panic(self.apply(&staged.envelope)).await;
-                    self.settle(staged.delivery, &staged.envelope, applied, staged.started)
-                        .await;
+                    if let Err(err) = staged.delivery.requeue().await {
+                        self.stats.settle_failures.fetch_add(1, Ordering::SeqCst);
+                        tracing::warn!(consumer = %self.spec.name, event_id = %staged.envelope.event_id, error = %err, "could not give the message back; it is redelivered when the channel closes");
+                    }
                 }
             }
         }
@@ -600,15 +621,6 @@ impl ConsumerRunner {
                 self.stats.settle_failures.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(consumer = %self.spec.name, error = %err, "could not park the message");
             }
-        }
-    }
-
-    /// The handler's outside step (if any) with no transaction open, then the idempotency
-    /// row and the handler's effect, in one transaction.
-    async fn apply(&self, envelope: &Envelope) -> Result<Applied, HandlerError> {
-        match self.prepare(envelope).await? {
-            Some(prepared) => self.record(envelope, prepared).await,
-            None => Ok(Applied::Duplicate),
         }
     }
 
@@ -717,6 +729,14 @@ struct Staged {
     envelope: Envelope,
     prepared: Prepared,
     started: Instant,
+}
+
+impl Staged {
+    /// Tried before (redelivered, or failed before): it gets a transaction of its own, so a
+    /// message that failed a batch cannot fail another.
+    fn alone(&self) -> bool {
+        self.delivery.message.redelivered || self.delivery.message.failed_attempts > 0
+    }
 }
 
 /// Runs `work`, turning a panic into a transient failure of the message.

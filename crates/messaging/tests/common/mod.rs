@@ -1056,9 +1056,9 @@ pub async fn backlog_is_handled_in_batches(fx: Fixture) {
     fx.finish().await;
 }
 
-/// A message that fails inside a batch fails alone: the batch is rolled back and its
-/// messages are handled again one by one, so the others commit once and the failing one is
-/// parked with nothing of it kept.
+/// A message that fails inside a batch fails alone: the batch is rolled back, its messages
+/// go back to the queue and come back (redelivered) one per transaction, so the others commit
+/// once and the failing one is parked with nothing of it kept.
 pub async fn a_failure_in_a_batch_fails_only_its_message(fx: Fixture) {
     const EVENTS: usize = 24;
     let (handler, state) = TestHandler::new("picky", &["payment.completed"]);
