@@ -506,7 +506,9 @@ impl Sender {
         // outcome, which is recorded for the whole batch in one statement at its end (a crash
         // before that sends the batch's rows again, as any crash after a send does).
         let known = self.chats(&chats).await?;
-        let outcomes: Vec<Result<(Drained, Vec<i64>), DbErr>> = futures::stream::iter(chats)
+        // Each chat gives back the rows it sent even when recording another outcome failed, so
+        // that a database error does not leave sent rows unmarked (to be sent again).
+        let outcomes: Vec<(Drained, Vec<i64>, Option<DbErr>)> = futures::stream::iter(chats)
             .map(|chat| {
                 let mut state = known.get(&chat[0].chat_id).cloned();
                 async move {
@@ -528,26 +530,34 @@ impl Sender {
                         chat_drained.count(&outcome);
                         match outcome {
                             Outcome::Sent => sent.push(row.id),
-                            outcome => self.record(row.id, outcome).await?,
+                            outcome => {
+                                if let Err(error) = self.record(row.id, outcome).await {
+                                    return (chat_drained, sent, Some(error));
+                                }
+                            }
                         }
                     }
-                    Ok((chat_drained, sent))
+                    (chat_drained, sent, None)
                 }
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
         let mut sent = Vec::new();
-        for chat in outcomes {
-            let (chat, ids) = chat?;
+        let mut failure = None;
+        for (chat, ids, error) in outcomes {
             drained.sent += chat.sent;
             drained.skipped += chat.skipped;
             drained.failed += chat.failed;
             drained.deferred += chat.deferred;
             sent.extend(ids);
+            failure = failure.or(error);
         }
         self.record_sent(&sent).await?;
-        Ok(drained)
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(drained),
+        }
     }
 
     /// The `bot_chats` rows of the claimed chats.
