@@ -31,13 +31,12 @@ use std::time::{Duration, Instant};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::server::{Listen, serve};
+use crate::server::{Restartable, serve};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Route labels as recorded in [`RequestRecord::route`].
@@ -674,15 +673,7 @@ pub struct Handle {
     pub base_url: String,
     pub addr: SocketAddr,
     emulator: Emulator,
-    server: Mutex<Option<Running>>,
-    /// While disconnected: a socket bound to the address but not listening, so connections
-    /// are refused and no other listener (another test's emulator on port 0) can take it.
-    reserved: Mutex<Option<tokio::net::TcpSocket>>,
-}
-
-struct Running {
-    handle: actix_web::dev::ServerHandle,
-    task: JoinHandle<()>,
+    server: Restartable,
 }
 
 impl std::fmt::Debug for Handle {
@@ -702,38 +693,26 @@ impl Deref for Handle {
 
 /// Starts the emulator on the current tokio runtime and returns once it is listening.
 pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let listener = std::net::TcpListener::bind(config.bind)?;
-    let addr = listener.local_addr()?;
+    let bind = config.bind;
     let emulator = Emulator::new(config);
-    let running = start(&emulator, Listen::Socket(listener))?;
+    let app_emulator = emulator.clone();
+    let server = Restartable::spawn(bind, move |listen| {
+        let app_emulator = app_emulator.clone();
+        serve(
+            "marzban",
+            listen,
+            app_emulator.config().workers,
+            move |cfg| app_emulator.configure(cfg),
+        )
+    })?;
+    let addr = server.addr;
     tracing::info!(%addr, "marzban emulator listening");
     Ok(Handle {
         base_url: format!("http://{addr}"),
         addr,
         emulator,
-        server: Mutex::new(Some(running)),
-        reserved: Mutex::new(None),
+        server,
     })
-}
-
-/// Binds `addr` without listening: connections to it are refused, and the port stays ours.
-fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
-}
-
-fn start(emulator: &Emulator, listen: Listen) -> std::io::Result<Running> {
-    let app_emulator = emulator.clone();
-    let (handle, task) = serve("marzban", listen, emulator.config().workers, move |cfg| {
-        app_emulator.configure(cfg)
-    })?;
-    Ok(Running { handle, task })
 }
 
 impl Handle {
@@ -741,41 +720,21 @@ impl Handle {
         &self.emulator
     }
 
-    /// Stops listening, so connections are refused, as with a stopped panel; the state is
-    /// kept. [`Handle::reconnect`] listens again on the same port.
+    /// Stops listening and closes the open connections, so requests fail with no answer, as
+    /// with a stopped panel; the state is kept. [`Handle::reconnect`] listens again on the
+    /// same port.
     pub async fn disconnect(&self) {
-        let running = lock(&self.server).take();
-        if let Some(running) = running {
-            running.handle.stop(false).await;
-            // The server task ends with the server; its result was logged there.
-            let _ = running.task.await;
-            *lock(&self.reserved) = reserve(self.addr).ok();
-        }
+        self.server.disconnect().await;
     }
 
     /// Listens again on the same address after [`Handle::disconnect`].
     pub async fn reconnect(&self) -> std::io::Result<()> {
-        let mut server = lock(&self.server);
-        if server.is_none() {
-            drop(lock(&self.reserved).take());
-            *server = Some(start(&self.emulator, Listen::Addr(self.addr))?);
-        }
-        Ok(())
+        self.server.reconnect()
     }
 
     /// Stops the server and waits for it to finish.
     pub async fn stop(self) {
         self.disconnect().await;
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(running) = lock(&self.server).take() {
-            // `stop` sends its command at once; the returned future only waits for completion.
-            drop(running.handle.stop(false));
-            running.task.abort();
-        }
     }
 }
 

@@ -6,22 +6,20 @@
 //! their socket ([`Connection`]), so a handler can drop one with no answer, as Remnawave's
 //! proxy check does.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use actix_web::dev::{Extensions, ServerHandle};
+pub use crate::marzban::{Fault, RequestRecord};
+pub use crate::server::Connection;
+use crate::server::{Restartable, serve};
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-
-pub use crate::marzban::{Fault, RequestRecord};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking handler cannot leave the queue half-written in a way that matters.
@@ -189,26 +187,6 @@ impl Gate {
             record.status = Some(response.status().as_u16());
         }
         response
-    }
-}
-
-/// A copy of a connection's socket, kept in the connection's data
-/// (`HttpRequest::conn_data`), so a handler can drop the connection without answering.
-pub struct Connection(std::net::TcpStream);
-
-impl Connection {
-    /// Closes the connection both ways: the client reads end-of-stream and no HTTP answer.
-    pub fn drop_connection(&self) {
-        let _ = self.0.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-fn on_connect(connection: &dyn Any, data: &mut Extensions) {
-    use std::os::fd::AsFd;
-    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-        && let Ok(fd) = stream.as_fd().try_clone_to_owned()
-    {
-        data.insert(Connection(std::net::TcpStream::from(fd)));
     }
 }
 
@@ -387,40 +365,6 @@ impl<S: PanelState> Emulator<S> {
     }
 }
 
-enum Listen {
-    Socket(std::net::TcpListener),
-    Addr(SocketAddr),
-}
-
-struct Running {
-    handle: ServerHandle,
-    task: JoinHandle<()>,
-}
-
-fn start<S: PanelState>(panel: &Emulator<S>, listen: Listen) -> std::io::Result<Running> {
-    let app_panel = panel.clone();
-    let server = HttpServer::new(move || {
-        let panel = app_panel.clone();
-        App::new().configure(move |cfg| panel.configure(cfg))
-    })
-    .on_connect(on_connect)
-    .workers(S::listen(panel.config()).1.max(1))
-    .disable_signals()
-    .shutdown_timeout(1);
-    let server = match listen {
-        Listen::Socket(listener) => server.listen(listener)?,
-        Listen::Addr(addr) => server.bind(addr)?,
-    }
-    .run();
-    let handle = server.handle();
-    let task = tokio::spawn(async move {
-        if let Err(error) = server.await {
-            tracing::error!(%error, emulator = S::NAME, "emulator server stopped");
-        }
-    });
-    Ok(Running { handle, task })
-}
-
 /// A running emulated panel. Dropping it stops the server. Derefs to the [`Emulator`] for its
 /// control methods.
 pub struct Handle<S: PanelState> {
@@ -428,10 +372,7 @@ pub struct Handle<S: PanelState> {
     pub base_url: String,
     pub addr: SocketAddr,
     panel: Emulator<S>,
-    server: Mutex<Option<Running>>,
-    /// While disconnected: the address bound but not listening (connections refused, and no
-    /// other test's listener takes the port).
-    reserved: Mutex<Option<tokio::net::TcpSocket>>,
+    server: Restartable,
 }
 
 impl<S: PanelState> std::fmt::Debug for Handle<S> {
@@ -453,16 +394,21 @@ impl<S: PanelState> Deref for Handle<S> {
 impl<S: PanelState> Handle<S> {
     /// Starts `panel` on the current tokio runtime at `bind` (port 0: a free one).
     pub fn spawn(panel: Emulator<S>, bind: SocketAddr) -> std::io::Result<Self> {
-        let listener = std::net::TcpListener::bind(bind)?;
-        let addr = listener.local_addr()?;
-        let running = start(&panel, Listen::Socket(listener))?;
+        let app_panel = panel.clone();
+        let workers = S::listen(panel.config()).1;
+        let server = Restartable::spawn(bind, move |listen| {
+            let app_panel = app_panel.clone();
+            serve(S::NAME, listen, workers, move |cfg| {
+                app_panel.configure(cfg)
+            })
+        })?;
+        let addr = server.addr;
         tracing::info!(%addr, "{} emulator listening", S::NAME);
         Ok(Self {
             base_url: format!("http://{addr}"),
             addr,
             panel,
-            server: Mutex::new(Some(running)),
-            reserved: Mutex::new(None),
+            server,
         })
     }
 
@@ -470,49 +416,20 @@ impl<S: PanelState> Handle<S> {
         &self.panel
     }
 
-    /// Stops listening (connections refused), keeping the state.
+    /// Stops listening and closes the open connections (requests fail with no answer),
+    /// keeping the state.
     pub async fn disconnect(&self) {
-        let running = lock(&self.server).take();
-        if let Some(running) = running {
-            running.handle.stop(false).await;
-            let _ = running.task.await;
-            *lock(&self.reserved) = reserve(self.addr).ok();
-        }
+        self.server.disconnect().await;
     }
 
     /// Listens again on the same address after [`Handle::disconnect`].
     pub async fn reconnect(&self) -> std::io::Result<()> {
-        let mut server = lock(&self.server);
-        if server.is_none() {
-            drop(lock(&self.reserved).take());
-            *server = Some(start(&self.panel, Listen::Addr(self.addr))?);
-        }
-        Ok(())
+        self.server.reconnect()
     }
 
     pub async fn stop(self) {
         self.disconnect().await;
     }
-}
-
-impl<S: PanelState> Drop for Handle<S> {
-    fn drop(&mut self) {
-        if let Some(running) = lock(&self.server).take() {
-            drop(running.handle.stop(false));
-            running.task.abort();
-        }
-    }
-}
-
-fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
 }
 
 #[derive(Deserialize)]

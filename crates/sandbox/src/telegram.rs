@@ -458,17 +458,19 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         updates_changed: Notify::new(),
     });
     let data = web::Data::from(shared.clone());
-    let (server_handle, server) =
-        serve("telegram", Listen::Socket(listener), workers, move |cfg| {
-            cfg.app_data(data.clone());
-            routes(cfg);
-        })?;
-    let tasks = vec![server, tokio::spawn(deliver_to_webhook(shared.clone()))];
+    let running = serve("telegram", Listen::Socket(listener), workers, move |cfg| {
+        cfg.app_data(data.clone());
+        routes(cfg);
+    })?;
+    let tasks = vec![
+        running.task,
+        tokio::spawn(deliver_to_webhook(shared.clone())),
+    ];
     tracing::info!(%addr, "telegram emulator listening");
     Ok(Handle {
         emulator: Emulator { shared },
         addr,
-        server: server_handle,
+        server: running.handle,
         tasks,
     })
 }

@@ -871,7 +871,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     let workers = config.workers.max(1);
     let emulator = Emulator::new(config);
     let app_emulator = emulator.clone();
-    let (server_handle, task) = serve("tron", Listen::Socket(listener), workers, move |cfg| {
+    let running = serve("tron", Listen::Socket(listener), workers, move |cfg| {
         app_emulator.configure(cfg)
     })?;
     tracing::info!(%addr, "tron emulator listening");
@@ -879,8 +879,8 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         base_url: format!("http://{addr}"),
         addr,
         emulator,
-        server: server_handle,
-        task: Mutex::new(Some(task)),
+        server: running.handle,
+        task: Mutex::new(Some(running.task)),
     })
 }
 

@@ -384,13 +384,12 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     });
 
     let data = web::Data::from(shared.clone());
-    let (server_handle, server) =
-        serve("yookassa", Listen::Socket(listener), workers, move |cfg| {
-            cfg.app_data(data.clone());
-            http::routes(cfg);
-        })?;
+    let running = serve("yookassa", Listen::Socket(listener), workers, move |cfg| {
+        cfg.app_data(data.clone());
+        http::routes(cfg);
+    })?;
     let tasks = vec![
-        server,
+        running.task,
         tokio::spawn(notify::run(shared.clone(), client, rx)),
         tokio::spawn(sweep(shared.clone())),
     ];
@@ -398,7 +397,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     Ok(Handle {
         shared,
         addr,
-        server: server_handle,
+        server: running.handle,
         tasks,
     })
 }

@@ -642,6 +642,39 @@ async fn faults_outages_and_request_counts() {
     assert_eq!(gets[2].status, Some(200));
 }
 
+/// A stopped panel answers nothing: a client's kept-alive connections die with it, so no
+/// request reaches the panel between `disconnect` and `reconnect`, however warm the pool.
+#[tokio::test]
+async fn a_disconnect_closes_kept_alive_connections() {
+    let emu = spawn().await;
+    let token = login(&emu).await;
+    assert_eq!(
+        create(&emu, &token, create_body("pooled")).await.0,
+        StatusCode::OK
+    );
+    let client = http();
+    let get = || {
+        client
+            .get(format!("{}/api/user/pooled", emu.base_url))
+            .bearer_auth(&token)
+            .send()
+    };
+    for cycle in 0..20 {
+        // Several connections at once, so each worker holds one kept alive.
+        for response in futures::future::join_all((0..4).map(|_| get())).await {
+            assert_eq!(response.unwrap().status(), StatusCode::OK, "cycle {cycle}");
+        }
+        let served = emu.count(route::GET_USER);
+        emu.disconnect().await;
+        for answer in futures::future::join_all((0..4).map(|_| get())).await {
+            let error = answer.map(|r| r.status()).unwrap_err();
+            assert!(!error.is_timeout(), "cycle {cycle}: {error:?}");
+        }
+        assert_eq!(emu.count(route::GET_USER), served, "cycle {cycle}");
+        emu.reconnect().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_hang_does_nothing_but_a_slow_answer_does_the_work() {
     let emu = spawn().await;
