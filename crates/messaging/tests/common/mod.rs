@@ -765,11 +765,13 @@ pub async fn unroutable_event_is_closed_and_does_not_block(fx: Fixture) {
     fx.finish().await;
 }
 
-/// Forwards the first event it sees as a new outbox row written in its own transaction, then
-/// records every event like [`TestHandler`].
+/// Forwards every event it did not write itself as a new outbox row written in the handling
+/// transaction, and records every event like [`TestHandler`]. A handling that is rolled back
+/// and tried again forwards again: only a committed forward counts.
 struct Forwarder {
     inner: TestHandler,
-    forwarded: AtomicBool,
+    /// The ids of the events it wrote.
+    written: Mutex<HashSet<Uuid>>,
 }
 
 #[async_trait]
@@ -789,8 +791,10 @@ impl Handler for Forwarder {
         prepared: Prepared,
     ) -> Result<(), HandlerError> {
         self.inner.handle(tx, envelope, prepared).await?;
-        if !self.forwarded.swap(true, Ordering::SeqCst) {
-            messaging::outbox::enqueue(tx, &payment_completed())
+        if !self.written.lock().unwrap().contains(&envelope.event_id) {
+            let forward = payment_completed();
+            self.written.lock().unwrap().insert(forward.event_id);
+            messaging::outbox::enqueue(tx, &forward)
                 .await
                 .map_err(HandlerError::transient)?;
         }
@@ -814,7 +818,7 @@ pub async fn handler_commit_wakes_the_relay(fx: Fixture) {
     let runner = ConsumerRunner::new(
         Forwarder {
             inner,
-            forwarded: AtomicBool::new(false),
+            written: Mutex::default(),
         },
         fx.db.clone(),
         fx.source(),
