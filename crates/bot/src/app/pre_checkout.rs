@@ -1,4 +1,4 @@
-//! The pre-checkout check: a `pre_checkout_query` is answered from one indexed look-up (the
+//! The pre-checkout check: a `pre_checkout_query` is answered from one indexed statement (the
 //! payload names a pending Telegram payment of this user, same amount and currency, not
 //! expired, price unchanged), well inside Telegram's 10 s.
 

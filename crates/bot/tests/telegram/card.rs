@@ -102,3 +102,28 @@ async fn an_invoice_whose_tariff_price_changed_is_refused_at_pre_checkout() {
     );
     assert!(w.tg.charges().is_empty(), "nothing was charged");
 }
+
+#[tokio::test]
+async fn an_invoice_whose_tariff_is_no_longer_sold_is_refused_at_pre_checkout() {
+    let w = card_world().await;
+    let user = TestUser::new(5_100_004, "Zoe", "en");
+    let (message_id, payment_id) = card_invoice(&w, &user, "month_1").await;
+    // The seller stops selling the tariff after the invoice went out; the price is unchanged.
+    let tariff_id = w.payment(payment_id).await.tariff_id;
+    let mut tariff: tariffs::ActiveModel = tariffs::Entity::find_by_id(tariff_id)
+        .one(&w.db.conn)
+        .await
+        .unwrap()
+        .expect("tariff")
+        .into();
+    tariff.active = Set(false);
+    tariff.update(&w.db.conn).await.unwrap();
+
+    let outcome = w.tg.pay_invoice(&user, message_id).await.unwrap();
+    let PayOutcome::Refused { error_message, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(error_message.contains("price"), "{error_message}");
+    assert!(w.tg.charges().is_empty(), "nothing was charged");
+    assert_eq!(w.payment(payment_id).await.status, PaymentStatus::Pending);
+}

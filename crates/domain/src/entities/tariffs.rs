@@ -29,12 +29,21 @@ pub struct Model {
 impl Model {
     /// The price in `currency`, if the tariff is sold for it.
     pub fn price(&self, currency: Currency) -> Option<Money> {
-        let minor = match currency {
-            Currency::Rub => self.price_rub_minor,
-            Currency::Xtr => self.price_xtr,
-            Currency::Usdt => self.price_usdt_minor,
-        };
-        minor.map(|minor| Money::new(minor, currency))
+        price_minor(
+            currency,
+            [self.price_rub_minor, self.price_xtr, self.price_usdt_minor],
+        )
+        .map(|minor| Money::new(minor, currency))
+    }
+}
+
+/// Which of a tariff's price columns — `[price_rub_minor, price_xtr, price_usdt_minor]`, read
+/// by a query of its own — holds the price in `currency`.
+pub fn price_minor(currency: Currency, [rub, xtr, usdt]: [Option<i64>; 3]) -> Option<i64> {
+    match currency {
+        Currency::Rub => rub,
+        Currency::Xtr => xtr,
+        Currency::Usdt => usdt,
     }
 }
 
