@@ -18,9 +18,9 @@ use crate::remnawave::RemnawaveSettings;
 pub const DEFAULT_OPS_BIND: &str = "0.0.0.0:9082";
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_DRIFT_CHECK_SECS: u64 = 3600;
-/// Deliveries handled at once. Each holds a database connection (and its subscription's row
-/// lock) while it waits for the panel, so keep it well under the pool size.
-pub const DEFAULT_PREFETCH: u16 = 4;
+/// Deliveries handled at once, and so the most the consumer commits in one transaction. A
+/// panel call holds no database connection; messages of one user take turns.
+pub const DEFAULT_PREFETCH: u16 = 8;
 
 /// The service's own variables ([`env_vars`] adds the common ones). The panel URL is
 /// optional here because the standalone binary runs without a panel; the separate binary
@@ -48,7 +48,7 @@ pub const VARS: &[EnvVar] = &[
         "MARZBAN_SYNC_RETRY_DELAYS_MS",
         "1000,5000,30000,120000,600000",
     ),
-    EnvVar::default("MARZBAN_SYNC_PREFETCH", "4"),
+    EnvVar::default("MARZBAN_SYNC_PREFETCH", "8"),
     EnvVar::default("MARZBAN_ADOPT_REMAINING", "true"),
 ];
 
@@ -77,7 +77,7 @@ pub struct ServiceSettings {
     /// `MARZBAN_SYNC_RETRY_DELAYS_MS`: comma-separated delays between attempts of a failed
     /// message before it is parked (default `1000,5000,30000,120000,600000`).
     pub retry: RetryPolicy,
-    /// `MARZBAN_SYNC_PREFETCH` (default 4): deliveries handled at once.
+    /// `MARZBAN_SYNC_PREFETCH` (default 8): deliveries handled at once.
     pub prefetch: u16,
     /// `MARZBAN_ADOPT_REMAINING` (default on): an existing panel user we adopt keeps the time
     /// it had left, as an opening balance in the ledger.

@@ -69,7 +69,7 @@ use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -575,7 +575,8 @@ async fn record_grant(
     event: &PaymentCompleted,
 ) -> Result<Option<Intent>, SyncError> {
     let payment_id = event.payment.payment_id;
-    let payment = payments::Entity::find_by_id(payment_id)
+    let (payment, tariff) = payments::Entity::find_by_id(payment_id)
+        .find_also_related(tariffs::Entity)
         .one(tx)
         .await?
         .ok_or_else(|| SyncError::Invalid(format!("unknown payment {payment_id}")))?;
@@ -588,9 +589,7 @@ async fn record_grant(
             payment.status.as_str()
         )));
     }
-    let tariff = tariffs::Entity::find_by_id(payment.tariff_id)
-        .one(tx)
-        .await?
+    let tariff = tariff
         .ok_or_else(|| SyncError::Invalid(format!("payment {payment_id}: unknown tariff")))?;
     if tariff.duration_days <= 0 {
         return Err(SyncError::Invalid(format!(
@@ -602,41 +601,45 @@ async fn record_grant(
 
     // Under the subscription lock, so a concurrent copy of the message waits here and then
     // sees the grant.
-    let data_limit = if let Some(grant) = find_grant(tx, payment_id).await? {
+    let (data_limit, ledger) = if let Some(grant) = find_grant(tx, payment_id).await? {
         if is_announced(tx, &Announcement::Activated(payment_id).key()).await? {
             tracing::info!(%payment_id, grant_id = grant.id, "payment already granted; nothing to do");
             return Ok(None);
         }
         tracing::info!(%payment_id, grant_id = grant.id, "payment granted before, not yet confirmed by the panel; sending the ledger's state again");
-        subscription.data_limit_bytes
+        (
+            subscription.data_limit_bytes,
+            entries(tx, subscription.id).await?,
+        )
     } else {
         // The tariff's days, and those of the payment's promo code (issue 23), in one entry:
         // a refund takes back its share of both.
         let days = tariff
             .duration_days
             .saturating_add(domain::promo::extra_days(tx, payment_id).await?);
-        let expires_at =
+        let (expires_at, ledger) =
             append_grant(tx, subscription.id, Some(payment_id), KIND_PURCHASE, days).await?;
         tracing::info!(%payment_id, expires_at = %expires_at, days, "grant recorded");
-        tariff.data_limit_bytes
+        (tariff.data_limit_bytes, ledger)
     };
-    let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
+    let intent = write_intent(tx, subscription, telegram_id, data_limit, &ledger).await?;
     Ok(Some(intent))
 }
 
 /// Appends `days` to the subscription's ledger (under its row lock) and returns the expiry
-/// they lead to: after the ledger's expiry so far, or from now when that has passed.
+/// they lead to — after the ledger's expiry so far, or from now when that has passed — and
+/// the ledger with the new entry.
 async fn append_grant(
     tx: &DatabaseTransaction,
     subscription_id: i64,
     payment_id: Option<PaymentId>,
     kind: &str,
     days: i32,
-) -> Result<DateTime<Utc>, DbErr> {
+) -> Result<(DateTime<Utc>, Vec<Entry>), DbErr> {
     let now = ledger::whole_seconds(Utc::now());
-    let before = ledger::replay(&entries(tx, subscription_id).await?);
-    let expires_at = ledger::extend(before, now, days);
-    subscription_grants::ActiveModel {
+    let mut ledger = entries(tx, subscription_id).await?;
+    let expires_at = ledger::extend(ledger::replay(&ledger), now, days);
+    let grant = subscription_grants::ActiveModel {
         id: NotSet,
         subscription_id: Set(subscription_id),
         payment_id: Set(payment_id),
@@ -649,8 +652,9 @@ async fn append_grant(
     }
     .insert(tx)
     .await?;
+    ledger.push(entry(&grant));
     metrics::counter!(METRIC_GRANTS).increment(1);
-    Ok(expires_at)
+    Ok((expires_at, ledger))
 }
 
 /// Step 1 of `grant.created`, in its own short transaction: the manual grant's ledger entry
@@ -682,7 +686,7 @@ async fn record_manual_grant(
     let (subscription, telegram_id) = lock_or_create_subscription(tx, grant.user_id).await?;
     // Under the subscription lock, so a concurrent copy of the message waits here and then
     // sees the mark.
-    let data_limit = if is_marked(tx, GRANTED, &key).await? {
+    let (data_limit, ledger) = if is_marked(tx, GRANTED, &key).await? {
         let announced = Announcement::Granted { grant_id: grant.id }.key();
         if is_announced(tx, &announced).await? {
             tracing::info!(
@@ -695,14 +699,21 @@ async fn record_manual_grant(
             grant_id = grant.id,
             "manual grant recorded before, not yet confirmed by the panel; sending the ledger's state again"
         );
-        subscription.data_limit_bytes
+        (
+            subscription.data_limit_bytes,
+            entries(tx, subscription.id).await?,
+        )
     } else {
         mark(tx, GRANTED, &key).await?;
-        let expires_at = append_grant(tx, subscription.id, None, &grant.kind, grant.days).await?;
+        let (expires_at, ledger) =
+            append_grant(tx, subscription.id, None, &grant.kind, grant.days).await?;
         tracing::info!(grant_id = grant.id, kind = grant.kind, expires_at = %expires_at, days = grant.days, "manual grant recorded");
-        grant.data_limit_bytes.or(subscription.data_limit_bytes)
+        (
+            grant.data_limit_bytes.or(subscription.data_limit_bytes),
+            ledger,
+        )
     };
-    let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
+    let intent = write_intent(tx, subscription, telegram_id, data_limit, &ledger).await?;
     Ok(Some(intent))
 }
 
@@ -839,7 +850,8 @@ async fn record_revocation(
     }
     let telegram_id = telegram_id_of(tx, subscription.user_id).await?;
     let data_limit = subscription.data_limit_bytes;
-    let intent = write_intent(tx, subscription, telegram_id, data_limit).await?;
+    let ledger = entries(tx, subscription.id).await?;
+    let intent = write_intent(tx, subscription, telegram_id, data_limit, &ledger).await?;
     Ok(Some((intent, revoke)))
 }
 
@@ -918,7 +930,8 @@ async fn record_adoption(
         }
     }
     let data_limit = intent.desired.data_limit;
-    write_intent(tx, subscription, intent.telegram_id, data_limit).await
+    let ledger = entries(tx, subscription.id).await?;
+    write_intent(tx, subscription, intent.telegram_id, data_limit, &ledger).await
 }
 
 /// Rewrites every grant's `expires_at_after` to the replay up to it, after an opening balance
@@ -949,16 +962,18 @@ async fn restate_grants(tx: &DatabaseTransaction, subscription_id: i64) -> Resul
     Ok(())
 }
 
-/// Replays the ledger into the desired panel state and stores it on the subscription row
-/// (`expires_at`, `data_limit_bytes`), which the drift check repairs the panel to.
+/// Replays the subscription's `ledger` (read under its row lock) into the desired panel state
+/// and stores it on the subscription row (`expires_at`, `data_limit_bytes`), which the drift
+/// check repairs the panel to.
 async fn write_intent(
     tx: &DatabaseTransaction,
     subscription: subscriptions::Model,
     telegram_id: i64,
     data_limit: Option<i64>,
+    ledger: &[Entry],
 ) -> Result<Intent, SyncError> {
     let now = ledger::whole_seconds(Utc::now());
-    let expires_at = ledger::replay(&entries(tx, subscription.id).await?).unwrap_or(now);
+    let expires_at = ledger::replay(ledger).unwrap_or(now);
     let desired = Desired::new(username(&subscription)?, expires_at, data_limit);
     let intent = Intent {
         subscription_id: subscription.id,
@@ -1134,8 +1149,8 @@ async fn lock_or_create_subscription(
     }
     let now = ledger::whole_seconds(Utc::now());
     // A concurrent first payment of the same user waits on the unique index here, then
-    // skips its insert and locks the other's row.
-    subscriptions::Entity::insert(subscriptions::ActiveModel {
+    // skips its insert and locks the other's row. A row we insert is ours until we commit.
+    let inserted = subscriptions::Entity::insert(subscriptions::ActiveModel {
         id: NotSet,
         user_id: Set(user_id),
         marzban_username: Set(MarzbanUsername::from_telegram_id(telegram).into_inner()),
@@ -1149,8 +1164,11 @@ async fn lock_or_create_subscription(
         updated_at: Set(now),
     })
     .on_conflict_do_nothing_on([subscriptions::Column::UserId])
-    .exec_without_returning(tx)
+    .exec_with_returning(tx)
     .await?;
+    if let TryInsertResult::Inserted(subscription) = inserted {
+        return Ok((subscription, telegram_id));
+    }
     let subscription = find_locked(tx, user_id)
         .await?
         .ok_or_else(|| SyncError::Invalid(format!("no subscription row for user {user_id}")))?;
