@@ -314,19 +314,27 @@ async fn snapshot<C: ConnectionTrait>(
     tx: &C,
     payment: &payments::Model,
 ) -> Result<PaymentSnapshot, ApplyError> {
-    let user = users::Entity::find_by_id(payment.user_id)
+    // The payer's Telegram id and the tariff's code, in one statement.
+    let (telegram_id, tariff_code): (i64, String) = payments::Entity::find_by_id(payment.id)
+        .select_only()
+        .column(users::Column::TelegramId)
+        .column(tariffs::Column::Code)
+        .inner_join(users::Entity)
+        .inner_join(tariffs::Entity)
+        .into_tuple()
         .one(tx)
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("user {}", payment.user_id)))?;
-    let tariff = tariffs::Entity::find_by_id(payment.tariff_id)
-        .one(tx)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("tariff {}", payment.tariff_id)))?;
+        .ok_or_else(|| {
+            DbErr::RecordNotFound(format!(
+                "user {} or tariff {} of payment {}",
+                payment.user_id, payment.tariff_id, payment.id
+            ))
+        })?;
     Ok(PaymentSnapshot {
         payment_id: payment.id,
-        user_id: user.id,
-        telegram_id: user.telegram_id,
-        tariff_code: tariff.code,
+        user_id: payment.user_id,
+        telegram_id,
+        tariff_code,
         provider: payment.provider.clone(),
         amount_minor: payment.amount_minor,
         currency: payment.currency.code().to_owned(),
