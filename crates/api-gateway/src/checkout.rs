@@ -6,7 +6,8 @@
 //! payment, a USDT tag held for the invoice and its late window. So before a new intent is
 //! stored, the intent transaction
 //!
-//! 1. locks the customer's `users` row (`SELECT … FOR UPDATE` on PostgreSQL; SQLite's write
+//! 1. locks the customer's `users` row as it reads it after the upsert
+//!    (`payments::create::upsert_and_lock_user`: `SELECT … FOR UPDATE` on PostgreSQL; SQLite's write
 //!    transaction is exclusive already), so two presses of one customer — on any replica —
 //!    decide one after the other, and presses of different customers never wait on each
 //!    other;
@@ -32,12 +33,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
-use domain::entities::{payments, users};
+use domain::entities::payments;
 use domain::money::Money;
 use payment_core::{PaymentProvider, PaymentService};
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
-use sea_orm::{PaginatorTrait, QueryOrder, QuerySelect};
+use sea_orm::{PaginatorTrait, QueryOrder};
 
 /// Default `CHECKOUT_REUSE_MINUTES`.
 pub const DEFAULT_REUSE_WINDOW: Duration = Duration::from_secs(30 * 60);
@@ -83,15 +84,6 @@ fn chrono(d: Duration) -> chrono::Duration {
 }
 
 impl CheckoutPolicy {
-    /// Locks the customer's row for the rest of the transaction (see the module docs).
-    pub async fn lock_user<C: ConnectionTrait>(&self, txn: &C, user_id: i64) -> Result<(), DbErr> {
-        users::Entity::find_by_id(user_id)
-            .lock_exclusive()
-            .one(txn)
-            .await?;
-        Ok(())
-    }
-
     /// Payments that may be handed out again, at `now`: pending and being created, or
     /// finished and not (nearly) expired.
     fn reusable(&self, now: DateTime<Utc>) -> Condition {

@@ -12,11 +12,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use domain::TelegramUserId;
-use domain::entities::{manual_grants, users};
+use domain::entities::manual_grants;
 use domain::trial::{self, Refusal};
 use sea_orm::ActiveModelTrait;
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::{EntityTrait, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
@@ -24,7 +23,7 @@ use crate::body::json_request;
 use crate::error::ApiError;
 use crate::grants::announce;
 use crate::idempotency;
-use crate::payments::{Profile, upsert_user};
+use crate::payments::{Profile, upsert_and_lock_user};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -94,13 +93,8 @@ async fn start(
         first_name: &body.first_name,
         language_code: &body.language_code,
     };
-    let user_id = upsert_user(&txn, telegram_id, profile).await?;
-    // Presses of one customer take turns here; the UNIQUE key decides in any case.
-    let user = users::Entity::find_by_id(user_id)
-        .lock_exclusive()
-        .one(&txn)
-        .await?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("user vanished after upsert")))?;
+    // Presses of one customer take turns on the locked row; the UNIQUE key decides in any case.
+    let user = upsert_and_lock_user(&txn, telegram_id, profile).await?;
     if let Some(refusal) = trial::refusal(&txn, user.id).await? {
         return Err(refused(refusal));
     }

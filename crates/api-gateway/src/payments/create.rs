@@ -22,7 +22,7 @@ use payment_core::{
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, DatabaseTransaction,
-    DbErr, EntityTrait, QueryFilter,
+    DbErr, EntityTrait, QueryFilter, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 
@@ -340,9 +340,8 @@ impl Create<'_> {
             first_name: &self.body.first_name,
             language_code: &self.body.language_code,
         };
-        let user_id = upsert_user(&txn, telegram_id, profile).await?;
+        let user_id = upsert_and_lock_user(&txn, telegram_id, profile).await?.id;
         let policy = &self.state.checkout;
-        policy.lock_user(&txn, user_id).await?;
         // Under the customer's lock: their uses of a once-per-customer code are settled.
         let promo = match self.body.promo_code.as_deref() {
             Some(code) => Some(
@@ -836,12 +835,13 @@ pub(crate) struct Profile<'a> {
     pub language_code: &'a Option<String>,
 }
 
-/// The `users.id` of `telegram_id`, created on first sight; names are kept up to date.
-pub(crate) async fn upsert_user(
+/// The `users` row of `telegram_id`, created on first sight and locked for the rest of `txn`
+/// (`SELECT … FOR UPDATE`; see [`crate::checkout`]); names are kept up to date.
+pub(crate) async fn upsert_and_lock_user(
     txn: &DatabaseTransaction,
     telegram_id: TelegramUserId,
     body: Profile<'_>,
-) -> Result<i64, ApiError> {
+) -> Result<users::Model, ApiError> {
     let row = users::ActiveModel {
         id: NotSet,
         telegram_id: Set(telegram_id.into_inner()),
@@ -861,6 +861,7 @@ pub(crate) async fn upsert_user(
         .await?;
     let user = users::Entity::find()
         .filter(users::Column::TelegramId.eq(telegram_id.into_inner()))
+        .lock_exclusive()
         .one(txn)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("user vanished after upsert")))?;
@@ -883,9 +884,9 @@ pub(crate) async fn upsert_user(
         if body.language_code.is_some() {
             active.language_code = Set(body.language_code.clone());
         }
-        active.update(txn).await?;
+        return Ok(active.update(txn).await?);
     }
-    Ok(user.id)
+    Ok(user)
 }
 
 fn checkout_error(error: CheckoutError) -> ApiError {

@@ -13,7 +13,7 @@ mod refund;
 mod routes;
 mod views;
 
-pub(crate) use create::{Profile, upsert_user};
+pub(crate) use create::{Profile, upsert_and_lock_user};
 
 use payment_core::ProviderError;
 
