@@ -375,10 +375,10 @@ impl ConsumerRunner {
                             .map(|delivery| self.stage(delivery))
                             .buffer_unordered(concurrency)
                             .for_each(|staged| {
-                                let ready_tx = ready_tx.clone();
+                                let ready_tx = &ready_tx;
                                 async move {
                                     if let Some(staged) = staged {
-                                        // The receiver lives until every sender is gone.
+                                        // The receiver lives until the sender is gone.
                                         let _ = ready_tx.send(staged).await;
                                     }
                                 }
