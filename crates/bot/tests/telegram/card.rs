@@ -1,6 +1,6 @@
 //! Paying by card inside Telegram (a provider token from @BotFather, currency RUB): the
 //! whole path through the real gateway, worker and bot — and the invoices pre-checkout
-//! refuses: expired ones, and ones whose tariff price changed since.
+//! refuses: expired ones, and ones whose tariff price changed or stopped being sold since.
 
 use domain::PaymentStatus;
 use domain::entities::{payments, tariffs};
@@ -27,6 +27,23 @@ async fn card_invoice(w: &World, user: &TestUser, tariff: &str) -> (i64, domain:
         invoice.message_id,
         domain::PaymentId::parse(&details.payload).unwrap(),
     )
+}
+
+/// The seller edits the tariff of `payment_id` after its invoice went out.
+async fn edit_tariff(
+    w: &World,
+    payment_id: domain::PaymentId,
+    edit: impl FnOnce(&mut tariffs::ActiveModel),
+) {
+    let tariff_id = w.payment(payment_id).await.tariff_id;
+    let mut tariff: tariffs::ActiveModel = tariffs::Entity::find_by_id(tariff_id)
+        .one(&w.db.conn)
+        .await
+        .unwrap()
+        .expect("tariff")
+        .into();
+    edit(&mut tariff);
+    tariff.update(&w.db.conn).await.unwrap();
 }
 
 #[tokio::test]
@@ -81,16 +98,8 @@ async fn an_invoice_whose_tariff_price_changed_is_refused_at_pre_checkout() {
     let w = card_world().await;
     let user = TestUser::new(5_100_003, "Фёдор", "ru");
     let (message_id, payment_id) = card_invoice(&w, &user, "month_1").await;
-    // The seller raises the price after the invoice went out.
-    let tariff_id = w.payment(payment_id).await.tariff_id;
-    let mut tariff: tariffs::ActiveModel = tariffs::Entity::find_by_id(tariff_id)
-        .one(&w.db.conn)
-        .await
-        .unwrap()
-        .expect("tariff")
-        .into();
-    tariff.price_rub_minor = Set(Some(24_900));
-    tariff.update(&w.db.conn).await.unwrap();
+    // The seller raises the price.
+    edit_tariff(&w, payment_id, |t| t.price_rub_minor = Set(Some(24_900))).await;
 
     let outcome = w.tg.pay_invoice(&user, message_id).await.unwrap();
     let PayOutcome::Refused { error_message, .. } = outcome else {
@@ -108,16 +117,8 @@ async fn an_invoice_whose_tariff_is_no_longer_sold_is_refused_at_pre_checkout() 
     let w = card_world().await;
     let user = TestUser::new(5_100_004, "Zoe", "en");
     let (message_id, payment_id) = card_invoice(&w, &user, "month_1").await;
-    // The seller stops selling the tariff after the invoice went out; the price is unchanged.
-    let tariff_id = w.payment(payment_id).await.tariff_id;
-    let mut tariff: tariffs::ActiveModel = tariffs::Entity::find_by_id(tariff_id)
-        .one(&w.db.conn)
-        .await
-        .unwrap()
-        .expect("tariff")
-        .into();
-    tariff.active = Set(false);
-    tariff.update(&w.db.conn).await.unwrap();
+    // The seller stops selling the tariff; the price is unchanged.
+    edit_tariff(&w, payment_id, |t| t.active = Set(false)).await;
 
     let outcome = w.tg.pay_invoice(&user, message_id).await.unwrap();
     let PayOutcome::Refused { error_message, .. } = outcome else {
