@@ -10,7 +10,7 @@ use e2e::audit::{audit, create_payment};
 use e2e::cluster::{Cluster, ClusterConfig, PanelKind, SERVICE_TOKEN};
 use e2e::customers::{Script, is_activation};
 use futures::StreamExt;
-use sandbox::telegram::TestUser;
+use sandbox::telegram::{PhotoSent, TestUser};
 
 /// Two payment-workers and two marzban-syncs, on `panel`.
 async fn scaled_out(panel: PanelKind) -> Cluster {
@@ -255,6 +255,14 @@ async fn exactly_once_scaled_out(panel: PanelKind, count: i64) {
             "no duplicate activation messages for {}",
             user.id
         );
+        // The panel answers each renewal with a new link (Marzban, PasarGuard) but the
+        // customer keeps the first: its QR code is uploaded once, then sent by file_id.
+        let uploads = messages
+            .iter()
+            .filter(|m| is_activation(m))
+            .filter(|m| matches!(m.photo, Some(PhotoSent::Upload { .. })))
+            .count();
+        assert_eq!(uploads, 1, "one QR upload for {}'s renewals", user.id);
     }
 
     cluster.stop().await.expect("every service exits 0");

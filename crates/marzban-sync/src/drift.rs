@@ -217,14 +217,12 @@ async fn check_once(
                 );
                 return Ok(None);
             }
-            let url = user.as_ref().map(|u| u.subscription_url.clone());
             save_sync(
                 &tx,
                 current,
                 desired_expiry(&desired),
                 desired.data_limit,
                 user.as_ref(),
-                url,
                 now,
             )
             .await?;

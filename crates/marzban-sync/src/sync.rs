@@ -503,21 +503,16 @@ impl SubscriptionSync {
 
         let now = ledger::whole_seconds(Utc::now());
         let expires_at = expiry_of(&desired);
-        let url = user
-            .as_ref()
-            .map(|u| u.subscription_url.clone())
-            .or_else(|| subscription.subscription_url.clone())
-            .unwrap_or_default();
-        save_sync(
+        let url = save_sync(
             tx,
             subscription,
             expires_at,
             desired.data_limit,
             user.as_ref(),
-            Some(url.clone()).filter(|u| !u.is_empty()),
             now,
         )
-        .await?;
+        .await?
+        .unwrap_or_default();
         let change =
             |payment_id| change(telegram_id, payment_id, &desired, expires_at, url.clone());
         let envelope = match announcement {
@@ -1158,6 +1153,7 @@ async fn lock_or_create_subscription(
         data_limit_bytes: Set(None),
         status: Set("new".to_owned()),
         subscription_url: Set(None),
+        panel_key: Set(None),
         synced_at: Set(None),
         sync_error: Set(None),
         created_at: Set(now),
@@ -1214,29 +1210,57 @@ pub(crate) fn username(subscription: &subscriptions::Model) -> Result<MarzbanUse
     })
 }
 
-/// Records a successful push to the panel on the subscription row.
+/// Records a successful push to the panel on the subscription row; returns the customer's
+/// subscription link as stored ([`link`]).
 pub(crate) async fn save_sync(
     conn: &impl ConnectionTrait,
     subscription: subscriptions::Model,
     expires_at: DateTime<Utc>,
     data_limit: Option<i64>,
     user: Option<&PanelUser>,
-    subscription_url: Option<String>,
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+) -> Result<Option<String>, DbErr> {
     let status = user.map_or("absent", |u| panel::status_str(u.status));
+    let fresh = user.and_then(|u| link(&subscription, u));
     let mut row: subscriptions::ActiveModel = subscription.into();
     row.expires_at = Set(expires_at);
     row.data_limit_bytes = Set(data_limit);
     row.status = Set(status.to_owned());
-    if subscription_url.is_some() {
-        row.subscription_url = Set(subscription_url);
+    if let Some((url, key)) = fresh {
+        row.subscription_url = Set(Some(url));
+        row.panel_key = Set(key);
     }
     row.synced_at = Set(Some(now));
     row.sync_error = Set(None);
     row.updated_at = Set(now);
-    row.update(conn).await?;
-    Ok(())
+    Ok(row.update(conn).await?.subscription_url)
+}
+
+/// The link and key to store from the panel's answer `user`, or `None` to keep the stored
+/// ones. Marzban and PasarGuard answer every call with a new subscription URL (its token
+/// embeds the time), and each stays valid until the subscription is revoked — which also
+/// gives the user new keys. So the stored link is kept while the panel user has the key it
+/// came with and the panel's link differs from it only in its last segment (the token; the
+/// same panel and path): the customer keeps one link, and the bot resends its QR code by
+/// `file_id`. A new key (revoked, or the user made anew), a link elsewhere (another panel
+/// after a migration, a new subscription domain) or a panel user without a key, about whom
+/// nothing can be told, brings the panel's link. An empty URL (a list answer of PasarGuard
+/// without `load_sub`) is no link.
+fn link(stored: &subscriptions::Model, user: &PanelUser) -> Option<(String, Option<String>)> {
+    let fresh = user.subscription_url.as_str();
+    if fresh.is_empty() {
+        return None;
+    }
+    let base = |url: &str| url.rsplit_once('/').map(|(base, _)| base.to_owned());
+    let unrevoked = user.key.is_some() && stored.panel_key == user.key;
+    let same_place = stored
+        .subscription_url
+        .as_deref()
+        .is_some_and(|kept| base(kept) == base(fresh));
+    if unrevoked && same_place {
+        return None;
+    }
+    Some((fresh.to_owned(), user.key.clone()))
 }
 
 fn change(
@@ -1252,5 +1276,92 @@ fn change(
         marzban_username: desired.username.as_str().to_owned(),
         expires_at,
         subscription_url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::panel::UserStatus;
+
+    fn stored(url: Option<&str>, key: Option<&str>) -> subscriptions::Model {
+        subscriptions::Model {
+            id: 1,
+            user_id: 1,
+            marzban_username: "tg_1".into(),
+            expires_at: Utc::now(),
+            data_limit_bytes: None,
+            status: "active".into(),
+            subscription_url: url.map(str::to_owned),
+            panel_key: key.map(str::to_owned),
+            synced_at: None,
+            sync_error: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn answer(url: &str, key: Option<&str>) -> PanelUser {
+        PanelUser {
+            username: "tg_1".into(),
+            status: UserStatus::Active,
+            expire: None,
+            data_limit: None,
+            used_traffic: 0,
+            subscription_url: url.into(),
+            key: key.map(str::to_owned),
+        }
+    }
+
+    const KEPT: &str = "https://panel.example/sub/dGdfMSwxNzY0.aaaa";
+    const FRESH: &str = "https://panel.example/sub/dGdfMSwxNzY1.bbbb";
+
+    #[test]
+    fn the_stored_link_stays_while_the_key_and_the_place_are_the_same() {
+        assert_eq!(
+            link(&stored(Some(KEPT), Some("k1")), &answer(FRESH, Some("k1"))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_new_key_a_new_place_or_no_key_brings_the_panels_link() {
+        let fresh = |key: Option<&str>| Some((FRESH.to_owned(), key.map(str::to_owned)));
+        // Revoked: the panel gave the user new keys.
+        assert_eq!(
+            link(&stored(Some(KEPT), Some("k1")), &answer(FRESH, Some("k2"))),
+            fresh(Some("k2"))
+        );
+        // Another panel (a migration that kept the keys) or another subscription domain.
+        let elsewhere = "https://sub.other.example/Xk3pQ9abcdEFGH12";
+        assert_eq!(
+            link(
+                &stored(Some(KEPT), Some("k1")),
+                &answer(elsewhere, Some("k1"))
+            ),
+            Some((elsewhere.to_owned(), Some("k1".to_owned())))
+        );
+        // Nothing to tell by: no key on the panel, or none stored (a row from before).
+        assert_eq!(
+            link(&stored(Some(KEPT), None), &answer(FRESH, None)),
+            fresh(None)
+        );
+        assert_eq!(
+            link(&stored(Some(KEPT), None), &answer(FRESH, Some("k1"))),
+            fresh(Some("k1"))
+        );
+        // No link yet.
+        assert_eq!(
+            link(&stored(None, Some("k1")), &answer(FRESH, Some("k1"))),
+            fresh(Some("k1"))
+        );
+    }
+
+    #[test]
+    fn an_empty_url_keeps_what_is_stored() {
+        assert_eq!(
+            link(&stored(Some(KEPT), Some("k1")), &answer("", Some("k2"))),
+            None
+        );
     }
 }

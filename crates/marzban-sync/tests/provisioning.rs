@@ -640,6 +640,57 @@ async fn two_payments_stack_and_keep_the_customers_key(mut h: Harness) {
     h.finish().await;
 }
 
+/// The panel answers every call with a new subscription URL, all of them valid until the
+/// subscription is revoked: a renewal keeps the link the customer has (so the bot can resend
+/// its QR code by `file_id`), and a revoke on the panel brings the panel's new link.
+async fn renewals_keep_the_customers_link_until_the_panel_revokes_it(mut h: Harness) {
+    let user = h.user(100_003).await;
+    let month = h.tariff("month_1", 30, None).await;
+    let status = |url: String| async move {
+        reqwest::get(format!("{url}/info"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+
+    let first = h.pay(user, &month).await;
+    h.publish(&completed(&first)).await;
+    let link = h.activated().await.subscription.subscription_url;
+
+    let second = h.pay(user, &month).await;
+    h.publish(&completed(&second)).await;
+    let renewed = h.activated().await.subscription;
+    assert_eq!(renewed.payment_id, second.id);
+    assert_eq!(
+        renewed.subscription_url, link,
+        "the customer keeps one link"
+    );
+    assert_eq!(h.emu.count(route::MODIFY_USER), 1);
+    assert_eq!(status(link.clone()).await, 200, "the kept link works");
+    assert_eq!(
+        h.subscription(user).await.subscription_url.as_deref(),
+        Some(link.as_str())
+    );
+
+    // An admin revokes the subscription on the panel: the old link stops working, the
+    // customer's key changes, and the next activation carries the panel's new link.
+    h.emu
+        .edit_user("tg_100003", |u| u.revoke_sub(Utc::now()))
+        .unwrap();
+    assert_eq!(status(link.clone()).await, 404, "revoked");
+    let third = h.pay(user, &month).await;
+    h.publish(&completed(&third)).await;
+    let after = h.activated().await.subscription.subscription_url;
+    assert_ne!(after, link);
+    assert_eq!(status(after.clone()).await, 200, "the new link works");
+    assert_eq!(
+        h.subscription(user).await.subscription_url.as_deref(),
+        Some(after.as_str())
+    );
+    h.finish().await;
+}
+
 async fn concurrent_payments_of_one_user_serialise_and_stack(mut h: Harness) {
     let user = h.user(100_010).await;
     let month = h.tariff("month_1", 30, Some(100 * GIB)).await;
@@ -1687,6 +1738,7 @@ macro_rules! on_both_buses {
 on_both_buses! {
     payment_completed_five_times_extends_once_and_announces_an_absolute_url => "ms-once",
     two_payments_stack_and_keep_the_customers_key => "ms-stack",
+    renewals_keep_the_customers_link_until_the_panel_revokes_it => "ms-link",
     concurrent_payments_of_one_user_serialise_and_stack => "ms-concurrent",
     panel_down_for_several_retries_then_activated_once => "ms-down",
     panel_that_applies_but_answers_500_is_not_applied_twice => "ms-500",

@@ -258,6 +258,20 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// `revoke_sub`: new proxy ids and passwords, and every subscription token issued so far
+    /// refused.
+    pub fn revoke_sub(&mut self, now: DateTime<Utc>) {
+        for settings in self.proxies.values_mut() {
+            if settings.contains_key("id") {
+                settings.insert("id".into(), Value::String(Uuid::new_v4().to_string()));
+            }
+            if settings.contains_key("password") {
+                settings.insert("password".into(), Value::String(api::random_password()));
+            }
+        }
+        self.sub_revoked_at = now.naive_utc();
+    }
+
     /// The VLESS UUID: the customer's key.
     pub fn vless_id(&self) -> Option<&str> {
         self.proxies.get("vless")?.get("id")?.as_str()
@@ -1290,15 +1304,7 @@ mod api {
         let Some(user) = state.users.get_mut(name) else {
             return user_not_found();
         };
-        for settings in user.proxies.values_mut() {
-            if settings.contains_key("id") {
-                settings.insert("id".into(), Value::String(Uuid::new_v4().to_string()));
-            }
-            if settings.contains_key("password") {
-                settings.insert("password".into(), Value::String(random_password()));
-            }
-        }
-        user.sub_revoked_at = now.naive_utc();
+        user.revoke_sub(now);
         user_response(state, config, name, now)
     }
 
@@ -1873,7 +1879,7 @@ mod api {
         }
     }
 
-    fn random_password() -> String {
+    pub(super) fn random_password() -> String {
         Uuid::new_v4().simple().to_string()[..22].to_owned()
     }
 

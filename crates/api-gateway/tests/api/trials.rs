@@ -119,6 +119,7 @@ async fn a_customer_who_paid_or_has_a_subscription_gets_no_trial() {
         sync_error: sea_orm::ActiveValue::Set(None),
         created_at: sea_orm::ActiveValue::Set(now),
         updated_at: sea_orm::ActiveValue::Set(now),
+        ..Default::default()
     })
     .exec(&app.db.conn)
     .await

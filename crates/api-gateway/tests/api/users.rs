@@ -48,6 +48,7 @@ async fn an_admin_sees_a_customer_by_id_or_username() {
         sync_error: Set(None),
         created_at: Set(Utc::now()),
         updated_at: Set(Utc::now()),
+        ..Default::default()
     }
     .insert(db)
     .await

@@ -20,6 +20,10 @@ pub struct Model {
     pub status: String,
     #[sea_orm(column_type = "Text", nullable)]
     pub subscription_url: Option<String>,
+    /// The panel user's key (VLESS UUID) when `subscription_url` was stored: while the panel
+    /// still shows this key, the subscription was not revoked and the stored link still works.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub panel_key: Option<String>,
     /// Last successful push to the panel.
     pub synced_at: Option<DateTimeUtc>,
     /// Last failed push to the panel, cleared on success.

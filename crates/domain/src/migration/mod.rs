@@ -48,4 +48,5 @@ migrations![
     m20261206_000900_promo_codes,
     m20261206_000910_referrals,
     m20261206_000920_broadcasts,
+    m20261207_000100_subscription_panel_key,
 ];

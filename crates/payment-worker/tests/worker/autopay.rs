@@ -108,6 +108,7 @@ async fn expiring(db: &DatabaseConnection, user_id: i64, hours: i64) -> subscrip
             sync_error: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            ..Default::default()
         }
         .insert(db)
         .await
