@@ -3,6 +3,11 @@ use std::net::{IpAddr, SocketAddr};
 use clap::Parser;
 use sandbox::{cryptobot, marzban, pasarguard, remnawave, telegram, tron, yookassa};
 
+/// The same allocator as the services (see `service_kit`): the emulators share the machine
+/// with them in the benchmarks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Local emulators for the payment system's outside services.
 #[derive(Debug, Parser)]
 #[command(name = "sandbox", version)]
