@@ -487,8 +487,11 @@ impl SubscriptionSync {
             .ok_or_else(|| {
                 SyncError::Invalid(format!("subscription {subscription_id} vanished"))
             })?;
+        // The announcement's marker first: one statement tells a copy of the message (the
+        // marker is there) and claims the announcement; an overtaken sync below fails and
+        // rolls the marker back with everything else.
         let key = announcement.key();
-        if is_announced(tx, &key).await? {
+        if !mark_announced(tx, &key).await? {
             tracing::info!(key, "announced by another copy of the message");
             return Ok(());
         }
@@ -499,7 +502,6 @@ impl SubscriptionSync {
                 sent.username, sent.expire, sent.data_limit, desired.expire, desired.data_limit
             )));
         }
-        mark_announced(tx, &key).await?;
 
         let now = ledger::whole_seconds(Utc::now());
         let expires_at = expiry_of(&desired);
@@ -1035,8 +1037,17 @@ async fn is_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, Db
     is_marked(conn, ANNOUNCED, key).await
 }
 
-async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<(), DbErr> {
-    mark(conn, ANNOUNCED, key).await
+/// Marks `key` announced; `false` if it was already (`INSERT … ON CONFLICT DO NOTHING`: a
+/// copy of the message in another transaction waits for that one's commit, then sees it).
+async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, DbErr> {
+    let inserted = processed_messages::Entity::insert(marker(ANNOUNCED, key))
+        .on_conflict_do_nothing_on([
+            processed_messages::Column::Consumer,
+            processed_messages::Column::MessageId,
+        ])
+        .exec_without_returning(conn)
+        .await?;
+    Ok(matches!(inserted, TryInsertResult::Inserted(1)))
 }
 
 /// Whether `processed_messages` holds `(consumer, key)`.
@@ -1049,15 +1060,21 @@ async fn is_marked(conn: &impl ConnectionTrait, consumer: &str, key: &str) -> Re
     )
 }
 
+/// Inserts the marker `(consumer, key)`; one already there is an error (a concurrent copy
+/// committed it after our look: the transaction fails and is retried).
 async fn mark(conn: &impl ConnectionTrait, consumer: &str, key: &str) -> Result<(), DbErr> {
-    processed_messages::Entity::insert(processed_messages::ActiveModel {
+    processed_messages::Entity::insert(marker(consumer, key))
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+fn marker(consumer: &str, key: &str) -> processed_messages::ActiveModel {
+    processed_messages::ActiveModel {
         consumer: Set(consumer.to_owned()),
         message_id: Set(key.to_owned()),
         processed_at: Set(Utc::now()),
-    })
-    .exec_without_returning(conn)
-    .await?;
-    Ok(())
+    }
 }
 
 fn expiry_of(desired: &Desired) -> DateTime<Utc> {
