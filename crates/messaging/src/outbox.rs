@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::entities::outbox;
+use futures::FutureExt;
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -279,7 +280,7 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Publishes until `shutdown`: a full batch is followed at once by the next; an empty
+    /// Publishes until `shutdown`: a full batch is followed at once by the next; a shorter
     /// one waits for the poll interval or a nudge; failures back off exponentially. A batch
     /// in progress is finished before stopping.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -288,6 +289,11 @@ impl OutboxRelay {
             if shutdown.is_cancelled() {
                 break;
             }
+            // A nudge already waiting is answered by this claim, which sees every row
+            // committed before it starts: dropped here, it would cost an empty claim (a
+            // transaction) after nearly every batch, since writers nudge after their commit.
+            // A nudge that comes once the claim has begun stays for the next one.
+            let _ = self.nudge.notified().now_or_never();
             let outcome = self.run_once().await;
             let failed = match &outcome {
                 Ok(batch) if batch.failed == 0 => {

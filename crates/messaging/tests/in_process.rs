@@ -80,3 +80,8 @@ async fn a_failed_publish_leaves_its_row_open() {
 async fn on_postgres_a_failed_publish_leaves_its_row_open() {
     common::a_failed_publish_leaves_its_row_open(Fixture::memory_pg().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_answers_the_nudges_before_it() {
+    common::a_claim_answers_the_nudges_before_it(Fixture::memory_sqlite().await).await;
+}

@@ -258,3 +258,8 @@ async fn queue_count_is_the_work_queue_depth() {
 async fn a_failed_publish_leaves_its_row_open() {
     common::a_failed_publish_leaves_its_row_open(Fixture::rabbit_pg("nacked").await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_answers_the_nudges_before_it() {
+    common::a_claim_answers_the_nudges_before_it(Fixture::rabbit_pg("claim").await).await;
+}

@@ -848,6 +848,56 @@ pub async fn handler_commit_wakes_the_relay(fx: Fixture) {
     fx.finish().await;
 }
 
+/// Writers nudge the relay after their commit, so a nudge is often waiting when the relay
+/// claims the very row it announces. The claim answers it: no second, empty claim follows,
+/// and a row committed later still wakes the relay.
+pub async fn a_claim_answers_the_nudges_before_it(fx: Fixture) {
+    let claims = Arc::new(AtomicU32::new(0));
+    let mut db = fx.db.clone();
+    let counter = claims.clone();
+    db.set_metric_callback(move |info| {
+        let sql = &info.statement.sql;
+        if sql.starts_with("SELECT") && sql.contains(r#"FROM "outbox""#) {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let relay = OutboxRelay::new(
+        db,
+        fx.publisher(),
+        RelayConfig {
+            batch_size: 10,
+            poll_interval: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(3600),
+        },
+    );
+    let nudge = relay.nudge();
+    for _ in 0..2 {
+        fx.enqueue_committed().await;
+        nudge.notify_one();
+    }
+    fx.track(relay.spawn(fx.shutdown.clone()));
+    eventually("both rows are published", || async {
+        fx.pending().await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        claims.load(Ordering::SeqCst),
+        1,
+        "one claim took both rows and answered both nudges"
+    );
+
+    fx.enqueue_committed().await;
+    nudge.notify_one();
+    eventually("the later row is published", || async {
+        fx.pending().await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(claims.load(Ordering::SeqCst), 2);
+    fx.finish().await;
+}
+
 /// What a [`Preparing`] handler did.
 #[derive(Default)]
 pub struct PreparingState {
