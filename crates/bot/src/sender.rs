@@ -38,7 +38,7 @@ use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot as Api;
 use frankenstein::methods::SendMessageParams;
 use frankenstein::types::{InlineKeyboardMarkup, ReplyMarkup};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ratelimit::{Keyed, Rate};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
@@ -459,15 +459,20 @@ impl Sender {
         self.nudge.clone()
     }
 
-    /// Drains until `shutdown`.
+    /// Drains until `shutdown`: a full batch is followed at once by the next; a shorter one
+    /// waits for a nudge or the poll.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         loop {
+            // A nudge already waiting is answered by this claim, which sees every row
+            // committed before it: the notifier nudges after its commit, so kept it would cost
+            // an empty claim after nearly every batch (as in the outbox relay).
+            let _ = self.nudge.notified().now_or_never();
             let drained = tokio::select! {
                 () = shutdown.cancelled() => return,
                 drained = self.run_once() => drained,
             };
             let idle = match drained {
-                Ok(drained) => drained.claimed == 0,
+                Ok(drained) => (drained.claimed as u64) < self.config.batch,
                 Err(error) => {
                     tracing::warn!(%error, "send queue: cannot claim rows");
                     true
@@ -491,6 +496,9 @@ impl Sender {
             claimed: rows.len(),
             ..Drained::default()
         };
+        if rows.is_empty() {
+            return Ok(drained);
+        }
         // One chat's rows go one after another, in order; chats go side by side. Once a row
         // of a chat is put back, the chat's later rows are put back to the same time, so the
         // chat's order holds on the next claim too.
@@ -797,6 +805,7 @@ pub const METRIC_SENT: &str = "bot_send_queue_total";
 #[cfg(test)]
 mod tests {
     use domain::migration::Migrator;
+    use sea_orm::PaginatorTrait;
     use sea_orm_migration::MigratorTrait;
 
     use super::*;
@@ -831,5 +840,76 @@ mod tests {
             .collect();
         assert_eq!(claimed, ["n", "r", "b"], "notifications first");
         assert!(sender.claim().await.unwrap().is_empty(), "leased");
+    }
+
+    /// The notifier nudges the sender after its commit, often for rows the sender has
+    /// already claimed: the claim answers the nudges waiting before it, so no empty claim
+    /// follows, and a row queued later still wakes the sender.
+    #[tokio::test]
+    async fn a_claim_answers_the_nudges_before_it() {
+        let mut db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let claims = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = claims.clone();
+        db.set_metric_callback(move |info| {
+            if info.statement.sql.starts_with(r#"UPDATE "send_queue""#)
+                && info.statement.sql.contains("IN (SELECT")
+            {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let claims = move || claims.load(std::sync::atomic::Ordering::SeqCst);
+        // The chat blocked the bot: its rows are settled without a call to Telegram.
+        block(&db, 7).await.unwrap();
+        let queue = |key: &str| {
+            [Queued {
+                chat: 7,
+                kind: Kind::Notification,
+                dedupe_key: key.to_owned(),
+                message: Outgoing::text("hi".into(), None),
+            }]
+        };
+        let settled = |db: DatabaseConnection, n: u64| async move {
+            for _ in 0..200 {
+                let done = send_queue::Entity::find()
+                    .filter(send_queue::Column::Status.eq(send_queue::SKIPPED))
+                    .count(&db)
+                    .await
+                    .unwrap();
+                if done == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{n} rows were not settled");
+        };
+        let api = Api::new_url("http://127.0.0.1:9/botX".to_owned());
+        let config = SenderConfig {
+            poll: Duration::from_secs(3600),
+            ..SenderConfig::default()
+        };
+        let sender = Arc::new(Sender::new(api, db.clone(), config));
+        let nudge = sender.nudge();
+        for key in ["a", "b"] {
+            enqueue(&db, &queue(key)).await.unwrap();
+            nudge.notify_one();
+        }
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(sender.run(shutdown.clone()));
+        settled(db.clone(), 2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            claims(),
+            1,
+            "one claim took both rows and answered both nudges"
+        );
+
+        enqueue(&db, &queue("c")).await.unwrap();
+        nudge.notify_one();
+        settled(db.clone(), 3).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(claims(), 2);
+        shutdown.cancel();
+        running.await.unwrap();
     }
 }
