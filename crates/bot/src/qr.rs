@@ -49,21 +49,21 @@ fn render(code: &QrCode) -> Result<QrPng, QrError> {
     let side = (modules + 2 * QUIET_ZONE) * SCALE;
     let side_u32 = u32::try_from(side).map_err(std::io::Error::other)?;
     let row_bytes = Format::Gray1.row_bytes(side_u32);
-    // 1 bit a pixel, 1 = white: start white, clear the dark modules' pixels.
+    // 1 bit a pixel, 1 = white: start white, clear the dark modules' pixels. The SCALE pixel
+    // rows of a module row are the same: each is drawn once and copied.
     let mut pixels = vec![0xFF_u8; row_bytes * side];
-    for y in 0..side {
-        let Some(my) = (y / SCALE).checked_sub(QUIET_ZONE).filter(|m| *m < modules) else {
-            continue;
-        };
-        let row = &mut pixels[y * row_bytes..(y + 1) * row_bytes];
-        for x in 0..side {
-            let dark = (x / SCALE)
-                .checked_sub(QUIET_ZONE)
-                .filter(|m| *m < modules)
-                .is_some_and(|mx| code[(mx, my)] == Color::Dark);
-            if dark {
+    for my in 0..modules {
+        let top = (QUIET_ZONE + my) * SCALE;
+        let (above, rest) = pixels.split_at_mut((top + 1) * row_bytes);
+        let row = &mut above[top * row_bytes..];
+        for mx in (0..modules).filter(|&mx| code[(mx, my)] == Color::Dark) {
+            let left = (QUIET_ZONE + mx) * SCALE;
+            for x in left..left + SCALE {
                 row[x / 8] &= !(0x80 >> (x % 8));
             }
+        }
+        for copy in rest[..(SCALE - 1) * row_bytes].chunks_mut(row_bytes) {
+            copy.copy_from_slice(row);
         }
     }
     let bytes = png::encode(side_u32, side_u32, Format::Gray1, &pixels)?;
