@@ -8,14 +8,14 @@
 
 use chrono::{DateTime, Utc};
 use domain::PaymentStatus;
-use domain::entities::{payments, tariffs, users};
+use domain::entities::{payment_promos, payments, referrals, tariffs, users};
 use messaging::events::{
     PaymentCompleted, PaymentFailed, PaymentRefunded, PaymentSnapshot, PaymentUnderpaid,
 };
 use messaging::{Envelope, Event, OutboxError};
 use payment_core::ProviderPayment;
 pub use payment_core::background::{Shortfall, TaskCause};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::json;
 use uuid::Uuid;
@@ -213,7 +213,7 @@ pub async fn apply<C: ConnectionTrait>(
     };
 
     let from = payment.status;
-    let snapshot = snapshot(tx, &payment).await?;
+    let (snapshot, ties) = snapshot_and_ties(tx, &payment).await?;
     for next in steps {
         let Some(moved) = transition(tx, &payment, next, answer).await? else {
             // Another transaction moved it first (only possible without row locks); theirs
@@ -233,8 +233,12 @@ pub async fn apply<C: ConnectionTrait>(
         };
         announce(tx, &snapshot, &payment, &moved, trigger).await?;
         crate::autopay::record(tx, &moved, answer).await?;
-        promo_use(tx, &moved).await?;
-        crate::referral::reward(tx, &moved).await?;
+        if ties.promo {
+            promo_use(tx, &moved).await?;
+        }
+        if ties.open_referral {
+            crate::referral::reward(tx, &moved).await?;
+        }
         payment = moved;
     }
     Ok(Applied::Moved {
@@ -310,27 +314,68 @@ fn failure_reason(next: PaymentStatus, answer: &ProviderPayment) -> String {
         .unwrap_or_else(|| next.as_str().to_owned())
 }
 
+/// What else a transition of the payment may have to update: most payments have neither, and
+/// then the statements that would find nothing are not sent.
+#[derive(Debug, Clone, Copy)]
+struct Ties {
+    /// The payment carries a promo code (`payment_promos`), whose use a success counts and a
+    /// refund gives back.
+    promo: bool,
+    /// The payer was referred and the referral is not rewarded yet: a first success rewards it.
+    open_referral: bool,
+}
+
 async fn snapshot<C: ConnectionTrait>(
     tx: &C,
     payment: &payments::Model,
 ) -> Result<PaymentSnapshot, ApplyError> {
-    // The payer's Telegram id and the tariff's code, in one statement.
-    let (telegram_id, tariff_code): (i64, String) = payments::Entity::find_by_id(payment.id)
-        .select_only()
-        .column(users::Column::TelegramId)
-        .column(tariffs::Column::Code)
-        .inner_join(users::Entity)
-        .inner_join(tariffs::Entity)
-        .into_tuple()
-        .one(tx)
-        .await?
-        .ok_or_else(|| {
-            DbErr::RecordNotFound(format!(
-                "user {} or tariff {} of payment {}",
-                payment.user_id, payment.tariff_id, payment.id
-            ))
-        })?;
-    Ok(PaymentSnapshot {
+    Ok(snapshot_and_ties(tx, payment).await?.0)
+}
+
+/// The event snapshot (the payer's Telegram id, the tariff's code) and the payment's [`Ties`],
+/// in one statement. The ties are read in the transition's transaction: the promo row is
+/// written with the payment, and a referral is recorded when the user first comes to the bot.
+async fn snapshot_and_ties<C: ConnectionTrait>(
+    tx: &C,
+    payment: &payments::Model,
+) -> Result<(PaymentSnapshot, Ties), ApplyError> {
+    use sea_orm::sea_query::ExprTrait as _;
+    let promo = Query::select()
+        .expr(Expr::val(1))
+        .from(payment_promos::Entity)
+        .and_where(
+            Expr::col((payment_promos::Entity, payment_promos::Column::PaymentId))
+                .equals((payments::Entity, payments::Column::Id)),
+        )
+        .to_owned();
+    let referral = Query::select()
+        .expr(Expr::val(1))
+        .from(referrals::Entity)
+        .and_where(
+            Expr::col((referrals::Entity, referrals::Column::ReferredUserId))
+                .equals((payments::Entity, payments::Column::UserId)),
+        )
+        .and_where(referrals::Column::RewardedPaymentId.is_null())
+        .to_owned();
+    let (telegram_id, tariff_code, promo, open_referral): (i64, String, bool, bool) =
+        payments::Entity::find_by_id(payment.id)
+            .select_only()
+            .column(users::Column::TelegramId)
+            .column(tariffs::Column::Code)
+            .column_as(Expr::exists(promo), "promo")
+            .column_as(Expr::exists(referral), "open_referral")
+            .inner_join(users::Entity)
+            .inner_join(tariffs::Entity)
+            .into_tuple()
+            .one(tx)
+            .await?
+            .ok_or_else(|| {
+                DbErr::RecordNotFound(format!(
+                    "user {} or tariff {} of payment {}",
+                    payment.user_id, payment.tariff_id, payment.id
+                ))
+            })?;
+    let snapshot = PaymentSnapshot {
         payment_id: payment.id,
         user_id: payment.user_id,
         telegram_id,
@@ -338,7 +383,14 @@ async fn snapshot<C: ConnectionTrait>(
         provider: payment.provider.clone(),
         amount_minor: payment.amount_minor,
         currency: payment.currency.code().to_owned(),
-    })
+    };
+    Ok((
+        snapshot,
+        Ties {
+            promo,
+            open_referral,
+        },
+    ))
 }
 
 /// The outbox event and the `system_logs` row of one transition.
