@@ -396,14 +396,6 @@ pub async fn return_use<C: ConnectionTrait>(
     Ok(done.rows_affected == 1)
 }
 
-/// The extra days the payment's code gives its grant (0 without a code).
-pub async fn extra_days<C: ConnectionTrait>(conn: &C, payment_id: PaymentId) -> Result<i32, DbErr> {
-    Ok(payment_promos::Entity::find_by_id(payment_id)
-        .one(conn)
-        .await?
-        .map_or(0, |row| row.extra_days.max(0)))
-}
-
 /// One code's numbers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CodeStats {

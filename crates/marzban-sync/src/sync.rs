@@ -55,8 +55,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::entities::{
-    manual_grants, payments, processed_messages, subscription_grants, subscriptions, system_logs,
-    tariffs, users,
+    manual_grants, payment_promos, payments, processed_messages, subscription_grants,
+    subscriptions, system_logs, tariffs, users,
 };
 use domain::ids::{MarzbanUsername, TelegramUserId};
 use domain::status::PaymentStatus;
@@ -572,8 +572,10 @@ async fn record_grant(
     event: &PaymentCompleted,
 ) -> Result<Option<Intent>, SyncError> {
     let payment_id = event.payment.payment_id;
-    let (payment, tariff) = payments::Entity::find_by_id(payment_id)
+    // The payment, its tariff and its promo code (issue 23), in one statement.
+    let (payment, tariff, promo) = payments::Entity::find_by_id(payment_id)
         .find_also_related(tariffs::Entity)
+        .find_also_related(payment_promos::Entity)
         .one(tx)
         .await?
         .ok_or_else(|| SyncError::Invalid(format!("unknown payment {payment_id}")))?;
@@ -613,7 +615,7 @@ async fn record_grant(
         // a refund takes back its share of both.
         let days = tariff
             .duration_days
-            .saturating_add(domain::promo::extra_days(tx, payment_id).await?);
+            .saturating_add(promo.map_or(0, |promo| promo.extra_days.max(0)));
         let (expires_at, ledger) =
             append_grant(tx, subscription.id, Some(payment_id), KIND_PURCHASE, days).await?;
         tracing::info!(%payment_id, expires_at = %expires_at, days, "grant recorded");

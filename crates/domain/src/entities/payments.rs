@@ -98,6 +98,9 @@ pub enum Relation {
     CryptoInvoice,
     #[sea_orm(has_many = "super::provider_notifications::Entity")]
     ProviderNotifications,
+    /// The promo code the payment was made with, if any.
+    #[sea_orm(has_one = "super::payment_promos::Entity")]
+    PaymentPromo,
 }
 
 impl Related<super::users::Entity> for Entity {
@@ -121,6 +124,12 @@ impl Related<super::refunds::Entity> for Entity {
 impl Related<super::crypto_invoices::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::CryptoInvoice.def()
+    }
+}
+
+impl Related<super::payment_promos::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::PaymentPromo.def()
     }
 }
 
