@@ -1043,10 +1043,7 @@ async fn is_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, Db
 /// copy of the message in another transaction waits for that one's commit, then sees it).
 async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, DbErr> {
     let inserted = processed_messages::Entity::insert(marker(ANNOUNCED, key))
-        .on_conflict_do_nothing_on([
-            processed_messages::Column::Consumer,
-            processed_messages::Column::MessageId,
-        ])
+        .on_conflict_do_nothing()
         .exec_without_returning(conn)
         .await?;
     Ok(matches!(inserted, TryInsertResult::Inserted(1)))
@@ -1270,7 +1267,9 @@ fn link(stored: &subscriptions::Model, user: &PanelUser) -> Option<(String, Opti
     if fresh.is_empty() {
         return None;
     }
-    let base = |url: &str| url.rsplit_once('/').map(|(base, _)| base.to_owned());
+    fn base(url: &str) -> Option<&str> {
+        url.rsplit_once('/').map(|(base, _)| base)
+    }
     let unrevoked = user.key.is_some() && stored.panel_key == user.key;
     let same_place = stored
         .subscription_url
