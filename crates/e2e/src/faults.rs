@@ -380,6 +380,9 @@ async fn drive(
 /// The tariffs the fault runs buy (all of `config/tariffs.toml`).
 const TARIFFS: [&str; 4] = ["month_1", "month_3", "month_6", "month_12"];
 
+/// Tries of one payment's create, 500 ms apart (see [`customers`]).
+const CREATE_ATTEMPTS: u32 = 240;
+
 /// Creates every payment through the gateway (retrying with the same key through kills and
 /// provider faults, as the bot does) and pays, leaves or declines it on the checkout.
 /// Returns the YooKassa ids with their fates.
@@ -412,7 +415,11 @@ async fn customers(
                     let created = loop {
                         match create_payment(http, gateway, user.id, tariff, &key).await {
                             Ok(created) => break created,
-                            Err(error) if attempt < 120 => {
+                            // Patience for four of the gateway's 30-second idempotency leases:
+                            // a key whose holder was killed answers 409 `request_in_flight`
+                            // until the lease lapses, and the next holder may be killed too
+                            // (one CI run saw 409s for more than 60 s).
+                            Err(error) if attempt < CREATE_ATTEMPTS => {
                                 attempt += 1;
                                 retries.fetch_add(1, Ordering::SeqCst);
                                 tracing::debug!(%error, "create payment: retrying");
