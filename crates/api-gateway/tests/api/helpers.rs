@@ -112,7 +112,12 @@ async fn spawn_on(db: TestDb, embedded: bool, overrides: &[(&str, &str)]) -> Tes
         addr: gateway.addr,
         ops_addr: gateway.ops_addr.expect("the gateway serves ops"),
         db,
-        http: reqwest::Client::new(),
+        // Idle connections are dropped before the gateway's 5 s keep-alive closes them: a
+        // connection reused just as the server closes it fails the request (IncompleteMessage).
+        http: reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .expect("client"),
         yookassa,
         amqp_prefix,
         on_rabbitmq: !embedded,
