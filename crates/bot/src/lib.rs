@@ -146,8 +146,9 @@ pub async fn start(
         infra.db.clone(),
         infra.bus.clone(),
         RunnerConfig::default(),
-    )
-    .with_outbox_nudge(infra.outbox_nudge.clone());
+    );
+    // No outbox nudge: the notifier writes the send queue (and wakes the sender), never the
+    // outbox, so a nudge would only buy the relay an empty claim per event.
     infra.bus.declare(runner.spec()).await?;
     let consumer_stats = runner.stats();
     let consumer = runner.spawn(shutdown.clone());
