@@ -164,6 +164,14 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`Handler::prepare`] itself finds a message whose work is done, from rows it
+    /// reads anyway, and then makes no outside call. The runner then skips its own look-up of
+    /// the message's idempotency row before `prepare` (a statement a message, for the rare
+    /// copy); the copy is still told apart by that row's insert in the transaction.
+    fn prepare_spots_done_work(&self) -> bool {
+        false
+    }
+
     /// The handler's outside calls for `envelope`, with no transaction open; what it returns
     /// is handed to [`Handler::handle`]. An error fails the message like a failed `handle`.
     async fn prepare(&self, _envelope: &Envelope) -> Result<Prepared, HandlerError> {
@@ -628,6 +636,9 @@ impl ConsumerRunner {
     async fn prepare(&self, envelope: &Envelope) -> Result<Option<Prepared>, HandlerError> {
         if !self.handler.prepares() {
             return Ok(Some(Prepared::none()));
+        }
+        if self.handler.prepare_spots_done_work() {
+            return Ok(Some(self.handler.prepare(envelope).await?));
         }
         let seen =
             processed_messages::Entity::find_by_id((self.spec.name.clone(), envelope.message_id()))

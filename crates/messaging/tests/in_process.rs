@@ -56,6 +56,14 @@ async fn prepare_runs_before_and_outside_the_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_that_spots_done_work_replaces_the_runners_look_up() {
+    common::prepare_that_spots_done_work_replaces_the_runners_look_up(
+        Fixture::memory_sqlite().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_on_postgres_is_handled_in_batches() {
     common::backlog_is_handled_in_batches(Fixture::memory_pg().await).await;
 }

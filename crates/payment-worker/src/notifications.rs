@@ -5,8 +5,9 @@
 //! its retries — so it is made before the runner's transaction opens, and the transaction
 //! only records what the answer means. For each announcement:
 //!
-//! Outside any transaction ([`Handler::prepare`], on the handler's own connection; the
-//! runner has already skipped a message whose idempotency row is committed):
+//! Outside any transaction ([`Handler::prepare`], on the handler's own connection; a copy of
+//! a processed message finds its inbox row processed in step 1, so the runner does not look
+//! the message's idempotency row up first — [`Handler::prepare_spots_done_work`]):
 //!
 //! 1. read the inbox row, without a lock; if it is processed already, or a crypto notice
 //!    that the chain-watch loop checks (below), there is nothing to ask;
@@ -22,8 +23,9 @@
 //!
 //! 4. lock the inbox row; if it was processed meanwhile (another copy of the notice got there
 //!    first), this is a duplicate: done;
-//! 5. find the payment again; if it is not the one that was looked up (it appeared or was
-//!    linked after step 2), the message is retried so that the look-up is made again;
+//! 5. find the payment again, locking its row; if it is not the one that was looked up (it
+//!    appeared or was linked after step 2), the message is retried so that the look-up is
+//!    made again;
 //! 6. apply the answer ([`crate::transition::apply`]): its conditional `UPDATE` of the locked
 //!    payment row refuses an answer that is behind what another notification or
 //!    reconciliation applied since the look-up (outcome `stale`); an answer that disagrees
@@ -124,7 +126,7 @@ impl NotificationHandler {
         let charge = renewals::charge_of(&self.providers, &row);
         let payment = match &charge {
             Some(charge) => renewals::find_or_draft(&self.db, &row, charge).await?,
-            None => find_payment(&self.db, &self.providers, &row, event).await?,
+            None => find_payment(&self.db, &self.providers, &row, event, false).await?,
         };
         let Some(payment) = payment else {
             return Ok(None);
@@ -180,8 +182,10 @@ impl NotificationHandler {
                     .await
                     .map_err(HandlerError::transient)?
             }
-            None => find_payment(tx, &self.providers, &row, event).await?,
+            // Locked: the transition below changes the row as read here.
+            None => find_payment(tx, &self.providers, &row, event, true).await?,
         };
+        let locked = charge.is_none();
         let Some(payment) = payment else {
             if let Some(charge) = charge {
                 tracing::error!(notification_id = row.id, provider = %row.provider, charge = %charge.provider_payment_id, renews = %charge.renews, amount = %charge.amount, "recurring charge for a payment we do not know: stored in the inbox for an admin, not applied");
@@ -212,7 +216,13 @@ impl NotificationHandler {
             notification_id: row.id,
             event_id: envelope.event_id,
         };
+        let payment_id = payment.id;
         let outcome = match looked_up.answer {
+            Ok(answer) if locked => transition::apply_to(tx, payment, &answer, trigger)
+                .await
+                .map_err(apply_error)?
+                .outcome(),
+            // A renewal's row found, not read locked: the transition locks it.
             Ok(answer) => transition::apply(tx, payment.id, &answer, trigger)
                 .await
                 .map_err(apply_error)?
@@ -225,7 +235,7 @@ impl NotificationHandler {
                 None => rejected(&payment, &row, error)?,
             },
         };
-        finish(tx, &row, Some(payment.id), outcome).await
+        finish(tx, &row, Some(payment_id), outcome).await
     }
 }
 
@@ -274,20 +284,23 @@ async fn find_payment(
     providers: &PaymentService,
     row: &provider_notifications::Model,
     event: &ProviderNotificationReceived,
+    lock: bool,
 ) -> Result<Option<payments::Model>, DbErr> {
     let charge = providers
         .provider_named(&row.provider)
         .and_then(|p| p.notice_charge(row.body.as_bytes()));
     if let Some(charge) = charge
-        && let Some(found) = payments::find_notified(db, &row.provider, Some(&charge), None).await?
+        && let Some(found) =
+            payments::find_notified_as(db, &row.provider, Some(&charge), None, lock).await?
     {
         return Ok(Some(found));
     }
-    payments::find_notified(
+    payments::find_notified_as(
         db,
         &row.provider,
         row.provider_payment_id.as_deref(),
         [row.payment_id, event.payment_id].into_iter().flatten(),
+        lock,
     )
     .await
 }
@@ -322,6 +335,11 @@ impl Handler for NotificationHandler {
     }
 
     fn prepares(&self) -> bool {
+        true
+    }
+
+    /// Step 1 reads the inbox row anyway: a processed one asks nobody.
+    fn prepare_spots_done_work(&self) -> bool {
         true
     }
 

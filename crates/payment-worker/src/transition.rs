@@ -171,11 +171,22 @@ pub async fn apply<C: ConnectionTrait>(
     answer: &ProviderPayment,
     trigger: Trigger,
 ) -> Result<Applied, ApplyError> {
-    let mut payment = payments::Entity::find_by_id(payment_id)
+    let payment = payments::Entity::find_by_id(payment_id)
         .lock_exclusive()
         .one(tx)
         .await?
         .ok_or(ApplyError::PaymentNotFound(payment_id))?;
+    apply_to(tx, payment, answer, trigger).await
+}
+
+/// [`apply`] to a payment row the caller read locked in `tx` (`FOR UPDATE`), as it is now.
+pub async fn apply_to<C: ConnectionTrait>(
+    tx: &C,
+    mut payment: payments::Model,
+    answer: &ProviderPayment,
+    trigger: Trigger,
+) -> Result<Applied, ApplyError> {
+    let payment_id = payment.id;
 
     // `payment_core` providers check this already; a source that does not must not be able
     // to complete a payment for a different amount.

@@ -3,6 +3,7 @@
 //! Status changes go through one conditional `UPDATE … WHERE id = ? AND status IN
 //! (PaymentStatus::allowed_predecessors(next))`, in the same transaction as the outbox row.
 
+use sea_orm::QuerySelect;
 use sea_orm::entity::prelude::*;
 
 use crate::ids::PaymentId;
@@ -151,18 +152,33 @@ pub async fn find_notified<C: ConnectionTrait>(
     provider_payment_id: Option<&str>,
     candidates: impl IntoIterator<Item = PaymentId>,
 ) -> Result<Option<Model>, DbErr> {
+    find_notified_as(conn, provider, provider_payment_id, candidates, false).await
+}
+
+/// [`find_notified`], with the row found locked for the transaction `conn` (`FOR UPDATE`)
+/// when `lock` is set, so a caller that changes it needs no second read.
+pub async fn find_notified_as<C: ConnectionTrait>(
+    conn: &C,
+    provider: &crate::ProviderId,
+    provider_payment_id: Option<&str>,
+    candidates: impl IntoIterator<Item = PaymentId>,
+    lock: bool,
+) -> Result<Option<Model>, DbErr> {
+    let locked = |query: Select<Entity>| if lock { query.lock_exclusive() } else { query };
     if let Some(provider_payment_id) = provider_payment_id {
-        let found = Entity::find()
-            .filter(Column::Provider.eq(provider.clone()))
-            .filter(Column::ProviderPaymentId.eq(provider_payment_id))
-            .one(conn)
-            .await?;
+        let found = locked(
+            Entity::find()
+                .filter(Column::Provider.eq(provider.clone()))
+                .filter(Column::ProviderPaymentId.eq(provider_payment_id)),
+        )
+        .one(conn)
+        .await?;
         if found.is_some() {
             return Ok(found);
         }
     }
     for id in candidates {
-        if let Some(found) = Entity::find_by_id(id).one(conn).await? {
+        if let Some(found) = locked(Entity::find_by_id(id)).one(conn).await? {
             return Ok(Some(found));
         }
     }

@@ -930,6 +930,8 @@ pub struct Preparing {
     pub name: String,
     pub db: DatabaseConnection,
     pub state: Arc<PreparingState>,
+    /// [`Handler::prepare_spots_done_work`]: the runner leaves the look-up to `prepare`.
+    pub spots_done_work: bool,
 }
 
 impl Preparing {
@@ -940,6 +942,7 @@ impl Preparing {
                 name: name.into(),
                 db,
                 state: state.clone(),
+                spots_done_work: false,
             },
             state,
         )
@@ -995,6 +998,10 @@ impl Handler for Preparing {
         true
     }
 
+    fn prepare_spots_done_work(&self) -> bool {
+        self.spots_done_work
+    }
+
     async fn prepare(&self, envelope: &Envelope) -> Result<Prepared, HandlerError> {
         let call = self.state.prepares.fetch_add(1, Ordering::SeqCst) + 1;
         let mut violations = Vec::new();
@@ -1005,6 +1012,11 @@ impl Handler for Preparing {
         }
         match self.marker_written(envelope).await {
             Ok(false) => {}
+            // Done work it spots itself: told so by handing `handle` nothing.
+            Ok(true) if self.spots_done_work => {
+                self.state.violations.lock().unwrap().extend(violations);
+                return Ok(Prepared::none());
+            }
             Ok(true) => violations.push(format!("prepare #{call}: the marker is written")),
             Err(err) => violations.push(format!("prepare #{call}: {err}")),
         }
@@ -1066,6 +1078,38 @@ pub async fn prepare_runs_outside_the_transaction(fx: Fixture) {
     .await;
     assert_eq!(state.calls(), (3, 1), "no more calls for the duplicate");
     assert_eq!(fx.effects("preparing", &event).await, 1);
+    assert!(
+        state.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        state.violations.lock().unwrap()
+    );
+    fx.finish().await;
+}
+
+/// A handler whose `prepare` spots done work itself is asked about a processed message
+/// instead of the runner's look-up of the idempotency row; the copy is still a duplicate,
+/// handled once.
+pub async fn prepare_that_spots_done_work_replaces_the_runners_look_up(fx: Fixture) {
+    let (mut handler, state) = Preparing::new("spotting", fx.db.clone());
+    handler.spots_done_work = true;
+    let runner = fx.runner(handler, short_retries()).await;
+    let stats = runner.stats();
+    fx.track(runner.spawn(fx.shutdown.clone()));
+
+    let event = payment_completed();
+    fx.bus.publish_envelope(&event).await.unwrap();
+    eventually("handled", || async { stats.handled() == 1 }).await;
+    fx.bus.publish_envelope(&event).await.unwrap();
+    eventually("the copy is a duplicate", || async {
+        stats.duplicates() == 1
+    })
+    .await;
+    assert_eq!(
+        state.calls(),
+        (2, 1),
+        "(prepare, handle): prepare saw the copy, handle did not"
+    );
+    assert_eq!(fx.effects("spotting", &event).await, 1);
     assert!(
         state.violations.lock().unwrap().is_empty(),
         "{:?}",
