@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::entities::outbox;
 use futures::FutureExt;
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
@@ -52,17 +52,41 @@ pub async fn enqueue<C: ConnectionTrait>(
     conn: &C,
     envelope: &Envelope,
 ) -> Result<i64, OutboxError> {
-    let row = outbox::ActiveModel {
+    let row = row(envelope, Utc::now())?;
+    Ok(outbox::Entity::insert(row).exec(conn).await?.last_insert_id)
+}
+
+/// The unpublished outbox row of `envelope`.
+fn row(envelope: &Envelope, now: DateTime<Utc>) -> Result<outbox::ActiveModel, OutboxError> {
+    Ok(outbox::ActiveModel {
         id: NotSet,
         event_id: Set(envelope.event_id),
         routing_key: Set(envelope.routing_key().to_owned()),
         envelope: Set(envelope.to_json()?),
-        created_at: Set(Utc::now()),
+        created_at: Set(now),
         published_at: Set(None),
         attempts: Set(0),
         last_error: Set(None),
-    };
-    Ok(outbox::Entity::insert(row).exec(conn).await?.last_insert_id)
+    })
+}
+
+/// [`enqueue`] for several envelopes, in one multi-row insert (none for an empty slice).
+pub async fn enqueue_all<C: ConnectionTrait>(
+    conn: &C,
+    envelopes: &[Envelope],
+) -> Result<(), OutboxError> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let rows = envelopes
+        .iter()
+        .map(|envelope| row(envelope, now))
+        .collect::<Result<Vec<_>, OutboxError>>()?;
+    outbox::Entity::insert_many(rows)
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
 }
 
 /// Number of rows not yet published (for metrics and tests).

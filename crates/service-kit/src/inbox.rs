@@ -11,6 +11,7 @@
 //! is acknowledged before it is durable; if a group's transaction fails, its notices are
 //! written one by one, so one bad notice cannot fail the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,11 +20,8 @@ use domain::PaymentId;
 use domain::entities::{payments, provider_notifications};
 use messaging::Envelope;
 use messaging::events::ProviderNotificationReceived;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    TryInsertResult,
-};
+use sea_orm::sea_query::{Expr, Func, OnConflict, Query, QueryStatementBuilder};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -199,10 +197,7 @@ async fn store_all(
     notices: &[&Notice],
 ) -> Result<Vec<Stored>, InboxError> {
     let txn = crate::db::begin_write(db).await?;
-    let mut stored = Vec::with_capacity(notices.len());
-    for notice in notices {
-        stored.push(store_in(&txn, notice).await?);
-    }
+    let stored = store_all_in(&txn, notices).await?;
     txn.commit().await?;
     Ok(stored)
 }
@@ -210,66 +205,124 @@ async fn store_all(
 /// Stores `notice` and its outbox row inside the caller's transaction (the caller commits
 /// and nudges).
 pub async fn store_in<C: ConnectionTrait>(conn: &C, notice: &Notice) -> Result<Stored, InboxError> {
-    let payment_id = match_payment(conn, notice).await?;
-    let row = provider_notifications::ActiveModel {
-        id: NotSet,
-        provider: Set(notice.provider.clone()),
-        dedupe_key: Set(notice.dedupe_key.clone()),
-        source: Set(notice.source.to_owned()),
-        peer: Set(notice.peer.clone()),
-        body: Set(notice.body.clone()),
-        provider_payment_id: Set(notice.provider_payment_id.clone()),
-        payment_id: Set(payment_id),
-        received_at: Set(Utc::now()),
-        processed_at: Set(None),
-        outcome: Set(None),
-    };
-    let inserted = provider_notifications::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                provider_notifications::Column::Provider,
-                provider_notifications::Column::DedupeKey,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .try_insert()
-        .exec(conn)
-        .await?;
-    let notification_id = match inserted {
-        TryInsertResult::Inserted(result) => result.last_insert_id,
-        TryInsertResult::Conflicted | TryInsertResult::Empty => return Ok(Stored::Duplicate),
-    };
-    let event = ProviderNotificationReceived {
-        provider: notice.provider.clone(),
-        notification_id,
-        dedupe_key: notice.dedupe_key.clone(),
-        payment_id,
-    };
-    // Notices about payments we do not know still need a correlation id: the nil UUID says
-    // "no payment" without inventing one.
-    let envelope = Envelope::new(&event, payment_id.map_or(Uuid::nil(), Uuid::from), None)?;
-    messaging::outbox::enqueue(conn, &envelope).await?;
-    Ok(Stored::New {
-        notification_id,
-        payment_id,
-    })
+    let mut stored = store_all_in(conn, &[notice]).await?;
+    Ok(stored.pop().unwrap_or(Stored::Duplicate))
 }
 
-/// Our payment, by the provider's id first, else by the id the notice claims; `None` when we
-/// do not know it (the notice is still recorded).
-async fn match_payment<C: ConnectionTrait>(
+/// Stores `notices` and their outbox rows inside the caller's transaction, in two statements
+/// whatever their number: one multi-row insert into the inbox that matches each notice's
+/// payment as it goes ([`matched_payment`]) and skips the keys stored already (also a key
+/// twice in `notices`: its first copy is the new one), then one multi-row insert of the new
+/// notices' outbox rows. Answers in the order of `notices`.
+async fn store_all_in<C: ConnectionTrait>(
     conn: &C,
-    notice: &Notice,
-) -> Result<Option<PaymentId>, InboxError> {
-    let found = payments::find_notified(
-        conn,
-        &notice.provider,
-        notice.provider_payment_id.as_deref(),
-        notice.claimed_payment_id,
-    )
-    .await?;
-    Ok(found.map(|payment| payment.id))
+    notices: &[&Notice],
+) -> Result<Vec<Stored>, InboxError> {
+    use provider_notifications::Column as N;
+    if notices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let mut insert = Query::insert();
+    insert
+        .into_table(provider_notifications::Entity)
+        .columns([
+            N::Provider,
+            N::DedupeKey,
+            N::Source,
+            N::Peer,
+            N::Body,
+            N::ProviderPaymentId,
+            N::PaymentId,
+            N::ReceivedAt,
+        ])
+        .on_conflict(
+            OnConflict::columns([N::Provider, N::DedupeKey])
+                .do_nothing()
+                .to_owned(),
+        )
+        .returning_all();
+    for notice in notices {
+        insert.values_panic([
+            notice.provider.clone().into(),
+            notice.dedupe_key.clone().into(),
+            notice.source.into(),
+            notice.peer.clone().into(),
+            notice.body.clone().into(),
+            notice.provider_payment_id.clone().into(),
+            matched_payment(notice),
+            now.into(),
+        ]);
+    }
+    let backend = conn.get_database_backend();
+    let mut inserted: HashMap<(domain::ProviderId, String), provider_notifications::Model> =
+        provider_notifications::Entity::find()
+            .from_raw_sql(backend.build(&insert))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|row| ((row.provider.clone(), row.dedupe_key.clone()), row))
+            .collect();
+    let mut stored = Vec::with_capacity(notices.len());
+    let mut envelopes = Vec::new();
+    for notice in notices {
+        let key = (notice.provider.clone(), notice.dedupe_key.clone());
+        let Some(row) = inserted.remove(&key) else {
+            stored.push(Stored::Duplicate);
+            continue;
+        };
+        let event = ProviderNotificationReceived {
+            provider: row.provider,
+            notification_id: row.id,
+            dedupe_key: row.dedupe_key,
+            payment_id: row.payment_id,
+        };
+        // Notices about payments we do not know still need a correlation id: the nil UUID
+        // says "no payment" without inventing one.
+        let correlation = row.payment_id.map_or(Uuid::nil(), Uuid::from);
+        envelopes.push(Envelope::new(&event, correlation, None)?);
+        stored.push(Stored::New {
+            notification_id: row.id,
+            payment_id: row.payment_id,
+        });
+    }
+    messaging::outbox::enqueue_all(conn, &envelopes).await?;
+    Ok(stored)
+}
+
+/// Our payment, as the statement storing the notice reads it: by the provider's id first,
+/// else by the id the notice claims; NULL when we do not know it (the notice is still
+/// recorded). The rule of [`payments::find_notified`], as an expression.
+fn matched_payment(notice: &Notice) -> Expr {
+    use payments::Column as P;
+    let by_provider = notice
+        .provider_payment_id
+        .as_ref()
+        .map(|provider_payment_id| {
+            Query::select()
+                .column(P::Id)
+                .from(payments::Entity)
+                .and_where(P::Provider.eq(notice.provider.clone()))
+                .and_where(P::ProviderPaymentId.eq(provider_payment_id.clone()))
+                .to_owned()
+        });
+    let by_claim = notice.claimed_payment_id.map(|claimed| {
+        Query::select()
+            .column(P::Id)
+            .from(payments::Entity)
+            .and_where(P::Id.eq(claimed))
+            .to_owned()
+    });
+    let mut found: Vec<Expr> = [by_provider, by_claim]
+        .into_iter()
+        .flatten()
+        .map(|query| Expr::SubQuery(None, Box::new(query.into_sub_query_statement())))
+        .collect();
+    match found.len() {
+        0 => Expr::value(Option::<PaymentId>::None),
+        1 => found.remove(0),
+        _ => Func::coalesce(found).into(),
+    }
 }
 
 #[cfg(test)]
@@ -366,5 +419,133 @@ mod tests {
             2,
             "one by one after the group failed"
         );
+    }
+
+    /// Two payments: `(by the provider's id, by our id)`.
+    async fn two_payments(db: &TestDb) -> (PaymentId, PaymentId) {
+        use domain::entities::{tariffs, users};
+        use domain::money::Currency;
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        let now = Utc::now();
+        let user = users::ActiveModel {
+            telegram_id: Set(42),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let tariff = tariffs::ActiveModel {
+            code: Set("month_1".into()),
+            title: Set("1 month".into()),
+            duration_days: Set(30),
+            price_rub_minor: Set(Some(19_900)),
+            active: Set(true),
+            sort_order: Set(1),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        for provider_payment_id in [Some("yk-1"), None] {
+            let id = PaymentId::new();
+            payments::ActiveModel {
+                id: Set(id),
+                user_id: Set(user.id),
+                tariff_id: Set(tariff.id),
+                provider: Set(domain::ProviderId::from_static("yookassa")),
+                amount_minor: Set(19_900),
+                currency: Set(Currency::Rub),
+                status: Set(domain::PaymentStatus::Pending),
+                provider_payment_id: Set(provider_payment_id.map(str::to_owned)),
+                idempotency_key: Set(format!("k-{id}")),
+                metadata: Set(serde_json::json!({})),
+                created_at: Set(now),
+                updated_at: Set(now),
+                refunded_minor: Set(0),
+                flagged: Set(false),
+                check_attempts: Set(0),
+                ..Default::default()
+            }
+            .insert(&db.conn)
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        (ids[0], ids[1])
+    }
+
+    /// The statement that stores a group matches each notice's payment: by the provider's id
+    /// first, else by the id it claims if that exists, else none — on both databases.
+    async fn a_group_matches_each_notice_to_its_payment(db: TestDb) {
+        let (by_provider, by_claim) = two_payments(&db).await;
+        let notices = [
+            Notice {
+                provider_payment_id: Some("yk-1".into()),
+                // The provider's id wins over a claim.
+                claimed_payment_id: Some(by_claim),
+                ..notice("a", "{}")
+            },
+            Notice {
+                claimed_payment_id: Some(by_claim),
+                ..notice("b", "{}")
+            },
+            Notice {
+                provider_payment_id: Some("yk-unknown".into()),
+                claimed_payment_id: Some(PaymentId::new()),
+                ..notice("c", "{}")
+            },
+            notice("d", "{}"),
+            // A key twice in one group: the first copy is the new one.
+            Notice {
+                provider_payment_id: Some("yk-1".into()),
+                ..notice("a", "{}")
+            },
+        ];
+        let stored = store_all(&db.conn, &notices.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let matched: Vec<Option<Option<PaymentId>>> = stored
+            .iter()
+            .map(|s| match s {
+                Stored::New { payment_id, .. } => Some(*payment_id),
+                Stored::Duplicate => None,
+            })
+            .collect();
+        assert_eq!(
+            matched,
+            [
+                Some(Some(by_provider)),
+                Some(Some(by_claim)),
+                Some(None),
+                Some(None),
+                None
+            ]
+        );
+        assert_eq!(rows(&db).await, (4, 4));
+        let rows = provider_notifications::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap();
+        let linked: Vec<(String, Option<PaymentId>)> = rows
+            .into_iter()
+            .map(|row| (row.dedupe_key, row.payment_id))
+            .collect();
+        assert!(
+            linked.contains(&("a".into(), Some(by_provider))),
+            "{linked:?}"
+        );
+        assert!(linked.contains(&("b".into(), Some(by_claim))), "{linked:?}");
+    }
+
+    #[tokio::test]
+    async fn a_group_matches_each_notice_to_its_payment_on_postgres() {
+        a_group_matches_each_notice_to_its_payment(TestDb::new().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_group_matches_each_notice_to_its_payment_on_sqlite() {
+        a_group_matches_each_notice_to_its_payment(TestDb::sqlite().await).await;
     }
 }
