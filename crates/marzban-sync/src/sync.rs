@@ -21,7 +21,8 @@
 //!    mistaken for one we adopt) — then it is adopted ([`panel::adopt`]: missing protocols
 //!    added, existing keys kept) or created; a create that meets 409 looks again.
 //! 3. [`Handler::handle`], in the runner's transaction (the one that inserts the
-//!    `processed_messages` marker): lock the subscription row and replay the ledger again. If
+//!    `processed_messages` marker): lock the subscription row and read its intent, which every
+//!    change of the ledger rewrites in its transaction. If
 //!    the desired state is no longer what step 2 sent — another payment or refund of the same
 //!    user committed in between, and its panel call may have landed before ours — fail
 //!    transiently: the retry sends the newer state, so the panel converges on the ledger, never
@@ -495,7 +496,7 @@ impl SubscriptionSync {
             tracing::info!(key, "announced by another copy of the message");
             return Ok(());
         }
-        let desired = ledger_desired(tx, &subscription).await?;
+        let desired = stored_intent(&subscription)?;
         if desired != sent {
             return Err(SyncError::Overtaken(format!(
                 "the ledger of {} moved on while the panel was called: sent expire {} / data limit {:?}, now wants {} / {:?}; sending again",
@@ -596,28 +597,39 @@ async fn record_grant(
             tariff.code, tariff.duration_days
         )));
     }
-    let (subscription, telegram_id) = lock_or_create_subscription(tx, payment.user_id).await?;
+    // The event names the payer's Telegram id (from the same rows): no look-up of the user.
+    let known = (event.payment.user_id == payment.user_id).then_some(event.payment.telegram_id);
+    let (subscription, telegram_id) =
+        lock_or_create_subscription(tx, payment.user_id, known).await?;
 
     // Under the subscription lock, so a concurrent copy of the message waits here and then
-    // sees the grant.
-    let (data_limit, ledger) = if let Some(grant) = find_grant(tx, payment_id).await? {
+    // sees the grant. The ledger is the subscription's grants; the payment's grant, if there
+    // is one, is among them (the payer's one subscription; `payment_id` is unique).
+    let grants = grants_of(tx, subscription.id).await?;
+    let ledger: Vec<Entry> = grants.iter().map(entry).collect();
+    let granted = grants.iter().find(|g| g.payment_id == Some(payment_id));
+    let (data_limit, ledger) = if let Some(grant) = granted {
         if is_announced(tx, &Announcement::Activated(payment_id).key()).await? {
             tracing::info!(%payment_id, grant_id = grant.id, "payment already granted; nothing to do");
             return Ok(None);
         }
         tracing::info!(%payment_id, grant_id = grant.id, "payment granted before, not yet confirmed by the panel; sending the ledger's state again");
-        (
-            subscription.data_limit_bytes,
-            entries(tx, subscription.id).await?,
-        )
+        (subscription.data_limit_bytes, ledger)
     } else {
         // The tariff's days, and those of the payment's promo code (issue 23), in one entry:
         // a refund takes back its share of both.
         let days = tariff
             .duration_days
             .saturating_add(promo.map_or(0, |promo| promo.extra_days.max(0)));
-        let (expires_at, ledger) =
-            append_grant(tx, subscription.id, Some(payment_id), KIND_PURCHASE, days).await?;
+        let (expires_at, ledger) = append_grant(
+            tx,
+            subscription.id,
+            ledger,
+            Some(payment_id),
+            KIND_PURCHASE,
+            days,
+        )
+        .await?;
         tracing::info!(%payment_id, expires_at = %expires_at, days, "grant recorded");
         (tariff.data_limit_bytes, ledger)
     };
@@ -625,18 +637,18 @@ async fn record_grant(
     Ok(Some(intent))
 }
 
-/// Appends `days` to the subscription's ledger (under its row lock) and returns the expiry
-/// they lead to — after the ledger's expiry so far, or from now when that has passed — and
-/// the ledger with the new entry.
+/// Appends `days` to the subscription's `ledger` (read under its row lock) and returns the
+/// expiry they lead to — after the ledger's expiry so far, or from now when that has passed —
+/// and the ledger with the new entry.
 async fn append_grant(
     tx: &DatabaseTransaction,
     subscription_id: i64,
+    mut ledger: Vec<Entry>,
     payment_id: Option<PaymentId>,
     kind: &str,
     days: i32,
 ) -> Result<(DateTime<Utc>, Vec<Entry>), DbErr> {
     let now = ledger::whole_seconds(Utc::now());
-    let mut ledger = entries(tx, subscription_id).await?;
     let expires_at = ledger::extend(ledger::replay(&ledger), now, days);
     let grant = subscription_grants::ActiveModel {
         id: NotSet,
@@ -682,7 +694,7 @@ async fn record_manual_grant(
             return Ok(None);
         }
     }
-    let (subscription, telegram_id) = lock_or_create_subscription(tx, grant.user_id).await?;
+    let (subscription, telegram_id) = lock_or_create_subscription(tx, grant.user_id, None).await?;
     // Under the subscription lock, so a concurrent copy of the message waits here and then
     // sees the mark.
     let (data_limit, ledger) = if is_marked(tx, GRANTED, &key).await? {
@@ -704,8 +716,9 @@ async fn record_manual_grant(
         )
     } else {
         mark(tx, GRANTED, &key).await?;
+        let ledger = entries(tx, subscription.id).await?;
         let (expires_at, ledger) =
-            append_grant(tx, subscription.id, None, &grant.kind, grant.days).await?;
+            append_grant(tx, subscription.id, ledger, None, &grant.kind, grant.days).await?;
         tracing::info!(grant_id = grant.id, kind = grant.kind, expires_at = %expires_at, days = grant.days, "manual grant recorded");
         (
             grant.data_limit_bytes.or(subscription.data_limit_bytes),
@@ -993,16 +1006,14 @@ async fn write_intent(
     Ok(intent)
 }
 
-/// The panel state the ledger wants now: the replayed expiry and the intent's data limit.
-async fn ledger_desired(
-    conn: &impl ConnectionTrait,
-    subscription: &subscriptions::Model,
-) -> Result<Desired, SyncError> {
-    let expires_at =
-        ledger::replay(&entries(conn, subscription.id).await?).unwrap_or(subscription.expires_at);
+/// The panel state the ledger wants now: the intent on the subscription row. Every change of
+/// the ledger writes it in the same transaction, under the row's lock ([`write_intent`]), so
+/// read under that lock it is the replayed ledger without reading the ledger again (as the
+/// drift check reads it).
+fn stored_intent(subscription: &subscriptions::Model) -> Result<Desired, SyncError> {
     Ok(Desired::new(
         username(subscription)?,
-        expires_at,
+        subscription.expires_at,
         subscription.data_limit_bytes,
     ))
 }
@@ -1098,6 +1109,12 @@ impl Handler for SubscriptionSync {
         true
     }
 
+    /// Step 1 finds a grant or revocation recorded and announced (and a trial refused) under
+    /// the subscription's lock, and then calls no panel.
+    fn prepare_spots_done_work(&self) -> bool {
+        true
+    }
+
     /// Steps 1 and 2: the ledger entry and intent committed, then the panel call, with no
     /// transaction open.
     async fn prepare(&self, envelope: &Envelope) -> Result<Prepared, HandlerError> {
@@ -1147,12 +1164,16 @@ impl Handler for SubscriptionSync {
 }
 
 /// The user's subscription row, locked for this transaction; created (expiring now, never
-/// synced) on the first payment. Also returns the user's Telegram id.
+/// synced) on the first payment. Also returns the user's Telegram id: `known`, else read.
 async fn lock_or_create_subscription(
     tx: &DatabaseTransaction,
     user_id: i64,
+    known: Option<i64>,
 ) -> Result<(subscriptions::Model, i64), SyncError> {
-    let telegram_id = telegram_id_of(tx, user_id).await?;
+    let telegram_id = match known {
+        Some(telegram_id) => telegram_id,
+        None => telegram_id_of(tx, user_id).await?,
+    };
     let telegram = TelegramUserId::parse(telegram_id)
         .map_err(|e| SyncError::Invalid(format!("user {user_id}: telegram id: {e}")))?;
     if let Some(subscription) = find_locked(tx, user_id).await? {
@@ -1177,8 +1198,8 @@ async fn lock_or_create_subscription(
     })
     .on_conflict_do_nothing_on([subscriptions::Column::UserId])
     .exec_with_returning(tx)
-    .await?;
-    if let TryInsertResult::Inserted(subscription) = inserted {
+    .await;
+    if let Some(subscription) = service_kit::db::inserted(inserted)? {
         return Ok((subscription, telegram_id));
     }
     let subscription = find_locked(tx, user_id)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sea_orm::{
     ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait, TryInsertResult,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -75,6 +75,19 @@ fn ensure_sqlite_dir(url: &str) {
         && !parent.as_os_str().is_empty()
     {
         let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+/// The row an `INSERT … ON CONFLICT DO NOTHING` with `exec_with_returning` inserted, or `None`
+/// when it met the conflict. sea-orm 2.0 reports that conflict as
+/// `RecordNotFound("Failed to find inserted item")` (the `RETURNING` row is missing) rather
+/// than `TryInsertResult::Conflicted`; both mean "not inserted".
+pub fn inserted<M>(result: Result<TryInsertResult<M>, DbErr>) -> Result<Option<M>, DbErr> {
+    match result {
+        Ok(TryInsertResult::Inserted(row)) => Ok(Some(row)),
+        Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => Ok(None),
+        Err(DbErr::RecordNotFound(_)) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 

@@ -19,7 +19,6 @@ use payment_core::{
     CheckoutError, CreatePaymentRequest, CreatedPayment, PaymentProvider, ProviderError,
     ProviderId, Recurring,
 };
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, DatabaseTransaction,
     DbErr, EntityTrait, QueryFilter, QuerySelect,
@@ -842,29 +841,38 @@ pub(crate) async fn upsert_and_lock_user(
     telegram_id: TelegramUserId,
     body: Profile<'_>,
 ) -> Result<users::Model, ApiError> {
-    let row = users::ActiveModel {
-        id: NotSet,
-        telegram_id: Set(telegram_id.into_inner()),
-        username: Set(body.username.clone()),
-        first_name: Set(body.first_name.clone()),
-        language_code: Set(body.language_code.clone()),
-        created_at: Set(Utc::now()),
+    let locked = || {
+        users::Entity::find()
+            .filter(users::Column::TelegramId.eq(telegram_id.into_inner()))
+            .lock_exclusive()
+            .one(txn)
     };
-    users::Entity::insert(row)
-        .on_conflict(
-            OnConflict::column(users::Column::TelegramId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .try_insert()
-        .exec_without_returning(txn)
-        .await?;
-    let user = users::Entity::find()
-        .filter(users::Column::TelegramId.eq(telegram_id.into_inner()))
-        .lock_exclusive()
-        .one(txn)
-        .await?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("user vanished after upsert")))?;
+    // A returning customer (the common case) is one locking read; a new one is inserted, and
+    // the row it inserts is its transaction's until commit. Of two first presses at once, the
+    // second waits on the unique index, inserts nothing and locks the first one's row.
+    let user = match locked().await? {
+        Some(user) => user,
+        None => {
+            let row = users::ActiveModel {
+                id: NotSet,
+                telegram_id: Set(telegram_id.into_inner()),
+                username: Set(body.username.clone()),
+                first_name: Set(body.first_name.clone()),
+                language_code: Set(body.language_code.clone()),
+                created_at: Set(Utc::now()),
+            };
+            let inserted = users::Entity::insert(row)
+                .on_conflict_do_nothing_on([users::Column::TelegramId])
+                .exec_with_returning(txn)
+                .await;
+            match service_kit::db::inserted(inserted)? {
+                Some(user) => return Ok(user),
+                None => locked().await?.ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("user vanished after upsert"))
+                })?,
+            }
+        }
+    };
     // Names change; keep the latest the bot saw, never erase one with a missing value.
     let changed = [
         (body.username, &user.username),
