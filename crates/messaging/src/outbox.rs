@@ -6,6 +6,7 @@
 //! `event_id` (see [`crate::consumer`]). A rolled-back transaction leaves no row, so nothing is
 //! ever published for a change that did not happen.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +87,27 @@ pub async fn enqueue_all<C: ConnectionTrait>(
     outbox::Entity::insert_many(rows)
         .exec_without_returning(conn)
         .await?;
+    Ok(())
+}
+
+/// Marks the rows `ids` published, in one statement; `reason` is kept as `last_error` when
+/// nothing subscribes to them (retrying cannot help, so they are closed with it).
+async fn mark_published<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[i64],
+    reason: Option<&str>,
+) -> Result<(), OutboxError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut update = outbox::Entity::update_many()
+        .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .filter(outbox::Column::PublishedAt.is_null());
+    if let Some(reason) = reason {
+        update = update.col_expr(outbox::Column::LastError, Expr::value(reason));
+    }
+    update.exec(conn).await?;
     Ok(())
 }
 
@@ -227,11 +249,20 @@ impl OutboxRelay {
         let results = self.publisher.publish_batch(&messages).await;
 
         let mut published = Vec::new();
+        // Closed without a subscriber, grouped by the reason kept for operators (one per
+        // routing key): one statement each, not one per row.
+        let mut unroutable: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for (row, result) in rows.iter().zip(results) {
             match result {
                 Ok(()) => published.push(row.id),
                 Err(err @ PublishError::Unroutable { .. }) => {
-                    self.record_unroutable(conn, row, &err).await?;
+                    tracing::warn!(
+                        outbox_id = row.id,
+                        event_id = %row.event_id,
+                        routing_key = %row.routing_key,
+                        "no queue is bound to this event; marked published without a subscriber"
+                    );
+                    unroutable.entry(err.to_string()).or_default().push(row.id);
                 }
                 Err(err) => {
                     batch.failed += 1;
@@ -239,42 +270,14 @@ impl OutboxRelay {
                 }
             }
         }
-        if !published.is_empty() {
-            outbox::Entity::update_many()
-                .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
-                .filter(outbox::Column::Id.is_in(published.iter().copied()))
-                .filter(outbox::Column::PublishedAt.is_null())
-                .exec(conn)
-                .await?;
+        mark_published(conn, &published, None).await?;
+        for (reason, ids) in &unroutable {
+            metrics::counter!(METRIC_UNROUTABLE).increment(ids.len() as u64);
+            mark_published(conn, ids, Some(reason)).await?;
         }
         batch.published = published.len();
         metrics::counter!(METRIC_PUBLISHED).increment(batch.published as u64);
         Ok(batch)
-    }
-
-    /// Nothing subscribes to this event: retrying cannot help, so the row is closed with the
-    /// reason kept for operators.
-    async fn record_unroutable<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        row: &outbox::Model,
-        err: &PublishError,
-    ) -> Result<(), OutboxError> {
-        tracing::warn!(
-            outbox_id = row.id,
-            event_id = %row.event_id,
-            routing_key = %row.routing_key,
-            "no queue is bound to this event; marked published without a subscriber"
-        );
-        metrics::counter!(METRIC_UNROUTABLE).increment(1);
-        outbox::Entity::update_many()
-            .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
-            .col_expr(outbox::Column::LastError, Expr::value(err.to_string()))
-            .filter(outbox::Column::Id.eq(row.id))
-            .filter(outbox::Column::PublishedAt.is_null())
-            .exec(conn)
-            .await?;
-        Ok(())
     }
 
     async fn record_failure<C: ConnectionTrait>(
