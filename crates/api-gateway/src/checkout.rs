@@ -17,7 +17,8 @@
 //!    payment without an expiry (a YooKassa redirect) created within
 //!    `CHECKOUT_REUSE_MINUTES`. A press finds it and answers with the same payment and
 //!    confirmation (same YooKassa link, same USDT amount, same Telegram invoice payload);
-//! 3. otherwise counts the customer's **open** payments: `pending` and still reusable by the
+//! 3. otherwise counts the customer's **open** payments (steps 2 and 3 are one statement,
+//!    [`CheckoutPolicy::look`]): `pending` and still reusable by the
 //!    rule above, or still being created (a half-made row counts until reconciliation
 //!    expires it), or still holding what its provider reserved at checkout
 //!    ([`PaymentProvider::holds_reservation`]: an open crypto invoice keeps its tag through the
@@ -36,9 +37,11 @@ use domain::PaymentStatus;
 use domain::entities::payments;
 use domain::money::Money;
 use payment_core::{PaymentProvider, PaymentService};
-use sea_orm::sea_query::ExprTrait;
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
-use sea_orm::{PaginatorTrait, QueryOrder};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect,
+};
 
 /// Default `CHECKOUT_REUSE_MINUTES`.
 pub const DEFAULT_REUSE_WINDOW: Duration = Duration::from_secs(30 * 60);
@@ -112,44 +115,39 @@ impl CheckoutPolicy {
             )
     }
 
-    /// The customer's checkout of this tariff, provider and currency that a press answers
-    /// with, if any (the newest).
-    pub async fn find_reusable<C: ConnectionTrait>(
-        &self,
-        txn: &C,
-        wanted: &Wanted<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<payments::Model>, DbErr> {
-        use payments::Column as P;
-        let rows = payments::Entity::find()
-            .filter(P::UserId.eq(wanted.user_id))
-            .filter(P::TariffId.eq(wanted.tariff_id))
-            .filter(P::Provider.eq(wanted.provider.id()))
-            .filter(P::Currency.eq(wanted.price.currency()))
-            .filter(same_promo(wanted.promo))
-            .filter(self.reusable(now))
-            .order_by_desc(P::CreatedAt)
-            .all(txn)
-            .await?;
-        // Only at today's price: a repriced tariff gets a new payment.
-        Ok(rows.into_iter().find(|row| at_price(row, wanted)))
-    }
-
-    /// How many payments the customer holds open (see the module docs).
-    pub async fn count_open<C: ConnectionTrait>(
+    /// What a press finds among the customer's payments, in one statement: how many are
+    /// **open** (see the module docs), and among them the **reusable** checkout of this
+    /// tariff, provider, currency and promo code at today's price (the newest), which the
+    /// press answers with. Every reusable payment is open, so the one query of the open ones
+    /// says of each whether it is reusable (a column computed by the same condition).
+    pub async fn look<C: ConnectionTrait>(
         &self,
         txn: &C,
         providers: &PaymentService,
-        user_id: i64,
+        wanted: &Wanted<'_>,
         now: DateTime<Utc>,
-    ) -> Result<u64, DbErr> {
+    ) -> Result<Found, DbErr> {
         use payments::Column as P;
+
+        #[derive(Debug, FromQueryResult)]
+        struct Row {
+            #[sea_orm(nested)]
+            payment: payments::Model,
+            reusable: bool,
+        }
+
         let held = providers.providers().filter_map(|provider| {
             let holds = provider.holds_reservation()?;
             Some(P::Provider.eq(provider.id()).and(holds))
         });
-        payments::Entity::find()
-            .filter(P::UserId.eq(user_id))
+        let reusable = Condition::all()
+            .add(P::TariffId.eq(wanted.tariff_id))
+            .add(P::Provider.eq(wanted.provider.id()))
+            .add(P::Currency.eq(wanted.price.currency()))
+            .add(same_promo(wanted.promo))
+            .add(self.reusable(now));
+        let rows = payments::Entity::find()
+            .filter(P::UserId.eq(wanted.user_id))
             .filter(P::Status.eq(PaymentStatus::Pending))
             .filter(
                 held.fold(
@@ -159,9 +157,29 @@ impl CheckoutPolicy {
                     Condition::add,
                 ),
             )
-            .count(txn)
-            .await
+            .column_as(Expr::from(reusable), "reusable")
+            .order_by_desc(P::CreatedAt)
+            .into_model::<Row>()
+            .all(txn)
+            .await?;
+        let open = rows.len() as u64;
+        // Only at today's price: a repriced tariff gets a new payment.
+        let reusable = rows
+            .into_iter()
+            .filter(|row| row.reusable)
+            .map(|row| row.payment)
+            .find(|row| at_price(row, wanted));
+        Ok(Found { open, reusable })
     }
+}
+
+/// What [`CheckoutPolicy::look`] found.
+#[derive(Debug)]
+pub struct Found {
+    /// The customer's open payments.
+    pub open: u64,
+    /// The checkout a press answers with, if any.
+    pub reusable: Option<payments::Model>,
 }
 
 /// Payments made with the promo code `promo` (`None`: with no code).

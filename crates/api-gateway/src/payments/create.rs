@@ -365,7 +365,10 @@ impl Create<'_> {
             price: &amount,
             promo: promo.as_ref().map(|p| p.row.id),
         };
-        if let Some(open) = policy.find_reusable(&txn, &wanted, now).await? {
+        let found = policy
+            .look(&txn, &self.state.payments, &wanted, now)
+            .await?;
+        if let Some(open) = found.reusable {
             txn.commit().await?;
             tracing::info!(payment_id = %open.id, telegram_id = %telegram_id, "a press answered with the customer's open checkout");
             let request_hash = Record::of_payment(&open)
@@ -379,10 +382,7 @@ impl Create<'_> {
                 reused: true,
             }));
         }
-        let open = policy
-            .count_open(&txn, &self.state.payments, user_id, now)
-            .await?;
-        if open >= u64::from(policy.max_open) {
+        if found.open >= u64::from(policy.max_open) {
             return Err(ApiError::TooManyOpenPayments {
                 limit: policy.max_open,
             });
