@@ -8,7 +8,7 @@
 //! (rare: the callers write the log last).
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DbErr};
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait};
 
 use crate::entities::{payments, system_logs};
 
@@ -30,6 +30,16 @@ pub struct Entry<'a> {
 
 /// Appends the `system_logs` row of `entry` in `tx` and emits its log line.
 pub async fn record<C: ConnectionTrait>(tx: &C, entry: Entry<'_>) -> Result<(), DbErr> {
+    system_logs::Entity::insert(row(&entry))
+        .exec_without_returning(tx)
+        .await?;
+    trace(&entry);
+    Ok(())
+}
+
+/// The `system_logs` row of `entry`, for a caller that inserts it with another statement
+/// (then [`trace`] once it is in).
+pub fn row(entry: &Entry<'_>) -> system_logs::ActiveModel {
     let payment = entry.payment;
     system_logs::ActiveModel {
         id: NotSet,
@@ -44,8 +54,11 @@ pub async fn record<C: ConnectionTrait>(tx: &C, entry: Entry<'_>) -> Result<(), 
         metadata: Set(Some(entry.metadata.clone())),
         created_at: Set(entry.at),
     }
-    .insert(tx)
-    .await?;
+}
+
+/// Emits the log line of `entry` (its row is inserted).
+pub fn trace(entry: &Entry<'_>) {
+    let payment = entry.payment;
     tracing::info!(
         target: TARGET,
         event_type = entry.event_type,
@@ -60,5 +73,4 @@ pub async fn record<C: ConnectionTrait>(tx: &C, entry: Entry<'_>) -> Result<(), 
         "{}",
         entry.message
     );
-    Ok(())
 }

@@ -11,13 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::entities::outbox;
+use domain::entities::{outbox, system_logs};
+use domain::payment_log;
 use futures::FutureExt;
-use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::sea_query::{
+    Alias, CommonTableExpression, Expr, ExprTrait, LockBehavior, LockType, WithClause,
+};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -69,6 +72,36 @@ fn row(envelope: &Envelope, now: DateTime<Utc>) -> Result<outbox::ActiveModel, O
         attempts: Set(0),
         last_error: Set(None),
     })
+}
+
+/// [`enqueue`] with the payment-log row of the change that emits the event
+/// ([`domain::payment_log`]), in one statement on PostgreSQL (`WITH event AS (INSERT INTO
+/// outbox …) INSERT INTO system_logs …`: one round trip, both rows or neither) and in two
+/// elsewhere (SQLite has no data-modifying `WITH`); then the log line.
+pub async fn enqueue_logged<C: ConnectionTrait>(
+    conn: &C,
+    envelope: &Envelope,
+    entry: payment_log::Entry<'_>,
+) -> Result<(), OutboxError> {
+    let event = outbox::Entity::insert(row(envelope, Utc::now())?).into_query();
+    let log = system_logs::Entity::insert(payment_log::row(&entry)).into_query();
+    let backend = conn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let with = WithClause::new()
+            .cte(
+                CommonTableExpression::new()
+                    .query(event)
+                    .table_name(Alias::new("event"))
+                    .to_owned(),
+            )
+            .to_owned();
+        conn.execute_raw(backend.build(&log.with(with))).await?;
+    } else {
+        conn.execute_raw(backend.build(&event)).await?;
+        conn.execute_raw(backend.build(&log)).await?;
+    }
+    payment_log::trace(&entry);
+    Ok(())
 }
 
 /// [`enqueue`] for several envelopes, in one multi-row insert (none for an empty slice).
@@ -392,5 +425,94 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("idx_outbox_unpublished"), "{plan}");
         assert!(!plan.contains("Sort"), "read in index order: {plan}");
+    }
+
+    /// The event and its log row go in together, on both databases, and roll back together.
+    async fn an_event_and_its_log_row_are_written_together(db: testkit::TestDb) {
+        use domain::entities::payments;
+        use domain::money::Currency;
+        use domain::{PaymentId, PaymentStatus};
+
+        let now = Utc::now();
+        // `system_logs` has no foreign keys: the payment need not be stored.
+        let payment = payments::Model {
+            id: PaymentId::new(),
+            user_id: 7,
+            tariff_id: 1,
+            provider: domain::ProviderId::from_static("yookassa"),
+            amount_minor: 19_900,
+            currency: Currency::Rub,
+            status: PaymentStatus::Pending,
+            provider_payment_id: None,
+            idempotency_key: "k".into(),
+            confirmation_url: None,
+            failure_reason: None,
+            metadata: serde_json::json!({}),
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            expires_at: None,
+            refunded_minor: 0,
+            flagged: false,
+            flag_reason: None,
+            next_check_at: None,
+            check_attempts: 0,
+        };
+        let entry = |message: &str| payment_log::Entry {
+            event_type: "payment.created",
+            payment: &payment,
+            status: "pending",
+            message: message.to_owned(),
+            metadata: serde_json::json!({"k": 1}),
+            at: now,
+        };
+        let event = || {
+            let created = crate::events::PaymentCreated {
+                payment: crate::events::PaymentSnapshot {
+                    payment_id: payment.id,
+                    user_id: 7,
+                    telegram_id: 42,
+                    tariff_code: "month_1".into(),
+                    provider: payment.provider.clone(),
+                    amount_minor: 19_900,
+                    currency: "RUB".into(),
+                },
+            };
+            Envelope::new(&created, payment.id, None).unwrap()
+        };
+        let kept = event();
+        let tx = db.conn.begin().await.unwrap();
+        enqueue_logged(&tx, &kept, entry("kept")).await.unwrap();
+        tx.commit().await.unwrap();
+        let dropped = event();
+        let tx = db.conn.begin().await.unwrap();
+        enqueue_logged(&tx, &dropped, entry("dropped"))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+
+        let events: Vec<uuid::Uuid> = outbox::Entity::find()
+            .all(&db.conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.event_id)
+            .collect();
+        assert_eq!(events, [kept.event_id]);
+        let logs = system_logs::Entity::find().all(&db.conn).await.unwrap();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert_eq!(logs[0].message.as_deref(), Some("kept"));
+        assert_eq!(logs[0].payment_id, Some(payment.id));
+        assert_eq!(logs[0].event_type, "payment.created");
+    }
+
+    #[tokio::test]
+    async fn an_event_and_its_log_row_are_written_together_on_postgres() {
+        an_event_and_its_log_row_are_written_together(testkit::TestDb::new().await).await;
+    }
+
+    #[tokio::test]
+    async fn an_event_and_its_log_row_are_written_together_on_sqlite() {
+        an_event_and_its_log_row_are_written_together(testkit::TestDb::sqlite().await).await;
     }
 }

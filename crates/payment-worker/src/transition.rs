@@ -476,12 +476,12 @@ async fn announce<C: ConnectionTrait>(
     };
     metadata["event_id"] = json!(envelope.event_id);
     merge(&mut metadata, trigger.metadata());
-    messaging::outbox::enqueue(tx, &envelope).await?;
-    log(
+    announce_logged(
         tx,
+        &envelope,
         event_type,
         after,
-        Some(after.status.as_str()),
+        after.status.as_str(),
         message,
         metadata,
     )
@@ -515,12 +515,12 @@ pub async fn underpaid<C: ConnectionTrait>(
         "tx_id": short.tx_id,
     });
     merge(&mut metadata, trigger.metadata());
-    messaging::outbox::enqueue(tx, &envelope).await?;
-    log(
+    announce_logged(
         tx,
+        &envelope,
         PaymentUnderpaid::EVENT_TYPE,
         payment,
-        Some(payment.status.as_str()),
+        payment.status.as_str(),
         format!(
             "received {} of {}, {} missing",
             short.received_minor, payment.amount_minor, short.shortfall_minor
@@ -592,6 +592,28 @@ pub async fn log<C: ConnectionTrait>(
         },
     )
     .await
+}
+
+/// The event `envelope` about `payment` and its `system_logs` row, written together
+/// ([`messaging::outbox::enqueue_logged`]).
+async fn announce_logged<C: ConnectionTrait>(
+    tx: &C,
+    envelope: &Envelope,
+    event_type: &str,
+    payment: &payments::Model,
+    status: &str,
+    message: String,
+    metadata: serde_json::Value,
+) -> Result<(), OutboxError> {
+    let entry = domain::payment_log::Entry {
+        event_type,
+        payment,
+        status,
+        message,
+        metadata,
+        at: Utc::now(),
+    };
+    messaging::outbox::enqueue_logged(tx, envelope, entry).await
 }
 
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {

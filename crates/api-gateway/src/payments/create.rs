@@ -631,9 +631,9 @@ impl Create<'_> {
             },
         };
         let envelope = Envelope::new(&event, model.id, None)?.with_occurred_at(now);
-        messaging::outbox::enqueue(&txn, &envelope).await?;
-        domain::payment_log::record(
+        messaging::outbox::enqueue_logged(
             &txn,
+            &envelope,
             domain::payment_log::Entry {
                 event_type: PaymentCreated::EVENT_TYPE,
                 payment: &model,
