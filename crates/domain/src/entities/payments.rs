@@ -145,7 +145,8 @@ impl ActiveModelBehavior for ActiveModel {}
 /// The one look-up of the payment a provider's notification is about: by the provider's id
 /// (`provider`, `provider_payment_id`, unique together) first, else by the first of our own
 /// `candidates` ids that exists (the id the body claims, or the one the inbox matched). Used by
-/// the inbox when it stores a notice and by the worker when it applies one.
+/// the worker when it applies a notice; the inbox, which stores notices in groups, applies the
+/// same rule as a subquery of its insert (`service_kit::inbox`).
 pub async fn find_notified<C: ConnectionTrait>(
     conn: &C,
     provider: &crate::ProviderId,
