@@ -29,7 +29,6 @@ use sea_orm::{DatabaseTransaction, EntityTrait};
 use tokio::sync::Notify;
 
 use crate::sender::{self, Kind, Outgoing, Queued};
-use crate::store;
 use crate::texts::{self, Lang, fill};
 
 /// The consumer name: queue `<prefix>.bot`, `processed_messages.consumer`.
@@ -61,6 +60,7 @@ impl Notifier {
 }
 
 /// What to tell whom.
+#[derive(Clone)]
 enum Note {
     Completed(Money),
     Failed(String),
@@ -220,16 +220,19 @@ impl Handler for Notifier {
             }
             _ => None,
         };
-        let language = store::user(tx, chat).await?.and_then(|u| u.language_code);
-        let message = message(Lang::from_code(language.as_deref()), note);
-        let queued = Queued {
+        // In the payer's language, which the queueing statement reads.
+        let queued = sender::enqueue_in_language(
+            tx,
             chat,
-            kind: Kind::Notification,
-            dedupe_key: format!("event:{}", envelope.event_id),
-            message,
-        };
-        let rows: Vec<Queued> = std::iter::once(queued).chain(friend).collect();
-        if sender::enqueue(tx, &rows).await? > 0 {
+            Kind::Notification,
+            format!("event:{}", envelope.event_id),
+            |lang| message(lang, note.clone()),
+        )
+        .await?;
+        if let Some(friend) = friend {
+            sender::enqueue(tx, &[friend]).await?;
+        }
+        if queued {
             tracing::info!(event = %envelope.event_type, event_id = %envelope.event_id, chat, "notification queued");
         }
         Ok(())

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use domain::broadcast::SKIPPED_BLOCKED;
-use domain::entities::{bot_chats, send_queue, subscriptions};
+use domain::entities::{bot_chats, send_queue, subscriptions, users};
 use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot as Api;
 use frankenstein::methods::SendMessageParams;
@@ -50,6 +50,7 @@ use service_kit::Shutdown;
 use tokio::sync::Notify;
 
 use crate::qr;
+use crate::texts::Lang;
 
 /// What a row is; it also orders the queue (lower first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +157,60 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, rows: &[Queued]) -> Result<u6
         TryInsertResult::Inserted(n) => n,
         TryInsertResult::Conflicted | TryInsertResult::Empty => 0,
     })
+}
+
+/// Queues one message to `chat` in the chat's language, which the statement that queues it
+/// reads (`users.language_code`, by [`Lang::is_english_sql`]): one statement instead of a
+/// look-up of the language and an insert. `render` gives the message in a language. A
+/// `dedupe_key` queued already is left as it is; returns whether the row is new.
+pub async fn enqueue_in_language<C: ConnectionTrait>(
+    conn: &C,
+    chat: i64,
+    kind: Kind,
+    dedupe_key: String,
+    render: impl Fn(Lang) -> Outgoing,
+) -> Result<bool, DbErr> {
+    use send_queue::Column as C;
+    let payload =
+        |lang| serde_json::to_string(&render(lang)).map_err(|e| DbErr::Custom(e.to_string()));
+    let english = Query::select()
+        .expr(Expr::val(1))
+        .from(users::Entity)
+        .and_where(users::Column::TelegramId.eq(chat))
+        .and_where(Lang::is_english_sql(Expr::col((
+            users::Entity,
+            users::Column::LanguageCode,
+        ))))
+        .to_owned();
+    let payload = Expr::case(Expr::exists(english), payload(Lang::En)?).finally(payload(Lang::Ru)?);
+    let now = Utc::now();
+    let insert = Query::insert()
+        .into_table(send_queue::Entity)
+        .columns([
+            C::ChatId,
+            C::Kind,
+            C::Priority,
+            C::DedupeKey,
+            C::Payload,
+            C::Status,
+            C::Attempts,
+            C::NotBefore,
+            C::CreatedAt,
+        ])
+        .values_panic([
+            chat.into(),
+            kind.as_str().into(),
+            kind.priority().into(),
+            dedupe_key.into(),
+            payload.into(),
+            send_queue::PENDING.into(),
+            0.into(),
+            now.into(),
+            now.into(),
+        ])
+        .on_conflict(OnConflict::column(C::DedupeKey).do_nothing().to_owned())
+        .to_owned();
+    Ok(conn.execute(&insert).await?.rows_affected() > 0)
 }
 
 /// The user wrote to the bot: the chat is known from now on (broadcasts reach it), and if it
@@ -805,7 +860,7 @@ pub const METRIC_SENT: &str = "bot_send_queue_total";
 #[cfg(test)]
 mod tests {
     use domain::migration::Migrator;
-    use sea_orm::PaginatorTrait;
+    use sea_orm::{ActiveModelTrait, PaginatorTrait};
     use sea_orm_migration::MigratorTrait;
 
     use super::*;
@@ -840,6 +895,87 @@ mod tests {
             .collect();
         assert_eq!(claimed, ["n", "r", "b"], "notifications first");
         assert!(sender.claim().await.unwrap().is_empty(), "leased");
+    }
+
+    /// The queueing statement picks the chat's language by [`Lang::from_code`]'s rule: each
+    /// chat gets the payload of the language that rule gives its `language_code` (Russian
+    /// without a users row), and a key queued already is left as it is.
+    async fn a_row_is_queued_in_the_chats_language(db: DatabaseConnection) {
+        let codes = [
+            None,
+            Some(""),
+            Some("en"),
+            Some("EN"),
+            Some("en-GB"),
+            Some("En-us"),
+            Some("ru"),
+            Some("de"),
+            Some("e"),
+            Some("uk-en"),
+        ];
+        let now = Utc::now();
+        for (chat, code) in (1_i64..).zip(codes) {
+            users::ActiveModel {
+                telegram_id: Set(chat),
+                language_code: Set(code.map(str::to_owned)),
+                created_at: Set(now),
+                ..Default::default()
+            }
+            .insert(&db)
+            .await
+            .unwrap();
+        }
+        // Chat 99 has no users row.
+        let chats = (1_i64..).zip(codes.map(Some)).chain([(99, None)]);
+        let render = |lang: Lang| Outgoing::text(lang.code().to_owned(), None);
+        for (chat, _) in chats.clone() {
+            let key = format!("event:{chat}");
+            assert!(
+                enqueue_in_language(&db, chat, Kind::Notification, key.clone(), render)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !enqueue_in_language(&db, chat, Kind::Notification, key, |_| {
+                    Outgoing::text("again".into(), None)
+                })
+                .await
+                .unwrap(),
+                "queued once, the first payload kept"
+            );
+        }
+        for (chat, code) in chats {
+            let row = send_queue::Entity::find()
+                .filter(send_queue::Column::ChatId.eq(chat))
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap();
+            let message: Outgoing = serde_json::from_str(&row.payload).unwrap();
+            let expected = Lang::from_code(code.flatten());
+            assert_eq!(message.text, expected.code(), "chat {chat}, code {code:?}");
+            assert_eq!(
+                (
+                    row.kind.as_str(),
+                    row.priority,
+                    row.status.as_str(),
+                    row.attempts
+                ),
+                ("notification", 0, send_queue::PENDING, 0)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_is_queued_in_the_chats_language_on_postgres() {
+        a_row_is_queued_in_the_chats_language(testkit::TestDb::new().await.conn).await;
+    }
+
+    #[tokio::test]
+    async fn a_row_is_queued_in_the_chats_language_on_sqlite() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        a_row_is_queued_in_the_chats_language(db).await;
     }
 
     /// The notifier nudges the sender after its commit, often for rows the sender has

@@ -11,6 +11,7 @@ pub mod referral;
 mod ru;
 
 use domain::money::{Currency, Money};
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
 
 /// The user's language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,12 @@ impl Lang {
             Some(code) if code.to_ascii_lowercase().starts_with("en") => Lang::En,
             _ => Lang::Ru,
         }
+    }
+
+    /// [`Lang::from_code`]'s rule as SQL, for a statement that picks the language as it reads
+    /// `code` (a `language_code` column): true where the language is English.
+    pub fn is_english_sql(code: Expr) -> Expr {
+        Expr::expr(Func::lower(code)).like("en%")
     }
 
     /// The code of the language's rows in `tariff_texts`.
