@@ -910,8 +910,10 @@ async fn record_adoption(
         }
     }
     let decision = format!("subscription:{}", subscription.id);
-    if !is_marked(tx, ADOPTED, &decision).await? {
-        mark(tx, ADOPTED, &decision).await?;
+    // Decided here, once: the marker's insert tells whether it is (a decision of another
+    // copy was committed before our lock was granted).
+    let mut ledger_changed = false;
+    if claim_marker(tx, ADOPTED, &decision).await? {
         let balance = found
             .filter(|_| adopt_remaining)
             // A user already at exactly the ledger's expiry is one we created (a create whose
@@ -934,12 +936,23 @@ async fn record_adoption(
                 .insert(tx)
                 .await?;
                 restate_grants(tx, subscription.id).await?;
+                ledger_changed = true;
                 tracing::info!(subscription_id = subscription.id, username = %subscription.marzban_username, until = %until, days, "adopted a panel user; its remaining time is the opening balance");
             }
             None => {
                 tracing::info!(subscription_id = subscription.id, username = %subscription.marzban_username, found = found.is_some(), "adoption decided: no opening balance");
             }
         }
+    }
+    if !ledger_changed {
+        // The intent on the locked row is the ledger replayed (see [`stored_intent`]); only
+        // the name may have changed above.
+        return Ok(Intent {
+            subscription_id: subscription.id,
+            telegram_id: intent.telegram_id,
+            desired: stored_intent(&subscription)?,
+            known_on_panel: subscription.synced_at.is_some(),
+        });
     }
     let data_limit = intent.desired.data_limit;
     let ledger = entries(tx, subscription.id).await?;
@@ -1050,10 +1063,20 @@ async fn is_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, Db
     is_marked(conn, ANNOUNCED, key).await
 }
 
-/// Marks `key` announced; `false` if it was already (`INSERT … ON CONFLICT DO NOTHING`: a
-/// copy of the message in another transaction waits for that one's commit, then sees it).
+/// Marks `key` announced; `false` if it was already (see [`claim_marker`]).
 async fn mark_announced(conn: &impl ConnectionTrait, key: &str) -> Result<bool, DbErr> {
-    let inserted = processed_messages::Entity::insert(marker(ANNOUNCED, key))
+    claim_marker(conn, ANNOUNCED, key).await
+}
+
+/// Inserts the marker `(consumer, key)`; `false` if it was there already (`INSERT … ON
+/// CONFLICT DO NOTHING`: a copy of the message in another transaction waits for that one's
+/// commit, then sees it).
+async fn claim_marker(
+    conn: &impl ConnectionTrait,
+    consumer: &str,
+    key: &str,
+) -> Result<bool, DbErr> {
+    let inserted = processed_messages::Entity::insert(marker(consumer, key))
         .on_conflict_do_nothing()
         .exec_without_returning(conn)
         .await?;
