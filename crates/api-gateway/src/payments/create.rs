@@ -20,8 +20,8 @@ use payment_core::{
     ProviderId, Recurring,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, DatabaseTransaction,
-    DbErr, EntityTrait, QueryFilter, QuerySelect,
+    ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 
@@ -185,10 +185,14 @@ impl Create<'_> {
     /// The key's answer if it has one, else the unfinished row to continue: the key's own
     /// (held by this request) or the customer's open checkout.
     async fn start(&self) -> Result<Started, ApiError> {
-        if let Some(row) = self.existing().await? {
+        // The key's look-up is the first statement of transaction 1: a new key, the common
+        // case, goes on in it.
+        let txn = service_kit::db::begin_write(&self.state.db).await?;
+        if let Some(row) = self.existing(&txn).await? {
+            drop(txn);
             return self.take_up(row).await;
         }
-        match self.record_intent().await? {
+        match self.record_intent(txn).await? {
             Recorded::New(intent, lease) => Ok(Started::Unfinished(Box::new(intent), Some(lease))),
             // Another key's half-made checkout: provider idempotence makes asking again safe.
             Recorded::Reuse(intent) if intent.payment.is_half_made() => {
@@ -197,7 +201,10 @@ impl Create<'_> {
             Recorded::Reuse(intent) => reused(&intent).map(Started::Answered),
             // Another request stored the key a moment ago: continue from its row.
             Recorded::KeyTaken => {
-                let row = self.existing().await?.ok_or(ApiError::InFlight)?;
+                let row = self
+                    .existing(&self.state.db)
+                    .await?
+                    .ok_or(ApiError::InFlight)?;
                 self.take_up(row).await
             }
         }
@@ -215,7 +222,10 @@ impl Create<'_> {
             Taken::Busy => Err(ApiError::InFlight),
             // Answered meanwhile.
             Taken::Finished => {
-                let row = self.existing().await?.ok_or(ApiError::InFlight)?;
+                let row = self
+                    .existing(&self.state.db)
+                    .await?
+                    .ok_or(ApiError::InFlight)?;
                 match self.resume(row).await? {
                     Resumed::Replay(response) => Ok(Started::Answered(response)),
                     Resumed::Unfinished(_) => Err(ApiError::InFlight),
@@ -224,10 +234,13 @@ impl Create<'_> {
         }
     }
 
-    async fn existing(&self) -> Result<Option<payments::Model>, ApiError> {
+    async fn existing(
+        &self,
+        conn: &impl ConnectionTrait,
+    ) -> Result<Option<payments::Model>, ApiError> {
         Ok(payments::Entity::find()
             .filter(payments::Column::IdempotencyKey.eq(self.key.as_str()))
-            .one(&self.state.db)
+            .one(conn)
             .await?)
     }
 
@@ -277,6 +290,7 @@ impl Create<'_> {
     /// the amount.
     async fn validate(
         &self,
+        conn: &impl ConnectionTrait,
     ) -> Result<
         (
             TelegramUserId,
@@ -301,7 +315,7 @@ impl Create<'_> {
         let tariff = tariffs::Entity::find()
             .filter(tariffs::Column::Code.eq(body.tariff_code.as_str()))
             .filter(tariffs::Column::Active.eq(true))
-            .one(&self.state.db)
+            .one(conn)
             .await?
             .ok_or_else(|| {
                 ApiError::Unprocessable(format!("no active tariff {:?}", body.tariff_code))
@@ -324,16 +338,15 @@ impl Create<'_> {
         Ok((telegram_id, provider, tariff, amount))
     }
 
-    /// Transaction 1: upserts the user, locks it, and answers with the customer's open
+    /// Transaction 1 (begun by the key's look-up, `txn`): upserts the user, locks it, and answers with the customer's open
     /// checkout of the same tariff, provider and currency if there is one; otherwise checks
     /// the cap on open payments and stores the payment row as an intent (and, for crypto,
     /// reserves its invoice). See [`crate::checkout`].
-    async fn record_intent(&self) -> Result<Recorded, ApiError> {
-        let (telegram_id, provider, tariff, list_price) = self.validate().await?;
+    async fn record_intent(&self, txn: DatabaseTransaction) -> Result<Recorded, ApiError> {
+        let (telegram_id, provider, tariff, list_price) = self.validate(&txn).await?;
         let now = Utc::now().trunc_subsecs(6);
         let payment_id = PaymentId::new();
         let lease = Lease::fresh(&self.state.db, payment_id);
-        let txn = service_kit::db::begin_write(&self.state.db).await?;
         let profile = Profile {
             username: &self.body.username,
             first_name: &self.body.first_name,
@@ -612,7 +625,10 @@ impl Create<'_> {
             if intent.reused {
                 return self.reused_after_race(intent).await;
             }
-            let row = self.existing().await?.ok_or(ApiError::InFlight)?;
+            let row = self
+                .existing(&self.state.db)
+                .await?
+                .ok_or(ApiError::InFlight)?;
             return match self.resume(row).await? {
                 Resumed::Replay(response) => Ok(response),
                 Resumed::Unfinished(_) => Err(ApiError::InFlight),
