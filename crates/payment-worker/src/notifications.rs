@@ -51,10 +51,10 @@ use domain::entities::{payments, provider_notifications};
 use messaging::events::ProviderNotificationReceived;
 use messaging::{Envelope, Event, Handler, HandlerError, Prepared};
 use payment_core::{PaymentService, ProviderError, ProviderPayment, RejectionCode};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, IntoCondition};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QuerySelect,
+    JoinType, QueryFilter, QuerySelect,
 };
 use tokio::sync::Notify;
 
@@ -112,9 +112,8 @@ impl NotificationHandler {
         &self,
         event: &ProviderNotificationReceived,
     ) -> Result<Option<LookedUp>, HandlerError> {
-        let Some(row) = provider_notifications::Entity::find_by_id(event.notification_id)
-            .one(&self.db)
-            .await?
+        let Some((row, by_provider_id)) =
+            notice_and_payment(&self.db, event.notification_id).await?
         else {
             return Err(not_in_inbox(event));
         };
@@ -126,6 +125,11 @@ impl NotificationHandler {
         let charge = renewals::charge_of(&self.providers, &row);
         let payment = match &charge {
             Some(charge) => renewals::find_or_draft(&self.db, &row, charge).await?,
+            // The first rule of `find_payment`, read with the notice — unless the notice is
+            // about a charge, which `find_payment` looks for first.
+            None if by_provider_id.is_some() && notice_charge(&self.providers, &row).is_none() => {
+                by_provider_id
+            }
             None => find_payment(&self.db, &self.providers, &row, event, false).await?,
         };
         let Some(payment) = payment else {
@@ -277,6 +281,41 @@ fn apply_error(error: ApplyError) -> HandlerError {
     }
 }
 
+/// The inbox row `id` and, in the same statement, the payment of its provider with the
+/// provider's id it names (if any): the second rule of [`find_payment`].
+async fn notice_and_payment(
+    db: &impl ConnectionTrait,
+    id: i64,
+) -> Result<Option<(provider_notifications::Model, Option<payments::Model>)>, DbErr> {
+    use provider_notifications::Column as N;
+    let by_provider_id = provider_notifications::Entity::belongs_to(payments::Entity)
+        .from(N::ProviderPaymentId)
+        .to(payments::Column::ProviderPaymentId)
+        .on_condition(|notice, payment| {
+            sea_orm::sea_query::ExprTrait::equals(
+                Expr::col((notice, N::Provider)),
+                (payment, payments::Column::Provider),
+            )
+            .into_condition()
+        })
+        .into();
+    provider_notifications::Entity::find_by_id(id)
+        .join(JoinType::LeftJoin, by_provider_id)
+        .select_also(payments::Entity)
+        .one(db)
+        .await
+}
+
+/// The charge a notice is about when its provider names one (a renewal's refund).
+fn notice_charge(
+    providers: &PaymentService,
+    row: &provider_notifications::Model,
+) -> Option<String> {
+    providers
+        .provider_named(&row.provider)
+        .and_then(|p| p.notice_charge(row.body.as_bytes()))
+}
+
 /// Our payment: by the charge the notice is about when its provider names one (a renewal's
 /// refund), else by the provider's id, else by the id the gateway matched or the event names.
 async fn find_payment(
@@ -286,10 +325,7 @@ async fn find_payment(
     event: &ProviderNotificationReceived,
     lock: bool,
 ) -> Result<Option<payments::Model>, DbErr> {
-    let charge = providers
-        .provider_named(&row.provider)
-        .and_then(|p| p.notice_charge(row.body.as_bytes()));
-    if let Some(charge) = charge
+    if let Some(charge) = notice_charge(providers, row)
         && let Some(found) =
             payments::find_notified_as(db, &row.provider, Some(&charge), None, lock).await?
     {
@@ -375,5 +411,95 @@ impl Handler for NotificationHandler {
         metric::notification(&event.provider, outcome);
         tracing::info!(notification_id = event.notification_id, provider = %event.provider, outcome, "notification processed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::entities::{tariffs, users};
+    use domain::money::Currency;
+    use domain::{PaymentId, PaymentStatus, ProviderId};
+    use sea_orm::ActiveModelTrait;
+    use sea_orm::ActiveValue::{NotSet, Set};
+    use testkit::TestDb;
+
+    use super::*;
+
+    /// The notice's read brings the payment of the notice's provider with the provider's id
+    /// it names, and nothing for a notice without one, an unknown id or another provider's.
+    #[tokio::test]
+    async fn a_notice_is_read_with_its_payment_by_the_providers_id() {
+        let db = TestDb::new().await;
+        let now = Utc::now();
+        let user = users::ActiveModel {
+            telegram_id: Set(42),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let tariff = tariffs::ActiveModel {
+            code: Set("month_1".into()),
+            title: Set("1 month".into()),
+            duration_days: Set(30),
+            price_rub_minor: Set(Some(19_900)),
+            active: Set(true),
+            sort_order: Set(1),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let payment = |provider: &'static str| payments::ActiveModel {
+            id: Set(PaymentId::new()),
+            user_id: Set(user.id),
+            tariff_id: Set(tariff.id),
+            provider: Set(ProviderId::from_static(provider)),
+            amount_minor: Set(19_900),
+            currency: Set(Currency::Rub),
+            status: Set(PaymentStatus::Pending),
+            provider_payment_id: Set(Some("pp-1".into())),
+            idempotency_key: Set(format!("k-{provider}")),
+            metadata: Set(serde_json::json!({})),
+            created_at: Set(now),
+            updated_at: Set(now),
+            refunded_minor: Set(0),
+            flagged: Set(false),
+            check_attempts: Set(0),
+            ..Default::default()
+        };
+        let yookassa = payment("yookassa").insert(&db.conn).await.unwrap();
+        let telegram = payment("telegram").insert(&db.conn).await.unwrap();
+        let notice = |key: &str, provider: &'static str, provider_payment_id: Option<&str>| {
+            provider_notifications::ActiveModel {
+                id: NotSet,
+                provider: Set(ProviderId::from_static(provider)),
+                dedupe_key: Set(key.to_owned()),
+                source: Set("webhook".into()),
+                peer: Set(None),
+                body: Set("{}".into()),
+                provider_payment_id: Set(provider_payment_id.map(str::to_owned)),
+                // The inbox's match plays no part in this rule.
+                payment_id: Set(Some(telegram.id)),
+                received_at: Set(now),
+                processed_at: Set(None),
+                outcome: Set(None),
+            }
+        };
+        let cases = [
+            (notice("a", "yookassa", Some("pp-1")), Some(yookassa.id)),
+            (notice("b", "telegram", Some("pp-1")), Some(telegram.id)),
+            (notice("c", "yookassa", None), None),
+            (notice("d", "yookassa", Some("pp-unknown")), None),
+            (notice("e", "crypto", Some("pp-1")), None),
+        ];
+        for (row, expected) in cases {
+            let row = row.insert(&db.conn).await.unwrap();
+            let (read, payment) = notice_and_payment(&db.conn, row.id).await.unwrap().unwrap();
+            assert_eq!(read, row);
+            assert_eq!(payment.map(|p| p.id), expected, "notice {}", row.dedupe_key);
+        }
+        assert!(notice_and_payment(&db.conn, -1).await.unwrap().is_none());
     }
 }
