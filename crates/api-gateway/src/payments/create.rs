@@ -338,10 +338,11 @@ impl Create<'_> {
         Ok((telegram_id, provider, tariff, amount))
     }
 
-    /// Transaction 1 (begun by the key's look-up, `txn`): upserts the user, locks it, and answers with the customer's open
-    /// checkout of the same tariff, provider and currency if there is one; otherwise checks
-    /// the cap on open payments and stores the payment row as an intent (and, for crypto,
-    /// reserves its invoice). See [`crate::checkout`].
+    /// Transaction 1 (`txn`, begun by the key's look-up): validates the request (the tariff),
+    /// upserts the user, locks it, and answers with the customer's open checkout of the same
+    /// tariff, provider and currency if there is one; otherwise checks the cap on open
+    /// payments and stores the payment row as an intent (and, for crypto, reserves its
+    /// invoice). See [`crate::checkout`].
     async fn record_intent(&self, txn: DatabaseTransaction) -> Result<Recorded, ApiError> {
         let (telegram_id, provider, tariff, list_price) = self.validate(&txn).await?;
         let now = Utc::now().trunc_subsecs(6);
