@@ -416,12 +416,11 @@ impl Handler for NotificationHandler {
 
 #[cfg(test)]
 mod tests {
-    use domain::entities::{tariffs, users};
-    use domain::money::Currency;
-    use domain::{PaymentId, PaymentStatus, ProviderId};
+    use domain::ProviderId;
     use sea_orm::ActiveModelTrait;
     use sea_orm::ActiveValue::{NotSet, Set};
     use testkit::TestDb;
+    use testkit::fixtures::{customer_and_tariff, pending_payment};
 
     use super::*;
 
@@ -431,44 +430,8 @@ mod tests {
     async fn a_notice_is_read_with_its_payment_by_the_providers_id() {
         let db = TestDb::new().await;
         let now = Utc::now();
-        let user = users::ActiveModel {
-            telegram_id: Set(42),
-            created_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&db.conn)
-        .await
-        .unwrap();
-        let tariff = tariffs::ActiveModel {
-            code: Set("month_1".into()),
-            title: Set("1 month".into()),
-            duration_days: Set(30),
-            price_rub_minor: Set(Some(19_900)),
-            active: Set(true),
-            sort_order: Set(1),
-            ..Default::default()
-        }
-        .insert(&db.conn)
-        .await
-        .unwrap();
-        let payment = |provider: &'static str| payments::ActiveModel {
-            id: Set(PaymentId::new()),
-            user_id: Set(user.id),
-            tariff_id: Set(tariff.id),
-            provider: Set(ProviderId::from_static(provider)),
-            amount_minor: Set(19_900),
-            currency: Set(Currency::Rub),
-            status: Set(PaymentStatus::Pending),
-            provider_payment_id: Set(Some("pp-1".into())),
-            idempotency_key: Set(format!("k-{provider}")),
-            metadata: Set(serde_json::json!({})),
-            created_at: Set(now),
-            updated_at: Set(now),
-            refunded_minor: Set(0),
-            flagged: Set(false),
-            check_attempts: Set(0),
-            ..Default::default()
-        };
+        let (user, tariff) = customer_and_tariff(&db.conn, 42).await;
+        let payment = |provider| pending_payment(&user, &tariff, provider, Some("pp-1"));
         let yookassa = payment("yookassa").insert(&db.conn).await.unwrap();
         let telegram = payment("telegram").insert(&db.conn).await.unwrap();
         let notice = |key: &str, provider: &'static str, provider_payment_id: Option<&str>| {

@@ -423,55 +423,16 @@ mod tests {
 
     /// Two payments: `(by the provider's id, by our id)`.
     async fn two_payments(db: &TestDb) -> (PaymentId, PaymentId) {
-        use domain::entities::{tariffs, users};
-        use domain::money::Currency;
-        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-        let now = Utc::now();
-        let user = users::ActiveModel {
-            telegram_id: Set(42),
-            created_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&db.conn)
-        .await
-        .unwrap();
-        let tariff = tariffs::ActiveModel {
-            code: Set("month_1".into()),
-            title: Set("1 month".into()),
-            duration_days: Set(30),
-            price_rub_minor: Set(Some(19_900)),
-            active: Set(true),
-            sort_order: Set(1),
-            ..Default::default()
-        }
-        .insert(&db.conn)
-        .await
-        .unwrap();
+        use sea_orm::ActiveModelTrait;
+        use testkit::fixtures::{customer_and_tariff, pending_payment};
+        let (user, tariff) = customer_and_tariff(&db.conn, 42).await;
         let mut ids = Vec::new();
         for provider_payment_id in [Some("yk-1"), None] {
-            let id = PaymentId::new();
-            payments::ActiveModel {
-                id: Set(id),
-                user_id: Set(user.id),
-                tariff_id: Set(tariff.id),
-                provider: Set(domain::ProviderId::from_static("yookassa")),
-                amount_minor: Set(19_900),
-                currency: Set(Currency::Rub),
-                status: Set(domain::PaymentStatus::Pending),
-                provider_payment_id: Set(provider_payment_id.map(str::to_owned)),
-                idempotency_key: Set(format!("k-{id}")),
-                metadata: Set(serde_json::json!({})),
-                created_at: Set(now),
-                updated_at: Set(now),
-                refunded_minor: Set(0),
-                flagged: Set(false),
-                check_attempts: Set(0),
-                ..Default::default()
-            }
-            .insert(&db.conn)
-            .await
-            .unwrap();
-            ids.push(id);
+            let payment = pending_payment(&user, &tariff, "yookassa", provider_payment_id)
+                .insert(&db.conn)
+                .await
+                .unwrap();
+            ids.push(payment.id);
         }
         (ids[0], ids[1])
     }

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod fixtures;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
