@@ -429,35 +429,15 @@ mod tests {
 
     /// The event and its log row go in together, on both databases, and roll back together.
     async fn an_event_and_its_log_row_are_written_together(db: testkit::TestDb) {
-        use domain::entities::payments;
-        use domain::money::Currency;
-        use domain::{PaymentId, PaymentStatus};
+        use sea_orm::ActiveModelTrait;
+        use testkit::fixtures::{customer_and_tariff, pending_payment};
 
         let now = Utc::now();
-        // `system_logs` has no foreign keys: the payment need not be stored.
-        let payment = payments::Model {
-            id: PaymentId::new(),
-            user_id: 7,
-            tariff_id: 1,
-            provider: domain::ProviderId::from_static("yookassa"),
-            amount_minor: 19_900,
-            currency: Currency::Rub,
-            status: PaymentStatus::Pending,
-            provider_payment_id: None,
-            idempotency_key: "k".into(),
-            confirmation_url: None,
-            failure_reason: None,
-            metadata: serde_json::json!({}),
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-            expires_at: None,
-            refunded_minor: 0,
-            flagged: false,
-            flag_reason: None,
-            next_check_at: None,
-            check_attempts: 0,
-        };
+        let (customer, tariff) = customer_and_tariff(&db.conn, 42).await;
+        let payment = pending_payment(&customer, &tariff, "yookassa", None)
+            .insert(&db.conn)
+            .await
+            .unwrap();
         let entry = |message: &str| payment_log::Entry {
             event_type: "payment.created",
             payment: &payment,
@@ -470,12 +450,12 @@ mod tests {
             let created = crate::events::PaymentCreated {
                 payment: crate::events::PaymentSnapshot {
                     payment_id: payment.id,
-                    user_id: 7,
+                    user_id: payment.user_id,
                     telegram_id: 42,
                     tariff_code: "month_1".into(),
                     provider: payment.provider.clone(),
-                    amount_minor: 19_900,
-                    currency: "RUB".into(),
+                    amount_minor: payment.amount_minor,
+                    currency: payment.currency.code().to_owned(),
                 },
             };
             Envelope::new(&created, payment.id, None).unwrap()

@@ -125,8 +125,8 @@ impl NotificationHandler {
         let charge = renewals::charge_of(&self.providers, &row);
         let payment = match &charge {
             Some(charge) => renewals::find_or_draft(&self.db, &row, charge).await?,
-            // The first rule of `find_payment`, read with the notice — unless the notice is
-            // about a charge, which `find_payment` looks for first.
+            // `find_payment`'s rule by the provider's id, read with the notice — unless the
+            // notice names a charge, which `find_payment` looks for first.
             None if by_provider_id.is_some() && notice_charge(&self.providers, &row).is_none() => {
                 by_provider_id
             }
